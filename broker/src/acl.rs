@@ -1,0 +1,136 @@
+//! Topic access control, decided per identity.
+//!
+//! The contract is `topics.md`. The rule that makes `from` trustworthy: a client can publish
+//! only to its own outbox, so whatever arrives there was sent by that identity.
+
+use crate::identity::{Identity, Role};
+
+/// What a permitted publish is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishClass {
+    /// A client's command into its own outbox `org/<node>/<client>/out`.
+    Outbox,
+    /// A child node's link frame on `link/<child>/up`.
+    LinkUp,
+    /// Not allowed.
+    Denied,
+}
+
+/// The topic ACL of one node.
+#[derive(Debug, Clone)]
+pub struct AclPolicy {
+    node_id: String,
+}
+
+impl AclPolicy {
+    /// ACL for the node `node_id`.
+    pub fn new(node_id: &str) -> Self {
+        AclPolicy {
+            node_id: node_id.to_string(),
+        }
+    }
+
+    /// Classifies a publish by `who` on `topic`.
+    pub fn publish(&self, who: &Identity, topic: &str) -> PublishClass {
+        match who.role {
+            Role::Client if topic == outbox_topic(&self.node_id, &who.name) => PublishClass::Outbox,
+            Role::Node if topic == link_up_topic(&who.name) => PublishClass::LinkUp,
+            _ => PublishClass::Denied,
+        }
+    }
+
+    /// Whether `who` may subscribe to `filter`. Shared-subscription prefixes are stripped so
+    /// `$share/g/<foreign filter>` cannot be used to read someone else's inbox.
+    pub fn subscribe(&self, who: &Identity, filter: &str) -> bool {
+        let filter = strip_share(filter);
+        match who.role {
+            Role::Admin => filter.starts_with("org/") || filter == "#" || filter == "org/#",
+            Role::Client => {
+                filter == inbox_topic(&self.node_id, &who.name)
+                    || filter == receipt_topic(&self.node_id, &who.name)
+            }
+            Role::Node => filter == link_down_topic(&who.name),
+        }
+    }
+}
+
+fn strip_share(filter: &str) -> &str {
+    if let Some(rest) = filter.strip_prefix("$share/") {
+        match rest.find('/') {
+            Some(i) => &rest[i + 1..],
+            None => rest,
+        }
+    } else {
+        filter
+    }
+}
+
+/// `org/<node>/<client>/cmd`: where a client receives commands.
+pub fn inbox_topic(node: &str, client: &str) -> String {
+    format!("org/{node}/{client}/cmd")
+}
+
+/// `org/<node>/<client>/out`: where a client sends commands.
+pub fn outbox_topic(node: &str, client: &str) -> String {
+    format!("org/{node}/{client}/out")
+}
+
+/// `org/<node>/<client>/receipt`: receipts about the client's own commands.
+pub fn receipt_topic(node: &str, client: &str) -> String {
+    format!("org/{node}/{client}/receipt")
+}
+
+/// `link/<child>/up`: frames from a child node to its parent.
+pub fn link_up_topic(child: &str) -> String {
+    format!("link/{child}/up")
+}
+
+/// `link/<child>/down`: frames from a parent to its child node.
+pub fn link_down_topic(child: &str) -> String {
+    format!("link/{child}/down")
+}
+
+/// If `topic` is an inbox on `node`, the client it belongs to.
+pub fn inbox_owner<'a>(node: &str, topic: &'a str) -> Option<&'a str> {
+    let rest = topic.strip_prefix("org/")?.strip_prefix(node)?.strip_prefix('/')?;
+    rest.strip_suffix("/cmd").filter(|c| !c.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str, role: Role) -> Identity {
+        Identity {
+            name: name.into(),
+            role,
+        }
+    }
+
+    #[test]
+    fn clients_are_confined_to_their_own_topics() {
+        let acl = AclPolicy::new("js.nj");
+        let c = id("clinic", Role::Client);
+        assert_eq!(acl.publish(&c, "org/js.nj/clinic/out"), PublishClass::Outbox);
+        assert_eq!(acl.publish(&c, "org/js.nj/other/out"), PublishClass::Denied);
+        assert_eq!(acl.publish(&c, "org/js.nj/other/cmd"), PublishClass::Denied);
+        assert!(acl.subscribe(&c, "org/js.nj/clinic/cmd"));
+        assert!(!acl.subscribe(&c, "org/js.nj/+/cmd"));
+        assert!(!acl.subscribe(&c, "$share/g/org/js.nj/other/cmd"));
+        assert!(acl.subscribe(&c, "$share/g/org/js.nj/clinic/cmd"));
+        let a = id("ops", Role::Admin);
+        assert!(acl.subscribe(&a, "org/#"));
+        assert_eq!(acl.publish(&a, "org/js.nj/clinic/out"), PublishClass::Denied);
+        let n = id("js.nj.gl", Role::Node);
+        assert_eq!(acl.publish(&n, "link/js.nj.gl/up"), PublishClass::LinkUp);
+        assert!(acl.subscribe(&n, "link/js.nj.gl/down"));
+        assert!(!acl.subscribe(&n, "link/js.nj.other/down"));
+    }
+
+    #[test]
+    fn inbox_owner_parses_only_inboxes_of_this_node() {
+        assert_eq!(inbox_owner("a.b", "org/a.b/c1/cmd"), Some("c1"));
+        assert_eq!(inbox_owner("a.b", "org/a.bc/c1/cmd"), None);
+        assert_eq!(inbox_owner("a.b", "org/a.b/c1/out"), None);
+    }
+}

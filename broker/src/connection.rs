@@ -1,0 +1,658 @@
+//! One client connection, from CONNECT to close.
+//!
+//! This is medlink's replacement for rumqttd's `RemoteLink`: it decodes packets with
+//! `rumqttd::protocol`, applies authentication and the ACL, hands custody-carrying publishes
+//! to the node, relays everything else to rumqttd's router through an in-process link, and
+//! observes the client's PUBACKs for inbox deliveries.
+//!
+//! Because every step here is owned by medlink, a reset in the middle of CONNECT only ends
+//! this task: nothing is left behind that could poison the listener for later clients.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error,
+    Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, QoS,
+    SubAck, Subscribe, SubscribeReasonCode,
+};
+use rumqttd::Notification;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::acl::{inbox_owner, link_down_topic, AclPolicy, PublishClass};
+use crate::codec::{publish_header, sniff_connect, Codec, Sniff, Version};
+use crate::events::{Accept, ConnId, Inbound};
+use crate::identity::{valid_name, Credentials, Identity, LoginError};
+use crate::transport::Transport;
+use crate::LinkFactory;
+
+/// State shared by all connections of one node.
+pub struct FrontEnd {
+    pub node_id: String,
+    pub credentials: Credentials,
+    pub acl: AclPolicy,
+    pub max_packet_size: usize,
+    pub connect_timeout: Duration,
+    pub links: LinkFactory,
+    pub inbound: mpsc::Sender<Inbound>,
+    pub next_conn: AtomicU64,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("peer closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0:?}")]
+    Protocol(Error),
+    #[error("not MQTT")]
+    Garbage,
+    #[error("refused at CONNECT: {0}")]
+    Refused(&'static str),
+    #[error("keepalive expired")]
+    KeepAlive,
+    #[error("session taken over or closed by router")]
+    RouterDisconnect,
+    #[error("node is shutting down")]
+    Shutdown,
+}
+
+/// A PUBACK/PUBREC owed to the client once the node has decided.
+struct OwedAck {
+    pkid: u16,
+    qos: u8,
+    verdict: oneshot::Receiver<Accept>,
+}
+
+pub async fn run(ctx: Arc<FrontEnd>, mut transport: Transport, peer: SocketAddr, conn: ConnId) {
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let (codec, connect) = match handshake(&ctx, &mut transport, &mut rbuf).await {
+        Ok(v) => v,
+        Err(e) => {
+            debug!(%peer, conn, reason = %e, "connection refused");
+            transport.close().await;
+            return;
+        }
+    };
+    let mut session = match Session::open(&ctx, &mut transport, codec, connect, conn).await {
+        Ok(s) => s,
+        Err(e) => {
+            info!(%peer, conn, reason = %e, "connect refused");
+            transport.close().await;
+            return;
+        }
+    };
+    let end = session.serve(&ctx, &mut transport, rbuf).await;
+    debug!(%peer, conn, client = %session.client_id, reason = %end, "connection closed");
+    session.close(&ctx, &end).await;
+    transport.close().await;
+}
+
+/// A decoded CONNECT, with what we need from it.
+struct ConnectInfo {
+    client_id: String,
+    keep_alive: u16,
+    identity: Result<Identity, LoginError>,
+}
+
+/// Reads the CONNECT (within the connect timeout), picks the protocol version from it, and
+/// authenticates it.
+async fn handshake(
+    ctx: &FrontEnd,
+    transport: &mut Transport,
+    rbuf: &mut BytesMut,
+) -> Result<(Codec, ConnectInfo), End> {
+    tokio::time::timeout(ctx.connect_timeout, async {
+        let version = loop {
+            match sniff_connect(rbuf) {
+                Sniff::Incomplete => read_more(transport, rbuf).await?,
+                Sniff::Connect(v) => break v,
+                Sniff::Garbage => return Err(End::Garbage),
+                Sniff::UnsupportedLevel(_) => {
+                    // 3.1.1 CONNACK "unacceptable protocol version"
+                    transport.write_all(&[0x20, 0x02, 0x00, 0x01]).await?;
+                    return Err(End::Refused("unsupported protocol level"));
+                }
+            }
+        };
+        let codec = Codec { version };
+        let packet = loop {
+            match codec.read(rbuf, ctx.max_packet_size) {
+                Ok(p) => break p,
+                Err(Error::InsufficientBytes(_)) => read_more(transport, rbuf).await?,
+                Err(e) => return Err(End::Protocol(e)),
+            }
+        };
+        let Packet::Connect(connect, _props, _will, _will_props, login) = packet else {
+            return Err(End::Garbage);
+        };
+        let identity = match &login {
+            Some(l) => ctx.credentials.authenticate(&l.username, &l.password),
+            None => Err(LoginError::BadCredentials),
+        };
+        Ok((
+            codec,
+            ConnectInfo {
+                client_id: connect.client_id,
+                keep_alive: connect.keep_alive,
+                identity,
+            },
+        ))
+    })
+    .await
+    .map_err(|_| End::Refused("no CONNECT within the connect timeout"))?
+}
+
+async fn read_more(transport: &mut Transport, rbuf: &mut BytesMut) -> Result<(), End> {
+    if transport.read(rbuf).await? == 0 {
+        return Err(End::Closed);
+    }
+    Ok(())
+}
+
+/// An authenticated connection attached to the router.
+struct Session {
+    conn: ConnId,
+    codec: Codec,
+    client_id: String,
+    identity: Identity,
+    keep_alive: Duration,
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    wbuf: BytesMut,
+    owed: VecDeque<OwedAck>,
+    /// Packet id of each unacknowledged inbox delivery → envelope id.
+    inflight: HashMap<u16, String>,
+    /// SUBSCRIBE packet id → reason codes for filters the ACL refused (by position).
+    denied: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    inbox_open: bool,
+    child_open: bool,
+    taken_over: bool,
+}
+
+impl Session {
+    async fn open(
+        ctx: &FrontEnd,
+        transport: &mut Transport,
+        codec: Codec,
+        info: ConnectInfo,
+        conn: ConnId,
+    ) -> Result<Session, End> {
+        let refuse = |code| Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code,
+            },
+            None,
+        );
+        let identity = match info.identity {
+            Ok(id) => id,
+            Err(LoginError::InvalidName) => {
+                write_packet(transport, codec, refuse(ConnectReturnCode::ClientIdentifierNotValid))
+                    .await?;
+                return Err(End::Refused("identity contains + # / or control characters"));
+            }
+            Err(LoginError::BadCredentials) => {
+                let code = match codec.version {
+                    Version::V4 => ConnectReturnCode::BadUserNamePassword,
+                    Version::V5 => ConnectReturnCode::BadUserNamePassword,
+                };
+                write_packet(transport, codec, refuse(code)).await?;
+                return Err(End::Refused("bad username or password"));
+            }
+        };
+        let assigned = info.client_id.is_empty();
+        let client_id = if assigned {
+            format!("{}-{conn}", identity.name)
+        } else {
+            info.client_id
+        };
+        if !assigned && (!valid_name(&client_id)) {
+            write_packet(transport, codec, refuse(ConnectReturnCode::ClientIdentifierNotValid))
+                .await?;
+            return Err(End::Refused("client id contains + # / or control characters"));
+        }
+        // The router answers on a blocking channel; keep that off the async workers.
+        let links = ctx.links.clone();
+        let router_id = client_id.clone();
+        let built = tokio::task::spawn_blocking(move || links(&router_id))
+            .await
+            .map_err(|_| End::Refused("router link task failed"))?;
+        let (link_tx, link_rx, _connack) = match built {
+            Ok(v) => v,
+            Err(e) => {
+                // The router drops the connection when it refuses the client id or is full.
+                warn!(client = %client_id, error = %e, "router refused the connection");
+                write_packet(transport, codec, refuse(ConnectReturnCode::ClientIdentifierNotValid))
+                    .await?;
+                return Err(End::Refused("router refused the client id"));
+            }
+        };
+        let props = match codec.version {
+            Version::V4 => None,
+            Version::V5 => Some(ConnAckProperties {
+                session_expiry_interval: None,
+                receive_max: None,
+                max_qos: Some(1),
+                retain_available: Some(0),
+                max_packet_size: Some(ctx.max_packet_size as u32),
+                assigned_client_identifier: assigned.then(|| client_id.clone()),
+                topic_alias_max: Some(0),
+                reason_string: None,
+                user_properties: vec![],
+                wildcard_subscription_available: None,
+                subscription_identifiers_available: None,
+                shared_subscription_available: None,
+                server_keep_alive: None,
+                response_information: None,
+                server_reference: None,
+                authentication_method: None,
+                authentication_data: None,
+            }),
+        };
+        // Sessions are never resumed from broker memory: the journal is the durable session,
+        // so session_present is always false and the client re-subscribes.
+        let ack = Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+            },
+            props,
+        );
+        let mut session = Session {
+            conn,
+            codec,
+            client_id,
+            identity,
+            keep_alive: Duration::from_millis(info.keep_alive as u64 * 1500),
+            link_tx,
+            link_rx,
+            wbuf: BytesMut::with_capacity(4096),
+            owed: VecDeque::new(),
+            inflight: HashMap::new(),
+            denied: HashMap::new(),
+            inbox_open: false,
+            child_open: false,
+            taken_over: false,
+        };
+        session.encode(ack)?;
+        session.flush(transport).await?;
+        Ok(session)
+    }
+
+    async fn serve(&mut self, ctx: &FrontEnd, transport: &mut Transport, mut rbuf: BytesMut) -> End {
+        let mut shutdown = ctx.shutdown.clone();
+        let mut last_heard = Instant::now();
+        loop {
+            if let Err(e) = self.drain_incoming(ctx, &mut rbuf).await {
+                return e;
+            }
+            if let Err(e) = self.flush(transport).await {
+                return e;
+            }
+            let deadline = last_heard + self.keep_alive;
+            tokio::select! {
+                verdict = next_verdict(&mut self.owed), if !self.owed.is_empty() => {
+                    let owed = self.owed.pop_front().expect("select guard: owed is non-empty");
+                    if let Err(e) = self.answer(owed, verdict) {
+                        return e;
+                    }
+                }
+                n = self.link_rx.next() => match n {
+                    Ok(Some(n)) => if let Err(e) = self.outgoing(n).await {
+                        return e;
+                    },
+                    Ok(None) => {}
+                    Err(_) => return End::RouterDisconnect,
+                },
+                r = transport.read(&mut rbuf) => match r {
+                    Ok(0) => return End::Closed,
+                    Ok(_) => last_heard = Instant::now(),
+                    Err(e) => return End::Io(e),
+                },
+                _ = tokio::time::sleep_until(deadline), if !self.keep_alive.is_zero() => {
+                    return End::KeepAlive;
+                }
+                _ = shutdown.changed() => return End::Shutdown,
+            }
+        }
+    }
+
+    /// Handles every complete packet in `rbuf`.
+    async fn drain_incoming(&mut self, ctx: &FrontEnd, rbuf: &mut BytesMut) -> Result<(), End> {
+        loop {
+            let header = publish_header(rbuf);
+            let packet = match self.codec.read(rbuf, ctx.max_packet_size) {
+                Ok(p) => p,
+                Err(Error::InsufficientBytes(_)) => return Ok(()),
+                Err(e) => {
+                    if self.codec.version == Version::V5 {
+                        let reason = match e {
+                            Error::PayloadSizeLimitExceeded(_) => DisconnectReasonCode::PacketTooLarge,
+                            _ => DisconnectReasonCode::MalformedPacket,
+                        };
+                        let _ = self.encode(Packet::Disconnect(Disconnect { reason_code: reason }, None));
+                    }
+                    return Err(End::Protocol(e));
+                }
+            };
+            self.incoming(ctx, packet, header).await?;
+        }
+    }
+
+    async fn incoming(
+        &mut self,
+        ctx: &FrontEnd,
+        packet: Packet,
+        header: Option<(u8, u16)>,
+    ) -> Result<(), End> {
+        match packet {
+            Packet::Publish(publish, _props) => {
+                let (qos, pkid) = header.expect("a decoded PUBLISH has a complete header");
+                let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                let class = ctx.acl.publish(&self.identity, topic);
+                let (tx, rx) = if qos > 0 {
+                    let (tx, rx) = oneshot::channel();
+                    (Some(tx), Some(rx))
+                } else {
+                    (None, None)
+                };
+                let item = match class {
+                    PublishClass::Outbox => Inbound::Command {
+                        client: self.identity.name.clone(),
+                        payload: publish.payload,
+                        reply: tx,
+                    },
+                    PublishClass::LinkUp => Inbound::LinkFrame {
+                        child: self.identity.name.clone(),
+                        payload: publish.payload,
+                        reply: tx,
+                    },
+                    PublishClass::Denied => {
+                        warn!(identity = %self.identity.name, topic, "publish denied by ACL");
+                        if let Some(tx) = tx {
+                            let _ = tx.send(Accept::Rejected("not authorized".into()));
+                        }
+                        if let Some(rx) = rx {
+                            self.owed.push_back(OwedAck { pkid, qos, verdict: rx });
+                        }
+                        return Ok(());
+                    }
+                };
+                ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
+                if let Some(rx) = rx {
+                    self.owed.push_back(OwedAck { pkid, qos, verdict: rx });
+                }
+            }
+            Packet::PubRel(rel, _) => {
+                // QoS 2 publishes were acknowledged with PUBREC after custody, and duplicates
+                // are removed by envelope id, so PUBREL can be completed at once.
+                self.encode(Packet::PubComp(
+                    PubComp {
+                        pkid: rel.pkid,
+                        reason: PubCompReason::Success,
+                    },
+                    None,
+                ))?;
+            }
+            Packet::Subscribe(subscribe, props) => self.subscribe(ctx, subscribe, props).await?,
+            Packet::Unsubscribe(unsub, props) => {
+                if self.inbox_open
+                    && unsub
+                        .filters
+                        .iter()
+                        .any(|f| inbox_owner(&ctx.node_id, f) == Some(&self.identity.name))
+                {
+                    self.inbox_open = false;
+                    self.notify_closed(ctx).await;
+                }
+                self.to_router(Packet::Unsubscribe(unsub, props)).await?;
+            }
+            Packet::PubAck(ack, props) => {
+                if let Some(id) = self.inflight.remove(&ack.pkid) {
+                    let _ = ctx
+                        .inbound
+                        .send(Inbound::Delivered {
+                            client: self.identity.name.clone(),
+                            id,
+                        })
+                        .await;
+                }
+                self.to_router(Packet::PubAck(ack, props)).await?;
+            }
+            Packet::PingReq(_) => self.encode(Packet::PingResp(PingResp))?,
+            Packet::Disconnect(..) => return Err(End::Closed),
+            Packet::Connect(..) => return Err(End::Protocol(Error::IncorrectPacketFormat)),
+            other => self.to_router(other).await?,
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &mut self,
+        ctx: &FrontEnd,
+        mut subscribe: Subscribe,
+        props: Option<rumqttd::protocol::SubscribeProperties>,
+    ) -> Result<(), End> {
+        let refusal = match self.codec.version {
+            Version::V4 => SubscribeReasonCode::Failure,
+            Version::V5 => SubscribeReasonCode::NotAuthorized,
+        };
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut allowed = Vec::with_capacity(subscribe.filters.len());
+        let mut opens_inbox = false;
+        let mut opens_child = false;
+        for mut filter in subscribe.filters.drain(..) {
+            if ctx.acl.subscribe(&self.identity, &filter.path) {
+                opens_inbox |= inbox_owner(&ctx.node_id, &filter.path) == Some(&self.identity.name);
+                opens_child |= filter.path == link_down_topic(&self.identity.name);
+                // Deliveries are QoS 1 at most: custody is end to end, not QoS 2's handshake.
+                if filter.qos == QoS::ExactlyOnce {
+                    filter.qos = QoS::AtLeastOnce;
+                }
+                codes.push(None);
+                allowed.push(filter);
+            } else {
+                warn!(identity = %self.identity.name, filter = %filter.path, "subscribe denied by ACL");
+                codes.push(Some(refusal));
+            }
+        }
+        let pkid = subscribe.pkid;
+        if allowed.is_empty() {
+            let return_codes = codes.into_iter().map(|c| c.unwrap_or(refusal)).collect();
+            return self.encode(Packet::SubAck(SubAck { pkid, return_codes }, None));
+        }
+        if codes.iter().any(Option::is_some) {
+            self.denied.insert(pkid, codes);
+        }
+        subscribe.filters = allowed;
+        self.to_router(Packet::Subscribe(subscribe, props)).await?;
+        // The router has the subscription queued before the node hears of it, so whatever the
+        // node publishes next is routed to this connection.
+        if opens_inbox && !self.inbox_open {
+            self.inbox_open = true;
+            let item = Inbound::InboxOpen {
+                client: self.identity.name.clone(),
+                conn: self.conn,
+            };
+            ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
+        }
+        if opens_child && !self.child_open {
+            self.child_open = true;
+            let item = Inbound::ChildOpen {
+                child: self.identity.name.clone(),
+                conn: self.conn,
+            };
+            ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the client's PUBACK/PUBREC for a custody decision, in arrival order.
+    fn answer(&mut self, owed: OwedAck, verdict: Accept) -> Result<(), End> {
+        let v5 = self.codec.version == Version::V5;
+        let (ok, reason) = match &verdict {
+            Accept::Committed => (true, PubAckReason::Success),
+            Accept::Rejected(why) if why == "not authorized" => (true, PubAckReason::NotAuthorized),
+            Accept::Rejected(_) => (true, PubAckReason::PayloadFormatInvalid),
+            Accept::Unavailable => (false, PubAckReason::UnspecifiedError),
+        };
+        if !ok {
+            // No acknowledgement: closing makes the client resend after reconnecting.
+            return Err(End::Shutdown);
+        }
+        let reason = if v5 { reason } else { PubAckReason::Success };
+        let packet = if owed.qos == 2 {
+            let reason = match reason {
+                PubAckReason::Success => PubRecReason::Success,
+                PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+                _ => PubRecReason::ImplementationSpecificError,
+            };
+            Packet::PubRec(PubRec { pkid: owed.pkid, reason }, None)
+        } else {
+            Packet::PubAck(PubAck { pkid: owed.pkid, reason }, None)
+        };
+        self.encode(packet)
+    }
+
+    /// Handles one notification from the router.
+    async fn outgoing(&mut self, n: Notification) -> Result<(), End> {
+        match n {
+            Notification::Forward(forward) => {
+                let id = self
+                    .inbox_open
+                    .then(|| envelope_id(&forward.publish.payload))
+                    .flatten();
+                let start = self.wbuf.len();
+                self.encode(Packet::Publish(forward.publish, forward.properties))?;
+                if let (Some(id), Some((q, pkid))) = (id, publish_header(&self.wbuf[start..])) {
+                    if q > 0 {
+                        self.inflight.insert(pkid, id);
+                    }
+                }
+            }
+            Notification::Unschedule => {
+                self.link_rx.wake().await.map_err(|_| End::RouterDisconnect)?;
+            }
+            Notification::Disconnect(d, props) => {
+                self.taken_over = true;
+                if self.codec.version == Version::V5 {
+                    self.encode(Packet::Disconnect(d, props))?;
+                }
+                return Err(End::RouterDisconnect);
+            }
+            other => {
+                let packet: Option<Packet> = other.into();
+                if let Some(packet) = packet {
+                    let packet = self.patch_suback(packet);
+                    self.encode(packet)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the ACL's refusals back into a SUBACK from the router.
+    fn patch_suback(&mut self, packet: Packet) -> Packet {
+        let Packet::SubAck(mut ack, props) = packet else {
+            return packet;
+        };
+        if let Some(codes) = self.denied.remove(&ack.pkid) {
+            let mut granted = ack.return_codes.into_iter();
+            ack.return_codes = codes
+                .into_iter()
+                .map(|c| c.unwrap_or_else(|| granted.next().unwrap_or(SubscribeReasonCode::Failure)))
+                .collect();
+        }
+        Packet::SubAck(ack, props)
+    }
+
+    async fn to_router(&mut self, packet: Packet) -> Result<(), End> {
+        self.link_tx
+            .send(packet)
+            .await
+            .map(|_| ())
+            .map_err(|_| End::RouterDisconnect)
+    }
+
+    fn encode(&mut self, packet: Packet) -> Result<(), End> {
+        self.codec
+            .write(packet, &mut self.wbuf)
+            .map(|_| ())
+            .map_err(End::Protocol)
+    }
+
+    async fn flush(&mut self, transport: &mut Transport) -> Result<(), End> {
+        if !self.wbuf.is_empty() {
+            transport.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    async fn notify_closed(&self, ctx: &FrontEnd) {
+        let _ = ctx
+            .inbound
+            .send(Inbound::InboxClosed {
+                client: self.identity.name.clone(),
+                conn: self.conn,
+            })
+            .await;
+    }
+
+    async fn close(&mut self, ctx: &FrontEnd, _end: &End) {
+        if self.inbox_open {
+            self.notify_closed(ctx).await;
+        }
+        if self.child_open {
+            let _ = ctx
+                .inbound
+                .send(Inbound::ChildClosed {
+                    child: self.identity.name.clone(),
+                    conn: self.conn,
+                })
+                .await;
+        }
+        if !self.taken_over {
+            // Tell the router this connection is gone so its slot and subscriptions are freed.
+            let bye = Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            };
+            let _ = self.link_tx.send(Packet::Disconnect(bye, None)).await;
+        }
+    }
+}
+
+async fn next_verdict(owed: &mut VecDeque<OwedAck>) -> Accept {
+    let head = owed.front_mut().expect("select guard: owed is non-empty");
+    (&mut head.verdict).await.unwrap_or(Accept::Unavailable)
+}
+
+async fn write_packet(transport: &mut Transport, codec: Codec, packet: Packet) -> Result<(), End> {
+    let mut buf = BytesMut::new();
+    codec.write(packet, &mut buf).map_err(End::Protocol)?;
+    transport.write_all(&buf).await?;
+    Ok(())
+}
+
+/// The `id` field of an envelope payload, without building the whole envelope.
+fn envelope_id(payload: &Bytes) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<IdOnly>(payload)
+        .ok()
+        .map(|e| e.id.into_owned())
+}

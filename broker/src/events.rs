@@ -1,0 +1,82 @@
+//! What the broker front-end tells the node logic, and what it hears back.
+//!
+//! The front-end and the node run on different tasks; they talk through one channel of
+//! [`Inbound`] items. Items that carry custody come with a reply channel: the front-end writes
+//! the PUBACK (or its v5 reason code) only when the reply arrives, which the node sends after
+//! its journal commit.
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+/// Identifies one network connection for the lifetime of the process.
+pub type ConnId = u64;
+
+/// The node's verdict on a publish that carried custody.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accept {
+    /// Committed to the journal (or a duplicate of something already committed).
+    Committed,
+    /// Rejected; the reason has been sent to the publisher as a receipt. PUBACK 0x99 on v5.
+    Rejected(String),
+    /// The node could not take custody (journal failure, shutting down). No PUBACK is sent, so
+    /// the publisher retries.
+    Unavailable,
+}
+
+/// One event from the broker front-end to the node logic.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A client published a command to its own outbox.
+    Command {
+        /// Authenticated identity of the publisher.
+        client: String,
+        /// Raw payload.
+        payload: Bytes,
+        /// Where to send the verdict; `None` for QoS 0.
+        reply: Option<oneshot::Sender<Accept>>,
+    },
+    /// A child node published a link frame.
+    LinkFrame {
+        /// The child node's id.
+        child: String,
+        /// Raw frame.
+        payload: Bytes,
+        /// Where to send the verdict; `None` for QoS 0.
+        reply: Option<oneshot::Sender<Accept>>,
+    },
+    /// A client connection subscribed to its inbox and can receive commands.
+    InboxOpen {
+        /// Client identity.
+        client: String,
+        /// Connection.
+        conn: ConnId,
+    },
+    /// A client connection that had its inbox open went away.
+    InboxClosed {
+        /// Client identity.
+        client: String,
+        /// Connection.
+        conn: ConnId,
+    },
+    /// A client acknowledged (PUBACK) the command with this envelope id.
+    Delivered {
+        /// Client identity.
+        client: String,
+        /// Envelope id.
+        id: String,
+    },
+    /// A child node subscribed to its down link.
+    ChildOpen {
+        /// Child node id.
+        child: String,
+        /// Connection.
+        conn: ConnId,
+    },
+    /// A child node's connection went away.
+    ChildClosed {
+        /// Child node id.
+        child: String,
+        /// Connection.
+        conn: ConnId,
+    },
+}
