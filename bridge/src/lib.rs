@@ -1,1 +1,22 @@
+//! medlink's node logic: everything between the broker front-end and the next hop.
+//!
+//! - [`envelope`]: the command envelope and its validation.
+//! - [`route`]: tree routing (`shortest` / `via_root`).
+//! - [`journal`]: the SQLite custody journal.
+//! - [`frame`]: frames on tier links and in-order admission.
+//! - [`links`]: the go-back-N sending side of tier links.
+//! - [`dispatcher`]: the single owner of custody, one transaction per round.
+//! - [`uplink`]: the child's MQTT connection to its parent.
+//! - [`node`]: wires broker, dispatcher and uplink into one running node.
+//! - [`audit`]: reading the audit table.
 
+pub mod audit;
+pub mod dispatcher;
+pub mod envelope;
+pub mod frame;
+pub mod journal;
+pub mod links;
+pub mod node;
+pub mod route;
+pub mod stats;
+pub mod uplink;

@@ -178,6 +178,8 @@ struct Session {
     inbox_open: bool,
     child_open: bool,
     taken_over: bool,
+    /// QoS 0 deliveries to report once written.
+    delivered: Vec<(String, String)>,
 }
 
 impl Session {
@@ -217,7 +219,7 @@ impl Session {
         } else {
             info.client_id
         };
-        if !assigned && (!valid_name(&client_id)) {
+        if !assigned && (!valid_name(&client_id) || client_id == crate::RESERVED_CLIENT_ID) {
             write_packet(transport, codec, refuse(ConnectReturnCode::ClientIdentifierNotValid))
                 .await?;
             return Err(End::Refused("client id contains + # / or control characters"));
@@ -284,9 +286,10 @@ impl Session {
             inbox_open: false,
             child_open: false,
             taken_over: false,
+            delivered: Vec::new(),
         };
         session.encode(ack)?;
-        session.flush(transport).await?;
+        session.flush(ctx, transport).await?;
         Ok(session)
     }
 
@@ -297,7 +300,7 @@ impl Session {
             if let Err(e) = self.drain_incoming(ctx, &mut rbuf).await {
                 return e;
             }
-            if let Err(e) = self.flush(transport).await {
+            if let Err(e) = self.flush(ctx, transport).await {
                 return e;
             }
             let deadline = last_heard + self.keep_alive;
@@ -538,6 +541,10 @@ impl Session {
                 if let (Some(id), Some((q, pkid))) = (id, publish_header(&self.wbuf[start..])) {
                     if q > 0 {
                         self.inflight.insert(pkid, id);
+                    } else {
+                        // A QoS 0 subscriber asked for at-most-once: handing it over is delivery.
+                        let client = self.identity.name.clone();
+                        self.delivered.push((client, id));
                     }
                 }
             }
@@ -592,10 +599,13 @@ impl Session {
             .map_err(End::Protocol)
     }
 
-    async fn flush(&mut self, transport: &mut Transport) -> Result<(), End> {
+    async fn flush(&mut self, ctx: &FrontEnd, transport: &mut Transport) -> Result<(), End> {
         if !self.wbuf.is_empty() {
             transport.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+        }
+        for (client, id) in self.delivered.drain(..) {
+            let _ = ctx.inbound.send(Inbound::Delivered { client, id }).await;
         }
         Ok(())
     }

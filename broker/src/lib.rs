@@ -24,7 +24,26 @@ mod transport;
 pub use acl::{AclPolicy, PublishClass};
 pub use events::{Accept, ConnId, Inbound};
 pub use identity::{Credentials, Identity, Role};
-pub use listener::{BrokerHandle, ListenerKind, ListenerSpec};
+pub use listener::{BrokerHandle, FrontEndSettings, ListenerKind, ListenerSpec};
+
+/// Client id reserved for the node's own in-process link; network clients may not use it.
+pub const RESERVED_CLIENT_ID: &str = "__medlink_node__";
+
+/// Front-end settings with the usual connect timeout.
+pub fn listener_settings(
+    node_id: &str,
+    credentials: Credentials,
+    max_packet_size: usize,
+    max_connections: usize,
+) -> FrontEndSettings {
+    FrontEndSettings {
+        node_id: node_id.to_string(),
+        credentials,
+        max_packet_size,
+        max_connections,
+        connect_timeout: std::time::Duration::from_secs(10),
+    }
+}
 
 use std::sync::Arc;
 

@@ -1,0 +1,660 @@
+//! The dispatcher: a node's single owner of custody.
+//!
+//! It runs on its own thread (with a current-thread runtime for its timers and channels) and
+//! is the only code that touches the journal. Each round takes everything that is waiting —
+//! client commands, link frames from children and the parent, session events — handles it
+//! inside one SQLite transaction, commits, and only then acknowledges (PUBACKs through the
+//! broker front-end, `ack` frames on links) and sends onward. That ordering is the custody
+//! rule: nothing is acknowledged before it is durable here, nothing is forgotten before the
+//! next hop has it durable.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use medlink_broker::acl::{inbox_topic, link_down_topic, receipt_topic};
+use medlink_broker::{Accept, ConnId, Inbound};
+use rumqttd::local::{LinkRx, LinkTx};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::envelope::{now_ms, Address, Envelope, Kind, Limits, Submission, TrailHop, MAX_HOPS};
+use crate::frame::{Frame, InOrder};
+use crate::journal::{Journal, Txn};
+use crate::links::{LinkOut, LinkTuning, Stale};
+use crate::route::{NextHop, Policy, Topology};
+use crate::stats::Stats;
+use crate::uplink::{ParentEvent, UplinkHandle};
+
+/// Journal name of the parent as a link peer.
+const PARENT: &str = "^parent";
+/// Most items handled in one round (one transaction).
+const MAX_ROUND: usize = 4096;
+/// Most unacknowledged deliveries per client.
+const LOCAL_WINDOW: usize = 1024;
+
+/// What the dispatcher needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Place in the tree.
+    pub topology: Topology,
+    /// Routing policy for commands originating here.
+    pub policy: Policy,
+    /// Record every routed envelope in the audit table (always on at the root).
+    pub audit: bool,
+    /// Submission limits.
+    pub limits: Limits,
+    /// Link tuning.
+    pub tuning: LinkTuning,
+}
+
+/// One client's inbox delivery state.
+#[derive(Debug, Default)]
+struct LocalOut {
+    conns: HashSet<ConnId>,
+    sent: u64,
+    inflight: usize,
+}
+
+/// Output of a round, released only after the commit.
+#[derive(Default)]
+struct Outbox {
+    replies: Vec<(oneshot::Sender<Accept>, Accept)>,
+    to_children: Vec<(String, Vec<u8>)>,
+    to_parent: Vec<Vec<u8>>,
+}
+
+/// Everything the dispatcher owns besides the journal.
+struct State {
+    cfg: DispatcherConfig,
+    router: LinkTx,
+    uplink: Option<UplinkHandle>,
+    ids: ulid::Generator,
+    up: Option<LinkOut>,
+    downs: HashMap<String, LinkOut>,
+    child_conn: HashMap<String, ConnId>,
+    link_in: HashMap<String, InOrder>,
+    locals: HashMap<String, LocalOut>,
+    stats: Stats,
+}
+
+/// The running dispatcher's inputs.
+pub struct Dispatcher {
+    journal: Journal,
+    state: State,
+    inbound: mpsc::Receiver<Inbound>,
+    parent: mpsc::Receiver<ParentEvent>,
+    _router_rx: LinkRx,
+}
+
+impl Dispatcher {
+    /// Prepares a dispatcher over an opened journal.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: DispatcherConfig,
+        journal: Journal,
+        router: (LinkTx, LinkRx),
+        inbound: mpsc::Receiver<Inbound>,
+        parent: mpsc::Receiver<ParentEvent>,
+        uplink: Option<UplinkHandle>,
+        stats: Stats,
+    ) -> rusqlite::Result<Dispatcher> {
+        let up = if cfg.topology.has_parent {
+            Some(LinkOut::new("up".into(), &journal)?)
+        } else {
+            None
+        };
+        let mut downs = HashMap::new();
+        for child in &cfg.topology.children {
+            let dest = format!("down:{child}");
+            downs.insert(child.clone(), LinkOut::new(dest, &journal)?);
+        }
+        Ok(Dispatcher {
+            journal,
+            state: State {
+                cfg,
+                router: router.0,
+                uplink,
+                ids: ulid::Generator::new(),
+                up,
+                downs,
+                child_conn: HashMap::new(),
+                link_in: HashMap::new(),
+                locals: HashMap::new(),
+                stats,
+            },
+            inbound,
+            parent,
+            _router_rx: router.1,
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the round in progress.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = Instant::now();
+        loop {
+            let mut items: Vec<Input> = Vec::new();
+            tokio::select! {
+                Some(i) = self.inbound.recv() => items.push(Input::Broker(i)),
+                Some(p) = self.parent.recv() => items.push(Input::Parent(p)),
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {
+                    info!("dispatcher stopping");
+                    return;
+                }
+            }
+            while items.len() < MAX_ROUND {
+                match self.inbound.try_recv() {
+                    Ok(i) => items.push(Input::Broker(i)),
+                    Err(_) => break,
+                }
+            }
+            while items.len() < MAX_ROUND {
+                match self.parent.try_recv() {
+                    Ok(p) => items.push(Input::Parent(p)),
+                    Err(_) => break,
+                }
+            }
+            let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
+            if sweep {
+                last_sweep = Instant::now();
+            }
+            self.round(items, sweep);
+        }
+    }
+
+    /// Handles one batch of inputs in one transaction, then acknowledges and sends.
+    fn round(&mut self, items: Vec<Input>, sweep: bool) {
+        let now = now_ms();
+        let mut out = Outbox::default();
+        let state = &mut self.state;
+        let result = (|| -> rusqlite::Result<()> {
+            let mut tx = self.journal.begin()?;
+            for item in items {
+                state.handle(&mut tx, item, now, &mut out)?;
+            }
+            if sweep {
+                state.sweep_expired(&mut tx, now)?;
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            error!(error = %e, "journal commit failed; nothing from this round is acknowledged");
+            for (reply, _) in out.replies {
+                let _ = reply.send(Accept::Unavailable);
+            }
+            // In-memory receive positions may be ahead of the journal; re-read them.
+            self.state.link_in.clear();
+            return;
+        }
+        self.state.release(out);
+        self.state.timers();
+        if let Err(e) = self.state.pump(&mut self.journal, now) {
+            error!(error = %e, "journal read failed while sending");
+        }
+    }
+}
+
+/// One input to a round.
+enum Input {
+    Broker(Inbound),
+    Parent(ParentEvent),
+}
+
+fn local_dest(client: &str) -> String {
+    format!("local:{client}")
+}
+
+fn down_dest(child: &str) -> String {
+    format!("down:{child}")
+}
+
+/// Whether a queued body is a receipt (delivered on the receipt topic, not the inbox).
+fn is_receipt(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct KindOnly {
+        #[serde(default)]
+        kind: Kind,
+    }
+    matches!(serde_json::from_slice::<KindOnly>(body), Ok(KindOnly { kind: Kind::Receipt }))
+}
+
+impl State {
+    fn me(&self) -> &str {
+        &self.cfg.topology.me
+    }
+
+    fn next_id(&mut self) -> String {
+        match self.ids.generate() {
+            Ok(id) => id.to_string(),
+            // The generator refuses only when 2^80 ids were made in one millisecond.
+            Err(_) => ulid::Ulid::new().to_string(),
+        }
+    }
+
+    fn handle(&mut self, tx: &mut Txn, item: Input, now: u64, out: &mut Outbox) -> rusqlite::Result<()> {
+        match item {
+            Input::Broker(Inbound::Command { client, payload, reply }) => {
+                let verdict = self.command(tx, &client, &payload, now)?;
+                if let Some(reply) = reply {
+                    out.replies.push((reply, verdict));
+                }
+            }
+            Input::Broker(Inbound::LinkFrame { child, payload, reply }) => {
+                let verdict = self.child_frame(tx, &child, &payload, now, out)?;
+                if let Some(reply) = reply {
+                    out.replies.push((reply, verdict));
+                }
+            }
+            Input::Broker(Inbound::InboxOpen { client, conn }) => {
+                let floor = tx.floor(&local_dest(&client))?;
+                let local = self.locals.entry(client).or_default();
+                if local.conns.is_empty() {
+                    local.sent = floor.saturating_sub(1);
+                    local.inflight = 0;
+                }
+                local.conns.insert(conn);
+            }
+            Input::Broker(Inbound::InboxClosed { client, conn }) => {
+                if let Some(local) = self.locals.get_mut(&client) {
+                    local.conns.remove(&conn);
+                }
+            }
+            Input::Broker(Inbound::Delivered { client, id }) => {
+                if tx.remove_id(&local_dest(&client), &id)?.is_some() {
+                    self.stats.delivered();
+                    if let Some(local) = self.locals.get_mut(&client) {
+                        local.inflight = local.inflight.saturating_sub(1);
+                    }
+                }
+            }
+            Input::Broker(Inbound::ChildOpen { child, conn }) => {
+                if let Some(link) = self.downs.get_mut(&child) {
+                    info!(child, "child link up");
+                    link.open();
+                    self.child_conn.insert(child, conn);
+                }
+            }
+            Input::Broker(Inbound::ChildClosed { child, conn }) => {
+                if self.child_conn.get(&child) == Some(&conn) {
+                    info!(child, "child link down");
+                    self.child_conn.remove(&child);
+                    if let Some(link) = self.downs.get_mut(&child) {
+                        link.online = false;
+                    }
+                }
+            }
+            Input::Parent(ParentEvent::Connected) => {
+                if let Some(up) = self.up.as_mut() {
+                    info!("parent link up");
+                    up.open();
+                    self.stats.set_parent_up(true);
+                }
+            }
+            Input::Parent(ParentEvent::Disconnected) => {
+                if let Some(up) = self.up.as_mut() {
+                    if up.online {
+                        info!("parent link down");
+                    }
+                    up.online = false;
+                    self.stats.set_parent_up(false);
+                }
+            }
+            Input::Parent(ParentEvent::Frame(bytes)) => self.parent_frame(tx, &bytes, now, out)?,
+        }
+        Ok(())
+    }
+
+    /// A client's outbox publish: validate, stamp, route, queue.
+    fn command(&mut self, tx: &mut Txn, client: &str, payload: &[u8], now: u64) -> rusqlite::Result<Accept> {
+        let sender = Address {
+            node: self.me().to_string(),
+            client: client.to_string(),
+        };
+        let id = self.next_id();
+        let parsed = Submission::parse(payload, self.cfg.limits).and_then(|s| {
+            let chosen = s.id.is_some();
+            s.into_envelope(sender.clone(), id).map(|e| (chosen, e))
+        });
+        match parsed {
+            Err(problem) => {
+                warn!(client, error = %problem, "command rejected");
+                self.stats.rejected();
+                let rid = self.next_id();
+                let receipt = Envelope::rejection(self.me(), &sender, payload, &problem.to_string(), rid);
+                self.accept(tx, receipt, now)?;
+                Ok(Accept::Rejected(problem.to_string()))
+            }
+            Ok((chosen, mut env)) => {
+                if chosen && !tx.first_acceptance(&env.id, now)? {
+                    debug!(client, id = %env.id, "resent command ignored (already accepted)");
+                    return Ok(Accept::Committed);
+                }
+                if self.cfg.policy == Policy::ViaRoot && self.cfg.topology.has_parent {
+                    env.via_root = true;
+                }
+                self.stats.accepted();
+                self.accept(tx, env, now)?;
+                Ok(Accept::Committed)
+            }
+        }
+    }
+
+    /// Takes custody of `env` at this node: stamps the trail, routes, audits, queues.
+    fn accept(&mut self, tx: &mut Txn, mut env: Envelope, now: u64) -> rusqlite::Result<()> {
+        env.hops = env.hops.saturating_add(1);
+        env.trail.push(TrailHop {
+            node: self.me().to_string(),
+            at: now,
+        });
+        if !self.cfg.topology.has_parent {
+            env.via_root = false;
+        }
+        let hop = if env.hops > MAX_HOPS {
+            NextHop::Unroutable(format!("hop limit of {MAX_HOPS} exceeded"))
+        } else if env.expired(now) {
+            NextHop::Unroutable("expired".into())
+        } else {
+            self.cfg.topology.next_hop(&env)
+        };
+        let dest = match &hop {
+            NextHop::Local(client) => Ok(local_dest(client)),
+            NextHop::Down(child) => Ok(down_dest(child)),
+            NextHop::Up => Ok("up".to_string()),
+            NextHop::Unroutable(why) => Err(why.clone()),
+        };
+        if self.cfg.audit {
+            let decision = match &dest {
+                Ok(d) => d.clone(),
+                Err(why) => format!("refused: {why}"),
+            };
+            tx.audit(&env, now, &decision)?;
+        }
+        match dest {
+            Ok(dest) => {
+                tx.enqueue(&dest, &env, &env.to_bytes())?;
+            }
+            Err(why) => {
+                let status = if why == "expired" { "expired" } else { "failed" };
+                self.refuse(tx, &env, status, &why, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `env` and sends its sender a receipt saying why (receipts themselves are dropped
+    /// with a log line: a receipt about a receipt would never end).
+    fn refuse(&mut self, tx: &mut Txn, env: &Envelope, status: &str, why: &str, now: u64) -> rusqlite::Result<()> {
+        if env.kind == Kind::Receipt {
+            warn!(id = %env.id, to = ?env.to, reason = why, "receipt dropped");
+            return Ok(());
+        }
+        info!(id = %env.id, status, reason = why, "command not deliverable");
+        self.stats.refused();
+        let rid = self.next_id();
+        let receipt = env.receipt(self.me(), status, why, rid);
+        self.accept(tx, receipt, now)
+    }
+
+    /// Commits a batch from a link peer in sequence order; returns the cumulative ack.
+    fn receive_batch(
+        &mut self,
+        tx: &mut Txn,
+        peer: &str,
+        floor: u64,
+        msgs: &[crate::frame::Numbered],
+        now: u64,
+    ) -> rusqlite::Result<u64> {
+        let mut order = match self.link_in.get(peer) {
+            Some(o) => *o,
+            None => InOrder {
+                last: tx.link_in(peer)?,
+            },
+        };
+        let before = order.last;
+        order.apply_floor(floor);
+        for m in msgs {
+            match order.admit(m.p, m.s) {
+                Some(true) => match Envelope::parse(m.e.get().as_bytes()) {
+                    Ok(env) => self.accept(tx, env, now)?,
+                    Err(e) => warn!(peer, seq = m.s, error = %e, "malformed envelope on link dropped"),
+                },
+                Some(false) => {}
+                None => break,
+            }
+        }
+        if order.last != before {
+            tx.set_link_in(peer, order.last)?;
+        }
+        self.link_in.insert(peer.to_string(), order);
+        Ok(order.last)
+    }
+
+    fn child_frame(
+        &mut self,
+        tx: &mut Txn,
+        child: &str,
+        payload: &[u8],
+        now: u64,
+        out: &mut Outbox,
+    ) -> rusqlite::Result<Accept> {
+        let known = self.child_conn.contains_key(child);
+        let Some(link) = self.downs.get_mut(child) else {
+            warn!(child, "frame from a node that is not configured as a child");
+            return Ok(Accept::Rejected("not a child of this node".into()));
+        };
+        link.last_heard = Instant::now();
+        if !link.online && known {
+            link.open();
+        }
+        let frame: Frame = match serde_json::from_slice(payload) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(child, error = %e, "malformed link frame");
+                return Ok(Accept::Rejected(format!("malformed frame: {e}")));
+            }
+        };
+        match frame {
+            Frame::Batch { floor, msgs } => {
+                let upto = self.receive_batch(tx, child, floor, &msgs, now)?;
+                out.to_children.push((child.to_string(), Frame::Ack { upto }.to_bytes()));
+            }
+            Frame::Ack { upto } => {
+                if link.ack(upto) {
+                    tx.remove_through(&down_dest(child), upto)?;
+                }
+            }
+            Frame::Ping { at } => out.to_children.push((child.to_string(), Frame::Pong { at }.to_bytes())),
+            Frame::Pong { .. } => {}
+        }
+        Ok(Accept::Committed)
+    }
+
+    fn parent_frame(&mut self, tx: &mut Txn, payload: &[u8], now: u64, out: &mut Outbox) -> rusqlite::Result<()> {
+        let Some(up) = self.up.as_mut() else {
+            return Ok(());
+        };
+        up.last_heard = Instant::now();
+        let frame: Frame = match serde_json::from_slice(payload) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "malformed frame from parent");
+                return Ok(());
+            }
+        };
+        match frame {
+            Frame::Batch { floor, msgs } => {
+                let upto = self.receive_batch(tx, PARENT, floor, &msgs, now)?;
+                out.to_parent.push(Frame::Ack { upto }.to_bytes());
+            }
+            Frame::Ack { upto } => {
+                if up.ack(upto) {
+                    tx.remove_through("up", upto)?;
+                }
+            }
+            Frame::Ping { at } => out.to_parent.push(Frame::Pong { at }.to_bytes()),
+            Frame::Pong { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Drops expired envelopes that are not in flight, with an `expired` receipt each.
+    fn sweep_expired(&mut self, tx: &mut Txn, now: u64) -> rusqlite::Result<()> {
+        for (dest, row) in tx.expired(now, 1000)? {
+            let in_flight = match dest.split_once(':') {
+                None => self.up.as_ref().is_some_and(|l| l.online && row.lseq <= l.sent),
+                Some(("down", child)) => self.downs.get(child).is_some_and(|l| l.online && row.lseq <= l.sent),
+                Some((_, client)) => self
+                    .locals
+                    .get(client)
+                    .is_some_and(|l| !l.conns.is_empty() && row.lseq <= l.sent),
+            };
+            if !in_flight {
+                self.drop_stale(tx, &dest, row, now)?;
+            }
+        }
+        if now % 60_000 < 1_000 {
+            tx.prune_accepted(now.saturating_sub(7 * 24 * 3600 * 1000))?;
+        }
+        Ok(())
+    }
+
+    fn drop_stale(&mut self, tx: &mut Txn, dest: &str, row: crate::journal::Queued, now: u64) -> rusqlite::Result<()> {
+        tx.remove(dest, row.lseq)?;
+        match Envelope::parse(&row.body) {
+            Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now),
+            Err(e) => {
+                error!(dest, id = %row.id, error = %e, "unreadable envelope in journal dropped");
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends acknowledgements and replies held back until the commit.
+    fn release(&mut self, out: Outbox) {
+        for (reply, verdict) in out.replies {
+            let _ = reply.send(verdict);
+        }
+        for (child, frame) in out.to_children {
+            self.publish(&link_down_topic(&child), frame);
+        }
+        if let Some(uplink) = &self.uplink {
+            for frame in out.to_parent {
+                uplink.send(frame);
+            }
+        }
+    }
+
+    fn publish(&mut self, topic: &str, payload: Vec<u8>) {
+        if let Err(e) = self.router.publish(topic.to_string(), payload) {
+            error!(topic, error = %e, "router refused a publish");
+        }
+    }
+
+    /// Heartbeats, stall detection and go-back timers.
+    fn timers(&mut self) {
+        let tuning = self.cfg.tuning;
+        if let Some(up) = self.up.as_mut() {
+            if up.online {
+                if up.last_heard.elapsed() > tuning.dead_after {
+                    warn!(silent_ms = up.last_heard.elapsed().as_millis() as u64, "parent link stalled; reconnecting");
+                    up.online = false;
+                    self.stats.set_parent_up(false);
+                    if let Some(uplink) = &self.uplink {
+                        uplink.reconnect();
+                    }
+                } else if up.last_ping.elapsed() >= tuning.ping_every {
+                    up.last_ping = Instant::now();
+                    if let Some(uplink) = &self.uplink {
+                        uplink.send(Frame::Ping { at: now_ms() }.to_bytes());
+                    }
+                }
+                up.maybe_go_back(&tuning);
+            }
+        }
+        for (child, link) in self.downs.iter_mut() {
+            if link.online && link.last_heard.elapsed() > tuning.dead_after {
+                warn!(child, "child link stalled");
+                link.online = false;
+            }
+            link.maybe_go_back(&tuning);
+        }
+    }
+
+    /// Sends whatever the windows allow on every link and to every connected client.
+    fn pump(&mut self, journal: &mut Journal, now: u64) -> rusqlite::Result<()> {
+        let tuning = self.cfg.tuning;
+        let mut stale: Vec<Stale> = Vec::new();
+        if let Some(up) = self.up.as_mut() {
+            let frames = up.next_frames(journal, &tuning, now, &mut stale)?;
+            if let Some(uplink) = &self.uplink {
+                for f in frames {
+                    uplink.send(f);
+                }
+            }
+        }
+        let mut down_frames = Vec::new();
+        for (child, link) in self.downs.iter_mut() {
+            for f in link.next_frames(journal, &tuning, now, &mut stale)? {
+                down_frames.push((link_down_topic(child), f));
+            }
+        }
+        for (topic, f) in down_frames {
+            self.publish(&topic, f);
+        }
+        let clients: Vec<String> = self
+            .locals
+            .iter()
+            .filter(|(_, l)| !l.conns.is_empty() && l.inflight < LOCAL_WINDOW)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for client in clients {
+            self.deliver(journal, &client, now, &mut stale)?;
+        }
+        if !stale.is_empty() {
+            let mut tx = journal.begin()?;
+            for s in stale {
+                self.drop_stale(&mut tx, &s.dest, s.row, now)?;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes queued envelopes into a connected client's inbox (or receipt topic).
+    fn deliver(&mut self, journal: &Journal, client: &str, now: u64, stale: &mut Vec<Stale>) -> rusqlite::Result<()> {
+        let dest = local_dest(client);
+        let me = self.me().to_string();
+        loop {
+            let Some(local) = self.locals.get(client) else {
+                return Ok(());
+            };
+            if local.inflight >= LOCAL_WINDOW {
+                return Ok(());
+            }
+            let rows = journal.read(&dest, local.sent, LOCAL_WINDOW - local.inflight)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for row in rows {
+                if let Some(local) = self.locals.get_mut(client) {
+                    local.sent = row.lseq;
+                }
+                if matches!(row.expires_at, Some(e) if e <= now) {
+                    stale.push(Stale { dest: dest.clone(), row });
+                    continue;
+                }
+                let topic = if is_receipt(&row.body) {
+                    receipt_topic(&me, client)
+                } else {
+                    inbox_topic(&me, client)
+                };
+                self.publish(&topic, row.body);
+                if let Some(local) = self.locals.get_mut(client) {
+                    local.inflight += 1;
+                }
+            }
+        }
+    }
+}

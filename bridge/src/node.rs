@@ -1,0 +1,217 @@
+//! One running node: broker front-end, dispatcher thread, and (below the root) the uplink.
+//!
+//! Start order matters for custody: the journal opens first (a node that cannot persist must
+//! not accept anything), then the dispatcher, and only then do the listeners open. Shutdown
+//! runs the other way: stop accepting and close connections, let the dispatcher finish the
+//! round it is in, then close the uplink.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use medlink_broker::{
+    spawn_router, BrokerHandle, Credentials, ListenerKind, ListenerSpec, Role, RouterSettings,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+use crate::dispatcher::{Dispatcher, DispatcherConfig};
+use crate::envelope::Limits;
+use crate::journal::{Durability, Journal};
+use crate::links::LinkTuning;
+use crate::route::{within, Policy, Topology};
+use crate::stats::Stats;
+use crate::uplink::{self, ParentAddr, UplinkConfig};
+
+/// Client id of the dispatcher's in-process link to the router; refused to network clients.
+pub const DISPATCHER_LINK_ID: &str = medlink_broker::RESERVED_CLIENT_ID;
+
+/// Everything a node needs to run (built from the TOML file by the `medlink` binary).
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Dotted id, e.g. `js.nj.gulou`.
+    pub id: String,
+    /// Where the journal lives.
+    pub data_dir: PathBuf,
+    /// MQTT listeners.
+    pub listeners: Vec<ListenerSpec>,
+    /// Parent addresses; empty at the root.
+    pub parents: Vec<ParentAddr>,
+    /// This node's password at its parent.
+    pub parent_password: String,
+    /// Identities that may connect here.
+    pub credentials: Credentials,
+    /// Routing policy for commands sent from here.
+    pub policy: Policy,
+    /// Audit every routed envelope (always on at the root).
+    pub audit: bool,
+    /// Commit durability.
+    pub durability: Durability,
+    /// Submission limits.
+    pub limits: Limits,
+    /// Largest MQTT packet.
+    pub max_packet_size: usize,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+    /// Link tuning.
+    pub tuning: LinkTuning,
+    /// Router (fan-out engine) settings.
+    pub router: RouterSettings,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory or journal could not be opened.
+    #[error("journal {path}: {source}")]
+    Journal {
+        /// Journal path.
+        path: PathBuf,
+        /// Cause.
+        source: rusqlite::Error,
+    },
+    /// A filesystem problem.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A listener could not bind.
+    #[error("{0}")]
+    Listen(std::io::Error),
+    /// The router refused the dispatcher's link.
+    #[error("router: {0}")]
+    Router(String),
+}
+
+/// A running node.
+pub struct Node {
+    /// Bound listener addresses.
+    pub bound: Vec<(ListenerKind, std::net::SocketAddr)>,
+    /// Counters.
+    pub stats: Stats,
+    broker: Option<BrokerHandle>,
+    shutdown: watch::Sender<bool>,
+    dispatcher: Option<std::thread::JoinHandle<()>>,
+    uplink: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the journal and starts everything.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let path = cfg.data_dir.join("journal.db");
+        let journal = Journal::open(&path, cfg.durability)
+            .map_err(|source| NodeError::Journal { path: path.clone(), source })?;
+        let topology = Topology {
+            me: cfg.id.clone(),
+            has_parent: !cfg.parents.is_empty(),
+            children: cfg
+                .credentials
+                .names_with_role(Role::Node)
+                .filter(|n| *n != cfg.id && within(&cfg.id, n))
+                .map(str::to_string)
+                .collect(),
+            clients: cfg
+                .credentials
+                .names_with_role(Role::Client)
+                .map(str::to_string)
+                .collect(),
+        };
+        let links = spawn_router(&cfg.router);
+        let factory = links.clone();
+        let router_link = tokio::task::spawn_blocking(move || factory(DISPATCHER_LINK_ID))
+            .await
+            .map_err(|e| NodeError::Router(e.to_string()))?
+            .map_err(|e| NodeError::Router(e.to_string()))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
+        let (parent_tx, parent_rx) = mpsc::channel(1024);
+        let (uplink, uplink_task) = if cfg.parents.is_empty() {
+            (None, None)
+        } else {
+            let (handle, task) = uplink::spawn(
+                UplinkConfig {
+                    node_id: cfg.id.clone(),
+                    password: cfg.parent_password.clone(),
+                    parents: cfg.parents.clone(),
+                    backoff_cap: Duration::from_secs(3),
+                    max_packet: cfg.max_packet_size,
+                },
+                parent_tx,
+                shutdown_rx.clone(),
+            );
+            (Some(handle), Some(task))
+        };
+        let stats = Stats::default();
+        let dispatcher = Dispatcher::new(
+            DispatcherConfig {
+                audit: cfg.audit || !topology.has_parent,
+                topology,
+                policy: cfg.policy,
+                limits: cfg.limits,
+                tuning: cfg.tuning,
+            },
+            journal,
+            (router_link.0, router_link.1),
+            inbound_rx,
+            parent_rx,
+            uplink,
+            stats.clone(),
+        )
+        .map_err(|source| NodeError::Journal { path: path.clone(), source })?;
+        let dispatcher_shutdown = shutdown_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name("dispatcher".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime can always be built");
+                rt.block_on(dispatcher.run(dispatcher_shutdown));
+            })
+            .map_err(|e| NodeError::Router(format!("cannot start dispatcher thread: {e}")))?;
+        let broker = BrokerHandle::start(
+            &cfg.listeners,
+            medlink_broker::listener_settings(
+                &cfg.id,
+                cfg.credentials.clone(),
+                cfg.max_packet_size,
+                cfg.max_connections,
+            ),
+            links,
+            inbound_tx,
+        )
+        .await
+        .map_err(NodeError::Listen)?;
+        info!(node = %cfg.id, journal = %path.display(), "node started");
+        Ok(Node {
+            bound: broker.bound.clone(),
+            stats,
+            broker: Some(broker),
+            shutdown,
+            dispatcher: Some(thread),
+            uplink: uplink_task,
+        })
+    }
+
+    /// Stops accepting, closes connections, lets the dispatcher finish its round, closes
+    /// the uplink.
+    pub async fn shutdown(mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.stop().await;
+        }
+        let _ = self.shutdown.send(true);
+        if let Some(thread) = self.dispatcher.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(task) = self.uplink.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+        info!("node stopped");
+    }
+}

@@ -1,0 +1,152 @@
+//! Tree routing: where an envelope goes next from this node.
+//!
+//! Node ids are dotted paths from the root, so the tree itself is the routing table: deliver
+//! here if the target is this node, go down to the child whose id prefixes the target, and
+//! otherwise go up. A message climbs to the lowest common ancestor and descends, so routes are
+//! loop-free by construction.
+
+use std::collections::BTreeSet;
+
+use crate::envelope::Envelope;
+
+/// How commands between clients of the same subtree travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Through the lowest common ancestor; same-node commands stay on their node.
+    #[default]
+    Shortest,
+    /// Everything through the root, which audits all traffic.
+    ViaRoot,
+}
+
+/// The next hop of an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    /// Deliver to this node's client.
+    Local(String),
+    /// Forward to this child node.
+    Down(String),
+    /// Forward to the parent.
+    Up,
+    /// Cannot be delivered; the reason goes into a `failed` receipt.
+    Unroutable(String),
+}
+
+/// What a node knows of its place in the tree.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// This node's id.
+    pub me: String,
+    /// Whether this node has a parent.
+    pub has_parent: bool,
+    /// Ids of child nodes allowed to connect.
+    pub children: BTreeSet<String>,
+    /// Client identities of this node.
+    pub clients: BTreeSet<String>,
+}
+
+/// Whether `node` is `ancestor` or lies below it.
+pub fn within(ancestor: &str, node: &str) -> bool {
+    node == ancestor
+        || (node.len() > ancestor.len()
+            && node.starts_with(ancestor)
+            && node.as_bytes()[ancestor.len()] == b'.')
+}
+
+impl Topology {
+    /// Decides the next hop of `env`.
+    pub fn next_hop(&self, env: &Envelope) -> NextHop {
+        let target = &env.to.node;
+        if env.via_root && self.has_parent {
+            return NextHop::Up;
+        }
+        if *target == self.me {
+            return if self.clients.contains(&env.to.client) {
+                NextHop::Local(env.to.client.clone())
+            } else {
+                NextHop::Unroutable(format!(
+                    "no client '{}' at node '{}'",
+                    env.to.client, self.me
+                ))
+            };
+        }
+        if within(&self.me, target) {
+            // The child on the path is the known child whose id prefixes the target; levels
+            // may be skipped, so it need not be exactly one segment longer.
+            return match self.children.iter().find(|c| within(c, target)) {
+                Some(child) => NextHop::Down(child.clone()),
+                None => NextHop::Unroutable(format!(
+                    "node '{}' has no child leading to '{target}'",
+                    self.me
+                )),
+            };
+        }
+        if self.has_parent {
+            NextHop::Up
+        } else {
+            NextHop::Unroutable(format!("node '{target}' is not in this tree"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Address, Envelope, Kind};
+
+    fn env(node: &str, client: &str) -> Envelope {
+        Envelope {
+            id: "1".into(),
+            kind: Kind::Cmd,
+            from: Address {
+                node: "js.nj.t1".into(),
+                client: "a".into(),
+            },
+            to: Address {
+                node: node.into(),
+                client: client.into(),
+            },
+            cmd: "x".into(),
+            params: serde_json::value::RawValue::from_string("null".into()).unwrap(),
+            reply_to: None,
+            created_at: 0,
+            expires_at: None,
+            priority: 0,
+            hops: 0,
+            via_root: false,
+            trail: vec![],
+        }
+    }
+
+    fn topo(me: &str, parent: bool, children: &[&str]) -> Topology {
+        Topology {
+            me: me.into(),
+            has_parent: parent,
+            children: children.iter().map(|s| s.to_string()).collect(),
+            clients: ["a".to_string()].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn routes_up_down_and_local() {
+        let t = topo("js.nj", true, &["js.nj.gl", "js.nj.xw.t9"]);
+        assert_eq!(t.next_hop(&env("js.nj", "a")), NextHop::Local("a".into()));
+        assert!(matches!(t.next_hop(&env("js.nj", "zz")), NextHop::Unroutable(_)));
+        assert_eq!(t.next_hop(&env("js.nj.gl.t3", "a")), NextHop::Down("js.nj.gl".into()));
+        // a skipped level: the child's id is two segments longer
+        assert_eq!(
+            t.next_hop(&env("js.nj.xw.t9", "a")),
+            NextHop::Down("js.nj.xw.t9".into())
+        );
+        assert!(matches!(t.next_hop(&env("js.nj.qq", "a")), NextHop::Unroutable(_)));
+        assert_eq!(t.next_hop(&env("js.sz", "a")), NextHop::Up);
+        // prefix on a segment boundary only
+        assert_eq!(t.next_hop(&env("js.njx", "a")), NextHop::Up);
+        let root = topo("js", false, &["js.nj"]);
+        assert!(matches!(root.next_hop(&env("zj.hz", "a")), NextHop::Unroutable(_)));
+        let mut e = env("js.nj", "a");
+        e.via_root = true;
+        assert_eq!(t.next_hop(&e), NextHop::Up);
+    }
+}

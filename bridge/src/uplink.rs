@@ -1,0 +1,220 @@
+//! The child's connection to its parent.
+//!
+//! Firewalls let sites dial out only, so the child always dials. This task owns the MQTT
+//! client (rumqttc), tries the parent's addresses in turn with jittered exponential backoff,
+//! and moves frames: what the dispatcher hands it goes to `link/<me>/up`, what arrives on
+//! `link/<me>/down` goes to the dispatcher. It keeps no custody of its own — a frame lost with
+//! a dying connection is resent by the dispatcher's go-back-N window.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use medlink_broker::acl::{link_down_topic, link_up_topic};
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+/// How to reach one address of the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentAddr {
+    /// MQTT over TCP.
+    Tcp {
+        /// Host name or IP.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// MQTT over WebSocket.
+    Ws {
+        /// Full URL, e.g. `ws://city.example:8083/mqtt`.
+        url: String,
+        /// Port (rumqttc wants it separately).
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for ParentAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParentAddr::Tcp { host, port } => write!(f, "mqtt://{host}:{port}"),
+            ParentAddr::Ws { url, .. } => write!(f, "{url}"),
+        }
+    }
+}
+
+/// Settings of the uplink.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// This node's id (also its identity at the parent).
+    pub node_id: String,
+    /// Password of that identity at the parent.
+    pub password: String,
+    /// Parent addresses, tried in order.
+    pub parents: Vec<ParentAddr>,
+    /// Longest wait between attempts.
+    pub backoff_cap: Duration,
+    /// Largest frame, bytes.
+    pub max_packet: usize,
+}
+
+/// What the uplink tells the dispatcher.
+#[derive(Debug)]
+pub enum ParentEvent {
+    /// Connected and subscribed: frames can flow.
+    Connected,
+    /// The connection ended.
+    Disconnected,
+    /// A frame from the parent.
+    Frame(Bytes),
+}
+
+/// The dispatcher's handle on the uplink task.
+#[derive(Debug, Clone)]
+pub struct UplinkHandle {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    reconnect: mpsc::UnboundedSender<()>,
+}
+
+impl UplinkHandle {
+    /// Queues a frame for the parent (dropped if the link is down; the window resends).
+    pub fn send(&self, frame: Vec<u8>) {
+        let _ = self.frames.send(frame);
+    }
+
+    /// Drops the current connection and dials again (used when the link stalls).
+    pub fn reconnect(&self) {
+        let _ = self.reconnect.send(());
+    }
+}
+
+/// Starts the uplink task.
+pub fn spawn(
+    cfg: UplinkConfig,
+    events: mpsc::Sender<ParentEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> (UplinkHandle, tokio::task::JoinHandle<()>) {
+    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+    let (reconnect_tx, reconnect_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(cfg, events, frames_rx, reconnect_rx, shutdown));
+    (
+        UplinkHandle {
+            frames: frames_tx,
+            reconnect: reconnect_tx,
+        },
+        task,
+    )
+}
+
+fn options(cfg: &UplinkConfig, addr: &ParentAddr) -> MqttOptions {
+    let mut opts = match addr {
+        ParentAddr::Tcp { host, port } => MqttOptions::new(&cfg.node_id, host, *port),
+        ParentAddr::Ws { url, port } => {
+            let mut o = MqttOptions::new(&cfg.node_id, url, *port);
+            o.set_transport(Transport::Ws);
+            o
+        }
+    };
+    opts.set_credentials(&cfg.node_id, &cfg.password)
+        .set_keep_alive(Duration::from_secs(5))
+        .set_clean_session(true)
+        .set_max_packet_size(cfg.max_packet, cfg.max_packet)
+        .set_inflight(256);
+    opts
+}
+
+async fn run(
+    cfg: UplinkConfig,
+    events: mpsc::Sender<ParentEvent>,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut reconnect: mpsc::UnboundedReceiver<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let up_topic = link_up_topic(&cfg.node_id);
+    let down_topic = link_down_topic(&cfg.node_id);
+    let mut index = 0usize;
+    let mut failures = 0u32;
+    loop {
+        let addr = &cfg.parents[index % cfg.parents.len()];
+        debug!(parent = %addr, "dialling parent");
+        let (client, mut eventloop) = AsyncClient::new(options(&cfg, addr), 1024);
+        // Queued now, sent right after CONNACK.
+        let _ = client.try_subscribe(&down_topic, QoS::AtLeastOnce);
+        let mut subscribed = false;
+        let ended = loop {
+            tokio::select! {
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) if !subscribed => {
+                        subscribed = true;
+                        failures = 0;
+                        info!(parent = %addr, "connected to parent");
+                        if events.send(ParentEvent::Connected).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if events.send(ParentEvent::Frame(p.payload)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break format!("{e}"),
+                },
+                Some(frame) = frames.recv(), if subscribed => {
+                    if let Err(e) = client.try_publish(&up_topic, QoS::AtLeastOnce, false, frame) {
+                        debug!(error = %e, "frame not queued; the window will resend it");
+                    }
+                }
+                Some(()) = reconnect.recv() => break "link stalled".to_string(),
+                _ = shutdown.changed() => {
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                    return;
+                }
+            }
+        };
+        if subscribed {
+            warn!(parent = %addr, reason = %ended, "parent link lost");
+            if events.send(ParentEvent::Disconnected).await.is_err() {
+                return;
+            }
+        } else {
+            debug!(parent = %addr, reason = %ended, "parent not reachable");
+            // Fail over to the next address after a failed attempt.
+            index += 1;
+        }
+        // Frames queued for the dead connection are stale; the window resends.
+        while frames.try_recv().is_ok() {}
+        failures = failures.saturating_add(1);
+        let wait = backoff(failures, cfg.backoff_cap);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: uniform in [base/2, base], base = 100 ms · 2^n, capped.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1u32 << failures.min(16))
+        .min(cap);
+    let half = base / 2;
+    half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(3);
+        for n in 0..40 {
+            let b = backoff(n, cap);
+            assert!(b <= cap, "{b:?}");
+            assert!(b >= Duration::from_millis(50), "{b:?}");
+        }
+        assert!(backoff(30, cap) >= cap / 2);
+    }
+}
