@@ -1,1 +1,287 @@
-fn main(){}
+//! `medlink`: one binary for every tier of the network, plus the tools around it.
+//!
+//! - `medlink node --config FILE` runs a node.
+//! - `medlink audit --data-dir DIR ...` prints the audit trail a node recorded.
+//! - `medlink demo` starts a 4-tier tree on loopback and sends a consultation up and back.
+//! - `medlink bench ...` loads any MQTT broker (medlink or not) and reports throughput/latency.
+
+mod bench;
+mod config;
+mod demo;
+mod mqtt_client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use medlink_bridge::audit::{self, AuditQuery};
+use medlink_bridge::node::Node;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "medlink", version, about = "Store-and-forward messaging for tiered healthcare networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node from a TOML configuration file.
+    Node {
+        /// Configuration file (see conf/).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `[node] data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Print the audit records of a node's journal.
+    Audit {
+        /// The node's data directory (holding journal.db).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only records sent by or to this client.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only records from or to this node or a node below it.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this command.
+        #[arg(long)]
+        cmd: Option<String>,
+        /// Only records at or after this time: Unix ms, or RFC 3339-like `YYYY-MM-DDTHH:MM:SSZ`.
+        #[arg(long)]
+        since: Option<String>,
+        /// Most records to print.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a 4-tier tree on loopback and send a consultation up and its reply back down.
+    Demo(demo::DemoArgs),
+    /// Load an MQTT broker or a medlink tree and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDLINK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("medlink: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Node {
+            config,
+            data_dir,
+            json_logs,
+        } => {
+            init_logs(json_logs);
+            let cfg = match config::load(&config, data_dir.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("medlink: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(run_node(cfg))
+        }
+        Command::Audit {
+            data_dir,
+            client,
+            node,
+            cmd,
+            since,
+            limit,
+            json,
+        } => {
+            let since = match since.as_deref().map(parse_time).transpose() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("medlink audit: --since: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let q = AuditQuery {
+                client,
+                node,
+                cmd,
+                since,
+                limit,
+            };
+            print_audit(&data_dir.join("journal.db"), &q, json)
+        }
+        Command::Demo(args) => {
+            init_logs(false);
+            runtime.block_on(demo::run(args))
+        }
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
+    }
+}
+
+async fn run_node(cfg: medlink_bridge::node::NodeConfig) -> ExitCode {
+    let node = match Node::start(cfg).await {
+        Ok(n) => n,
+        Err(e) => {
+            error!("cannot start node: {e}");
+            eprintln!("medlink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (kind, addr) in &node.bound {
+        info!(?kind, %addr, "ready");
+    }
+    wait_for_stop_signal().await;
+    info!("stop requested; shutting down cleanly");
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_audit(path: &std::path::Path, q: &AuditQuery, json: bool) -> ExitCode {
+    if !path.exists() {
+        eprintln!("medlink audit: no journal at {}", path.display());
+        return ExitCode::from(2);
+    }
+    let rows = match audit::query(path, q) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("medlink audit: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for r in &rows {
+        if json {
+            println!("{}", serde_json::to_string(r).expect("audit records serialise"));
+        } else {
+            println!(
+                "{} {} {:<7} {}/{} -> {}/{} {} hops={} {}",
+                format_time(r.at),
+                r.id,
+                r.kind,
+                r.from_node,
+                r.from_client,
+                r.to_node,
+                r.to_client,
+                r.cmd,
+                r.hops,
+                r.decision
+            );
+        }
+    }
+    if !json {
+        eprintln!("{} record(s)", rows.len());
+    }
+    ExitCode::SUCCESS
+}
+
+/// Parses Unix ms or `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let bad = || format!("'{s}' is neither Unix ms nor YYYY-MM-DDTHH:MM:SSZ");
+    let s2 = s.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = s2.split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return Err(bad());
+    }
+    let ms_frac: i64 = format!("{frac:0<3}")[..3].parse().map_err(|_| bad())?;
+    let days = days_from_civil(d[0], d[1], d[2]);
+    let secs = days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
+    u64::try_from(secs * 1000 + ms_frac).map_err(|_| bad())
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Formats Unix ms as `YYYY-MM-DDTHH:MM:SS.fffZ`.
+pub fn format_time(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // inverse of days_from_civil
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let ms = parse_time("2026-11-22T10:31:07.250Z").unwrap();
+        assert_eq!(format_time(ms), "2026-11-22T10:31:07.250Z");
+        assert_eq!(parse_time("1700000000000").unwrap(), 1_700_000_000_000);
+        assert!(parse_time("yesterday").is_err());
+    }
+}

@@ -448,7 +448,7 @@ impl State {
         if !link.online && known {
             link.open();
         }
-        let frame: Frame = match serde_json::from_slice(payload) {
+        let frame = match Frame::parse(payload) {
             Ok(f) => f,
             Err(e) => {
                 warn!(child, error = %e, "malformed link frame");
@@ -476,7 +476,7 @@ impl State {
             return Ok(());
         };
         up.last_heard = Instant::now();
-        let frame: Frame = match serde_json::from_slice(payload) {
+        let frame = match Frame::parse(payload) {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "malformed frame from parent");

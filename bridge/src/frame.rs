@@ -24,7 +24,7 @@ pub struct Numbered<'a> {
 }
 
 /// A message on a link.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 #[serde(tag = "t", rename_all = "lowercase")]
 pub enum Frame<'a> {
     /// A batch of envelopes.
@@ -52,7 +52,50 @@ pub enum Frame<'a> {
     },
 }
 
-impl Frame<'_> {
+/// Flat wire form used for decoding: serde's internally tagged enums buffer their content,
+/// which `RawValue` cannot pass through, so the tag is read as a plain field instead.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    t: WireKind,
+    floor: Option<u64>,
+    #[serde(borrow)]
+    msgs: Option<Vec<Numbered<'a>>>,
+    upto: Option<u64>,
+    at: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireKind {
+    Batch,
+    Ack,
+    Ping,
+    Pong,
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes a frame; the envelopes stay borrowed from `bytes`.
+    pub fn parse(bytes: &'a [u8]) -> Result<Frame<'a>, String> {
+        let w: Wire<'a> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let need = |v: Option<u64>, f: &str| v.ok_or_else(|| format!("missing field `{f}`"));
+        Ok(match w.t {
+            WireKind::Batch => Frame::Batch {
+                floor: need(w.floor, "floor")?,
+                msgs: w.msgs.ok_or("missing field `msgs`")?,
+            },
+            WireKind::Ack => Frame::Ack {
+                upto: need(w.upto, "upto")?,
+            },
+            WireKind::Ping => Frame::Ping {
+                at: need(w.at, "at")?,
+            },
+            WireKind::Pong => Frame::Pong {
+                at: need(w.at, "at")?,
+            },
+        })
+    }
+
     /// Serialises the frame.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("frames always serialise")
@@ -115,7 +158,7 @@ mod tests {
             msgs: vec![Numbered { p: 0, s: 1, e: &raw }],
         };
         let bytes = f.to_bytes();
-        match serde_json::from_slice::<Frame>(&bytes).unwrap() {
+        match Frame::parse(&bytes).unwrap() {
             Frame::Batch { floor, msgs } => {
                 assert_eq!(floor, 1);
                 assert_eq!(msgs[0].e.get(), r#"{"id":"x"}"#);

@@ -138,6 +138,10 @@ async fn run(
         let addr = &cfg.parents[index % cfg.parents.len()];
         debug!(parent = %addr, "dialling parent");
         let (client, mut eventloop) = AsyncClient::new(options(&cfg, addr), 1024);
+        // Acks and pings are small writes; Nagle would hold them for a delayed ACK.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         // Queued now, sent right after CONNACK.
         let _ = client.try_subscribe(&down_topic, QoS::AtLeastOnce);
         let mut subscribed = false;

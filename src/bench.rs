@@ -1,0 +1,341 @@
+//! `medlink bench`: one load generator for medlink and for any other MQTT broker.
+//!
+//! Publishers send N numbered messages at QoS 1; a subscriber (on the same or another broker)
+//! checks every message for loss, duplication and per-publisher order, and measures latency
+//! from the publisher's call to the subscriber's receipt (same process, same clock).
+//! In `--medlink` mode the messages are commands sent through client outboxes and received
+//! from an inbox, so they cross every tier in between with custody at each hop; in plain mode
+//! they are ordinary publishes on `<topic>/<publisher>`, which is how a chain of bridged
+//! mosquitto brokers is driven. The result is one JSON line plus a human summary.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+use serde::{Deserialize, Serialize};
+
+use crate::mqtt_client::{self, Endpoint, Received};
+
+/// Options of `medlink bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Broker the publishers connect to (`mqtt://host:port` or `ws://host:port/mqtt`).
+    #[arg(long)]
+    pub_url: String,
+    /// Broker the subscriber connects to (default: the publishers' broker).
+    #[arg(long)]
+    sub_url: Option<String>,
+    /// Messages in total.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, short = 's', default_value_t = 256)]
+    size: usize,
+    /// Concurrent publishers.
+    #[arg(long, short = 'p', default_value_t = 1)]
+    publishers: usize,
+    /// Total send rate in messages/s (default: as fast as the broker takes them).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Drive a medlink tree: publish commands to client outboxes, receive from an inbox.
+    #[arg(long)]
+    medlink: bool,
+    /// medlink: the publishers' node id.
+    #[arg(long)]
+    pub_node: Option<String>,
+    /// medlink: the subscriber's node id.
+    #[arg(long)]
+    sub_node: Option<String>,
+    /// Publishers' username (medlink: their client identity).
+    #[arg(long)]
+    pub_user: Option<String>,
+    /// Publishers' password.
+    #[arg(long)]
+    pub_pass: Option<String>,
+    /// Subscriber's username (medlink: the target client identity).
+    #[arg(long)]
+    sub_user: Option<String>,
+    /// Subscriber's password.
+    #[arg(long)]
+    sub_pass: Option<String>,
+    /// Plain mode: topic prefix.
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Give up when nothing arrives for this many seconds.
+    #[arg(long, default_value_t = 20)]
+    idle_timeout: u64,
+    /// Label copied into the JSON result.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// What every message carries so the subscriber can check it.
+#[derive(Serialize, Deserialize)]
+struct Probe {
+    p: u32,
+    s: u32,
+    t: u64,
+}
+
+/// The result line.
+#[derive(Serialize, Debug)]
+pub struct BenchResult {
+    label: String,
+    mode: &'static str,
+    messages: usize,
+    size: usize,
+    publishers: usize,
+    rate: Option<u64>,
+    received: usize,
+    lost: usize,
+    duplicates: usize,
+    out_of_order: usize,
+    receipts: usize,
+    seconds: f64,
+    throughput_msg_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+fn login(user: &Option<String>, pass: &Option<String>) -> Option<(String, String)> {
+    user.as_ref()
+        .map(|u| (u.clone(), pass.clone().unwrap_or_default()))
+}
+
+pub async fn run(args: BenchArgs) -> ExitCode {
+    match bench(args).await {
+        Ok(r) => {
+            println!("{}", serde_json::to_string(&r).expect("results serialise"));
+            println!(
+                "# {} {}: {} msgs x {} B from {} publisher(s){}: {:.0} msg/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; lost {}, duplicates {}, out of order {}",
+                r.mode,
+                r.label,
+                r.messages,
+                r.size,
+                r.publishers,
+                r.rate.map(|x| format!(" at {x} msg/s")).unwrap_or_default(),
+                r.throughput_msg_s,
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.max_ms,
+                r.lost,
+                r.duplicates,
+                r.out_of_order
+            );
+            if r.lost > 0 || r.duplicates > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("medlink bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
+    if args.publishers == 0 || args.messages == 0 {
+        return Err("--publishers and --messages must be positive".into());
+    }
+    let sub_ep = Endpoint {
+        url: args.sub_url.clone().unwrap_or_else(|| args.pub_url.clone()),
+        login: login(&args.sub_user, &args.sub_pass),
+    };
+    let pub_ep = Endpoint {
+        url: args.pub_url.clone(),
+        login: login(&args.pub_user, &args.pub_pass),
+    };
+    let (pub_topic, sub_filters, target) = if args.medlink {
+        let pn = args.pub_node.clone().ok_or("--medlink needs --pub-node")?;
+        let sn = args.sub_node.clone().ok_or("--medlink needs --sub-node")?;
+        let pu = args.pub_user.clone().ok_or("--medlink needs --pub-user")?;
+        let su = args.sub_user.clone().ok_or("--medlink needs --sub-user")?;
+        (
+            format!("org/{pn}/{pu}/out"),
+            vec![format!("org/{sn}/{su}/cmd"), format!("org/{pn}/{pu}/receipt")],
+            Some((sn, su)),
+        )
+    } else {
+        (args.topic.clone(), vec![format!("{}/#", args.topic)], None)
+    };
+    let sub_id = format!("bench-sub-{}", std::process::id());
+    let (_sub, mut rx) = mqtt_client::connect(&sub_ep, &sub_id, &sub_filters).await?;
+    let epoch = Instant::now();
+    let per_pub = args.messages.div_ceil(args.publishers);
+    let mut handles = Vec::new();
+    for p in 0..args.publishers {
+        let count = args.messages.saturating_sub(p * per_pub).min(per_pub);
+        let ep = pub_ep.clone();
+        let topic = if args.medlink { pub_topic.clone() } else { format!("{}/{p}", args.topic) };
+        let target = target.clone();
+        let size = args.size;
+        let interval = args
+            .rate
+            .map(|r| Duration::from_secs_f64(args.publishers as f64 / r.max(1) as f64));
+        let id = format!("bench-pub-{}-{p}", std::process::id());
+        let (client, _rx) = mqtt_client::connect(&ep, &id, &[]).await?;
+        handles.push(tokio::spawn(async move {
+            let mut ticker = interval.map(|i| {
+                let mut t = tokio::time::interval(i);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            for s in 0..count {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let probe = Probe {
+                    p: p as u32,
+                    s: s as u32,
+                    t: epoch.elapsed().as_nanos() as u64,
+                };
+                let payload = payload(&probe, size, target.as_ref());
+                if client.publish(topic.clone(), QoS::AtLeastOnce, false, payload).await.is_err() {
+                    return Err(format!("publisher {p} lost its connection"));
+                }
+            }
+            Ok::<(usize, AsyncClientKeep), String>((count, AsyncClientKeep(client)))
+        }));
+    }
+    let mut counts = vec![0usize; args.publishers];
+    let mut seen: Vec<Vec<bool>> = (0..args.publishers).map(|_| vec![false; per_pub]).collect();
+    let mut highest: Vec<i64> = vec![-1; args.publishers];
+    let (mut unique, mut dups, mut ooo, mut receipts) = (0usize, 0usize, 0usize, 0usize);
+    let mut lat: Vec<u64> = Vec::with_capacity(args.messages);
+    let mut last_rx = epoch;
+    let idle = Duration::from_secs(args.idle_timeout);
+    while unique < args.messages {
+        let msg = match tokio::time::timeout(idle, rx.recv()).await {
+            Ok(Some(m)) => m,
+            _ => break,
+        };
+        let now = epoch.elapsed().as_nanos() as u64;
+        let Some(probe) = read_probe(&msg, args.medlink, &mut receipts) else {
+            continue;
+        };
+        last_rx = Instant::now();
+        let (p, s) = (probe.p as usize, probe.s as usize);
+        if p >= args.publishers || s >= per_pub {
+            continue;
+        }
+        if seen[p][s] {
+            dups += 1;
+            continue;
+        }
+        seen[p][s] = true;
+        counts[p] += 1;
+        unique += 1;
+        if (s as i64) < highest[p] {
+            ooo += 1;
+        }
+        highest[p] = highest[p].max(s as i64);
+        lat.push(now.saturating_sub(probe.t));
+    }
+    let mut keep = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(Ok(k)) => keep.push(k),
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("publisher task failed: {e}")),
+        }
+    }
+    // Give late duplicates a moment to show up before counting.
+    if unique == args.messages {
+        let grace = Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(grace.into(), rx.recv()).await {
+            if let Some(probe) = read_probe(&msg, args.medlink, &mut receipts) {
+                if (probe.p as usize) < args.publishers && (probe.s as usize) < per_pub && seen[probe.p as usize][probe.s as usize] {
+                    dups += 1;
+                }
+            }
+        }
+    }
+    drop(keep);
+    lat.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1e6
+    };
+    let seconds = last_rx.duration_since(epoch).as_secs_f64();
+    Ok(BenchResult {
+        label: args.label.clone(),
+        mode: if args.medlink { "medlink" } else { "mqtt" },
+        messages: args.messages,
+        size: args.size,
+        publishers: args.publishers,
+        rate: args.rate,
+        received: unique,
+        lost: args.messages - unique,
+        duplicates: dups,
+        out_of_order: ooo,
+        receipts,
+        seconds,
+        throughput_msg_s: if seconds > 0.0 { unique as f64 / seconds } else { 0.0 },
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+        max_ms: pct(1.0),
+    })
+}
+
+/// Keeps a publisher's connection open until the subscriber is done.
+struct AsyncClientKeep(#[allow(dead_code)] rumqttc::AsyncClient);
+
+fn payload(probe: &Probe, size: usize, target: Option<&(String, String)>) -> Vec<u8> {
+    match target {
+        None => {
+            let mut v = serde_json::to_vec(probe).expect("probes serialise");
+            v.push(b' ');
+            if v.len() < size {
+                v.resize(size, b'.');
+            }
+            v
+        }
+        Some((node, client)) => {
+            let head = serde_json::json!({
+                "to": {"node": node, "client": client},
+                "cmd": "bench",
+                "params": {"p": probe.p, "s": probe.s, "t": probe.t, "pad": ""},
+            })
+            .to_string();
+            let pad = size.saturating_sub(head.len());
+            let params = serde_json::json!({"p": probe.p, "s": probe.s, "t": probe.t, "pad": ".".repeat(pad)});
+            serde_json::json!({
+                "to": {"node": node, "client": client},
+                "cmd": "bench",
+                "params": params,
+            })
+            .to_string()
+            .into_bytes()
+        }
+    }
+}
+
+fn read_probe(msg: &Received, medlink: bool, receipts: &mut usize) -> Option<Probe> {
+    if !medlink {
+        let end = msg.payload.iter().position(|b| *b == b' ')?;
+        return serde_json::from_slice(&msg.payload[..end]).ok();
+    }
+    if msg.topic.ends_with("/receipt") {
+        *receipts += 1;
+        if *receipts <= 3 {
+            eprintln!("receipt: {}", String::from_utf8_lossy(&msg.payload));
+        }
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Env<'a> {
+        #[serde(borrow)]
+        params: &'a serde_json::value::RawValue,
+    }
+    let env: Env = serde_json::from_slice(&msg.payload).ok()?;
+    serde_json::from_str(env.params.get()).ok()
+}

@@ -1,0 +1,108 @@
+//! A minimal MQTT client for the demo and the bench: connect, subscribe, and receive
+//! publishes on a channel. It speaks to any broker, medlink or not.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::{mpsc, oneshot};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `mqtt://host:port` or `ws://host:port/path`.
+    pub url: String,
+    /// Username/password, if the broker wants them.
+    pub login: Option<(String, String)>,
+}
+
+/// A received publish.
+#[derive(Debug)]
+pub struct Received {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+}
+
+/// Parses an endpoint URL into rumqttc options.
+pub fn options(ep: &Endpoint, client_id: &str) -> Result<MqttOptions, String> {
+    let url = url::Url::parse(&ep.url).map_err(|e| format!("'{}': {e}", ep.url))?;
+    let host = url.host_str().ok_or_else(|| format!("'{}' has no host", ep.url))?;
+    let mut opts = match url.scheme() {
+        "mqtt" | "tcp" => MqttOptions::new(client_id, host, url.port().unwrap_or(1883)),
+        "ws" => {
+            let mut o = MqttOptions::new(client_id, ep.url.clone(), url.port().unwrap_or(80));
+            o.set_transport(Transport::Ws);
+            o
+        }
+        s => return Err(format!("'{}': scheme {s} is not mqtt or ws", ep.url)),
+    };
+    if let Some((u, p)) = &ep.login {
+        opts.set_credentials(u, p);
+    }
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(16 << 20, 16 << 20)
+        .set_inflight(1000)
+        .set_clean_session(true);
+    Ok(opts)
+}
+
+/// Connects, subscribes to `filters` at QoS 1, and returns once the SUBACK arrived.
+pub async fn connect(
+    ep: &Endpoint,
+    client_id: &str,
+    filters: &[String],
+) -> Result<(AsyncClient, mpsc::UnboundedReceiver<Received>), String> {
+    let (client, mut eventloop) = AsyncClient::new(options(ep, client_id)?, 4096);
+    // Small writes (PUBACK then PUBLISH) must not wait for delayed ACKs (Nagle).
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    for f in filters {
+        client
+            .subscribe(f.clone(), QoS::AtLeastOnce)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+    let mut ready = Some(ready_tx);
+    let wants_suback = !filters.is_empty();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) if !wants_suback => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Ok(()));
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(Received {
+                        topic: p.topic,
+                        payload: p.payload,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(e.to_string()));
+                        return;
+                    }
+                    // Reconnect after a pause (rumqttc redials on the next poll).
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
+        Ok(Ok(Ok(()))) => Ok((client, rx)),
+        Ok(Ok(Err(e))) => Err(format!("{}: {e}", ep.url)),
+        _ => Err(format!("{}: no answer within 10 s", ep.url)),
+    }
+}
