@@ -1,0 +1,408 @@
+//! Test harness: real `medlink node` processes on loopback, real MQTT clients.
+//!
+//! A [`Tree`] writes one TOML file per node into a temporary directory, with ports chosen
+//! once so that a restarted node comes back on the same address its children dial.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_medlink");
+
+/// A free loopback port (bound and released; good enough on a quiet test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("bound socket has an address")
+        .port()
+}
+
+/// One node of a test tree.
+pub struct NodeSpec {
+    pub id: String,
+    pub parent: Option<String>,
+    pub clients: Vec<String>,
+    pub extra: String,
+}
+
+/// A node process.
+pub struct NodeProc {
+    pub id: String,
+    pub port: u16,
+    pub ws_port: u16,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open node log");
+        let child = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .env("MEDLINK_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn medlink node");
+        self.child = Some(child);
+        wait_port(self.port, &self.log);
+    }
+
+    /// SIGKILL: no clean shutdown at all.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("{} did not stop within 10 s of SIGTERM", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_port(port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "node did not listen on {port}; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+pub const PASSWORD: &str = "test-pw";
+
+/// A tree of node processes.
+pub struct Tree {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<String, NodeProc>,
+}
+
+impl Tree {
+    /// Writes configs for `specs` (parents before children) without starting anything.
+    pub fn new(specs: &[NodeSpec]) -> Tree {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes: BTreeMap<String, NodeProc> = BTreeMap::new();
+        for spec in specs {
+            let port = free_port();
+            let ws_port = free_port();
+            let data_dir = dir.path().join(format!("{}.data", spec.id));
+            let mut toml = format!(
+                "[node]\nid = \"{}\"\ndata_dir = \"{}\"\n{}\n\n[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:{port}\"\n\n[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:{ws_port}\"\n\n[link]\nresend_after_ms = 1000\nping_every_ms = 300\ndead_after_ms = 1500\n",
+                spec.id,
+                data_dir.display(),
+                spec.extra
+            );
+            if let Some(parent) = &spec.parent {
+                let pport = nodes[parent].port;
+                toml += &format!(
+                    "\n[parent]\naddresses = [\"mqtt://127.0.0.1:{pport}\"]\npassword = \"{PASSWORD}\"\n"
+                );
+            }
+            for child in specs.iter().filter(|s| s.parent.as_deref() == Some(spec.id.as_str())) {
+                toml += &format!(
+                    "\n[[identity]]\nname = \"{}\"\npassword = \"{PASSWORD}\"\nrole = \"node\"\n",
+                    child.id
+                );
+            }
+            for c in &spec.clients {
+                toml += &format!("\n[[identity]]\nname = \"{c}\"\npassword = \"{PASSWORD}\"\nrole = \"client\"\n");
+            }
+            toml += &format!("\n[[identity]]\nname = \"ops\"\npassword = \"{PASSWORD}\"\nrole = \"admin\"\n");
+            let config = dir.path().join(format!("{}.toml", spec.id));
+            std::fs::File::create(&config)
+                .and_then(|mut f| f.write_all(toml.as_bytes()))
+                .expect("write config");
+            nodes.insert(
+                spec.id.clone(),
+                NodeProc {
+                    id: spec.id.clone(),
+                    port,
+                    ws_port,
+                    config,
+                    data_dir,
+                    log: dir.path().join(format!("{}.log", spec.id)),
+                    child: None,
+                },
+            );
+        }
+        Tree { dir, nodes }
+    }
+
+    /// Writes configs and starts every node.
+    pub fn start(specs: &[NodeSpec]) -> Tree {
+        let mut t = Tree::new(specs);
+        for spec in specs {
+            t.node(&spec.id).start();
+        }
+        t
+    }
+
+    pub fn node(&mut self, id: &str) -> &mut NodeProc {
+        self.nodes.get_mut(id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Prints every node's log (call before failing an assertion for a useful report).
+    pub fn dump_logs(&self) {
+        for n in self.nodes.values() {
+            eprintln!("----- {} -----\n{}", n.id, tail(&n.log_text(), 40));
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn spec(id: &str, parent: Option<&str>, clients: &[&str]) -> NodeSpec {
+    NodeSpec {
+        id: id.into(),
+        parent: parent.map(String::from),
+        clients: clients.iter().map(|s| s.to_string()).collect(),
+        extra: String::new(),
+    }
+}
+
+/// A received publish.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub json: Value,
+}
+
+/// A client application connected to one node with its own identity.
+pub struct App {
+    pub node: String,
+    pub name: String,
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<Msg>,
+}
+
+impl App {
+    /// Connects as `name` to `port` of node `node`, subscribed to its inbox and receipts.
+    pub async fn connect(node: &str, name: &str, port: u16) -> App {
+        Self::connect_as(node, name, name, port, true).await
+    }
+
+    pub async fn connect_as(node: &str, name: &str, client_id: &str, port: u16, subscribe: bool) -> App {
+        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+        opts.set_credentials(name, PASSWORD)
+            .set_keep_alive(Duration::from_secs(10))
+            .set_clean_session(true)
+            .set_inflight(500)
+            .set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut el) = AsyncClient::new(opts, 10_000);
+        let mut net = NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        el.set_network_options(net);
+        if subscribe {
+            client
+                .subscribe(format!("org/{node}/{name}/cmd"), QoS::AtLeastOnce)
+                .await
+                .expect("queue subscribe");
+            client
+                .subscribe(format!("org/{node}/{name}/receipt"), QoS::AtLeastOnce)
+                .await
+                .expect("queue subscribe");
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+        let resubscribe = client.clone();
+        let (n, c) = (node.to_string(), name.to_string());
+        tokio::spawn(async move {
+            let mut subacks = 0;
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if !subscribe {
+                            let _ = ready_tx.send(());
+                        } else if subacks >= 2 {
+                            // reconnected: sessions are not resumed, subscribe again
+                            let _ = resubscribe.try_subscribe(format!("org/{n}/{c}/cmd"), QoS::AtLeastOnce);
+                            let _ = resubscribe.try_subscribe(format!("org/{n}/{c}/receipt"), QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subacks += 1;
+                        if subacks == 2 {
+                            let _ = ready_tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if tx.send(Msg { topic: p.topic, json }).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{name} could not connect to {node} on {port}"));
+        App {
+            node: node.into(),
+            name: name.into(),
+            client,
+            rx,
+        }
+    }
+
+    /// Publishes a raw payload to this client's outbox.
+    pub async fn publish_raw(&self, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(format!("org/{}/{}/out", self.node, self.name), QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("queue publish");
+    }
+
+    /// Sends a command.
+    pub async fn send(&self, to_node: &str, to_client: &str, cmd: &str, params: Value) {
+        let body = serde_json::json!({"to": {"node": to_node, "client": to_client}, "cmd": cmd, "params": params});
+        self.publish_raw(body.to_string()).await;
+    }
+
+    /// Next message within `secs`.
+    pub async fn recv(&mut self, secs: u64) -> Option<Msg> {
+        tokio::time::timeout(Duration::from_secs(secs), self.rx.recv()).await.ok().flatten()
+    }
+
+    /// Next command (not receipt) within `secs`, panicking with context if none.
+    pub async fn expect_cmd(&mut self, secs: u64) -> Value {
+        loop {
+            let m = self
+                .recv(secs)
+                .await
+                .unwrap_or_else(|| panic!("{}@{}: no command within {secs} s", self.name, self.node));
+            if m.topic.ends_with("/cmd") {
+                return m.json;
+            }
+            eprintln!("{}: skipping {}: {}", self.name, m.topic, m.json);
+        }
+    }
+
+    /// Next receipt within `secs`.
+    pub async fn expect_receipt(&mut self, secs: u64) -> Value {
+        loop {
+            let m = self
+                .recv(secs)
+                .await
+                .unwrap_or_else(|| panic!("{}@{}: no receipt within {secs} s", self.name, self.node));
+            if m.topic.ends_with("/receipt") {
+                return m.json;
+            }
+            eprintln!("{}: skipping {}: {}", self.name, m.topic, m.json);
+        }
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks a stream of sequence numbers 0..n from one sender: returns (lost, duplicates,
+/// out_of_order).
+pub fn audit_sequence(received: &[u64], n: u64) -> (u64, u64, u64) {
+    let mut seen = HashSet::new();
+    let mut dups = 0;
+    let mut ooo = 0;
+    let mut highest: Option<u64> = None;
+    for &s in received {
+        if !seen.insert(s) {
+            dups += 1;
+            continue;
+        }
+        if matches!(highest, Some(h) if s < h) {
+            ooo += 1;
+        }
+        highest = Some(highest.map_or(s, |h| h.max(s)));
+    }
+    let lost = (0..n).filter(|s| !seen.contains(s)).count() as u64;
+    (lost, dups, ooo)
+}
+
+/// Runs the `medlink` binary with `args`; returns (exit code, stdout, stderr).
+pub fn medlink(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().expect("run medlink");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Trail node ids of an envelope.
+pub fn trail(env: &Value) -> Vec<String> {
+    env["trail"]
+        .as_array()
+        .map(|a| a.iter().map(|h| h["node"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default()
+}
