@@ -201,6 +201,16 @@ impl Tree {
         self.nodes.get_mut(id).unwrap_or_else(|| panic!("no node {id}"))
     }
 
+    /// Moves a node out (to drive it from another thread); [`Tree::put`] brings it back.
+    pub fn take(&mut self, id: &str) -> NodeProc {
+        self.nodes.remove(id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Puts back a node taken with [`Tree::take`].
+    pub fn put(&mut self, node: NodeProc) {
+        self.nodes.insert(node.id.clone(), node);
+    }
+
     /// Prints every node's log (call before failing an assertion for a useful report).
     pub fn dump_logs(&self) {
         for n in self.nodes.values() {
@@ -294,6 +304,8 @@ impl App {
                             return;
                         }
                     }
+                    // a deliberate disconnect ends the client for good (no silent redial)
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(_) => {
                         if tx.is_closed() {
