@@ -58,6 +58,26 @@ pub struct NodeConfig {
     pub router: RouterSettings,
 }
 
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Deliberately omits the parent password.
+        f.debug_struct("NodeConfig")
+            .field("id", &self.id)
+            .field("data_dir", &self.data_dir)
+            .field("listeners", &self.listeners)
+            .field("parents", &self.parents)
+            .field("credentials", &self.credentials)
+            .field("policy", &self.policy)
+            .field("audit", &self.audit)
+            .field("durability", &self.durability)
+            .field("limits", &self.limits)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("max_connections", &self.max_connections)
+            .field("tuning", &self.tuning)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -44,6 +44,8 @@ pub struct FrontEnd {
     pub inbound: mpsc::Sender<Inbound>,
     pub next_conn: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    /// Live sessions by MQTT client id, for session takeover (MQTT 3.1.1 §3.1.4).
+    pub sessions: Mutex<HashMap<String, (ConnId, oneshot::Sender<()>)>>,
 }
 
 /// Why a connection ended.
@@ -61,8 +63,10 @@ enum End {
     Refused(&'static str),
     #[error("keepalive expired")]
     KeepAlive,
-    #[error("session taken over or closed by router")]
+    #[error("router link closed")]
     RouterDisconnect,
+    #[error("session taken over by a new connection with the same client id")]
+    TakenOver,
     #[error("node is shutting down")]
     Shutdown,
 }
@@ -92,7 +96,12 @@ pub async fn run(ctx: Arc<FrontEnd>, mut transport: Transport, peer: SocketAddr,
             return;
         }
     };
-    let end = session.serve(&ctx, &mut transport, rbuf).await;
+    // From here on the router holds a connection for this session: every exit path must go
+    // through `close`, or the router keeps a zombie whose slot a later client would inherit.
+    let end = match session.flush(&ctx, &mut transport).await {
+        Ok(()) => session.serve(&ctx, &mut transport, rbuf).await,
+        Err(e) => e,
+    };
     debug!(%peer, conn, client = %session.client_id, reason = %end, "connection closed");
     session.close(&ctx, &end).await;
     transport.close().await;
@@ -180,6 +189,8 @@ struct Session {
     taken_over: bool,
     /// QoS 0 deliveries to report once written.
     delivered: Vec<(String, String)>,
+    /// Fires when a newer connection with the same client id takes the session over.
+    kicked: oneshot::Receiver<()>,
 }
 
 impl Session {
@@ -219,14 +230,22 @@ impl Session {
         } else {
             info.client_id
         };
-        if !assigned && (!valid_name(&client_id) || client_id == crate::RESERVED_CLIENT_ID) {
+        // '$' is refused by rumqttd's router as well; checked here so the client gets a CONNACK.
+        if !assigned
+            && (!valid_name(&client_id)
+                || client_id.contains('$')
+                || client_id == crate::RESERVED_CLIENT_ID)
+        {
             write_packet(transport, codec, refuse(ConnectReturnCode::ClientIdentifierNotValid))
                 .await?;
             return Err(End::Refused("client id contains + # / or control characters"));
         }
-        // The router answers on a blocking channel; keep that off the async workers.
+        // The router answers on a blocking channel; keep that off the async workers. Each
+        // connection gets its own router id, so the router never performs a takeover itself
+        // (its takeover can hand a dead connection's stale events to the slot's next owner);
+        // takeover is done below, by closing the old session properly.
         let links = ctx.links.clone();
-        let router_id = client_id.clone();
+        let router_id = format!("{client_id}~{conn}");
         let built = tokio::task::spawn_blocking(move || links(&router_id))
             .await
             .map_err(|_| End::Refused("router link task failed"))?;
@@ -235,11 +254,20 @@ impl Session {
             Err(e) => {
                 // The router drops the connection when it refuses the client id or is full.
                 warn!(client = %client_id, error = %e, "router refused the connection");
-                write_packet(transport, codec, refuse(ConnectReturnCode::ClientIdentifierNotValid))
+                write_packet(transport, codec, refuse(ConnectReturnCode::ServerUnavailable))
                     .await?;
-                return Err(End::Refused("router refused the client id"));
+                return Err(End::Refused("router refused the connection"));
             }
         };
+        let (kick_tx, kicked) = oneshot::channel();
+        let previous = ctx
+            .sessions
+            .lock()
+            .expect("session registry lock is never held across a panic")
+            .insert(client_id.clone(), (conn, kick_tx));
+        if let Some((_, kick)) = previous {
+            let _ = kick.send(());
+        }
         let props = match codec.version {
             Version::V4 => None,
             Version::V5 => Some(ConnAckProperties {
@@ -287,9 +315,9 @@ impl Session {
             child_open: false,
             taken_over: false,
             delivered: Vec::new(),
+            kicked,
         };
         session.encode(ack)?;
-        session.flush(ctx, transport).await?;
         Ok(session)
     }
 
@@ -325,6 +353,14 @@ impl Session {
                 },
                 _ = tokio::time::sleep_until(deadline), if !self.keep_alive.is_zero() => {
                     return End::KeepAlive;
+                }
+                _ = &mut self.kicked => {
+                    if self.codec.version == Version::V5 {
+                        let bye = Disconnect { reason_code: DisconnectReasonCode::SessionTakenOver };
+                        let _ = self.encode(Packet::Disconnect(bye, None));
+                        let _ = self.flush(ctx, transport).await;
+                    }
+                    return End::TakenOver;
                 }
                 _ = shutdown.changed() => return End::Shutdown,
             }
@@ -621,6 +657,15 @@ impl Session {
     }
 
     async fn close(&mut self, ctx: &FrontEnd, _end: &End) {
+        {
+            let mut sessions = ctx
+                .sessions
+                .lock()
+                .expect("session registry lock is never held across a panic");
+            if sessions.get(&self.client_id).is_some_and(|(c, _)| *c == self.conn) {
+                sessions.remove(&self.client_id);
+            }
+        }
         if self.inbox_open {
             self.notify_closed(ctx).await;
         }

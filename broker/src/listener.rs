@@ -81,6 +81,7 @@ impl BrokerHandle {
             inbound,
             next_conn: AtomicU64::new(1),
             shutdown: shutdown_rx,
+            sessions: Default::default(),
         });
         let limit = Arc::new(Semaphore::new(settings.max_connections));
         let mut bound = Vec::new();
