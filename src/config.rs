@@ -224,8 +224,13 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         credentials.insert(&ident.name, &ident.password, ident.role);
     }
     let l = &file.limits;
-    if l.max_payload == 0 || l.max_payload > l.max_packet {
-        return Err("limits.max_payload: must be positive and at most limits.max_packet".into());
+    // A frame carries at least one envelope (payload plus stamps and trail) next to half a
+    // packet of others, so the payload must leave room for that in every hop's packet limit.
+    if l.max_payload == 0 || l.max_payload + 64 * 1024 > l.max_packet / 2 {
+        return Err(format!(
+            "limits.max_payload: must be positive and at most limits.max_packet / 2 - 64 KiB ({} here)",
+            (l.max_packet / 2).saturating_sub(64 * 1024)
+        ));
     }
     if l.max_connections == 0 {
         return Err("limits.max_connections: must be positive".into());

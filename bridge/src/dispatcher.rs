@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use medlink_broker::acl::{inbox_topic, link_down_topic, receipt_topic};
-use medlink_broker::{Accept, ConnId, Inbound};
+use medlink_broker::{Accept, ConnId, Inbound, Stream};
 use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -47,7 +47,7 @@ pub struct DispatcherConfig {
     pub tuning: LinkTuning,
 }
 
-/// One client's inbox delivery state.
+/// Delivery state of one client stream (`local:<client>` commands or `receipts:<client>`).
 #[derive(Debug, Default)]
 struct LocalOut {
     conns: HashSet<ConnId>,
@@ -73,6 +73,7 @@ struct State {
     downs: HashMap<String, LinkOut>,
     child_conn: HashMap<String, ConnId>,
     link_in: HashMap<String, InOrder>,
+    /// Keyed by journal destination.
     locals: HashMap<String, LocalOut>,
     stats: Stats,
 }
@@ -166,6 +167,8 @@ impl Dispatcher {
 
     /// Handles one batch of inputs in one transaction, then acknowledges and sends.
     fn round(&mut self, items: Vec<Input>, sweep: bool) {
+        let t0 = std::time::Instant::now();
+        let n_items = items.len();
         let now = now_ms();
         let mut out = Outbox::default();
         let state = &mut self.state;
@@ -188,11 +191,13 @@ impl Dispatcher {
             self.state.link_in.clear();
             return;
         }
+        let t1 = t0.elapsed();
         self.state.release(out);
         self.state.timers();
         if let Err(e) = self.state.pump(&mut self.journal, now) {
             error!(error = %e, "journal read failed while sending");
         }
+        tracing::trace!(n_items, commit_us = t1.as_micros() as u64, total_us = t0.elapsed().as_micros() as u64, "round");
     }
 }
 
@@ -206,18 +211,19 @@ fn local_dest(client: &str) -> String {
     format!("local:{client}")
 }
 
-fn down_dest(child: &str) -> String {
-    format!("down:{child}")
+fn receipt_dest(client: &str) -> String {
+    format!("receipts:{client}")
 }
 
-/// Whether a queued body is a receipt (delivered on the receipt topic, not the inbox).
-fn is_receipt(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct KindOnly {
-        #[serde(default)]
-        kind: Kind,
+fn stream_dest(client: &str, stream: Stream) -> String {
+    match stream {
+        Stream::Commands => local_dest(client),
+        Stream::Receipts => receipt_dest(client),
     }
-    matches!(serde_json::from_slice::<KindOnly>(body), Ok(KindOnly { kind: Kind::Receipt }))
+}
+
+fn down_dest(child: &str) -> String {
+    format!("down:{child}")
 }
 
 impl State {
@@ -247,25 +253,35 @@ impl State {
                     out.replies.push((reply, verdict));
                 }
             }
-            Input::Broker(Inbound::InboxOpen { client, conn }) => {
-                let floor = tx.floor(&local_dest(&client))?;
-                let local = self.locals.entry(client).or_default();
-                if local.conns.is_empty() {
+            Input::Broker(Inbound::InboxOpen { client, conn, stream }) => {
+                // Everything not yet acknowledged goes (again) to every open connection: a new
+                // device gets what is pending, and nothing waits on a connection that died.
+                // Duplicates this may cause carry the same id; applications drop them by id.
+                let dest = stream_dest(&client, stream);
+                let floor = tx.floor(&dest)?;
+                let local = self.locals.entry(dest).or_default();
+                local.conns.insert(conn);
+                local.sent = floor.saturating_sub(1);
+                local.inflight = 0;
+            }
+            Input::Broker(Inbound::InboxClosed { client, conn, stream }) => {
+                let dest = stream_dest(&client, stream);
+                let floor = tx.floor(&dest)?;
+                if let Some(local) = self.locals.get_mut(&dest) {
+                    local.conns.remove(&conn);
+                    // What was in flight to the closed connection is sent again.
                     local.sent = floor.saturating_sub(1);
                     local.inflight = 0;
                 }
-                local.conns.insert(conn);
-            }
-            Input::Broker(Inbound::InboxClosed { client, conn }) => {
-                if let Some(local) = self.locals.get_mut(&client) {
-                    local.conns.remove(&conn);
-                }
             }
             Input::Broker(Inbound::Delivered { client, id }) => {
-                if tx.remove_id(&local_dest(&client), &id)?.is_some() {
-                    self.stats.delivered();
-                    if let Some(local) = self.locals.get_mut(&client) {
-                        local.inflight = local.inflight.saturating_sub(1);
+                for dest in [local_dest(&client), receipt_dest(&client)] {
+                    if tx.remove_id(&dest, &id)?.is_some() {
+                        self.stats.delivered();
+                        if let Some(local) = self.locals.get_mut(&dest) {
+                            local.inflight = local.inflight.saturating_sub(1);
+                        }
+                        break;
                     }
                 }
             }
@@ -327,7 +343,9 @@ impl State {
                 Ok(Accept::Rejected(problem.to_string()))
             }
             Ok((chosen, mut env)) => {
-                if chosen && !tx.first_acceptance(&env.id, now)? {
+                // Idempotency is per sender: another client's choice of id is no concern.
+                let key = format!("{}/{}/{}", env.from.node, env.from.client, env.id);
+                if chosen && !tx.first_acceptance(&key, now)? {
                     debug!(client, id = %env.id, "resent command ignored (already accepted)");
                     return Ok(Accept::Committed);
                 }
@@ -359,6 +377,7 @@ impl State {
             self.cfg.topology.next_hop(&env)
         };
         let dest = match &hop {
+            NextHop::Local(client) if env.kind == Kind::Receipt => Ok(receipt_dest(client)),
             NextHop::Local(client) => Ok(local_dest(client)),
             NextHop::Down(child) => Ok(down_dest(child)),
             NextHop::Up => Ok("up".to_string()),
@@ -373,7 +392,7 @@ impl State {
         }
         match dest {
             Ok(dest) => {
-                tx.enqueue(&dest, &env, &env.to_bytes())?;
+                tx.enqueue(&dest, &env, env.to_bytes().into())?;
             }
             Err(why) => {
                 let status = if why == "expired" { "expired" } else { "failed" };
@@ -402,17 +421,22 @@ impl State {
         &mut self,
         tx: &mut Txn,
         peer: &str,
-        floor: u64,
+        (epoch, floor): (u64, u64),
         msgs: &[crate::frame::Numbered],
         now: u64,
     ) -> rusqlite::Result<u64> {
         let mut order = match self.link_in.get(peer) {
             Some(o) => *o,
-            None => InOrder {
-                last: tx.link_in(peer)?,
-            },
+            None => {
+                let (last, epoch) = tx.link_in(peer)?;
+                InOrder { last, epoch }
+            }
         };
-        let before = order.last;
+        let before = (order.last, order.epoch);
+        if order.epoch != epoch && before.1 != 0 {
+            warn!(peer, "peer's journal was replaced (new epoch); its sequence starts again");
+        }
+        order.apply_epoch(epoch);
         order.apply_floor(floor);
         for m in msgs {
             match order.admit(m.p, m.s) {
@@ -424,8 +448,8 @@ impl State {
                 None => break,
             }
         }
-        if order.last != before {
-            tx.set_link_in(peer, order.last)?;
+        if (order.last, order.epoch) != before {
+            tx.set_link_in(peer, order.last, order.epoch)?;
         }
         self.link_in.insert(peer.to_string(), order);
         Ok(order.last)
@@ -456,8 +480,8 @@ impl State {
             }
         };
         match frame {
-            Frame::Batch { floor, msgs } => {
-                let upto = self.receive_batch(tx, child, floor, &msgs, now)?;
+            Frame::Batch { epoch, floor, msgs } => {
+                let upto = self.receive_batch(tx, child, (epoch, floor), &msgs, now)?;
                 out.to_children.push((child.to_string(), Frame::Ack { upto }.to_bytes()));
             }
             Frame::Ack { upto } => {
@@ -484,8 +508,8 @@ impl State {
             }
         };
         match frame {
-            Frame::Batch { floor, msgs } => {
-                let upto = self.receive_batch(tx, PARENT, floor, &msgs, now)?;
+            Frame::Batch { epoch, floor, msgs } => {
+                let upto = self.receive_batch(tx, PARENT, (epoch, floor), &msgs, now)?;
                 out.to_parent.push(Frame::Ack { upto }.to_bytes());
             }
             Frame::Ack { upto } => {
@@ -505,9 +529,9 @@ impl State {
             let in_flight = match dest.split_once(':') {
                 None => self.up.as_ref().is_some_and(|l| l.online && row.lseq <= l.sent),
                 Some(("down", child)) => self.downs.get(child).is_some_and(|l| l.online && row.lseq <= l.sent),
-                Some((_, client)) => self
+                Some(_) => self
                     .locals
-                    .get(client)
+                    .get(&dest)
                     .is_some_and(|l| !l.conns.is_empty() && row.lseq <= l.sent),
             };
             if !in_flight {
@@ -546,8 +570,8 @@ impl State {
         }
     }
 
-    fn publish(&mut self, topic: &str, payload: Vec<u8>) {
-        if let Err(e) = self.router.publish(topic.to_string(), payload) {
+    fn publish(&mut self, topic: &str, payload: impl Into<bytes::Bytes>) {
+        if let Err(e) = self.router.publish(topic.to_string(), payload.into()) {
             error!(topic, error = %e, "router refused a publish");
         }
     }
@@ -603,14 +627,14 @@ impl State {
         for (topic, f) in down_frames {
             self.publish(&topic, f);
         }
-        let clients: Vec<String> = self
+        let ready: Vec<String> = self
             .locals
             .iter()
             .filter(|(_, l)| !l.conns.is_empty() && l.inflight < LOCAL_WINDOW)
-            .map(|(c, _)| c.clone())
+            .map(|(d, _)| d.clone())
             .collect();
-        for client in clients {
-            self.deliver(journal, &client, now, &mut stale)?;
+        for dest in ready {
+            self.deliver(journal, &dest, now, &mut stale)?;
         }
         if !stale.is_empty() {
             let mut tx = journal.begin()?;
@@ -622,36 +646,38 @@ impl State {
         Ok(())
     }
 
-    /// Publishes queued envelopes into a connected client's inbox (or receipt topic).
-    fn deliver(&mut self, journal: &Journal, client: &str, now: u64, stale: &mut Vec<Stale>) -> rusqlite::Result<()> {
-        let dest = local_dest(client);
+    /// Publishes queued envelopes of `dest` into the client's inbox or receipt topic.
+    fn deliver(&mut self, journal: &Journal, dest: &str, now: u64, stale: &mut Vec<Stale>) -> rusqlite::Result<()> {
         let me = self.me().to_string();
+        let topic = match dest.split_once(':') {
+            Some(("receipts", client)) => receipt_topic(&me, client),
+            Some((_, client)) => inbox_topic(&me, client),
+            None => return Ok(()),
+        };
         loop {
-            let Some(local) = self.locals.get(client) else {
+            let Some(local) = self.locals.get(dest) else {
                 return Ok(());
             };
             if local.inflight >= LOCAL_WINDOW {
                 return Ok(());
             }
-            let rows = journal.read(&dest, local.sent, LOCAL_WINDOW - local.inflight)?;
+            let rows = journal.read(dest, local.sent, LOCAL_WINDOW - local.inflight)?;
             if rows.is_empty() {
                 return Ok(());
             }
             for row in rows {
-                if let Some(local) = self.locals.get_mut(client) {
+                if let Some(local) = self.locals.get_mut(dest) {
                     local.sent = row.lseq;
                 }
                 if matches!(row.expires_at, Some(e) if e <= now) {
-                    stale.push(Stale { dest: dest.clone(), row });
+                    stale.push(Stale {
+                        dest: dest.to_string(),
+                        row,
+                    });
                     continue;
                 }
-                let topic = if is_receipt(&row.body) {
-                    receipt_topic(&me, client)
-                } else {
-                    inbox_topic(&me, client)
-                };
                 self.publish(&topic, row.body);
-                if let Some(local) = self.locals.get_mut(client) {
+                if let Some(local) = self.locals.get_mut(dest) {
                     local.inflight += 1;
                 }
             }

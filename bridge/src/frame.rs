@@ -29,6 +29,8 @@ pub struct Numbered<'a> {
 pub enum Frame<'a> {
     /// A batch of envelopes.
     Batch {
+        /// Epoch of the sender's journal; a new epoch restarts the sequence.
+        epoch: u64,
         /// Lowest sequence the sender still holds.
         floor: u64,
         /// Envelopes in sequence order.
@@ -58,6 +60,7 @@ pub enum Frame<'a> {
 #[serde(deny_unknown_fields)]
 struct Wire<'a> {
     t: WireKind,
+    epoch: Option<u64>,
     floor: Option<u64>,
     #[serde(borrow)]
     msgs: Option<Vec<Numbered<'a>>>,
@@ -81,6 +84,7 @@ impl<'a> Frame<'a> {
         let need = |v: Option<u64>, f: &str| v.ok_or_else(|| format!("missing field `{f}`"));
         Ok(match w.t {
             WireKind::Batch => Frame::Batch {
+                epoch: need(w.epoch, "epoch")?,
                 floor: need(w.floor, "floor")?,
                 msgs: w.msgs.ok_or("missing field `msgs`")?,
             },
@@ -102,14 +106,46 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// Encodes a `batch` frame around envelope bodies that are already JSON (written by
+/// `Envelope::to_bytes`), without parsing them again. `prev` is the sequence sent just
+/// before the first row.
+pub fn encode_batch(epoch: u64, floor: u64, prev: u64, rows: &[crate::journal::Queued]) -> Vec<u8> {
+    use std::io::Write;
+    let size: usize = rows.iter().map(|r| r.body.len() + 48).sum();
+    let mut out = Vec::with_capacity(size + 48);
+    let _ = write!(out, r#"{{"t":"batch","epoch":{epoch},"floor":{floor},"msgs":["#);
+    let mut p = prev;
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = write!(out, r#"{{"p":{p},"s":{},"e":"#, row.lseq);
+        out.extend_from_slice(&row.body);
+        out.push(b'}');
+        p = row.lseq;
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 /// Receiver side of one link direction: which sequences to commit.
 #[derive(Debug, Clone, Copy)]
 pub struct InOrder {
     /// Highest sequence committed so far.
     pub last: u64,
+    /// Epoch of the sender's journal those sequences belong to.
+    pub epoch: u64,
 }
 
 impl InOrder {
+    /// Applies a batch's epoch: sequences of a new sender journal start over.
+    pub fn apply_epoch(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.last = 0;
+        }
+    }
+
     /// Applies a batch's floor: a sender that no longer holds `floor - 1` has had it
     /// acknowledged or expired, so there is nothing to wait for below it.
     pub fn apply_floor(&mut self, floor: u64) {
@@ -138,7 +174,9 @@ mod tests {
 
     #[test]
     fn in_order_admits_dedups_and_stops_at_gaps() {
-        let mut r = InOrder { last: 4 };
+        let mut r = InOrder { last: 4, epoch: 9 };
+        r.apply_epoch(9);
+        assert_eq!(r.last, 4);
         assert_eq!(r.admit(2, 3), Some(false));
         assert_eq!(r.admit(4, 5), Some(true));
         assert_eq!(r.admit(6, 7), None);
@@ -148,18 +186,44 @@ mod tests {
         assert_eq!(r.admit(9, 10), Some(true));
         r.apply_floor(2);
         assert_eq!(r.last, 10);
+        r.apply_epoch(10);
+        assert_eq!(r.admit(0, 1), Some(true), "a replaced sender journal starts again at 1");
+    }
+
+    #[test]
+    fn hand_encoded_batches_parse() {
+        let rows: Vec<crate::journal::Queued> = [(3u64, r#"{"id":"a"}"#), (5, r#"{"id":"b","x":[1]}"#)]
+            .iter()
+            .map(|(l, b)| crate::journal::Queued {
+                lseq: *l,
+                id: String::new(),
+                expires_at: None,
+                body: bytes::Bytes::from(b.to_string()),
+            })
+            .collect();
+        let bytes = encode_batch(77, 2, 1, &rows);
+        match Frame::parse(&bytes).unwrap() {
+            Frame::Batch { epoch, floor, msgs } => {
+                assert_eq!((epoch, floor), (77, 2));
+                assert_eq!((msgs[0].p, msgs[0].s), (1, 3));
+                assert_eq!((msgs[1].p, msgs[1].s), (3, 5));
+                assert_eq!(msgs[1].e.get(), r#"{"id":"b","x":[1]}"#);
+            }
+            _ => panic!("wrong frame"),
+        }
     }
 
     #[test]
     fn frames_round_trip() {
         let raw = RawValue::from_string(r#"{"id":"x"}"#.into()).unwrap();
         let f = Frame::Batch {
+            epoch: 1,
             floor: 1,
             msgs: vec![Numbered { p: 0, s: 1, e: &raw }],
         };
         let bytes = f.to_bytes();
         match Frame::parse(&bytes).unwrap() {
-            Frame::Batch { floor, msgs } => {
+            Frame::Batch { floor, msgs, .. } => {
                 assert_eq!(floor, 1);
                 assert_eq!(msgs[0].e.get(), r#"{"id":"x"}"#);
             }

@@ -9,9 +9,10 @@
 //! The journal is owned by the dispatcher thread; all writes of one dispatcher round share one
 //! transaction (group commit), so durability costs one WAL append per round, not per message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
+use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::envelope::Envelope;
@@ -32,7 +33,7 @@ pub enum Durability {
 pub type Result<T> = rusqlite::Result<T>;
 
 /// A queued envelope read back for sending.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Queued {
     /// Per-destination sequence.
     pub lseq: u64,
@@ -41,7 +42,25 @@ pub struct Queued {
     /// Expiry, Unix ms.
     pub expires_at: Option<u64>,
     /// Envelope JSON.
-    pub body: Vec<u8>,
+    pub body: Bytes,
+}
+
+/// Most rows kept in memory per destination; beyond that, sending reads from SQLite.
+const HOT_LIMIT: usize = 16 * 1024;
+
+/// The committed tail of one destination's queue, kept in memory so that sending does not
+/// read back what was just written. Every committed row with `lseq >= floor` is in `rows`.
+#[derive(Debug, Default)]
+struct Hot {
+    floor: u64,
+    rows: BTreeMap<u64, Queued>,
+}
+
+/// A change to apply to the hot tails once the transaction commits.
+enum HotChange {
+    Insert(String, Queued),
+    RemoveThrough(String, u64),
+    Remove(String, u64),
 }
 
 /// The SQLite journal of one node.
@@ -50,6 +69,8 @@ pub struct Journal {
     /// Next sequence number per destination (persisted in `seq`, so numbers are never reused
     /// even after every row of a destination has been deleted).
     next: HashMap<String, u64>,
+    hot: HashMap<String, Hot>,
+    epoch: u64,
 }
 
 const SCHEMA: &str = "
@@ -62,8 +83,14 @@ CREATE TABLE IF NOT EXISTS queue(
     PRIMARY KEY(dest, lseq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queue_by_id ON queue(id);
+CREATE INDEX IF NOT EXISTS queue_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS seq(dest TEXT PRIMARY KEY, next INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS link_in(peer TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS link_in(
+    peer TEXT PRIMARY KEY,
+    last INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS accepted(id TEXT PRIMARY KEY, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit(
     at INTEGER NOT NULL,
@@ -91,6 +118,8 @@ impl Journal {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
+        // Checkpoints run on a helper thread (see `spawn_checkpointer`), not inside commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(SCHEMA)?;
         let mut next = HashMap::new();
         {
@@ -101,7 +130,44 @@ impl Journal {
                 next.insert(dest, n as u64);
             }
         }
-        Ok(Journal { conn, next })
+        // The epoch names this journal's life: a journal that is replaced (disk swapped, data
+        // dir wiped) restarts its link sequences at 1, and peers must not take those for
+        // duplicates of the old journal's numbers.
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?1)",
+            [(rand::random::<u64>() >> 1) as i64],
+        )?;
+        let epoch = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
+        Ok(Journal {
+            conn,
+            next,
+            hot: HashMap::new(),
+            epoch,
+        })
+    }
+
+    /// This journal's epoch (random, fixed for the journal's life).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Starts a thread that checkpoints the WAL into the database every `period`, so the
+    /// dispatcher's commits never pay for a checkpoint (and its fsync) themselves.
+    pub fn spawn_checkpointer(path: &Path, period: std::time::Duration) -> Result<()> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(())
     }
 
     /// Starts a group transaction.
@@ -109,12 +175,24 @@ impl Journal {
         Ok(Txn {
             tx: self.conn.transaction()?,
             next: &mut self.next,
+            hot: &mut self.hot,
+            changes: Vec::new(),
             dirty: HashSet::new(),
         })
     }
 
     /// Up to `limit` queued envelopes for `dest` with sequence above `after`, in order.
     pub fn read(&self, dest: &str, after: u64, limit: usize) -> Result<Vec<Queued>> {
+        if let Some(hot) = self.hot.get(dest) {
+            if after + 1 >= hot.floor {
+                return Ok(hot
+                    .rows
+                    .range(after + 1..)
+                    .take(limit)
+                    .map(|(_, q)| q.clone())
+                    .collect());
+            }
+        }
         let mut stmt = self.conn.prepare_cached(
             "SELECT lseq, id, expires_at, body FROM queue
              WHERE dest = ?1 AND lseq > ?2 ORDER BY lseq LIMIT ?3",
@@ -124,7 +202,7 @@ impl Journal {
                 lseq: r.get::<_, i64>(0)? as u64,
                 id: r.get(1)?,
                 expires_at: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-                body: r.get(3)?,
+                body: Bytes::from(r.get::<_, Vec<u8>>(3)?),
             })
         })?;
         rows.collect()
@@ -159,18 +237,21 @@ fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u
 pub struct Txn<'a> {
     tx: Transaction<'a>,
     next: &'a mut HashMap<String, u64>,
+    hot: &'a mut HashMap<String, Hot>,
+    changes: Vec<HotChange>,
     dirty: HashSet<String>,
 }
 
 impl Txn<'_> {
-    /// Last sequence committed from `peer` on its link into this node.
-    pub fn link_in(&self, peer: &str) -> Result<u64> {
+    /// Last sequence committed from `peer` on its link into this node, and the epoch of the
+    /// peer's journal it belongs to.
+    pub fn link_in(&self, peer: &str) -> Result<(u64, u64)> {
         Ok(self
             .tx
-            .prepare_cached("SELECT last FROM link_in WHERE peer = ?1")?
-            .query_row([peer], |r| r.get::<_, i64>(0))
+            .prepare_cached("SELECT last, epoch FROM link_in WHERE peer = ?1")?
+            .query_row([peer], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))
             .optional()?
-            .unwrap_or(0) as u64)
+            .unwrap_or((0, 0)))
     }
 
     /// Lowest sequence still queued for `dest`, or the next one to be assigned if none.
@@ -191,7 +272,7 @@ impl Txn<'_> {
                     lseq: r.get::<_, i64>(1)? as u64,
                     id: r.get(2)?,
                     expires_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-                    body: r.get(4)?,
+                    body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
                 },
             ))
         })?;
@@ -199,7 +280,7 @@ impl Txn<'_> {
     }
 
     /// Queues `body` for `dest`; returns its sequence number.
-    pub fn enqueue(&mut self, dest: &str, env: &Envelope, body: &[u8]) -> Result<u64> {
+    pub fn enqueue(&mut self, dest: &str, env: &Envelope, body: Bytes) -> Result<u64> {
         let slot = self.next.entry(dest.to_string()).or_insert(1);
         let lseq = *slot;
         *slot += 1;
@@ -213,13 +294,24 @@ impl Txn<'_> {
                 lseq as i64,
                 env.id,
                 env.expires_at.map(|v| v as i64),
-                body
+                &body[..]
             ])?;
+        self.changes.push(HotChange::Insert(
+            dest.to_string(),
+            Queued {
+                lseq,
+                id: env.id.clone(),
+                expires_at: env.expires_at,
+                body,
+            },
+        ));
         Ok(lseq)
     }
 
     /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
     pub fn remove_through(&mut self, dest: &str, upto: u64) -> Result<usize> {
+        self.changes
+            .push(HotChange::RemoveThrough(dest.to_string(), upto));
         self.tx
             .prepare_cached("DELETE FROM queue WHERE dest = ?1 AND lseq <= ?2")?
             .execute(params![dest, upto as i64])
@@ -227,6 +319,7 @@ impl Txn<'_> {
 
     /// Forgets one envelope of `dest` by sequence.
     pub fn remove(&mut self, dest: &str, lseq: u64) -> Result<bool> {
+        self.changes.push(HotChange::Remove(dest.to_string(), lseq));
         Ok(self
             .tx
             .prepare_cached("DELETE FROM queue WHERE dest = ?1 AND lseq = ?2")?
@@ -236,11 +329,22 @@ impl Txn<'_> {
 
     /// Forgets the envelope `id` queued for `dest`; returns its sequence if it was there.
     pub fn remove_id(&mut self, dest: &str, id: &str) -> Result<Option<u64>> {
-        self.tx
-            .prepare_cached("DELETE FROM queue WHERE id = ?1 AND dest = ?2 RETURNING lseq")?
+        // Oldest first, one row: should two senders have chosen the same id, one PUBACK
+        // must not consume both envelopes.
+        let lseq = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM queue WHERE dest = ?2 AND lseq =
+                   (SELECT lseq FROM queue WHERE id = ?1 AND dest = ?2 ORDER BY lseq LIMIT 1)
+                 RETURNING lseq",
+            )?
             .query_row(params![id, dest], |r| r.get::<_, i64>(0))
-            .optional()
-            .map(|o| o.map(|v| v as u64))
+            .optional()?
+            .map(|v| v as u64);
+        if let Some(l) = lseq {
+            self.changes.push(HotChange::Remove(dest.to_string(), l));
+        }
+        Ok(lseq)
     }
 
     /// Records that the client-chosen id was accepted; false if it already was (a resend).
@@ -259,14 +363,14 @@ impl Txn<'_> {
             .execute([before as i64])
     }
 
-    /// Stores the last sequence committed from `peer`.
-    pub fn set_link_in(&mut self, peer: &str, last: u64) -> Result<()> {
+    /// Stores the last sequence committed from `peer` and its journal's epoch.
+    pub fn set_link_in(&mut self, peer: &str, last: u64, epoch: u64) -> Result<()> {
         self.tx
             .prepare_cached(
-                "INSERT INTO link_in(peer, last) VALUES (?1, ?2)
-                 ON CONFLICT(peer) DO UPDATE SET last = excluded.last",
+                "INSERT INTO link_in(peer, last, epoch) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(peer) DO UPDATE SET last = excluded.last, epoch = excluded.epoch",
             )?
-            .execute(params![peer, last as i64])?;
+            .execute(params![peer, last as i64, epoch as i64])?;
         Ok(())
     }
 
@@ -307,7 +411,41 @@ impl Txn<'_> {
                 stmt.execute(params![dest, self.next[dest] as i64])?;
             }
         }
-        self.tx.commit()
+        self.tx.commit()?;
+        for change in self.changes {
+            apply(self.hot, change);
+        }
+        Ok(())
+    }
+}
+
+fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
+    match change {
+        HotChange::Insert(dest, row) => {
+            let h = hot.entry(dest).or_insert_with(|| Hot {
+                floor: row.lseq,
+                rows: BTreeMap::new(),
+            });
+            h.rows.insert(row.lseq, row);
+            if h.rows.len() > HOT_LIMIT {
+                // Keep the newest three quarters; older rows are read from SQLite again.
+                while h.rows.len() > HOT_LIMIT * 3 / 4 {
+                    if let Some((l, _)) = h.rows.pop_first() {
+                        h.floor = l + 1;
+                    }
+                }
+            }
+        }
+        HotChange::RemoveThrough(dest, upto) => {
+            if let Some(h) = hot.get_mut(&dest) {
+                h.rows = h.rows.split_off(&(upto + 1));
+            }
+        }
+        HotChange::Remove(dest, lseq) => {
+            if let Some(h) = hot.get_mut(&dest) {
+                h.rows.remove(&lseq);
+            }
+        }
     }
 }
 
@@ -315,6 +453,34 @@ impl Txn<'_> {
 mod tests {
     use super::*;
     use crate::envelope::{Address, Kind};
+
+    #[test]
+    fn hot_tail_matches_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut j = Journal::open(&path, Durability::Process).unwrap();
+        let mut t = j.begin().unwrap();
+        for i in 0..10 {
+            t.enqueue("d", &env(&i.to_string()), format!("b{i}").into()).unwrap();
+        }
+        t.commit().unwrap();
+        // rolled back work never shows in the hot tail
+        let mut t = j.begin().unwrap();
+        t.enqueue("d", &env("x"), "rolled back".into()).unwrap();
+        t.remove_through("d", 9).unwrap();
+        drop(t);
+        assert_eq!(j.read("d", 0, 100).unwrap().len(), 10);
+        let mut t = j.begin().unwrap();
+        t.remove_through("d", 3).unwrap();
+        assert_eq!(t.remove_id("d", "5").unwrap(), Some(6));
+        t.commit().unwrap();
+        let hot: Vec<u64> = j.read("d", 0, 100).unwrap().iter().map(|q| q.lseq).collect();
+        drop(j);
+        let cold = Journal::open(&path, Durability::Process).unwrap();
+        let db: Vec<u64> = cold.read("d", 0, 100).unwrap().iter().map(|q| q.lseq).collect();
+        assert_eq!(hot, db);
+        assert_eq!(db, vec![4, 5, 7, 8, 9, 10]);
+    }
 
     fn env(id: &str) -> Envelope {
         Envelope {
@@ -347,24 +513,24 @@ mod tests {
         {
             let mut j = Journal::open(&path, Durability::Process).unwrap();
             let mut t = j.begin().unwrap();
-            assert_eq!(t.enqueue("up", &env("1"), b"one").unwrap(), 1);
-            assert_eq!(t.enqueue("up", &env("2"), b"two").unwrap(), 2);
+            assert_eq!(t.enqueue("up", &env("1"), "one".into()).unwrap(), 1);
+            assert_eq!(t.enqueue("up", &env("2"), "two".into()).unwrap(), 2);
             t.commit().unwrap();
             let mut t = j.begin().unwrap();
             t.remove_through("up", 2).unwrap();
             t.commit().unwrap();
             // an uncommitted transaction leaves nothing behind
             let mut t = j.begin().unwrap();
-            t.enqueue("up", &env("3"), b"lost").unwrap();
+            t.enqueue("up", &env("3"), "lost".into()).unwrap();
             drop(t);
         }
         let mut j = Journal::open(&path, Durability::Process).unwrap();
         assert_eq!(j.floor("up").unwrap(), 3);
         let mut t = j.begin().unwrap();
-        assert_eq!(t.enqueue("up", &env("3"), b"three").unwrap(), 3);
+        assert_eq!(t.enqueue("up", &env("3"), "three".into()).unwrap(), 3);
         t.commit().unwrap();
         let rows = j.read("up", 0, 10).unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].body, b"three");
+        assert_eq!(&rows[0].body[..], b"three");
     }
 }

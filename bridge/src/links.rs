@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
-
-use crate::frame::{Frame, Numbered};
+use crate::frame::encode_batch;
 use crate::journal::{Journal, Queued};
 
 /// Tuning of tier links.
@@ -50,8 +48,10 @@ pub struct LinkOut {
     pub online: bool,
     /// Highest sequence the peer acknowledged.
     pub acked: u64,
-    /// Highest sequence sent in the current pass.
+    /// Read cursor: highest sequence handled in the current pass (sent or skipped as expired).
     pub sent: u64,
+    /// Highest sequence actually transmitted (or acknowledged): the `p` of the next envelope.
+    pub last_tx: u64,
     /// When the window last moved (ack or go-back).
     pub last_progress: Instant,
     /// When the peer was last heard from.
@@ -78,6 +78,7 @@ impl LinkOut {
             online: false,
             acked,
             sent: acked,
+            last_tx: acked,
             last_progress: now,
             last_heard: now,
             last_ping: now,
@@ -88,6 +89,7 @@ impl LinkOut {
     pub fn open(&mut self) {
         self.online = true;
         self.sent = self.acked;
+        self.last_tx = self.acked;
         let now = Instant::now();
         self.last_progress = now;
         self.last_heard = now;
@@ -100,6 +102,7 @@ impl LinkOut {
         }
         self.acked = upto;
         self.sent = self.sent.max(upto);
+        self.last_tx = self.last_tx.max(upto);
         self.last_progress = Instant::now();
         true
     }
@@ -111,6 +114,7 @@ impl LinkOut {
             && self.last_progress.elapsed() >= tuning.resend_after
         {
             self.sent = self.acked;
+            self.last_tx = self.acked;
             self.last_progress = Instant::now();
             return true;
         }
@@ -154,32 +158,11 @@ impl LinkOut {
                 bytes += row.body.len();
                 kept.push(row);
             }
-            let mut prev = self.sent;
-            let raws: Vec<(u64, u64, Box<RawValue>)> = kept
-                .into_iter()
-                .filter_map(|row| {
-                    let raw = RawValue::from_string(String::from_utf8(row.body).ok()?).ok()?;
-                    let p = prev;
-                    prev = row.lseq;
-                    Some((p, row.lseq, raw))
-                })
-                .collect();
             self.sent = last;
-            if raws.is_empty() {
-                continue;
+            if let Some(newest) = kept.last() {
+                frames.push(encode_batch(journal.epoch(), self.acked + 1, self.last_tx, &kept));
+                self.last_tx = newest.lseq;
             }
-            let frame = Frame::Batch {
-                floor: self.acked + 1,
-                msgs: raws
-                    .iter()
-                    .map(|(p, s, e)| Numbered {
-                        p: *p,
-                        s: *s,
-                        e: e.as_ref(),
-                    })
-                    .collect(),
-            };
-            frames.push(frame.to_bytes());
         }
         Ok(frames)
     }

@@ -127,6 +127,8 @@ impl Node {
         let path = cfg.data_dir.join("journal.db");
         let journal = Journal::open(&path, cfg.durability)
             .map_err(|source| NodeError::Journal { path: path.clone(), source })?;
+        Journal::spawn_checkpointer(&path, Duration::from_millis(500))
+            .map_err(|source| NodeError::Journal { path: path.clone(), source })?;
         let topology = Topology {
             me: cfg.id.clone(),
             has_parent: !cfg.parents.is_empty(),

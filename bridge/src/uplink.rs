@@ -148,7 +148,10 @@ async fn run(
         let ended = loop {
             tokio::select! {
                 ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::SubAck(_))) if !subscribed => {
+                    Ok(Event::Incoming(Packet::SubAck(ack))) if !subscribed => {
+                        if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                            break "the parent refused the link subscription (is this node a known child there?)".to_string();
+                        }
                         subscribed = true;
                         failures = 0;
                         info!(parent = %addr, "connected to parent");

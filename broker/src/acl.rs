@@ -44,7 +44,8 @@ impl AclPolicy {
     pub fn subscribe(&self, who: &Identity, filter: &str) -> bool {
         let filter = strip_share(filter);
         match who.role {
-            Role::Admin => filter.starts_with("org/") || filter == "#" || filter == "org/#",
+            // Operators watch client traffic; link frames and everything else stay private.
+            Role::Admin => filter.starts_with("org/"),
             Role::Client => {
                 filter == inbox_topic(&self.node_id, &who.name)
                     || filter == receipt_topic(&self.node_id, &who.name)
@@ -54,7 +55,8 @@ impl AclPolicy {
     }
 }
 
-fn strip_share(filter: &str) -> &str {
+/// `filter` without a `$share/<group>/` prefix.
+pub fn strip_share(filter: &str) -> &str {
     if let Some(rest) = filter.strip_prefix("$share/") {
         match rest.find('/') {
             Some(i) => &rest[i + 1..],
@@ -90,10 +92,15 @@ pub fn link_down_topic(child: &str) -> String {
     format!("link/{child}/down")
 }
 
-/// If `topic` is an inbox on `node`, the client it belongs to.
-pub fn inbox_owner<'a>(node: &str, topic: &'a str) -> Option<&'a str> {
-    let rest = topic.strip_prefix("org/")?.strip_prefix(node)?.strip_prefix('/')?;
-    rest.strip_suffix("/cmd").filter(|c| !c.contains('/'))
+/// Which of `client`'s delivery streams `filter` (without `$share/` prefix) is, if any.
+pub fn stream_of(node: &str, client: &str, filter: &str) -> Option<crate::events::Stream> {
+    if filter == inbox_topic(node, client) {
+        Some(crate::events::Stream::Commands)
+    } else if filter == receipt_topic(node, client) {
+        Some(crate::events::Stream::Receipts)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -120,17 +127,16 @@ mod tests {
         assert!(acl.subscribe(&c, "$share/g/org/js.nj/clinic/cmd"));
         let a = id("ops", Role::Admin);
         assert!(acl.subscribe(&a, "org/#"));
+        assert!(!acl.subscribe(&a, "#"));
+        assert!(!acl.subscribe(&a, "link/#"));
         assert_eq!(acl.publish(&a, "org/js.nj/clinic/out"), PublishClass::Denied);
         let n = id("js.nj.gl", Role::Node);
         assert_eq!(acl.publish(&n, "link/js.nj.gl/up"), PublishClass::LinkUp);
         assert!(acl.subscribe(&n, "link/js.nj.gl/down"));
         assert!(!acl.subscribe(&n, "link/js.nj.other/down"));
-    }
-
-    #[test]
-    fn inbox_owner_parses_only_inboxes_of_this_node() {
-        assert_eq!(inbox_owner("a.b", "org/a.b/c1/cmd"), Some("c1"));
-        assert_eq!(inbox_owner("a.b", "org/a.bc/c1/cmd"), None);
-        assert_eq!(inbox_owner("a.b", "org/a.b/c1/out"), None);
+        assert_eq!(stream_of("a.b", "c1", "org/a.b/c1/cmd"), Some(crate::events::Stream::Commands));
+        assert_eq!(stream_of("a.b", "c1", "org/a.b/c1/receipt"), Some(crate::events::Stream::Receipts));
+        assert_eq!(stream_of("a.b", "c1", "org/a.bc/c1/cmd"), None);
+        assert_eq!(stream_of("a.b", "c1", "org/a.b/c2/cmd"), None);
     }
 }

@@ -22,13 +22,14 @@ use rumqttd::protocol::{
     SubAck, Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::acl::{inbox_owner, link_down_topic, AclPolicy, PublishClass};
+use crate::acl::{link_down_topic, stream_of, strip_share, AclPolicy, PublishClass};
 use crate::codec::{publish_header, sniff_connect, Codec, Sniff, Version};
-use crate::events::{Accept, ConnId, Inbound};
+use crate::events::{Accept, ConnId, Inbound, Stream};
 use crate::identity::{valid_name, Credentials, Identity, LoginError};
 use crate::transport::Transport;
 use crate::LinkFactory;
@@ -44,8 +45,10 @@ pub struct FrontEnd {
     pub inbound: mpsc::Sender<Inbound>,
     pub next_conn: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
-    /// Live sessions by MQTT client id, for session takeover (MQTT 3.1.1 §3.1.4).
-    pub sessions: Mutex<HashMap<String, (ConnId, oneshot::Sender<()>)>>,
+    /// Live sessions by (identity, MQTT client id), for session takeover (MQTT 3.1.1
+    /// §3.1.4). Keyed by identity too, so nobody can kick another identity's connection by
+    /// reusing its client id.
+    pub sessions: Mutex<HashMap<(String, String), (ConnId, oneshot::Sender<()>)>>,
 }
 
 /// Why a connection ended.
@@ -103,6 +106,8 @@ pub async fn run(ctx: Arc<FrontEnd>, mut transport: Transport, peer: SocketAddr,
         Err(e) => e,
     };
     debug!(%peer, conn, client = %session.client_id, reason = %end, "connection closed");
+    // Best effort: a v5 DISCONNECT carrying the reason may be waiting in the buffer.
+    let _ = session.flush(&ctx, &mut transport).await;
     session.close(&ctx, &end).await;
     transport.close().await;
 }
@@ -184,7 +189,8 @@ struct Session {
     inflight: HashMap<u16, String>,
     /// SUBSCRIBE packet id → reason codes for filters the ACL refused (by position).
     denied: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
-    inbox_open: bool,
+    /// Streams this connection has subscribed (commands, receipts).
+    streams: Vec<Stream>,
     child_open: bool,
     taken_over: bool,
     /// QoS 0 deliveries to report once written.
@@ -216,11 +222,8 @@ impl Session {
                 return Err(End::Refused("identity contains + # / or control characters"));
             }
             Err(LoginError::BadCredentials) => {
-                let code = match codec.version {
-                    Version::V4 => ConnectReturnCode::BadUserNamePassword,
-                    Version::V5 => ConnectReturnCode::BadUserNamePassword,
-                };
-                write_packet(transport, codec, refuse(code)).await?;
+                write_packet(transport, codec, refuse(ConnectReturnCode::BadUserNamePassword))
+                    .await?;
                 return Err(End::Refused("bad username or password"));
             }
         };
@@ -254,8 +257,11 @@ impl Session {
             Err(e) => {
                 // The router drops the connection when it refuses the client id or is full.
                 warn!(client = %client_id, error = %e, "router refused the connection");
-                write_packet(transport, codec, refuse(ConnectReturnCode::ServerUnavailable))
-                    .await?;
+                let code = match codec.version {
+                    Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                    Version::V5 => ConnectReturnCode::ServerUnavailable,
+                };
+                write_packet(transport, codec, refuse(code)).await?;
                 return Err(End::Refused("router refused the connection"));
             }
         };
@@ -264,7 +270,7 @@ impl Session {
             .sessions
             .lock()
             .expect("session registry lock is never held across a panic")
-            .insert(client_id.clone(), (conn, kick_tx));
+            .insert((identity.name.clone(), client_id.clone()), (conn, kick_tx));
         if let Some((_, kick)) = previous {
             let _ = kick.send(());
         }
@@ -311,7 +317,7 @@ impl Session {
             owed: VecDeque::new(),
             inflight: HashMap::new(),
             denied: HashMap::new(),
-            inbox_open: false,
+            streams: Vec::new(),
             child_open: false,
             taken_over: false,
             delivered: Vec::new(),
@@ -338,14 +344,34 @@ impl Session {
                     if let Err(e) = self.answer(owed, verdict) {
                         return e;
                     }
+                    // One write for every PUBACK already decided (group commits decide many).
+                    while let Some(head) = self.owed.front_mut() {
+                        let Ok(verdict) = head.verdict.try_recv() else { break };
+                        let owed = self.owed.pop_front().expect("front exists");
+                        if let Err(e) = self.answer(owed, verdict) {
+                            return e;
+                        }
+                    }
                 }
-                n = self.link_rx.next() => match n {
-                    Ok(Some(n)) => if let Err(e) = self.outgoing(n).await {
-                        return e;
-                    },
-                    Ok(None) => {}
-                    Err(_) => return End::RouterDisconnect,
-                },
+                n = self.link_rx.next() => {
+                    let mut n = n;
+                    // Encode everything the router has ready before writing once.
+                    for _ in 0..256 {
+                        match n {
+                            Ok(Some(notification)) => {
+                                if let Err(e) = self.outgoing(notification).await {
+                                    return e;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(_) => return End::RouterDisconnect,
+                        }
+                        match self.link_rx.next().now_or_never() {
+                            Some(next) => n = next,
+                            None => break,
+                        }
+                    }
+                }
                 r = transport.read(&mut rbuf) => match r {
                     Ok(0) => return End::Closed,
                     Ok(_) => last_heard = Instant::now(),
@@ -420,7 +446,7 @@ impl Session {
                     PublishClass::Denied => {
                         warn!(identity = %self.identity.name, topic, "publish denied by ACL");
                         if let Some(tx) = tx {
-                            let _ = tx.send(Accept::Rejected("not authorized".into()));
+                            let _ = tx.send(Accept::NotAuthorized);
                         }
                         if let Some(rx) = rx {
                             self.owed.push_back(OwedAck { pkid, qos, verdict: rx });
@@ -446,14 +472,13 @@ impl Session {
             }
             Packet::Subscribe(subscribe, props) => self.subscribe(ctx, subscribe, props).await?,
             Packet::Unsubscribe(unsub, props) => {
-                if self.inbox_open
-                    && unsub
-                        .filters
-                        .iter()
-                        .any(|f| inbox_owner(&ctx.node_id, f) == Some(&self.identity.name))
-                {
-                    self.inbox_open = false;
-                    self.notify_closed(ctx).await;
+                for f in &unsub.filters {
+                    if let Some(stream) = stream_of(&ctx.node_id, &self.identity.name, strip_share(f)) {
+                        if self.streams.contains(&stream) {
+                            self.streams.retain(|s| *s != stream);
+                            self.notify_closed(ctx, stream).await;
+                        }
+                    }
                 }
                 self.to_router(Packet::Unsubscribe(unsub, props)).await?;
             }
@@ -489,12 +514,15 @@ impl Session {
         };
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut allowed = Vec::with_capacity(subscribe.filters.len());
-        let mut opens_inbox = false;
+        let mut opens: Vec<Stream> = Vec::new();
         let mut opens_child = false;
         for mut filter in subscribe.filters.drain(..) {
             if ctx.acl.subscribe(&self.identity, &filter.path) {
-                opens_inbox |= inbox_owner(&ctx.node_id, &filter.path) == Some(&self.identity.name);
-                opens_child |= filter.path == link_down_topic(&self.identity.name);
+                let plain = strip_share(&filter.path);
+                if let Some(stream) = stream_of(&ctx.node_id, &self.identity.name, plain) {
+                    opens.push(stream);
+                }
+                opens_child |= plain == link_down_topic(&self.identity.name);
                 // Deliveries are QoS 1 at most: custody is end to end, not QoS 2's handshake.
                 if filter.qos == QoS::ExactlyOnce {
                     filter.qos = QoS::AtLeastOnce;
@@ -518,13 +546,16 @@ impl Session {
         self.to_router(Packet::Subscribe(subscribe, props)).await?;
         // The router has the subscription queued before the node hears of it, so whatever the
         // node publishes next is routed to this connection.
-        if opens_inbox && !self.inbox_open {
-            self.inbox_open = true;
-            let item = Inbound::InboxOpen {
-                client: self.identity.name.clone(),
-                conn: self.conn,
-            };
-            ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
+        for stream in opens {
+            if !self.streams.contains(&stream) {
+                self.streams.push(stream);
+                let item = Inbound::InboxOpen {
+                    client: self.identity.name.clone(),
+                    conn: self.conn,
+                    stream,
+                };
+                ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
+            }
         }
         if opens_child && !self.child_open {
             self.child_open = true;
@@ -542,7 +573,7 @@ impl Session {
         let v5 = self.codec.version == Version::V5;
         let (ok, reason) = match &verdict {
             Accept::Committed => (true, PubAckReason::Success),
-            Accept::Rejected(why) if why == "not authorized" => (true, PubAckReason::NotAuthorized),
+            Accept::NotAuthorized => (true, PubAckReason::NotAuthorized),
             Accept::Rejected(_) => (true, PubAckReason::PayloadFormatInvalid),
             Accept::Unavailable => (false, PubAckReason::UnspecifiedError),
         };
@@ -568,8 +599,7 @@ impl Session {
     async fn outgoing(&mut self, n: Notification) -> Result<(), End> {
         match n {
             Notification::Forward(forward) => {
-                let id = self
-                    .inbox_open
+                let id = (!self.streams.is_empty())
                     .then(|| envelope_id(&forward.publish.payload))
                     .flatten();
                 let start = self.wbuf.len();
@@ -646,12 +676,13 @@ impl Session {
         Ok(())
     }
 
-    async fn notify_closed(&self, ctx: &FrontEnd) {
+    async fn notify_closed(&self, ctx: &FrontEnd, stream: Stream) {
         let _ = ctx
             .inbound
             .send(Inbound::InboxClosed {
                 client: self.identity.name.clone(),
                 conn: self.conn,
+                stream,
             })
             .await;
     }
@@ -662,12 +693,13 @@ impl Session {
                 .sessions
                 .lock()
                 .expect("session registry lock is never held across a panic");
-            if sessions.get(&self.client_id).is_some_and(|(c, _)| *c == self.conn) {
-                sessions.remove(&self.client_id);
+            let key = (self.identity.name.clone(), self.client_id.clone());
+            if sessions.get(&key).is_some_and(|(c, _)| *c == self.conn) {
+                sessions.remove(&key);
             }
         }
-        if self.inbox_open {
-            self.notify_closed(ctx).await;
+        for stream in std::mem::take(&mut self.streams) {
+            self.notify_closed(ctx, stream).await;
         }
         if self.child_open {
             let _ = ctx
@@ -702,6 +734,14 @@ async fn write_packet(transport: &mut Transport, codec: Codec, packet: Packet) -
 
 /// The `id` field of an envelope payload, without building the whole envelope.
 fn envelope_id(payload: &Bytes) -> Option<String> {
+    // Envelopes are serialised by medlink with `id` first and ids never need escaping.
+    if let Some(rest) = payload.strip_prefix(br#"{"id":""#) {
+        if let Some(end) = rest.iter().position(|b| *b == b'"') {
+            if !rest[..end].contains(&b'\\') {
+                return std::str::from_utf8(&rest[..end]).ok().map(str::to_string);
+            }
+        }
+    }
     #[derive(serde::Deserialize)]
     struct IdOnly<'a> {
         #[serde(borrow)]

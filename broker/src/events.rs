@@ -18,9 +18,20 @@ pub enum Accept {
     Committed,
     /// Rejected; the reason has been sent to the publisher as a receipt. PUBACK 0x99 on v5.
     Rejected(String),
+    /// The ACL does not let this identity publish there. PUBACK 0x87 on v5.
+    NotAuthorized,
     /// The node could not take custody (journal failure, shutting down). No PUBACK is sent, so
     /// the publisher retries.
     Unavailable,
+}
+
+/// Which of a client's two delivery streams a subscription opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Commands, on `org/<node>/<client>/cmd`.
+    Commands,
+    /// Receipts about the client's own commands, on `org/<node>/<client>/receipt`.
+    Receipts,
 }
 
 /// One event from the broker front-end to the node logic.
@@ -44,19 +55,23 @@ pub enum Inbound {
         /// Where to send the verdict; `None` for QoS 0.
         reply: Option<oneshot::Sender<Accept>>,
     },
-    /// A client connection subscribed to its inbox and can receive commands.
+    /// A client connection subscribed to its commands or receipts and can receive them.
     InboxOpen {
         /// Client identity.
         client: String,
         /// Connection.
         conn: ConnId,
+        /// Which stream.
+        stream: Stream,
     },
-    /// A client connection that had its inbox open went away.
+    /// A connection that had a stream open unsubscribed or went away.
     InboxClosed {
         /// Client identity.
         client: String,
         /// Connection.
         conn: ConnId,
+        /// Which stream.
+        stream: Stream,
     },
     /// A client acknowledged (PUBACK) the command with this envelope id.
     Delivered {

@@ -22,7 +22,7 @@ mod listener;
 mod transport;
 
 pub use acl::{AclPolicy, PublishClass};
-pub use events::{Accept, ConnId, Inbound};
+pub use events::{Accept, ConnId, Inbound, Stream};
 pub use identity::{Credentials, Identity, Role};
 pub use listener::{BrokerHandle, FrontEndSettings, ListenerKind, ListenerSpec};
 

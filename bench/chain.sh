@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Side-by-side 4-tier chain benchmark: medlink vs. 4 bridged mosquitto brokers.
+#
+#   bench/chain.sh [MESSAGES] [PUBLISHERS]
+#
+# Both chains carry the same load from the same tool (`medlink bench`): 256-byte payloads at
+# QoS 1, published at the bottom broker/tier and received at the top one.
+#   - mosquitto: 4 brokers, each bridging `bench/#` out to the next at QoS 1, persistence on,
+#     max_queued_messages raised so the chain does not drop by design.
+#   - medlink: 4 node processes (durability = "process": every hop commits to its SQLite
+#     journal before acknowledging), a client at the bottom sending commands to a client at
+#     the root.
+# Runs: throughput (as fast as possible) and latency at a fixed 1,000 msg/s, for each chain.
+# Prints one JSON line per run and a summary table. Needs: mosquitto (Debian package).
+set -euo pipefail
+
+N=${1:-100000}
+P=${2:-4}
+LAT_N=${LAT_N:-10000}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN="$ROOT/target/release/medlink"
+WORK=$(mktemp -d /tmp/medlink-chain.XXXXXX)
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+command -v mosquitto >/dev/null || { echo "mosquitto is not installed (apt-get install mosquitto)" >&2; exit 2; }
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "port $1 did not open" >&2
+    return 1
+}
+
+# ---- mosquitto chain: 19901 (top) <- 19902 <- 19903 <- 19904 (bottom) ----
+MQ=(19901 19902 19903 19904)
+for i in 0 1 2 3; do
+    port=${MQ[$i]}
+    dir="$WORK/mosq$i"
+    mkdir -p "$dir"
+    {
+        echo "listener $port 127.0.0.1"
+        echo "allow_anonymous true"
+        echo "user root"
+        echo "persistence true"
+        echo "persistence_location $dir/"
+        echo "max_queued_messages 10000000"
+        echo "max_inflight_messages 1000"
+        if [ "$i" -gt 0 ]; then
+            echo "connection up$i"
+            echo "address 127.0.0.1:${MQ[$((i - 1))]}"
+            echo "topic bench/# out 1"
+            echo "cleansession false"
+            echo "bridge_protocol_version mqttv311"
+        fi
+    } > "$dir/mosquitto.conf"
+    mosquitto -c "$dir/mosquitto.conf" > "$dir/log" 2>&1 &
+    PIDS+=($!)
+done
+for p in "${MQ[@]}"; do wait_port "$p"; done
+sleep 1 # bridges connect
+
+# ---- medlink chain: b (top) <- b.c <- b.c.d <- b.c.d.e (bottom) ----
+ML=(19911 19912 19913 19914)
+IDS=(b b.c b.c.d b.c.d.e)
+for i in 0 1 2 3; do
+    id=${IDS[$i]}
+    {
+        echo "[node]"
+        echo "id = \"$id\""
+        echo "data_dir = \"$WORK/ml$i\""
+        echo "[[listener]]"
+        echo "kind = \"tcp\""
+        echo "addr = \"127.0.0.1:${ML[$i]}\""
+        if [ "$i" -gt 0 ]; then
+            echo "[parent]"
+            echo "addresses = [\"mqtt://127.0.0.1:${ML[$((i - 1))]}\"]"
+            echo "password = \"link-pw\""
+        fi
+        if [ "$i" -lt 3 ]; then
+            printf '[[identity]]\nname = "%s"\npassword = "link-pw"\nrole = "node"\n' "${IDS[$((i + 1))]}"
+        fi
+        [ "$i" -eq 0 ] && printf '[[identity]]\nname = "sink"\npassword = "pw"\nrole = "client"\n'
+        [ "$i" -eq 3 ] && printf '[[identity]]\nname = "source"\npassword = "pw"\nrole = "client"\n'
+    } > "$WORK/ml$i.toml"
+    MEDLINK_LOG=warn "$BIN" node --config "$WORK/ml$i.toml" > "$WORK/ml$i.log" 2>&1 &
+    PIDS+=($!)
+done
+for p in "${ML[@]}"; do wait_port "$p"; done
+sleep 1 # links connect
+
+MOSQ_ARGS=(--pub-url mqtt://127.0.0.1:19904 --sub-url mqtt://127.0.0.1:19901)
+ML_ARGS=(--medlink --pub-url mqtt://127.0.0.1:19914 --sub-url mqtt://127.0.0.1:19911
+    --pub-node b.c.d.e --pub-user source --pub-pass pw --sub-node b --sub-user sink --sub-pass pw)
+
+RESULTS="$WORK/results.jsonl"
+run() { "$BIN" bench "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }
+
+echo "# warm-up" >&2
+"$BIN" bench "${MOSQ_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
+"$BIN" bench "${ML_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
+
+echo "# throughput: $N messages x 256 B, $P publishers, QoS 1" >&2
+run "${MOSQ_ARGS[@]}" -n "$N" -s 256 -p "$P" --label mosquitto-4-chain
+run "${ML_ARGS[@]}" -n "$N" -s 256 -p "$P" --label medlink-4-tier
+echo "# latency: $LAT_N messages at 1000 msg/s" >&2
+run "${MOSQ_ARGS[@]}" -n "$LAT_N" -s 256 -p 1 --rate 1000 --label mosquitto-4-chain-1k
+run "${ML_ARGS[@]}" -n "$LAT_N" -s 256 -p 1 --rate 1000 --label medlink-4-tier-1k
+
+echo
+echo "| run | msg/s | p50 ms | p99 ms | p99.9 ms | lost | dup | out of order |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+python3 - "$RESULTS" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = {r["label"]: r for r in rows}
+for r in rows:
+    print(f'| {r["label"]} | {r["throughput_msg_s"]:,.0f} | {r["p50_ms"]:.3f} | {r["p99_ms"]:.3f} | {r["p999_ms"]:.3f} | {r["lost"]} | {r["duplicates"]} | {r["out_of_order"]} |')
+m, q = by.get("medlink-4-tier"), by.get("mosquitto-4-chain")
+if m and q and q["throughput_msg_s"]:
+    print(f'\nthroughput ratio medlink / mosquitto: {m["throughput_msg_s"] / q["throughput_msg_s"]:.2f}x')
+EOF
+cat "$RESULTS"
