@@ -52,7 +52,29 @@ pub struct DispatcherConfig {
 struct LocalOut {
     conns: HashSet<ConnId>,
     sent: u64,
-    inflight: usize,
+    /// Envelopes published and not yet acknowledged: id → sequence. Ids can repeat across
+    /// senders, so each id keeps its sequences oldest first.
+    inflight: HashMap<String, Vec<u64>>,
+    inflight_count: usize,
+}
+
+impl LocalOut {
+    fn rewind(&mut self, floor: u64) {
+        self.sent = floor.saturating_sub(1);
+        self.inflight.clear();
+        self.inflight_count = 0;
+    }
+
+    /// The sequence of an acknowledged envelope, if it was in flight here.
+    fn acknowledged(&mut self, id: &str) -> Option<u64> {
+        let seqs = self.inflight.get_mut(id)?;
+        let lseq = seqs.remove(0);
+        if seqs.is_empty() {
+            self.inflight.remove(id);
+        }
+        self.inflight_count -= 1;
+        Some(lseq)
+    }
 }
 
 /// Output of a round, released only after the commit.
@@ -261,8 +283,7 @@ impl State {
                 let floor = tx.floor(&dest)?;
                 let local = self.locals.entry(dest).or_default();
                 local.conns.insert(conn);
-                local.sent = floor.saturating_sub(1);
-                local.inflight = 0;
+                local.rewind(floor);
             }
             Input::Broker(Inbound::InboxClosed { client, conn, stream }) => {
                 let dest = stream_dest(&client, stream);
@@ -270,16 +291,17 @@ impl State {
                 if let Some(local) = self.locals.get_mut(&dest) {
                     local.conns.remove(&conn);
                     // What was in flight to the closed connection is sent again.
-                    local.sent = floor.saturating_sub(1);
-                    local.inflight = 0;
+                    local.rewind(floor);
                 }
             }
             Input::Broker(Inbound::Delivered { client, id }) => {
+                // Everything a client can acknowledge was published from `inflight`, which
+                // maps the id to its row (by primary key: no id index to maintain per hop).
                 for dest in [local_dest(&client), receipt_dest(&client)] {
-                    if tx.remove_id(&dest, &id)?.is_some() {
-                        self.stats.delivered();
-                        if let Some(local) = self.locals.get_mut(&dest) {
-                            local.inflight = local.inflight.saturating_sub(1);
+                    let lseq = self.locals.get_mut(&dest).and_then(|l| l.acknowledged(&id));
+                    if let Some(lseq) = lseq {
+                        if tx.remove(&dest, lseq)? {
+                            self.stats.delivered();
                         }
                         break;
                     }
@@ -630,7 +652,7 @@ impl State {
         let ready: Vec<String> = self
             .locals
             .iter()
-            .filter(|(_, l)| !l.conns.is_empty() && l.inflight < LOCAL_WINDOW)
+            .filter(|(_, l)| !l.conns.is_empty() && l.inflight_count < LOCAL_WINDOW)
             .map(|(d, _)| d.clone())
             .collect();
         for dest in ready {
@@ -658,10 +680,10 @@ impl State {
             let Some(local) = self.locals.get(dest) else {
                 return Ok(());
             };
-            if local.inflight >= LOCAL_WINDOW {
+            if local.inflight_count >= LOCAL_WINDOW {
                 return Ok(());
             }
-            let rows = journal.read(dest, local.sent, LOCAL_WINDOW - local.inflight)?;
+            let rows = journal.read(dest, local.sent, LOCAL_WINDOW - local.inflight_count)?;
             if rows.is_empty() {
                 return Ok(());
             }
@@ -678,7 +700,8 @@ impl State {
                 }
                 self.publish(&topic, row.body);
                 if let Some(local) = self.locals.get_mut(dest) {
-                    local.inflight += 1;
+                    local.inflight.entry(row.id).or_default().push(row.lseq);
+                    local.inflight_count += 1;
                 }
             }
         }

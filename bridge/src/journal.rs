@@ -82,7 +82,6 @@ CREATE TABLE IF NOT EXISTS queue(
     body BLOB NOT NULL,
     PRIMARY KEY(dest, lseq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS queue_by_id ON queue(id);
 CREATE INDEX IF NOT EXISTS queue_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS seq(dest TEXT PRIMARY KEY, next INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS link_in(
@@ -327,26 +326,6 @@ impl Txn<'_> {
             > 0)
     }
 
-    /// Forgets the envelope `id` queued for `dest`; returns its sequence if it was there.
-    pub fn remove_id(&mut self, dest: &str, id: &str) -> Result<Option<u64>> {
-        // Oldest first, one row: should two senders have chosen the same id, one PUBACK
-        // must not consume both envelopes.
-        let lseq = self
-            .tx
-            .prepare_cached(
-                "DELETE FROM queue WHERE dest = ?2 AND lseq =
-                   (SELECT lseq FROM queue WHERE id = ?1 AND dest = ?2 ORDER BY lseq LIMIT 1)
-                 RETURNING lseq",
-            )?
-            .query_row(params![id, dest], |r| r.get::<_, i64>(0))
-            .optional()?
-            .map(|v| v as u64);
-        if let Some(l) = lseq {
-            self.changes.push(HotChange::Remove(dest.to_string(), l));
-        }
-        Ok(lseq)
-    }
-
     /// Records that the client-chosen id was accepted; false if it already was (a resend).
     pub fn first_acceptance(&mut self, id: &str, now: u64) -> Result<bool> {
         Ok(self
@@ -472,7 +451,7 @@ mod tests {
         assert_eq!(j.read("d", 0, 100).unwrap().len(), 10);
         let mut t = j.begin().unwrap();
         t.remove_through("d", 3).unwrap();
-        assert_eq!(t.remove_id("d", "5").unwrap(), Some(6));
+        assert!(t.remove("d", 6).unwrap());
         t.commit().unwrap();
         let hot: Vec<u64> = j.read("d", 0, 100).unwrap().iter().map(|q| q.lseq).collect();
         drop(j);
