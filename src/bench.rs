@@ -157,7 +157,10 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
         let su = args.sub_user.clone().ok_or("--medlink needs --sub-user")?;
         (
             format!("org/{pn}/{pu}/out"),
-            vec![format!("org/{sn}/{su}/cmd"), format!("org/{pn}/{pu}/receipt")],
+            vec![
+                format!("org/{sn}/{su}/cmd"),
+                format!("org/{pn}/{pu}/receipt"),
+            ],
             Some((sn, su)),
         )
     } else {
@@ -171,7 +174,11 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
     for p in 0..args.publishers {
         let count = args.messages.saturating_sub(p * per_pub).min(per_pub);
         let ep = pub_ep.clone();
-        let topic = if args.medlink { pub_topic.clone() } else { format!("{}/{p}", args.topic) };
+        let topic = if args.medlink {
+            pub_topic.clone()
+        } else {
+            format!("{}/{p}", args.topic)
+        };
         let target = target.clone();
         let size = args.size;
         let interval = args
@@ -195,7 +202,11 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
                     t: epoch.elapsed().as_nanos() as u64,
                 };
                 let payload = payload(&probe, size, target.as_ref());
-                if client.publish(topic.clone(), QoS::AtLeastOnce, false, payload).await.is_err() {
+                if client
+                    .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
                     return Err(format!("publisher {p} lost its connection"));
                 }
             }
@@ -249,7 +260,10 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
         let grace = Instant::now() + Duration::from_millis(500);
         while let Ok(Some(msg)) = tokio::time::timeout_at(grace.into(), rx.recv()).await {
             if let Some(probe) = read_probe(&msg, args.medlink, &mut receipts) {
-                if (probe.p as usize) < args.publishers && (probe.s as usize) < per_pub && seen[probe.p as usize][probe.s as usize] {
+                if (probe.p as usize) < args.publishers
+                    && (probe.s as usize) < per_pub
+                    && seen[probe.p as usize][probe.s as usize]
+                {
                     dups += 1;
                 }
             }
@@ -278,7 +292,11 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
         out_of_order: ooo,
         receipts,
         seconds,
-        throughput_msg_s: if seconds > 0.0 { unique as f64 / seconds } else { 0.0 },
+        throughput_msg_s: if seconds > 0.0 {
+            unique as f64 / seconds
+        } else {
+            0.0
+        },
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         p999_ms: pct(0.999),

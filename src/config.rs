@@ -175,7 +175,11 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
     }
     let data_dir = match data_dir {
         Some(d) => d.to_path_buf(),
-        None => base.join(file.node.data_dir.unwrap_or_else(|| PathBuf::from(format!("data/{id}")))),
+        None => base.join(
+            file.node
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("data/{id}"))),
+        ),
     };
     let mut listeners = Vec::new();
     for (i, l) in file.listeners.iter().enumerate() {
@@ -195,7 +199,10 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         None => (Vec::new(), String::new()),
         Some(p) => {
             if p.addresses.is_empty() {
-                return Err("parent.addresses: give at least one address, or remove [parent] at the root".into());
+                return Err(
+                    "parent.addresses: give at least one address, or remove [parent] at the root"
+                        .into(),
+                );
             }
             let mut parents = Vec::new();
             for (i, a) in p.addresses.iter().enumerate() {
@@ -213,10 +220,15 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             ));
         }
         if credentials.role(&ident.name).is_some() {
-            return Err(format!("identity[{i}].name: '{}' is listed twice", ident.name));
+            return Err(format!(
+                "identity[{i}].name: '{}' is listed twice",
+                ident.name
+            ));
         }
         if ident.role == Role::Node && !valid_node_id(&ident.name) {
-            return Err(format!("identity[{i}].name: a node identity must be its dotted node id"));
+            return Err(format!(
+                "identity[{i}].name: a node identity must be its dotted node id"
+            ));
         }
         if ident.password.is_empty() {
             return Err(format!("identity[{i}].password: must not be empty"));
@@ -325,8 +337,9 @@ mod tests {
         let e = parse("[node]\nid = \"js\"\n[[listener]]\nkind = \"tcp\"\naddr = \"nowhere\"\n")
             .unwrap_err();
         assert!(e.starts_with("listener[0].addr"), "{e}");
-        let e = parse("[node]\nid = \"js.a\"\n[parent]\naddresses = [\"ftp://x\"]\npassword = \"p\"\n")
-            .unwrap_err();
+        let e =
+            parse("[node]\nid = \"js.a\"\n[parent]\naddresses = [\"ftp://x\"]\npassword = \"p\"\n")
+                .unwrap_err();
         assert!(e.starts_with("parent.addresses[0]"), "{e}");
         let e = parse(
             "[node]\nid = \"js\"\n[[identity]]\nname = \"a/b\"\npassword = \"p\"\nrole = \"client\"\n",

@@ -43,8 +43,15 @@ struct NodeProcess {
 impl NodeProcess {
     async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-            if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_ok() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
                 return;
             }
         }
@@ -103,13 +110,22 @@ fn find_identity(path: &Path, prefix: &str) -> Result<(String, String), String> 
         .into_iter()
         .find(|i| i.name.starts_with(prefix) && i.role == medlink_broker::Role::Client)
         .map(|i| (i.name, i.password))
-        .ok_or_else(|| format!("{}: no client identity starting with '{prefix}'", path.display()))
+        .ok_or_else(|| {
+            format!(
+                "{}: no client identity starting with '{prefix}'",
+                path.display()
+            )
+        })
 }
 
 async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
     std::fs::create_dir_all(data).map_err(|e| format!("{}: {e}", data.display()))?;
-    println!("medlink demo: starting a 4-tier tree from {}/ (data in {})", args.conf_dir.display(), data.display());
+    println!(
+        "medlink demo: starting a 4-tier tree from {}/ (data in {})",
+        args.conf_dir.display(),
+        data.display()
+    );
     for tier in TIERS {
         let conf = args.conf_dir.join(format!("{tier}.toml"));
         let cfg = crate::config::load(&conf, None).map_err(|e| e.to_string())?;
@@ -147,7 +163,9 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         });
     }
     for n in nodes.iter_mut() {
-        wait_for_port(&n.tcp, &mut n.child).await.map_err(|e| format!("{} node: {e}", n.tier))?;
+        wait_for_port(&n.tcp, &mut n.child)
+            .await
+            .map_err(|e| format!("{} node: {e}", n.tier))?;
     }
     let city = &nodes[1];
     let township = &nodes[3];
@@ -161,10 +179,20 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         url: format!("mqtt://{}", township.tcp),
         login: Some((clinic_name.clone(), clinic_pw)),
     };
-    let inbox = |node: &str, client: &str| vec![format!("org/{node}/{client}/cmd"), format!("org/{node}/{client}/receipt")];
-    let (hosp, mut hosp_rx) = mqtt_client::connect(&hosp_ep, &hosp_name, &inbox(&city.id, &hosp_name)).await?;
-    let (clinic, mut clinic_rx) = mqtt_client::connect(&clinic_ep, &clinic_name, &inbox(&township.id, &clinic_name)).await?;
-    println!("  clinic '{clinic_name}' connected to {}, hospital '{hosp_name}' connected to {}", township.id, city.id);
+    let inbox = |node: &str, client: &str| {
+        vec![
+            format!("org/{node}/{client}/cmd"),
+            format!("org/{node}/{client}/receipt"),
+        ]
+    };
+    let (hosp, mut hosp_rx) =
+        mqtt_client::connect(&hosp_ep, &hosp_name, &inbox(&city.id, &hosp_name)).await?;
+    let (clinic, mut clinic_rx) =
+        mqtt_client::connect(&clinic_ep, &clinic_name, &inbox(&township.id, &clinic_name)).await?;
+    println!(
+        "  clinic '{clinic_name}' connected to {}, hospital '{hosp_name}' connected to {}",
+        township.id, city.id
+    );
 
     // Up: township clinic → city hospital.
     let request = serde_json::json!({
@@ -176,7 +204,12 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     let started = Instant::now();
     let sent_at = now_ms();
     clinic
-        .publish(format!("org/{}/{clinic_name}/out", township.id), QoS::AtLeastOnce, false, request.to_string())
+        .publish(
+            format!("org/{}/{clinic_name}/out", township.id),
+            QoS::AtLeastOnce,
+            false,
+            request.to_string(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let req = next_command(&mut hosp_rx).await?;
@@ -192,15 +225,23 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         "params": {"opinion": "Low risk. Repeat CT in 12 months.", "by": hosp_name},
     });
     let reply_sent = now_ms();
-    hosp.publish(format!("org/{}/{hosp_name}/out", city.id), QoS::AtLeastOnce, false, reply.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
+    hosp.publish(
+        format!("org/{}/{hosp_name}/out", city.id),
+        QoS::AtLeastOnce,
+        false,
+        reply.to_string(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let rep = next_command(&mut clinic_rx).await?;
     let got_rep = now_ms();
     println!();
     print_trail("reply", &rep, reply_sent, got_rep);
     if rep.reply_to.as_deref() != Some(req.id.as_str()) {
-        return Err(format!("reply correlates to {:?}, expected {}", rep.reply_to, req.id));
+        return Err(format!(
+            "reply correlates to {:?}, expected {}",
+            rep.reply_to, req.id
+        ));
     }
     let round_trip = started.elapsed();
 
@@ -211,7 +252,8 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         url: format!("mqtt://{}", province.tcp),
         login: Some((prov_name.clone(), prov_pw)),
     };
-    let (prov, mut prov_rx) = mqtt_client::connect(&prov_ep, &prov_name, &inbox(&province.id, &prov_name)).await?;
+    let (prov, mut prov_rx) =
+        mqtt_client::connect(&prov_ep, &prov_name, &inbox(&province.id, &prov_name)).await?;
     let second = serde_json::json!({
         "to": {"node": province.id, "client": prov_name},
         "cmd": "consult.second_opinion",
@@ -219,7 +261,12 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     });
     let sent2 = now_ms();
     clinic
-        .publish(format!("org/{}/{clinic_name}/out", township.id), QoS::AtLeastOnce, false, second.to_string())
+        .publish(
+            format!("org/{}/{clinic_name}/out", township.id),
+            QoS::AtLeastOnce,
+            false,
+            second.to_string(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let req2 = next_command(&mut prov_rx).await?;
@@ -232,9 +279,14 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         "params": {"opinion": "Agree with the city hospital."},
     });
     let sent3 = now_ms();
-    prov.publish(format!("org/{}/{prov_name}/out", province.id), QoS::AtLeastOnce, false, answer.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
+    prov.publish(
+        format!("org/{}/{prov_name}/out", province.id),
+        QoS::AtLeastOnce,
+        false,
+        answer.to_string(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let rep2 = next_command(&mut clinic_rx).await?;
     println!();
     print_trail("second-opinion reply", &rep2, sent3, now_ms());
@@ -256,7 +308,15 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     for r in &records {
         println!(
             "  {} {} {}/{} -> {}/{} {} hops={} {}",
-            crate::format_time(r.at), r.id, r.from_node, r.from_client, r.to_node, r.to_client, r.cmd, r.hops, r.decision
+            crate::format_time(r.at),
+            r.id,
+            r.from_node,
+            r.from_client,
+            r.to_node,
+            r.to_client,
+            r.cmd,
+            r.hops,
+            r.decision
         );
     }
     println!("  (the same from a shell: medlink audit --data-dir <province data dir> --client {clinic_name})");
@@ -279,9 +339,12 @@ async fn wait_for_port(addr: &str, child: &mut Child) -> Result<(), String> {
     Err(format!("not listening on {addr} after 10 s"))
 }
 
-async fn next_command(rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::mqtt_client::Received>) -> Result<Envelope, String> {
+async fn next_command(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::mqtt_client::Received>,
+) -> Result<Envelope, String> {
     let msg = rx.recv().await.ok_or("client connection closed")?;
-    let env = Envelope::parse(&msg.payload).map_err(|e| format!("bad envelope on {}: {e}", msg.topic))?;
+    let env =
+        Envelope::parse(&msg.payload).map_err(|e| format!("bad envelope on {}: {e}", msg.topic))?;
     if msg.topic.ends_with("/receipt") {
         return Err(format!("unexpected receipt: {}", env.params.get()));
     }
@@ -294,7 +357,12 @@ fn print_trail(what: &str, env: &Envelope, sent_at: u64, received_at: u64) {
         env.from.node, env.from.client, env.to.node, env.to.client, env.cmd, env.id
     );
     println!("  {:<4} {:<22} {:>10}", "hop", "node (custody)", "t+ ms");
-    println!("  {:<4} {:<22} {:>10}", "-", format!("{} publishes", env.from.client), "0.0");
+    println!(
+        "  {:<4} {:<22} {:>10}",
+        "-",
+        format!("{} publishes", env.from.client),
+        "0.0"
+    );
     for (i, hop) in env.trail.iter().enumerate() {
         println!(
             "  {:<4} {:<22} {:>10.1}",

@@ -19,7 +19,11 @@ use medlink_bridge::node::Node;
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "medlink", version, about = "Store-and-forward messaging for tiered healthcare networks")]
+#[command(
+    name = "medlink",
+    version,
+    about = "Store-and-forward messaging for tiered healthcare networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,7 +88,10 @@ fn init_logs(json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("medlink: cannot start the async runtime: {e}");
@@ -195,7 +202,10 @@ fn print_audit(path: &std::path::Path, q: &AuditQuery, json: bool) -> ExitCode {
     };
     for r in &rows {
         if json {
-            println!("{}", serde_json::to_string(r).expect("audit records serialise"));
+            println!(
+                "{}",
+                serde_json::to_string(r).expect("audit records serialise")
+            );
         } else {
             println!(
                 "{} {} {:<7} {}/{} -> {}/{} {} hops={} {}",
@@ -226,9 +236,15 @@ fn parse_time(s: &str) -> Result<u64, String> {
     let bad = || format!("'{s}' is neither Unix ms nor YYYY-MM-DDTHH:MM:SSZ");
     let s2 = s.strip_suffix('Z').ok_or_else(bad)?;
     let (date, time) = s2.split_once('T').ok_or_else(bad)?;
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
     let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
     if d.len() != 3 || t.len() != 3 {
         return Err(bad());
     }

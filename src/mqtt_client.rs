@@ -28,7 +28,9 @@ pub struct Received {
 /// Parses an endpoint URL into rumqttc options.
 pub fn options(ep: &Endpoint, client_id: &str) -> Result<MqttOptions, String> {
     let url = url::Url::parse(&ep.url).map_err(|e| format!("'{}': {e}", ep.url))?;
-    let host = url.host_str().ok_or_else(|| format!("'{}' has no host", ep.url))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("'{}' has no host", ep.url))?;
     let mut opts = match url.scheme() {
         "mqtt" | "tcp" => MqttOptions::new(client_id, host, url.port().unwrap_or(1883)),
         "ws" => {

@@ -94,9 +94,17 @@ fn dial(port: u16) -> TcpStream {
 }
 
 /// CONNECTs and returns the CONNACK's return/reason code.
-fn connack_code(port: u16, level: u8, client_id: &str, user: &str, pass: &str, keepalive: u16) -> Option<u8> {
+fn connack_code(
+    port: u16,
+    level: u8,
+    client_id: &str,
+    user: &str,
+    pass: &str,
+    keepalive: u16,
+) -> Option<u8> {
     let mut s = dial(port);
-    s.write_all(&connect(level, client_id, user, pass, keepalive)).ok()?;
+    s.write_all(&connect(level, client_id, user, pass, keepalive))
+        .ok()?;
     let (kind, body) = read_packet(&mut s)?;
     assert_eq!(kind, 0x20, "expected CONNACK");
     Some(body[1])
@@ -115,7 +123,8 @@ fn connect_then_reset_then_same_id_again_does_not_poison_the_listener() {
     for round in 0..20 {
         // CONNECT and an immediate TCP reset, before or right after the CONNACK
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        (&s).write_all(&connect(4, "flaky", "flaky", PASSWORD, 30)).unwrap();
+        (&s).write_all(&connect(4, "flaky", "flaky", PASSWORD, 30))
+            .unwrap();
         if round % 2 == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -128,8 +137,14 @@ fn connect_then_reset_then_same_id_again_does_not_poison_the_listener() {
         assert_eq!(code, Some(0), "round {round}");
     }
     // and a fresh client is still served
-    assert_eq!(connack_code(port, 4, "fresh", "fresh", PASSWORD, 30), Some(0));
-    assert_eq!(connack_code(port, 5, "fresh-v5", "fresh", PASSWORD, 30), Some(0));
+    assert_eq!(
+        connack_code(port, 4, "fresh", "fresh", PASSWORD, 30),
+        Some(0)
+    );
+    assert_eq!(
+        connack_code(port, 5, "fresh-v5", "fresh", PASSWORD, 30),
+        Some(0)
+    );
 }
 
 /// Closes with RST instead of FIN (SO_LINGER 0).
@@ -143,15 +158,26 @@ fn socket_reset(s: TcpStream) {
 fn keepalive_zero_is_accepted_and_bad_logins_and_ids_get_connack_refusals() {
     let mut tree = one_node(&["c"]);
     let port = tree.node("js").port;
-    assert_eq!(connack_code(port, 4, "c-ka0", "c", PASSWORD, 0), Some(0), "keepalive 0");
-    assert_eq!(connack_code(port, 5, "c-ka0-v5", "c", PASSWORD, 0), Some(0), "keepalive 0 on v5");
+    assert_eq!(
+        connack_code(port, 4, "c-ka0", "c", PASSWORD, 0),
+        Some(0),
+        "keepalive 0"
+    );
+    assert_eq!(
+        connack_code(port, 5, "c-ka0-v5", "c", PASSWORD, 0),
+        Some(0),
+        "keepalive 0 on v5"
+    );
     // wrong password: 3.1.1 code 4, v5 reason 0x86
     assert_eq!(connack_code(port, 4, "c1", "c", "wrong", 30), Some(4));
     assert_eq!(connack_code(port, 5, "c1", "c", "wrong", 30), Some(0x86));
     // a client id the router refuses ('$') and one we refuse ('/'): identifier rejected
     assert_eq!(connack_code(port, 4, "bad$id", "c", PASSWORD, 30), Some(2));
     assert_eq!(connack_code(port, 4, "bad/id", "c", PASSWORD, 30), Some(2));
-    assert_eq!(connack_code(port, 5, "bad/id", "c", PASSWORD, 30), Some(0x85));
+    assert_eq!(
+        connack_code(port, 5, "bad/id", "c", PASSWORD, 30),
+        Some(0x85)
+    );
     // an identity with wildcards
     assert_eq!(connack_code(port, 4, "x", "a+b", PASSWORD, 30), Some(2));
     // the listener still serves
@@ -164,10 +190,15 @@ fn acl_refuses_foreign_subscriptions_per_filter() {
     let port = tree.node("js").port;
     for level in [4u8, 5] {
         let mut s = dial(port);
-        s.write_all(&connect(level, &format!("a-{level}"), "a", PASSWORD, 30)).unwrap();
-        assert_eq!(read_packet(&mut s).unwrap().0, 0x20);
-        s.write_all(&subscribe(level, 7, &["org/js/a/cmd", "org/js/b/cmd", "$share/g/org/js/b/cmd", "#"]))
+        s.write_all(&connect(level, &format!("a-{level}"), "a", PASSWORD, 30))
             .unwrap();
+        assert_eq!(read_packet(&mut s).unwrap().0, 0x20);
+        s.write_all(&subscribe(
+            level,
+            7,
+            &["org/js/a/cmd", "org/js/b/cmd", "$share/g/org/js/b/cmd", "#"],
+        ))
+        .unwrap();
         let (kind, body) = read_packet(&mut s).unwrap();
         assert_eq!(kind, 0x90);
         assert_eq!(&body[..2], &7u16.to_be_bytes());
@@ -177,7 +208,8 @@ fn acl_refuses_foreign_subscriptions_per_filter() {
     }
     // admin may watch everything
     let mut s = dial(port);
-    s.write_all(&connect(4, "ops-1", "ops", PASSWORD, 30)).unwrap();
+    s.write_all(&connect(4, "ops-1", "ops", PASSWORD, 30))
+        .unwrap();
     read_packet(&mut s).unwrap();
     s.write_all(&subscribe(4, 1, &["org/#"])).unwrap();
     assert_eq!(read_packet(&mut s).unwrap().1[2], 1);
@@ -192,7 +224,9 @@ fn garbage_on_the_mqtt_port_is_dropped_and_the_node_keeps_serving() {
         &[0xff; 64],
         &[0x10, 0xff, 0xff, 0xff, 0xff, 0x7f],
         &[0x10, 0x05, 0x00, 0x04, b'M'],
-        &[0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0xc2, 0, 0],
+        &[
+            0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x03, 0xc2, 0, 0,
+        ],
     ];
     for j in junk {
         let mut s = dial(port);
@@ -206,14 +240,21 @@ fn garbage_on_the_mqtt_port_is_dropped_and_the_node_keeps_serving() {
     s.write_all(&connect(4, "c-g", "c", PASSWORD, 30)).unwrap();
     read_packet(&mut s).unwrap();
     s.write_all(&[0xf0, 0x00, 0x00]).unwrap();
-    assert!(read_packet(&mut s).is_none(), "a protocol error must close the connection");
+    assert!(
+        read_packet(&mut s).is_none(),
+        "a protocol error must close the connection"
+    );
     assert!(tree.node("js").is_running());
     assert_eq!(connack_code(port, 4, "c-after", "c", PASSWORD, 30), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_interoperate() {
-    if Command::new("mosquitto_sub").arg("--help").output().is_err() {
+    if Command::new("mosquitto_sub")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
         panic!("mosquitto-clients is not installed (apt-get install mosquitto-clients)");
     }
     let mut tree = one_node(&["x", "y"]);
@@ -221,7 +262,18 @@ async fn mosquitto_clients_interoperate() {
     let mut y = App::connect("js", "y", tree.node("js").port).await;
     // an admin watches all inbox traffic with mosquitto_sub
     let watcher = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-u", "ops", "-P", PASSWORD, "-i", "ops-watch"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "ops",
+            "-P",
+            PASSWORD,
+            "-i",
+            "ops-watch",
+        ])
         .args(["-t", "org/#", "-v", "-C", "1", "-W", "15"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -232,29 +284,75 @@ async fn mosquitto_clients_interoperate() {
     for version in ["mqttv311", "mqttv5"] {
         let body = json!({"to": {"node": "js", "client": "y"}, "cmd": "from-mosquitto", "params": {"v": version}});
         let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-u", "x", "-P", PASSWORD, "-i", "x-pub"])
-            .args(["-V", version, "-q", "1", "-t", "org/js/x/out", "-m", &body.to_string()])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                "x",
+                "-P",
+                PASSWORD,
+                "-i",
+                "x-pub",
+            ])
+            .args([
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-t",
+                "org/js/x/out",
+                "-m",
+                &body.to_string(),
+            ])
             .output()
             .expect("run mosquitto_pub");
-        assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let m = y.expect_cmd(10).await;
         assert_eq!(m["cmd"], json!("from-mosquitto"));
-        assert_eq!(m["from"], json!({"node": "js", "client": "x"}), "from stamped from the login");
+        assert_eq!(
+            m["from"],
+            json!({"node": "js", "client": "x"}),
+            "from stamped from the login"
+        );
         assert_eq!(m["params"]["v"], json!(version));
     }
     let out = watcher.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("org/js/y/cmd "), "admin saw: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.starts_with("org/js/y/cmd "),
+        "admin saw: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("from-mosquitto"));
     // a client may not publish into someone's inbox directly: refused, nothing arrives
     let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-u", "x", "-P", PASSWORD, "-i", "x-pub2"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "x",
+            "-P",
+            PASSWORD,
+            "-i",
+            "x-pub2",
+        ])
         .args(["-V", "mqttv5", "-q", "1", "-t", "org/js/y/cmd", "-m", "{}"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() || err.contains("authori"), "{err}");
-    assert!(y.recv(1).await.is_none(), "a direct inbox publish was delivered");
+    assert!(
+        y.recv(1).await.is_none(),
+        "a direct inbox publish was delivered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,11 +371,17 @@ async fn websocket_clients_and_websocket_links_work() {
     tree.node("js.a").start();
     let c = App::connect("js.a", "c", tree.node("js.a").port).await;
     // the receiving client itself is on WebSocket
-    let mut opts = rumqttc::MqttOptions::new("w-ws", format!("ws://127.0.0.1:{parent_ws}/mqtt"), parent_ws);
+    let mut opts = rumqttc::MqttOptions::new(
+        "w-ws",
+        format!("ws://127.0.0.1:{parent_ws}/mqtt"),
+        parent_ws,
+    );
     opts.set_transport(rumqttc::Transport::Ws);
     opts.set_credentials("w", PASSWORD);
     let (w, mut el) = rumqttc::AsyncClient::new(opts, 100);
-    w.subscribe("org/js/w/cmd", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    w.subscribe("org/js/w/cmd", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
     c.send("js", "w", "over-ws", json!({"n": 1})).await;
     let got = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -301,11 +405,23 @@ fn bad_configuration_is_refused_with_the_file_and_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[node]\nid = \"js\"\nbogus = 1\n", "bogus"),
-        ("[node]\nid = \"js\"\ndurability = \"sometimes\"\n", "sometimes"),
+        (
+            "[node]\nid = \"js\"\ndurability = \"sometimes\"\n",
+            "sometimes",
+        ),
         ("[node]\nid = \"a..b\"\n", "node.id"),
-        ("[node]\nid = \"js\"\n[[listener]]\nkind = \"udp\"\naddr = \"127.0.0.1:1\"\n", "udp"),
-        ("[node]\nid = \"js.x\"\n[parent]\naddresses = []\npassword = \"p\"\n", "parent.addresses"),
-        ("[node]\nid = \"js\"\n[limits]\nmax_payload = 0\n", "limits.max_payload"),
+        (
+            "[node]\nid = \"js\"\n[[listener]]\nkind = \"udp\"\naddr = \"127.0.0.1:1\"\n",
+            "udp",
+        ),
+        (
+            "[node]\nid = \"js.x\"\n[parent]\naddresses = []\npassword = \"p\"\n",
+            "parent.addresses",
+        ),
+        (
+            "[node]\nid = \"js\"\n[limits]\nmax_payload = 0\n",
+            "limits.max_payload",
+        ),
         ("[node]\n", "id"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
@@ -313,7 +429,10 @@ fn bad_configuration_is_refused_with_the_file_and_key_named() {
         std::fs::write(&path, text).unwrap();
         let (code, _, err) = medlink(&["node", "--config", path.to_str().unwrap()]);
         assert_eq!(code, 2, "case {i}: {err}");
-        assert!(err.contains(&format!("bad{i}.toml")), "case {i} names the file: {err}");
+        assert!(
+            err.contains(&format!("bad{i}.toml")),
+            "case {i} names the file: {err}"
+        );
         assert!(err.contains(key), "case {i} names '{key}': {err}");
     }
     let (code, _, err) = medlink(&["node", "--config", "/nonexistent/medlink.toml"]);

@@ -24,7 +24,9 @@ async fn collect(app: &mut App, n: u64, idle: u64) -> (Vec<u64>, Vec<serde_json:
     let mut receipts = Vec::new();
     while (seqs.len() as u64) < n {
         match app.recv(idle).await {
-            Some(m) if m.topic.ends_with("/cmd") => seqs.push(m.json["params"]["s"].as_u64().expect("seq")),
+            Some(m) if m.topic.ends_with("/cmd") => {
+                seqs.push(m.json["params"]["s"].as_u64().expect("seq"))
+            }
             Some(m) => receipts.push(m.json),
             None => break,
         }
@@ -82,7 +84,11 @@ async fn kill9_of_the_middle_tier_during_a_stream_loses_and_duplicates_nothing()
         tree.dump_logs();
     }
     assert!(receipts.is_empty(), "unexpected receipts: {receipts:?}");
-    assert_eq!((lost, dups, ooo), (0, 0, 0), "lost, duplicates, out of order of {N}");
+    assert_eq!(
+        (lost, dups, ooo),
+        (0, 0, 0),
+        "lost, duplicates, out of order of {N}"
+    );
     assert_eq!(seqs.len() as u64, N);
     clinic.disconnect().await;
 }
@@ -109,7 +115,8 @@ async fn a_restarted_root_needs_no_restart_below_it() {
     assert_eq!(audit_sequence(&shifted, 50), (0, 0, 0), "got {seqs:?}");
 
     // and the way down works again too
-    sink.send("js.nj.gl.t3", "clinic", "after", json!({"s": 1})).await;
+    sink.send("js.nj.gl.t3", "clinic", "after", json!({"s": 1}))
+        .await;
     assert_eq!(clinic.expect_cmd(15).await["cmd"], json!("after"));
     for id in ["js.nj", "js.nj.gl", "js.nj.gl.t3"] {
         assert!(tree.node(id).is_running(), "{id} stopped");
@@ -123,7 +130,10 @@ async fn a_restarted_root_needs_no_restart_below_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_client_gets_its_commands_on_connect_even_across_a_node_restart() {
-    let mut tree = Tree::start(&[spec("js", None, &["a"]), spec("js.b", Some("js"), &["away"])]);
+    let mut tree = Tree::start(&[
+        spec("js", None, &["a"]),
+        spec("js.b", Some("js"), &["away"]),
+    ]);
     let a = App::connect("js", "a", tree.node("js").port).await;
     for s in 0..100 {
         a.send("js.b", "away", "queued", json!({"s": s})).await;
@@ -153,5 +163,8 @@ async fn an_offline_client_gets_its_commands_on_connect_even_across_a_node_resta
     };
     let m = m.json;
     assert_eq!(m["cmd"], json!("later"));
-    assert!(away.recv(1).await.is_none(), "delivered commands came again");
+    assert!(
+        away.recv(1).await.is_none(),
+        "delivered commands came again"
+    );
 }

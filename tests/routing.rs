@@ -26,9 +26,13 @@ async fn commands_cross_four_tiers_both_ways_and_between_branches() {
     let mut prov = App::connect("js", "prov", tree.node("js").port).await;
 
     // up four tiers
-    a.send("js", "prov", "consult.request", json!({"n": 1})).await;
+    a.send("js", "prov", "consult.request", json!({"n": 1}))
+        .await;
     let got = prov.expect_cmd(15).await;
-    assert_eq!(got["from"], json!({"node": "js.nj.gl.t3", "client": "clinic-a"}));
+    assert_eq!(
+        got["from"],
+        json!({"node": "js.nj.gl.t3", "client": "clinic-a"})
+    );
     assert_eq!(trail(&got), ["js.nj.gl.t3", "js.nj.gl", "js.nj", "js"]);
     assert_eq!(got["params"], json!({"n": 1}));
 
@@ -41,19 +45,36 @@ async fn commands_cross_four_tiers_both_ways_and_between_branches() {
 
     // across branches: up to the lowest common ancestor (the city) and down the other side
     for i in 0..20 {
-        a.send("js.nj.xw.t1", "clinic-b", "note", json!({"i": i})).await;
+        a.send("js.nj.xw.t1", "clinic-b", "note", json!({"i": i}))
+            .await;
     }
     for i in 0..20 {
         let m = b.expect_cmd(15).await;
         assert_eq!(m["params"]["i"], json!(i), "order kept across branches");
-        assert_eq!(trail(&m), ["js.nj.gl.t3", "js.nj.gl", "js.nj", "js.nj.xw", "js.nj.xw.t1"]);
+        assert_eq!(
+            trail(&m),
+            [
+                "js.nj.gl.t3",
+                "js.nj.gl",
+                "js.nj",
+                "js.nj.xw",
+                "js.nj.xw.t1"
+            ]
+        );
     }
-    b.send("js.nj.gl.t3", "clinic-a", "note", json!({"back": true})).await;
+    b.send("js.nj.gl.t3", "clinic-a", "note", json!({"back": true}))
+        .await;
     let m = a.expect_cmd(15).await;
     assert_eq!(m["params"], json!({"back": true}));
     // nothing extra arrives anywhere
-    assert!(b.recv(1).await.is_none(), "clinic-b got an unexpected message");
-    assert!(prov.recv(1).await.is_none(), "prov got an unexpected message");
+    assert!(
+        b.recv(1).await.is_none(),
+        "clinic-b got an unexpected message"
+    );
+    assert!(
+        prov.recv(1).await.is_none(),
+        "prov got an unexpected message"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,22 +85,48 @@ async fn via_root_sends_same_node_commands_through_the_root_which_audits_them() 
     let port = tree.node("js.a").port;
     let x = App::connect("js.a", "x", port).await;
     let mut y = App::connect("js.a", "y", port).await;
-    x.send("js.a", "y", "consult.request", json!({"k": "v"})).await;
+    x.send("js.a", "y", "consult.request", json!({"k": "v"}))
+        .await;
     let m = y.expect_cmd(15).await;
     assert_eq!(trail(&m), ["js.a", "js", "js.a"], "went through the root");
     let id = m["id"].as_str().unwrap().to_string();
 
     let root_data = tree.node("js").data_dir.clone();
-    let (code, out, err) = medlink(&["audit", "--data-dir", root_data.to_str().unwrap(), "--client", "x", "--json"]);
+    let (code, out, err) = medlink(&[
+        "audit",
+        "--data-dir",
+        root_data.to_str().unwrap(),
+        "--client",
+        "x",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 1, "{out}");
     assert_eq!(rows[0]["id"], json!(id));
     assert_eq!(rows[0]["decision"], json!("down:js.a"));
     // filters: another command name finds nothing, the node filter finds it
-    let (_, out, _) = medlink(&["audit", "--data-dir", root_data.to_str().unwrap(), "--cmd", "other", "--json"]);
+    let (_, out, _) = medlink(&[
+        "audit",
+        "--data-dir",
+        root_data.to_str().unwrap(),
+        "--cmd",
+        "other",
+        "--json",
+    ]);
     assert!(out.trim().is_empty());
-    let (_, out, _) = medlink(&["audit", "--data-dir", root_data.to_str().unwrap(), "--node", "js.a", "--since", "0"]);
+    let (_, out, _) = medlink(&[
+        "audit",
+        "--data-dir",
+        root_data.to_str().unwrap(),
+        "--node",
+        "js.a",
+        "--since",
+        "0",
+    ]);
     assert!(out.contains(&id));
 }
 
@@ -94,12 +141,18 @@ async fn shortest_keeps_same_node_commands_on_their_node() {
     assert_eq!(trail(&m), ["js.a"]);
     let root_data = tree.node("js").data_dir.clone();
     let (_, out, _) = medlink(&["audit", "--data-dir", root_data.to_str().unwrap(), "--json"]);
-    assert!(out.trim().is_empty(), "the root saw a same-node command: {out}");
+    assert!(
+        out.trim().is_empty(),
+        "the root saw a same-node command: {out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_targets_and_expiry_give_receipts() {
-    let mut tree = Tree::start(&[spec("js", None, &["r"]), spec("js.a", Some("js"), &["x", "y"])]);
+    let mut tree = Tree::start(&[
+        spec("js", None, &["r"]),
+        spec("js.a", Some("js"), &["x", "y"]),
+    ]);
     let port = tree.node("js.a").port;
     let mut x = App::connect("js.a", "x", port).await;
 
@@ -107,7 +160,10 @@ async fn unknown_targets_and_expiry_give_receipts() {
     x.send("js.a", "nobody", "ping", json!(null)).await;
     let r = x.expect_receipt(10).await;
     assert_eq!(r["params"]["status"], json!("failed"));
-    assert!(r["params"]["reason"].as_str().unwrap().contains("nobody"), "{r}");
+    assert!(
+        r["params"]["reason"].as_str().unwrap().contains("nobody"),
+        "{r}"
+    );
 
     // unknown node: climbs to the root, which knows no such subtree
     x.send("zj.hz", "c", "ping", json!(null)).await;
@@ -123,7 +179,10 @@ async fn unknown_targets_and_expiry_give_receipts() {
     assert_eq!(r["params"]["status"], json!("expired"), "{r}");
     assert_eq!(r["params"]["cmd"], json!("late"));
     let mut late = App::connect("js", "r", tree.node("js").port).await;
-    assert!(late.recv(2).await.is_none(), "an expired command was delivered");
+    assert!(
+        late.recv(2).await.is_none(),
+        "an expired command was delivered"
+    );
 
     // an already expired absolute time is refused at the first node
     let body = json!({"to": {"node": "js.a", "client": "y"}, "cmd": "old", "expires_at": 1});
@@ -144,25 +203,51 @@ async fn malformed_oversized_and_forged_submissions_are_rejected_with_a_reason()
     x.publish_raw("this is not json").await;
     let r = x.expect_receipt(10).await;
     assert_eq!(r["params"]["status"], json!("rejected"));
-    assert!(r["params"]["reason"].as_str().unwrap().starts_with("payload"), "{r}");
+    assert!(
+        r["params"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("payload"),
+        "{r}"
+    );
 
-    x.publish_raw(json!({"to": {"node": "js", "client": "y"}, "cmd": 5}).to_string()).await;
+    x.publish_raw(json!({"to": {"node": "js", "client": "y"}, "cmd": 5}).to_string())
+        .await;
     let r = x.expect_receipt(10).await;
-    assert!(r["params"]["reason"].as_str().unwrap().contains("invalid type"), "{r}");
+    assert!(
+        r["params"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type"),
+        "{r}"
+    );
 
-    x.publish_raw(json!({"to": {"node": "js"}, "cmd": "c"}).to_string()).await;
+    x.publish_raw(json!({"to": {"node": "js"}, "cmd": "c"}).to_string())
+        .await;
     let r = x.expect_receipt(10).await;
-    assert!(r["params"]["reason"].as_str().unwrap().contains("client"), "{r}");
+    assert!(
+        r["params"]["reason"].as_str().unwrap().contains("client"),
+        "{r}"
+    );
 
     let big = json!({"to": {"node": "js", "client": "y"}, "cmd": "c", "params": "x".repeat(4000)});
     x.publish_raw(big.to_string()).await;
     let r = x.expect_receipt(10).await;
-    assert!(r["params"]["reason"].as_str().unwrap().contains("exceeds the limit"), "{r}");
+    assert!(
+        r["params"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit"),
+        "{r}"
+    );
 
     let forged = json!({"from": {"node": "js", "client": "y"}, "to": {"node": "js", "client": "y"}, "cmd": "c"});
     x.publish_raw(forged.to_string()).await;
     let r = x.expect_receipt(10).await;
-    assert!(r["params"]["reason"].as_str().unwrap().starts_with("from"), "{r}");
+    assert!(
+        r["params"]["reason"].as_str().unwrap().starts_with("from"),
+        "{r}"
+    );
 
     // none of that reached y, and the node still routes good commands
     x.send("js", "y", "ok", json!(1)).await;

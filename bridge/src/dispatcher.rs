@@ -219,7 +219,12 @@ impl Dispatcher {
         if let Err(e) = self.state.pump(&mut self.journal, now) {
             error!(error = %e, "journal read failed while sending");
         }
-        tracing::trace!(n_items, commit_us = t1.as_micros() as u64, total_us = t0.elapsed().as_micros() as u64, "round");
+        tracing::trace!(
+            n_items,
+            commit_us = t1.as_micros() as u64,
+            total_us = t0.elapsed().as_micros() as u64,
+            "round"
+        );
     }
 }
 
@@ -261,21 +266,39 @@ impl State {
         }
     }
 
-    fn handle(&mut self, tx: &mut Txn, item: Input, now: u64, out: &mut Outbox) -> rusqlite::Result<()> {
+    fn handle(
+        &mut self,
+        tx: &mut Txn,
+        item: Input,
+        now: u64,
+        out: &mut Outbox,
+    ) -> rusqlite::Result<()> {
         match item {
-            Input::Broker(Inbound::Command { client, payload, reply }) => {
+            Input::Broker(Inbound::Command {
+                client,
+                payload,
+                reply,
+            }) => {
                 let verdict = self.command(tx, &client, &payload, now)?;
                 if let Some(reply) = reply {
                     out.replies.push((reply, verdict));
                 }
             }
-            Input::Broker(Inbound::LinkFrame { child, payload, reply }) => {
+            Input::Broker(Inbound::LinkFrame {
+                child,
+                payload,
+                reply,
+            }) => {
                 let verdict = self.child_frame(tx, &child, &payload, now, out)?;
                 if let Some(reply) = reply {
                     out.replies.push((reply, verdict));
                 }
             }
-            Input::Broker(Inbound::InboxOpen { client, conn, stream }) => {
+            Input::Broker(Inbound::InboxOpen {
+                client,
+                conn,
+                stream,
+            }) => {
                 // Everything not yet acknowledged goes (again) to every open connection: a new
                 // device gets what is pending, and nothing waits on a connection that died.
                 // Duplicates this may cause carry the same id; applications drop them by id.
@@ -285,7 +308,11 @@ impl State {
                 local.conns.insert(conn);
                 local.rewind(floor);
             }
-            Input::Broker(Inbound::InboxClosed { client, conn, stream }) => {
+            Input::Broker(Inbound::InboxClosed {
+                client,
+                conn,
+                stream,
+            }) => {
                 let dest = stream_dest(&client, stream);
                 let floor = tx.floor(&dest)?;
                 if let Some(local) = self.locals.get_mut(&dest) {
@@ -345,7 +372,13 @@ impl State {
     }
 
     /// A client's outbox publish: validate, stamp, route, queue.
-    fn command(&mut self, tx: &mut Txn, client: &str, payload: &[u8], now: u64) -> rusqlite::Result<Accept> {
+    fn command(
+        &mut self,
+        tx: &mut Txn,
+        client: &str,
+        payload: &[u8],
+        now: u64,
+    ) -> rusqlite::Result<Accept> {
         let sender = Address {
             node: self.me().to_string(),
             client: client.to_string(),
@@ -360,7 +393,8 @@ impl State {
                 warn!(client, error = %problem, "command rejected");
                 self.stats.rejected();
                 let rid = self.next_id();
-                let receipt = Envelope::rejection(self.me(), &sender, payload, &problem.to_string(), rid);
+                let receipt =
+                    Envelope::rejection(self.me(), &sender, payload, &problem.to_string(), rid);
                 self.accept(tx, receipt, now)?;
                 Ok(Accept::Rejected(problem.to_string()))
             }
@@ -417,7 +451,11 @@ impl State {
                 tx.enqueue(&dest, &env, env.to_bytes().into())?;
             }
             Err(why) => {
-                let status = if why == "expired" { "expired" } else { "failed" };
+                let status = if why == "expired" {
+                    "expired"
+                } else {
+                    "failed"
+                };
                 self.refuse(tx, &env, status, &why, now)?;
             }
         }
@@ -426,7 +464,14 @@ impl State {
 
     /// Drops `env` and sends its sender a receipt saying why (receipts themselves are dropped
     /// with a log line: a receipt about a receipt would never end).
-    fn refuse(&mut self, tx: &mut Txn, env: &Envelope, status: &str, why: &str, now: u64) -> rusqlite::Result<()> {
+    fn refuse(
+        &mut self,
+        tx: &mut Txn,
+        env: &Envelope,
+        status: &str,
+        why: &str,
+        now: u64,
+    ) -> rusqlite::Result<()> {
         if env.kind == Kind::Receipt {
             warn!(id = %env.id, to = ?env.to, reason = why, "receipt dropped");
             return Ok(());
@@ -456,7 +501,10 @@ impl State {
         };
         let before = (order.last, order.epoch);
         if order.epoch != epoch && before.1 != 0 {
-            warn!(peer, "peer's journal was replaced (new epoch); its sequence starts again");
+            warn!(
+                peer,
+                "peer's journal was replaced (new epoch); its sequence starts again"
+            );
         }
         order.apply_epoch(epoch);
         order.apply_floor(floor);
@@ -464,7 +512,9 @@ impl State {
             match order.admit(m.p, m.s) {
                 Some(true) => match Envelope::parse(m.e.get().as_bytes()) {
                     Ok(env) => self.accept(tx, env, now)?,
-                    Err(e) => warn!(peer, seq = m.s, error = %e, "malformed envelope on link dropped"),
+                    Err(e) => {
+                        warn!(peer, seq = m.s, error = %e, "malformed envelope on link dropped")
+                    }
                 },
                 Some(false) => {}
                 None => break,
@@ -504,20 +554,29 @@ impl State {
         match frame {
             Frame::Batch { epoch, floor, msgs } => {
                 let upto = self.receive_batch(tx, child, (epoch, floor), &msgs, now)?;
-                out.to_children.push((child.to_string(), Frame::Ack { upto }.to_bytes()));
+                out.to_children
+                    .push((child.to_string(), Frame::Ack { upto }.to_bytes()));
             }
             Frame::Ack { upto } => {
                 if link.ack(upto) {
                     tx.remove_through(&down_dest(child), upto)?;
                 }
             }
-            Frame::Ping { at } => out.to_children.push((child.to_string(), Frame::Pong { at }.to_bytes())),
+            Frame::Ping { at } => out
+                .to_children
+                .push((child.to_string(), Frame::Pong { at }.to_bytes())),
             Frame::Pong { .. } => {}
         }
         Ok(Accept::Committed)
     }
 
-    fn parent_frame(&mut self, tx: &mut Txn, payload: &[u8], now: u64, out: &mut Outbox) -> rusqlite::Result<()> {
+    fn parent_frame(
+        &mut self,
+        tx: &mut Txn,
+        payload: &[u8],
+        now: u64,
+        out: &mut Outbox,
+    ) -> rusqlite::Result<()> {
         let Some(up) = self.up.as_mut() else {
             return Ok(());
         };
@@ -549,8 +608,14 @@ impl State {
     fn sweep_expired(&mut self, tx: &mut Txn, now: u64) -> rusqlite::Result<()> {
         for (dest, row) in tx.expired(now, 1000)? {
             let in_flight = match dest.split_once(':') {
-                None => self.up.as_ref().is_some_and(|l| l.online && row.lseq <= l.sent),
-                Some(("down", child)) => self.downs.get(child).is_some_and(|l| l.online && row.lseq <= l.sent),
+                None => self
+                    .up
+                    .as_ref()
+                    .is_some_and(|l| l.online && row.lseq <= l.sent),
+                Some(("down", child)) => self
+                    .downs
+                    .get(child)
+                    .is_some_and(|l| l.online && row.lseq <= l.sent),
                 Some(_) => self
                     .locals
                     .get(&dest)
@@ -566,7 +631,13 @@ impl State {
         Ok(())
     }
 
-    fn drop_stale(&mut self, tx: &mut Txn, dest: &str, row: crate::journal::Queued, now: u64) -> rusqlite::Result<()> {
+    fn drop_stale(
+        &mut self,
+        tx: &mut Txn,
+        dest: &str,
+        row: crate::journal::Queued,
+        now: u64,
+    ) -> rusqlite::Result<()> {
         tx.remove(dest, row.lseq)?;
         match Envelope::parse(&row.body) {
             Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now),
@@ -604,7 +675,10 @@ impl State {
         if let Some(up) = self.up.as_mut() {
             if up.online {
                 if up.last_heard.elapsed() > tuning.dead_after {
-                    warn!(silent_ms = up.last_heard.elapsed().as_millis() as u64, "parent link stalled; reconnecting");
+                    warn!(
+                        silent_ms = up.last_heard.elapsed().as_millis() as u64,
+                        "parent link stalled; reconnecting"
+                    );
                     up.online = false;
                     self.stats.set_parent_up(false);
                     if let Some(uplink) = &self.uplink {
@@ -669,7 +743,13 @@ impl State {
     }
 
     /// Publishes queued envelopes of `dest` into the client's inbox or receipt topic.
-    fn deliver(&mut self, journal: &Journal, dest: &str, now: u64, stale: &mut Vec<Stale>) -> rusqlite::Result<()> {
+    fn deliver(
+        &mut self,
+        journal: &Journal,
+        dest: &str,
+        now: u64,
+        stale: &mut Vec<Stale>,
+    ) -> rusqlite::Result<()> {
         let me = self.me().to_string();
         let topic = match dest.split_once(':') {
             Some(("receipts", client)) => receipt_topic(&me, client),

@@ -277,7 +277,13 @@ impl Envelope {
     }
 
     /// A `rejected` receipt for a submission that could not be turned into an envelope.
-    pub fn rejection(node: &str, sender: &Address, payload: &[u8], reason: &str, id: String) -> Envelope {
+    pub fn rejection(
+        node: &str,
+        sender: &Address,
+        payload: &[u8],
+        reason: &str,
+        id: String,
+    ) -> Envelope {
         #[derive(Deserialize)]
         struct MaybeId {
             id: Option<String>,
@@ -285,7 +291,10 @@ impl Envelope {
         }
         let guess = serde_json::from_slice::<MaybeId>(payload).ok();
         let original = Envelope {
-            id: guess.as_ref().and_then(|g| g.id.clone()).unwrap_or_default(),
+            id: guess
+                .as_ref()
+                .and_then(|g| g.id.clone())
+                .unwrap_or_default(),
             kind: Kind::Cmd,
             from: sender.clone(),
             to: sender.clone(),
@@ -354,16 +363,22 @@ mod tests {
         let e = Submission::parse(br#"{"to":{"node":"a","client":"b"},"cmd":7}"#, L).unwrap_err();
         assert_eq!(e.field, "payload", "{e}");
         assert!(e.problem.contains("invalid type"), "{e}");
-        let e = Submission::parse(br#"{"to":{"node":"a..b","client":"b"},"cmd":"x"}"#, L)
-            .unwrap_err();
+        let e =
+            Submission::parse(br#"{"to":{"node":"a..b","client":"b"},"cmd":"x"}"#, L).unwrap_err();
         assert_eq!(e.field, "to.node");
         let e = Submission::parse(br#"{"to":{"node":"a","client":"b"},"cmd":"x","prio":1}"#, L)
             .unwrap_err();
         assert_eq!(e.field, "prio");
         let e = Submission::parse(b"not json", L).unwrap_err();
         assert_eq!(e.field, "payload");
-        let big = format!(r#"{{"to":{{"node":"a","client":"b"}},"cmd":"x","params":"{}"}}"#, "x".repeat(2000));
-        assert_eq!(Submission::parse(big.as_bytes(), L).unwrap_err().field, "payload");
+        let big = format!(
+            r#"{{"to":{{"node":"a","client":"b"}},"cmd":"x","params":"{}"}}"#,
+            "x".repeat(2000)
+        );
+        assert_eq!(
+            Submission::parse(big.as_bytes(), L).unwrap_err().field,
+            "payload"
+        );
     }
 
     #[test]
@@ -373,7 +388,10 @@ mod tests {
             L,
         )
         .unwrap();
-        assert_eq!(s.into_envelope(sender(), "1".into()).unwrap_err().field, "from");
+        assert_eq!(
+            s.into_envelope(sender(), "1".into()).unwrap_err().field,
+            "from"
+        );
         let s = Submission::parse(
             br#"{"to":{"node":"a","client":"b"},"cmd":"x","ttl_ms":1000,"params":{"k":[1,2]}}"#,
             L,

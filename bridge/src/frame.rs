@@ -113,7 +113,10 @@ pub fn encode_batch(epoch: u64, floor: u64, prev: u64, rows: &[crate::journal::Q
     use std::io::Write;
     let size: usize = rows.iter().map(|r| r.body.len() + 48).sum();
     let mut out = Vec::with_capacity(size + 48);
-    let _ = write!(out, r#"{{"t":"batch","epoch":{epoch},"floor":{floor},"msgs":["#);
+    let _ = write!(
+        out,
+        r#"{{"t":"batch","epoch":{epoch},"floor":{floor},"msgs":["#
+    );
     let mut p = prev;
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
@@ -187,20 +190,25 @@ mod tests {
         r.apply_floor(2);
         assert_eq!(r.last, 10);
         r.apply_epoch(10);
-        assert_eq!(r.admit(0, 1), Some(true), "a replaced sender journal starts again at 1");
+        assert_eq!(
+            r.admit(0, 1),
+            Some(true),
+            "a replaced sender journal starts again at 1"
+        );
     }
 
     #[test]
     fn hand_encoded_batches_parse() {
-        let rows: Vec<crate::journal::Queued> = [(3u64, r#"{"id":"a"}"#), (5, r#"{"id":"b","x":[1]}"#)]
-            .iter()
-            .map(|(l, b)| crate::journal::Queued {
-                lseq: *l,
-                id: String::new(),
-                expires_at: None,
-                body: bytes::Bytes::from(b.to_string()),
-            })
-            .collect();
+        let rows: Vec<crate::journal::Queued> =
+            [(3u64, r#"{"id":"a"}"#), (5, r#"{"id":"b","x":[1]}"#)]
+                .iter()
+                .map(|(l, b)| crate::journal::Queued {
+                    lseq: *l,
+                    id: String::new(),
+                    expires_at: None,
+                    body: bytes::Bytes::from(b.to_string()),
+                })
+                .collect();
         let bytes = encode_batch(77, 2, 1, &rows);
         match Frame::parse(&bytes).unwrap() {
             Frame::Batch { epoch, floor, msgs } => {
@@ -219,7 +227,11 @@ mod tests {
         let f = Frame::Batch {
             epoch: 1,
             floor: 1,
-            msgs: vec![Numbered { p: 0, s: 1, e: &raw }],
+            msgs: vec![Numbered {
+                p: 0,
+                s: 1,
+                e: &raw,
+            }],
         };
         let bytes = f.to_bytes();
         match Frame::parse(&bytes).unwrap() {

@@ -220,13 +220,13 @@ impl Journal {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         rows.collect()
     }
-
 }
-
 
 fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u64> {
     let min: Option<i64> =
-        conn.query_row("SELECT min(lseq) FROM queue WHERE dest = ?1", [dest], |r| r.get(0))?;
+        conn.query_row("SELECT min(lseq) FROM queue WHERE dest = ?1", [dest], |r| {
+            r.get(0)
+        })?;
     Ok(min
         .map(|m| m as u64)
         .unwrap_or_else(|| next.get(dest).copied().unwrap_or(1)))
@@ -248,7 +248,9 @@ impl Txn<'_> {
         Ok(self
             .tx
             .prepare_cached("SELECT last, epoch FROM link_in WHERE peer = ?1")?
-            .query_row([peer], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))
+            .query_row([peer], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
             .optional()?
             .unwrap_or((0, 0)))
     }
@@ -440,7 +442,8 @@ mod tests {
         let mut j = Journal::open(&path, Durability::Process).unwrap();
         let mut t = j.begin().unwrap();
         for i in 0..10 {
-            t.enqueue("d", &env(&i.to_string()), format!("b{i}").into()).unwrap();
+            t.enqueue("d", &env(&i.to_string()), format!("b{i}").into())
+                .unwrap();
         }
         t.commit().unwrap();
         // rolled back work never shows in the hot tail
@@ -453,10 +456,20 @@ mod tests {
         t.remove_through("d", 3).unwrap();
         assert!(t.remove("d", 6).unwrap());
         t.commit().unwrap();
-        let hot: Vec<u64> = j.read("d", 0, 100).unwrap().iter().map(|q| q.lseq).collect();
+        let hot: Vec<u64> = j
+            .read("d", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|q| q.lseq)
+            .collect();
         drop(j);
         let cold = Journal::open(&path, Durability::Process).unwrap();
-        let db: Vec<u64> = cold.read("d", 0, 100).unwrap().iter().map(|q| q.lseq).collect();
+        let db: Vec<u64> = cold
+            .read("d", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|q| q.lseq)
+            .collect();
         assert_eq!(hot, db);
         assert_eq!(db, vec![4, 5, 7, 8, 9, 10]);
     }

@@ -160,7 +160,12 @@ impl LinkOut {
             }
             self.sent = last;
             if let Some(newest) = kept.last() {
-                frames.push(encode_batch(journal.epoch(), self.acked + 1, self.last_tx, &kept));
+                frames.push(encode_batch(
+                    journal.epoch(),
+                    self.acked + 1,
+                    self.last_tx,
+                    &kept,
+                ));
                 self.last_tx = newest.lseq;
             }
         }

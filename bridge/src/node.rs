@@ -125,10 +125,17 @@ impl Node {
             source,
         })?;
         let path = cfg.data_dir.join("journal.db");
-        let journal = Journal::open(&path, cfg.durability)
-            .map_err(|source| NodeError::Journal { path: path.clone(), source })?;
-        Journal::spawn_checkpointer(&path, Duration::from_millis(500))
-            .map_err(|source| NodeError::Journal { path: path.clone(), source })?;
+        let journal =
+            Journal::open(&path, cfg.durability).map_err(|source| NodeError::Journal {
+                path: path.clone(),
+                source,
+            })?;
+        Journal::spawn_checkpointer(&path, Duration::from_millis(500)).map_err(|source| {
+            NodeError::Journal {
+                path: path.clone(),
+                source,
+            }
+        })?;
         let topology = Topology {
             me: cfg.id.clone(),
             has_parent: !cfg.parents.is_empty(),
@@ -185,7 +192,10 @@ impl Node {
             uplink,
             stats.clone(),
         )
-        .map_err(|source| NodeError::Journal { path: path.clone(), source })?;
+        .map_err(|source| NodeError::Journal {
+            path: path.clone(),
+            source,
+        })?;
         let dispatcher_shutdown = shutdown_rx.clone();
         let thread = std::thread::Builder::new()
             .name("dispatcher".into())

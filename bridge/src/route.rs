@@ -132,19 +132,31 @@ mod tests {
     fn routes_up_down_and_local() {
         let t = topo("js.nj", true, &["js.nj.gl", "js.nj.xw.t9"]);
         assert_eq!(t.next_hop(&env("js.nj", "a")), NextHop::Local("a".into()));
-        assert!(matches!(t.next_hop(&env("js.nj", "zz")), NextHop::Unroutable(_)));
-        assert_eq!(t.next_hop(&env("js.nj.gl.t3", "a")), NextHop::Down("js.nj.gl".into()));
+        assert!(matches!(
+            t.next_hop(&env("js.nj", "zz")),
+            NextHop::Unroutable(_)
+        ));
+        assert_eq!(
+            t.next_hop(&env("js.nj.gl.t3", "a")),
+            NextHop::Down("js.nj.gl".into())
+        );
         // a skipped level: the child's id is two segments longer
         assert_eq!(
             t.next_hop(&env("js.nj.xw.t9", "a")),
             NextHop::Down("js.nj.xw.t9".into())
         );
-        assert!(matches!(t.next_hop(&env("js.nj.qq", "a")), NextHop::Unroutable(_)));
+        assert!(matches!(
+            t.next_hop(&env("js.nj.qq", "a")),
+            NextHop::Unroutable(_)
+        ));
         assert_eq!(t.next_hop(&env("js.sz", "a")), NextHop::Up);
         // prefix on a segment boundary only
         assert_eq!(t.next_hop(&env("js.njx", "a")), NextHop::Up);
         let root = topo("js", false, &["js.nj"]);
-        assert!(matches!(root.next_hop(&env("zj.hz", "a")), NextHop::Unroutable(_)));
+        assert!(matches!(
+            root.next_hop(&env("zj.hz", "a")),
+            NextHop::Unroutable(_)
+        ));
         let mut e = env("js.nj", "a");
         e.via_root = true;
         assert_eq!(t.next_hop(&e), NextHop::Up);

@@ -118,7 +118,10 @@ mod tests {
     fn clients_are_confined_to_their_own_topics() {
         let acl = AclPolicy::new("js.nj");
         let c = id("clinic", Role::Client);
-        assert_eq!(acl.publish(&c, "org/js.nj/clinic/out"), PublishClass::Outbox);
+        assert_eq!(
+            acl.publish(&c, "org/js.nj/clinic/out"),
+            PublishClass::Outbox
+        );
         assert_eq!(acl.publish(&c, "org/js.nj/other/out"), PublishClass::Denied);
         assert_eq!(acl.publish(&c, "org/js.nj/other/cmd"), PublishClass::Denied);
         assert!(acl.subscribe(&c, "org/js.nj/clinic/cmd"));
@@ -129,13 +132,22 @@ mod tests {
         assert!(acl.subscribe(&a, "org/#"));
         assert!(!acl.subscribe(&a, "#"));
         assert!(!acl.subscribe(&a, "link/#"));
-        assert_eq!(acl.publish(&a, "org/js.nj/clinic/out"), PublishClass::Denied);
+        assert_eq!(
+            acl.publish(&a, "org/js.nj/clinic/out"),
+            PublishClass::Denied
+        );
         let n = id("js.nj.gl", Role::Node);
         assert_eq!(acl.publish(&n, "link/js.nj.gl/up"), PublishClass::LinkUp);
         assert!(acl.subscribe(&n, "link/js.nj.gl/down"));
         assert!(!acl.subscribe(&n, "link/js.nj.other/down"));
-        assert_eq!(stream_of("a.b", "c1", "org/a.b/c1/cmd"), Some(crate::events::Stream::Commands));
-        assert_eq!(stream_of("a.b", "c1", "org/a.b/c1/receipt"), Some(crate::events::Stream::Receipts));
+        assert_eq!(
+            stream_of("a.b", "c1", "org/a.b/c1/cmd"),
+            Some(crate::events::Stream::Commands)
+        );
+        assert_eq!(
+            stream_of("a.b", "c1", "org/a.b/c1/receipt"),
+            Some(crate::events::Stream::Receipts)
+        );
         assert_eq!(stream_of("a.b", "c1", "org/a.bc/c1/cmd"), None);
         assert_eq!(stream_of("a.b", "c1", "org/a.b/c2/cmd"), None);
     }

@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error,
-    Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, QoS,
-    SubAck, Subscribe, SubscribeReasonCode,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error, Packet,
+    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, QoS, SubAck,
+    Subscribe, SubscribeReasonCode,
 };
 use rumqttd::Notification;
-use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -33,6 +33,9 @@ use crate::events::{Accept, ConnId, Inbound, Stream};
 use crate::identity::{valid_name, Credentials, Identity, LoginError};
 use crate::transport::Transport;
 use crate::LinkFactory;
+
+/// Live sessions by (identity, client id) with the switch that ends each one.
+pub type SessionRegistry = Mutex<HashMap<(String, String), (ConnId, oneshot::Sender<()>)>>;
 
 /// State shared by all connections of one node.
 pub struct FrontEnd {
@@ -48,7 +51,7 @@ pub struct FrontEnd {
     /// Live sessions by (identity, MQTT client id), for session takeover (MQTT 3.1.1
     /// §3.1.4). Keyed by identity too, so nobody can kick another identity's connection by
     /// reusing its client id.
-    pub sessions: Mutex<HashMap<(String, String), (ConnId, oneshot::Sender<()>)>>,
+    pub sessions: SessionRegistry,
 }
 
 /// Why a connection ended.
@@ -207,23 +210,35 @@ impl Session {
         info: ConnectInfo,
         conn: ConnId,
     ) -> Result<Session, End> {
-        let refuse = |code| Packet::ConnAck(
-            ConnAck {
-                session_present: false,
-                code,
-            },
-            None,
-        );
+        let refuse = |code| {
+            Packet::ConnAck(
+                ConnAck {
+                    session_present: false,
+                    code,
+                },
+                None,
+            )
+        };
         let identity = match info.identity {
             Ok(id) => id,
             Err(LoginError::InvalidName) => {
-                write_packet(transport, codec, refuse(ConnectReturnCode::ClientIdentifierNotValid))
-                    .await?;
-                return Err(End::Refused("identity contains + # / or control characters"));
+                write_packet(
+                    transport,
+                    codec,
+                    refuse(ConnectReturnCode::ClientIdentifierNotValid),
+                )
+                .await?;
+                return Err(End::Refused(
+                    "identity contains + # / or control characters",
+                ));
             }
             Err(LoginError::BadCredentials) => {
-                write_packet(transport, codec, refuse(ConnectReturnCode::BadUserNamePassword))
-                    .await?;
+                write_packet(
+                    transport,
+                    codec,
+                    refuse(ConnectReturnCode::BadUserNamePassword),
+                )
+                .await?;
                 return Err(End::Refused("bad username or password"));
             }
         };
@@ -239,9 +254,15 @@ impl Session {
                 || client_id.contains('$')
                 || client_id == crate::RESERVED_CLIENT_ID)
         {
-            write_packet(transport, codec, refuse(ConnectReturnCode::ClientIdentifierNotValid))
-                .await?;
-            return Err(End::Refused("client id contains + # / or control characters"));
+            write_packet(
+                transport,
+                codec,
+                refuse(ConnectReturnCode::ClientIdentifierNotValid),
+            )
+            .await?;
+            return Err(End::Refused(
+                "client id contains + # / or control characters",
+            ));
         }
         // The router answers on a blocking channel; keep that off the async workers. Each
         // connection gets its own router id, so the router never performs a takeover itself
@@ -327,7 +348,12 @@ impl Session {
         Ok(session)
     }
 
-    async fn serve(&mut self, ctx: &FrontEnd, transport: &mut Transport, mut rbuf: BytesMut) -> End {
+    async fn serve(
+        &mut self,
+        ctx: &FrontEnd,
+        transport: &mut Transport,
+        mut rbuf: BytesMut,
+    ) -> End {
         let mut shutdown = ctx.shutdown.clone();
         let mut last_heard = Instant::now();
         loop {
@@ -403,10 +429,17 @@ impl Session {
                 Err(e) => {
                     if self.codec.version == Version::V5 {
                         let reason = match e {
-                            Error::PayloadSizeLimitExceeded(_) => DisconnectReasonCode::PacketTooLarge,
+                            Error::PayloadSizeLimitExceeded(_) => {
+                                DisconnectReasonCode::PacketTooLarge
+                            }
                             _ => DisconnectReasonCode::MalformedPacket,
                         };
-                        let _ = self.encode(Packet::Disconnect(Disconnect { reason_code: reason }, None));
+                        let _ = self.encode(Packet::Disconnect(
+                            Disconnect {
+                                reason_code: reason,
+                            },
+                            None,
+                        ));
                     }
                     return Err(End::Protocol(e));
                 }
@@ -449,14 +482,22 @@ impl Session {
                             let _ = tx.send(Accept::NotAuthorized);
                         }
                         if let Some(rx) = rx {
-                            self.owed.push_back(OwedAck { pkid, qos, verdict: rx });
+                            self.owed.push_back(OwedAck {
+                                pkid,
+                                qos,
+                                verdict: rx,
+                            });
                         }
                         return Ok(());
                     }
                 };
                 ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
                 if let Some(rx) = rx {
-                    self.owed.push_back(OwedAck { pkid, qos, verdict: rx });
+                    self.owed.push_back(OwedAck {
+                        pkid,
+                        qos,
+                        verdict: rx,
+                    });
                 }
             }
             Packet::PubRel(rel, _) => {
@@ -473,14 +514,17 @@ impl Session {
             Packet::Subscribe(subscribe, props) => self.subscribe(ctx, subscribe, props).await?,
             Packet::Unsubscribe(unsub, props) => {
                 for f in &unsub.filters {
-                    if let Some(stream) = stream_of(&ctx.node_id, &self.identity.name, strip_share(f)) {
+                    if let Some(stream) =
+                        stream_of(&ctx.node_id, &self.identity.name, strip_share(f))
+                    {
                         if self.streams.contains(&stream) {
                             self.streams.retain(|s| *s != stream);
                             self.notify_closed(ctx, stream).await;
                         }
                     }
                 }
-                self.to_router(Packet::Unsubscribe(unsub, props)).await?;
+                self.send_to_router(Packet::Unsubscribe(unsub, props))
+                    .await?;
             }
             Packet::PubAck(ack, props) => {
                 if let Some(id) = self.inflight.remove(&ack.pkid) {
@@ -492,12 +536,12 @@ impl Session {
                         })
                         .await;
                 }
-                self.to_router(Packet::PubAck(ack, props)).await?;
+                self.send_to_router(Packet::PubAck(ack, props)).await?;
             }
             Packet::PingReq(_) => self.encode(Packet::PingResp(PingResp))?,
             Packet::Disconnect(..) => return Err(End::Closed),
             Packet::Connect(..) => return Err(End::Protocol(Error::IncorrectPacketFormat)),
-            other => self.to_router(other).await?,
+            other => self.send_to_router(other).await?,
         }
         Ok(())
     }
@@ -543,7 +587,8 @@ impl Session {
             self.denied.insert(pkid, codes);
         }
         subscribe.filters = allowed;
-        self.to_router(Packet::Subscribe(subscribe, props)).await?;
+        self.send_to_router(Packet::Subscribe(subscribe, props))
+            .await?;
         // The router has the subscription queued before the node hears of it, so whatever the
         // node publishes next is routed to this connection.
         for stream in opens {
@@ -588,9 +633,21 @@ impl Session {
                 PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
                 _ => PubRecReason::ImplementationSpecificError,
             };
-            Packet::PubRec(PubRec { pkid: owed.pkid, reason }, None)
+            Packet::PubRec(
+                PubRec {
+                    pkid: owed.pkid,
+                    reason,
+                },
+                None,
+            )
         } else {
-            Packet::PubAck(PubAck { pkid: owed.pkid, reason }, None)
+            Packet::PubAck(
+                PubAck {
+                    pkid: owed.pkid,
+                    reason,
+                },
+                None,
+            )
         };
         self.encode(packet)
     }
@@ -615,7 +672,10 @@ impl Session {
                 }
             }
             Notification::Unschedule => {
-                self.link_rx.wake().await.map_err(|_| End::RouterDisconnect)?;
+                self.link_rx
+                    .wake()
+                    .await
+                    .map_err(|_| End::RouterDisconnect)?;
             }
             Notification::Disconnect(d, props) => {
                 self.taken_over = true;
@@ -644,13 +704,15 @@ impl Session {
             let mut granted = ack.return_codes.into_iter();
             ack.return_codes = codes
                 .into_iter()
-                .map(|c| c.unwrap_or_else(|| granted.next().unwrap_or(SubscribeReasonCode::Failure)))
+                .map(|c| {
+                    c.unwrap_or_else(|| granted.next().unwrap_or(SubscribeReasonCode::Failure))
+                })
                 .collect();
         }
         Packet::SubAck(ack, props)
     }
 
-    async fn to_router(&mut self, packet: Packet) -> Result<(), End> {
+    async fn send_to_router(&mut self, packet: Packet) -> Result<(), End> {
         self.link_tx
             .send(packet)
             .await

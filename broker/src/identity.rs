@@ -127,6 +127,9 @@ mod tests {
         );
         assert_eq!(c.authenticate("a/b", "pw"), Err(LoginError::InvalidName));
         assert_eq!(c.authenticate("a+", "pw"), Err(LoginError::InvalidName));
-        assert_eq!(c.authenticate("nobody", "pw"), Err(LoginError::BadCredentials));
+        assert_eq!(
+            c.authenticate("nobody", "pw"),
+            Err(LoginError::BadCredentials)
+        );
     }
 }

@@ -51,9 +51,10 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{Notification, Router, RouterConfig};
 
 /// Creates in-process links to the router. The router's sender type is not nameable outside
-/// rumqttd, so the factory closes over it.
+/// rumqttd, so the factory closes over it. Errors are rendered to text (rumqttd's error type
+/// is large and carries nothing a caller could act on).
 pub type LinkFactory =
-    Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync>;
+    Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
 
 /// Settings of the router (fan-out engine) shared by all listeners.
 #[derive(Debug, Clone)]
@@ -92,5 +93,6 @@ pub fn spawn_router(settings: &RouterSettings) -> LinkFactory {
         LinkBuilder::new(client_id, router_tx.clone())
             .clean_session(true)
             .build()
+            .map_err(|e: LinkError| e.to_string())
     })
 }

@@ -78,7 +78,10 @@ impl NodeProc {
     /// SIGTERM and wait for a clean exit; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -158,7 +161,10 @@ impl Tree {
                     "\n[parent]\naddresses = [\"mqtt://127.0.0.1:{pport}\"]\npassword = \"{PASSWORD}\"\n"
                 );
             }
-            for child in specs.iter().filter(|s| s.parent.as_deref() == Some(spec.id.as_str())) {
+            for child in specs
+                .iter()
+                .filter(|s| s.parent.as_deref() == Some(spec.id.as_str()))
+            {
                 toml += &format!(
                     "\n[[identity]]\nname = \"{}\"\npassword = \"{PASSWORD}\"\nrole = \"node\"\n",
                     child.id
@@ -167,7 +173,9 @@ impl Tree {
             for c in &spec.clients {
                 toml += &format!("\n[[identity]]\nname = \"{c}\"\npassword = \"{PASSWORD}\"\nrole = \"client\"\n");
             }
-            toml += &format!("\n[[identity]]\nname = \"ops\"\npassword = \"{PASSWORD}\"\nrole = \"admin\"\n");
+            toml += &format!(
+                "\n[[identity]]\nname = \"ops\"\npassword = \"{PASSWORD}\"\nrole = \"admin\"\n"
+            );
             let config = dir.path().join(format!("{}.toml", spec.id));
             std::fs::File::create(&config)
                 .and_then(|mut f| f.write_all(toml.as_bytes()))
@@ -198,12 +206,16 @@ impl Tree {
     }
 
     pub fn node(&mut self, id: &str) -> &mut NodeProc {
-        self.nodes.get_mut(id).unwrap_or_else(|| panic!("no node {id}"))
+        self.nodes
+            .get_mut(id)
+            .unwrap_or_else(|| panic!("no node {id}"))
     }
 
     /// Moves a node out (to drive it from another thread); [`Tree::put`] brings it back.
     pub fn take(&mut self, id: &str) -> NodeProc {
-        self.nodes.remove(id).unwrap_or_else(|| panic!("no node {id}"))
+        self.nodes
+            .remove(id)
+            .unwrap_or_else(|| panic!("no node {id}"))
     }
 
     /// Puts back a node taken with [`Tree::take`].
@@ -254,7 +266,13 @@ impl App {
         Self::connect_as(node, name, name, port, true).await
     }
 
-    pub async fn connect_as(node: &str, name: &str, client_id: &str, port: u16, subscribe: bool) -> App {
+    pub async fn connect_as(
+        node: &str,
+        name: &str,
+        client_id: &str,
+        port: u16,
+        subscribe: bool,
+    ) -> App {
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
         opts.set_credentials(name, PASSWORD)
             .set_keep_alive(Duration::from_secs(10))
@@ -288,8 +306,10 @@ impl App {
                             let _ = ready_tx.send(());
                         } else if subacks >= 2 {
                             // reconnected: sessions are not resumed, subscribe again
-                            let _ = resubscribe.try_subscribe(format!("org/{n}/{c}/cmd"), QoS::AtLeastOnce);
-                            let _ = resubscribe.try_subscribe(format!("org/{n}/{c}/receipt"), QoS::AtLeastOnce);
+                            let _ = resubscribe
+                                .try_subscribe(format!("org/{n}/{c}/cmd"), QoS::AtLeastOnce);
+                            let _ = resubscribe
+                                .try_subscribe(format!("org/{n}/{c}/receipt"), QoS::AtLeastOnce);
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -300,7 +320,13 @@ impl App {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                        if tx.send(Msg { topic: p.topic, json }).is_err() {
+                        if tx
+                            .send(Msg {
+                                topic: p.topic,
+                                json,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -330,7 +356,12 @@ impl App {
     /// Publishes a raw payload to this client's outbox.
     pub async fn publish_raw(&self, payload: impl Into<Vec<u8>>) {
         self.client
-            .publish(format!("org/{}/{}/out", self.node, self.name), QoS::AtLeastOnce, false, payload.into())
+            .publish(
+                format!("org/{}/{}/out", self.node, self.name),
+                QoS::AtLeastOnce,
+                false,
+                payload.into(),
+            )
             .await
             .expect("queue publish");
     }
@@ -343,16 +374,18 @@ impl App {
 
     /// Next message within `secs`.
     pub async fn recv(&mut self, secs: u64) -> Option<Msg> {
-        tokio::time::timeout(Duration::from_secs(secs), self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(Duration::from_secs(secs), self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Next command (not receipt) within `secs`, panicking with context if none.
     pub async fn expect_cmd(&mut self, secs: u64) -> Value {
         loop {
-            let m = self
-                .recv(secs)
-                .await
-                .unwrap_or_else(|| panic!("{}@{}: no command within {secs} s", self.name, self.node));
+            let m = self.recv(secs).await.unwrap_or_else(|| {
+                panic!("{}@{}: no command within {secs} s", self.name, self.node)
+            });
             if m.topic.ends_with("/cmd") {
                 return m.json;
             }
@@ -363,10 +396,9 @@ impl App {
     /// Next receipt within `secs`.
     pub async fn expect_receipt(&mut self, secs: u64) -> Value {
         loop {
-            let m = self
-                .recv(secs)
-                .await
-                .unwrap_or_else(|| panic!("{}@{}: no receipt within {secs} s", self.name, self.node));
+            let m = self.recv(secs).await.unwrap_or_else(|| {
+                panic!("{}@{}: no receipt within {secs} s", self.name, self.node)
+            });
             if m.topic.ends_with("/receipt") {
                 return m.json;
             }
@@ -415,6 +447,10 @@ pub fn medlink(args: &[&str]) -> (i32, String, String) {
 pub fn trail(env: &Value) -> Vec<String> {
     env["trail"]
         .as_array()
-        .map(|a| a.iter().map(|h| h["node"].as_str().unwrap_or("").to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|h| h["node"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command (README, and .ci/run): installs what the tests need, then checks
+# formatting and lints and runs every test. Works on a fresh Debian machine with Rust.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real MQTT peers for the interop tests: mosquitto_pub/mosquitto_sub, and mosquitto itself
+# for the side-by-side bench.
+need=()
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# Multi-process tests start several node processes each; two at a time suits 2 cores.
+cargo test --workspace --locked -- --test-threads=2
