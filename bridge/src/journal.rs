@@ -74,14 +74,16 @@ pub struct Journal {
 }
 
 const SCHEMA: &str = "
+-- A rowid table keeps the bodies in an append-only B-tree; the (dest, lseq) index is small.
 CREATE TABLE IF NOT EXISTS queue(
+    rid INTEGER PRIMARY KEY,
     dest TEXT NOT NULL,
     lseq INTEGER NOT NULL,
     id TEXT NOT NULL,
     expires_at INTEGER,
-    body BLOB NOT NULL,
-    PRIMARY KEY(dest, lseq)
-) WITHOUT ROWID;
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS queue_dest ON queue(dest, lseq);
 CREATE INDEX IF NOT EXISTS queue_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS seq(dest TEXT PRIMARY KEY, next INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS link_in(
@@ -117,6 +119,8 @@ impl Journal {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB page cache
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Checkpoints run on a helper thread (see `spawn_checkpointer`), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(SCHEMA)?;
