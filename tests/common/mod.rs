@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::net::TcpListener;
@@ -221,6 +223,17 @@ impl Tree {
     /// Puts back a node taken with [`Tree::take`].
     pub fn put(&mut self, node: NodeProc) {
         self.nodes.insert(node.id.clone(), node);
+    }
+
+    /// Points `child`'s parent address list at `addresses` (before the child starts).
+    pub fn set_parent_addresses(&mut self, child: &str, addresses: &[String]) {
+        let cfg = self.node(child).config.clone();
+        let text = std::fs::read_to_string(&cfg).expect("read config");
+        let start = text.find("addresses = [").expect("child has a [parent]");
+        let end = start + text[start..].find(']').expect("closing bracket") + 1;
+        let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        let text = format!("{}addresses = [{}]{}", &text[..start], list.join(", "), &text[end..]);
+        std::fs::write(&cfg, text).expect("write config");
     }
 
     /// Prints every node's log (call before failing an assertion for a useful report).

@@ -1,0 +1,113 @@
+//! A fault-injecting TCP proxy for link tests (`tc netem` is not available here).
+//!
+//! Modes: `Pass` forwards bytes; `Freeze` keeps every connection open but forwards nothing
+//! (a stalled link, as a hung middlebox produces: both ends still see "connected"); `Cut`
+//! closes every connection and refuses new ones (a dead link).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    Freeze,
+    Cut,
+}
+
+pub struct Proxy {
+    pub port: u16,
+    mode: Arc<watch::Sender<Mode>>,
+}
+
+impl Proxy {
+    /// Starts a proxy on a free loopback port forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (tx, rx) = watch::channel(Mode::Pass);
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                if *rx.borrow() == Mode::Cut {
+                    drop(client);
+                    continue;
+                }
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        _ = pipe(cr, sw, rx.clone()) => {}
+                        _ = pipe(sr, cw, rx.clone()) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            mode: Arc::new(tx),
+        }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        let _ = self.mode.send(mode);
+    }
+}
+
+/// Copies `from` to `to`, holding bytes while frozen and ending when cut.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // wait while frozen; stop when cut
+        loop {
+            let m = *mode.borrow_and_update();
+            match m {
+                Mode::Pass => break,
+                Mode::Cut => return,
+                Mode::Freeze => {
+                    if mode.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            n = from.read(&mut buf) => {
+                let Ok(n) = n else { return };
+                if n == 0 {
+                    return;
+                }
+                // bytes read just before a freeze are held until it ends
+                loop {
+                    let m = *mode.borrow_and_update();
+                    match m {
+                        Mode::Pass => break,
+                        Mode::Cut => return,
+                        Mode::Freeze => {
+                            if mode.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            r = mode.changed() => if r.is_err() { return },
+        }
+    }
+}
