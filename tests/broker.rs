@@ -439,3 +439,52 @@ fn bad_configuration_is_refused_with_the_file_and_key_named() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/medlink.toml"), "{err}");
 }
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let after = &stat[stat.rfind(')').expect("comm is parenthesised") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn running_out_of_file_descriptors_slows_accepting_instead_of_spinning() {
+    let mut tree = Tree::new(&[spec("js", None, &["c"])]);
+    tree.node("js").wrapper = vec!["prlimit".into(), "--nofile=64".into(), "--".into()];
+    tree.node("js").start();
+    let port = tree.node("js").port;
+    let pid = tree.node("js").pid().unwrap();
+    // Idle connections (no CONNECT) until the node has no descriptors left.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            held.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    // A spinning accept loop burns a whole core (about 3 s here); backing off uses almost none.
+    assert!(
+        used < 1.0,
+        "node used {used:.2} s of CPU in 3 s while out of descriptors"
+    );
+    let log = tree.node("js").log_text();
+    let warnings = log.matches("accept failed").count();
+    assert!(
+        warnings > 0,
+        "the node should report that accepting fails:\n{log}"
+    );
+    assert!(
+        warnings < 50,
+        "{warnings} accept warnings in a few seconds: the log is flooding"
+    );
+    // Once descriptors are free again, clients are served.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(connack_code(port, 4, "c-after", "c", PASSWORD, 30), Some(0));
+    assert!(tree.node("js").is_running());
+}

@@ -45,6 +45,8 @@ pub struct NodeProc {
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Command and arguments to run the node under (e.g. `prlimit --nofile=64 --`).
+    pub wrapper: Vec<String>,
     child: Option<Child>,
 }
 
@@ -56,7 +58,15 @@ impl NodeProc {
             .append(true)
             .open(&self.log)
             .expect("open node log");
-        let child = Command::new(BIN)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["node", "--config"])
             .arg(&self.config)
             .env("MEDLINK_LOG", "info")
@@ -103,6 +113,11 @@ impl NodeProc {
             Some(c) => c.try_wait().ok().flatten().is_none(),
             None => false,
         }
+    }
+
+    /// Process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn url(&self) -> String {
@@ -191,6 +206,7 @@ impl Tree {
                     config,
                     data_dir,
                     log: dir.path().join(format!("{}.log", spec.id)),
+                    wrapper: Vec::new(),
                     child: None,
                 },
             );
@@ -232,7 +248,12 @@ impl Tree {
         let start = text.find("addresses = [").expect("child has a [parent]");
         let end = start + text[start..].find(']').expect("closing bracket") + 1;
         let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-        let text = format!("{}addresses = [{}]{}", &text[..start], list.join(", "), &text[end..]);
+        let text = format!(
+            "{}addresses = [{}]{}",
+            &text[..start],
+            list.join(", "),
+            &text[end..]
+        );
         std::fs::write(&cfg, text).expect("write config");
     }
 

@@ -33,14 +33,18 @@ impl Proxy {
         let (tx, rx) = watch::channel(Mode::Pass);
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 if *rx.borrow() == Mode::Cut {
                     drop(client);
                     continue;
                 }
                 let rx = rx.clone();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
