@@ -14,6 +14,7 @@
 # Prints one JSON line per run and a summary table. Needs: mosquitto (Debian package).
 set -euo pipefail
 
+# ONLY=medlink or ONLY=mosquitto runs one side; KEEP=1 leaves the chains running until Enter.
 N=${1:-100000}
 P=${2:-4}
 LAT_N=${LAT_N:-10000}
@@ -43,7 +44,9 @@ wait_port() {
 
 # ---- mosquitto chain: 19901 (top) <- 19902 <- 19903 <- 19904 (bottom) ----
 MQ=(19901 19902 19903 19904)
+ONLY=${ONLY:-both}
 for i in 0 1 2 3; do
+    [ "$ONLY" = medlink ] && break
     port=${MQ[$i]}
     dir="$WORK/mosq$i"
     mkdir -p "$dir"
@@ -66,13 +69,13 @@ for i in 0 1 2 3; do
     mosquitto -c "$dir/mosquitto.conf" > "$dir/log" 2>&1 &
     PIDS+=($!)
 done
-for p in "${MQ[@]}"; do wait_port "$p"; done
-sleep 1 # bridges connect
+[ "$ONLY" = medlink ] || { for p in "${MQ[@]}"; do wait_port "$p"; done; sleep 1; } # bridges connect
 
 # ---- medlink chain: b (top) <- b.c <- b.c.d <- b.c.d.e (bottom) ----
 ML=(19911 19912 19913 19914)
 IDS=(b b.c b.c.d b.c.d.e)
 for i in 0 1 2 3; do
+    [ "$ONLY" = mosquitto ] && break
     id=${IDS[$i]}
     {
         echo "[node]"
@@ -95,8 +98,7 @@ for i in 0 1 2 3; do
     MEDLINK_LOG=warn "$BIN" node --config "$WORK/ml$i.toml" > "$WORK/ml$i.log" 2>&1 &
     PIDS+=($!)
 done
-for p in "${ML[@]}"; do wait_port "$p"; done
-sleep 1 # links connect
+[ "$ONLY" = mosquitto ] || { for p in "${ML[@]}"; do wait_port "$p"; done; sleep 1; } # links connect
 
 MOSQ_ARGS=(--pub-url mqtt://127.0.0.1:19904 --sub-url mqtt://127.0.0.1:19901)
 ML_ARGS=(--medlink --pub-url mqtt://127.0.0.1:19914 --sub-url mqtt://127.0.0.1:19911
@@ -105,16 +107,23 @@ ML_ARGS=(--medlink --pub-url mqtt://127.0.0.1:19914 --sub-url mqtt://127.0.0.1:1
 RESULTS="$WORK/results.jsonl"
 run() { "$BIN" bench "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }
 
+mosq() { [ "$ONLY" = medlink ] || run "${MOSQ_ARGS[@]}" "$@"; }
+med() { [ "$ONLY" = mosquitto ] || run "${ML_ARGS[@]}" "$@"; }
+: > "$RESULTS"
 echo "# warm-up" >&2
-"$BIN" bench "${MOSQ_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
-"$BIN" bench "${ML_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
+[ "$ONLY" = medlink ] || "$BIN" bench "${MOSQ_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
+[ "$ONLY" = mosquitto ] || "$BIN" bench "${ML_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
 
 echo "# throughput: $N messages x 256 B, $P publishers, QoS 1" >&2
-run "${MOSQ_ARGS[@]}" -n "$N" -s 256 -p "$P" --label mosquitto-4-chain
-run "${ML_ARGS[@]}" -n "$N" -s 256 -p "$P" --label medlink-4-tier
+mosq -n "$N" -s 256 -p "$P" --label mosquitto-4-chain
+med -n "$N" -s 256 -p "$P" --label medlink-4-tier
 echo "# latency: $LAT_N messages at 1000 msg/s" >&2
-run "${MOSQ_ARGS[@]}" -n "$LAT_N" -s 256 -p 1 --rate 1000 --label mosquitto-4-chain-1k
-run "${ML_ARGS[@]}" -n "$LAT_N" -s 256 -p 1 --rate 1000 --label medlink-4-tier-1k
+mosq -n "$LAT_N" -s 256 -p 1 --rate 1000 --label mosquitto-4-chain-1k
+med -n "$LAT_N" -s 256 -p 1 --rate 1000 --label medlink-4-tier-1k
+if [ "${KEEP:-0}" = 1 ]; then
+    echo "chains running (medlink on 19911-19914, mosquitto on 19901-19904); Enter stops them" >&2
+    read -r _
+fi
 
 echo
 echo "| run | msg/s | p50 ms | p99 ms | p99.9 ms | lost | dup | out of order |"
