@@ -31,6 +31,8 @@ const PARENT: &str = "^parent";
 const MAX_ROUND: usize = 4096;
 /// Most unacknowledged deliveries per client.
 const LOCAL_WINDOW: usize = 1024;
+/// How long a client-chosen id is remembered for idempotent resends.
+const IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// What the dispatcher needs to know about its node.
 #[derive(Debug, Clone)]
@@ -52,28 +54,20 @@ pub struct DispatcherConfig {
 struct LocalOut {
     conns: HashSet<ConnId>,
     sent: u64,
-    /// Envelopes published and not yet acknowledged: id → sequence. Ids can repeat across
-    /// senders, so each id keeps its sequences oldest first.
-    inflight: HashMap<String, Vec<u64>>,
-    inflight_count: usize,
+    /// Envelopes published and not yet acknowledged: id → sequence. An id is in flight at
+    /// most once (see `deliver`), so a PUBACK names exactly one row.
+    inflight: HashMap<String, u64>,
 }
 
 impl LocalOut {
     fn rewind(&mut self, floor: u64) {
         self.sent = floor.saturating_sub(1);
         self.inflight.clear();
-        self.inflight_count = 0;
     }
 
     /// The sequence of an acknowledged envelope, if it was in flight here.
     fn acknowledged(&mut self, id: &str) -> Option<u64> {
-        let seqs = self.inflight.get_mut(id)?;
-        let lseq = seqs.remove(0);
-        if seqs.is_empty() {
-            self.inflight.remove(id);
-        }
-        self.inflight_count -= 1;
-        Some(lseq)
+        self.inflight.remove(id)
     }
 }
 
@@ -98,6 +92,7 @@ struct State {
     /// Keyed by journal destination.
     locals: HashMap<String, LocalOut>,
     stats: Stats,
+    last_prune: Instant,
 }
 
 /// The running dispatcher's inputs.
@@ -144,6 +139,7 @@ impl Dispatcher {
                 link_in: HashMap::new(),
                 locals: HashMap::new(),
                 stats,
+                last_prune: Instant::now(),
             },
             inbound,
             parent,
@@ -209,8 +205,12 @@ impl Dispatcher {
             for (reply, _) in out.replies {
                 let _ = reply.send(Accept::Unavailable);
             }
-            // In-memory receive positions may be ahead of the journal; re-read them.
+            // In-memory positions may be ahead of the journal: re-read receive positions, and
+            // send every local stream again from its start (duplicates carry the same id).
             self.state.link_in.clear();
+            for local in self.state.locals.values_mut() {
+                local.rewind(0);
+            }
             return;
         }
         let t1 = t0.elapsed();
@@ -323,7 +323,7 @@ impl State {
             }
             Input::Broker(Inbound::Delivered { client, id }) => {
                 // Everything a client can acknowledge was published from `inflight`, which
-                // maps the id to its row (by primary key: no id index to maintain per hop).
+                // maps the id to its row's (dest, lseq) key: no id index to maintain per hop.
                 for dest in [local_dest(&client), receipt_dest(&client)] {
                     let lseq = self.locals.get_mut(&dest).and_then(|l| l.acknowledged(&id));
                     if let Some(lseq) = lseq {
@@ -625,8 +625,9 @@ impl State {
                 self.drop_stale(tx, &dest, row, now)?;
             }
         }
-        if now % 60_000 < 1_000 {
-            tx.prune_accepted(now.saturating_sub(7 * 24 * 3600 * 1000))?;
+        if self.last_prune.elapsed() >= Duration::from_secs(60) {
+            self.last_prune = Instant::now();
+            tx.prune_accepted(now.saturating_sub(IDEMPOTENCY_WINDOW_MS))?;
         }
         Ok(())
     }
@@ -726,7 +727,7 @@ impl State {
         let ready: Vec<String> = self
             .locals
             .iter()
-            .filter(|(_, l)| !l.conns.is_empty() && l.inflight_count < LOCAL_WINDOW)
+            .filter(|(_, l)| !l.conns.is_empty() && l.inflight.len() < LOCAL_WINDOW)
             .map(|(d, _)| d.clone())
             .collect();
         for dest in ready {
@@ -760,17 +761,23 @@ impl State {
             let Some(local) = self.locals.get(dest) else {
                 return Ok(());
             };
-            if local.inflight_count >= LOCAL_WINDOW {
+            if local.inflight.len() >= LOCAL_WINDOW {
                 return Ok(());
             }
-            let rows = journal.read(dest, local.sent, LOCAL_WINDOW - local.inflight_count)?;
+            let rows = journal.read(dest, local.sent, LOCAL_WINDOW - local.inflight.len())?;
             if rows.is_empty() {
                 return Ok(());
             }
             for row in rows {
-                if let Some(local) = self.locals.get_mut(dest) {
-                    local.sent = row.lseq;
+                let Some(local) = self.locals.get_mut(dest) else {
+                    return Ok(());
+                };
+                if local.inflight.contains_key(&row.id) {
+                    // Two senders chose the same id for this client: hold the second until the
+                    // first is acknowledged, so each PUBACK names one row. Order is kept.
+                    return Ok(());
                 }
+                local.sent = row.lseq;
                 if matches!(row.expires_at, Some(e) if e <= now) {
                     stale.push(Stale {
                         dest: dest.to_string(),
@@ -778,11 +785,10 @@ impl State {
                     });
                     continue;
                 }
-                self.publish(&topic, row.body);
                 if let Some(local) = self.locals.get_mut(dest) {
-                    local.inflight.entry(row.id).or_default().push(row.lseq);
-                    local.inflight_count += 1;
+                    local.inflight.insert(row.id, row.lseq);
                 }
+                self.publish(&topic, row.body);
             }
         }
     }

@@ -10,6 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// How long a receipt waits for its client before it is dropped.
+pub const RECEIPT_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// Most nodes an envelope may pass; a guard against loops that tree routing cannot create.
 pub const MAX_HOPS: u8 = 32;
 
@@ -334,7 +337,8 @@ impl Envelope {
                 .expect("serde_json output is valid JSON"),
             reply_to: (!self.id.is_empty()).then(|| self.id.clone()),
             created_at: now_ms(),
-            expires_at: None,
+            // A client that never reads its receipts must not make them pile up forever.
+            expires_at: Some(now_ms() + RECEIPT_TTL_MS),
             priority: self.priority,
             hops: 0,
             via_root: false,

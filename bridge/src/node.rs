@@ -115,6 +115,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     dispatcher: Option<std::thread::JoinHandle<()>>,
     uplink: Option<tokio::task::JoinHandle<()>>,
+    _checkpointer: crate::journal::Checkpointer,
 }
 
 impl Node {
@@ -130,12 +131,13 @@ impl Node {
                 path: path.clone(),
                 source,
             })?;
-        Journal::spawn_checkpointer(&path, Duration::from_millis(500)).map_err(|source| {
-            NodeError::Journal {
-                path: path.clone(),
-                source,
-            }
-        })?;
+        let checkpointer =
+            Journal::spawn_checkpointer(&path, Duration::from_millis(500)).map_err(|source| {
+                NodeError::Journal {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         let topology = Topology {
             me: cfg.id.clone(),
             has_parent: !cfg.parents.is_empty(),
@@ -228,6 +230,7 @@ impl Node {
             shutdown,
             dispatcher: Some(thread),
             uplink: uplink_task,
+            _checkpointer: checkpointer,
         })
     }
 
