@@ -306,18 +306,7 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     let records = medlink_bridge::audit::query(&data.join("province").join("journal.db"), &q)
         .map_err(|e| format!("reading the province's audit: {e}"))?;
     for r in &records {
-        println!(
-            "  {} {} {}/{} -> {}/{} {} hops={} {}",
-            crate::format_time(r.at),
-            r.id,
-            r.from_node,
-            r.from_client,
-            r.to_node,
-            r.to_client,
-            r.cmd,
-            r.hops,
-            r.decision
-        );
+        println!("  {r}");
     }
     println!("  (the same from a shell: medlink audit --data-dir <province data dir> --client {clinic_name})");
     let _ = prov.disconnect().await;

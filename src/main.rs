@@ -210,19 +210,7 @@ fn print_audit(path: &std::path::Path, q: &AuditQuery, json: bool) -> ExitCode {
                 serde_json::to_string(r).expect("audit records serialise")
             );
         } else {
-            println!(
-                "{} {} {:<7} {}/{} -> {}/{} {} hops={} {}",
-                format_time(r.at),
-                r.id,
-                r.kind,
-                r.from_node,
-                r.from_client,
-                r.to_node,
-                r.to_client,
-                r.cmd,
-                r.hops,
-                r.decision
-            );
+            println!("{r}");
         }
     }
     if !json {
@@ -268,30 +256,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Formats Unix ms as `YYYY-MM-DDTHH:MM:SS.fffZ`.
-pub fn format_time(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // inverse of days_from_civil
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +263,10 @@ mod tests {
     #[test]
     fn times_round_trip() {
         let ms = parse_time("2026-11-22T10:31:07.250Z").unwrap();
-        assert_eq!(format_time(ms), "2026-11-22T10:31:07.250Z");
+        assert_eq!(
+            medlink_bridge::audit::format_time(ms),
+            "2026-11-22T10:31:07.250Z"
+        );
         assert_eq!(parse_time("1700000000000").unwrap(), 1_700_000_000_000);
         assert!(parse_time("yesterday").is_err());
     }

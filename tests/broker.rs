@@ -248,6 +248,32 @@ fn garbage_on_the_mqtt_port_is_dropped_and_the_node_keeps_serving() {
     assert_eq!(connack_code(port, 4, "c-after", "c", PASSWORD, 30), Some(0));
 }
 
+/// Publishes one message at QoS 1 as client `x` with Debian's mosquitto_pub.
+fn mosquitto_pub(
+    port: &str,
+    id: &str,
+    version: &str,
+    topic: &str,
+    body: &str,
+) -> std::process::Output {
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-u",
+            "x",
+            "-P",
+            PASSWORD,
+            "-i",
+            id,
+        ])
+        .args(["-V", version, "-q", "1", "-t", topic, "-m", body])
+        .output()
+        .expect("run mosquitto_pub")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_clients_interoperate() {
     if Command::new("mosquitto_sub")
@@ -283,31 +309,7 @@ async fn mosquitto_clients_interoperate() {
     // a client publishes to its outbox with mosquitto_pub, at QoS 1 and on MQTT 5
     for version in ["mqttv311", "mqttv5"] {
         let body = json!({"to": {"node": "js", "client": "y"}, "cmd": "from-mosquitto", "params": {"v": version}});
-        let out = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-u",
-                "x",
-                "-P",
-                PASSWORD,
-                "-i",
-                "x-pub",
-            ])
-            .args([
-                "-V",
-                version,
-                "-q",
-                "1",
-                "-t",
-                "org/js/x/out",
-                "-m",
-                &body.to_string(),
-            ])
-            .output()
-            .expect("run mosquitto_pub");
+        let out = mosquitto_pub(&port, "x-pub", version, "org/js/x/out", &body.to_string());
         assert!(
             out.status.success(),
             "mosquitto_pub: {}",
@@ -331,22 +333,7 @@ async fn mosquitto_clients_interoperate() {
     );
     assert!(text.contains("from-mosquitto"));
     // a client may not publish into someone's inbox directly: refused, nothing arrives
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "x",
-            "-P",
-            PASSWORD,
-            "-i",
-            "x-pub2",
-        ])
-        .args(["-V", "mqttv5", "-q", "1", "-t", "org/js/y/cmd", "-m", "{}"])
-        .output()
-        .unwrap();
+    let out = mosquitto_pub(&port, "x-pub2", "mqttv5", "org/js/y/cmd", "{}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() || err.contains("authori"), "{err}");
     assert!(

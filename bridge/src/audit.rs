@@ -31,6 +31,49 @@ pub struct AuditRecord {
     pub decision: String,
 }
 
+impl std::fmt::Display for AuditRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {:<7} {}/{} -> {}/{} {} hops={} {}",
+            format_time(self.at),
+            self.id,
+            self.kind,
+            self.from_node,
+            self.from_client,
+            self.to_node,
+            self.to_client,
+            self.cmd,
+            self.hops,
+            self.decision
+        )
+    }
+}
+
+/// Formats Unix ms as `YYYY-MM-DDTHH:MM:SS.fffZ`.
+pub fn format_time(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 /// Which records to return; all conditions must hold.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {

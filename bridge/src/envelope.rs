@@ -347,6 +347,32 @@ impl Envelope {
     }
 }
 
+/// A minimal command from `js.nj.t1/a` to `node/client`, for tests.
+#[cfg(test)]
+pub(crate) fn test_envelope(id: &str, node: &str, client: &str) -> Envelope {
+    Envelope {
+        id: id.into(),
+        kind: Kind::Cmd,
+        from: Address {
+            node: "js.nj.t1".into(),
+            client: "a".into(),
+        },
+        to: Address {
+            node: node.into(),
+            client: client.into(),
+        },
+        cmd: "x".into(),
+        params: null_params(),
+        reply_to: None,
+        created_at: 0,
+        expires_at: None,
+        priority: 0,
+        hops: 0,
+        via_root: false,
+        trail: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -478,7 +478,6 @@ fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Address, Kind};
 
     #[test]
     fn hot_tail_matches_the_database() {
@@ -520,27 +519,7 @@ mod tests {
     }
 
     fn env(id: &str) -> Envelope {
-        Envelope {
-            id: id.into(),
-            kind: Kind::Cmd,
-            from: Address {
-                node: "a".into(),
-                client: "b".into(),
-            },
-            to: Address {
-                node: "a".into(),
-                client: "c".into(),
-            },
-            cmd: "x".into(),
-            params: serde_json::value::RawValue::from_string("null".into()).unwrap(),
-            reply_to: None,
-            created_at: 0,
-            expires_at: None,
-            priority: 0,
-            hops: 0,
-            via_root: false,
-            trail: vec![],
-        }
+        crate::envelope::test_envelope(id, "a", "c")
     }
 
     #[test]

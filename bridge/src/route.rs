@@ -93,30 +93,10 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Address, Envelope, Kind};
+    use crate::envelope::Envelope;
 
     fn env(node: &str, client: &str) -> Envelope {
-        Envelope {
-            id: "1".into(),
-            kind: Kind::Cmd,
-            from: Address {
-                node: "js.nj.t1".into(),
-                client: "a".into(),
-            },
-            to: Address {
-                node: node.into(),
-                client: client.into(),
-            },
-            cmd: "x".into(),
-            params: serde_json::value::RawValue::from_string("null".into()).unwrap(),
-            reply_to: None,
-            created_at: 0,
-            expires_at: None,
-            priority: 0,
-            hops: 0,
-            via_root: false,
-            trail: vec![],
-        }
+        crate::envelope::test_envelope("1", node, client)
     }
 
     fn topo(me: &str, parent: bool, children: &[&str]) -> Topology {

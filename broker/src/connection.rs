@@ -210,36 +210,27 @@ impl Session {
         info: ConnectInfo,
         conn: ConnId,
     ) -> Result<Session, End> {
-        let refuse = |code| {
-            Packet::ConnAck(
-                ConnAck {
-                    session_present: false,
-                    code,
-                },
-                None,
-            )
-        };
         let identity = match info.identity {
             Ok(id) => id,
             Err(LoginError::InvalidName) => {
-                write_packet(
+                let why = "identity contains + # / or control characters";
+                return Err(refuse(
                     transport,
                     codec,
-                    refuse(ConnectReturnCode::ClientIdentifierNotValid),
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                    why,
                 )
-                .await?;
-                return Err(End::Refused(
-                    "identity contains + # / or control characters",
-                ));
+                .await);
             }
             Err(LoginError::BadCredentials) => {
-                write_packet(
+                let why = "bad username or password";
+                return Err(refuse(
                     transport,
                     codec,
-                    refuse(ConnectReturnCode::BadUserNamePassword),
+                    ConnectReturnCode::BadUserNamePassword,
+                    why,
                 )
-                .await?;
-                return Err(End::Refused("bad username or password"));
+                .await);
             }
         };
         let assigned = info.client_id.is_empty();
@@ -254,15 +245,14 @@ impl Session {
                 || client_id.contains('$')
                 || client_id == crate::RESERVED_CLIENT_ID)
         {
-            write_packet(
+            let why = "client id contains + # / $ or control characters, or is reserved";
+            return Err(refuse(
                 transport,
                 codec,
-                refuse(ConnectReturnCode::ClientIdentifierNotValid),
+                ConnectReturnCode::ClientIdentifierNotValid,
+                why,
             )
-            .await?;
-            return Err(End::Refused(
-                "client id contains + # / or control characters",
-            ));
+            .await);
         }
         // The router answers on a blocking channel; keep that off the async workers. Each
         // connection gets its own router id, so the router never performs a takeover itself
@@ -282,8 +272,7 @@ impl Session {
                     Version::V4 => ConnectReturnCode::ServiceUnavailable,
                     Version::V5 => ConnectReturnCode::ServerUnavailable,
                 };
-                write_packet(transport, codec, refuse(code)).await?;
-                return Err(End::Refused("router refused the connection"));
+                return Err(refuse(transport, codec, code, "router refused the connection").await);
             }
         };
         let (kick_tx, kicked) = oneshot::channel();
@@ -785,6 +774,23 @@ impl Session {
 async fn next_verdict(owed: &mut VecDeque<OwedAck>) -> Accept {
     let head = owed.front_mut().expect("select guard: owed is non-empty");
     (&mut head.verdict).await.unwrap_or(Accept::Unavailable)
+}
+
+/// Writes a refusing CONNACK; the session ends with `why` (or the write error).
+async fn refuse(
+    transport: &mut Transport,
+    codec: Codec,
+    code: ConnectReturnCode,
+    why: &'static str,
+) -> End {
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    match write_packet(transport, codec, Packet::ConnAck(ack, None)).await {
+        Ok(()) => End::Refused(why),
+        Err(e) => e,
+    }
 }
 
 async fn write_packet(transport: &mut Transport, codec: Codec, packet: Packet) -> Result<(), End> {

@@ -20,13 +20,19 @@ use tokio::sync::mpsc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_medlink");
 
-/// A free loopback port (bound and released; good enough on a quiet test machine).
+/// A free loopback port for a node to listen on. Ports come from 20000-29999 (outside the
+/// kernel's ephemeral range, so client sockets never take them), spread by process id, and are
+/// never handed out twice by one test process, so tests running in parallel cannot collide.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("bound socket has an address")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((std::process::id() * 97 + n) % 10_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One node of a test tree.
@@ -47,6 +53,8 @@ pub struct NodeProc {
     pub log: PathBuf,
     /// Command and arguments to run the node under (e.g. `prlimit --nofile=64 --`).
     pub wrapper: Vec<String>,
+    /// Starts so far (the log is appended across restarts).
+    restarts: usize,
     child: Option<Child>,
 }
 
@@ -76,7 +84,27 @@ impl NodeProc {
             .spawn()
             .expect("spawn medlink node");
         self.child = Some(child);
-        wait_port(self.port, &self.log);
+        self.wait_started();
+    }
+
+    /// Waits until this process (not some other one on the port) reports it started.
+    fn wait_started(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = self.log_text();
+            if log.matches("node started").count() > self.restarts {
+                self.restarts += 1;
+                wait_port(self.port, &self.log);
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("{} exited with {status} while starting:\n{log}", self.id);
+            }
+            if Instant::now() > deadline {
+                panic!("{} did not start within 15 s:\n{log}", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no clean shutdown at all.
@@ -207,6 +235,7 @@ impl Tree {
                     data_dir,
                     log: dir.path().join(format!("{}.log", spec.id)),
                     wrapper: Vec::new(),
+                    restarts: 0,
                     child: None,
                 },
             );

@@ -75,18 +75,8 @@ async fn pipe(
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // wait while frozen; stop when cut
-        loop {
-            let m = *mode.borrow_and_update();
-            match m {
-                Mode::Pass => break,
-                Mode::Cut => return,
-                Mode::Freeze => {
-                    if mode.changed().await.is_err() {
-                        return;
-                    }
-                }
-            }
+        if !flowing(&mut mode).await {
+            return;
         }
         tokio::select! {
             n = from.read(&mut buf) => {
@@ -95,23 +85,30 @@ async fn pipe(
                     return;
                 }
                 // bytes read just before a freeze are held until it ends
-                loop {
-                    let m = *mode.borrow_and_update();
-                    match m {
-                        Mode::Pass => break,
-                        Mode::Cut => return,
-                        Mode::Freeze => {
-                            if mode.changed().await.is_err() {
-                                return;
-                            }
-                        }
-                    }
+                if !flowing(&mut mode).await {
+                    return;
                 }
                 if to.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
             }
             r = mode.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Waits while frozen; false once the link is cut (or the proxy is gone).
+async fn flowing(mode: &mut watch::Receiver<Mode>) -> bool {
+    loop {
+        let m = *mode.borrow_and_update();
+        match m {
+            Mode::Pass => return true,
+            Mode::Cut => return false,
+            Mode::Freeze => {
+                if mode.changed().await.is_err() {
+                    return false;
+                }
+            }
         }
     }
 }
