@@ -381,8 +381,11 @@ async fn websocket_clients_and_websocket_links_work() {
             }
         }
     })
-    .await
-    .expect("command over websocket");
+    .await;
+    let Ok(got) = got else {
+        tree.dump_logs();
+        panic!("no command over websocket within 15 s");
+    };
     assert_eq!(got["cmd"], json!("over-ws"));
     assert_eq!(trail(&got), ["js.a", "js"]);
 }

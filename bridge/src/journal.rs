@@ -29,6 +29,9 @@ pub enum Durability {
     Power,
 }
 
+/// On-disk format of the journal (`meta.format`).
+const FORMAT: i64 = 2;
+
 /// Journal errors are SQLite errors; the dispatcher treats them as "custody not taken".
 pub type Result<T> = rusqlite::Result<T>;
 
@@ -82,17 +85,17 @@ pub struct Journal {
 }
 
 const SCHEMA: &str = "
--- A rowid table keeps the bodies in an append-only B-tree; the (dest, lseq) index is small.
+-- One row per segment: consecutive envelopes for one destination (see segment.rs).
 CREATE TABLE IF NOT EXISTS queue(
     rid INTEGER PRIMARY KEY,
     dest TEXT NOT NULL,
-    lseq INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    expires_at INTEGER,
-    body BLOB NOT NULL
+    first_lseq INTEGER NOT NULL,
+    last_lseq INTEGER NOT NULL,
+    min_expiry INTEGER,
+    entries BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS queue_dest ON queue(dest, lseq);
-CREATE INDEX IF NOT EXISTS queue_expiry ON queue(expires_at) WHERE expires_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS queue_dest ON queue(dest, first_lseq);
+CREATE INDEX IF NOT EXISTS queue_expiry ON queue(min_expiry) WHERE min_expiry IS NOT NULL;
 CREATE TABLE IF NOT EXISTS seq(dest TEXT PRIMARY KEY, next INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS link_in(
     peer TEXT PRIMARY KEY,
@@ -132,6 +135,19 @@ impl Journal {
         // Checkpoints run on a helper thread (see `spawn_checkpointer`), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1)",
+            [FORMAT],
+        )?;
+        let format: i64 =
+            conn.query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })?;
+        if format != FORMAT {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "journal format {format} is not supported (this medlink writes format {FORMAT})"
+            )));
+        }
         // `seq.next` is the end of the last reserved block: numbering resumes there.
         let mut next = HashMap::new();
         {
@@ -199,6 +215,7 @@ impl Journal {
             hot: &mut self.hot,
             changes: Vec::new(),
             dirty: HashSet::new(),
+            pending: HashMap::new(),
         })
     }
 
@@ -215,18 +232,21 @@ impl Journal {
             }
         }
         let mut stmt = self.conn.prepare_cached(
-            "SELECT lseq, id, expires_at, body FROM queue
-             WHERE dest = ?1 AND lseq > ?2 ORDER BY lseq LIMIT ?3",
+            "SELECT entries FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
         )?;
-        let rows = stmt.query_map(params![dest, after as i64, limit as i64], |r| {
-            Ok(Queued {
-                lseq: r.get::<_, i64>(0)? as u64,
-                id: r.get(1)?,
-                expires_at: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-                body: Bytes::from(r.get::<_, Vec<u8>>(3)?),
-            })
-        })?;
-        rows.collect()
+        let mut rows = stmt.query(params![dest, after as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            for entry in decode_row(row.get::<_, Vec<u8>>(0)?)? {
+                if entry.lseq > after {
+                    out.push(entry);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Lowest sequence still queued for `dest`, or the next one to be assigned if none.
@@ -236,19 +256,26 @@ impl Journal {
 
     /// Number of envelopes queued per destination.
     pub fn depths(&self) -> Result<Vec<(String, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT dest, count(*) FROM queue GROUP BY dest")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT dest, sum(last_lseq - first_lseq + 1) FROM queue GROUP BY dest",
+        )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         rows.collect()
     }
 }
 
+fn decode_row(blob: Vec<u8>) -> Result<Vec<Queued>> {
+    crate::segment::decode(Bytes::from(blob)).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
+    })
+}
+
 fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u64> {
-    let min: Option<i64> =
-        conn.query_row("SELECT min(lseq) FROM queue WHERE dest = ?1", [dest], |r| {
-            r.get(0)
-        })?;
+    let min: Option<i64> = conn.query_row(
+        "SELECT min(first_lseq) FROM queue WHERE dest = ?1",
+        [dest],
+        |r| r.get(0),
+    )?;
     Ok(min
         .map(|m| m as u64)
         .unwrap_or_else(|| next.get(dest).copied().unwrap_or(1)))
@@ -267,6 +294,8 @@ pub struct Txn<'a> {
     hot: &'a mut HashMap<String, Hot>,
     changes: Vec<HotChange>,
     dirty: HashSet<String>,
+    /// Envelopes queued in this transaction, by destination, written as segments.
+    pending: HashMap<String, Vec<Queued>>,
 }
 
 impl Txn<'_> {
@@ -283,32 +312,33 @@ impl Txn<'_> {
             .unwrap_or((0, 0)))
     }
 
-    /// Lowest sequence still queued for `dest`, or the next one to be assigned if none.
-    pub fn floor(&self, dest: &str) -> Result<u64> {
+    /// Lowest sequence still queued for `dest` (including this transaction's), or the next
+    /// one to be assigned if none.
+    pub fn floor(&mut self, dest: &str) -> Result<u64> {
+        self.flush_pending()?;
         floor(&self.tx, self.next, dest)
     }
 
-    /// Up to `limit` queued envelopes that expired at `now`.
+    /// Queued envelopes that expired at `now`, from at most `limit` segments.
     pub fn expired(&self, now: u64, limit: usize) -> Result<Vec<(String, Queued)>> {
         let mut stmt = self.tx.prepare_cached(
-            "SELECT dest, lseq, id, expires_at, body FROM queue
-             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2",
+            "SELECT dest, entries FROM queue WHERE min_expiry IS NOT NULL AND min_expiry <= ?1 LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                Queued {
-                    lseq: r.get::<_, i64>(1)? as u64,
-                    id: r.get(2)?,
-                    expires_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-                    body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-                },
-            ))
-        })?;
-        rows.collect()
+        let mut rows = stmt.query(params![now as i64, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let dest: String = row.get(0)?;
+            for entry in decode_row(row.get::<_, Vec<u8>>(1)?)? {
+                if matches!(entry.expires_at, Some(e) if e <= now) {
+                    out.push((dest.clone(), entry));
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Queues `body` for `dest`; returns its sequence number.
+    /// Queues `body` for `dest`; returns its sequence number. The row is written at commit,
+    /// together with everything else queued for `dest` in this transaction (one segment).
     pub fn enqueue(&mut self, dest: &str, env: &Envelope, body: Bytes) -> Result<u64> {
         let slot = self.next.entry(dest.to_string()).or_insert(1);
         let lseq = *slot;
@@ -316,46 +346,89 @@ impl Txn<'_> {
         if lseq >= self.reserved.get(dest).copied().unwrap_or(0) {
             self.dirty.insert(dest.to_string());
         }
+        let entry = Queued {
+            lseq,
+            id: env.id.clone(),
+            expires_at: env.expires_at,
+            body,
+        };
+        self.pending
+            .entry(dest.to_string())
+            .or_default()
+            .push(entry.clone());
+        self.changes
+            .push(HotChange::Insert(dest.to_string(), entry));
+        Ok(lseq)
+    }
+
+    fn insert_segment(&self, dest: &str, entries: &[Queued]) -> Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
         self.tx
             .prepare_cached(
-                "INSERT INTO queue(dest, lseq, id, expires_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO queue(dest, first_lseq, last_lseq, min_expiry, entries)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 dest,
-                lseq as i64,
-                env.id,
-                env.expires_at.map(|v| v as i64),
-                &body[..]
+                first.lseq as i64,
+                last.lseq as i64,
+                min_expiry.map(|v| v as i64),
+                crate::segment::encode(entries)
             ])?;
-        self.changes.push(HotChange::Insert(
-            dest.to_string(),
-            Queued {
-                lseq,
-                id: env.id.clone(),
-                expires_at: env.expires_at,
-                body,
-            },
-        ));
-        Ok(lseq)
+        Ok(())
+    }
+
+    /// Writes the segments queued in this transaction. Client streams get one row per
+    /// envelope, because clients acknowledge envelopes one by one and out of order.
+    fn flush_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        for (dest, entries) in &pending {
+            if dest.starts_with("local:") || dest.starts_with("receipts:") {
+                for e in entries {
+                    self.insert_segment(dest, std::slice::from_ref(e))?;
+                }
+            } else {
+                self.insert_segment(dest, entries)?;
+            }
+        }
+        Ok(())
     }
 
     /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
     pub fn remove_through(&mut self, dest: &str, upto: u64) -> Result<usize> {
         self.changes
             .push(HotChange::RemoveThrough(dest.to_string(), upto));
+        self.flush_pending()?;
+        // A segment only partly acknowledged stays until the rest is: after a restart its
+        // acknowledged part is sent again and the receiver drops it by sequence number.
         self.tx
-            .prepare_cached("DELETE FROM queue WHERE dest = ?1 AND lseq <= ?2")?
+            .prepare_cached("DELETE FROM queue WHERE dest = ?1 AND last_lseq <= ?2")?
             .execute(params![dest, upto as i64])
     }
 
-    /// Forgets one envelope of `dest` by sequence.
+    /// Forgets one envelope of `dest` by sequence (rewriting its segment without it).
     pub fn remove(&mut self, dest: &str, lseq: u64) -> Result<bool> {
+        self.flush_pending()?;
         self.changes.push(HotChange::Remove(dest.to_string(), lseq));
-        Ok(self
+        let found = self
             .tx
-            .prepare_cached("DELETE FROM queue WHERE dest = ?1 AND lseq = ?2")?
-            .execute(params![dest, lseq as i64])?
-            > 0)
+            .prepare_cached(
+                "DELETE FROM queue WHERE dest = ?1 AND first_lseq <= ?2 AND last_lseq >= ?2
+                 RETURNING entries",
+            )?
+            .query_row(params![dest, lseq as i64], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?;
+        let Some(blob) = found else {
+            return Ok(false);
+        };
+        let entries = decode_row(blob)?;
+        let before = entries.len();
+        let rest: Vec<Queued> = entries.into_iter().filter(|e| e.lseq != lseq).collect();
+        self.insert_segment(dest, &rest)?;
+        Ok(rest.len() < before)
     }
 
     /// Records that the client-chosen id was accepted; false if it already was (a resend).
@@ -412,7 +485,8 @@ impl Txn<'_> {
     }
 
     /// Commits the group.
-    pub fn commit(self) -> Result<()> {
+    pub fn commit(mut self) -> Result<()> {
+        self.flush_pending()?;
         {
             let mut stmt = self.tx.prepare_cached(
                 "INSERT INTO seq(dest, next) VALUES (?1, ?2)
@@ -500,8 +574,10 @@ mod tests {
         t.remove_through("d", 3).unwrap();
         assert!(t.remove("d", 6).unwrap());
         t.commit().unwrap();
+        // Readers always start above the acknowledged point (3 here); a segment that is only
+        // partly acknowledged keeps its acknowledged entries on disk until the rest goes.
         let hot: Vec<u64> = j
-            .read("d", 0, 100)
+            .read("d", 3, 100)
             .unwrap()
             .iter()
             .map(|q| q.lseq)
@@ -509,7 +585,7 @@ mod tests {
         drop(j);
         let cold = Journal::open(&path, Durability::Process).unwrap();
         let db: Vec<u64> = cold
-            .read("d", 0, 100)
+            .read("d", 3, 100)
             .unwrap()
             .iter()
             .map(|q| q.lseq)
