@@ -49,8 +49,11 @@ pub struct Queued {
 }
 
 /// Most rows and bytes kept in memory per destination; beyond that, sending reads SQLite.
-const HOT_LIMIT: usize = 16 * 1024;
-const HOT_BYTES: usize = 16 * 1024 * 1024;
+const HOT_LIMIT: usize = 64 * 1024;
+const HOT_BYTES: usize = 64 * 1024 * 1024;
+/// Decoded segments kept for reads that miss the hot tail (a backlog sent frame by frame
+/// reads the same large segment many times).
+const SEGMENT_CACHE: usize = 4;
 /// Sequence numbers are reserved in blocks, so the `seq` table is written once per block
 /// instead of in every commit. After a crash the unused rest of a block is skipped, which
 /// links tolerate: every envelope names its predecessor (`p`), so skipped numbers are no gap.
@@ -82,6 +85,8 @@ pub struct Journal {
     reserved: HashMap<String, u64>,
     hot: HashMap<String, Hot>,
     epoch: u64,
+    /// Recently decoded segments: (dest, first_lseq) → entries, most recent last.
+    segments: std::cell::RefCell<Vec<((String, u64), std::sync::Arc<Vec<Queued>>)>>,
 }
 
 const SCHEMA: &str = "
@@ -175,6 +180,7 @@ impl Journal {
             reserved,
             hot: HashMap::new(),
             epoch,
+            segments: Default::default(),
         })
     }
 
@@ -232,14 +238,15 @@ impl Journal {
             }
         }
         let mut stmt = self.conn.prepare_cached(
-            "SELECT entries FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
+            "SELECT first_lseq FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
         )?;
         let mut rows = stmt.query(params![dest, after as i64])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            for entry in decode_row(row.get::<_, Vec<u8>>(0)?)? {
+            let first = row.get::<_, i64>(0)? as u64;
+            for entry in self.segment(dest, first)?.iter() {
                 if entry.lseq > after {
-                    out.push(entry);
+                    out.push(entry.clone());
                     if out.len() >= limit {
                         return Ok(out);
                     }
@@ -247,6 +254,30 @@ impl Journal {
             }
         }
         Ok(out)
+    }
+
+    /// The decoded segment of `dest` starting at `first`, from the cache or SQLite. Segments
+    /// are immutable (a rewrite inserts a new one), so cached copies never go stale; a deleted
+    /// segment is simply not asked for again.
+    fn segment(&self, dest: &str, first: u64) -> Result<std::sync::Arc<Vec<Queued>>> {
+        let key = (dest.to_string(), first);
+        let mut cache = self.segments.borrow_mut();
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            let hit = cache.remove(i);
+            let entries = hit.1.clone();
+            cache.push(hit);
+            return Ok(entries);
+        }
+        let blob: Vec<u8> = self.conn.prepare_cached(
+            "SELECT entries FROM queue WHERE dest = ?1 AND first_lseq = ?2",
+        )?
+        .query_row(params![dest, first as i64], |r| r.get(0))?;
+        let entries = std::sync::Arc::new(decode_row(blob)?);
+        if cache.len() >= SEGMENT_CACHE {
+            cache.remove(0);
+        }
+        cache.push((key, entries.clone()));
+        Ok(entries)
     }
 
     /// Lowest sequence still queued for `dest`, or the next one to be assigned if none.
@@ -413,6 +444,16 @@ impl Txn<'_> {
     pub fn remove(&mut self, dest: &str, lseq: u64) -> Result<bool> {
         self.flush_pending()?;
         self.changes.push(HotChange::Remove(dest.to_string(), lseq));
+        // Client streams hold one envelope per segment: delete without reading it back.
+        let single = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM queue WHERE dest = ?1 AND first_lseq = ?2 AND last_lseq = ?2",
+            )?
+            .execute(params![dest, lseq as i64])?;
+        if single > 0 {
+            return Ok(true);
+        }
         let found = self
             .tx
             .prepare_cached(
