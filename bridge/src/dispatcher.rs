@@ -12,15 +12,16 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use medlink_broker::acl::{inbox_topic, link_down_topic, receipt_topic};
-use medlink_broker::{Accept, ConnId, Inbound, Stream};
+use medlink_broker::{Accept, ConnId, Inbound};
 use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::delivery::{local_dest, receipt_dest, stream_dest, StreamOut};
 use crate::envelope::{now_ms, Address, Envelope, Kind, Limits, Submission, TrailHop, MAX_HOPS};
 use crate::frame::{Frame, InOrder};
 use crate::journal::{Journal, Txn};
-use crate::links::{LinkOut, LinkTuning, Stale};
+use crate::links::{down_dest, LinkOut, LinkTuning, Stale};
 use crate::route::{NextHop, Policy, Topology};
 use crate::stats::Stats;
 use crate::uplink::{ParentEvent, UplinkHandle};
@@ -29,8 +30,6 @@ use crate::uplink::{ParentEvent, UplinkHandle};
 const PARENT: &str = "^parent";
 /// Most items handled in one round (one transaction).
 const MAX_ROUND: usize = 4096;
-/// Most unacknowledged deliveries per client.
-const LOCAL_WINDOW: usize = 1024;
 /// How long a client-chosen id is remembered for idempotent resends.
 const IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -47,28 +46,6 @@ pub struct DispatcherConfig {
     pub limits: Limits,
     /// Link tuning.
     pub tuning: LinkTuning,
-}
-
-/// Delivery state of one client stream (`local:<client>` commands or `receipts:<client>`).
-#[derive(Debug, Default)]
-struct LocalOut {
-    conns: HashSet<ConnId>,
-    sent: u64,
-    /// Envelopes published and not yet acknowledged: id → sequence. An id is in flight at
-    /// most once (see `deliver`), so a PUBACK names exactly one row.
-    inflight: HashMap<String, u64>,
-}
-
-impl LocalOut {
-    fn rewind(&mut self, floor: u64) {
-        self.sent = floor.saturating_sub(1);
-        self.inflight.clear();
-    }
-
-    /// The sequence of an acknowledged envelope, if it was in flight here.
-    fn acknowledged(&mut self, id: &str) -> Option<u64> {
-        self.inflight.remove(id)
-    }
 }
 
 /// Output of a round, released only after the commit.
@@ -89,8 +66,12 @@ struct State {
     downs: HashMap<String, LinkOut>,
     child_conn: HashMap<String, ConnId>,
     link_in: HashMap<String, InOrder>,
-    /// Keyed by journal destination.
-    locals: HashMap<String, LocalOut>,
+    /// Client streams, keyed by journal destination.
+    locals: HashMap<String, StreamOut>,
+    /// Streams whose acknowledgements moved this round.
+    acked_streams: HashSet<String>,
+    /// Acknowledgement points written this round, taken over by the streams after commit.
+    settled: Vec<(String, u64)>,
     stats: Stats,
     last_prune: Instant,
 }
@@ -138,6 +119,8 @@ impl Dispatcher {
                 child_conn: HashMap::new(),
                 link_in: HashMap::new(),
                 locals: HashMap::new(),
+                acked_streams: HashSet::new(),
+                settled: Vec::new(),
                 stats,
                 last_prune: Instant::now(),
             },
@@ -198,6 +181,7 @@ impl Dispatcher {
             if sweep {
                 state.sweep_expired(&mut tx, now)?;
             }
+            state.settle_acks(&mut tx)?;
             tx.commit()
         })();
         if let Err(e) = result {
@@ -208,8 +192,10 @@ impl Dispatcher {
             // In-memory positions may be ahead of the journal: re-read receive positions, and
             // send every local stream again from its start (duplicates carry the same id).
             self.state.link_in.clear();
-            for local in self.state.locals.values_mut() {
-                local.rewind(0);
+            // Streams publish again from their last committed acknowledgement.
+            self.state.settled.clear();
+            for stream in self.state.locals.values_mut() {
+                stream.rewind(0);
             }
             return;
         }
@@ -232,25 +218,6 @@ impl Dispatcher {
 enum Input {
     Broker(Inbound),
     Parent(ParentEvent),
-}
-
-fn local_dest(client: &str) -> String {
-    format!("local:{client}")
-}
-
-fn receipt_dest(client: &str) -> String {
-    format!("receipts:{client}")
-}
-
-fn stream_dest(client: &str, stream: Stream) -> String {
-    match stream {
-        Stream::Commands => local_dest(client),
-        Stream::Receipts => receipt_dest(client),
-    }
-}
-
-fn down_dest(child: &str) -> String {
-    format!("down:{child}")
 }
 
 impl State {
@@ -304,7 +271,11 @@ impl State {
                 // Duplicates this may cause carry the same id; applications drop them by id.
                 let dest = stream_dest(&client, stream);
                 let floor = tx.floor(&dest)?;
-                let local = self.locals.entry(dest).or_default();
+                if !self.locals.contains_key(&dest) {
+                    let acked = tx.stream_ack(&dest)?;
+                    self.locals.insert(dest.clone(), StreamOut::new(acked));
+                }
+                let local = self.locals.get_mut(&dest).expect("inserted above");
                 local.conns.insert(conn);
                 local.rewind(floor);
             }
@@ -322,14 +293,16 @@ impl State {
                 }
             }
             Input::Broker(Inbound::Delivered { client, id }) => {
-                // Everything a client can acknowledge was published from `inflight`, which
-                // maps the id to its row's (dest, lseq) key: no id index to maintain per hop.
+                // Everything a client can acknowledge was published from a stream's in-flight
+                // set; the journal is updated once per round in `settle_acks`.
                 for dest in [local_dest(&client), receipt_dest(&client)] {
-                    let lseq = self.locals.get_mut(&dest).and_then(|l| l.acknowledged(&id));
-                    if let Some(lseq) = lseq {
-                        if tx.remove(&dest, lseq)? {
-                            self.stats.delivered();
-                        }
+                    if self
+                        .locals
+                        .get_mut(&dest)
+                        .is_some_and(|l| l.acknowledged(&id))
+                    {
+                        self.stats.delivered();
+                        self.acked_streams.insert(dest);
                         break;
                     }
                 }
@@ -604,6 +577,18 @@ impl State {
         Ok(())
     }
 
+    /// Persists how far each touched client stream is acknowledged and drops what is below.
+    fn settle_acks(&mut self, tx: &mut Txn) -> rusqlite::Result<()> {
+        for dest in std::mem::take(&mut self.acked_streams) {
+            if let Some(upto) = self.locals.get(&dest).and_then(StreamOut::unsettled_ack) {
+                tx.remove_through(&dest, upto)?;
+                tx.set_stream_ack(&dest, upto)?;
+                self.settled.push((dest, upto));
+            }
+        }
+        Ok(())
+    }
+
     /// Drops expired envelopes that are not in flight, with an `expired` receipt each.
     fn sweep_expired(&mut self, tx: &mut Txn, now: u64) -> rusqlite::Result<()> {
         for (dest, row) in tx.expired(now, 1000)? {
@@ -619,7 +604,7 @@ impl State {
                 Some(_) => self
                     .locals
                     .get(&dest)
-                    .is_some_and(|l| !l.conns.is_empty() && row.lseq <= l.sent),
+                    .is_some_and(|l| l.in_flight(row.lseq)),
             };
             if !in_flight {
                 self.drop_stale(tx, &dest, row, now)?;
@@ -651,6 +636,11 @@ impl State {
 
     /// Sends acknowledgements and replies held back until the commit.
     fn release(&mut self, out: Outbox) {
+        for (dest, upto) in std::mem::take(&mut self.settled) {
+            if let Some(stream) = self.locals.get_mut(&dest) {
+                stream.settled(upto);
+            }
+        }
         for (reply, verdict) in out.replies {
             let _ = reply.send(verdict);
         }
@@ -727,7 +717,7 @@ impl State {
         let ready: Vec<String> = self
             .locals
             .iter()
-            .filter(|(_, l)| !l.conns.is_empty() && l.inflight.len() < LOCAL_WINDOW)
+            .filter(|(_, l)| l.ready())
             .map(|(d, _)| d.clone())
             .collect();
         for dest in ready {
@@ -757,39 +747,12 @@ impl State {
             Some((_, client)) => inbox_topic(&me, client),
             None => return Ok(()),
         };
-        loop {
-            let Some(local) = self.locals.get(dest) else {
-                return Ok(());
-            };
-            if local.inflight.len() >= LOCAL_WINDOW {
-                return Ok(());
-            }
-            let rows = journal.read(dest, local.sent, LOCAL_WINDOW - local.inflight.len())?;
-            if rows.is_empty() {
-                return Ok(());
-            }
-            for row in rows {
-                let Some(local) = self.locals.get_mut(dest) else {
-                    return Ok(());
-                };
-                if local.inflight.contains_key(&row.id) {
-                    // Two senders chose the same id for this client: hold the second until the
-                    // first is acknowledged, so each PUBACK names one row. Order is kept.
-                    return Ok(());
-                }
-                local.sent = row.lseq;
-                if matches!(row.expires_at, Some(e) if e <= now) {
-                    stale.push(Stale {
-                        dest: dest.to_string(),
-                        row,
-                    });
-                    continue;
-                }
-                if let Some(local) = self.locals.get_mut(dest) {
-                    local.inflight.insert(row.id, row.lseq);
-                }
-                self.publish(&topic, row.body);
-            }
+        let Some(stream) = self.locals.get_mut(dest) else {
+            return Ok(());
+        };
+        for body in stream.next_batch(journal, dest, now, stale)? {
+            self.publish(&topic, body);
         }
+        Ok(())
     }
 }

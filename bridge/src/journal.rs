@@ -30,7 +30,7 @@ pub enum Durability {
 }
 
 /// On-disk format of the journal (`meta.format`).
-const FORMAT: i64 = 2;
+const FORMAT: i64 = 3;
 
 /// Journal errors are SQLite errors; the dispatcher treats them as "custody not taken".
 pub type Result<T> = rusqlite::Result<T>;
@@ -108,6 +108,7 @@ CREATE TABLE IF NOT EXISTS link_in(
     epoch INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS stream_ack(dest TEXT PRIMARY KEY, upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS accepted(id TEXT PRIMARY KEY, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit(
     at INTEGER NOT NULL,
@@ -268,10 +269,10 @@ impl Journal {
             cache.push(hit);
             return Ok(entries);
         }
-        let blob: Vec<u8> = self.conn.prepare_cached(
-            "SELECT entries FROM queue WHERE dest = ?1 AND first_lseq = ?2",
-        )?
-        .query_row(params![dest, first as i64], |r| r.get(0))?;
+        let blob: Vec<u8> = self
+            .conn
+            .prepare_cached("SELECT entries FROM queue WHERE dest = ?1 AND first_lseq = ?2")?
+            .query_row(params![dest, first as i64], |r| r.get(0))?;
         let entries = std::sync::Arc::new(decode_row(blob)?);
         if cache.len() >= SEGMENT_CACHE {
             cache.remove(0);
@@ -412,18 +413,11 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Writes the segments queued in this transaction. Client streams get one row per
-    /// envelope, because clients acknowledge envelopes one by one and out of order.
+    /// Writes the segments queued in this transaction, one per destination.
     fn flush_pending(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
         for (dest, entries) in &pending {
-            if dest.starts_with("local:") || dest.starts_with("receipts:") {
-                for e in entries {
-                    self.insert_segment(dest, std::slice::from_ref(e))?;
-                }
-            } else {
-                self.insert_segment(dest, entries)?;
-            }
+            self.insert_segment(dest, entries)?;
         }
         Ok(())
     }
@@ -444,7 +438,7 @@ impl Txn<'_> {
     pub fn remove(&mut self, dest: &str, lseq: u64) -> Result<bool> {
         self.flush_pending()?;
         self.changes.push(HotChange::Remove(dest.to_string(), lseq));
-        // Client streams hold one envelope per segment: delete without reading it back.
+        // A segment of one envelope is deleted without reading it back.
         let single = self
             .tx
             .prepare_cached(
@@ -470,6 +464,27 @@ impl Txn<'_> {
         let rest: Vec<Queued> = entries.into_iter().filter(|e| e.lseq != lseq).collect();
         self.insert_segment(dest, &rest)?;
         Ok(rest.len() < before)
+    }
+
+    /// How far a client stream is acknowledged.
+    pub fn stream_ack(&self, dest: &str) -> Result<u64> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT upto FROM stream_ack WHERE dest = ?1")?
+            .query_row([dest], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0) as u64)
+    }
+
+    /// Stores how far a client stream is acknowledged.
+    pub fn set_stream_ack(&mut self, dest: &str, upto: u64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO stream_ack(dest, upto) VALUES (?1, ?2)
+                 ON CONFLICT(dest) DO UPDATE SET upto = excluded.upto",
+            )?
+            .execute(params![dest, upto as i64])?;
+        Ok(())
     }
 
     /// Records that the client-chosen id was accepted; false if it already was (a resend).

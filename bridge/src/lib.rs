@@ -6,11 +6,13 @@
 //! - [`frame`]: frames on tier links and in-order admission.
 //! - [`links`]: the go-back-N sending side of tier links.
 //! - [`dispatcher`]: the single owner of custody, one transaction per round.
+//! - [`delivery`]: cursors of the streams to this node's own clients.
 //! - [`uplink`]: the child's MQTT connection to its parent.
 //! - [`node`]: wires broker, dispatcher and uplink into one running node.
 //! - [`audit`]: reading the audit table.
 
 pub mod audit;
+pub mod delivery;
 pub mod dispatcher;
 pub mod envelope;
 pub mod frame;

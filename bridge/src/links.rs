@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use crate::frame::encode_batch;
 use crate::journal::{Journal, Queued};
 
+/// Journal destination of the link down to `child` (the link up is `up`).
+pub fn down_dest(child: &str) -> String {
+    format!("down:{child}")
+}
+
 /// Tuning of tier links.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkTuning {

@@ -1,0 +1,186 @@
+//! Delivery to this node's own clients.
+//!
+//! Each client has two streams, commands (`local:<client>`) and receipts
+//! (`receipts:<client>`), queued in the journal like links are. A [`StreamOut`] is the cursor
+//! of one stream: what was published, what is still unacknowledged, and how far everything is
+//! acknowledged. MQTT clients acknowledge QoS 1 publishes in order, so acknowledgement is
+//! tracked cumulatively, like a link: the journal stores "acknowledged up to N" per stream and
+//! drops whole segments below it, instead of deleting envelope by envelope.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use bytes::Bytes;
+use medlink_broker::{ConnId, Stream};
+
+use crate::journal::{Journal, Queued};
+use crate::links::Stale;
+
+/// Most unacknowledged deliveries per client stream.
+pub const STREAM_WINDOW: usize = 1024;
+
+/// Journal destination of a client's commands.
+pub fn local_dest(client: &str) -> String {
+    format!("local:{client}")
+}
+
+/// Journal destination of a client's receipts.
+pub fn receipt_dest(client: &str) -> String {
+    format!("receipts:{client}")
+}
+
+/// Journal destination of one of a client's streams.
+pub fn stream_dest(client: &str, stream: Stream) -> String {
+    match stream {
+        Stream::Commands => local_dest(client),
+        Stream::Receipts => receipt_dest(client),
+    }
+}
+
+/// Delivery state of one client stream.
+#[derive(Debug, Default)]
+pub struct StreamOut {
+    /// Connections subscribed to the stream.
+    pub conns: HashSet<ConnId>,
+    /// Read cursor: highest sequence published (or skipped) in the current pass.
+    sent: u64,
+    /// Everything up to here is acknowledged (persisted in the journal).
+    acked: u64,
+    /// Published and unacknowledged: id → sequence. An id is in flight at most once, so a
+    /// PUBACK names exactly one envelope.
+    inflight: HashMap<String, u64>,
+    /// The same sequences, ordered, to find the cumulative acknowledgement.
+    inflight_seqs: BTreeSet<u64>,
+}
+
+impl StreamOut {
+    /// A stream whose journal says it is acknowledged up to `acked`.
+    pub fn new(acked: u64) -> StreamOut {
+        StreamOut {
+            sent: acked,
+            acked,
+            ..StreamOut::default()
+        }
+    }
+
+    /// Publishes everything unacknowledged again, starting at the journal's `floor`: used when
+    /// a connection opens (a new device gets what is pending) or closes (nothing waits on a
+    /// dead connection). Duplicates this may cause carry the same id.
+    pub fn rewind(&mut self, floor: u64) {
+        self.sent = floor.saturating_sub(1).max(self.acked);
+        self.inflight.clear();
+        self.inflight_seqs.clear();
+    }
+
+    /// Records a PUBACK for envelope `id`; false if it was not in flight here.
+    pub fn acknowledged(&mut self, id: &str) -> bool {
+        match self.inflight.remove(id) {
+            Some(lseq) => {
+                self.inflight_seqs.remove(&lseq);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// If the cumulative acknowledgement moved, its new value, to persist; the stream takes
+    /// it as its own with [`StreamOut::settled`] once that is committed.
+    pub fn unsettled_ack(&self) -> Option<u64> {
+        let upto = match self.inflight_seqs.first() {
+            Some(first) => first - 1,
+            None => self.sent,
+        };
+        (upto > self.acked).then_some(upto)
+    }
+
+    /// The journal now says the stream is acknowledged up to `upto`.
+    pub fn settled(&mut self, upto: u64) {
+        self.acked = self.acked.max(upto);
+    }
+
+    /// Whether more can be published now.
+    pub fn ready(&self) -> bool {
+        !self.conns.is_empty() && self.inflight.len() < STREAM_WINDOW
+    }
+
+    /// The bodies to publish next, within the window. Expired envelopes are skipped into
+    /// `stale`; an id already in flight (two senders chose the same id) stops the pass until
+    /// the first is acknowledged, which keeps order.
+    pub fn next_batch(
+        &mut self,
+        journal: &Journal,
+        dest: &str,
+        now: u64,
+        stale: &mut Vec<Stale>,
+    ) -> rusqlite::Result<Vec<Bytes>> {
+        let mut out = Vec::new();
+        while self.ready() {
+            let rows = journal.read(dest, self.sent, STREAM_WINDOW - self.inflight.len())?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                let Queued {
+                    lseq,
+                    id,
+                    expires_at,
+                    body,
+                } = row;
+                if self.inflight.contains_key(&id) {
+                    return Ok(out);
+                }
+                self.sent = lseq;
+                if matches!(expires_at, Some(e) if e <= now) {
+                    let row = Queued {
+                        lseq,
+                        id,
+                        expires_at,
+                        body,
+                    };
+                    stale.push(Stale {
+                        dest: dest.to_string(),
+                        row,
+                    });
+                    continue;
+                }
+                self.inflight.insert(id, lseq);
+                self.inflight_seqs.insert(lseq);
+                out.push(body);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `lseq` is published and unacknowledged (the expiry sweep leaves those alone).
+    pub fn in_flight(&self, lseq: u64) -> bool {
+        !self.conns.is_empty() && lseq <= self.sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cumulative_acknowledgement_waits_for_the_oldest() {
+        let mut s = StreamOut::new(10);
+        s.conns.insert(1);
+        for (id, l) in [("a", 11), ("b", 12), ("c", 14)] {
+            s.inflight.insert(id.into(), l);
+            s.inflight_seqs.insert(l);
+            s.sent = l;
+        }
+        assert!(s.acknowledged("b"));
+        assert_eq!(s.unsettled_ack(), None, "11 is still out");
+        assert!(s.acknowledged("a"));
+        assert_eq!(s.unsettled_ack(), Some(13));
+        assert!(!s.acknowledged("zz"));
+        assert!(s.acknowledged("c"));
+        assert_eq!(s.unsettled_ack(), Some(14));
+        // until the journal has it, a rewind goes back to the last settled point
+        s.rewind(0);
+        assert_eq!(s.sent, 10);
+        s.settled(14);
+        s.rewind(5);
+        assert_eq!(s.sent, 14, "never rewinds below what is acknowledged");
+    }
+}
