@@ -29,6 +29,9 @@ pub enum Durability {
     Power,
 }
 
+/// A decoded segment: (destination, first sequence) and its entries.
+type CachedSegment = ((String, u64), std::sync::Arc<Vec<Queued>>);
+
 /// On-disk format of the journal (`meta.format`).
 const FORMAT: i64 = 3;
 
@@ -86,7 +89,7 @@ pub struct Journal {
     hot: HashMap<String, Hot>,
     epoch: u64,
     /// Recently decoded segments: (dest, first_lseq) → entries, most recent last.
-    segments: std::cell::RefCell<Vec<((String, u64), std::sync::Arc<Vec<Queued>>)>>,
+    segments: std::cell::RefCell<Vec<CachedSegment>>,
 }
 
 const SCHEMA: &str = "
