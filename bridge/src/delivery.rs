@@ -150,6 +150,11 @@ impl StreamOut {
         Ok(out)
     }
 
+    /// How far the journal says this stream is acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
     /// Whether `lseq` is published and unacknowledged (the expiry sweep leaves those alone).
     pub fn in_flight(&self, lseq: u64) -> bool {
         !self.conns.is_empty() && lseq <= self.sent

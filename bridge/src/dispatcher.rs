@@ -104,7 +104,7 @@ impl Dispatcher {
         };
         let mut downs = HashMap::new();
         for child in &cfg.topology.children {
-            let dest = format!("down:{child}");
+            let dest = down_dest(child);
             downs.insert(child.clone(), LinkOut::new(dest, &journal)?);
         }
         Ok(Dispatcher {
@@ -192,7 +192,7 @@ impl Dispatcher {
             // In-memory positions may be ahead of the journal: re-read receive positions, and
             // send every local stream again from its start (duplicates carry the same id).
             self.state.link_in.clear();
-            // Streams publish again from their last committed acknowledgement.
+            // Streams publish again from their last committed acknowledgement point.
             self.state.settled.clear();
             for stream in self.state.locals.values_mut() {
                 stream.rewind(0);
@@ -272,7 +272,7 @@ impl State {
                 let dest = stream_dest(&client, stream);
                 let floor = tx.floor(&dest)?;
                 if !self.locals.contains_key(&dest) {
-                    let acked = tx.stream_ack(&dest)?;
+                    let acked = tx.acked(&dest)?;
                     self.locals.insert(dest.clone(), StreamOut::new(acked));
                 }
                 let local = self.locals.get_mut(&dest).expect("inserted above");
@@ -532,7 +532,7 @@ impl State {
             }
             Frame::Ack { upto } => {
                 if link.ack(upto) {
-                    tx.remove_through(&down_dest(child), upto)?;
+                    tx.acknowledge(&down_dest(child), upto)?;
                 }
             }
             Frame::Ping { at } => out
@@ -568,7 +568,7 @@ impl State {
             }
             Frame::Ack { upto } => {
                 if up.ack(upto) {
-                    tx.remove_through("up", upto)?;
+                    tx.acknowledge("up", upto)?;
                 }
             }
             Frame::Ping { at } => out.to_parent.push(Frame::Pong { at }.to_bytes()),
@@ -581,8 +581,7 @@ impl State {
     fn settle_acks(&mut self, tx: &mut Txn) -> rusqlite::Result<()> {
         for dest in std::mem::take(&mut self.acked_streams) {
             if let Some(upto) = self.locals.get(&dest).and_then(StreamOut::unsettled_ack) {
-                tx.remove_through(&dest, upto)?;
-                tx.set_stream_ack(&dest, upto)?;
+                tx.acknowledge(&dest, upto)?;
                 self.settled.push((dest, upto));
             }
         }
@@ -592,21 +591,23 @@ impl State {
     /// Drops expired envelopes that are not in flight, with an `expired` receipt each.
     fn sweep_expired(&mut self, tx: &mut Txn, now: u64) -> rusqlite::Result<()> {
         for (dest, row) in tx.expired(now, 1000)? {
-            let in_flight = match dest.split_once(':') {
-                None => self
-                    .up
-                    .as_ref()
-                    .is_some_and(|l| l.online && row.lseq <= l.sent),
-                Some(("down", child)) => self
-                    .downs
-                    .get(child)
-                    .is_some_and(|l| l.online && row.lseq <= l.sent),
-                Some(_) => self
-                    .locals
-                    .get(&dest)
-                    .is_some_and(|l| l.in_flight(row.lseq)),
+            // Already acknowledged (a leftover of a partly acknowledged segment), or published
+            // and waiting for its acknowledgement: not ours to expire.
+            let (acked, in_flight) = match dest.split_once(':') {
+                None => match self.up.as_ref() {
+                    Some(l) => (l.acked, l.online && row.lseq <= l.sent),
+                    None => (tx.acked(&dest)?, false),
+                },
+                Some(("down", child)) => match self.downs.get(child) {
+                    Some(l) => (l.acked, l.online && row.lseq <= l.sent),
+                    None => (tx.acked(&dest)?, false),
+                },
+                Some(_) => match self.locals.get(&dest) {
+                    Some(l) => (l.acked(), l.in_flight(row.lseq)),
+                    None => (tx.acked(&dest)?, false),
+                },
             };
-            if !in_flight {
+            if row.lseq > acked && !in_flight {
                 self.drop_stale(tx, &dest, row, now)?;
             }
         }
@@ -724,13 +725,38 @@ impl State {
             self.deliver(journal, &dest, now, &mut stale)?;
         }
         if !stale.is_empty() {
-            let mut tx = journal.begin()?;
-            for s in stale {
-                self.drop_stale(&mut tx, &s.dest, s.row, now)?;
+            let dests: Vec<String> = stale.iter().map(|s| s.dest.clone()).collect();
+            let dropped = (|| {
+                let mut tx = journal.begin()?;
+                for s in stale {
+                    self.drop_stale(&mut tx, &s.dest, s.row, now)?;
+                }
+                tx.commit()
+            })();
+            if let Err(e) = dropped {
+                // The cursors moved past these envelopes: send them again, so they are
+                // found expired again, rather than vanish without a receipt.
+                for dest in dests {
+                    if let Some(l) = self.locals.get_mut(&dest) {
+                        l.rewind(0);
+                    } else if let Some(l) = self.link_for(&dest) {
+                        l.sent = l.acked;
+                        l.last_tx = l.acked;
+                    }
+                }
+                return Err(e);
             }
-            tx.commit()?;
         }
         Ok(())
+    }
+
+    /// The outgoing link whose journal destination is `dest`.
+    fn link_for(&mut self, dest: &str) -> Option<&mut LinkOut> {
+        match dest.strip_prefix("down:") {
+            Some(child) => self.downs.get_mut(child),
+            None if dest == "up" => self.up.as_mut(),
+            None => None,
+        }
     }
 
     /// Publishes queued envelopes of `dest` into the client's inbox or receipt topic.

@@ -111,7 +111,8 @@ CREATE TABLE IF NOT EXISTS link_in(
     epoch INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS stream_ack(dest TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+-- How far each destination is acknowledged by its next hop or client.
+CREATE TABLE IF NOT EXISTS acked(dest TEXT PRIMARY KEY, upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS accepted(id TEXT PRIMARY KEY, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit(
     at INTEGER NOT NULL,
@@ -143,20 +144,33 @@ impl Journal {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Checkpoints run on a helper thread (see `spawn_checkpointer`), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // An existing journal must carry this build's format; only a new one is stamped.
+        let existing: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'queue'",
+            [],
+            |r| r.get(0),
+        )?;
+        if existing {
+            let format: Option<i64> = conn
+                .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .unwrap_or(None);
+            if format != Some(FORMAT) {
+                let found = format.map_or("an unversioned format".to_string(), |f| {
+                    format!("format {f}")
+                });
+                return Err(rusqlite::Error::InvalidParameterName(format!(
+                    "journal is in {found}; this medlink reads format {FORMAT} only"
+                )));
+            }
+        }
         conn.execute_batch(SCHEMA)?;
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1)",
             [FORMAT],
         )?;
-        let format: i64 =
-            conn.query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
-                r.get(0)
-            })?;
-        if format != FORMAT {
-            return Err(rusqlite::Error::InvalidParameterName(format!(
-                "journal format {format} is not supported (this medlink writes format {FORMAT})"
-            )));
-        }
         // `seq.next` is the end of the last reserved block: numbering resumes there.
         let mut next = HashMap::new();
         {
@@ -226,6 +240,7 @@ impl Journal {
             changes: Vec::new(),
             dirty: HashSet::new(),
             pending: HashMap::new(),
+            segments: &self.segments,
         })
     }
 
@@ -289,6 +304,11 @@ impl Journal {
         floor(&self.conn, &self.next, dest)
     }
 
+    /// How far `dest` is acknowledged by its next hop or client.
+    pub fn acked(&self, dest: &str) -> Result<u64> {
+        acked(&self.conn, dest)
+    }
+
     /// Number of envelopes queued per destination.
     pub fn depths(&self) -> Result<Vec<(String, u64)>> {
         let mut stmt = self.conn.prepare_cached(
@@ -297,6 +317,14 @@ impl Journal {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         rows.collect()
     }
+}
+
+fn acked(conn: &Connection, dest: &str) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT upto FROM acked WHERE dest = ?1")?
+        .query_row([dest], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0) as u64)
 }
 
 fn decode_row(blob: Vec<u8>) -> Result<Vec<Queued>> {
@@ -331,6 +359,8 @@ pub struct Txn<'a> {
     dirty: HashSet<String>,
     /// Envelopes queued in this transaction, by destination, written as segments.
     pending: HashMap<String, Vec<Queued>>,
+    /// The journal's decoded-segment cache, emptied when a segment is rewritten.
+    segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
 }
 
 impl Txn<'_> {
@@ -462,6 +492,8 @@ impl Txn<'_> {
         let Some(blob) = found else {
             return Ok(false);
         };
+        // The rewrite keeps the segment's key when the first entry stays: forget cached copies.
+        self.segments.borrow_mut().clear();
         let entries = decode_row(blob)?;
         let before = entries.len();
         let rest: Vec<Queued> = entries.into_iter().filter(|e| e.lseq != lseq).collect();
@@ -469,22 +501,20 @@ impl Txn<'_> {
         Ok(rest.len() < before)
     }
 
-    /// How far a client stream is acknowledged.
-    pub fn stream_ack(&self, dest: &str) -> Result<u64> {
-        Ok(self
-            .tx
-            .prepare_cached("SELECT upto FROM stream_ack WHERE dest = ?1")?
-            .query_row([dest], |r| r.get::<_, i64>(0))
-            .optional()?
-            .unwrap_or(0) as u64)
+    /// How far `dest` is acknowledged by its next hop or client.
+    pub fn acked(&self, dest: &str) -> Result<u64> {
+        acked(&self.tx, dest)
     }
 
-    /// Stores how far a client stream is acknowledged.
-    pub fn set_stream_ack(&mut self, dest: &str, upto: u64) -> Result<()> {
+    /// Forgets `dest` up to `upto` and stores that it is acknowledged that far. Entries of a
+    /// partly acknowledged segment stay on disk; the stored point tells readers (and the
+    /// expiry sweep) to skip them.
+    pub fn acknowledge(&mut self, dest: &str, upto: u64) -> Result<()> {
+        self.remove_through(dest, upto)?;
         self.tx
             .prepare_cached(
-                "INSERT INTO stream_ack(dest, upto) VALUES (?1, ?2)
-                 ON CONFLICT(dest) DO UPDATE SET upto = excluded.upto",
+                "INSERT INTO acked(dest, upto) VALUES (?1, ?2)
+                 ON CONFLICT(dest) DO UPDATE SET upto = max(upto, excluded.upto)",
             )?
             .execute(params![dest, upto as i64])?;
         Ok(())
@@ -651,6 +681,24 @@ mod tests {
             .collect();
         assert_eq!(hot, db);
         assert_eq!(db, vec![4, 5, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn a_journal_of_another_format_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("CREATE TABLE queue(dest TEXT, lseq INTEGER, body BLOB);")
+            .unwrap();
+        drop(old);
+        let err = Journal::open(&path, Durability::Process)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("format"), "{err}");
+        // a fresh journal opens, and opens again
+        let fresh = dir.path().join("new.db");
+        drop(Journal::open(&fresh, Durability::Process).unwrap());
+        Journal::open(&fresh, Durability::Process).unwrap();
     }
 
     fn env(id: &str) -> Envelope {

@@ -74,9 +74,13 @@ pub struct Stale {
 }
 
 impl LinkOut {
-    /// A link whose acknowledged point is just below what the journal still holds.
+    /// A link resuming from what the journal says: acknowledged up to the stored point, or
+    /// just below the oldest envelope it still holds.
     pub fn new(dest: String, journal: &Journal) -> rusqlite::Result<LinkOut> {
-        let acked = journal.floor(&dest)?.saturating_sub(1);
+        let acked = journal
+            .floor(&dest)?
+            .saturating_sub(1)
+            .max(journal.acked(&dest)?);
         let now = Instant::now();
         Ok(LinkOut {
             dest,
