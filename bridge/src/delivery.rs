@@ -45,6 +45,8 @@ pub struct StreamOut {
     sent: u64,
     /// Everything up to here is acknowledged (persisted in the journal).
     acked: u64,
+    /// Everything up to here is acknowledged by the client, persisted or not yet.
+    confirmed: u64,
     /// Published and unacknowledged: id → sequence. An id is in flight at most once, so a
     /// PUBACK names exactly one envelope.
     inflight: HashMap<String, u64>,
@@ -58,6 +60,7 @@ impl StreamOut {
         StreamOut {
             sent: acked,
             acked,
+            confirmed: acked,
             ..StreamOut::default()
         }
     }
@@ -66,35 +69,43 @@ impl StreamOut {
     /// a connection opens (a new device gets what is pending) or closes (nothing waits on a
     /// dead connection). Duplicates this may cause carry the same id.
     pub fn rewind(&mut self, floor: u64) {
-        self.sent = floor.saturating_sub(1).max(self.acked);
+        self.sent = floor.saturating_sub(1).max(self.confirmed);
         self.inflight.clear();
         self.inflight_seqs.clear();
     }
 
     /// Records a PUBACK for envelope `id`; false if it was not in flight here.
     pub fn acknowledged(&mut self, id: &str) -> bool {
-        match self.inflight.remove(id) {
-            Some(lseq) => {
-                self.inflight_seqs.remove(&lseq);
-                true
-            }
-            None => false,
-        }
+        let Some(lseq) = self.inflight.remove(id) else {
+            return false;
+        };
+        self.inflight_seqs.remove(&lseq);
+        // The cumulative point is taken now: a rewind later in the same round must not lose it.
+        let upto = match self.inflight_seqs.first() {
+            Some(first) => first - 1,
+            None => self.sent,
+        };
+        self.confirmed = self.confirmed.max(upto);
+        true
     }
 
     /// If the cumulative acknowledgement moved, its new value, to persist; the stream takes
     /// it as its own with [`StreamOut::settled`] once that is committed.
     pub fn unsettled_ack(&self) -> Option<u64> {
-        let upto = match self.inflight_seqs.first() {
-            Some(first) => first - 1,
-            None => self.sent,
-        };
-        (upto > self.acked).then_some(upto)
+        (self.confirmed > self.acked).then_some(self.confirmed)
+    }
+
+    /// A commit failed: acknowledgements not yet persisted count for nothing, and everything
+    /// from the last persisted point is published again.
+    pub fn forget_unsettled(&mut self) {
+        self.confirmed = self.acked;
+        self.rewind(0);
     }
 
     /// The journal now says the stream is acknowledged up to `upto`.
     pub fn settled(&mut self, upto: u64) {
         self.acked = self.acked.max(upto);
+        self.confirmed = self.confirmed.max(self.acked);
     }
 
     /// Whether more can be published now.
@@ -181,9 +192,13 @@ mod tests {
         assert!(!s.acknowledged("zz"));
         assert!(s.acknowledged("c"));
         assert_eq!(s.unsettled_ack(), Some(14));
-        // until the journal has it, a rewind goes back to the last settled point
+        // a rewind in the same round keeps what the client acknowledged
         s.rewind(0);
+        assert_eq!(s.sent, 14);
+        // a failed commit forgets it and goes back to the last settled point
+        s.forget_unsettled();
         assert_eq!(s.sent, 10);
+        assert_eq!(s.unsettled_ack(), None);
         s.settled(14);
         s.rewind(5);
         assert_eq!(s.sent, 14, "never rewinds below what is acknowledged");

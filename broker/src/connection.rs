@@ -28,9 +28,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::acl::{link_down_topic, stream_of, strip_share, AclPolicy, PublishClass};
-use crate::codec::{publish_header, sniff_connect, Codec, Sniff, Version};
+use crate::codec::{publish_header, Codec, Version};
+use crate::connect::{admit, handshake, refuse, ConnectInfo, End};
 use crate::events::{Accept, ConnId, Inbound, Stream};
-use crate::identity::{valid_name, Credentials, Identity, LoginError};
+use crate::identity::{Credentials, Identity};
 use crate::transport::Transport;
 use crate::LinkFactory;
 
@@ -52,29 +53,6 @@ pub struct FrontEnd {
     /// §3.1.4). Keyed by identity too, so nobody can kick another identity's connection by
     /// reusing its client id.
     pub sessions: SessionRegistry,
-}
-
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-enum End {
-    #[error("peer closed")]
-    Closed,
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("protocol: {0:?}")]
-    Protocol(Error),
-    #[error("not MQTT")]
-    Garbage,
-    #[error("refused at CONNECT: {0}")]
-    Refused(&'static str),
-    #[error("keepalive expired")]
-    KeepAlive,
-    #[error("router link closed")]
-    RouterDisconnect,
-    #[error("session taken over by a new connection with the same client id")]
-    TakenOver,
-    #[error("node is shutting down")]
-    Shutdown,
 }
 
 /// A PUBACK/PUBREC owed to the client once the node has decided.
@@ -115,68 +93,6 @@ pub async fn run(ctx: Arc<FrontEnd>, mut transport: Transport, peer: SocketAddr,
     transport.close().await;
 }
 
-/// A decoded CONNECT, with what we need from it.
-struct ConnectInfo {
-    client_id: String,
-    keep_alive: u16,
-    identity: Result<Identity, LoginError>,
-}
-
-/// Reads the CONNECT (within the connect timeout), picks the protocol version from it, and
-/// authenticates it.
-async fn handshake(
-    ctx: &FrontEnd,
-    transport: &mut Transport,
-    rbuf: &mut BytesMut,
-) -> Result<(Codec, ConnectInfo), End> {
-    tokio::time::timeout(ctx.connect_timeout, async {
-        let version = loop {
-            match sniff_connect(rbuf) {
-                Sniff::Incomplete => read_more(transport, rbuf).await?,
-                Sniff::Connect(v) => break v,
-                Sniff::Garbage => return Err(End::Garbage),
-                Sniff::UnsupportedLevel(_) => {
-                    // 3.1.1 CONNACK "unacceptable protocol version"
-                    transport.write_all(&[0x20, 0x02, 0x00, 0x01]).await?;
-                    return Err(End::Refused("unsupported protocol level"));
-                }
-            }
-        };
-        let codec = Codec { version };
-        let packet = loop {
-            match codec.read(rbuf, ctx.max_packet_size) {
-                Ok(p) => break p,
-                Err(Error::InsufficientBytes(_)) => read_more(transport, rbuf).await?,
-                Err(e) => return Err(End::Protocol(e)),
-            }
-        };
-        let Packet::Connect(connect, _props, _will, _will_props, login) = packet else {
-            return Err(End::Garbage);
-        };
-        let identity = match &login {
-            Some(l) => ctx.credentials.authenticate(&l.username, &l.password),
-            None => Err(LoginError::BadCredentials),
-        };
-        Ok((
-            codec,
-            ConnectInfo {
-                client_id: connect.client_id,
-                keep_alive: connect.keep_alive,
-                identity,
-            },
-        ))
-    })
-    .await
-    .map_err(|_| End::Refused("no CONNECT within the connect timeout"))?
-}
-
-async fn read_more(transport: &mut Transport, rbuf: &mut BytesMut) -> Result<(), End> {
-    if transport.read(rbuf).await? == 0 {
-        return Err(End::Closed);
-    }
-    Ok(())
-}
-
 /// An authenticated connection attached to the router.
 struct Session {
     conn: ConnId,
@@ -210,50 +126,8 @@ impl Session {
         info: ConnectInfo,
         conn: ConnId,
     ) -> Result<Session, End> {
-        let identity = match info.identity {
-            Ok(id) => id,
-            Err(LoginError::InvalidName) => {
-                let why = "identity contains + # / or control characters";
-                return Err(refuse(
-                    transport,
-                    codec,
-                    ConnectReturnCode::ClientIdentifierNotValid,
-                    why,
-                )
-                .await);
-            }
-            Err(LoginError::BadCredentials) => {
-                let why = "bad username or password";
-                return Err(refuse(
-                    transport,
-                    codec,
-                    ConnectReturnCode::BadUserNamePassword,
-                    why,
-                )
-                .await);
-            }
-        };
-        let assigned = info.client_id.is_empty();
-        let client_id = if assigned {
-            format!("{}-{conn}", identity.name)
-        } else {
-            info.client_id
-        };
-        // '$' is refused by rumqttd's router as well; checked here so the client gets a CONNACK.
-        if !assigned
-            && (!valid_name(&client_id)
-                || client_id.contains('$')
-                || client_id == crate::RESERVED_CLIENT_ID)
-        {
-            let why = "client id contains + # / $ or control characters, or is reserved";
-            return Err(refuse(
-                transport,
-                codec,
-                ConnectReturnCode::ClientIdentifierNotValid,
-                why,
-            )
-            .await);
-        }
+        let keep_alive = Duration::from_millis(info.keep_alive as u64 * 1500);
+        let (identity, client_id, assigned) = admit(transport, codec, info, conn).await?;
         // The router answers on a blocking channel; keep that off the async workers. Each
         // connection gets its own router id, so the router never performs a takeover itself
         // (its takeover can hand a dead connection's stale events to the slot's next owner);
@@ -320,7 +194,7 @@ impl Session {
             codec,
             client_id,
             identity,
-            keep_alive: Duration::from_millis(info.keep_alive as u64 * 1500),
+            keep_alive,
             link_tx,
             link_rx,
             wbuf: BytesMut::with_capacity(4096),
@@ -774,30 +648,6 @@ impl Session {
 async fn next_verdict(owed: &mut VecDeque<OwedAck>) -> Accept {
     let head = owed.front_mut().expect("select guard: owed is non-empty");
     (&mut head.verdict).await.unwrap_or(Accept::Unavailable)
-}
-
-/// Writes a refusing CONNACK; the session ends with `why` (or the write error).
-async fn refuse(
-    transport: &mut Transport,
-    codec: Codec,
-    code: ConnectReturnCode,
-    why: &'static str,
-) -> End {
-    let ack = ConnAck {
-        session_present: false,
-        code,
-    };
-    match write_packet(transport, codec, Packet::ConnAck(ack, None)).await {
-        Ok(()) => End::Refused(why),
-        Err(e) => e,
-    }
-}
-
-async fn write_packet(transport: &mut Transport, codec: Codec, packet: Packet) -> Result<(), End> {
-    let mut buf = BytesMut::new();
-    codec.write(packet, &mut buf).map_err(End::Protocol)?;
-    transport.write_all(&buf).await?;
-    Ok(())
 }
 
 /// The `id` field of an envelope payload, without building the whole envelope.

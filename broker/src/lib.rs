@@ -15,6 +15,7 @@
 
 pub mod acl;
 mod codec;
+mod connect;
 mod connection;
 pub mod events;
 pub mod identity;

@@ -26,6 +26,8 @@ use crate::route::{NextHop, Policy, Topology};
 use crate::stats::Stats;
 use crate::uplink::{ParentEvent, UplinkHandle};
 
+mod frames;
+
 /// Journal name of the parent as a link peer.
 const PARENT: &str = "^parent";
 /// Most items handled in one round (one transaction).
@@ -195,7 +197,7 @@ impl Dispatcher {
             // Streams publish again from their last committed acknowledgement point.
             self.state.settled.clear();
             for stream in self.state.locals.values_mut() {
-                stream.rewind(0);
+                stream.forget_unsettled();
             }
             return;
         }
@@ -454,127 +456,6 @@ impl State {
         let rid = self.next_id();
         let receipt = env.receipt(self.me(), status, why, rid);
         self.accept(tx, receipt, now)
-    }
-
-    /// Commits a batch from a link peer in sequence order; returns the cumulative ack.
-    fn receive_batch(
-        &mut self,
-        tx: &mut Txn,
-        peer: &str,
-        (epoch, floor): (u64, u64),
-        msgs: &[crate::frame::Numbered],
-        now: u64,
-    ) -> rusqlite::Result<u64> {
-        let mut order = match self.link_in.get(peer) {
-            Some(o) => *o,
-            None => {
-                let (last, epoch) = tx.link_in(peer)?;
-                InOrder { last, epoch }
-            }
-        };
-        let before = (order.last, order.epoch);
-        if order.epoch != epoch && before.1 != 0 {
-            warn!(
-                peer,
-                "peer's journal was replaced (new epoch); its sequence starts again"
-            );
-        }
-        order.apply_epoch(epoch);
-        order.apply_floor(floor);
-        for m in msgs {
-            match order.admit(m.p, m.s) {
-                Some(true) => match Envelope::parse(m.e.get().as_bytes()) {
-                    Ok(env) => self.accept(tx, env, now)?,
-                    Err(e) => {
-                        warn!(peer, seq = m.s, error = %e, "malformed envelope on link dropped")
-                    }
-                },
-                Some(false) => {}
-                None => break,
-            }
-        }
-        if (order.last, order.epoch) != before {
-            tx.set_link_in(peer, order.last, order.epoch)?;
-        }
-        self.link_in.insert(peer.to_string(), order);
-        Ok(order.last)
-    }
-
-    fn child_frame(
-        &mut self,
-        tx: &mut Txn,
-        child: &str,
-        payload: &[u8],
-        now: u64,
-        out: &mut Outbox,
-    ) -> rusqlite::Result<Accept> {
-        let known = self.child_conn.contains_key(child);
-        let Some(link) = self.downs.get_mut(child) else {
-            warn!(child, "frame from a node that is not configured as a child");
-            return Ok(Accept::Rejected("not a child of this node".into()));
-        };
-        link.last_heard = Instant::now();
-        if !link.online && known {
-            link.open();
-        }
-        let frame = match Frame::parse(payload) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(child, error = %e, "malformed link frame");
-                return Ok(Accept::Rejected(format!("malformed frame: {e}")));
-            }
-        };
-        match frame {
-            Frame::Batch { epoch, floor, msgs } => {
-                let upto = self.receive_batch(tx, child, (epoch, floor), &msgs, now)?;
-                out.to_children
-                    .push((child.to_string(), Frame::Ack { upto }.to_bytes()));
-            }
-            Frame::Ack { upto } => {
-                if link.ack(upto) {
-                    tx.acknowledge(&down_dest(child), upto)?;
-                }
-            }
-            Frame::Ping { at } => out
-                .to_children
-                .push((child.to_string(), Frame::Pong { at }.to_bytes())),
-            Frame::Pong { .. } => {}
-        }
-        Ok(Accept::Committed)
-    }
-
-    fn parent_frame(
-        &mut self,
-        tx: &mut Txn,
-        payload: &[u8],
-        now: u64,
-        out: &mut Outbox,
-    ) -> rusqlite::Result<()> {
-        let Some(up) = self.up.as_mut() else {
-            return Ok(());
-        };
-        up.last_heard = Instant::now();
-        let frame = match Frame::parse(payload) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(error = %e, "malformed frame from parent");
-                return Ok(());
-            }
-        };
-        match frame {
-            Frame::Batch { epoch, floor, msgs } => {
-                let upto = self.receive_batch(tx, PARENT, (epoch, floor), &msgs, now)?;
-                out.to_parent.push(Frame::Ack { upto }.to_bytes());
-            }
-            Frame::Ack { upto } => {
-                if up.ack(upto) {
-                    tx.acknowledge("up", upto)?;
-                }
-            }
-            Frame::Ping { at } => out.to_parent.push(Frame::Pong { at }.to_bytes()),
-            Frame::Pong { .. } => {}
-        }
-        Ok(())
     }
 
     /// Persists how far each touched client stream is acknowledged and drops what is below.

@@ -1,0 +1,182 @@
+//! The CONNECT phase: recognising MQTT, decoding the CONNECT, and deciding who the
+//! connection is — before anything is attached to the router.
+//!
+//! Every refusal here answers with a CONNACK carrying the reason code the client's protocol
+//! version understands, then closes; nothing is left behind.
+
+use bytes::BytesMut;
+use rumqttd::protocol::{ConnAck, ConnectReturnCode, Error, Packet};
+
+use crate::codec::{sniff_connect, Codec, Sniff};
+use crate::connection::FrontEnd;
+use crate::events::ConnId;
+use crate::identity::{valid_name, Identity, LoginError};
+use crate::transport::Transport;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum End {
+    #[error("peer closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0:?}")]
+    Protocol(Error),
+    #[error("not MQTT")]
+    Garbage,
+    #[error("refused at CONNECT: {0}")]
+    Refused(&'static str),
+    #[error("keepalive expired")]
+    KeepAlive,
+    #[error("router link closed")]
+    RouterDisconnect,
+    #[error("session taken over by a new connection with the same client id")]
+    TakenOver,
+    #[error("node is shutting down")]
+    Shutdown,
+}
+
+/// A decoded CONNECT, with what we need from it.
+pub struct ConnectInfo {
+    pub client_id: String,
+    pub keep_alive: u16,
+    pub identity: Result<Identity, LoginError>,
+}
+
+/// Reads the CONNECT (within the connect timeout), picks the protocol version from it, and
+/// authenticates it.
+pub async fn handshake(
+    ctx: &FrontEnd,
+    transport: &mut Transport,
+    rbuf: &mut BytesMut,
+) -> Result<(Codec, ConnectInfo), End> {
+    tokio::time::timeout(ctx.connect_timeout, async {
+        let version = loop {
+            match sniff_connect(rbuf) {
+                Sniff::Incomplete => read_more(transport, rbuf).await?,
+                Sniff::Connect(v) => break v,
+                Sniff::Garbage => return Err(End::Garbage),
+                Sniff::UnsupportedLevel(_) => {
+                    // 3.1.1 CONNACK "unacceptable protocol version"
+                    transport.write_all(&[0x20, 0x02, 0x00, 0x01]).await?;
+                    return Err(End::Refused("unsupported protocol level"));
+                }
+            }
+        };
+        let codec = Codec { version };
+        let packet = loop {
+            match codec.read(rbuf, ctx.max_packet_size) {
+                Ok(p) => break p,
+                Err(Error::InsufficientBytes(_)) => read_more(transport, rbuf).await?,
+                Err(e) => return Err(End::Protocol(e)),
+            }
+        };
+        let Packet::Connect(connect, _props, _will, _will_props, login) = packet else {
+            return Err(End::Garbage);
+        };
+        let identity = match &login {
+            Some(l) => ctx.credentials.authenticate(&l.username, &l.password),
+            None => Err(LoginError::BadCredentials),
+        };
+        Ok((
+            codec,
+            ConnectInfo {
+                client_id: connect.client_id,
+                keep_alive: connect.keep_alive,
+                identity,
+            },
+        ))
+    })
+    .await
+    .map_err(|_| End::Refused("no CONNECT within the connect timeout"))?
+}
+
+async fn read_more(transport: &mut Transport, rbuf: &mut BytesMut) -> Result<(), End> {
+    if transport.read(rbuf).await? == 0 {
+        return Err(End::Closed);
+    }
+    Ok(())
+}
+
+/// Checks the login and the client id; returns the identity, the client id (assigned when
+/// the client sent none) and whether it was assigned.
+pub async fn admit(
+    transport: &mut Transport,
+    codec: Codec,
+    info: ConnectInfo,
+    conn: ConnId,
+) -> Result<(Identity, String, bool), End> {
+    let identity = match info.identity {
+        Ok(id) => id,
+        Err(LoginError::InvalidName) => {
+            let why = "identity contains + # / or control characters";
+            return Err(refuse(
+                transport,
+                codec,
+                ConnectReturnCode::ClientIdentifierNotValid,
+                why,
+            )
+            .await);
+        }
+        Err(LoginError::BadCredentials) => {
+            let why = "bad username or password";
+            return Err(refuse(
+                transport,
+                codec,
+                ConnectReturnCode::BadUserNamePassword,
+                why,
+            )
+            .await);
+        }
+    };
+    let assigned = info.client_id.is_empty();
+    let client_id = if assigned {
+        format!("{}-{conn}", identity.name)
+    } else {
+        info.client_id
+    };
+    // '$' is refused by rumqttd's router as well; checked here so the client gets a CONNACK.
+    if !assigned
+        && (!valid_name(&client_id)
+            || client_id.contains('$')
+            || client_id == crate::RESERVED_CLIENT_ID)
+    {
+        let why = "client id contains + # / $ or control characters, or is reserved";
+        return Err(refuse(
+            transport,
+            codec,
+            ConnectReturnCode::ClientIdentifierNotValid,
+            why,
+        )
+        .await);
+    }
+    Ok((identity, client_id, assigned))
+}
+
+/// Writes a refusing CONNACK; the session ends with `why` (or the write error).
+pub async fn refuse(
+    transport: &mut Transport,
+    codec: Codec,
+    code: ConnectReturnCode,
+    why: &'static str,
+) -> End {
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    match write_packet(transport, codec, Packet::ConnAck(ack, None)).await {
+        Ok(()) => End::Refused(why),
+        Err(e) => e,
+    }
+}
+
+pub async fn write_packet(
+    transport: &mut Transport,
+    codec: Codec,
+    packet: Packet,
+) -> Result<(), End> {
+    let mut buf = BytesMut::new();
+    codec.write(packet, &mut buf).map_err(End::Protocol)?;
+    transport.write_all(&buf).await?;
+    Ok(())
+}
