@@ -50,7 +50,7 @@ async fn a_stalled_link_is_detected_reported_down_and_recovers_without_loss() {
     for s in 100..300 {
         src.send("js", "sink", "seq", json!({"s": s})).await;
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let child_log = tree.node("js.a").log_text();
     assert!(
         child_log.contains("parent link stalled"),

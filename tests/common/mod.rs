@@ -195,7 +195,7 @@ impl Tree {
             let ws_port = free_port();
             let data_dir = dir.path().join(format!("{}.data", spec.id));
             let mut toml = format!(
-                "[node]\nid = \"{}\"\ndata_dir = \"{}\"\n{}\n\n[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:{port}\"\n\n[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:{ws_port}\"\n\n[link]\nresend_after_ms = 1000\nping_every_ms = 300\ndead_after_ms = 1500\n",
+                "[node]\nid = \"{}\"\ndata_dir = \"{}\"\n{}\n\n[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:{port}\"\n\n[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:{ws_port}\"\n\n[link]\nresend_after_ms = 1000\nping_every_ms = 500\ndead_after_ms = 3000\n",
                 spec.id,
                 data_dir.display(),
                 spec.extra
