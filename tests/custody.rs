@@ -40,6 +40,20 @@ async fn collect(app: &mut App, n: u64, idle: u64) -> (Vec<u64>, Vec<serde_json:
     (seqs, receipts)
 }
 
+/// Sends commands numbered 0..n to `sink` at the root, pausing `pause_ms` every `every`
+/// commands; returns the client when done.
+fn stream_to_sink(clinic: App, n: u64, every: u64, pause_ms: u64) -> tokio::task::JoinHandle<App> {
+    tokio::spawn(async move {
+        for s in 0..n {
+            clinic.send("js", "sink", "stream", json!({"s": s})).await;
+            if s % every == 0 {
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+        }
+        clinic
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_middle_tier_during_a_stream_loses_and_duplicates_nothing() {
     const N: u64 = 20_000;
@@ -47,16 +61,8 @@ async fn kill9_of_the_middle_tier_during_a_stream_loses_and_duplicates_nothing()
     let clinic = App::connect("js.nj.gl.t3", "clinic", tree.node("js.nj.gl.t3").port).await;
     let mut sink = App::connect("js", "sink", tree.node("js").port).await;
 
-    let sender = tokio::spawn(async move {
-        for s in 0..N {
-            clinic.send("js", "sink", "stream", json!({"s": s})).await;
-            if s % 500 == 0 {
-                // keep the stream going for several seconds so the kills land mid-stream
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
-        }
-        clinic
-    });
+    // keep the stream going for several seconds so the kills land mid-stream
+    let sender = stream_to_sink(clinic, N, 500, 60);
     let killer = {
         let mut county = tree.take("js.nj.gl");
         let mut city = tree.take("js.nj");
@@ -175,16 +181,8 @@ async fn kill9_of_the_receiving_tier_loses_nothing_and_repeats_only_what_was_una
     let mut tree = Tree::start(&chain());
     let clinic = App::connect("js.nj.gl.t3", "clinic", tree.node("js.nj.gl.t3").port).await;
     let mut sink = App::connect("js", "sink", tree.node("js").port).await;
-    let sender = tokio::spawn(async move {
-        for s in 0..N {
-            clinic.send("js", "sink", "stream", json!({"s": s})).await;
-            if s % 250 == 0 {
-                // spread the stream over about 2 s so both crashes land in the middle of it
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        clinic
-    });
+    // spread the stream over about 2 s so both crashes land in the middle of it
+    let sender = stream_to_sink(clinic, N, 250, 100);
     // The root holds the receiving client's inbox; kill it twice mid-stream. The client
     // reconnects and subscribes again by itself (the harness does what an SDK does).
     let mut root = tree.take("js");

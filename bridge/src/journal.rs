@@ -308,15 +308,6 @@ impl Journal {
     pub fn acked(&self, dest: &str) -> Result<u64> {
         acked(&self.conn, dest)
     }
-
-    /// Number of envelopes queued per destination.
-    pub fn depths(&self) -> Result<Vec<(String, u64)>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT dest, sum(last_lseq - first_lseq + 1) FROM queue GROUP BY dest",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-        rows.collect()
-    }
 }
 
 fn acked(conn: &Connection, dest: &str) -> Result<u64> {

@@ -106,29 +106,28 @@ pub async fn admit(
     info: ConnectInfo,
     conn: ConnId,
 ) -> Result<(Identity, String, bool), End> {
-    let identity = match info.identity {
-        Ok(id) => id,
-        Err(LoginError::InvalidName) => {
-            let why = "identity contains + # / or control characters";
-            return Err(refuse(
-                transport,
-                codec,
-                ConnectReturnCode::ClientIdentifierNotValid,
-                why,
-            )
-            .await);
-        }
-        Err(LoginError::BadCredentials) => {
-            let why = "bad username or password";
-            return Err(refuse(
-                transport,
-                codec,
-                ConnectReturnCode::BadUserNamePassword,
-                why,
-            )
-            .await);
-        }
-    };
+    match check_login(info, conn) {
+        Ok(admitted) => Ok(admitted),
+        Err((code, why)) => Err(refuse(transport, codec, code, why).await),
+    }
+}
+
+/// The decision of [`admit`], without the I/O: identity, client id, whether it was assigned,
+/// or the CONNACK code and reason of a refusal.
+fn check_login(
+    info: ConnectInfo,
+    conn: ConnId,
+) -> Result<(Identity, String, bool), (ConnectReturnCode, &'static str)> {
+    let identity = info.identity.map_err(|e| match e {
+        LoginError::InvalidName => (
+            ConnectReturnCode::ClientIdentifierNotValid,
+            "identity contains + # / or control characters",
+        ),
+        LoginError::BadCredentials => (
+            ConnectReturnCode::BadUserNamePassword,
+            "bad username or password",
+        ),
+    })?;
     let assigned = info.client_id.is_empty();
     let client_id = if assigned {
         format!("{}-{conn}", identity.name)
@@ -141,14 +140,10 @@ pub async fn admit(
             || client_id.contains('$')
             || client_id == crate::RESERVED_CLIENT_ID)
     {
-        let why = "client id contains + # / $ or control characters, or is reserved";
-        return Err(refuse(
-            transport,
-            codec,
+        return Err((
             ConnectReturnCode::ClientIdentifierNotValid,
-            why,
-        )
-        .await);
+            "client id contains + # / $ or control characters, or is reserved",
+        ));
     }
     Ok((identity, client_id, assigned))
 }

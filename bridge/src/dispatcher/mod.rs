@@ -267,33 +267,12 @@ impl State {
                 client,
                 conn,
                 stream,
-            }) => {
-                // Everything not yet acknowledged goes (again) to every open connection: a new
-                // device gets what is pending, and nothing waits on a connection that died.
-                // Duplicates this may cause carry the same id; applications drop them by id.
-                let dest = stream_dest(&client, stream);
-                let floor = tx.floor(&dest)?;
-                if !self.locals.contains_key(&dest) {
-                    let acked = tx.acked(&dest)?;
-                    self.locals.insert(dest.clone(), StreamOut::new(acked));
-                }
-                let local = self.locals.get_mut(&dest).expect("inserted above");
-                local.conns.insert(conn);
-                local.rewind(floor);
-            }
+            }) => self.stream_changed(tx, &client, conn, stream, true)?,
             Input::Broker(Inbound::InboxClosed {
                 client,
                 conn,
                 stream,
-            }) => {
-                let dest = stream_dest(&client, stream);
-                let floor = tx.floor(&dest)?;
-                if let Some(local) = self.locals.get_mut(&dest) {
-                    local.conns.remove(&conn);
-                    // What was in flight to the closed connection is sent again.
-                    local.rewind(floor);
-                }
-            }
+            }) => self.stream_changed(tx, &client, conn, stream, false)?,
             Input::Broker(Inbound::Delivered { client, id }) => {
                 // Everything a client can acknowledge was published from a stream's in-flight
                 // set; the journal is updated once per round in `settle_acks`.
@@ -343,6 +322,39 @@ impl State {
             }
             Input::Parent(ParentEvent::Frame(bytes)) => self.parent_frame(tx, &bytes, now, out)?,
         }
+        Ok(())
+    }
+
+    /// A connection opened or closed one of `client`'s streams. Either way, everything not yet
+    /// acknowledged goes (again) to every open connection: a new device gets what is pending,
+    /// and nothing waits on a connection that died. Repeats carry the same id.
+    fn stream_changed(
+        &mut self,
+        tx: &mut Txn,
+        client: &str,
+        conn: ConnId,
+        stream: medlink_broker::Stream,
+        open: bool,
+    ) -> rusqlite::Result<()> {
+        let dest = stream_dest(client, stream);
+        if !self.locals.contains_key(&dest) {
+            if !open {
+                return Ok(());
+            }
+            let acked = tx.acked(&dest)?;
+            self.locals.insert(dest.clone(), StreamOut::new(acked));
+        }
+        let floor = tx.floor(&dest)?;
+        let local = self
+            .locals
+            .get_mut(&dest)
+            .expect("present or inserted above");
+        if open {
+            local.conns.insert(conn);
+        } else {
+            local.conns.remove(&conn);
+        }
+        local.rewind(floor);
         Ok(())
     }
 
