@@ -167,76 +167,33 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
             .await
             .map_err(|e| format!("{} node: {e}", n.tier))?;
     }
-    let city = &nodes[1];
-    let township = &nodes[3];
-    let (hosp_name, hosp_pw) = find_identity(&args.conf_dir.join("city.toml"), "hosp")?;
-    let (clinic_name, clinic_pw) = find_identity(&args.conf_dir.join("township.toml"), "clinic")?;
-    let hosp_ep = Endpoint {
-        url: format!("mqtt://{}", city.tcp),
-        login: Some((hosp_name.clone(), hosp_pw)),
-    };
-    let clinic_ep = Endpoint {
-        url: format!("mqtt://{}", township.tcp),
-        login: Some((clinic_name.clone(), clinic_pw)),
-    };
-    let inbox = |node: &str, client: &str| {
-        vec![
-            format!("org/{node}/{client}/cmd"),
-            format!("org/{node}/{client}/receipt"),
-        ]
-    };
-    let (hosp, mut hosp_rx) =
-        mqtt_client::connect(&hosp_ep, &hosp_name, &inbox(&city.id, &hosp_name)).await?;
-    let (clinic, mut clinic_rx) =
-        mqtt_client::connect(&clinic_ep, &clinic_name, &inbox(&township.id, &clinic_name)).await?;
+    let (province, city, township) = (&nodes[0], &nodes[1], &nodes[3]);
+    let conf = |tier: &str| args.conf_dir.join(format!("{tier}.toml"));
+    let mut hosp = DemoClient::connect(city, &conf("city"), "hosp").await?;
+    let mut clinic = DemoClient::connect(township, &conf("township"), "clinic").await?;
     println!(
-        "  clinic '{clinic_name}' connected to {}, hospital '{hosp_name}' connected to {}",
-        township.id, city.id
+        "  clinic '{}' connected to {}, hospital '{}' connected to {}",
+        clinic.name, township.id, hosp.name, city.id
     );
 
     // Up: township clinic → city hospital.
+    let started = Instant::now();
     let request = serde_json::json!({
-        "to": {"node": city.id, "client": hosp_name},
+        "to": {"node": city.id, "client": hosp.name},
         "cmd": "consult.request",
         "params": {"patient": "P-0042", "question": "CT shows a 9 mm nodule; follow-up?", "images": []},
         "ttl_ms": 3_600_000,
     });
-    let started = Instant::now();
-    let sent_at = now_ms();
-    clinic
-        .publish(
-            format!("org/{}/{clinic_name}/out", township.id),
-            QoS::AtLeastOnce,
-            false,
-            request.to_string(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = next_command(&mut hosp_rx).await?;
-    let got_req = now_ms();
-    println!();
-    print_trail("request", &req, sent_at, got_req);
+    let req = exchange("request", &clinic, &mut hosp, request).await?;
 
     // Down: the hospital answers asynchronously; the reply finds its way back by the `from` stamp.
     let reply = serde_json::json!({
         "to": req.from,
         "cmd": "consult.reply",
         "reply_to": req.id,
-        "params": {"opinion": "Low risk. Repeat CT in 12 months.", "by": hosp_name},
+        "params": {"opinion": "Low risk. Repeat CT in 12 months.", "by": hosp.name},
     });
-    let reply_sent = now_ms();
-    hosp.publish(
-        format!("org/{}/{hosp_name}/out", city.id),
-        QoS::AtLeastOnce,
-        false,
-        reply.to_string(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let rep = next_command(&mut clinic_rx).await?;
-    let got_rep = now_ms();
-    println!();
-    print_trail("reply", &rep, reply_sent, got_rep);
+    let rep = exchange("reply", &hosp, &mut clinic, reply).await?;
     if rep.reply_to.as_deref() != Some(req.id.as_str()) {
         return Err(format!(
             "reply correlates to {:?}, expected {}",
@@ -246,50 +203,20 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     let round_trip = started.elapsed();
 
     // A second opinion from the provincial expert panel crosses all four tiers each way.
-    let province = &nodes[0];
-    let (prov_name, prov_pw) = find_identity(&args.conf_dir.join("province.toml"), "prov")?;
-    let prov_ep = Endpoint {
-        url: format!("mqtt://{}", province.tcp),
-        login: Some((prov_name.clone(), prov_pw)),
-    };
-    let (prov, mut prov_rx) =
-        mqtt_client::connect(&prov_ep, &prov_name, &inbox(&province.id, &prov_name)).await?;
+    let mut prov = DemoClient::connect(province, &conf("province"), "prov").await?;
     let second = serde_json::json!({
-        "to": {"node": province.id, "client": prov_name},
+        "to": {"node": province.id, "client": prov.name},
         "cmd": "consult.second_opinion",
         "params": {"patient": "P-0042", "ref": req.id},
     });
-    let sent2 = now_ms();
-    clinic
-        .publish(
-            format!("org/{}/{clinic_name}/out", township.id),
-            QoS::AtLeastOnce,
-            false,
-            second.to_string(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let req2 = next_command(&mut prov_rx).await?;
-    println!();
-    print_trail("second-opinion request", &req2, sent2, now_ms());
+    let req2 = exchange("second-opinion request", &clinic, &mut prov, second).await?;
     let answer = serde_json::json!({
         "to": req2.from,
         "cmd": "consult.reply",
         "reply_to": req2.id,
         "params": {"opinion": "Agree with the city hospital."},
     });
-    let sent3 = now_ms();
-    prov.publish(
-        format!("org/{}/{prov_name}/out", province.id),
-        QoS::AtLeastOnce,
-        false,
-        answer.to_string(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let rep2 = next_command(&mut clinic_rx).await?;
-    println!();
-    print_trail("second-opinion reply", &rep2, sent3, now_ms());
+    let rep2 = exchange("second-opinion reply", &prov, &mut clinic, answer).await?;
     if rep2.reply_to.as_deref() != Some(req2.id.as_str()) || rep2.trail.len() != 4 {
         return Err("the second-opinion reply did not cross all four tiers".into());
     }
@@ -298,6 +225,7 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         "clinic <-> city hospital round trip: {:.1} ms (custody committed at every hop); the province audited the second opinion:",
         round_trip.as_secs_f64() * 1000.0
     );
+    let clinic_name = clinic.name.clone();
     let q = medlink_bridge::audit::AuditQuery {
         client: Some(clinic_name.clone()),
         limit: 100,
@@ -309,10 +237,63 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         println!("  {r}");
     }
     println!("  (the same from a shell: medlink audit --data-dir <province data dir> --client {clinic_name})");
-    let _ = prov.disconnect().await;
-    let _ = hosp.disconnect().await;
-    let _ = clinic.disconnect().await;
+    for c in [prov, hosp, clinic] {
+        let _ = c.client.disconnect().await;
+    }
     Ok(())
+}
+
+/// A demo application connected to one node as the first client identity in that node's
+/// config whose name starts with a prefix.
+struct DemoClient {
+    node: String,
+    name: String,
+    client: rumqttc::AsyncClient,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::mqtt_client::Received>,
+}
+
+impl DemoClient {
+    async fn connect(node: &NodeProcess, conf: &Path, prefix: &str) -> Result<DemoClient, String> {
+        let (name, password) = find_identity(conf, prefix)?;
+        let endpoint = Endpoint {
+            url: format!("mqtt://{}", node.tcp),
+            login: Some((name.clone(), password)),
+        };
+        let filters = [
+            format!("org/{}/{name}/cmd", node.id),
+            format!("org/{}/{name}/receipt", node.id),
+        ];
+        let (client, rx) = mqtt_client::connect(&endpoint, &name, &filters).await?;
+        Ok(DemoClient {
+            node: node.id.clone(),
+            name,
+            client,
+            rx,
+        })
+    }
+}
+
+/// `from` publishes `body` to its outbox; waits for the command at `to` and prints its trail.
+async fn exchange(
+    label: &str,
+    from: &DemoClient,
+    to: &mut DemoClient,
+    body: serde_json::Value,
+) -> Result<Envelope, String> {
+    let sent = now_ms();
+    from.client
+        .publish(
+            format!("org/{}/{}/out", from.node, from.name),
+            QoS::AtLeastOnce,
+            false,
+            body.to_string(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let env = next_command(&mut to.rx).await?;
+    println!();
+    print_trail(label, &env, sent, now_ms());
+    Ok(env)
 }
 
 async fn wait_for_port(addr: &str, child: &mut Child) -> Result<(), String> {
