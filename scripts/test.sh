@@ -9,11 +9,17 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+command -v prlimit >/dev/null 2>&1 || need+=(util-linux) # the descriptor-exhaustion test
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# rustfmt and clippy ship with rustup's default profile; add them where a minimal one was used.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
 fi
 
 cargo fmt --all -- --check
