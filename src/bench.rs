@@ -19,7 +19,8 @@ use crate::mqtt_client::{self, Endpoint, Received};
 /// Options of `medlink bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Broker the publishers connect to (`mqtt://host:port` or `ws://host:port/mqtt`).
+    /// Broker the publishers connect to (`mqtt://`, `mqtts://host:port`, `ws://` or
+    /// `wss://host:port/mqtt`).
     #[arg(long)]
     pub_url: String,
     /// Broker the subscriber connects to (default: the publishers' broker).
@@ -58,6 +59,9 @@ pub struct BenchArgs {
     /// Subscriber's password.
     #[arg(long)]
     sub_pass: Option<String>,
+    /// CA certificate for `mqtts`/`wss` URLs.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Plain mode: topic prefix.
     #[arg(long, default_value = "bench")]
     topic: String,
@@ -145,10 +149,12 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
     let sub_ep = Endpoint {
         url: args.sub_url.clone().unwrap_or_else(|| args.pub_url.clone()),
         login: login(&args.sub_user, &args.sub_pass),
+        ca: args.ca.clone(),
     };
     let pub_ep = Endpoint {
         url: args.pub_url.clone(),
         login: login(&args.pub_user, &args.pub_pass),
+        ca: args.ca.clone(),
     };
     let (pub_topic, sub_filters, target) = if args.medlink {
         let pn = args.pub_node.clone().ok_or("--medlink needs --pub-node")?;

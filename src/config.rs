@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use medlink_bridge::envelope::{valid_node_id, Limits};
@@ -15,8 +16,8 @@ use medlink_bridge::links::LinkTuning;
 use medlink_bridge::node::NodeConfig;
 use medlink_bridge::route::Policy;
 use medlink_bridge::uplink::ParentAddr;
-use medlink_broker::identity::valid_name;
-use medlink_broker::{Credentials, ListenerKind, ListenerSpec, Role, RouterSettings};
+use medlink_broker::throttle::ThrottleSettings;
+use medlink_broker::{tls, CredentialSource, ListenerKind, ListenerSpec, RateSettings, RouterSettings};
 use serde::Deserialize;
 
 /// The whole file.
@@ -30,15 +31,21 @@ pub struct File {
     pub listeners: Vec<ListenerSection>,
     /// The parent; absent at the root.
     pub parent: Option<ParentSection>,
-    /// Identities allowed to connect.
+    /// This node's TLS certificate (needed by `tls`/`wss` listeners).
+    pub tls: Option<TlsSection>,
+    /// Identities used to live here with clear-text passwords; now refused with a pointer to
+    /// the credentials file.
     #[serde(default, rename = "identity")]
-    pub identities: Vec<IdentitySection>,
-    /// Size and connection limits.
+    pub identities: Option<toml::Value>,
+    /// Size, rate and connection limits.
     #[serde(default)]
     pub limits: LimitsSection,
     /// Tier link tuning.
     #[serde(default)]
     pub link: LinkSection,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 /// `[node]`
@@ -58,50 +65,75 @@ pub struct NodeSection {
     /// `process` (default: survives kill -9) or `power` (fsync every group commit).
     #[serde(default)]
     pub durability: Durability,
+    /// The credentials file (argon2id hashes, managed by `medlink passwd`). Without it no
+    /// identity can log in.
+    pub credentials: Option<PathBuf>,
 }
 
 /// `[[listener]]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
-    /// `tcp` or `ws`.
+    /// `tls`, `wss`, `tcp` or `ws`.
     pub kind: ListenerKind,
     /// `ip:port`.
     pub addr: String,
+    /// Allow a clear-text (`tcp`/`ws`) listener on a non-loopback address.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain of this node.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// CA for client certificates; when set, a child node may log in with a certificate
+    /// whose common name is its id instead of a password.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[parent]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParentSection {
-    /// `mqtt://host:port` or `ws://host:port/path`, tried in order.
+    /// `mqtts://host:port`, `wss://host:port/path` (or clear-text `mqtt://`, `ws://`), tried
+    /// in order.
     pub addresses: Vec<String>,
-    /// This node's password at the parent.
-    pub password: String,
-}
-
-/// `[[identity]]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentitySection {
-    /// Client name, or a child node's id.
-    pub name: String,
-    /// Password.
-    pub password: String,
-    /// `client`, `node` or `admin`.
-    pub role: Role,
+    /// The CA the parent's certificate must chain to (required for `mqtts`/`wss`).
+    pub ca: Option<PathBuf>,
+    /// Client certificate presented to the parent (with `key`).
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// File holding this node's password at the parent (when not using a certificate).
+    pub password_file: Option<PathBuf>,
+    /// Allow clear-text addresses to hosts other than loopback.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// `[limits]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
-    /// Largest command a client may publish, bytes.
+    /// Largest command a client may publish, bytes (`params` included).
     pub max_payload: usize,
     /// Largest MQTT packet, bytes (link frames batch many commands).
     pub max_packet: usize,
     /// Most concurrent connections.
     pub max_connections: usize,
+    /// Most concurrent connections of one identity.
+    pub max_connections_per_identity: usize,
+    /// Sustained commands per second per client identity; 0 turns the limit off.
+    pub rate_per_second: f64,
+    /// Commands an idle client may send at once.
+    pub rate_burst: f64,
+    /// A client that does not read what is sent to it for this long is disconnected.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -110,8 +142,20 @@ impl Default for LimitsSection {
             max_payload: 256 * 1024,
             max_packet: 8 * 1024 * 1024,
             max_connections: 19_000,
+            max_connections_per_identity: 64,
+            rate_per_second: 1000.0,
+            rate_burst: 5000.0,
+            write_timeout_ms: 30_000,
         }
     }
+}
+
+/// `[metrics]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `ip:port` to serve `/metrics` and `/healthz` on; absent: not served.
+    pub addr: Option<String>,
 }
 
 /// `[link]`
@@ -181,12 +225,42 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
                 .unwrap_or_else(|| PathBuf::from(format!("data/{id}"))),
         ),
     };
+    if file.identities.is_some() {
+        return Err("identity: identities live in the credentials file now ([node] credentials = \"FILE\"); \
+             add them with `medlink passwd --file FILE add NAME --role ROLE`"
+            .into());
+    }
+    let tls = match &file.tls {
+        None => None,
+        Some(t) => Some(
+            tls::server_config(
+                &base.join(&t.cert),
+                &base.join(&t.key),
+                t.client_ca.as_ref().map(|c| base.join(c)).as_deref(),
+            )
+            .map_err(|e| format!("tls: {e}"))?,
+        ),
+    };
     let mut listeners = Vec::new();
     for (i, l) in file.listeners.iter().enumerate() {
         let addr: SocketAddr = l
             .addr
             .parse()
             .map_err(|e| format!("listener[{i}].addr: '{}' is not ip:port ({e})", l.addr))?;
+        if l.kind.is_tls() && tls.is_none() {
+            return Err(format!(
+                "listener[{i}].kind: '{:?}' needs a [tls] section with cert and key",
+                l.kind
+            )
+            .to_lowercase());
+        }
+        if !l.kind.is_tls() && !addr.ip().is_loopback() && !l.insecure {
+            return Err(format!(
+                "listener[{i}].kind: a clear-text listener on {addr} would carry medical data and \
+                 passwords unencrypted; use tls/wss, or set insecure = true if a trusted network \
+                 or a TLS-terminating proxy protects it"
+            ));
+        }
         listeners.push(ListenerSpec { kind: l.kind, addr });
     }
     if listeners.is_empty() {
@@ -195,46 +269,26 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             addr: "127.0.0.1:1883".parse().expect("a valid literal address"),
         });
     }
-    let (parents, parent_password) = match file.parent {
-        None => (Vec::new(), String::new()),
-        Some(p) => {
-            if p.addresses.is_empty() {
-                return Err(
-                    "parent.addresses: give at least one address, or remove [parent] at the root"
-                        .into(),
-                );
-            }
-            let mut parents = Vec::new();
-            for (i, a) in p.addresses.iter().enumerate() {
-                parents.push(parse_parent(a).map_err(|e| format!("parent.addresses[{i}]: {e}"))?);
-            }
-            (parents, p.password)
-        }
+    let (parents, parent_password, parent_tls) = match file.parent {
+        None => (Vec::new(), None, None),
+        Some(p) => parent(p, base)?,
     };
-    let mut credentials = Credentials::default();
-    for (i, ident) in file.identities.iter().enumerate() {
-        if !valid_name(&ident.name) {
-            return Err(format!(
-                "identity[{i}].name: '{}' must be 1-128 characters without + # / or control characters",
-                ident.name
-            ));
+    let credentials = match &file.node.credentials {
+        Some(path) => {
+            let path = base.join(path);
+            // Loaded here too so a bad file is a configuration error at start.
+            medlink_broker::CredentialsFile::load(&path).map_err(|e| format!("node.credentials: {e}"))?;
+            CredentialSource::File(path)
         }
-        if credentials.role(&ident.name).is_some() {
-            return Err(format!(
-                "identity[{i}].name: '{}' is listed twice",
-                ident.name
-            ));
-        }
-        if ident.role == Role::Node && !valid_node_id(&ident.name) {
-            return Err(format!(
-                "identity[{i}].name: a node identity must be its dotted node id"
-            ));
-        }
-        if ident.password.is_empty() {
-            return Err(format!("identity[{i}].password: must not be empty"));
-        }
-        credentials.insert(&ident.name, &ident.password, ident.role);
-    }
+        None => CredentialSource::Fixed(Default::default()),
+    };
+    let metrics_addr = match &file.metrics.addr {
+        None => None,
+        Some(a) => Some(
+            a.parse::<SocketAddr>()
+                .map_err(|e| format!("metrics.addr: '{a}' is not ip:port ({e})"))?,
+        ),
+    };
     let l = &file.limits;
     // A frame carries at least one envelope (payload plus stamps and trail) next to half a
     // packet of others, so the payload must leave room for that in every hop's packet limit.
@@ -246,6 +300,18 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
     }
     if l.max_connections == 0 {
         return Err("limits.max_connections: must be positive".into());
+    }
+    if l.max_connections_per_identity == 0 {
+        return Err("limits.max_connections_per_identity: must be positive".into());
+    }
+    if !(l.rate_per_second >= 0.0 && l.rate_per_second.is_finite()) {
+        return Err("limits.rate_per_second: must be 0 (off) or a positive number".into());
+    }
+    if l.rate_per_second > 0.0 && !(l.rate_burst >= 1.0 && l.rate_burst.is_finite()) {
+        return Err("limits.rate_burst: must be at least 1".into());
+    }
+    if l.write_timeout_ms == 0 {
+        return Err("limits.write_timeout_ms: must be positive".into());
     }
     let k = &file.link;
     if k.batch == 0 || k.window == 0 {
@@ -260,7 +326,17 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         listeners,
         parents,
         parent_password,
+        parent_tls,
         credentials,
+        tls,
+        max_connections_per_identity: l.max_connections_per_identity,
+        rate: RateSettings {
+            per_second: l.rate_per_second,
+            burst: l.rate_burst,
+        },
+        write_timeout: Duration::from_millis(l.write_timeout_ms),
+        throttle: ThrottleSettings::default(),
+        metrics_addr,
         policy: file.node.policy,
         audit: file.node.audit,
         durability: file.node.durability,
@@ -284,7 +360,93 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
     })
 }
 
-/// Parses `mqtt://host:port`, `tcp://host:port` or `ws://host:port/path`.
+/// The `[parent]` section: addresses, password, TLS client settings.
+#[allow(clippy::type_complexity)]
+fn parent(
+    p: ParentSection,
+    base: &Path,
+) -> Result<
+    (
+        Vec<ParentAddr>,
+        Option<String>,
+        Option<Arc<rustls::ClientConfig>>,
+    ),
+    String,
+> {
+    if p.addresses.is_empty() {
+        return Err(
+            "parent.addresses: give at least one address, or remove [parent] at the root".into(),
+        );
+    }
+    let mut parents = Vec::new();
+    for (i, a) in p.addresses.iter().enumerate() {
+        let addr = parse_parent(a).map_err(|e| format!("parent.addresses[{i}]: {e}"))?;
+        if !addr.is_tls() && !p.insecure && !is_loopback_host(&addr) {
+            return Err(format!(
+                "parent.addresses[{i}]: '{a}' is clear text to another host; use mqtts:// or wss://, \
+                 or set parent.insecure = true"
+            ));
+        }
+        parents.push(addr);
+    }
+    let tls = match &p.ca {
+        Some(ca) => {
+            let identity = match (&p.cert, &p.key) {
+                (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+                (None, None) => None,
+                _ => return Err("parent.cert: give both cert and key, or neither".into()),
+            };
+            let config = tls::client_config(
+                &base.join(ca),
+                identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            )
+            .map_err(|e| format!("parent.ca: {e}"))?;
+            Some(Arc::new(config))
+        }
+        None if parents.iter().any(ParentAddr::is_tls) => {
+            return Err("parent.ca: required to verify the parent over mqtts/wss".into())
+        }
+        None => None,
+    };
+    let password = match &p.password_file {
+        Some(f) => {
+            let path = base.join(f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("parent.password_file: {}: {e}", path.display()))?;
+            let pw = text.trim_end_matches(['\n', '\r']).to_string();
+            if pw.is_empty() {
+                return Err(format!("parent.password_file: {} is empty", path.display()));
+            }
+            Some(pw)
+        }
+        None => None,
+    };
+    if password.is_none() && p.cert.is_none() {
+        return Err(
+            "parent: give password_file, or cert and key for a certificate login at the parent"
+                .into(),
+        );
+    }
+    Ok((parents, password, tls))
+}
+
+fn is_loopback_host(addr: &ParentAddr) -> bool {
+    let host = match addr {
+        ParentAddr::Tcp { host, .. } | ParentAddr::Tls { host, .. } => host.clone(),
+        ParentAddr::Ws { url, .. } | ParentAddr::Wss { url, .. } => url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default(),
+    };
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Parses `mqtts://host:port`, `wss://host:port/path`, `mqtt://host:port` (also `tcp://`)
+/// or `ws://host:port/path`.
 pub fn parse_parent(addr: &str) -> Result<ParentAddr, String> {
     let url = url::Url::parse(addr).map_err(|e| format!("'{addr}' is not a URL ({e})"))?;
     let host = url
@@ -296,14 +458,26 @@ pub fn parse_parent(addr: &str) -> Result<ParentAddr, String> {
             host,
             port: url.port().unwrap_or(1883),
         }),
-        "ws" => {
-            let port = url.port().unwrap_or(80);
-            Ok(ParentAddr::Ws {
-                url: addr.to_string(),
-                port,
+        "ws" => Ok(ParentAddr::Ws {
+            url: addr.to_string(),
+            port: url.port().unwrap_or(80),
+        }),
+        "mqtts" | "ssl" => {
+            if !tls::valid_server_name(&host) {
+                return Err(format!("'{addr}': '{host}' cannot be checked against a certificate"));
+            }
+            Ok(ParentAddr::Tls {
+                host,
+                port: url.port().unwrap_or(8883),
             })
         }
-        other => Err(format!("'{addr}': scheme '{other}' is not mqtt, tcp or ws")),
+        "wss" => Ok(ParentAddr::Wss {
+            url: addr.to_string(),
+            port: url.port().unwrap_or(443),
+        }),
+        other => Err(format!(
+            "'{addr}': scheme '{other}' is not mqtts, wss, mqtt, tcp or ws"
+        )),
     }
 }
 

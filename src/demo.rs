@@ -3,6 +3,10 @@
 //! Starts province, city, county and township nodes from `conf/` as separate processes on
 //! loopback, connects a township clinic and a city hospital, sends a consultation request up
 //! the tree and the reply back down, and prints each command's custody trail with timings.
+//!
+//! Everything runs as configured in `conf/`: TLS on every listener and link, child nodes
+//! authenticated by certificate, clients by argon2id-hashed passwords. On first run the demo
+//! issues the development certificates (`conf/dev/certs/`, never committed).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -31,11 +35,20 @@ pub struct DemoArgs {
 
 const TIERS: [&str; 4] = ["province", "city", "county", "township"];
 
+/// Development passwords of the demo's clients; `conf/*.credentials.toml` holds their argon2id
+/// hashes. Loopback demos only: real sites set their own with `medlink passwd`.
+const DEMO_PASSWORDS: [(&str, &str); 4] = [
+    ("prov-experts", "dev-prov-experts"),
+    ("hosp-nj", "dev-hosp-nj"),
+    ("clinic-t3", "dev-clinic-t3"),
+    ("ops", "dev-ops-readonly"),
+];
+
 /// A node process that is stopped (SIGTERM, then SIGKILL) when dropped.
 struct NodeProcess {
     tier: &'static str,
     id: String,
-    tcp: String,
+    tls: String,
     child: Child,
     log: PathBuf,
 }
@@ -101,21 +114,35 @@ fn tail(s: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The first client identity whose name starts with `prefix` in a config file (the demo's clients are declared there).
-fn find_identity(path: &Path, prefix: &str) -> Result<(String, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// The first client identity whose name starts with `prefix` in a node's credentials file,
+/// with its development password.
+fn find_identity(conf: &Path, prefix: &str) -> Result<(String, String), String> {
+    let text = std::fs::read_to_string(conf).map_err(|e| format!("{}: {e}", conf.display()))?;
     let file: crate::config::File =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    file.identities
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", conf.display()))?;
+    let path = file
+        .node
+        .credentials
+        .map(|c| conf.parent().unwrap_or(Path::new(".")).join(c))
+        .ok_or_else(|| format!("{}: [node] credentials is not set", conf.display()))?;
+    let creds = medlink_broker::CredentialsFile::load(&path)?;
+    let name = creds
+        .identities
         .into_iter()
         .find(|i| i.name.starts_with(prefix) && i.role == medlink_broker::Role::Client)
-        .map(|i| (i.name, i.password))
+        .map(|i| i.name)
         .ok_or_else(|| {
             format!(
                 "{}: no client identity starting with '{prefix}'",
                 path.display()
             )
-        })
+        })?;
+    let password = DEMO_PASSWORDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| p.to_string())
+        .ok_or_else(|| format!("no development password for '{name}'"))?;
+    Ok((name, password))
 }
 
 async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Result<(), String> {
@@ -126,15 +153,17 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         args.conf_dir.display(),
         data.display()
     );
+    let certs = args.conf_dir.join("dev").join("certs");
+    crate::certs::ensure(&certs, &["js", "js.nj", "js.nj.gulou", "js.nj.gulou.t3"])?;
     for tier in TIERS {
         let conf = args.conf_dir.join(format!("{tier}.toml"));
         let cfg = crate::config::load(&conf, None).map_err(|e| e.to_string())?;
-        let tcp = cfg
+        let tls = cfg
             .listeners
             .iter()
-            .find(|l| l.kind == ListenerKind::Tcp)
+            .find(|l| l.kind == ListenerKind::Tls)
             .map(|l| l.addr.to_string())
-            .ok_or_else(|| format!("{}: no tcp listener", conf.display()))?;
+            .ok_or_else(|| format!("{}: no tls listener", conf.display()))?;
         let log = data.join(format!("{tier}.log"));
         let logfile = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let child = Command::new(&exe)
@@ -150,27 +179,28 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
             .spawn()
             .map_err(|e| format!("cannot start {tier} node: {e}"))?;
         println!(
-            "  {tier:<9} {:<16} mqtt://{tcp:<16} pid {}",
+            "  {tier:<9} {:<16} mqtts://{tls:<16} pid {}",
             cfg.id,
             child.id().unwrap_or(0)
         );
         nodes.push(NodeProcess {
             tier,
             id: cfg.id,
-            tcp,
+            tls,
             child,
             log,
         });
     }
     for n in nodes.iter_mut() {
-        wait_for_port(&n.tcp, &mut n.child)
+        wait_for_port(&n.tls, &mut n.child)
             .await
             .map_err(|e| format!("{} node: {e}", n.tier))?;
     }
     let (province, city, township) = (&nodes[0], &nodes[1], &nodes[3]);
     let conf = |tier: &str| args.conf_dir.join(format!("{tier}.toml"));
-    let mut hosp = DemoClient::connect(city, &conf("city"), "hosp").await?;
-    let mut clinic = DemoClient::connect(township, &conf("township"), "clinic").await?;
+    let ca = certs.join("ca.crt");
+    let mut hosp = DemoClient::connect(city, &conf("city"), "hosp", &ca).await?;
+    let mut clinic = DemoClient::connect(township, &conf("township"), "clinic", &ca).await?;
     println!(
         "  clinic '{}' connected to {}, hospital '{}' connected to {}",
         clinic.name, township.id, hosp.name, city.id
@@ -203,7 +233,7 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     let round_trip = started.elapsed();
 
     // A second opinion from the provincial expert panel crosses all four tiers each way.
-    let mut prov = DemoClient::connect(province, &conf("province"), "prov").await?;
+    let mut prov = DemoClient::connect(province, &conf("province"), "prov", &ca).await?;
     let second = serde_json::json!({
         "to": {"node": province.id, "client": prov.name},
         "cmd": "consult.second_opinion",
@@ -253,11 +283,17 @@ struct DemoClient {
 }
 
 impl DemoClient {
-    async fn connect(node: &NodeProcess, conf: &Path, prefix: &str) -> Result<DemoClient, String> {
+    async fn connect(
+        node: &NodeProcess,
+        conf: &Path,
+        prefix: &str,
+        ca: &Path,
+    ) -> Result<DemoClient, String> {
         let (name, password) = find_identity(conf, prefix)?;
         let endpoint = Endpoint {
-            url: format!("mqtt://{}", node.tcp),
+            url: format!("mqtts://{}", node.tls),
             login: Some((name.clone(), password)),
+            ca: Some(ca.to_path_buf()),
         };
         let filters = [
             format!("org/{}/{name}/cmd", node.id),

@@ -4,11 +4,15 @@
 //! - `medlink audit --data-dir DIR ...` prints the audit trail a node recorded.
 //! - `medlink demo` starts a 4-tier tree on loopback and sends a consultation up and back.
 //! - `medlink bench ...` loads any MQTT broker (medlink or not) and reports throughput/latency.
+//! - `medlink certs ...` issues a development CA and certificates.
+//! - `medlink passwd --file FILE ...` manages identities in a credentials file.
 
 mod bench;
+mod certs;
 mod config;
 mod demo;
 mod mqtt_client;
+mod passwd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +75,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Load an MQTT broker or a medlink tree and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Create a development CA and certificates for nodes and clients.
+    Certs(certs::CertsArgs),
+    /// Add, rotate, remove or list identities in a credentials file.
+    Passwd(passwd::PasswdArgs),
 }
 
 fn init_logs(json: bool) {
@@ -98,6 +106,11 @@ fn init_logs(json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Command::Certs(args) => return certs::run(args),
+        Command::Passwd(args) => return passwd::run(args),
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,6 +167,7 @@ fn main() -> ExitCode {
             runtime.block_on(demo::run(args))
         }
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Certs(_) | Command::Passwd(_) => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -1,19 +1,22 @@
 //! A minimal MQTT client for the demo and the bench: connect, subscribe, and receive
 //! publishes on a channel. It speaks to any broker, medlink or not.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot};
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// `mqtt://host:port` or `ws://host:port/path`.
+    /// `mqtts://host:port`, `wss://host:port/path`, `mqtt://host:port` or `ws://host:port/path`.
     pub url: String,
     /// Username/password, if the broker wants them.
     pub login: Option<(String, String)>,
+    /// CA that the broker's certificate must chain to (for `mqtts`/`wss`).
+    pub ca: Option<PathBuf>,
 }
 
 /// A received publish.
@@ -31,15 +34,36 @@ pub fn options(ep: &Endpoint, client_id: &str) -> Result<MqttOptions, String> {
     let host = url
         .host_str()
         .ok_or_else(|| format!("'{}' has no host", ep.url))?;
-    let mut opts = match url.scheme() {
-        "mqtt" | "tcp" => MqttOptions::new(client_id, host, url.port().unwrap_or(1883)),
-        "ws" => {
-            let mut o = MqttOptions::new(client_id, ep.url.clone(), url.port().unwrap_or(80));
-            o.set_transport(Transport::Ws);
-            o
-        }
-        s => return Err(format!("'{}': scheme {s} is not mqtt or ws", ep.url)),
+    let tls = || -> Result<TlsConfiguration, String> {
+        let ca = ep
+            .ca
+            .as_deref()
+            .ok_or_else(|| format!("'{}': a CA file is needed for TLS (--ca)", ep.url))?;
+        let config = medlink_broker::tls::client_config(ca, None)?;
+        Ok(TlsConfiguration::Rustls(std::sync::Arc::new(config)))
     };
+    let (mut opts, transport) = match url.scheme() {
+        "mqtt" | "tcp" => (
+            MqttOptions::new(client_id, host, url.port().unwrap_or(1883)),
+            None,
+        ),
+        "ws" => (
+            MqttOptions::new(client_id, ep.url.clone(), url.port().unwrap_or(80)),
+            Some(Transport::Ws),
+        ),
+        "mqtts" | "ssl" => (
+            MqttOptions::new(client_id, host, url.port().unwrap_or(8883)),
+            Some(Transport::tls_with_config(tls()?)),
+        ),
+        "wss" => (
+            MqttOptions::new(client_id, ep.url.clone(), url.port().unwrap_or(443)),
+            Some(Transport::wss_with_config(tls()?)),
+        ),
+        s => return Err(format!("'{}': scheme {s} is not mqtts, wss, mqtt or ws", ep.url)),
+    };
+    if let Some(t) = transport {
+        opts.set_transport(t);
+    }
     if let Some((u, p)) = &ep.login {
         opts.set_credentials(u, p);
     }

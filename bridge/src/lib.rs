@@ -10,6 +10,7 @@
 //! - [`uplink`]: the child's MQTT connection to its parent.
 //! - [`node`]: wires broker, dispatcher and uplink into one running node.
 //! - [`audit`]: reading the audit table.
+//! - [`metrics`]: the Prometheus endpoint.
 
 pub mod audit;
 pub mod delivery;
@@ -18,6 +19,7 @@ pub mod envelope;
 pub mod frame;
 pub mod journal;
 pub mod links;
+pub mod metrics;
 pub mod node;
 pub mod route;
 pub mod segment;

@@ -5,11 +5,15 @@
 //! runs the other way: stop accepting and close connections, let the dispatcher finish the
 //! round it is in, then close the uplink.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use medlink_broker::throttle::ThrottleSettings;
 use medlink_broker::{
-    spawn_router, BrokerHandle, Credentials, ListenerKind, ListenerSpec, Role, RouterSettings,
+    spawn_router, Authenticator, BrokerHandle, BrokerMetrics, CredentialSource, FrontEndSettings,
+    ListenerKind, ListenerSpec, RateSettings, Role, RouterSettings,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -36,10 +40,24 @@ pub struct NodeConfig {
     pub listeners: Vec<ListenerSpec>,
     /// Parent addresses; empty at the root.
     pub parents: Vec<ParentAddr>,
-    /// This node's password at its parent.
-    pub parent_password: String,
+    /// This node's password at its parent (`None`: it logs in with its client certificate).
+    pub parent_password: Option<String>,
+    /// TLS client settings for `mqtts`/`wss` parents.
+    pub parent_tls: Option<Arc<rustls::ClientConfig>>,
     /// Identities that may connect here.
-    pub credentials: Credentials,
+    pub credentials: CredentialSource,
+    /// Server TLS settings for `tls`/`wss` listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Most concurrent connections of one identity.
+    pub max_connections_per_identity: usize,
+    /// Per-identity command rate.
+    pub rate: RateSettings,
+    /// A client that does not read for this long is dropped.
+    pub write_timeout: Duration,
+    /// Failed-login throttle.
+    pub throttle: ThrottleSettings,
+    /// Where to serve `/metrics`; `None`: not served.
+    pub metrics_addr: Option<SocketAddr>,
     /// Routing policy for commands sent from here.
     pub policy: Policy,
     /// Audit every routed envelope (always on at the root).
@@ -67,6 +85,10 @@ impl std::fmt::Debug for NodeConfig {
             .field("listeners", &self.listeners)
             .field("parents", &self.parents)
             .field("credentials", &self.credentials)
+            .field("tls", &self.tls.is_some())
+            .field("parent_tls", &self.parent_tls.is_some())
+            .field("rate", &self.rate)
+            .field("metrics_addr", &self.metrics_addr)
             .field("policy", &self.policy)
             .field("audit", &self.audit)
             .field("durability", &self.durability)
@@ -103,14 +125,21 @@ pub enum NodeError {
     /// The router refused the dispatcher's link.
     #[error("router: {0}")]
     Router(String),
+    /// The credentials file could not be loaded.
+    #[error("credentials: {0}")]
+    Credentials(String),
 }
 
 /// A running node.
 pub struct Node {
     /// Bound listener addresses.
     pub bound: Vec<(ListenerKind, std::net::SocketAddr)>,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
     /// Counters.
     pub stats: Stats,
+    /// Front-end counters.
+    pub broker_metrics: Arc<BrokerMetrics>,
     broker: Option<BrokerHandle>,
     shutdown: watch::Sender<bool>,
     dispatcher: Option<std::thread::JoinHandle<()>>,
@@ -138,17 +167,21 @@ impl Node {
                     source,
                 }
             })?;
+        let broker_metrics = Arc::new(BrokerMetrics::default());
+        let auth = Arc::new(
+            Authenticator::new(cfg.credentials.clone(), cfg.throttle, broker_metrics.clone())
+                .map_err(NodeError::Credentials)?,
+        );
+        let credentials = auth.credentials();
         let topology = Topology {
             me: cfg.id.clone(),
             has_parent: !cfg.parents.is_empty(),
-            children: cfg
-                .credentials
+            children: credentials
                 .names_with_role(Role::Node)
                 .filter(|n| *n != cfg.id && within(&cfg.id, n))
                 .map(str::to_string)
                 .collect(),
-            clients: cfg
-                .credentials
+            clients: credentials
                 .names_with_role(Role::Client)
                 .map(str::to_string)
                 .collect(),
@@ -169,6 +202,7 @@ impl Node {
                 UplinkConfig {
                     node_id: cfg.id.clone(),
                     password: cfg.parent_password.clone(),
+                    tls: cfg.parent_tls.clone(),
                     parents: cfg.parents.clone(),
                     backoff_cap: Duration::from_secs(3),
                     max_packet: cfg.max_packet_size,
@@ -186,6 +220,7 @@ impl Node {
                 policy: cfg.policy,
                 limits: cfg.limits,
                 tuning: cfg.tuning,
+                directory: Some(auth.clone()),
             },
             journal,
             (router_link.0, router_link.1),
@@ -209,23 +244,38 @@ impl Node {
                 rt.block_on(dispatcher.run(dispatcher_shutdown));
             })
             .map_err(|e| NodeError::Router(format!("cannot start dispatcher thread: {e}")))?;
-        let broker = BrokerHandle::start(
-            &cfg.listeners,
-            medlink_broker::listener_settings(
-                &cfg.id,
-                cfg.credentials.clone(),
-                cfg.max_packet_size,
-                cfg.max_connections,
-            ),
-            links,
-            inbound_tx,
-        )
-        .await
-        .map_err(NodeError::Listen)?;
+        let settings = FrontEndSettings {
+            tls: cfg.tls.clone(),
+            max_packet_size: cfg.max_packet_size,
+            max_connections: cfg.max_connections,
+            max_connections_per_identity: cfg.max_connections_per_identity,
+            rate: cfg.rate,
+            write_timeout: cfg.write_timeout,
+            ..FrontEndSettings::new(&cfg.id, auth, broker_metrics.clone())
+        };
+        let broker = BrokerHandle::start(&cfg.listeners, settings, links, inbound_tx)
+            .await
+            .map_err(NodeError::Listen)?;
+        let metrics_addr = match cfg.metrics_addr {
+            Some(addr) => {
+                let (bound, _task) = crate::metrics::serve(
+                    addr,
+                    broker_metrics.clone(),
+                    stats.clone(),
+                    shutdown_rx.clone(),
+                )
+                .await
+                .map_err(NodeError::Listen)?;
+                Some(bound)
+            }
+            None => None,
+        };
         info!(node = %cfg.id, journal = %path.display(), "node started");
         Ok(Node {
             bound: broker.bound.clone(),
+            metrics_addr,
             stats,
+            broker_metrics,
             broker: Some(broker),
             shutdown,
             dispatcher: Some(thread),

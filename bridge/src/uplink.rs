@@ -6,12 +6,13 @@
 //! `link/<me>/down` goes to the dispatcher. It keeps no custody of its own — a frame lost with
 //! a dying connection is resent by the dispatcher's go-back-N window.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use medlink_broker::acl::{link_down_topic, link_up_topic};
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -32,24 +33,49 @@ pub enum ParentAddr {
         /// Port (rumqttc wants it separately).
         port: u16,
     },
+    /// MQTT over TLS; the parent's certificate must name `host`.
+    Tls {
+        /// Host name or IP.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// MQTT over WebSocket over TLS.
+    Wss {
+        /// Full URL, e.g. `wss://city.example:8084/mqtt`.
+        url: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl ParentAddr {
+    /// Whether this address runs TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ParentAddr::Tls { .. } | ParentAddr::Wss { .. })
+    }
 }
 
 impl std::fmt::Display for ParentAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ParentAddr::Tcp { host, port } => write!(f, "mqtt://{host}:{port}"),
-            ParentAddr::Ws { url, .. } => write!(f, "{url}"),
+            ParentAddr::Tls { host, port } => write!(f, "mqtts://{host}:{port}"),
+            ParentAddr::Ws { url, .. } | ParentAddr::Wss { url, .. } => write!(f, "{url}"),
         }
     }
 }
 
 /// Settings of the uplink.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UplinkConfig {
     /// This node's id (also its identity at the parent).
     pub node_id: String,
-    /// Password of that identity at the parent.
-    pub password: String,
+    /// Password of that identity at the parent; `None` when the link authenticates with a
+    /// client certificate.
+    pub password: Option<String>,
+    /// TLS client configuration (trusted CA, optional client certificate) for `mqtts`/`wss`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Parent addresses, tried in order.
     pub parents: Vec<ParentAddr>,
     /// Longest wait between attempts.
@@ -106,16 +132,45 @@ pub fn spawn(
     )
 }
 
+impl std::fmt::Debug for UplinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never prints the password.
+        f.debug_struct("UplinkConfig")
+            .field("node_id", &self.node_id)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("tls", &self.tls.is_some())
+            .field("parents", &self.parents)
+            .finish_non_exhaustive()
+    }
+}
+
 fn options(cfg: &UplinkConfig, addr: &ParentAddr) -> MqttOptions {
-    let mut opts = match addr {
-        ParentAddr::Tcp { host, port } => MqttOptions::new(&cfg.node_id, host, *port),
-        ParentAddr::Ws { url, port } => {
-            let mut o = MqttOptions::new(&cfg.node_id, url, *port);
-            o.set_transport(Transport::Ws);
-            o
-        }
+    let tls = || {
+        TlsConfiguration::Rustls(
+            cfg.tls
+                .clone()
+                .expect("configuration loading requires a CA for mqtts/wss parents"),
+        )
     };
-    opts.set_credentials(&cfg.node_id, &cfg.password)
+    let (mut opts, transport) = match addr {
+        ParentAddr::Tcp { host, port } => (MqttOptions::new(&cfg.node_id, host, *port), None),
+        ParentAddr::Ws { url, port } => (
+            MqttOptions::new(&cfg.node_id, url, *port),
+            Some(Transport::Ws),
+        ),
+        ParentAddr::Tls { host, port } => (
+            MqttOptions::new(&cfg.node_id, host, *port),
+            Some(Transport::tls_with_config(tls())),
+        ),
+        ParentAddr::Wss { url, port } => (
+            MqttOptions::new(&cfg.node_id, url, *port),
+            Some(Transport::wss_with_config(tls())),
+        ),
+    };
+    if let Some(t) = transport {
+        opts.set_transport(t);
+    }
+    opts.set_credentials(&cfg.node_id, cfg.password.as_deref().unwrap_or(""))
         .set_keep_alive(Duration::from_secs(5))
         .set_clean_session(true)
         .set_max_packet_size(cfg.max_packet, cfg.max_packet)

@@ -4,13 +4,16 @@
 //! Every refusal here answers with a CONNACK carrying the reason code the client's protocol
 //! version understands, then closes; nothing is left behind.
 
+use std::net::SocketAddr;
+
 use bytes::BytesMut;
-use rumqttd::protocol::{ConnAck, ConnectReturnCode, Error, Packet};
+use rumqttd::protocol::{ConnAck, ConnectReturnCode, Error, LastWill, Login, Packet};
 
 use crate::codec::{sniff_connect, Codec, Sniff};
 use crate::connection::FrontEnd;
 use crate::events::ConnId;
 use crate::identity::{valid_name, Identity, LoginError};
+use crate::metrics::bump;
 use crate::transport::Transport;
 
 /// Why a connection ended.
@@ -26,8 +29,12 @@ pub enum End {
     Garbage,
     #[error("refused at CONNECT: {0}")]
     Refused(&'static str),
+    #[error("client sent DISCONNECT")]
+    Disconnected,
     #[error("keepalive expired")]
     KeepAlive,
+    #[error("slow consumer: a write stalled longer than the write timeout")]
+    SlowConsumer,
     #[error("router link closed")]
     RouterDisconnect,
     #[error("session taken over by a new connection with the same client id")]
@@ -40,22 +47,25 @@ pub enum End {
 pub struct ConnectInfo {
     pub client_id: String,
     pub keep_alive: u16,
-    pub identity: Result<Identity, LoginError>,
+    pub login: Option<Login>,
+    pub will: Option<LastWill>,
 }
 
-/// Reads the CONNECT (within the connect timeout), picks the protocol version from it, and
-/// authenticates it.
+/// Reads the CONNECT (within the connect timeout) and picks the protocol version from it.
 pub async fn handshake(
     ctx: &FrontEnd,
     transport: &mut Transport,
     rbuf: &mut BytesMut,
 ) -> Result<(Codec, ConnectInfo), End> {
-    tokio::time::timeout(ctx.connect_timeout, async {
+    let read = tokio::time::timeout(ctx.connect_timeout, async {
         let version = loop {
             match sniff_connect(rbuf) {
                 Sniff::Incomplete => read_more(transport, rbuf).await?,
                 Sniff::Connect(v) => break v,
-                Sniff::Garbage => return Err(End::Garbage),
+                Sniff::Garbage => {
+                    bump(&ctx.metrics.malformed);
+                    return Err(End::Garbage);
+                }
                 Sniff::UnsupportedLevel(_) => {
                     // 3.1.1 CONNACK "unacceptable protocol version"
                     transport.write_all(&[0x20, 0x02, 0x00, 0x01]).await?;
@@ -68,27 +78,34 @@ pub async fn handshake(
             match codec.read(rbuf, ctx.max_packet_size) {
                 Ok(p) => break p,
                 Err(Error::InsufficientBytes(_)) => read_more(transport, rbuf).await?,
-                Err(e) => return Err(End::Protocol(e)),
+                Err(e) => {
+                    match e {
+                        Error::PayloadSizeLimitExceeded(_) => bump(&ctx.metrics.oversized),
+                        _ => bump(&ctx.metrics.malformed),
+                    }
+                    return Err(End::Protocol(e));
+                }
             }
         };
-        let Packet::Connect(connect, _props, _will, _will_props, login) = packet else {
+        let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+            bump(&ctx.metrics.malformed);
             return Err(End::Garbage);
-        };
-        let identity = match &login {
-            Some(l) => ctx.credentials.authenticate(&l.username, &l.password),
-            None => Err(LoginError::BadCredentials),
         };
         Ok((
             codec,
             ConnectInfo {
                 client_id: connect.client_id,
                 keep_alive: connect.keep_alive,
-                identity,
+                login,
+                will,
             },
         ))
     })
-    .await
-    .map_err(|_| End::Refused("no CONNECT within the connect timeout"))?
+    .await;
+    read.unwrap_or_else(|_| {
+        bump(&ctx.metrics.handshake_timeouts);
+        Err(End::Refused("no CONNECT within the connect timeout"))
+    })
 }
 
 async fn read_more(transport: &mut Transport, rbuf: &mut BytesMut) -> Result<(), End> {
@@ -98,41 +115,55 @@ async fn read_more(transport: &mut Transport, rbuf: &mut BytesMut) -> Result<(),
     Ok(())
 }
 
-/// Checks the login and the client id; returns the identity, the client id (assigned when
-/// the client sent none) and whether it was assigned.
+/// Authenticates the CONNECT and checks the client id; returns the identity, the client id
+/// (assigned when the client sent none) and whether it was assigned.
 pub async fn admit(
+    ctx: &FrontEnd,
     transport: &mut Transport,
     codec: Codec,
-    info: ConnectInfo,
+    info: &ConnectInfo,
+    peer: SocketAddr,
+    certificate: Option<&str>,
     conn: ConnId,
 ) -> Result<(Identity, String, bool), End> {
-    match check_login(info, conn) {
+    let login = info.login.as_ref();
+    let identity = ctx
+        .auth
+        .login(
+            peer.ip(),
+            login.map(|l| l.username.as_str()),
+            login.map(|l| l.password.as_bytes()),
+            certificate,
+        )
+        .await;
+    match check_client_id(identity, &info.client_id, conn) {
         Ok(admitted) => Ok(admitted),
         Err((code, why)) => Err(refuse(transport, codec, code, why).await),
     }
 }
 
-/// The decision of [`admit`], without the I/O: identity, client id, whether it was assigned,
-/// or the CONNACK code and reason of a refusal.
-fn check_login(
-    info: ConnectInfo,
+/// The decision of [`admit`] after authentication, without I/O: identity, client id, whether
+/// it was assigned, or the CONNACK code and reason of a refusal.
+fn check_client_id(
+    identity: Result<Identity, LoginError>,
+    client_id: &str,
     conn: ConnId,
 ) -> Result<(Identity, String, bool), (ConnectReturnCode, &'static str)> {
-    let identity = info.identity.map_err(|e| match e {
+    let identity = identity.map_err(|e| match e {
         LoginError::InvalidName => (
             ConnectReturnCode::ClientIdentifierNotValid,
             "identity contains + # / or control characters",
         ),
         LoginError::BadCredentials => (
             ConnectReturnCode::BadUserNamePassword,
-            "bad username or password",
+            "bad username, password or certificate",
         ),
     })?;
-    let assigned = info.client_id.is_empty();
+    let assigned = client_id.is_empty();
     let client_id = if assigned {
         format!("{}-{conn}", identity.name)
     } else {
-        info.client_id
+        client_id.to_string()
     };
     // '$' is refused by rumqttd's router as well; checked here so the client gets a CONNACK.
     if !assigned

@@ -27,11 +27,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::acl::{link_down_topic, stream_of, strip_share, AclPolicy, PublishClass};
+use crate::acl::{link_down_topic, outbox_topic, stream_of, strip_share, AclPolicy, PublishClass};
 use crate::codec::{publish_header, Codec, Version};
 use crate::connect::{admit, handshake, refuse, ConnectInfo, End};
 use crate::events::{Accept, ConnId, Inbound, Stream};
-use crate::identity::{Credentials, Identity};
+use crate::auth::Authenticator;
+use crate::identity::{Identity, Role};
+use crate::metrics::{bump, BrokerMetrics};
+use crate::rate::{RateLimiter, RateVerdict};
 use crate::transport::Transport;
 use crate::LinkFactory;
 
@@ -41,10 +44,15 @@ pub type SessionRegistry = Mutex<HashMap<(String, String), (ConnId, oneshot::Sen
 /// State shared by all connections of one node.
 pub struct FrontEnd {
     pub node_id: String,
-    pub credentials: Credentials,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<BrokerMetrics>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub rate: RateLimiter,
+    pub max_connections_per_identity: usize,
     pub acl: AclPolicy,
     pub max_packet_size: usize,
     pub connect_timeout: Duration,
+    pub write_timeout: Duration,
     pub links: LinkFactory,
     pub inbound: mpsc::Sender<Inbound>,
     pub next_conn: AtomicU64,
@@ -62,7 +70,13 @@ struct OwedAck {
     verdict: oneshot::Receiver<Accept>,
 }
 
-pub async fn run(ctx: Arc<FrontEnd>, mut transport: Transport, peer: SocketAddr, conn: ConnId) {
+pub async fn run(
+    ctx: Arc<FrontEnd>,
+    mut transport: Transport,
+    peer: SocketAddr,
+    conn: ConnId,
+    certificate: Option<String>,
+) {
     let mut rbuf = BytesMut::with_capacity(1024);
     let (codec, connect) = match handshake(&ctx, &mut transport, &mut rbuf).await {
         Ok(v) => v,
@@ -72,7 +86,15 @@ pub async fn run(ctx: Arc<FrontEnd>, mut transport: Transport, peer: SocketAddr,
             return;
         }
     };
-    let mut session = match Session::open(&ctx, &mut transport, codec, connect, conn).await {
+    let opened = Session::open(
+        &ctx,
+        &mut transport,
+        codec,
+        connect,
+        (peer, certificate.as_deref()),
+        conn,
+    );
+    let mut session = match opened.await {
         Ok(s) => s,
         Err(e) => {
             info!(%peer, conn, reason = %e, "connect refused");
@@ -116,6 +138,9 @@ struct Session {
     delivered: Vec<(String, String)>,
     /// Fires when a newer connection with the same client id takes the session over.
     kicked: oneshot::Receiver<()>,
+    /// The will, kept only when it targets the client's own outbox; submitted as a command
+    /// if the connection ends without DISCONNECT.
+    will: Option<Bytes>,
 }
 
 impl Session {
@@ -124,10 +149,41 @@ impl Session {
         transport: &mut Transport,
         codec: Codec,
         info: ConnectInfo,
+        (peer, certificate): (SocketAddr, Option<&str>),
         conn: ConnId,
     ) -> Result<Session, End> {
         let keep_alive = Duration::from_millis(info.keep_alive as u64 * 1500);
-        let (identity, client_id, assigned) = admit(transport, codec, info, conn).await?;
+        let (identity, client_id, assigned) =
+            admit(ctx, transport, codec, &info, peer, certificate, conn).await?;
+        let will = match info.will {
+            Some(w) if identity.role == Role::Client
+                && w.topic[..] == *outbox_topic(&ctx.node_id, &identity.name).as_bytes() =>
+            {
+                Some(w.message)
+            }
+            Some(w) => {
+                bump(&ctx.metrics.wills_removed);
+                warn!(identity = %identity.name, topic = %String::from_utf8_lossy(&w.topic), "will on a foreign topic removed");
+                None
+            }
+            None => None,
+        };
+        let others = ctx
+            .sessions
+            .lock()
+            .expect("session registry lock is never held across a panic")
+            .keys()
+            .filter(|(name, id)| *name == identity.name && *id != client_id)
+            .count();
+        if others >= ctx.max_connections_per_identity {
+            bump(&ctx.metrics.identity_connection_limit);
+            warn!(identity = %identity.name, limit = ctx.max_connections_per_identity, "connection refused: identity at its connection limit");
+            let code = match codec.version {
+                Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                Version::V5 => ConnectReturnCode::QuotaExceeded,
+            };
+            return Err(refuse(transport, codec, code, "identity at its connection limit").await);
+        }
         // The router answers on a blocking channel; keep that off the async workers. Each
         // connection gets its own router id, so the router never performs a takeover itself
         // (its takeover can hand a dead connection's stale events to the slot's next owner);
@@ -206,6 +262,7 @@ impl Session {
             taken_over: false,
             delivered: Vec::new(),
             kicked,
+            will,
         };
         session.encode(ack)?;
         Ok(session)
@@ -270,11 +327,8 @@ impl Session {
                     return End::KeepAlive;
                 }
                 _ = &mut self.kicked => {
-                    if self.codec.version == Version::V5 {
-                        let bye = Disconnect { reason_code: DisconnectReasonCode::SessionTakenOver };
-                        let _ = self.encode(Packet::Disconnect(bye, None));
-                        let _ = self.flush(ctx, transport).await;
-                    }
+                    self.disconnect_v5(DisconnectReasonCode::SessionTakenOver);
+                    let _ = self.flush(ctx, transport).await;
                     return End::TakenOver;
                 }
                 _ = shutdown.changed() => return End::Shutdown,
@@ -290,20 +344,14 @@ impl Session {
                 Ok(p) => p,
                 Err(Error::InsufficientBytes(_)) => return Ok(()),
                 Err(e) => {
-                    if self.codec.version == Version::V5 {
-                        let reason = match e {
-                            Error::PayloadSizeLimitExceeded(_) => {
-                                DisconnectReasonCode::PacketTooLarge
-                            }
-                            _ => DisconnectReasonCode::MalformedPacket,
-                        };
-                        let _ = self.encode(Packet::Disconnect(
-                            Disconnect {
-                                reason_code: reason,
-                            },
-                            None,
-                        ));
+                    match e {
+                        Error::PayloadSizeLimitExceeded(_) => bump(&ctx.metrics.oversized),
+                        _ => bump(&ctx.metrics.malformed),
                     }
+                    self.disconnect_v5(match e {
+                        Error::PayloadSizeLimitExceeded(_) => DisconnectReasonCode::PacketTooLarge,
+                        _ => DisconnectReasonCode::MalformedPacket,
+                    });
                     return Err(End::Protocol(e));
                 }
             };
@@ -318,10 +366,49 @@ impl Session {
         header: Option<(u8, u16)>,
     ) -> Result<(), End> {
         match packet {
-            Packet::Publish(publish, _props) => {
+            Packet::Publish(publish, props) => {
                 let (qos, pkid) = header.expect("a decoded PUBLISH has a complete header");
+                if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+                    // CONNACK said topic_alias_max = 0: an alias is a protocol error, and
+                    // refusing it outright means an alias can never stand in for a topic the
+                    // ACL would deny.
+                    bump(&ctx.metrics.malformed);
+                    self.disconnect_v5(DisconnectReasonCode::TopicAliasInvalid);
+                    return Err(End::Protocol(Error::IncorrectPacketFormat));
+                }
+                // Invalid UTF-8 is no topic at all, so it matches nothing the ACL allows.
                 let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
                 let class = ctx.acl.publish(&self.identity, topic);
+                if class == PublishClass::Outbox {
+                    if let RateVerdict::Refused { notify } =
+                        ctx.rate.check(&self.identity.name, std::time::Instant::now())
+                    {
+                        bump(&ctx.metrics.rate_limited);
+                        if notify {
+                            let limit = ctx.rate.settings();
+                            warn!(identity = %self.identity.name, per_second = limit.per_second, burst = limit.burst, "publish refused: rate limit");
+                            let reason = format!(
+                                "rate limit exceeded: {} commands per second per identity (bursts of {}); the command was not accepted",
+                                limit.per_second, limit.burst
+                            );
+                            let _ = ctx.inbound.try_send(Inbound::Refused {
+                                client: self.identity.name.clone(),
+                                payload: publish.payload.clone(),
+                                reason,
+                            });
+                        }
+                        if qos > 0 {
+                            let (tx, rx) = oneshot::channel();
+                            let _ = tx.send(Accept::RateLimited);
+                            self.owed.push_back(OwedAck {
+                                pkid,
+                                qos,
+                                verdict: rx,
+                            });
+                        }
+                        return Ok(());
+                    }
+                }
                 let (tx, rx) = if qos > 0 {
                     let (tx, rx) = oneshot::channel();
                     (Some(tx), Some(rx))
@@ -340,6 +427,7 @@ impl Session {
                         reply: tx,
                     },
                     PublishClass::Denied => {
+                        bump(&ctx.metrics.acl_publish_denied);
                         warn!(identity = %self.identity.name, topic, "publish denied by ACL");
                         if let Some(tx) = tx {
                             let _ = tx.send(Accept::NotAuthorized);
@@ -402,7 +490,7 @@ impl Session {
                 self.send_to_router(Packet::PubAck(ack, props)).await?;
             }
             Packet::PingReq(_) => self.encode(Packet::PingResp(PingResp))?,
-            Packet::Disconnect(..) => return Err(End::Closed),
+            Packet::Disconnect(..) => return Err(End::Disconnected),
             Packet::Connect(..) => return Err(End::Protocol(Error::IncorrectPacketFormat)),
             other => self.send_to_router(other).await?,
         }
@@ -437,6 +525,7 @@ impl Session {
                 codes.push(None);
                 allowed.push(filter);
             } else {
+                bump(&ctx.metrics.acl_subscribe_denied);
                 warn!(identity = %self.identity.name, filter = %filter.path, "subscribe denied by ACL");
                 codes.push(Some(refusal));
             }
@@ -483,6 +572,7 @@ impl Session {
             Accept::Committed => (true, PubAckReason::Success),
             Accept::NotAuthorized => (true, PubAckReason::NotAuthorized),
             Accept::Rejected(_) => (true, PubAckReason::PayloadFormatInvalid),
+            Accept::RateLimited => (true, PubAckReason::QuotaExceeded),
             Accept::Unavailable => (false, PubAckReason::UnspecifiedError),
         };
         if !ok {
@@ -494,6 +584,7 @@ impl Session {
             let reason = match reason {
                 PubAckReason::Success => PubRecReason::Success,
                 PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+                PubAckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
                 _ => PubRecReason::ImplementationSpecificError,
             };
             Packet::PubRec(
@@ -590,9 +681,19 @@ impl Session {
             .map_err(End::Protocol)
     }
 
+    /// Writes what is buffered. A client that does not read for the write timeout is dropped
+    /// as a slow consumer: its unacknowledged deliveries stay in the journal for its next
+    /// connection, and nothing piles up in memory meanwhile.
     async fn flush(&mut self, ctx: &FrontEnd, transport: &mut Transport) -> Result<(), End> {
         if !self.wbuf.is_empty() {
-            transport.write_all(&self.wbuf).await?;
+            match tokio::time::timeout(ctx.write_timeout, transport.write_all(&self.wbuf)).await {
+                Ok(written) => written?,
+                Err(_) => {
+                    bump(&ctx.metrics.slow_consumers);
+                    warn!(identity = %self.identity.name, client = %self.client_id, "slow consumer dropped");
+                    return Err(End::SlowConsumer);
+                }
+            }
             self.wbuf.clear();
         }
         for (client, id) in self.delivered.drain(..) {
@@ -612,7 +713,33 @@ impl Session {
             .await;
     }
 
-    async fn close(&mut self, ctx: &FrontEnd, _end: &End) {
+    /// Queues a v5 DISCONNECT with `reason` (3.1.1 has no way to say why).
+    fn disconnect_v5(&mut self, reason: DisconnectReasonCode) {
+        if self.codec.version == Version::V5 {
+            let _ = self.encode(Packet::Disconnect(
+                Disconnect {
+                    reason_code: reason,
+                },
+                None,
+            ));
+        }
+    }
+
+    async fn close(&mut self, ctx: &FrontEnd, end: &End) {
+        if let Some(will) = self.will.take() {
+            // MQTT publishes the will unless the client said DISCONNECT; a takeover by the
+            // same client is not a failure either.
+            if !matches!(end, End::Disconnected | End::TakenOver) {
+                let _ = ctx
+                    .inbound
+                    .send(Inbound::Command {
+                        client: self.identity.name.clone(),
+                        payload: will,
+                        reply: None,
+                    })
+                    .await;
+            }
+        }
         {
             let mut sessions = ctx
                 .sessions

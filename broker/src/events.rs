@@ -20,6 +20,8 @@ pub enum Accept {
     Rejected(String),
     /// The ACL does not let this identity publish there. PUBACK 0x87 on v5.
     NotAuthorized,
+    /// Over the identity's publish rate; not accepted. PUBACK 0x97 (quota exceeded) on v5.
+    RateLimited,
     /// The node could not take custody (journal failure, shutting down). No PUBACK is sent, so
     /// the publisher retries.
     Unavailable,
@@ -45,6 +47,16 @@ pub enum Inbound {
         payload: Bytes,
         /// Where to send the verdict; `None` for QoS 0.
         reply: Option<oneshot::Sender<Accept>>,
+    },
+    /// A client's command refused before custody (rate limit): the node tells the sender
+    /// why with a `rejected` receipt, and does nothing else with it.
+    Refused {
+        /// Authenticated identity of the publisher.
+        client: String,
+        /// Raw payload (for the receipt's reference to the command id).
+        payload: Bytes,
+        /// Why, in words for the sender.
+        reason: String,
     },
     /// A child node published a link frame.
     LinkFrame {

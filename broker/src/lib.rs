@@ -3,10 +3,11 @@
 //! rumqttd's router is a fast fan-out engine, but its network front-end has defects that a
 //! hospital network cannot live with (a reset during CONNECT can poison a listener, keepalive 0
 //! is refused, EMFILE makes the accept loop spin) and it has no topic ACL. This crate therefore
-//! owns the network side itself: it accepts TCP and WebSocket connections, decodes MQTT 3.1.1
-//! and 5 with `rumqttd::protocol`, authenticates, enforces the [`AclPolicy`], and drives the
-//! router through in-process links (`rumqttd::local::LinkBuilder`), exactly as rumqttd's own
-//! remote link does.
+//! owns the network side itself: it accepts TCP, TLS, WebSocket and secure WebSocket
+//! connections, decodes MQTT 3.1.1 and 5 with `rumqttd::protocol`, authenticates against
+//! argon2id hashes or client certificates ([`Authenticator`]), enforces the [`AclPolicy`] and
+//! the per-identity limits, and drives the router through in-process links
+//! (`rumqttd::local::LinkBuilder`), exactly as rumqttd's own remote link does.
 //!
 //! Publishes that carry custody (a client's outbox, a child node's link frames) never enter the
 //! router: they are handed to the node logic as [`Inbound`] items and the PUBACK is written only
@@ -14,37 +15,29 @@
 //! (inboxes, receipts, frames down to children) to subscribers.
 
 pub mod acl;
-mod codec;
+pub mod auth;
+pub mod codec;
 mod connect;
 mod connection;
 pub mod events;
 pub mod identity;
 mod listener;
+pub mod metrics;
+pub mod rate;
+pub mod throttle;
+pub mod tls;
 mod transport;
 
 pub use acl::{AclPolicy, PublishClass};
+pub use auth::{Authenticator, CredentialSource};
 pub use events::{Accept, ConnId, Inbound, Stream};
-pub use identity::{Credentials, Identity, Role};
+pub use identity::{Credentials, CredentialsFile, Identity, Role};
 pub use listener::{BrokerHandle, FrontEndSettings, ListenerKind, ListenerSpec};
+pub use metrics::BrokerMetrics;
+pub use rate::RateSettings;
 
 /// Client id reserved for the node's own in-process link; network clients may not use it.
 pub const RESERVED_CLIENT_ID: &str = "__medlink_node__";
-
-/// Front-end settings with the usual connect timeout.
-pub fn listener_settings(
-    node_id: &str,
-    credentials: Credentials,
-    max_packet_size: usize,
-    max_connections: usize,
-) -> FrontEndSettings {
-    FrontEndSettings {
-        node_id: node_id.to_string(),
-        credentials,
-        max_packet_size,
-        max_connections,
-        connect_timeout: std::time::Duration::from_secs(10),
-    }
-}
 
 use std::sync::Arc;
 

@@ -16,18 +16,37 @@ use tracing::{debug, info, warn};
 use crate::acl::AclPolicy;
 use crate::connection::{self, FrontEnd};
 use crate::events::Inbound;
-use crate::identity::Credentials;
-use crate::transport::Transport;
+use crate::auth::Authenticator;
+use crate::metrics::{bump, BrokerMetrics};
+use crate::rate::{RateLimiter, RateSettings};
+use crate::tls::common_name;
+use crate::transport::{Io, Transport};
 use crate::LinkFactory;
 
 /// Which MQTT transport a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerKind {
-    /// MQTT 3.1.1/5 over TCP.
+    /// MQTT 3.1.1/5 over TCP (clear text).
     Tcp,
-    /// MQTT 3.1.1/5 over WebSocket.
+    /// MQTT 3.1.1/5 over WebSocket (clear text).
     Ws,
+    /// MQTT 3.1.1/5 over TLS.
+    Tls,
+    /// MQTT 3.1.1/5 over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// Whether the listener runs TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    /// Whether MQTT is framed in WebSocket messages.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
 }
 
 /// One listener to open.
@@ -44,14 +63,46 @@ pub struct ListenerSpec {
 pub struct FrontEndSettings {
     /// This node's dotted id.
     pub node_id: String,
-    /// Known identities.
-    pub credentials: Credentials,
+    /// Decides who connections are.
+    pub auth: Arc<Authenticator>,
+    /// Counters, shared with the node's metrics endpoint.
+    pub metrics: Arc<BrokerMetrics>,
+    /// Server TLS configuration; required when a listener is `tls` or `wss`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Largest MQTT packet accepted, bytes.
     pub max_packet_size: usize,
     /// Most concurrent connections over all listeners.
     pub max_connections: usize,
-    /// How long a new connection may take to send CONNECT.
+    /// Most concurrent connections of one identity.
+    pub max_connections_per_identity: usize,
+    /// Per-identity command rate.
+    pub rate: RateSettings,
+    /// How long a new connection may take to complete TLS, WebSocket and CONNECT.
     pub connect_timeout: Duration,
+    /// How long a write to a client may stall before the client is dropped as a slow
+    /// consumer.
+    pub write_timeout: Duration,
+}
+
+impl FrontEndSettings {
+    /// Settings with the usual timeouts and limits.
+    pub fn new(node_id: &str, auth: Arc<Authenticator>, metrics: Arc<BrokerMetrics>) -> Self {
+        FrontEndSettings {
+            node_id: node_id.to_string(),
+            auth,
+            metrics,
+            tls: None,
+            max_packet_size: 8 * 1024 * 1024,
+            max_connections: 19_000,
+            max_connections_per_identity: 64,
+            rate: RateSettings {
+                per_second: 0.0,
+                burst: 0.0,
+            },
+            connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The running broker front-end.
@@ -70,13 +121,24 @@ impl BrokerHandle {
         links: LinkFactory,
         inbound: mpsc::Sender<Inbound>,
     ) -> std::io::Result<BrokerHandle> {
+        if specs.iter().any(|s| s.kind.is_tls()) && settings.tls.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a tls or wss listener needs a TLS certificate and key",
+            ));
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(FrontEnd {
             acl: AclPolicy::new(&settings.node_id),
             node_id: settings.node_id.clone(),
-            credentials: settings.credentials.clone(),
+            auth: settings.auth.clone(),
+            metrics: settings.metrics.clone(),
+            tls: settings.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            rate: RateLimiter::new(settings.rate),
+            max_connections_per_identity: settings.max_connections_per_identity,
             max_packet_size: settings.max_packet_size,
             connect_timeout: settings.connect_timeout,
+            write_timeout: settings.write_timeout,
             links,
             inbound,
             next_conn: AtomicU64::new(1),
@@ -163,22 +225,55 @@ async fn accept_with_backoff(listener: &TcpListener) -> (TcpStream, SocketAddr) 
 
 async fn serve(ctx: Arc<FrontEnd>, kind: ListenerKind, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let transport = match kind {
-        ListenerKind::Tcp => Transport::Tcp(stream),
-        ListenerKind::Ws => {
-            match tokio::time::timeout(ctx.connect_timeout, Transport::websocket(stream)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "websocket handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "websocket handshake timed out");
-                    return;
-                }
-            }
+    bump(&ctx.metrics.connections_total);
+    let opened = match tokio::time::timeout(ctx.connect_timeout, open(&ctx, kind, stream)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            debug!(%peer, ?kind, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            bump(&ctx.metrics.handshake_timeouts);
+            debug!(%peer, ?kind, "handshake timed out");
+            return;
         }
     };
+    let (transport, certificate) = opened;
     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-    connection::run(ctx, transport, peer, conn).await;
+    ctx.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+    connection::run(ctx.clone(), transport, peer, conn, certificate).await;
+    ctx.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Runs the TLS and WebSocket handshakes the listener kind asks for; returns the transport
+/// and the common name of a verified client certificate, if one was presented.
+async fn open(
+    ctx: &FrontEnd,
+    kind: ListenerKind,
+    stream: TcpStream,
+) -> std::io::Result<(Transport, Option<String>)> {
+    let (io, certificate): (Box<dyn Io>, Option<String>) = if kind.is_tls() {
+        let acceptor = ctx
+            .tls
+            .as_ref()
+            .expect("TLS listeners are only started with a TLS configuration");
+        let tls = acceptor.accept(stream).await.inspect_err(|_| {
+            bump(&ctx.metrics.tls_failures);
+        })?;
+        let cn = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(common_name);
+        (Box::new(tls), cn)
+    } else {
+        (Box::new(stream), None)
+    };
+    let transport = if kind.is_websocket() {
+        Transport::websocket(io).await?
+    } else {
+        Transport::Stream(io)
+    };
+    Ok((transport, certificate))
 }

@@ -1,28 +1,34 @@
-//! The byte streams MQTT runs over: plain TCP and WebSocket (binary frames, `mqtt`
-//! sub-protocol, as MQTT.js and mosquitto expect).
+//! The byte streams MQTT runs over: a byte stream (TCP, or TLS over TCP) and WebSocket
+//! (binary frames, `mqtt` sub-protocol, as MQTT.js and mosquitto expect) over either.
+//!
+//! The byte stream is boxed so that the four listener kinds (tcp, tls, ws, wss) share one
+//! connection type; the cost is one indirect call per read or write.
 
 use std::io;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+/// A byte stream a connection can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// One accepted connection's stream.
 pub enum Transport {
-    /// MQTT directly over TCP.
-    Tcp(TcpStream),
+    /// MQTT directly over the byte stream.
+    Stream(Box<dyn Io>),
     /// MQTT in WebSocket binary messages.
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(Box<WebSocketStream<Box<dyn Io>>>),
 }
 
 impl Transport {
     /// Completes the WebSocket handshake on `stream`, echoing the `mqtt` sub-protocol.
-    pub async fn websocket(stream: TcpStream) -> io::Result<Transport> {
+    pub async fn websocket(stream: Box<dyn Io>) -> io::Result<Transport> {
         #[allow(clippy::result_large_err)]
         let echo_mqtt = |req: &Request, mut resp: Response| {
             let offered = req
@@ -45,7 +51,7 @@ impl Transport {
     /// Appends what arrives to `buf`; returns 0 at end of stream.
     pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Transport::Tcp(s) => {
+            Transport::Stream(s) => {
                 buf.reserve(4096);
                 s.read_buf(buf).await
             }
@@ -76,7 +82,11 @@ impl Transport {
     /// Writes all of `data`.
     pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            Transport::Tcp(s) => s.write_all(data).await,
+            Transport::Stream(s) => {
+                s.write_all(data).await?;
+                // TLS buffers records until flushed; for TCP this is a no-op.
+                s.flush().await
+            }
             Transport::Ws(ws) => ws
                 .send(Message::binary(data.to_vec()))
                 .await
@@ -87,7 +97,7 @@ impl Transport {
     /// Best-effort orderly close.
     pub async fn close(&mut self) {
         match self {
-            Transport::Tcp(s) => {
+            Transport::Stream(s) => {
                 let _ = s.shutdown().await;
             }
             Transport::Ws(ws) => {

@@ -9,10 +9,11 @@
 //! next hop has it durable.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medlink_broker::acl::{inbox_topic, link_down_topic, receipt_topic};
-use medlink_broker::{Accept, ConnId, Inbound};
+use medlink_broker::{Accept, Authenticator, ConnId, Inbound, Role};
 use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -22,7 +23,7 @@ use crate::envelope::{now_ms, Address, Envelope, Kind, Limits, Submission, Trail
 use crate::frame::{Frame, InOrder};
 use crate::journal::{Journal, Txn};
 use crate::links::{down_dest, LinkOut, LinkTuning, Stale};
-use crate::route::{NextHop, Policy, Topology};
+use crate::route::{within, NextHop, Policy, Topology};
 use crate::stats::Stats;
 use crate::uplink::{ParentEvent, UplinkHandle};
 
@@ -48,6 +49,8 @@ pub struct DispatcherConfig {
     pub limits: Limits,
     /// Link tuning.
     pub tuning: LinkTuning,
+    /// The identities; clients added or removed there become (un)routable within a second.
+    pub directory: Option<Arc<Authenticator>>,
 }
 
 /// Output of a round, released only after the commit.
@@ -76,6 +79,8 @@ struct State {
     settled: Vec<(String, u64)>,
     stats: Stats,
     last_prune: Instant,
+    /// Credentials generation the client list was last built from.
+    directory_generation: u64,
 }
 
 /// The running dispatcher's inputs.
@@ -125,6 +130,7 @@ impl Dispatcher {
                 settled: Vec::new(),
                 stats,
                 last_prune: Instant::now(),
+                directory_generation: 0,
             },
             inbound,
             parent,
@@ -163,6 +169,7 @@ impl Dispatcher {
             let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
             if sweep {
                 last_sweep = Instant::now();
+                self.state.refresh_clients();
             }
             self.round(items, sweep);
         }
@@ -253,6 +260,11 @@ impl State {
                     out.replies.push((reply, verdict));
                 }
             }
+            Input::Broker(Inbound::Refused {
+                client,
+                payload,
+                reason,
+            }) => self.reject(tx, &client, &payload, &reason, now)?,
             Input::Broker(Inbound::LinkFrame {
                 child,
                 payload,
@@ -378,12 +390,9 @@ impl State {
         match parsed {
             Err(problem) => {
                 warn!(client, error = %problem, "command rejected");
-                self.stats.rejected();
-                let rid = self.next_id();
-                let receipt =
-                    Envelope::rejection(self.me(), &sender, payload, &problem.to_string(), rid);
-                self.accept(tx, receipt, now)?;
-                Ok(Accept::Rejected(problem.to_string()))
+                let reason = problem.to_string();
+                self.reject(tx, client, payload, &reason, now)?;
+                Ok(Accept::Rejected(reason))
             }
             Ok((chosen, mut env)) => {
                 // Idempotency is per sender: another client's choice of id is no concern.
@@ -400,6 +409,50 @@ impl State {
                 Ok(Accept::Committed)
             }
         }
+    }
+
+    /// Picks up clients added to or removed from the credentials file. New child nodes need a
+    /// restart (their links carry journal state created at start).
+    fn refresh_clients(&mut self) {
+        let Some(directory) = &self.cfg.directory else {
+            return;
+        };
+        directory.refresh();
+        let generation = directory.generation();
+        if generation == self.directory_generation {
+            return;
+        }
+        self.directory_generation = generation;
+        let credentials = directory.credentials();
+        self.cfg.topology.clients = credentials
+            .names_with_role(Role::Client)
+            .map(str::to_string)
+            .collect();
+        let me = &self.cfg.topology.me;
+        for child in credentials.names_with_role(Role::Node) {
+            if child != me && within(me, child) && !self.cfg.topology.children.contains(child) {
+                warn!(child, "new child node identity: restart this node to route to it");
+            }
+        }
+    }
+
+    /// Sends `client` a `rejected` receipt for `payload`, saying why.
+    fn reject(
+        &mut self,
+        tx: &mut Txn,
+        client: &str,
+        payload: &[u8],
+        reason: &str,
+        now: u64,
+    ) -> rusqlite::Result<()> {
+        self.stats.rejected();
+        let sender = Address {
+            node: self.me().to_string(),
+            client: client.to_string(),
+        };
+        let rid = self.next_id();
+        let receipt = Envelope::rejection(self.me(), &sender, payload, reason, rid);
+        self.accept(tx, receipt, now)
     }
 
     /// Takes custody of `env` at this node: stamps the trail, routes, audits, queues.

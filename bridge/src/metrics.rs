@@ -1,0 +1,92 @@
+//! The node's Prometheus endpoint: `GET /metrics` (front-end counters and node counters in the
+//! text exposition format) and `GET /healthz`.
+//!
+//! It listens on its own address (`[metrics] addr`), normally loopback or a management
+//! network, because scrapers and MQTT clients have different owners and firewalls.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use medlink_broker::BrokerMetrics;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::stats::Stats;
+
+/// Renders every metric of the node.
+pub fn render(broker: &BrokerMetrics, stats: &Stats) -> String {
+    let mut out = String::with_capacity(4096);
+    broker.render(&mut out);
+    let s = stats.snapshot();
+    let counters = [
+        (
+            "medlink_commands_accepted_total",
+            "commands accepted from this node's clients",
+            s.accepted,
+        ),
+        (
+            "medlink_commands_delivered_total",
+            "envelopes acknowledged by this node's clients",
+            s.delivered,
+        ),
+        (
+            "medlink_commands_rejected_total",
+            "submissions refused (invalid, forged sender, rate limit)",
+            s.rejected,
+        ),
+        (
+            "medlink_commands_refused_total",
+            "envelopes dropped as expired or unroutable",
+            s.refused,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    }
+    let name = "medlink_parent_link_up";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when the link to the parent is up\n# TYPE {name} gauge\n{name} {}",
+        u8::from(s.parent_up)
+    );
+    out
+}
+
+/// Serves the endpoint on `addr` until `shutdown` turns true; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    broker: Arc<BrokerMetrics>,
+    stats: Stats,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("metrics: cannot listen on {addr}: {e}"))
+    })?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = render(&broker, &stats);
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    info!(addr = %bound, "metrics endpoint listening");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    Ok((bound, task))
+}
