@@ -511,14 +511,17 @@ mod tests {
         let e = parse("[node]\nid = \"js\"\n[[listener]]\nkind = \"tcp\"\naddr = \"nowhere\"\n")
             .unwrap_err();
         assert!(e.starts_with("listener[0].addr"), "{e}");
-        let e =
-            parse("[node]\nid = \"js.a\"\n[parent]\naddresses = [\"ftp://x\"]\npassword = \"p\"\n")
-                .unwrap_err();
+        let e = parse("[node]\nid = \"js.a\"\n[parent]\naddresses = [\"ftp://x\"]\n").unwrap_err();
         assert!(e.starts_with("parent.addresses[0]"), "{e}");
-        let e = parse(
-            "[node]\nid = \"js\"\n[[identity]]\nname = \"a/b\"\npassword = \"p\"\nrole = \"client\"\n",
-        )
-        .unwrap_err();
-        assert!(e.starts_with("identity[0].name"), "{e}");
+        let e = parse("[node]\nid = \"js.a\"\n[parent]\naddresses = [\"mqtt://127.0.0.1:1\"]\n")
+            .unwrap_err();
+        assert!(e.starts_with("parent:") && e.contains("password_file"), "{e}");
+        let e = parse("[node]\nid = \"js\"\n[[listener]]\nkind = \"ws\"\naddr = \"10.0.0.1:80\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("listener[0].kind"), "{e}");
+        let ok = parse(
+            "[node]\nid = \"js\"\n[[listener]]\nkind = \"ws\"\naddr = \"10.0.0.1:80\"\ninsecure = true\n",
+        );
+        assert!(ok.is_ok());
     }
 }

@@ -405,12 +405,46 @@ fn bad_configuration_is_refused_with_the_file_and_key_named() {
             "udp",
         ),
         (
-            "[node]\nid = \"js.x\"\n[parent]\naddresses = []\npassword = \"p\"\n",
+            "[node]\nid = \"js.x\"\n[parent]\naddresses = []\n",
             "parent.addresses",
         ),
         (
             "[node]\nid = \"js\"\n[limits]\nmax_payload = 0\n",
             "limits.max_payload",
+        ),
+        (
+            "[node]\nid = \"js\"\n[limits]\nrate_per_second = -1\n",
+            "limits.rate_per_second",
+        ),
+        // clear-text passwords in the config are gone for good
+        (
+            "[node]\nid = \"js\"\n[[identity]]\nname = \"c\"\npassword = \"p\"\nrole = \"client\"\n",
+            "medlink passwd",
+        ),
+        // clear text off loopback needs an explicit opt-in
+        (
+            "[node]\nid = \"js\"\n[[listener]]\nkind = \"tcp\"\naddr = \"0.0.0.0:1883\"\n",
+            "listener[0].kind",
+        ),
+        (
+            "[node]\nid = \"js\"\n[[listener]]\nkind = \"tls\"\naddr = \"127.0.0.1:1883\"\n",
+            "[tls]",
+        ),
+        (
+            "[node]\nid = \"js\"\n[tls]\ncert = \"missing.crt\"\nkey = \"missing.key\"\n",
+            "missing.crt",
+        ),
+        (
+            "[node]\nid = \"js.x\"\n[parent]\naddresses = [\"mqtts://127.0.0.1:1\"]\ncert = \"a\"\nkey = \"b\"\n",
+            "parent.ca",
+        ),
+        (
+            "[node]\nid = \"js.x\"\n[parent]\naddresses = [\"mqtt://10.1.2.3:1883\"]\npassword_file = \"p\"\n",
+            "parent.addresses[0]",
+        ),
+        (
+            "[node]\nid = \"js\"\ncredentials = \"nowhere.toml\"\n",
+            "node.credentials",
         ),
         ("[node]\n", "id"),
     ];

@@ -194,7 +194,7 @@ async fn unknown_targets_and_expiry_give_receipts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_oversized_and_forged_submissions_are_rejected_with_a_reason() {
     let mut s = spec("js", None, &["x", "y"]);
-    s.extra = "\n[limits]\nmax_payload = 2048\nmax_packet = 1048576\n".into();
+    s.limits = "max_payload = 2048\nmax_packet = 1048576\n".into();
     let mut tree = Tree::start(&[s]);
     let port = tree.node("js").port;
     let mut x = App::connect("js", "x", port).await;

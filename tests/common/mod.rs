@@ -1,7 +1,10 @@
 //! Test harness: real `medlink node` processes on loopback, real MQTT clients.
 //!
 //! A [`Tree`] writes one TOML file per node into a temporary directory, with ports chosen
-//! once so that a restarted node comes back on the same address its children dial.
+//! once so that a restarted node comes back on the same address its children dial. Every
+//! node gets a credentials file (argon2id hashes of [`PASSWORD`]); a TLS tree
+//! ([`Tree::new_tls`]) also gets certificates from `medlink certs`, TLS listeners, and
+//! certificate-authenticated links.
 
 #![allow(dead_code)]
 
@@ -40,7 +43,10 @@ pub struct NodeSpec {
     pub id: String,
     pub parent: Option<String>,
     pub clients: Vec<String>,
+    /// Lines added to `[node]`.
     pub extra: String,
+    /// Lines added to `[limits]` (the harness turns the rate limit off unless set here).
+    pub limits: String,
 }
 
 /// A node process.
@@ -53,6 +59,10 @@ pub struct NodeProc {
     pub log: PathBuf,
     /// Command and arguments to run the node under (e.g. `prlimit --nofile=64 --`).
     pub wrapper: Vec<String>,
+    /// Listeners are TLS (`tls`/`wss`) rather than clear text.
+    pub tls: bool,
+    /// The credentials file.
+    pub credentials: PathBuf,
     /// Starts so far (the log is appended across restarts).
     restarts: usize,
     child: Option<Child>,
@@ -149,7 +159,8 @@ impl NodeProc {
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn log_text(&self) -> String {
@@ -177,7 +188,13 @@ fn wait_port(port: u16, log: &Path) {
     );
 }
 
-pub const PASSWORD: &str = "test-pw";
+pub const PASSWORD: &str = "test-password";
+
+/// The argon2id hash of [`PASSWORD`], computed once per test process.
+pub fn password_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| medlink_broker::identity::hash_password(PASSWORD))
+}
 
 /// A tree of node processes.
 pub struct Tree {
@@ -187,40 +204,96 @@ pub struct Tree {
 
 impl Tree {
     /// Writes configs for `specs` (parents before children) without starting anything.
+    /// Listeners and links are clear text on loopback.
     pub fn new(specs: &[NodeSpec]) -> Tree {
+        Self::build(specs, false)
+    }
+
+    /// Like [`Tree::new`], but every listener is TLS (`tls` and `wss`), every link is
+    /// `mqtts` authenticated by the child's certificate, with certificates from
+    /// `medlink certs` under `certs/`.
+    pub fn new_tls(specs: &[NodeSpec]) -> Tree {
+        Self::build(specs, true)
+    }
+
+    /// The development CA of a TLS tree.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("certs").join("ca.crt")
+    }
+
+    fn build(specs: &[NodeSpec], tls: bool) -> Tree {
         let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        if tls {
+            let mut args = vec!["certs", "--dir", certs.to_str().expect("utf-8 temp path")];
+            args.extend(specs.iter().map(|s| s.id.as_str()));
+            let (code, out, err) = medlink(&args);
+            assert_eq!(code, 0, "medlink certs failed: {out}{err}");
+        }
         let mut nodes: BTreeMap<String, NodeProc> = BTreeMap::new();
         for spec in specs {
             let port = free_port();
             let ws_port = free_port();
             let data_dir = dir.path().join(format!("{}.data", spec.id));
+            let credentials = dir.path().join(format!("{}.credentials.toml", spec.id));
+            let (kind, ws_kind) = if tls { ("tls", "wss") } else { ("tcp", "ws") };
             let mut toml = format!(
-                "[node]\nid = \"{}\"\ndata_dir = \"{}\"\n{}\n\n[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:{port}\"\n\n[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:{ws_port}\"\n\n[link]\nresend_after_ms = 1000\nping_every_ms = 500\ndead_after_ms = 3000\n",
+                "[node]\nid = \"{}\"\ndata_dir = \"{}\"\ncredentials = \"{}\"\n{}\n\n[[listener]]\nkind = \"{kind}\"\naddr = \"127.0.0.1:{port}\"\n\n[[listener]]\nkind = \"{ws_kind}\"\naddr = \"127.0.0.1:{ws_port}\"\n\n[link]\nresend_after_ms = 1000\nping_every_ms = 500\ndead_after_ms = 3000\n",
                 spec.id,
                 data_dir.display(),
+                credentials.display(),
                 spec.extra
             );
-            if let Some(parent) = &spec.parent {
-                let pport = nodes[parent].port;
+            let limits = if spec.limits.contains("rate_per_second") {
+                spec.limits.clone()
+            } else {
+                format!("rate_per_second = 0\n{}", spec.limits)
+            };
+            toml += &format!("\n[limits]\n{limits}\n");
+            if tls {
+                let c = certs.display();
                 toml += &format!(
-                    "\n[parent]\naddresses = [\"mqtt://127.0.0.1:{pport}\"]\npassword = \"{PASSWORD}\"\n"
+                    "\n[tls]\ncert = \"{c}/{id}.crt\"\nkey = \"{c}/{id}.key\"\nclient_ca = \"{c}/ca.crt\"\n",
+                    id = spec.id
                 );
             }
+            if let Some(parent) = &spec.parent {
+                let pport = nodes[parent].port;
+                if tls {
+                    let c = certs.display();
+                    toml += &format!(
+                        "\n[parent]\naddresses = [\"mqtts://127.0.0.1:{pport}\"]\nca = \"{c}/ca.crt\"\ncert = \"{c}/{id}.crt\"\nkey = \"{c}/{id}.key\"\n",
+                        id = spec.id
+                    );
+                } else {
+                    let pw = dir.path().join(format!("{}.link-password", spec.id));
+                    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("write password file");
+                    toml += &format!(
+                        "\n[parent]\naddresses = [\"mqtt://127.0.0.1:{pport}\"]\npassword_file = \"{}\"\n",
+                        pw.display()
+                    );
+                }
+            }
+            let mut creds = String::new();
+            let mut add = |name: &str, role: &str, with_password: bool| {
+                creds += &format!("[[identity]]\nname = \"{name}\"\nrole = \"{role}\"\n");
+                if with_password {
+                    creds += &format!("password_hash = \"{}\"\n", password_hash());
+                }
+                creds += "\n";
+            };
             for child in specs
                 .iter()
                 .filter(|s| s.parent.as_deref() == Some(spec.id.as_str()))
             {
-                toml += &format!(
-                    "\n[[identity]]\nname = \"{}\"\npassword = \"{PASSWORD}\"\nrole = \"node\"\n",
-                    child.id
-                );
+                // TLS children log in by certificate only.
+                add(&child.id, "node", !tls);
             }
             for c in &spec.clients {
-                toml += &format!("\n[[identity]]\nname = \"{c}\"\npassword = \"{PASSWORD}\"\nrole = \"client\"\n");
+                add(c, "client", true);
             }
-            toml += &format!(
-                "\n[[identity]]\nname = \"ops\"\npassword = \"{PASSWORD}\"\nrole = \"admin\"\n"
-            );
+            add("ops", "admin", true);
+            std::fs::write(&credentials, creds).expect("write credentials");
             let config = dir.path().join(format!("{}.toml", spec.id));
             std::fs::File::create(&config)
                 .and_then(|mut f| f.write_all(toml.as_bytes()))
@@ -235,6 +308,8 @@ impl Tree {
                     data_dir,
                     log: dir.path().join(format!("{}.log", spec.id)),
                     wrapper: Vec::new(),
+                    tls,
+                    credentials,
                     restarts: 0,
                     child: None,
                 },
@@ -305,6 +380,7 @@ pub fn spec(id: &str, parent: Option<&str>, clients: &[&str]) -> NodeSpec {
         parent: parent.map(String::from),
         clients: clients.iter().map(|s| s.to_string()).collect(),
         extra: String::new(),
+        limits: String::new(),
     }
 }
 
@@ -329,6 +405,11 @@ impl App {
         Self::connect_as(node, name, name, port, true).await
     }
 
+    /// Connects over TLS, trusting `ca`.
+    pub async fn connect_tls(node: &str, name: &str, port: u16, ca: &Path) -> App {
+        Self::connect_with(node, name, name, port, true, Some(ca)).await
+    }
+
     pub async fn connect_as(
         node: &str,
         name: &str,
@@ -336,7 +417,24 @@ impl App {
         port: u16,
         subscribe: bool,
     ) -> App {
+        Self::connect_with(node, name, client_id, port, subscribe, None).await
+    }
+
+    async fn connect_with(
+        node: &str,
+        name: &str,
+        client_id: &str,
+        port: u16,
+        subscribe: bool,
+        ca: Option<&Path>,
+    ) -> App {
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+        if let Some(ca) = ca {
+            let config = medlink_broker::tls::client_config(ca, None).expect("CA loads");
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+            ));
+        }
         opts.set_credentials(name, PASSWORD)
             .set_keep_alive(Duration::from_secs(10))
             .set_clean_session(true)
