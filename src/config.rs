@@ -134,6 +134,8 @@ pub struct LimitsSection {
     pub rate_burst: f64,
     /// A client that does not read what is sent to it for this long is disconnected.
     pub write_timeout_ms: u64,
+    /// A new connection must finish TLS, WebSocket and CONNECT within this time.
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -146,6 +148,7 @@ impl Default for LimitsSection {
             rate_per_second: 1000.0,
             rate_burst: 5000.0,
             write_timeout_ms: 30_000,
+            connect_timeout_ms: 10_000,
         }
     }
 }
@@ -313,6 +316,9 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
     if l.write_timeout_ms == 0 {
         return Err("limits.write_timeout_ms: must be positive".into());
     }
+    if l.connect_timeout_ms == 0 {
+        return Err("limits.connect_timeout_ms: must be positive".into());
+    }
     let k = &file.link;
     if k.batch == 0 || k.window == 0 {
         return Err("link.batch and link.window: must be positive".into());
@@ -335,6 +341,7 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             burst: l.rate_burst,
         },
         write_timeout: Duration::from_millis(l.write_timeout_ms),
+        connect_timeout: Duration::from_millis(l.connect_timeout_ms),
         throttle: ThrottleSettings::default(),
         metrics_addr,
         policy: file.node.policy,

@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub rate: RateSettings,
     /// A client that does not read for this long is dropped.
     pub write_timeout: Duration,
+    /// Time a new connection has for TLS, WebSocket and CONNECT.
+    pub connect_timeout: Duration,
     /// Failed-login throttle.
     pub throttle: ThrottleSettings,
     /// Where to serve `/metrics`; `None`: not served.
@@ -251,6 +253,7 @@ impl Node {
             max_connections_per_identity: cfg.max_connections_per_identity,
             rate: cfg.rate,
             write_timeout: cfg.write_timeout,
+            connect_timeout: cfg.connect_timeout,
             ..FrontEndSettings::new(&cfg.id, auth, broker_metrics.clone())
         };
         let broker = BrokerHandle::start(&cfg.listeners, settings, links, inbound_tx)

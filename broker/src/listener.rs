@@ -257,8 +257,12 @@ async fn open(
             .tls
             .as_ref()
             .expect("TLS listeners are only started with a TLS configuration");
-        let tls = acceptor.accept(stream).await.inspect_err(|_| {
-            bump(&ctx.metrics.tls_failures);
+        let tls = acceptor.accept(stream).await.inspect_err(|e| {
+            // A peer that closes before saying anything is a port probe, not a failed
+            // handshake (load balancers do this all day).
+            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                bump(&ctx.metrics.tls_failures);
+            }
         })?;
         let cn = tls
             .get_ref()

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod raw;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -52,8 +53,15 @@ pub struct NodeSpec {
 /// A node process.
 pub struct NodeProc {
     pub id: String,
+    /// The MQTT port: clear-text TCP, or TLS in a TLS tree.
     pub port: u16,
+    /// The WebSocket port: `ws`, or `wss` in a TLS tree.
     pub ws_port: u16,
+    /// Clear-text TCP and WebSocket ports that a TLS tree keeps as well (loopback only).
+    pub plain_port: u16,
+    pub plain_ws_port: u16,
+    /// `/metrics` port.
+    pub metrics_port: u16,
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -163,6 +171,17 @@ impl NodeProc {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// The value of one metric from `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let body = http_get(self.metrics_port, "/metrics");
+        body.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -186,6 +205,19 @@ fn wait_port(port: u16, log: &Path) {
         "node did not listen on {port}; log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// A minimal HTTP/1.0 GET on loopback; returns the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 pub const PASSWORD: &str = "test-password";
@@ -234,6 +266,12 @@ impl Tree {
         for spec in specs {
             let port = free_port();
             let ws_port = free_port();
+            let metrics_port = free_port();
+            let (plain_port, plain_ws_port) = if tls {
+                (free_port(), free_port())
+            } else {
+                (port, ws_port)
+            };
             let data_dir = dir.path().join(format!("{}.data", spec.id));
             let credentials = dir.path().join(format!("{}.credentials.toml", spec.id));
             let (kind, ws_kind) = if tls { ("tls", "wss") } else { ("tcp", "ws") };
@@ -250,7 +288,11 @@ impl Tree {
                 format!("rate_per_second = 0\n{}", spec.limits)
             };
             toml += &format!("\n[limits]\n{limits}\n");
+            toml += &format!("\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n");
             if tls {
+                toml += &format!(
+                    "\n[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:{plain_port}\"\n\n[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:{plain_ws_port}\"\n"
+                );
                 let c = certs.display();
                 toml += &format!(
                     "\n[tls]\ncert = \"{c}/{id}.crt\"\nkey = \"{c}/{id}.key\"\nclient_ca = \"{c}/ca.crt\"\n",
@@ -304,6 +346,9 @@ impl Tree {
                     id: spec.id.clone(),
                     port,
                     ws_port,
+                    plain_port,
+                    plain_ws_port,
+                    metrics_port,
                     config,
                     data_dir,
                     log: dir.path().join(format!("{}.log", spec.id)),
