@@ -125,8 +125,10 @@ fn load_or_create_ca(dir: &Path, days: i64) -> Result<(Certificate, KeyPair), St
     let crt = dir.join("ca.crt");
     let key = dir.join("ca.key");
     if crt.exists() && key.exists() {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
-        let ca_key = KeyPair::from_pem(&read(&key)?).map_err(|e| format!("{}: {e}", key.display()))?;
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        let ca_key =
+            KeyPair::from_pem(&read(&key)?).map_err(|e| format!("{}: {e}", key.display()))?;
         let params = CertificateParams::from_ca_cert_pem(&read(&crt)?)
             .map_err(|e| format!("{}: {e}", crt.display()))?;
         // Re-signing the same name and key gives an issuer that verifies against ca.crt.

@@ -17,7 +17,9 @@ use medlink_bridge::node::NodeConfig;
 use medlink_bridge::route::Policy;
 use medlink_bridge::uplink::ParentAddr;
 use medlink_broker::throttle::ThrottleSettings;
-use medlink_broker::{tls, CredentialSource, ListenerKind, ListenerSpec, RateSettings, RouterSettings};
+use medlink_broker::{
+    tls, CredentialSource, ListenerKind, ListenerSpec, RateSettings, RouterSettings,
+};
 use serde::Deserialize;
 
 /// The whole file.
@@ -280,7 +282,8 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         Some(path) => {
             let path = base.join(path);
             // Loaded here too so a bad file is a configuration error at start.
-            medlink_broker::CredentialsFile::load(&path).map_err(|e| format!("node.credentials: {e}"))?;
+            medlink_broker::CredentialsFile::load(&path)
+                .map_err(|e| format!("node.credentials: {e}"))?;
             CredentialSource::File(path)
         }
         None => CredentialSource::Fixed(Default::default()),
@@ -471,7 +474,9 @@ pub fn parse_parent(addr: &str) -> Result<ParentAddr, String> {
         }),
         "mqtts" | "ssl" => {
             if !tls::valid_server_name(&host) {
-                return Err(format!("'{addr}': '{host}' cannot be checked against a certificate"));
+                return Err(format!(
+                    "'{addr}': '{host}' cannot be checked against a certificate"
+                ));
             }
             Ok(ParentAddr::Tls {
                 host,
@@ -522,7 +527,10 @@ mod tests {
         assert!(e.starts_with("parent.addresses[0]"), "{e}");
         let e = parse("[node]\nid = \"js.a\"\n[parent]\naddresses = [\"mqtt://127.0.0.1:1\"]\n")
             .unwrap_err();
-        assert!(e.starts_with("parent:") && e.contains("password_file"), "{e}");
+        assert!(
+            e.starts_with("parent:") && e.contains("password_file"),
+            "{e}"
+        );
         let e = parse("[node]\nid = \"js\"\n[[listener]]\nkind = \"ws\"\naddr = \"10.0.0.1:80\"\n")
             .unwrap_err();
         assert!(e.starts_with("listener[0].kind"), "{e}");

@@ -59,7 +59,12 @@ pub fn options(ep: &Endpoint, client_id: &str) -> Result<MqttOptions, String> {
             MqttOptions::new(client_id, ep.url.clone(), url.port().unwrap_or(443)),
             Some(Transport::wss_with_config(tls()?)),
         ),
-        s => return Err(format!("'{}': scheme {s} is not mqtts, wss, mqtt or ws", ep.url)),
+        s => {
+            return Err(format!(
+                "'{}': scheme {s} is not mqtts, wss, mqtt or ws",
+                ep.url
+            ))
+        }
     };
     if let Some(t) = transport {
         opts.set_transport(t);

@@ -147,7 +147,8 @@ fn apply(args: PasswdArgs) -> Result<(), String> {
 }
 
 fn save(file: &CredentialsFile, path: &std::path::Path) -> Result<(), String> {
-    file.save(path).map_err(|e| format!("{}: {e}", path.display()))
+    file.save(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn secret_hash(secret: &Secret, role: Role) -> Result<Option<String>, String> {

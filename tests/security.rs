@@ -185,7 +185,10 @@ fn mosquitto_suback(port: u16, ca: &std::path::Path, v: &str, who: &str, filter:
         .expect("mosquitto_sub runs (apt install mosquitto-clients)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.lines()
-        .find_map(|l| l.split_once("Subscribed (mid: 1): ").map(|(_, c)| c.trim().to_string()))
+        .find_map(|l| {
+            l.split_once("Subscribed (mid: 1): ")
+                .map(|(_, c)| c.trim().to_string())
+        })
         .unwrap_or_else(|| format!("no SUBACK: {text}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -195,7 +198,9 @@ fn mosquitto_pub(port: u16, ca: &std::path::Path, v: &str, who: &str, topic: &st
         .args(["-V", v, "-h", "localhost", "-p", &port.to_string()])
         .arg("--cafile")
         .arg(ca)
-        .args(["-u", who, "-P", PASSWORD, "-t", topic, "-q", "1", "-m", COMMAND, "-d"])
+        .args([
+            "-u", who, "-P", PASSWORD, "-t", topic, "-q", "1", "-m", COMMAND, "-d",
+        ])
         .output()
         .expect("mosquitto_pub runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -216,7 +221,11 @@ fn acl_matrix_with_mosquitto_clients_over_tls_v311_and_v5() {
         let refusal = if v == "mqttv5" { "135" } else { "128" };
         for (who, filter, allowed) in SUBSCRIBE {
             let got = mosquitto_suback(node.port, &ca, v, who, filter);
-            let ok = if *allowed { got == "1" || got == "0" } else { got == refusal };
+            let ok = if *allowed {
+                got == "1" || got == "0"
+            } else {
+                got == refusal
+            };
             if !ok {
                 wrong.push(format!("{v}: {who} SUBSCRIBE {filter}: SUBACK {got}"));
             }
@@ -227,7 +236,9 @@ fn acl_matrix_with_mosquitto_clients_over_tls_v311_and_v5() {
             let denied = node.metric("medlink_acl_publish_denied_total") > before;
             let v5_agrees = v != "mqttv5" || line.contains("RC:135") == denied;
             if denied == *allowed || !v5_agrees || line.starts_with("no PUBACK") {
-                wrong.push(format!("{v}: {who} PUBLISH {topic}: denied={denied}, {line}"));
+                wrong.push(format!(
+                    "{v}: {who} PUBLISH {topic}: denied={denied}, {line}"
+                ));
             }
         }
     }
@@ -252,12 +263,18 @@ async fn a_forged_sender_is_never_delivered_as_that_sender() {
     .await;
     c1.send("js", "victim", "honest", json!({"n": 2})).await;
     let got = victim.expect_cmd(10).await;
-    assert_eq!(got["cmd"], "honest", "the forged command must not arrive: {got}");
+    assert_eq!(
+        got["cmd"], "honest",
+        "the forged command must not arrive: {got}"
+    );
     assert_eq!(got["from"]["client"], "c1");
     let receipt = c1.expect_receipt(10).await;
     assert_eq!(receipt["params"]["status"], "rejected", "{receipt}");
     assert!(
-        receipt["params"]["reason"].as_str().unwrap_or("").contains("from"),
+        receipt["params"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("from"),
         "{receipt}"
     );
     assert!(victim.recv(1).await.is_none(), "nothing else arrives");
@@ -280,13 +297,15 @@ async fn a_whole_tree_runs_on_tls_with_certificate_links_including_wss() {
         t.node(&s.id).start();
     }
     let ca = t.ca();
-    let mut clinic = App::connect_tls("js.nj.gl.t3", "clinic", t.node("js.nj.gl.t3").port, &ca).await;
+    let mut clinic =
+        App::connect_tls("js.nj.gl.t3", "clinic", t.node("js.nj.gl.t3").port, &ca).await;
     let hosp = App::connect_tls("js.nj", "hosp", t.node("js.nj").port, &ca).await;
     let mut prov = App::connect_tls("js", "prov", t.node("js").port, &ca).await;
     clinic.send("js", "prov", "up", json!({"n": 1})).await;
     let got = prov.expect_cmd(20).await;
     assert_eq!(trail(&got), ["js.nj.gl.t3", "js.nj.gl", "js.nj", "js"]);
-    hosp.send("js.nj.gl.t3", "clinic", "down", json!({"n": 2})).await;
+    hosp.send("js.nj.gl.t3", "clinic", "down", json!({"n": 2}))
+        .await;
     let got = clinic.expect_cmd(20).await;
     assert_eq!(got["cmd"], "down");
     assert_eq!(trail(&got), ["js.nj", "js.nj.gl", "js.nj.gl.t3"]);
@@ -390,7 +409,11 @@ fn repeated_bad_passwords_are_slowed_and_counted_and_the_right_one_still_works()
     for i in 0..8 {
         let started = Instant::now();
         let code = connack_code(port, 4, &format!("guess-{i}"), "c1", "wrong-password", 30);
-        assert_eq!(code, Some(4), "attempt {i}: bad password refused with code 4");
+        assert_eq!(
+            code,
+            Some(4),
+            "attempt {i}: bad password refused with code 4"
+        );
         slowest = slowest.max(started.elapsed());
     }
     // The throttle makes later attempts wait (3 free failures, then 250 ms doubling).
@@ -417,12 +440,21 @@ async fn publishes_over_the_rate_are_refused_and_accepted_ones_all_arrive() {
     let port = t.node("js").port;
     let mut c2 = App::connect("js", "c2", port).await;
     let mut w = dial(port);
-    assert_eq!(handshake(&mut w, &connect(5, "c1-raw", "c1", PASSWORD, 30)), Some(0));
+    assert_eq!(
+        handshake(&mut w, &connect(5, "c1-raw", "c1", PASSWORD, 30)),
+        Some(0)
+    );
     let mut accepted = Vec::new();
     let mut limited = 0;
     for i in 0..40u16 {
         let body = json!({"id": format!("rate-{i}"), "to": {"node": "js", "client": "c2"}, "cmd": "burst"});
-        match puback_code(&mut w, 5, "org/js/c1/out", i + 1, body.to_string().as_bytes()) {
+        match puback_code(
+            &mut w,
+            5,
+            "org/js/c1/out",
+            i + 1,
+            body.to_string().as_bytes(),
+        ) {
             0 => accepted.push(format!("rate-{i}")),
             0x97 => limited += 1,
             other => panic!("unexpected PUBACK reason {other:#x}"),
@@ -435,7 +467,10 @@ async fn publishes_over_the_rate_are_refused_and_accepted_ones_all_arrive() {
         let m = c2.expect_cmd(10).await;
         got.push(m["id"].as_str().unwrap().to_string());
     }
-    assert_eq!(got, accepted, "every accepted command arrives once, in order");
+    assert_eq!(
+        got, accepted,
+        "every accepted command arrives once, in order"
+    );
     assert!(c2.recv(1).await.is_none(), "no refused command arrives");
     let node = t.node("js");
     assert_eq!(node.metric("medlink_rate_limited_total"), limited as f64);
@@ -451,16 +486,26 @@ fn connections_per_identity_are_capped() {
     let mut keep = Vec::new();
     for i in 0..2 {
         let mut w = dial(port);
-        assert_eq!(handshake(&mut w, &connect(4, &format!("c1-{i}"), "c1", PASSWORD, 30)), Some(0));
+        assert_eq!(
+            handshake(&mut w, &connect(4, &format!("c1-{i}"), "c1", PASSWORD, 30)),
+            Some(0)
+        );
         keep.push(w);
     }
     assert_eq!(connack_code(port, 4, "c1-x", "c1", PASSWORD, 30), Some(3));
-    assert_eq!(connack_code(port, 5, "c1-y", "c1", PASSWORD, 30), Some(0x97));
+    assert_eq!(
+        connack_code(port, 5, "c1-y", "c1", PASSWORD, 30),
+        Some(0x97)
+    );
     // Reconnecting with a live client id is a takeover, not a third connection.
     assert_eq!(connack_code(port, 4, "c1-0", "c1", PASSWORD, 30), Some(0));
     // Other identities are not affected.
     assert_eq!(connack_code(port, 4, "c2-0", "c2", PASSWORD, 30), Some(0));
-    assert!(t.node("js").metric("medlink_identity_connection_limit_total") >= 2.0);
+    assert!(
+        t.node("js")
+            .metric("medlink_identity_connection_limit_total")
+            >= 2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,16 +518,34 @@ async fn wills_on_foreign_topics_are_removed_and_own_outbox_wills_are_sent() {
     let forged = br#"{"from":{"node":"js","client":"c1"},"cmd":"forged"}"#;
     let code = handshake(
         &mut w,
-        &connect_full(4, "c1-a", Some(("c1", PASSWORD)), 30, Some(Will { topic: b"org/js/c2/cmd", payload: forged })),
+        &connect_full(
+            4,
+            "c1-a",
+            Some(("c1", PASSWORD)),
+            30,
+            Some(Will {
+                topic: b"org/js/c2/cmd",
+                payload: forged,
+            }),
+        ),
     );
     assert_eq!(code, Some(0));
     drop(w); // dies without DISCONNECT
-    // A will on its own outbox: a command like any other, sent when the connection dies.
+             // A will on its own outbox: a command like any other, sent when the connection dies.
     let mut w = dial(port);
     let will = br#"{"to":{"node":"js","client":"c2"},"cmd":"clinic.offline"}"#;
     let code = handshake(
         &mut w,
-        &connect_full(4, "c1-b", Some(("c1", PASSWORD)), 30, Some(Will { topic: b"org/js/c1/out", payload: will })),
+        &connect_full(
+            4,
+            "c1-b",
+            Some(("c1", PASSWORD)),
+            30,
+            Some(Will {
+                topic: b"org/js/c1/out",
+                payload: will,
+            }),
+        ),
     );
     assert_eq!(code, Some(0));
     drop(w);
@@ -498,11 +561,18 @@ fn a_topic_alias_is_refused_so_it_cannot_stand_in_for_a_denied_topic() {
     let mut t = Tree::start(&[spec("js", None, &["c1", "c2"])]);
     let port = t.node("js").port;
     let mut w = dial(port);
-    assert_eq!(handshake(&mut w, &connect(5, "c1-alias", "c1", PASSWORD, 30)), Some(0));
-    w.send(&publish(5, b"org/js/c2/cmd", 1, b"{}", Some(1))).unwrap();
+    assert_eq!(
+        handshake(&mut w, &connect(5, "c1-alias", "c1", PASSWORD, 30)),
+        Some(0)
+    );
+    w.send(&publish(5, b"org/js/c2/cmd", 1, b"{}", Some(1)))
+        .unwrap();
     let (kind, body) = w.recv().expect("DISCONNECT");
     assert_eq!(kind, 0xE0, "expected DISCONNECT");
     assert_eq!(body[0], 0x94, "reason: topic alias invalid");
     assert!(w.recv().is_none(), "connection closed");
-    assert_eq!(connack_code(port, 5, "c1-after", "c1", PASSWORD, 30), Some(0));
+    assert_eq!(
+        connack_code(port, 5, "c1-after", "c1", PASSWORD, 30),
+        Some(0)
+    );
 }

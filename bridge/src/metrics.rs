@@ -44,7 +44,10 @@ pub fn render(broker: &BrokerMetrics, stats: &Stats) -> String {
         ),
     ];
     for (name, help, v) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     }
     let name = "medlink_parent_link_up";
     let _ = writeln!(

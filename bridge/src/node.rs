@@ -171,8 +171,12 @@ impl Node {
             })?;
         let broker_metrics = Arc::new(BrokerMetrics::default());
         let auth = Arc::new(
-            Authenticator::new(cfg.credentials.clone(), cfg.throttle, broker_metrics.clone())
-                .map_err(NodeError::Credentials)?,
+            Authenticator::new(
+                cfg.credentials.clone(),
+                cfg.throttle,
+                broker_metrics.clone(),
+            )
+            .map_err(NodeError::Credentials)?,
         );
         let credentials = auth.credentials();
         let topology = Topology {

@@ -252,7 +252,9 @@ impl Authenticator {
                 }
             }
         }
-        let ok = self.verify_blocking(hash.to_string(), password.to_vec()).await;
+        let ok = self
+            .verify_blocking(hash.to_string(), password.to_vec())
+            .await;
         if ok && self.generation() == generation {
             self.verified
                 .lock()
@@ -312,7 +314,10 @@ mod tests {
         let ok = auth.login(ip, Some("clinic"), Some(b"pw"), None).await;
         assert_eq!(ok.unwrap().role, Role::Client);
         // Second time from the cache, same answer.
-        assert!(auth.login(ip, Some("clinic"), Some(b"pw"), None).await.is_ok());
+        assert!(auth
+            .login(ip, Some("clinic"), Some(b"pw"), None)
+            .await
+            .is_ok());
         assert_eq!(
             auth.login(ip, Some("clinic"), Some(b"px"), None).await,
             Err(LoginError::BadCredentials)
@@ -323,13 +328,21 @@ mod tests {
         );
         // A node with no password logs in by certificate only.
         assert!(auth.login(ip, None, None, Some("js.a")).await.is_ok());
-        assert!(auth.login(ip, Some("js.a"), None, Some("js.a")).await.is_ok());
+        assert!(auth
+            .login(ip, Some("js.a"), None, Some("js.a"))
+            .await
+            .is_ok());
         assert!(auth.login(ip, Some("js.a"), Some(b""), None).await.is_err());
         assert!(auth.login(ip, None, None, Some("js.zz")).await.is_err());
         // Rotation takes effect without a restart; the cache does not outlive it.
-        file_with("clinic", Role::Client, "new").save(&path).unwrap();
+        file_with("clinic", Role::Client, "new")
+            .save(&path)
+            .unwrap();
         tokio::time::sleep(RELOAD_CHECK + Duration::from_millis(50)).await;
-        assert!(auth.login(ip, Some("clinic"), Some(b"pw"), None).await.is_err());
+        assert!(auth
+            .login(ip, Some("clinic"), Some(b"pw"), None)
+            .await
+            .is_err());
         assert!(auth.generation() >= 1);
         let ok = auth.login(ip, Some("clinic"), Some(b"new"), None).await;
         assert!(ok.is_ok(), "{ok:?}");

@@ -28,10 +28,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::acl::{link_down_topic, outbox_topic, stream_of, strip_share, AclPolicy, PublishClass};
+use crate::auth::Authenticator;
 use crate::codec::{publish_header, Codec, Version};
 use crate::connect::{admit, handshake, refuse, ConnectInfo, End};
 use crate::events::{Accept, ConnId, Inbound, Stream};
-use crate::auth::Authenticator;
 use crate::identity::{Identity, Role};
 use crate::metrics::{bump, BrokerMetrics};
 use crate::rate::{RateLimiter, RateVerdict};
@@ -156,8 +156,9 @@ impl Session {
         let (identity, client_id, assigned) =
             admit(ctx, transport, codec, &info, peer, certificate, conn).await?;
         let will = match info.will {
-            Some(w) if identity.role == Role::Client
-                && w.topic[..] == *outbox_topic(&ctx.node_id, &identity.name).as_bytes() =>
+            Some(w)
+                if identity.role == Role::Client
+                    && w.topic[..] == *outbox_topic(&ctx.node_id, &identity.name).as_bytes() =>
             {
                 Some(w.message)
             }
@@ -380,8 +381,9 @@ impl Session {
                 let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
                 let class = ctx.acl.publish(&self.identity, topic);
                 if class == PublishClass::Outbox {
-                    if let RateVerdict::Refused { notify } =
-                        ctx.rate.check(&self.identity.name, std::time::Instant::now())
+                    if let RateVerdict::Refused { notify } = ctx
+                        .rate
+                        .check(&self.identity.name, std::time::Instant::now())
                     {
                         bump(&ctx.metrics.rate_limited);
                         if notify {

@@ -70,7 +70,8 @@ pub struct CredentialsFile {
     pub identities: Vec<IdentityRecord>,
 }
 
-const FILE_HEADER: &str = "# medlink credentials: argon2id hashes, managed with `medlink passwd`.\n\
+const FILE_HEADER: &str =
+    "# medlink credentials: argon2id hashes, managed with `medlink passwd`.\n\
 # Keep this file readable by the node's user only.\n\n";
 
 impl CredentialsFile {

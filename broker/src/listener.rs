@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::acl::AclPolicy;
+use crate::auth::Authenticator;
 use crate::connection::{self, FrontEnd};
 use crate::events::Inbound;
-use crate::auth::Authenticator;
 use crate::metrics::{bump, BrokerMetrics};
 use crate::rate::{RateLimiter, RateSettings};
 use crate::tls::common_name;

@@ -227,12 +227,16 @@ pub fn connack_code(
     pass: &str,
     keepalive: u16,
 ) -> Option<u8> {
-    handshake(&mut dial(port), &connect(level, client_id, user, pass, keepalive))
+    handshake(
+        &mut dial(port),
+        &connect(level, client_id, user, pass, keepalive),
+    )
 }
 
 /// Subscribes and returns the SUBACK's codes, one per filter.
 pub fn suback_codes(wire: &mut impl Wire, level: u8, pkid: u16, filters: &[&str]) -> Vec<u8> {
-    wire.send(&subscribe(level, pkid, filters)).expect("send SUBSCRIBE");
+    wire.send(&subscribe(level, pkid, filters))
+        .expect("send SUBSCRIBE");
     loop {
         let (kind, body) = wire.recv().expect("SUBACK");
         if kind != 0x90 {

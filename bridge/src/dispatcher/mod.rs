@@ -431,7 +431,10 @@ impl State {
         let me = &self.cfg.topology.me;
         for child in credentials.names_with_role(Role::Node) {
             if child != me && within(me, child) && !self.cfg.topology.children.contains(child) {
-                warn!(child, "new child node identity: restart this node to route to it");
+                warn!(
+                    child,
+                    "new child node identity: restart this node to route to it"
+                );
             }
         }
     }
