@@ -12,6 +12,11 @@
 #     the root.
 # Runs: throughput (as fast as possible) and latency at a fixed 1,000 msg/s, for each chain.
 # Prints one JSON line per run and a summary table. Needs: mosquitto (Debian package).
+#
+# TLS=1 runs both chains over TLS (every listener, every bridge/link, the bench clients), with
+# certificates from `medlink certs`; medlink's links then authenticate by client certificate.
+# The per-identity rate limit is turned off in the bench configs (all publishers share one
+# identity and the point is to measure the fabric, not the limiter).
 set -euo pipefail
 
 # ONLY=medlink or ONLY=mosquitto runs one side; KEEP=1 leaves the chains running until Enter.
@@ -32,6 +37,15 @@ trap cleanup EXIT INT TERM
 
 command -v mosquitto >/dev/null || { echo "mosquitto is not installed (apt-get install mosquitto)" >&2; exit 2; }
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
+TLS=${TLS:-0}
+if [ "$TLS" = 1 ]; then
+    "$BIN" certs --dir "$WORK/certs" b b.c b.c.d b.c.d.e mosq > /dev/null 2>&1
+    SCHEME=mqtts
+    CA_ARGS=(--ca "$WORK/certs/ca.crt")
+else
+    SCHEME=mqtt
+    CA_ARGS=()
+fi
 
 wait_port() {
     for _ in $(seq 1 200); do
@@ -52,6 +66,11 @@ for i in 0 1 2 3; do
     mkdir -p "$dir"
     {
         echo "listener $port 127.0.0.1"
+        if [ "$TLS" = 1 ]; then
+            echo "cafile $WORK/certs/ca.crt"
+            echo "certfile $WORK/certs/mosq.crt"
+            echo "keyfile $WORK/certs/mosq.key"
+        fi
         echo "allow_anonymous true"
         echo "user root"
         echo "persistence true"
@@ -64,6 +83,7 @@ for i in 0 1 2 3; do
             echo "topic bench/# out 1"
             echo "cleansession false"
             echo "bridge_protocol_version mqttv311"
+            [ "$TLS" = 1 ] && echo "bridge_cafile $WORK/certs/ca.crt"
         fi
     } > "$dir/mosquitto.conf"
     mosquitto -c "$dir/mosquitto.conf" > "$dir/log" 2>&1 &
@@ -77,32 +97,49 @@ IDS=(b b.c b.c.d b.c.d.e)
 for i in 0 1 2 3; do
     [ "$ONLY" = mosquitto ] && break
     id=${IDS[$i]}
+    creds="$WORK/ml$i.credentials.toml"
+    echo "link-password" > "$WORK/link-pw"
+    [ "$i" -lt 3 ] && echo "link-password" | "$BIN" passwd --file "$creds" add "${IDS[$((i + 1))]}" --role node --password-stdin 2> /dev/null
+    [ "$i" -eq 0 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add sink --role client --password-stdin 2> /dev/null
+    [ "$i" -eq 3 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add source --role client --password-stdin 2> /dev/null
     {
         echo "[node]"
         echo "id = \"$id\""
         echo "data_dir = \"$WORK/ml$i\""
+        echo "credentials = \"$creds\""
+        echo "[limits]"
+        echo "rate_per_second = 0"
         echo "[[listener]]"
-        echo "kind = \"tcp\""
+        if [ "$TLS" = 1 ]; then
+            echo "kind = \"tls\""
+        else
+            echo "kind = \"tcp\""
+        fi
         echo "addr = \"127.0.0.1:${ML[$i]}\""
+        if [ "$TLS" = 1 ]; then
+            printf '[tls]\ncert = "%s"\nkey = "%s"\nclient_ca = "%s"\n' \
+                "$WORK/certs/$id.crt" "$WORK/certs/$id.key" "$WORK/certs/ca.crt"
+        fi
         if [ "$i" -gt 0 ]; then
             echo "[parent]"
-            echo "addresses = [\"mqtt://127.0.0.1:${ML[$((i - 1))]}\"]"
-            echo "password = \"link-pw\""
+            echo "addresses = [\"$SCHEME://127.0.0.1:${ML[$((i - 1))]}\"]"
+            if [ "$TLS" = 1 ]; then
+                printf 'ca = "%s"\ncert = "%s"\nkey = "%s"\n' \
+                    "$WORK/certs/ca.crt" "$WORK/certs/$id.crt" "$WORK/certs/$id.key"
+            else
+                echo "password_file = \"$WORK/link-pw\""
+            fi
         fi
-        if [ "$i" -lt 3 ]; then
-            printf '[[identity]]\nname = "%s"\npassword = "link-pw"\nrole = "node"\n' "${IDS[$((i + 1))]}"
-        fi
-        [ "$i" -eq 0 ] && printf '[[identity]]\nname = "sink"\npassword = "pw"\nrole = "client"\n'
-        [ "$i" -eq 3 ] && printf '[[identity]]\nname = "source"\npassword = "pw"\nrole = "client"\n'
     } > "$WORK/ml$i.toml"
     MEDLINK_LOG=warn "$BIN" node --config "$WORK/ml$i.toml" > "$WORK/ml$i.log" 2>&1 &
     PIDS+=($!)
 done
 [ "$ONLY" = mosquitto ] || { for p in "${ML[@]}"; do wait_port "$p"; done; sleep 1; } # links connect
 
-MOSQ_ARGS=(--pub-url mqtt://127.0.0.1:19904 --sub-url mqtt://127.0.0.1:19901)
-ML_ARGS=(--medlink --pub-url mqtt://127.0.0.1:19914 --sub-url mqtt://127.0.0.1:19911
-    --pub-node b.c.d.e --pub-user source --pub-pass pw --sub-node b --sub-user sink --sub-pass pw)
+MOSQ_ARGS=(--pub-url "$SCHEME://127.0.0.1:19904" --sub-url "$SCHEME://127.0.0.1:19901" "${CA_ARGS[@]}")
+ML_ARGS=(--medlink --pub-url "$SCHEME://127.0.0.1:19914" --sub-url "$SCHEME://127.0.0.1:19911" "${CA_ARGS[@]}"
+    --pub-node b.c.d.e --pub-user source --pub-pass bench-password
+    --sub-node b --sub-user sink --sub-pass bench-password)
 
 RESULTS="$WORK/results.jsonl"
 run() { "$BIN" bench "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }

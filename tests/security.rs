@@ -576,3 +576,51 @@ fn a_topic_alias_is_refused_so_it_cannot_stand_in_for_a_denied_topic() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_node_cannot_pose_as_a_sender_outside_its_subtree() {
+    // js.k is declared as a child of js; the test speaks for it on its link topics.
+    let mut t = Tree::new(&[
+        spec("js", None, &["prov", "victim"]),
+        spec("js.k", Some("js"), &[]),
+    ]);
+    t.node("js").start();
+    let port = t.node("js").port;
+    let mut victim = App::connect("js", "victim", port).await;
+    let mut link = dial(port);
+    assert_eq!(
+        handshake(&mut link, &connect(4, "js.k", "js.k", PASSWORD, 30)),
+        Some(0)
+    );
+    assert_eq!(suback_codes(&mut link, 4, 1, &["link/js.k/down"]), [1]);
+    let env = |id: &str, from_node: &str, from_client: &str| {
+        json!({"id": id, "kind": "cmd", "from": {"node": from_node, "client": from_client},
+               "to": {"node": "js", "client": "victim"}, "cmd": "order.drug", "params": null,
+               "created_at": 1, "priority": 0, "hops": 1, "trail": []})
+    };
+    let frame = json!({"t": "batch", "epoch": 7, "floor": 1, "msgs": [
+        {"p": 0, "s": 1, "e": env("forged-1", "js", "prov")},
+        {"p": 1, "s": 2, "e": env("honest-1", "js.k.t1", "clinic")},
+    ]});
+    link.send(&publish(
+        4,
+        b"link/js.k/up",
+        1,
+        frame.to_string().as_bytes(),
+        None,
+    ))
+    .unwrap();
+    let got = victim.expect_cmd(10).await;
+    assert_eq!(
+        got["id"], "honest-1",
+        "only the envelope from the child's subtree: {got}"
+    );
+    assert!(
+        victim.recv(1).await.is_none(),
+        "the forged one never arrives"
+    );
+    assert!(t
+        .node("js")
+        .log_text()
+        .contains("claims a sender outside its subtree"));
+}

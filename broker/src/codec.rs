@@ -6,7 +6,10 @@
 //! at fixed places in the wire format, so they are read from the bytes.
 
 use bytes::BytesMut;
-use rumqttd::protocol::{v4::V4, v5::V5, Error, Packet, Protocol};
+use rumqttd::protocol::{v4::V4, v5::V5, Error, Protocol};
+
+/// The decoded packet type (rumqttd's), re-exported for callers of [`Codec::read`].
+pub use rumqttd::protocol::Packet;
 
 /// Protocol version of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

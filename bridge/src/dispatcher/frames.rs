@@ -5,13 +5,14 @@
 use std::time::Instant;
 
 use medlink_broker::Accept;
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::{Outbox, State, PARENT};
 use crate::envelope::Envelope;
 use crate::frame::{Frame, InOrder};
 use crate::journal::Txn;
 use crate::links::down_dest;
+use crate::route::within;
 
 impl State {
     /// Commits a batch from a link peer in sequence order; returns the cumulative ack.
@@ -42,6 +43,18 @@ impl State {
         for m in msgs {
             match order.admit(m.p, m.s) {
                 Some(true) => match Envelope::parse(m.e.get().as_bytes()) {
+                    // Everything a child sends up originated in its own subtree; a `from`
+                    // outside it is a compromised or misconfigured node posing as someone
+                    // else, so it is dropped (and acknowledged, so the link moves on).
+                    Ok(env) if peer != PARENT && !within(peer, &env.from.node) => {
+                        self.stats.rejected();
+                        error!(
+                            peer,
+                            id = %env.id,
+                            from = %format!("{}/{}", env.from.node, env.from.client),
+                            "envelope from a child claims a sender outside its subtree; dropped"
+                        );
+                    }
                     Ok(env) => self.accept(tx, env, now)?,
                     Err(e) => {
                         warn!(peer, seq = m.s, error = %e, "malformed envelope on link dropped")
