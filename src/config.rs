@@ -161,6 +161,10 @@ impl Default for LimitsSection {
 pub struct MetricsSection {
     /// `ip:port` to serve `/metrics` and `/healthz` on; absent: not served.
     pub addr: Option<String>,
+    /// Serve over HTTPS with the `[tls]` certificate.
+    pub tls: bool,
+    /// Allow clear-text HTTP on a non-loopback address.
+    pub insecure: bool,
 }
 
 /// `[link]`
@@ -288,13 +292,25 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         }
         None => CredentialSource::Fixed(Default::default()),
     };
-    let metrics_addr = match &file.metrics.addr {
+    let m = &file.metrics;
+    let metrics_addr = match &m.addr {
         None => None,
         Some(a) => Some(
             a.parse::<SocketAddr>()
                 .map_err(|e| format!("metrics.addr: '{a}' is not ip:port ({e})"))?,
         ),
     };
+    if m.tls && tls.is_none() {
+        return Err("metrics.tls: needs a [tls] section with cert and key".into());
+    }
+    if let Some(addr) = metrics_addr {
+        if !m.tls && !m.insecure && !addr.ip().is_loopback() {
+            return Err(format!(
+                "metrics.addr: clear-text HTTP on {addr}; set metrics.tls = true, or insecure = true \
+                 for a trusted management network"
+            ));
+        }
+    }
     let l = &file.limits;
     // A frame carries at least one envelope (payload plus stamps and trail) next to half a
     // packet of others, so the payload must leave room for that in every hop's packet limit.
@@ -347,6 +363,7 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         connect_timeout: Duration::from_millis(l.connect_timeout_ms),
         throttle: ThrottleSettings::default(),
         metrics_addr,
+        metrics_tls: m.tls,
         policy: file.node.policy,
         audit: file.node.audit,
         durability: file.node.durability,

@@ -199,6 +199,10 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     let (province, city, township) = (&nodes[0], &nodes[1], &nodes[3]);
     let conf = |tier: &str| args.conf_dir.join(format!("{tier}.toml"));
     let ca = certs.join("ca.crt");
+    println!(
+        "  TLS on every listener and tier link (CA {}); child nodes log in with their certificates,\n  clients with passwords checked against argon2id hashes",
+        ca.display()
+    );
     let mut hosp = DemoClient::connect(city, &conf("city"), "hosp", &ca).await?;
     let mut clinic = DemoClient::connect(township, &conf("township"), "clinic", &ca).await?;
     println!(

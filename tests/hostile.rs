@@ -76,6 +76,17 @@ async fn hostile_input_leaves_the_node_serving_and_loses_nothing() {
         s.recv().is_none(),
         "a reserved packet type closes the connection"
     );
+    // A packet only servers send (UNSUBACK once panicked rumqttd's v5 decoder, which would
+    // have skipped the connection's cleanup): v5 is told "malformed", then closed.
+    let mut s = dial(port);
+    assert_eq!(
+        handshake(&mut s, &connect(5, "evil-1b", "evil", PASSWORD, 30)),
+        Some(0)
+    );
+    let _ = s.write_all(&[0xb0, 0x03, 0x00, 0x01, 0x00]);
+    let (kind, body) = s.recv().expect("DISCONNECT");
+    assert_eq!((kind, body[0]), (0xE0, 0x81));
+    assert!(s.recv().is_none());
     still_serving(&good, &mut peer, 1).await;
 
     // 2. Truncated packets: a CONNECT cut short and closed; a PUBLISH that promises more

@@ -624,3 +624,48 @@ async fn a_child_node_cannot_pose_as_a_sender_outside_its_subtree() {
         .log_text()
         .contains("claims a sender outside its subtree"));
 }
+
+#[test]
+fn the_demo_runs_entirely_on_tls_from_the_example_configs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    // The example configs themselves are secure: TLS listeners, TLS parents, no passwords.
+    for tier in ["province", "city", "county", "township"] {
+        for file in [format!("{tier}.toml"), format!("{tier}.credentials.toml")] {
+            let text = std::fs::read_to_string(root.join("conf").join(&file)).unwrap();
+            if file.ends_with(".credentials.toml") {
+                assert!(
+                    !text.contains("password ="),
+                    "{file} holds a clear-text password"
+                );
+            } else {
+                for bad in [
+                    "kind = \"tcp\"",
+                    "kind = \"ws\"",
+                    "mqtt://",
+                    "ws://",
+                    "password",
+                ] {
+                    assert!(!text.contains(bad), "{file} contains `{bad}`");
+                }
+                assert!(text.contains("kind = \"tls\"") && text.contains("kind = \"wss\""));
+            }
+            std::fs::write(dir.path().join(&file), text).unwrap();
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["demo", "--timeout", "90", "--conf-dir"])
+        .arg(dir.path())
+        .env("MEDLINK_LOG", "warn")
+        .output()
+        .expect("run medlink demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("mqtts://127.0.0.1:18830"), "{stdout}");
+    assert!(stdout.contains("second-opinion reply"), "{stdout}");
+    assert!(
+        stdout.contains("all 4 node processes stopped cleanly"),
+        "{stdout}"
+    );
+}

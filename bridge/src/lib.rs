@@ -10,13 +10,14 @@
 //! - [`uplink`]: the child's MQTT connection to its parent.
 //! - [`node`]: wires broker, dispatcher and uplink into one running node.
 //! - [`audit`]: reading the audit table.
-//! - [`metrics`]: the Prometheus endpoint.
+//! - [`metrics`]: the Prometheus endpoint; [`https`]: serving it (and later the HTTP API) over TLS.
 
 pub mod audit;
 pub mod delivery;
 pub mod dispatcher;
 pub mod envelope;
 pub mod frame;
+pub mod https;
 pub mod journal;
 pub mod links;
 pub mod metrics;

@@ -58,12 +58,14 @@ pub fn render(broker: &BrokerMetrics, stats: &Stats) -> String {
     out
 }
 
-/// Serves the endpoint on `addr` until `shutdown` turns true; returns the bound address.
+/// Serves the endpoint on `addr` (over HTTPS with `tls`) until `shutdown` turns true; returns
+/// the bound address.
 pub async fn serve(
     addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     broker: Arc<BrokerMetrics>,
     stats: Stats,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("metrics: cannot listen on {addr}: {e}"))
@@ -83,13 +85,7 @@ pub async fn serve(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
-    info!(addr = %bound, "metrics endpoint listening");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    info!(addr = %bound, https = tls.is_some(), "metrics endpoint listening");
+    let task = tokio::spawn(crate::https::serve(listener, app, tls, shutdown));
     Ok((bound, task))
 }

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub throttle: ThrottleSettings,
     /// Where to serve `/metrics`; `None`: not served.
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve `/metrics` over HTTPS with the node's certificate.
+    pub metrics_tls: bool,
     /// Routing policy for commands sent from here.
     pub policy: Policy,
     /// Audit every routed envelope (always on at the root).
@@ -267,6 +269,7 @@ impl Node {
             Some(addr) => {
                 let (bound, _task) = crate::metrics::serve(
                     addr,
+                    cfg.tls.clone().filter(|_| cfg.metrics_tls),
                     broker_metrics.clone(),
                     stats.clone(),
                     shutdown_rx.clone(),

@@ -29,11 +29,23 @@ pub struct Codec {
 
 impl Codec {
     /// Decodes one packet from the front of `buf`.
+    ///
+    /// Only packet types a client may send are handed to rumqttd's decoders: its v5 decoder
+    /// reaches `unreachable!()` on an UNSUBACK (found by `fuzz/mqtt_frontend`), and a panic in
+    /// a connection task would skip that connection's cleanup. Any other panic inside the
+    /// third-party decoder is contained too and reported as a malformed packet.
     pub fn read(&self, buf: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        match self.version {
+        if let Some(first) = buf.first() {
+            if !client_may_send(first >> 4) {
+                return Err(Error::InvalidPacketType(first >> 4));
+            }
+        }
+        let version = self.version;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match version {
             Version::V4 => V4.read_mut(buf, max_size),
             Version::V5 => V5.read_mut(buf, max_size),
-        }
+        }))
+        .unwrap_or(Err(Error::MalformedPacket))
     }
 
     /// Encodes `packet` at the end of `buf`.
@@ -43,6 +55,12 @@ impl Codec {
             Version::V5 => V5.write(packet, buf),
         }
     }
+}
+
+/// Whether a client may send MQTT control packet type `t` (CONNECT, PUBLISH, the PUBACK
+/// family, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT). AUTH (15) is not offered.
+fn client_may_send(t: u8) -> bool {
+    matches!(t, 1 | 3..=8 | 10 | 12 | 14)
 }
 
 /// Outcome of looking at the first bytes of a connection.
@@ -138,6 +156,30 @@ mod tests {
         assert_eq!(sniff_connect(b"GET / HTTP/1.1\r\n"), Sniff::Garbage);
         let v3 = [0x10, 14, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3];
         assert_eq!(sniff_connect(&v3), Sniff::UnsupportedLevel(3));
+    }
+
+    #[test]
+    fn packets_only_servers_send_are_refused_not_decoded() {
+        // UNSUBACK once made rumqttd's v5 decoder panic.
+        for version in [Version::V4, Version::V5] {
+            let codec = Codec { version };
+            for first in [0x20, 0x90, 0xb0, 0xb8, 0xd0, 0xf0, 0x00] {
+                let mut buf = BytesMut::from(&[first, 2, 0, 1][..]);
+                assert!(
+                    codec.read(&mut buf, 1024).is_err(),
+                    "{version:?} {first:#x}"
+                );
+            }
+        }
+        let crash = [
+            184u8, 16, 58, 0, 4, 77, 81, 84, 84, 5, 198, 0, 255, 255, 255, 255, 255, 255, 255, 3,
+        ];
+        let mut buf = BytesMut::from(&crash[..]);
+        assert!(Codec {
+            version: Version::V5
+        }
+        .read(&mut buf, 1024)
+        .is_err());
     }
 
     #[test]
