@@ -10,6 +10,7 @@ need=()
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux) # the descriptor-exhaustion test
+command -v curl >/dev/null 2>&1 || need+=(curl)            # the HTTPS metrics test
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -669,3 +669,39 @@ fn the_demo_runs_entirely_on_tls_from_the_example_configs() {
         "{stdout}"
     );
 }
+
+#[test]
+fn metrics_can_be_served_over_https_only() {
+    let mut t = Tree::new_tls(&[spec("js", None, &["c1"])]);
+    let node = t.node("js");
+    let port = node.metrics_port;
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    let text = text.replace("[metrics]\n", "[metrics]\ntls = true\n");
+    std::fs::write(&node.config, text).unwrap();
+    node.start();
+    let curl = |url: &str, ca: Option<&std::path::Path>| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "5", url]);
+        if let Some(ca) = ca {
+            c.arg("--cacert").arg(ca);
+        }
+        c.output().expect("curl runs (apt install curl)")
+    };
+    let ok = curl(&format!("https://localhost:{port}/metrics"), Some(&t.ca()));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("medlink_connections_open"));
+    let plain = curl(&format!("http://localhost:{port}/metrics"), None);
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("medlink_"),
+        "clear-text HTTP must not be answered on an HTTPS port"
+    );
+    let untrusted = curl(&format!("https://localhost:{port}/metrics"), None);
+    assert!(
+        !untrusted.status.success(),
+        "the node's certificate is checked"
+    );
+}
