@@ -134,7 +134,12 @@ for i in 0 1 2 3; do
     MEDLINK_LOG=warn "$BIN" node --config "$WORK/ml$i.toml" > "$WORK/ml$i.log" 2>&1 &
     PIDS+=($!)
 done
-[ "$ONLY" = mosquitto ] || { for p in "${ML[@]}"; do wait_port "$p"; done; sleep 1; } # links connect
+if [ "$ONLY" != mosquitto ]; then
+    for i in 0 1 2 3; do
+        wait_port "${ML[$i]}" || { cat "$WORK/ml$i.log" >&2; exit 1; }
+    done
+    sleep 1 # links connect
+fi
 
 MOSQ_ARGS=(--pub-url "$SCHEME://127.0.0.1:19904" --sub-url "$SCHEME://127.0.0.1:19901" "${CA_ARGS[@]}")
 ML_ARGS=(--medlink --pub-url "$SCHEME://127.0.0.1:19914" --sub-url "$SCHEME://127.0.0.1:19911" "${CA_ARGS[@]}"
