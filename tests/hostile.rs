@@ -66,11 +66,7 @@ async fn hostile_input_leaves_the_node_serving_and_loses_nothing() {
         let _ = w.send(blob);
         assert!(w.recv().is_none());
     }
-    let mut s = dial(port);
-    assert_eq!(
-        handshake(&mut s, &connect(4, "evil-1", "evil", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut s = logged_in(port, 4, "evil-1", "evil");
     let _ = s.write_all(&[0xf0, 0x00, 0x13, 0x37]);
     assert!(
         s.recv().is_none(),
@@ -78,11 +74,7 @@ async fn hostile_input_leaves_the_node_serving_and_loses_nothing() {
     );
     // A packet only servers send (UNSUBACK once panicked rumqttd's v5 decoder, which would
     // have skipped the connection's cleanup): v5 is told "malformed", then closed.
-    let mut s = dial(port);
-    assert_eq!(
-        handshake(&mut s, &connect(5, "evil-1b", "evil", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut s = logged_in(port, 5, "evil-1b", "evil");
     let _ = s.write_all(&[0xb0, 0x03, 0x00, 0x01, 0x00]);
     let (kind, body) = s.recv().expect("DISCONNECT");
     assert_eq!((kind, body[0]), (0xE0, 0x81));
@@ -110,11 +102,7 @@ async fn hostile_input_leaves_the_node_serving_and_loses_nothing() {
 
     // 3. Oversized: the declared length alone gets the connection dropped (v5: 0x95 first),
     // long before that many bytes arrive.
-    let mut s = dial(port);
-    assert_eq!(
-        handshake(&mut s, &connect(5, "evil-4", "evil", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut s = logged_in(port, 5, "evil-4", "evil");
     let mut header = vec![0x32];
     varint(200 * 1024 * 1024, &mut header);
     let _ = s.write_all(&header);
@@ -126,11 +114,7 @@ async fn hostile_input_leaves_the_node_serving_and_loses_nothing() {
         "v5 is told: packet too large"
     );
     // and a payload over the command limit is refused with a reason
-    let mut s = dial(port);
-    assert_eq!(
-        handshake(&mut s, &connect(5, "evil-5", "evil", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut s = logged_in(port, 5, "evil-5", "evil");
     let huge = vec![b'x'; 100 * 1024];
     assert_eq!(puback_code(&mut s, 5, "org/js/evil/out", 1, &huge), 0x99);
     still_serving(&good, &mut peer, 3).await;
@@ -138,19 +122,11 @@ async fn hostile_input_leaves_the_node_serving_and_loses_nothing() {
     drop(s);
 
     // 4. Invalid UTF-8 in a topic: no topic at all, so nothing is routed.
-    let mut s = dial(port);
-    assert_eq!(
-        handshake(&mut s, &connect(4, "evil-6", "evil", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut s = logged_in(port, 4, "evil-6", "evil");
     let _ = s.send(&publish(4, b"org/js/\xff\xfe/out", 1, b"{}", None));
     let _ = s.recv();
     drop(s);
-    let mut s = dial(port);
-    assert_eq!(
-        handshake(&mut s, &connect(5, "evil-7", "evil", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut s = logged_in(port, 5, "evil-7", "evil");
     let _ = s.send(&publish(5, b"org/js/evil/\xc3\x28", 1, b"{}", None));
     let _ = s.recv();
     drop(s);

@@ -439,11 +439,7 @@ async fn publishes_over_the_rate_are_refused_and_accepted_ones_all_arrive() {
     let mut t = Tree::start(&[s]);
     let port = t.node("js").port;
     let mut c2 = App::connect("js", "c2", port).await;
-    let mut w = dial(port);
-    assert_eq!(
-        handshake(&mut w, &connect(5, "c1-raw", "c1", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut w = logged_in(port, 5, "c1-raw", "c1");
     let mut accepted = Vec::new();
     let mut limited = 0;
     for i in 0..40u16 {
@@ -485,12 +481,7 @@ fn connections_per_identity_are_capped() {
     let port = t.node("js").port;
     let mut keep = Vec::new();
     for i in 0..2 {
-        let mut w = dial(port);
-        assert_eq!(
-            handshake(&mut w, &connect(4, &format!("c1-{i}"), "c1", PASSWORD, 30)),
-            Some(0)
-        );
-        keep.push(w);
+        keep.push(logged_in(port, 4, &format!("c1-{i}"), "c1"));
     }
     assert_eq!(connack_code(port, 4, "c1-x", "c1", PASSWORD, 30), Some(3));
     assert_eq!(
@@ -513,42 +504,22 @@ async fn wills_on_foreign_topics_are_removed_and_own_outbox_wills_are_sent() {
     let mut t = Tree::start(&[spec("js", None, &["c1", "c2"])]);
     let port = t.node("js").port;
     let mut c2 = App::connect("js", "c2", port).await;
+    // Connects as c1 with a will, then dies without DISCONNECT.
+    let die_with_will = |id: &str, topic: &[u8], payload: &[u8]| {
+        let mut w = dial(port);
+        let will = Will { topic, payload };
+        let login = Some(("c1", PASSWORD));
+        assert_eq!(
+            handshake(&mut w, &connect_full(4, id, login, 30, Some(will))),
+            Some(0)
+        );
+    };
     // A will aimed straight at c2's inbox: removed at CONNECT.
-    let mut w = dial(port);
     let forged = br#"{"from":{"node":"js","client":"c1"},"cmd":"forged"}"#;
-    let code = handshake(
-        &mut w,
-        &connect_full(
-            4,
-            "c1-a",
-            Some(("c1", PASSWORD)),
-            30,
-            Some(Will {
-                topic: b"org/js/c2/cmd",
-                payload: forged,
-            }),
-        ),
-    );
-    assert_eq!(code, Some(0));
-    drop(w); // dies without DISCONNECT
-             // A will on its own outbox: a command like any other, sent when the connection dies.
-    let mut w = dial(port);
+    die_with_will("c1-a", b"org/js/c2/cmd", forged);
+    // A will on its own outbox: a command like any other, sent when the connection dies.
     let will = br#"{"to":{"node":"js","client":"c2"},"cmd":"clinic.offline"}"#;
-    let code = handshake(
-        &mut w,
-        &connect_full(
-            4,
-            "c1-b",
-            Some(("c1", PASSWORD)),
-            30,
-            Some(Will {
-                topic: b"org/js/c1/out",
-                payload: will,
-            }),
-        ),
-    );
-    assert_eq!(code, Some(0));
-    drop(w);
+    die_with_will("c1-b", b"org/js/c1/out", will);
     let got = c2.expect_cmd(10).await;
     assert_eq!(got["cmd"], "clinic.offline");
     assert_eq!(got["from"]["client"], "c1");
@@ -560,11 +531,7 @@ async fn wills_on_foreign_topics_are_removed_and_own_outbox_wills_are_sent() {
 fn a_topic_alias_is_refused_so_it_cannot_stand_in_for_a_denied_topic() {
     let mut t = Tree::start(&[spec("js", None, &["c1", "c2"])]);
     let port = t.node("js").port;
-    let mut w = dial(port);
-    assert_eq!(
-        handshake(&mut w, &connect(5, "c1-alias", "c1", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut w = logged_in(port, 5, "c1-alias", "c1");
     w.send(&publish(5, b"org/js/c2/cmd", 1, b"{}", Some(1)))
         .unwrap();
     let (kind, body) = w.recv().expect("DISCONNECT");
@@ -587,11 +554,7 @@ async fn a_child_node_cannot_pose_as_a_sender_outside_its_subtree() {
     t.node("js").start();
     let port = t.node("js").port;
     let mut victim = App::connect("js", "victim", port).await;
-    let mut link = dial(port);
-    assert_eq!(
-        handshake(&mut link, &connect(4, "js.k", "js.k", PASSWORD, 30)),
-        Some(0)
-    );
+    let mut link = logged_in(port, 4, "js.k", "js.k");
     assert_eq!(suback_codes(&mut link, 4, 1, &["link/js.k/down"]), [1]);
     let env = |id: &str, from_node: &str, from_client: &str| {
         json!({"id": id, "kind": "cmd", "from": {"node": from_node, "client": from_client},

@@ -218,6 +218,18 @@ pub fn handshake(wire: &mut impl Wire, connect: &[u8]) -> Option<u8> {
     }
 }
 
+/// A fresh TCP connection logged in as `user` (password [`crate::common::PASSWORD`], keepalive
+/// 30 s); panics unless the CONNACK accepts it.
+pub fn logged_in(port: u16, level: u8, client_id: &str, user: &str) -> TcpStream {
+    let mut s = dial(port);
+    let code = handshake(
+        &mut s,
+        &connect(level, client_id, user, super::PASSWORD, 30),
+    );
+    assert_eq!(code, Some(0), "{client_id} ({user}) could not log in");
+    s
+}
+
 /// CONNECTs on a fresh TCP connection and returns the CONNACK's code.
 pub fn connack_code(
     port: u16,
