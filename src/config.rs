@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medlink_bridge::envelope::{valid_node_id, Limits};
+use medlink_bridge::http::{TransportChoice, TransportPolicy};
 use medlink_bridge::journal::Durability;
 use medlink_bridge::links::LinkTuning;
-use medlink_bridge::node::NodeConfig;
+use medlink_bridge::node::{HttpSettings, NodeConfig};
 use medlink_bridge::route::Policy;
 use medlink_bridge::uplink::ParentAddr;
 use medlink_broker::throttle::ThrottleSettings;
@@ -48,6 +49,48 @@ pub struct File {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The HTTP API.
+    pub http: Option<HttpSection>,
+    /// Which transport callers are told to use.
+    #[serde(default)]
+    pub transport: TransportSection,
+}
+
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// `ip:port` of the HTTP API.
+    pub addr: String,
+    /// HTTPS with the `[tls]` certificate.
+    #[serde(default)]
+    pub tls: bool,
+    /// Allow clear-text HTTP on a non-loopback address.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Longest long-poll wait a client may ask for, seconds (default 60).
+    #[serde(default = "default_max_wait")]
+    pub max_wait_s: u64,
+}
+
+fn default_max_wait() -> u64 {
+    60
+}
+
+/// `[transport]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportSection {
+    /// `mqtt` (default), `ws` or `http`.
+    pub default: Option<TransportChoice>,
+    /// URL advertised for MQTT, e.g. `mqtts://city.example:8883`.
+    pub mqtt_url: Option<String>,
+    /// URL advertised for MQTT over WebSocket.
+    pub ws_url: Option<String>,
+    /// URL advertised for HTTP.
+    pub http_url: Option<String>,
+    /// Per identity (client or child node): `name = "http"`.
+    pub identities: std::collections::HashMap<String, TransportChoice>,
 }
 
 /// `[node]`
@@ -311,6 +354,49 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             ));
         }
     }
+    let http = match &file.http {
+        None => None,
+        Some(h) => {
+            let addr: SocketAddr = h
+                .addr
+                .parse()
+                .map_err(|e| format!("http.addr: '{}' is not ip:port ({e})", h.addr))?;
+            if h.tls && tls.is_none() {
+                return Err("http.tls: needs a [tls] section with cert and key".into());
+            }
+            if !h.tls && !h.insecure && !addr.ip().is_loopback() {
+                return Err(format!(
+                    "http.addr: clear-text HTTP on {addr} would carry medical data unencrypted; \
+                     set http.tls = true, or insecure = true behind a TLS-terminating proxy"
+                ));
+            }
+            if h.max_wait_s == 0 || h.max_wait_s > 3600 {
+                return Err("http.max_wait_s: must be 1..=3600".into());
+            }
+            Some(HttpSettings {
+                addr,
+                tls: h.tls,
+                max_wait: Duration::from_secs(h.max_wait_s),
+            })
+        }
+    };
+    let t = &file.transport;
+    let mut urls = std::collections::HashMap::new();
+    for (choice, url, key) in [
+        (TransportChoice::Mqtt, &t.mqtt_url, "mqtt_url"),
+        (TransportChoice::Ws, &t.ws_url, "ws_url"),
+        (TransportChoice::Http, &t.http_url, "http_url"),
+    ] {
+        if let Some(u) = url {
+            url::Url::parse(u).map_err(|e| format!("transport.{key}: '{u}' is not a URL ({e})"))?;
+            urls.insert(choice, u.clone());
+        }
+    }
+    let transport = TransportPolicy {
+        default: t.default.unwrap_or(TransportChoice::Mqtt),
+        per_identity: t.identities.clone(),
+        urls,
+    };
     let l = &file.limits;
     // A frame carries at least one envelope (payload plus stamps and trail) next to half a
     // packet of others, so the payload must leave room for that in every hop's packet limit.
@@ -364,6 +450,8 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         throttle: ThrottleSettings::default(),
         metrics_addr,
         metrics_tls: m.tls,
+        http,
+        transport,
         policy: file.node.policy,
         audit: file.node.audit,
         durability: file.node.durability,

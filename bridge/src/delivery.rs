@@ -89,6 +89,19 @@ impl StreamOut {
         true
     }
 
+    /// An acknowledgement of everything up to `upto` at once (an HTTP cursor); deliveries in
+    /// flight over MQTT at or below it are done too. Returns whether anything moved.
+    pub fn confirm_upto(&mut self, upto: u64) -> bool {
+        if upto <= self.confirmed {
+            return false;
+        }
+        self.confirmed = upto;
+        self.sent = self.sent.max(upto);
+        self.inflight.retain(|_, lseq| *lseq > upto);
+        self.inflight_seqs.retain(|lseq| *lseq > upto);
+        true
+    }
+
     /// If the cumulative acknowledgement moved, its new value, to persist; the stream takes
     /// it as its own with [`StreamOut::settled`] once that is committed.
     pub fn unsettled_ack(&self) -> Option<u64> {

@@ -1,16 +1,22 @@
 //! Serving an axum application over HTTP or HTTPS (rustls), with the node's certificate.
 //!
 //! axum 0.7's `serve` takes a plain TCP listener only, so TLS connections are accepted here and
-//! handed to hyper one by one. A failed TLS handshake ends only that connection.
+//! handed to hyper one by one. A failed TLS handshake ends only that connection. Either way
+//! every request carries the peer address (`ConnectInfo<SocketAddr>`, for the login throttle)
+//! and, over TLS, the common name of a verified client certificate (`PeerCertificate`).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
+
+use crate::http::auth::PeerCertificate;
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
@@ -25,7 +31,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Some(config) = tls else {
-        let _ = axum::serve(listener, app)
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, service)
             .with_graceful_shutdown(async move { stopped(&mut shutdown).await })
             .await;
         return;
@@ -56,7 +63,17 @@ pub async fn serve(
                         return;
                     }
                 };
-            let service = hyper::service::service_fn(move |req| {
+            let certificate = PeerCertificate(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(medlink_broker::tls::common_name),
+            );
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(certificate.clone());
                 let app = app.clone();
                 async move {
                     Ok::<_, Infallible>(

@@ -10,13 +10,15 @@
 //! - [`uplink`]: the child's MQTT connection to its parent.
 //! - [`node`]: wires broker, dispatcher and uplink into one running node.
 //! - [`audit`]: reading the audit table.
-//! - [`metrics`]: the Prometheus endpoint; [`https`]: serving it (and later the HTTP API) over TLS.
+//! - [`http`]: the HTTP API (send by POST, receive by long-poll or SSE, transport decisions).
+//! - [`metrics`]: the Prometheus endpoint; [`https`]: serving it and the API over TLS.
 
 pub mod audit;
 pub mod delivery;
 pub mod dispatcher;
 pub mod envelope;
 pub mod frame;
+pub mod http;
 pub mod https;
 pub mod journal;
 pub mod links;

@@ -14,13 +14,28 @@ use medlink_broker::BrokerMetrics;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::http::HttpMetrics;
 use crate::stats::Stats;
 
+/// Where the node's metrics come from.
+#[derive(Clone)]
+pub struct Sources {
+    /// The MQTT front-end.
+    pub broker: Arc<BrokerMetrics>,
+    /// The dispatcher.
+    pub stats: Stats,
+    /// The HTTP API, if served.
+    pub http: Option<Arc<HttpMetrics>>,
+}
+
 /// Renders every metric of the node.
-pub fn render(broker: &BrokerMetrics, stats: &Stats) -> String {
+pub fn render(sources: &Sources) -> String {
     let mut out = String::with_capacity(4096);
-    broker.render(&mut out);
-    let s = stats.snapshot();
+    sources.broker.render(&mut out);
+    if let Some(http) = &sources.http {
+        http.render(&mut out);
+    }
+    let s = sources.stats.snapshot();
     let counters = [
         (
             "medlink_commands_accepted_total",
@@ -63,8 +78,7 @@ pub fn render(broker: &BrokerMetrics, stats: &Stats) -> String {
 pub async fn serve(
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
-    broker: Arc<BrokerMetrics>,
-    stats: Stats,
+    sources: Sources,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -75,7 +89,7 @@ pub async fn serve(
         .route(
             "/metrics",
             get(move || {
-                let body = render(&broker, &stats);
+                let body = render(&sources);
                 async move {
                     (
                         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],

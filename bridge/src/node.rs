@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use medlink_broker::rate::RateLimiter;
 use medlink_broker::throttle::ThrottleSettings;
 use medlink_broker::{
     spawn_router, Authenticator, BrokerHandle, BrokerMetrics, CredentialSource, FrontEndSettings,
@@ -20,6 +21,7 @@ use tracing::info;
 
 use crate::dispatcher::{Dispatcher, DispatcherConfig};
 use crate::envelope::Limits;
+use crate::http::{ApiState, TransportPolicy};
 use crate::journal::{Durability, Journal};
 use crate::links::LinkTuning;
 use crate::route::{within, Policy, Topology};
@@ -62,6 +64,10 @@ pub struct NodeConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Serve `/metrics` over HTTPS with the node's certificate.
     pub metrics_tls: bool,
+    /// The HTTP API, if served.
+    pub http: Option<HttpSettings>,
+    /// Which transport callers are told to use (`GET /v1/transport`).
+    pub transport: TransportPolicy,
     /// Routing policy for commands sent from here.
     pub policy: Policy,
     /// Audit every routed envelope (always on at the root).
@@ -104,6 +110,17 @@ impl std::fmt::Debug for NodeConfig {
     }
 }
 
+/// Where and how the HTTP API is served.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// HTTPS with the node's certificate.
+    pub tls: bool,
+    /// Longest long-poll wait a client may ask for.
+    pub max_wait: Duration,
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -140,6 +157,8 @@ pub struct Node {
     pub bound: Vec<(ListenerKind, std::net::SocketAddr)>,
     /// Where `/metrics` is served, if it is.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the HTTP API is served, if it is.
+    pub http_addr: Option<SocketAddr>,
     /// Counters.
     pub stats: Stats,
     /// Front-end counters.
@@ -252,12 +271,25 @@ impl Node {
                 rt.block_on(dispatcher.run(dispatcher_shutdown));
             })
             .map_err(|e| NodeError::Router(format!("cannot start dispatcher thread: {e}")))?;
+        let rate = Arc::new(RateLimiter::new(cfg.rate));
+        let http_state = cfg.http.as_ref().map(|_| {
+            Arc::new(ApiState::new(
+                &cfg.id,
+                auth.clone(),
+                rate.clone(),
+                broker_metrics.clone(),
+                inbound_tx.clone(),
+                cfg.limits,
+                cfg.http.as_ref().map_or(Duration::ZERO, |h| h.max_wait),
+                cfg.transport.clone(),
+            ))
+        });
         let settings = FrontEndSettings {
             tls: cfg.tls.clone(),
             max_packet_size: cfg.max_packet_size,
             max_connections: cfg.max_connections,
             max_connections_per_identity: cfg.max_connections_per_identity,
-            rate: cfg.rate,
+            rate,
             write_timeout: cfg.write_timeout,
             connect_timeout: cfg.connect_timeout,
             ..FrontEndSettings::new(&cfg.id, auth, broker_metrics.clone())
@@ -265,13 +297,24 @@ impl Node {
         let broker = BrokerHandle::start(&cfg.listeners, settings, links, inbound_tx)
             .await
             .map_err(NodeError::Listen)?;
+        let http_addr = match (&cfg.http, &http_state) {
+            (Some(h), Some(state)) => {
+                let tls = cfg.tls.clone().filter(|_| h.tls);
+                let served = crate::http::serve(h.addr, tls, state.clone(), shutdown_rx.clone());
+                Some(served.await.map_err(NodeError::Listen)?.0)
+            }
+            _ => None,
+        };
         let metrics_addr = match cfg.metrics_addr {
             Some(addr) => {
                 let (bound, _task) = crate::metrics::serve(
                     addr,
                     cfg.tls.clone().filter(|_| cfg.metrics_tls),
-                    broker_metrics.clone(),
-                    stats.clone(),
+                    crate::metrics::Sources {
+                        broker: broker_metrics.clone(),
+                        stats: stats.clone(),
+                        http: http_state.as_ref().map(|s| s.metrics.clone()),
+                    },
                     shutdown_rx.clone(),
                 )
                 .await
@@ -284,6 +327,7 @@ impl Node {
         Ok(Node {
             bound: broker.bound.clone(),
             metrics_addr,
+            http_addr,
             stats,
             broker_metrics,
             broker: Some(broker),

@@ -47,7 +47,7 @@ pub struct FrontEnd {
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<BrokerMetrics>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub rate: RateLimiter,
+    pub rate: Arc<RateLimiter>,
     pub max_connections_per_identity: usize,
     pub acl: AclPolicy,
     pub max_packet_size: usize,
@@ -575,6 +575,7 @@ impl Session {
             Accept::NotAuthorized => (true, PubAckReason::NotAuthorized),
             Accept::Rejected(_) => (true, PubAckReason::PayloadFormatInvalid),
             Accept::RateLimited => (true, PubAckReason::QuotaExceeded),
+            Accept::Unroutable(_) => (true, PubAckReason::UnspecifiedError),
             Accept::Unavailable => (false, PubAckReason::UnspecifiedError),
         };
         if !ok {

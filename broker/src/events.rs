@@ -22,9 +22,22 @@ pub enum Accept {
     NotAuthorized,
     /// Over the identity's publish rate; not accepted. PUBACK 0x97 (quota exceeded) on v5.
     RateLimited,
+    /// Refused without custody because the target is known here to be unreachable (HTTP
+    /// submissions only: MQTT submissions are accepted and get a `failed` receipt).
+    Unroutable(String),
     /// The node could not take custody (journal failure, shutting down). No PUBACK is sent, so
     /// the publisher retries.
     Unavailable,
+}
+
+/// One envelope handed to an HTTP poller: its sequence in the client's stream (the cursor
+/// to acknowledge it with) and its JSON.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Sequence within the stream.
+    pub seq: u64,
+    /// The envelope, as JSON.
+    pub body: Bytes,
 }
 
 /// Which of a client's two delivery streams a subscription opened.
@@ -57,6 +70,49 @@ pub enum Inbound {
         payload: Bytes,
         /// Why, in words for the sender.
         reason: String,
+    },
+    /// A command submitted over HTTP. Like `Command`, but the front-end chose the `id` to use
+    /// if the submission has none (it answers with it), and a target known here to be
+    /// unreachable is refused with [`Accept::Unroutable`] instead of accepted.
+    Submit {
+        /// Authenticated identity of the sender.
+        client: String,
+        /// Raw submission.
+        payload: Bytes,
+        /// Envelope id unless the submission names one.
+        id: String,
+        /// Where to send the verdict.
+        reply: oneshot::Sender<Accept>,
+    },
+    /// An HTTP client reads one of its streams after `after` (a long-poll): the reply comes
+    /// once something is there. With `ack`, everything up to `after` is first acknowledged.
+    Poll {
+        /// Client identity.
+        client: String,
+        /// Which stream.
+        stream: Stream,
+        /// Cursor: the last sequence the client has.
+        after: u64,
+        /// Acknowledge everything up to `after` first.
+        ack: bool,
+        /// Most deliveries in the reply.
+        max: usize,
+        /// Wait for something to arrive; without it an empty stream is answered at once.
+        wait: bool,
+        /// Where the deliveries go; dropping the receiver abandons the poll.
+        reply: oneshot::Sender<Vec<Delivery>>,
+    },
+    /// An HTTP client acknowledges its stream up to `upto` (cumulative); the reply is the
+    /// acknowledged point after it (never beyond what was handed out).
+    Ack {
+        /// Client identity.
+        client: String,
+        /// Which stream.
+        stream: Stream,
+        /// Cursor.
+        upto: u64,
+        /// Where the new acknowledged point goes.
+        reply: oneshot::Sender<u64>,
     },
     /// A child node published a link frame.
     LinkFrame {

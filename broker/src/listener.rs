@@ -75,8 +75,8 @@ pub struct FrontEndSettings {
     pub max_connections: usize,
     /// Most concurrent connections of one identity.
     pub max_connections_per_identity: usize,
-    /// Per-identity command rate.
-    pub rate: RateSettings,
+    /// Per-identity command rate (shared with the HTTP API).
+    pub rate: Arc<RateLimiter>,
     /// How long a new connection may take to complete TLS, WebSocket and CONNECT.
     pub connect_timeout: Duration,
     /// How long a write to a client may stall before the client is dropped as a slow
@@ -95,10 +95,10 @@ impl FrontEndSettings {
             max_packet_size: 8 * 1024 * 1024,
             max_connections: 19_000,
             max_connections_per_identity: 64,
-            rate: RateSettings {
+            rate: Arc::new(RateLimiter::new(RateSettings {
                 per_second: 0.0,
                 burst: 0.0,
-            },
+            })),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
         }
@@ -134,7 +134,7 @@ impl BrokerHandle {
             auth: settings.auth.clone(),
             metrics: settings.metrics.clone(),
             tls: settings.tls.clone().map(tokio_rustls::TlsAcceptor::from),
-            rate: RateLimiter::new(settings.rate),
+            rate: settings.rate.clone(),
             max_connections_per_identity: settings.max_connections_per_identity,
             max_packet_size: settings.max_packet_size,
             connect_timeout: settings.connect_timeout,

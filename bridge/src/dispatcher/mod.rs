@@ -28,6 +28,7 @@ use crate::stats::Stats;
 use crate::uplink::{ParentEvent, UplinkHandle};
 
 mod frames;
+mod polls;
 
 /// Journal name of the parent as a link peer.
 const PARENT: &str = "^parent";
@@ -59,6 +60,8 @@ struct Outbox {
     replies: Vec<(oneshot::Sender<Accept>, Accept)>,
     to_children: Vec<(String, Vec<u8>)>,
     to_parent: Vec<Vec<u8>>,
+    /// HTTP acknowledgements, answered after the commit.
+    acks: Vec<(oneshot::Sender<u64>, u64)>,
 }
 
 /// Everything the dispatcher owns besides the journal.
@@ -81,6 +84,8 @@ struct State {
     last_prune: Instant,
     /// Credentials generation the client list was last built from.
     directory_generation: u64,
+    /// HTTP long-polls.
+    polls: polls::Polls,
 }
 
 /// The running dispatcher's inputs.
@@ -131,6 +136,7 @@ impl Dispatcher {
                 stats,
                 last_prune: Instant::now(),
                 directory_generation: 0,
+                polls: polls::Polls::default(),
             },
             inbound,
             parent,
@@ -255,10 +261,38 @@ impl State {
                 payload,
                 reply,
             }) => {
-                let verdict = self.command(tx, &client, &payload, now)?;
+                let verdict = self.command(tx, &client, &payload, now, None)?;
                 if let Some(reply) = reply {
                     out.replies.push((reply, verdict));
                 }
+            }
+            Input::Broker(Inbound::Submit {
+                client,
+                payload,
+                id,
+                reply,
+            }) => {
+                let verdict = self.command(tx, &client, &payload, now, Some(id))?;
+                out.replies.push((reply, verdict));
+            }
+            Input::Broker(Inbound::Poll {
+                client,
+                stream,
+                after,
+                ack,
+                max,
+                wait,
+                reply,
+            }) => self.poll(tx, &client, stream, (after, ack), (max, wait), reply)?,
+            Input::Broker(Inbound::Ack {
+                client,
+                stream,
+                upto,
+                reply,
+            }) => {
+                let dest = crate::delivery::stream_dest(&client, stream);
+                let point = self.http_ack(tx, &dest, upto)?;
+                out.acks.push((reply, point));
             }
             Input::Broker(Inbound::Refused {
                 client,
@@ -370,19 +404,23 @@ impl State {
         Ok(())
     }
 
-    /// A client's outbox publish: validate, stamp, route, queue.
+    /// A client's submission: validate, stamp, route, queue. `http_id` marks an HTTP
+    /// submission: the id to use if the client chose none, and a target known here to be
+    /// unreachable is refused instead of accepted with a `failed` receipt.
     fn command(
         &mut self,
         tx: &mut Txn,
         client: &str,
         payload: &[u8],
         now: u64,
+        http_id: Option<String>,
     ) -> rusqlite::Result<Accept> {
         let sender = Address {
             node: self.me().to_string(),
             client: client.to_string(),
         };
-        let id = self.next_id();
+        let strict = http_id.is_some();
+        let id = http_id.unwrap_or_else(|| self.next_id());
         let parsed = Submission::parse(payload, self.cfg.limits).and_then(|s| {
             let chosen = s.id.is_some();
             s.into_envelope(sender.clone(), id).map(|e| (chosen, e))
@@ -395,6 +433,11 @@ impl State {
                 Ok(Accept::Rejected(reason))
             }
             Ok((chosen, mut env)) => {
+                if strict {
+                    if let NextHop::Unroutable(why) = self.cfg.topology.next_hop(&env) {
+                        return Ok(Accept::Unroutable(why));
+                    }
+                }
                 // Idempotency is per sender: another client's choice of id is no concern.
                 let key = format!("{}/{}/{}", env.from.node, env.from.client, env.id);
                 if chosen && !tx.first_acceptance(&key, now)? {
@@ -492,6 +535,7 @@ impl State {
         match dest {
             Ok(dest) => {
                 tx.enqueue(&dest, &env, env.to_bytes().into())?;
+                self.polls.enqueued(&dest);
             }
             Err(why) => {
                 let status = if why == "expired" {
@@ -560,6 +604,7 @@ impl State {
                 self.drop_stale(tx, &dest, row, now)?;
             }
         }
+        self.polls.prune();
         if self.last_prune.elapsed() >= Duration::from_secs(60) {
             self.last_prune = Instant::now();
             tx.prune_accepted(now.saturating_sub(IDEMPOTENCY_WINDOW_MS))?;
@@ -593,6 +638,9 @@ impl State {
         }
         for (reply, verdict) in out.replies {
             let _ = reply.send(verdict);
+        }
+        for (reply, point) in out.acks {
+            let _ = reply.send(point);
         }
         for (child, frame) in out.to_children {
             self.publish(&link_down_topic(&child), frame);
@@ -673,6 +721,7 @@ impl State {
         for dest in ready {
             self.deliver(journal, &dest, now, &mut stale)?;
         }
+        self.serve_polls(journal, now)?;
         if !stale.is_empty() {
             let dests: Vec<String> = stale.iter().map(|s| s.dest.clone()).collect();
             let dropped = (|| {

@@ -1,0 +1,73 @@
+//! Who an HTTP request is: HTTP Basic credentials (the same identities and passwords as MQTT),
+//! or the verified client certificate of an HTTPS connection. Failed attempts go through the
+//! same throttle as MQTT logins.
+
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap};
+use base64::Engine;
+use medlink_broker::{Identity, Role};
+
+use super::error::ApiError;
+use super::ApiState;
+
+/// The common name of the client certificate the TLS layer verified for this connection.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate(pub Option<String>);
+
+/// Authenticates a request and checks that its identity has `role`.
+pub async fn identify(
+    state: &ApiState,
+    headers: &HeaderMap,
+    peer: Option<&ConnectInfo<SocketAddr>>,
+    certificate: Option<&PeerCertificate>,
+    role: Role,
+) -> Result<Identity, ApiError> {
+    let ip = peer
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let (user, password) = match headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::unauthorized("Authorization header is not text"))?;
+            let encoded = value.strip_prefix("Basic ").ok_or_else(|| {
+                ApiError::unauthorized("only HTTP Basic authentication is supported")
+            })?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| ApiError::unauthorized("Basic credentials are not base64"))?;
+            let text = String::from_utf8(decoded)
+                .map_err(|_| ApiError::unauthorized("Basic credentials are not UTF-8"))?;
+            let (u, p) = text
+                .split_once(':')
+                .ok_or_else(|| ApiError::unauthorized("Basic credentials need user:password"))?;
+            (Some(u.to_string()), Some(p.to_string()))
+        }
+        None => (None, None),
+    };
+    let cert = certificate.and_then(|c| c.0.as_deref());
+    if user.is_none() && cert.is_none() {
+        return Err(ApiError::unauthorized(
+            "credentials required (HTTP Basic, or a client certificate)",
+        ));
+    }
+    let identity = state
+        .auth
+        .login(
+            ip,
+            user.as_deref(),
+            password.as_deref().map(str::as_bytes),
+            cert,
+        )
+        .await
+        .map_err(|_| ApiError::unauthorized("bad username, password or certificate"))?;
+    if identity.role != role {
+        return Err(ApiError::forbidden(format!(
+            "identity '{}' is a {}; this endpoint is for a {role}",
+            identity.name, identity.role
+        )));
+    }
+    Ok(identity)
+}

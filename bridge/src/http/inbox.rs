@@ -1,0 +1,288 @@
+//! Receiving over HTTP: long-polls of the inbox and receipt streams with an acknowledged
+//! cursor, explicit acknowledgement, and the same inbox as server-sent events.
+//!
+//! The cursor is the sequence number of the last message the client has. Polling with it
+//! acknowledges everything up to it (and only up to what was actually handed out), then returns
+//! what comes after; polling again with an old cursor returns again what was not acknowledged.
+//! So a response lost in transit, or a node restart, costs a repeat (same ids), never a loss.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures_util::stream::{self, Stream as FutStream};
+use medlink_broker::{Delivery, Inbound, Role, Stream};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::auth::{identify, PeerCertificate};
+use super::error::ApiError;
+use super::ApiState;
+
+/// Most messages per poll.
+pub const MAX_POLL: usize = 1000;
+
+/// Query of a poll.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollQuery {
+    /// Last sequence the client has (0: none yet).
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Seconds to wait when nothing is there (0: answer at once).
+    #[serde(default)]
+    wait: Option<String>,
+    /// Most messages to return (default 100).
+    #[serde(default)]
+    max: Option<String>,
+}
+
+/// Body of an acknowledgement.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    /// Everything up to this sequence is processed.
+    cursor: u64,
+}
+
+fn number(value: &Option<String>, field: &str, default: u64, max: u64) -> Result<u64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(ApiError::malformed(format!(
+                "'{v}' is not a whole number between 0 and {max}"
+            ))
+            .field(field)),
+        },
+    }
+}
+
+/// Asks the dispatcher for the stream after `after`.
+async fn poll(
+    state: &ApiState,
+    client: &str,
+    stream: Stream,
+    after: u64,
+    ack: bool,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Delivery>, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let item = Inbound::Poll {
+        client: client.to_string(),
+        stream,
+        after,
+        ack,
+        max,
+        wait: !wait.is_zero(),
+        reply: tx,
+    };
+    state
+        .inbound
+        .send(item)
+        .await
+        .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+    let _open = state.metrics.poll_opened();
+    // Without a wait the dispatcher answers at once (empty or not); the limit is a safety net.
+    let limit = if wait.is_zero() {
+        Duration::from_secs(5)
+    } else {
+        wait
+    };
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        // The dispatcher dropped the poll: a failed commit (the acknowledgement did not hold).
+        Ok(Err(_)) => Err(ApiError::unavailable(
+            "the node could not serve the poll; retry",
+        )),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// `{"cursor": N, "messages": [envelope, ...]}` without re-parsing the envelopes.
+fn page(cursor: u64, deliveries: &[Delivery]) -> Response {
+    let next = deliveries.last().map_or(cursor, |d| d.seq);
+    let mut body =
+        Vec::with_capacity(64 + deliveries.iter().map(|d| d.body.len() + 1).sum::<usize>());
+    body.extend_from_slice(format!("{{\"cursor\":{next},\"messages\":[").as_bytes());
+    for (i, d) in deliveries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&d.body);
+    }
+    body.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+async fn read_stream(
+    state: Arc<ApiState>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    q: PollQuery,
+    stream: Stream,
+) -> Result<Response, ApiError> {
+    let who = identify(
+        &state,
+        &headers,
+        peer.as_ref(),
+        cert.as_deref(),
+        Role::Client,
+    )
+    .await?;
+    let cursor = number(&q.cursor, "cursor", 0, u64::MAX)?;
+    let wait = number(&q.wait, "wait", 0, state.max_wait.as_secs())?;
+    let max = number(&q.max, "max", 100, MAX_POLL as u64)?.max(1) as usize;
+    let got = poll(
+        &state,
+        &who.name,
+        stream,
+        cursor,
+        cursor > 0,
+        max,
+        Duration::from_secs(wait),
+    )
+    .await?;
+    Ok(page(cursor, &got))
+}
+
+/// `GET /v1/inbox`.
+pub async fn inbox(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    Query(q): Query<PollQuery>,
+) -> Result<Response, ApiError> {
+    read_stream(state, peer, cert, headers, q, Stream::Commands).await
+}
+
+/// `GET /v1/receipts`.
+pub async fn receipts(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    Query(q): Query<PollQuery>,
+) -> Result<Response, ApiError> {
+    read_stream(state, peer, cert, headers, q, Stream::Receipts).await
+}
+
+async fn ack_stream(
+    state: Arc<ApiState>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: &[u8],
+    stream: Stream,
+) -> Result<Response, ApiError> {
+    let who = identify(
+        &state,
+        &headers,
+        peer.as_ref(),
+        cert.as_deref(),
+        Role::Client,
+    )
+    .await?;
+    let ack: AckBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::malformed(format!("expected {{\"cursor\": N}}: {e}")).field("cursor")
+    })?;
+    let (tx, rx) = oneshot::channel();
+    let item = Inbound::Ack {
+        client: who.name.clone(),
+        stream,
+        upto: ack.cursor,
+        reply: tx,
+    };
+    state
+        .inbound
+        .send(item)
+        .await
+        .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+    let acked = rx
+        .await
+        .map_err(|_| ApiError::unavailable("the acknowledgement was not committed; retry"))?;
+    Ok(axum::Json(serde_json::json!({ "acked": acked })).into_response())
+}
+
+/// `POST /v1/inbox/ack`.
+pub async fn ack_inbox(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    ack_stream(state, peer, cert, headers, &body, Stream::Commands).await
+}
+
+/// `POST /v1/receipts/ack`.
+pub async fn ack_receipts(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    ack_stream(state, peer, cert, headers, &body, Stream::Receipts).await
+}
+
+/// `GET /v1/stream`: the inbox as server-sent events, `id:` = sequence. A browser's
+/// `EventSource` reconnects with `Last-Event-ID`, which acknowledges everything up to it.
+pub async fn events(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    Query(q): Query<PollQuery>,
+) -> Result<Sse<impl FutStream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let who = identify(
+        &state,
+        &headers,
+        peer.as_ref(),
+        cert.as_deref(),
+        Role::Client,
+    )
+    .await?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let cursor = match resume {
+        Some(c) => c,
+        None => number(&q.cursor, "cursor", 0, u64::MAX)?,
+    };
+    let client = who.name;
+    let events = stream::unfold(
+        (state, client, cursor, cursor > 0, Vec::<Delivery>::new()),
+        |(state, client, after, ack, mut queued)| async move {
+            loop {
+                if let Some(d) = (!queued.is_empty()).then(|| queued.remove(0)) {
+                    let event = Event::default()
+                        .id(d.seq.to_string())
+                        .event("message")
+                        .data(String::from_utf8_lossy(&d.body));
+                    return Some((Ok(event), (state, client, d.seq, false, queued)));
+                }
+                let wait = Duration::from_secs(25);
+                match poll(&state, &client, Stream::Commands, after, ack, 100, wait).await {
+                    Ok(got) => queued = got,
+                    Err(_) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,231 @@
+//! `POST /v1/messages`: one command or a batch, answered 202 with the ids only once every
+//! command is committed to this node's journal.
+//!
+//! The body is a submission object (as on the MQTT outbox), an array of them, or
+//! `{"messages": [...]}`. Every submission is validated before any is handed over, so a bad
+//! batch is refused whole with the index and field at fault. Retrying is safe with an `id` in
+//! each submission or an `Idempotency-Key` header: the key derives the same id for the same
+//! position every time, and the node accepts an id from one sender once.
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use blake2::{Blake2s256, Digest};
+use bytes::Bytes;
+use medlink_broker::rate::RateVerdict;
+use medlink_broker::{Accept, Inbound, Role};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+use super::auth::{identify, PeerCertificate};
+use super::error::ApiError;
+use super::ApiState;
+use crate::envelope::{Address, Submission};
+
+/// Most commands in one request.
+pub const MAX_BATCH: usize = 1000;
+
+/// The handler.
+pub async fn post(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = identify(
+        &state,
+        &headers,
+        peer.as_ref(),
+        cert.as_deref(),
+        Role::Client,
+    )
+    .await?;
+    let (items, batch) = split(&body)?;
+    let key = idempotency_key(&headers)?;
+    let sender = Address {
+        node: state.node_id.clone(),
+        client: who.name.clone(),
+    };
+    // Validate everything first: a bad batch is refused whole.
+    let mut payloads = Vec::with_capacity(items.len());
+    for (i, mut item) in items.into_iter().enumerate() {
+        let at = |f: &str| {
+            if batch {
+                format!("messages[{i}].{f}")
+            } else {
+                f.to_string()
+            }
+        };
+        if let (Some(key), Value::Object(map)) = (&key, &mut item) {
+            map.entry("id")
+                .or_insert_with(|| Value::String(derived_id(key, i)));
+        }
+        let bytes = serde_json::to_vec(&item).expect("a parsed JSON value serialises");
+        let checked = Submission::parse(&bytes, state.limits)
+            .and_then(|s| s.into_envelope(sender.clone(), String::from("x")));
+        if let Err(e) = checked {
+            let status = if e.field == "payload" {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "invalid"
+            };
+            return Err(ApiError::new(status, code, e.problem.clone()).field(at(&e.field)));
+        }
+        let chosen = item.get("id").and_then(Value::as_str).map(str::to_string);
+        payloads.push((Bytes::from(bytes), chosen));
+    }
+    for _ in 0..payloads.len() {
+        if let RateVerdict::Refused { .. } = state.rate.check(&who.name, std::time::Instant::now())
+        {
+            medlink_broker::metrics::bump(&state.broker_metrics.rate_limited);
+            let r = state.rate.settings();
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "over {} commands per second (bursts of {}); nothing in this request was accepted",
+                    r.per_second, r.burst
+                ),
+            ));
+        }
+    }
+    // Hand everything over, then wait for every verdict: they come after the commit.
+    let mut pending = Vec::with_capacity(payloads.len());
+    for (payload, chosen) in payloads {
+        let id = chosen.unwrap_or_else(|| state.next_id());
+        let (tx, rx) = oneshot::channel();
+        let item = Inbound::Submit {
+            client: who.name.clone(),
+            payload,
+            id: id.clone(),
+            reply: tx,
+        };
+        state
+            .inbound
+            .send(item)
+            .await
+            .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+        pending.push((id, rx));
+    }
+    let mut accepted = Vec::with_capacity(pending.len());
+    for (i, (id, rx)) in pending.into_iter().enumerate() {
+        let at = |f: &str| {
+            if batch {
+                format!("messages[{i}].{f}")
+            } else {
+                f.to_string()
+            }
+        };
+        let refusal = match rx.await.unwrap_or(Accept::Unavailable) {
+            Accept::Committed => {
+                accepted.push(id);
+                continue;
+            }
+            Accept::Unroutable(why) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_target", why).field(at("to"))
+            }
+            Accept::Rejected(why) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", why),
+            Accept::NotAuthorized => ApiError::forbidden("not allowed to send"),
+            Accept::RateLimited => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "over the rate",
+            ),
+            Accept::Unavailable => {
+                ApiError::unavailable("the node could not commit the command to its journal; retry")
+            }
+        };
+        // Later items may have been committed too; say exactly which were.
+        return Err(refusal.accepted(accepted));
+    }
+    let body = if batch {
+        serde_json::json!({ "ids": accepted })
+    } else {
+        serde_json::json!({ "id": accepted[0], "ids": accepted })
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// The submissions of a body, and whether it was a batch.
+fn split(body: &[u8]) -> Result<(Vec<Value>, bool), ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::malformed(format!("body is not JSON: {e}")).field("body"))?;
+    let (items, batch) = match value {
+        Value::Array(items) => (items, true),
+        Value::Object(mut map) if map.contains_key("messages") => match map.remove("messages") {
+            Some(Value::Array(items)) => (items, true),
+            _ => return Err(ApiError::malformed("`messages` must be an array").field("messages")),
+        },
+        v @ Value::Object(_) => (vec![v], false),
+        _ => {
+            return Err(ApiError::malformed(
+                "body must be a submission object, an array of them, or {\"messages\": [...]}",
+            )
+            .field("body"))
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::malformed("no messages").field("messages"));
+    }
+    if items.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("{} messages; at most {MAX_BATCH} per request", items.len()),
+        )
+        .field("messages"));
+    }
+    Ok((items, batch))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .ok_or_else(|| {
+            ApiError::malformed("Idempotency-Key must be 1-256 visible characters")
+                .field("Idempotency-Key")
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+/// The id the `i`-th message of a request with idempotency key `key` gets.
+fn derived_id(key: &str, i: usize) -> String {
+    let digest = Blake2s256::digest(key.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ik.{hex}.{i}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_and_keys() {
+        assert!(
+            !split(br#"{"to":{"node":"a","client":"b"},"cmd":"x"}"#)
+                .unwrap()
+                .1
+        );
+        assert_eq!(split(br#"[{"cmd":"x"},{"cmd":"y"}]"#).unwrap().0.len(), 2);
+        assert!(split(br#"{"messages":[{"cmd":"x"}]}"#).unwrap().1);
+        assert_eq!(split(b"[]").unwrap_err().code, "malformed");
+        assert_eq!(split(b"nope").unwrap_err().field.as_deref(), Some("body"));
+        assert_eq!(derived_id("k", 3), derived_id("k", 3));
+        assert_ne!(derived_id("k", 3), derived_id("k", 4));
+        assert!(derived_id("some key", 999).len() <= 64);
+    }
+}

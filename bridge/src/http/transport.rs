@@ -1,0 +1,84 @@
+//! `GET /v1/transport`: the server decides how each caller should connect — MQTT (over TCP or
+//! TLS), MQTT over WebSocket, or HTTP — per identity (a client, or a child node), with a
+//! default. Clients and child nodes ask once and follow the answer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use medlink_broker::Role;
+use serde::{Deserialize, Serialize};
+
+use super::auth::{identify, PeerCertificate};
+use super::error::ApiError;
+use super::ApiState;
+
+/// A transport a caller can be told to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportChoice {
+    /// MQTT over TCP or TLS.
+    Mqtt,
+    /// MQTT over WebSocket (or secure WebSocket).
+    Ws,
+    /// The HTTP API.
+    Http,
+}
+
+/// The node's transport decisions and the URLs it advertises for each transport.
+#[derive(Debug, Clone)]
+pub struct TransportPolicy {
+    /// For identities without an entry of their own.
+    pub default: TransportChoice,
+    /// Per identity.
+    pub per_identity: HashMap<String, TransportChoice>,
+    /// Advertised URL per transport (e.g. `mqtts://city.example:8883`).
+    pub urls: HashMap<TransportChoice, String>,
+}
+
+impl TransportPolicy {
+    /// The decision for `identity`, with its URL if one is advertised.
+    pub fn decide(&self, identity: &str) -> (TransportChoice, Option<&str>) {
+        let choice = self
+            .per_identity
+            .get(identity)
+            .copied()
+            .unwrap_or(self.default);
+        (choice, self.urls.get(&choice).map(String::as_str))
+    }
+}
+
+/// The handler: any authenticated client or node.
+pub async fn decide(
+    State(state): State<Arc<ApiState>>,
+    peer: Option<ConnectInfo<SocketAddr>>,
+    cert: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = match identify(
+        &state,
+        &headers,
+        peer.as_ref(),
+        cert.as_deref(),
+        Role::Client,
+    )
+    .await
+    {
+        Ok(who) => who,
+        Err(e) if e.status() == axum::http::StatusCode::FORBIDDEN => {
+            identify(&state, &headers, peer.as_ref(), cert.as_deref(), Role::Node).await?
+        }
+        Err(e) => return Err(e),
+    };
+    let (choice, url) = state.transport.decide(&who.name);
+    Ok(axum::Json(serde_json::json!({
+        "identity": who.name,
+        "transport": choice,
+        "url": url,
+    }))
+    .into_response())
+}
