@@ -92,10 +92,13 @@ fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     use std::io::IsTerminal;
-    // Colour only on a terminal: log files and journald get plain text.
+    // Colour only on a terminal: log files and journald get plain text. A log write that
+    // fails (disk full) must not be reported with eprintln!, which panics when stderr cannot
+    // be written: that would kill whichever thread was logging, the dispatcher included.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -172,6 +175,11 @@ fn main() -> ExitCode {
 }
 
 async fn run_node(cfg: medlink_bridge::node::NodeConfig) -> ExitCode {
+    // A file-size limit (RLIMIT_FSIZE) or a full filesystem must make journal writes fail
+    // (no acknowledgement, HTTP 503), not kill the node: SIGXFSZ's default action is to
+    // terminate, so it is caught and ignored for the node's lifetime.
+    #[cfg(unix)]
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25));
     let node = match Node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {

@@ -268,7 +268,15 @@ impl Node {
                     .enable_all()
                     .build()
                     .expect("a current-thread runtime can always be built");
-                rt.block_on(dispatcher.run(dispatcher_shutdown));
+                let run = std::panic::AssertUnwindSafe(|| {
+                    rt.block_on(dispatcher.run(dispatcher_shutdown))
+                });
+                if std::panic::catch_unwind(run).is_err() {
+                    // Custody lives in the journal; a node without its dispatcher would only
+                    // refuse everything. Exit so the supervisor restarts it.
+                    tracing::error!("the dispatcher panicked; exiting so the node is restarted");
+                    std::process::exit(70);
+                }
             })
             .map_err(|e| NodeError::Router(format!("cannot start dispatcher thread: {e}")))?;
         let rate = Arc::new(RateLimiter::new(cfg.rate));

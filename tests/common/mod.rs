@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod proxy;
 pub mod raw;
 
@@ -62,6 +63,8 @@ pub struct NodeProc {
     pub plain_ws_port: u16,
     /// `/metrics` port.
     pub metrics_port: u16,
+    /// HTTP API port (clear-text HTTP on loopback).
+    pub http_port: u16,
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -267,6 +270,7 @@ impl Tree {
             let port = free_port();
             let ws_port = free_port();
             let metrics_port = free_port();
+            let http_port = free_port();
             let (plain_port, plain_ws_port) = if tls {
                 (free_port(), free_port())
             } else {
@@ -289,6 +293,7 @@ impl Tree {
             };
             toml += &format!("\n[limits]\n{limits}\n");
             toml += &format!("\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n");
+            toml += &format!("\n[http]\naddr = \"127.0.0.1:{http_port}\"\n");
             if tls {
                 toml += &format!(
                     "\n[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:{plain_port}\"\n\n[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:{plain_ws_port}\"\n"
@@ -349,6 +354,7 @@ impl Tree {
                     plain_port,
                     plain_ws_port,
                     metrics_port,
+                    http_port,
                     config,
                     data_dir,
                     log: dir.path().join(format!("{}.log", spec.id)),
