@@ -244,7 +244,7 @@ fn server_sent_events_carry_the_inbox() {
     let last_id: u64 = text
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
-        .last()
+        .next_back()
         .unwrap()
         .trim()
         .parse()
