@@ -548,10 +548,12 @@ fn parent(
 fn is_loopback_host(addr: &ParentAddr) -> bool {
     let host = match addr {
         ParentAddr::Tcp { host, .. } | ParentAddr::Tls { host, .. } => host.clone(),
-        ParentAddr::Ws { url, .. } | ParentAddr::Wss { url, .. } => url::Url::parse(url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string))
-            .unwrap_or_default(),
+        ParentAddr::Ws { url, .. } | ParentAddr::Wss { url, .. } | ParentAddr::Http { url } => {
+            url::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default()
+        }
     };
     host == "localhost"
         || host
@@ -592,8 +594,11 @@ pub fn parse_parent(addr: &str) -> Result<ParentAddr, String> {
             url: addr.to_string(),
             port: url.port().unwrap_or(443),
         }),
+        "http" | "https" => Ok(ParentAddr::Http {
+            url: addr.trim_end_matches('/').to_string(),
+        }),
         other => Err(format!(
-            "'{addr}': scheme '{other}' is not mqtts, wss, mqtt, tcp or ws"
+            "'{addr}': scheme '{other}' is not mqtts, wss, https, mqtt, tcp, ws or http"
         )),
     }
 }

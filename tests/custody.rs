@@ -17,43 +17,6 @@ fn chain() -> Vec<NodeSpec> {
     ]
 }
 
-/// Collects `n` sequence numbers (params.s) from `app`, stopping after `idle` seconds of
-/// silence. Receipts are collected separately.
-async fn collect(app: &mut App, n: u64, idle: u64) -> (Vec<u64>, Vec<serde_json::Value>) {
-    let mut seqs = Vec::new();
-    let mut receipts = Vec::new();
-    while (seqs.len() as u64) < n {
-        match app.recv(idle).await {
-            Some(m) if m.topic.ends_with("/cmd") => {
-                seqs.push(m.json["params"]["s"].as_u64().expect("seq"))
-            }
-            Some(m) => receipts.push(m.json),
-            None => break,
-        }
-    }
-    // anything arriving afterwards is a duplicate
-    while let Some(m) = app.recv(1).await {
-        if m.topic.ends_with("/cmd") {
-            seqs.push(m.json["params"]["s"].as_u64().expect("seq"));
-        }
-    }
-    (seqs, receipts)
-}
-
-/// Sends commands numbered 0..n to `sink` at the root, pausing `pause_ms` every `every`
-/// commands; returns the client when done.
-fn stream_to_sink(clinic: App, n: u64, every: u64, pause_ms: u64) -> tokio::task::JoinHandle<App> {
-    tokio::spawn(async move {
-        for s in 0..n {
-            clinic.send("js", "sink", "stream", json!({"s": s})).await;
-            if s % every == 0 {
-                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-            }
-        }
-        clinic
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_middle_tier_during_a_stream_loses_and_duplicates_nothing() {
     const N: u64 = 20_000;

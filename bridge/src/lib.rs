@@ -28,3 +28,4 @@ pub mod route;
 pub mod segment;
 pub mod stats;
 pub mod uplink;
+mod uplink_http;

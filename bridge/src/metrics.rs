@@ -64,6 +64,18 @@ pub fn render(sources: &Sources) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
     }
+    let name = "medlink_parent_link_http";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when the link to the parent runs over HTTP (fallback or HTTP-only)\n# TYPE {name} gauge\n{name} {}",
+        u8::from(s.parent_http)
+    );
+    let name = "medlink_parent_http_links_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} times the link to the parent came up over HTTP\n# TYPE {name} counter\n{name} {}",
+        s.parent_http_links
+    );
     let name = "medlink_parent_link_up";
     let _ = writeln!(
         out,

@@ -11,6 +11,8 @@ struct Inner {
     rejected: AtomicU64,
     refused: AtomicU64,
     parent_up: AtomicBool,
+    parent_http: AtomicBool,
+    parent_http_links: AtomicU64,
 }
 
 /// Cheap-to-clone handle on a node's counters.
@@ -30,6 +32,10 @@ pub struct Snapshot {
     pub refused: u64,
     /// Whether the link to the parent is up.
     pub parent_up: bool,
+    /// Whether the link to the parent runs over HTTP.
+    pub parent_http: bool,
+    /// Times the link to the parent came up over HTTP (the fallback, or an HTTP-only site).
+    pub parent_http_links: u64,
 }
 
 impl Stats {
@@ -48,6 +54,12 @@ impl Stats {
     pub(crate) fn set_parent_up(&self, up: bool) {
         self.0.parent_up.store(up, Ordering::Relaxed);
     }
+    pub(crate) fn set_parent_http(&self, http: bool) {
+        self.0.parent_http.store(http, Ordering::Relaxed);
+        if http {
+            self.0.parent_http_links.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 
     /// Reads all counters.
     pub fn snapshot(&self) -> Snapshot {
@@ -57,6 +69,8 @@ impl Stats {
             rejected: self.0.rejected.load(Ordering::Relaxed),
             refused: self.0.refused.load(Ordering::Relaxed),
             parent_up: self.0.parent_up.load(Ordering::Relaxed),
+            parent_http: self.0.parent_http.load(Ordering::Relaxed),
+            parent_http_links: self.0.parent_http_links.load(Ordering::Relaxed),
         }
     }
 }

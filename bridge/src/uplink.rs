@@ -1,10 +1,13 @@
 //! The child's connection to its parent.
 //!
-//! Firewalls let sites dial out only, so the child always dials. This task owns the MQTT
-//! client (rumqttc), tries the parent's addresses in turn with jittered exponential backoff,
-//! and moves frames: what the dispatcher hands it goes to `link/<me>/up`, what arrives on
-//! `link/<me>/down` goes to the dispatcher. It keeps no custody of its own — a frame lost with
-//! a dying connection is resent by the dispatcher's go-back-N window.
+//! Firewalls let sites dial out only, so the child always dials. This task tries the parent's
+//! addresses in turn with jittered exponential backoff and moves frames: what the dispatcher
+//! hands it goes up, what comes down goes to the dispatcher. Over MQTT (rumqttc) the frames
+//! travel on `link/<me>/up` and `link/<me>/down`; over HTTP see `uplink_http.rs`. Listing an
+//! MQTT address first and an HTTP one after it gives the fallback: when MQTT is unreachable
+//! the link moves to HTTP within seconds, and back as soon as MQTT answers again. The task
+//! keeps no custody of its own — a frame lost with a dying connection is resent by the
+//! dispatcher's go-back-N window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,12 +50,43 @@ pub enum ParentAddr {
         /// Port.
         port: u16,
     },
+    /// The parent's HTTP API, e.g. `https://city.example:8443`.
+    Http {
+        /// Base URL.
+        url: String,
+    },
 }
 
 impl ParentAddr {
     /// Whether this address runs TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self, ParentAddr::Tls { .. } | ParentAddr::Wss { .. })
+        match self {
+            ParentAddr::Tls { .. } | ParentAddr::Wss { .. } => true,
+            ParentAddr::Http { url } => url.starts_with("https:"),
+            _ => false,
+        }
+    }
+
+    /// Whether this is an HTTP address.
+    pub fn is_http(&self) -> bool {
+        matches!(self, ParentAddr::Http { .. })
+    }
+
+    /// `host:port` to probe with a TCP connect.
+    pub fn socket_target(&self) -> Option<String> {
+        match self {
+            ParentAddr::Tcp { host, port } | ParentAddr::Tls { host, port } => {
+                Some(format!("{host}:{port}"))
+            }
+            ParentAddr::Ws { url, .. } | ParentAddr::Wss { url, .. } | ParentAddr::Http { url } => {
+                let u = url::Url::parse(url).ok()?;
+                let port = u.port_or_known_default().or(match self {
+                    ParentAddr::Ws { port, .. } | ParentAddr::Wss { port, .. } => Some(*port),
+                    _ => None,
+                })?;
+                Some(format!("{}:{port}", u.host_str()?))
+            }
+        }
     }
 }
 
@@ -61,7 +95,9 @@ impl std::fmt::Display for ParentAddr {
         match self {
             ParentAddr::Tcp { host, port } => write!(f, "mqtt://{host}:{port}"),
             ParentAddr::Tls { host, port } => write!(f, "mqtts://{host}:{port}"),
-            ParentAddr::Ws { url, .. } | ParentAddr::Wss { url, .. } => write!(f, "{url}"),
+            ParentAddr::Ws { url, .. } | ParentAddr::Wss { url, .. } | ParentAddr::Http { url } => {
+                write!(f, "{url}")
+            }
         }
     }
 }
@@ -87,8 +123,11 @@ pub struct UplinkConfig {
 /// What the uplink tells the dispatcher.
 #[derive(Debug)]
 pub enum ParentEvent {
-    /// Connected and subscribed: frames can flow.
-    Connected,
+    /// Connected (and subscribed): frames can flow; `http` tells over which transport.
+    Connected {
+        /// The link runs over HTTP.
+        http: bool,
+    },
     /// The connection ended.
     Disconnected,
     /// A frame from the parent.
@@ -166,6 +205,7 @@ fn options(cfg: &UplinkConfig, addr: &ParentAddr) -> MqttOptions {
             MqttOptions::new(&cfg.node_id, url, *port),
             Some(Transport::wss_with_config(tls())),
         ),
+        ParentAddr::Http { .. } => unreachable!("HTTP addresses run uplink_http sessions"),
     };
     if let Some(t) = transport {
         opts.set_transport(t);
@@ -178,6 +218,24 @@ fn options(cfg: &UplinkConfig, addr: &ParentAddr) -> MqttOptions {
     opts
 }
 
+/// The uplink's channels, lent to one session at a time.
+pub(crate) struct Channels<'a> {
+    pub(crate) events: &'a mpsc::Sender<ParentEvent>,
+    pub(crate) frames: &'a mut mpsc::UnboundedReceiver<Vec<u8>>,
+    pub(crate) reconnect: &'a mut mpsc::UnboundedReceiver<()>,
+    pub(crate) shutdown: &'a mut watch::Receiver<bool>,
+}
+
+/// How a session ended.
+pub(crate) enum Ended {
+    /// The node is stopping (or the dispatcher is gone).
+    Shutdown,
+    /// The connection failed or was lost; `connected` if it had been up.
+    Lost { connected: bool, reason: String },
+    /// On the HTTP fallback, the preferred MQTT address answers again.
+    Preferred,
+}
+
 async fn run(
     cfg: UplinkConfig,
     events: mpsc::Sender<ParentEvent>,
@@ -185,73 +243,136 @@ async fn run(
     mut reconnect: mpsc::UnboundedReceiver<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let up_topic = link_up_topic(&cfg.node_id);
-    let down_topic = link_down_topic(&cfg.node_id);
+    let n = cfg.parents.len();
     let mut index = 0usize;
     let mut failures = 0u32;
+    let mut mqtt_failed = false;
     loop {
-        let addr = &cfg.parents[index % cfg.parents.len()];
+        let addr = &cfg.parents[index % n];
+        // While on HTTP, an MQTT address listed before it is where the link wants to be.
+        let preferred = match addr {
+            ParentAddr::Http { .. } => cfg.parents[..index % n].iter().find(|a| !a.is_http()),
+            _ => None,
+        };
+        if addr.is_http() && mqtt_failed {
+            warn!(parent = %addr, "MQTT to the parent is unreachable; falling back to HTTP");
+        }
         debug!(parent = %addr, "dialling parent");
-        let (client, mut eventloop) = AsyncClient::new(options(&cfg, addr), 1024);
-        // Acks and pings are small writes; Nagle would hold them for a delayed ACK.
-        let mut net = rumqttc::NetworkOptions::new();
-        net.set_tcp_nodelay(true);
-        eventloop.set_network_options(net);
-        // Queued now, sent right after CONNACK.
-        let _ = client.try_subscribe(&down_topic, QoS::AtLeastOnce);
-        let mut subscribed = false;
-        let ended = loop {
-            tokio::select! {
-                ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::SubAck(ack))) if !subscribed => {
-                        if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                            break "the parent refused the link subscription (is this node a known child there?)".to_string();
-                        }
-                        subscribed = true;
-                        failures = 0;
-                        info!(parent = %addr, "connected to parent");
-                        if events.send(ParentEvent::Connected).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if events.send(ParentEvent::Frame(p.payload)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => break format!("{e}"),
-                },
-                Some(frame) = frames.recv(), if subscribed => {
-                    if let Err(e) = client.try_publish(&up_topic, QoS::AtLeastOnce, false, frame) {
-                        debug!(error = %e, "frame not queued; the window will resend it");
-                    }
-                }
-                Some(()) = reconnect.recv() => break "link stalled".to_string(),
-                _ = shutdown.changed() => {
-                    let _ = client.try_disconnect();
-                    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+        let mut ch = Channels {
+            events: &events,
+            frames: &mut frames,
+            reconnect: &mut reconnect,
+            shutdown: &mut shutdown,
+        };
+        let ended = match addr {
+            ParentAddr::Http { url } => {
+                crate::uplink_http::session(&cfg, url, preferred, &mut ch).await
+            }
+            _ => mqtt_session(&cfg, addr, &mut ch).await,
+        };
+        match ended {
+            Ended::Shutdown => return,
+            Ended::Preferred => {
+                info!(parent = %addr, "MQTT to the parent answers again; leaving the HTTP fallback");
+                if events.send(ParentEvent::Disconnected).await.is_err() {
                     return;
                 }
+                index = cfg
+                    .parents
+                    .iter()
+                    .position(|a| Some(a) == preferred)
+                    .unwrap_or(0);
+                mqtt_failed = false;
+                failures = 0;
+                while frames.try_recv().is_ok() {}
+                continue;
             }
-        };
-        if subscribed {
-            warn!(parent = %addr, reason = %ended, "parent link lost");
-            if events.send(ParentEvent::Disconnected).await.is_err() {
-                return;
+            Ended::Lost {
+                connected: true,
+                reason,
+            } => {
+                warn!(parent = %addr, reason = %reason, "parent link lost");
+                if events.send(ParentEvent::Disconnected).await.is_err() {
+                    return;
+                }
+                failures = 0;
             }
-        } else {
-            debug!(parent = %addr, reason = %ended, "parent not reachable");
-            // Fail over to the next address after a failed attempt.
-            index += 1;
+            Ended::Lost {
+                connected: false,
+                reason,
+            } => {
+                debug!(parent = %addr, reason = %reason, "parent not reachable");
+                mqtt_failed = !addr.is_http();
+                // Fail over to the next address after a failed attempt.
+                index += 1;
+            }
         }
         // Frames queued for the dead connection are stale; the window resends.
         while frames.try_recv().is_ok() {}
         failures = failures.saturating_add(1);
-        let wait = backoff(failures, cfg.backoff_cap);
+        // Trying the next address of the list comes quickly; a whole round of failures backs off.
+        let wait = if !index.is_multiple_of(n) && failures < n as u32 {
+            Duration::from_millis(50)
+        } else {
+            backoff(failures, cfg.backoff_cap)
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One MQTT session with the parent at `addr`.
+async fn mqtt_session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Channels<'_>) -> Ended {
+    let up_topic = link_up_topic(&cfg.node_id);
+    let down_topic = link_down_topic(&cfg.node_id);
+    let (client, mut eventloop) = AsyncClient::new(options(cfg, addr), 1024);
+    // Acks and pings are small writes; Nagle would hold them for a delayed ACK.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    // Queued now, sent right after CONNACK.
+    let _ = client.try_subscribe(&down_topic, QoS::AtLeastOnce);
+    let mut subscribed = false;
+    loop {
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::SubAck(ack))) if !subscribed => {
+                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                        return Ended::Lost {
+                            connected: false,
+                            reason: "the parent refused the link subscription (is this node a known child there?)".into(),
+                        };
+                    }
+                    subscribed = true;
+                    info!(parent = %addr, "connected to parent");
+                    if ch.events.send(ParentEvent::Connected { http: false }).await.is_err() {
+                        return Ended::Shutdown;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if ch.events.send(ParentEvent::Frame(p.payload)).await.is_err() {
+                        return Ended::Shutdown;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Ended::Lost { connected: subscribed, reason: e.to_string() },
+            },
+            Some(frame) = ch.frames.recv(), if subscribed => {
+                if let Err(e) = client.try_publish(&up_topic, QoS::AtLeastOnce, false, frame) {
+                    debug!(error = %e, "frame not queued; the window will resend it");
+                }
+            }
+            Some(()) = ch.reconnect.recv() => {
+                return Ended::Lost { connected: subscribed, reason: "link stalled".into() };
+            }
+            _ = ch.shutdown.changed() => {
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                return Ended::Shutdown;
+            }
         }
     }
 }

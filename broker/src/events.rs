@@ -114,6 +114,14 @@ pub enum Inbound {
         /// Where the new acknowledged point goes.
         reply: oneshot::Sender<u64>,
     },
+    /// A child node linked over HTTP asks for the frames waiting for it (a long-poll). The
+    /// reply is `None` if it is not a child of this node.
+    LinkPoll {
+        /// The child node's id.
+        child: String,
+        /// Where the frames go; dropping the receiver abandons the poll.
+        reply: oneshot::Sender<Option<Vec<Bytes>>>,
+    },
     /// A child node published a link frame.
     LinkFrame {
         /// The child node's id.

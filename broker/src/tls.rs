@@ -91,6 +91,16 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Clie
     }
 }
 
+/// A client configuration that trusts nothing: for clients that may only ever speak clear
+/// text (any TLS server would fail verification, which is the point).
+pub fn client_config_trusting_nothing() -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default protocol versions")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 /// Whether `host` is something a certificate can be checked against.
 pub fn valid_server_name(host: &str) -> bool {
     ServerName::try_from(host.to_string()).is_ok()

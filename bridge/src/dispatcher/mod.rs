@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medlink_broker::acl::{inbox_topic, link_down_topic, receipt_topic};
+use medlink_broker::acl::{inbox_topic, receipt_topic};
 use medlink_broker::{Accept, Authenticator, ConnId, Inbound, Role};
 use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,6 +28,7 @@ use crate::stats::Stats;
 use crate::uplink::{ParentEvent, UplinkHandle};
 
 mod frames;
+mod mailboxes;
 mod polls;
 
 /// Journal name of the parent as a link peer.
@@ -86,6 +87,8 @@ struct State {
     directory_generation: u64,
     /// HTTP long-polls.
     polls: polls::Polls,
+    /// Frames for children linked over HTTP.
+    mailboxes: mailboxes::Mailboxes,
 }
 
 /// The running dispatcher's inputs.
@@ -137,6 +140,7 @@ impl Dispatcher {
                 last_prune: Instant::now(),
                 directory_generation: 0,
                 polls: polls::Polls::default(),
+                mailboxes: mailboxes::Mailboxes::default(),
             },
             inbound,
             parent,
@@ -299,6 +303,7 @@ impl State {
                 payload,
                 reason,
             }) => self.reject(tx, &client, &payload, &reason, now)?,
+            Input::Broker(Inbound::LinkPoll { child, reply }) => self.link_poll(&child, reply),
             Input::Broker(Inbound::LinkFrame {
                 child,
                 payload,
@@ -350,11 +355,12 @@ impl State {
                     }
                 }
             }
-            Input::Parent(ParentEvent::Connected) => {
+            Input::Parent(ParentEvent::Connected { http }) => {
                 if let Some(up) = self.up.as_mut() {
-                    info!("parent link up");
+                    info!(http, "parent link up");
                     up.open();
                     self.stats.set_parent_up(true);
+                    self.stats.set_parent_http(http);
                 }
             }
             Input::Parent(ParentEvent::Disconnected) => {
@@ -643,7 +649,7 @@ impl State {
             let _ = reply.send(point);
         }
         for (child, frame) in out.to_children {
-            self.publish(&link_down_topic(&child), frame);
+            self.send_down(&child, frame.into());
         }
         if let Some(uplink) = &self.uplink {
             for frame in out.to_parent {
@@ -706,11 +712,11 @@ impl State {
         let mut down_frames = Vec::new();
         for (child, link) in self.downs.iter_mut() {
             for f in link.next_frames(journal, &tuning, now, &mut stale)? {
-                down_frames.push((link_down_topic(child), f));
+                down_frames.push((child.clone(), f));
             }
         }
-        for (topic, f) in down_frames {
-            self.publish(&topic, f);
+        for (child, f) in down_frames {
+            self.send_down(&child, f.into());
         }
         let ready: Vec<String> = self
             .locals

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod error;
 pub mod inbox;
+pub mod link;
 pub mod messages;
 pub mod transport;
 
@@ -44,6 +45,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/receipts/ack"),
     ("get", "/v1/stream"),
     ("get", "/v1/transport"),
+    ("post", "/v1/link/up"),
+    ("get", "/v1/link/down"),
     ("get", "/v1/openapi.json"),
 ];
 
@@ -184,6 +187,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/receipts/ack", post(inbox::ack_receipts))
         .route("/v1/stream", get(inbox::events))
         .route("/v1/transport", get(transport::decide))
+        .route("/v1/link/up", post(link::up))
+        .route("/v1/link/down", get(link::down))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,150 @@
+//! Tier links over HTTP: a path mixing MQTT/TCP, HTTP and MQTT/WebSocket links, a kill -9 of
+//! the HTTP-linked tier during a stream, and the MQTT→HTTP fallback and its recovery.
+
+mod common;
+
+use std::time::Duration;
+
+use common::proxy::{Mode, Proxy};
+use common::*;
+use serde_json::json;
+
+fn chain() -> Vec<NodeSpec> {
+    vec![
+        spec("js", None, &["sink"]),
+        spec("js.nj", Some("js"), &["hosp"]),
+        spec("js.nj.gl", Some("js.nj"), &[]),
+        spec("js.nj.gl.t3", Some("js.nj.gl"), &["clinic"]),
+    ]
+}
+
+/// township → county over MQTT/TCP, county → city over HTTP, city → province over MQTT/WS.
+fn mixed_tree() -> Tree {
+    let mut tree = Tree::new(&chain());
+    let province_ws = tree.node("js").ws_port;
+    let city_http = tree.node("js.nj").http_port;
+    tree.set_parent_addresses("js.nj", &[format!("ws://127.0.0.1:{province_ws}/mqtt")]);
+    tree.set_parent_addresses("js.nj.gl", &[format!("http://127.0.0.1:{city_http}")]);
+    for s in chain() {
+        tree.node(&s.id).start();
+    }
+    tree
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_path_carries_commands_both_ways_and_survives_kill9_of_the_http_tier() {
+    const N: u64 = 20_000;
+    let mut tree = mixed_tree();
+    let mut clinic = App::connect("js.nj.gl.t3", "clinic", tree.node("js.nj.gl.t3").port).await;
+    let mut sink = App::connect("js", "sink", tree.node("js").port).await;
+    // Round trip: up through all three kinds of link, and the answer back down.
+    clinic.send("js", "sink", "hello", json!({"s": 0})).await;
+    let got = sink.expect_cmd(20).await;
+    assert_eq!(trail(&got), ["js.nj.gl.t3", "js.nj.gl", "js.nj", "js"]);
+    sink.send("js.nj.gl.t3", "clinic", "hello.back", json!({}))
+        .await;
+    let back = clinic.expect_cmd(20).await;
+    assert_eq!(trail(&back), ["js", "js.nj", "js.nj.gl", "js.nj.gl.t3"]);
+    assert!(tree.node("js.nj.gl").metric("medlink_parent_link_http") == 1.0);
+    assert!(tree
+        .node("js.nj")
+        .log_text()
+        .contains("child link up (HTTP)"));
+
+    // A stream through the HTTP-linked county while it is killed three times.
+    let sender = stream_to_sink(clinic, N, 500, 60);
+    let killer = {
+        let mut county = tree.take("js.nj.gl");
+        tokio::task::spawn_blocking(move || {
+            for round in 0..3 {
+                std::thread::sleep(Duration::from_millis(800));
+                county.kill9();
+                std::thread::sleep(Duration::from_millis(300 + round * 200));
+                county.start();
+            }
+            county
+        })
+    };
+    let (seqs, receipts) = collect(&mut sink, N, 40).await;
+    let clinic = sender.await.expect("sender task");
+    tree.put(killer.await.expect("killer task"));
+    let (lost, dups, ooo) = audit_sequence(&seqs, N);
+    if lost + dups + ooo > 0 {
+        tree.dump_logs();
+    }
+    assert!(receipts.is_empty(), "unexpected receipts: {receipts:?}");
+    assert_eq!(
+        (lost, dups, ooo),
+        (0, 0, 0),
+        "lost, duplicates, out of order of {N}"
+    );
+    clinic.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_mqtt_port_falls_back_to_http_and_returns_when_it_opens() {
+    let mut tree = Tree::new(&[
+        spec("js", None, &["sink"]),
+        spec("js.a", Some("js"), &["c"]),
+    ]);
+    let proxy = Proxy::start(([127, 0, 0, 1], tree.node("js").port).into()).await;
+    proxy.set(Mode::Cut);
+    let http = tree.node("js").http_port;
+    tree.set_parent_addresses(
+        "js.a",
+        &[
+            format!("mqtt://127.0.0.1:{}", proxy.port),
+            format!("http://127.0.0.1:{http}"),
+        ],
+    );
+    tree.node("js").start();
+    tree.node("js.a").start();
+    let c = App::connect("js.a", "c", tree.node("js.a").port).await;
+    let mut sink = App::connect("js", "sink", tree.node("js").port).await;
+    c.send("js", "sink", "while.blocked", json!({"s": 0})).await;
+    assert_eq!(sink.expect_cmd(20).await["cmd"], "while.blocked");
+    assert_eq!(tree.node("js.a").metric("medlink_parent_link_http"), 1.0);
+    assert!(tree
+        .node("js.a")
+        .log_text()
+        .contains("falling back to HTTP"));
+
+    // The port opens: the link goes back to MQTT by itself; a stream across the switch loses
+    // and repeats nothing.
+    proxy.set(Mode::Pass);
+    let sender = {
+        let c = c;
+        tokio::spawn(async move {
+            for s in 1..=2000u64 {
+                c.send("js", "sink", "stream", json!({"s": s})).await;
+                if s % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            c
+        })
+    };
+    let (seqs, _) = collect(&mut sink, 2000, 30).await;
+    let shifted: Vec<u64> = seqs.iter().map(|s| s - 1).collect();
+    assert_eq!(
+        audit_sequence(&shifted, 2000),
+        (0, 0, 0),
+        "lost, duplicates, reordered"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tree.node("js.a").metric("medlink_parent_link_http") != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never returned to MQTT"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(tree
+        .node("js.a")
+        .log_text()
+        .contains("leaving the HTTP fallback"));
+    let c = sender.await.unwrap();
+    c.send("js", "sink", "after", json!({"s": 9})).await;
+    assert_eq!(sink.expect_cmd(20).await["cmd"], "after");
+    assert!(tree.node("js.a").metric("medlink_parent_http_links_total") >= 1.0);
+}
