@@ -144,6 +144,8 @@ impl Journal {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Checkpoints run on a helper thread (see `spawn_checkpointer`), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // When the WAL is rewound after a full checkpoint, give the disk back beyond this.
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
         // An existing journal must carry this build's format; only a new one is stamped.
         let existing: bool = conn.query_row(
             "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'queue'",
@@ -212,17 +214,29 @@ impl Journal {
     /// stops when the returned handle is dropped.
     pub fn spawn_checkpointer(path: &Path, period: std::time::Duration) -> Result<Checkpointer> {
         let conn = Connection::open(path)?;
+        let path = path.to_path_buf();
         conn.pragma_update(None, "busy_timeout", 5000)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
+                let wal = {
+                    let mut p = path.clone().into_os_string();
+                    p.push("-wal");
+                    std::path::PathBuf::from(p)
+                };
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(period)
                 {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    // PASSIVE never waits for the dispatcher, but under a sustained stream of
+                    // commits it never finishes either, and the WAL would grow without bound.
+                    // Past the limit a RESTART checkpoint makes the dispatcher wait (briefly)
+                    // so the WAL can be rewound and truncated.
+                    let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT);
+                    let mode = if big { "RESTART" } else { "PASSIVE" };
+                    let sql = format!("PRAGMA wal_checkpoint({mode})");
+                    if let Err(e) = conn.query_row(&sql, [], |_| Ok(())) {
+                        tracing::warn!(error = %e, mode, "WAL checkpoint failed");
                     }
                 }
             })
@@ -334,6 +348,9 @@ fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u
         .map(|m| m as u64)
         .unwrap_or_else(|| next.get(dest).copied().unwrap_or(1)))
 }
+
+/// WAL size beyond which checkpoints wait for the dispatcher so the WAL can be rewound.
+const WAL_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Keeps the checkpoint thread running; dropping it stops the thread.
 pub struct Checkpointer {

@@ -44,12 +44,22 @@ pub async fn post(
         Role::Client,
     )
     .await?;
-    let (items, batch) = split(&body)?;
     let key = idempotency_key(&headers)?;
     let sender = Address {
         node: state.node_id.clone(),
         client: who.name.clone(),
     };
+    // The common case, one valid submission and no key, is handed over as sent: no JSON
+    // tree to build and serialise again.
+    if key.is_none() {
+        if let Ok(s) = Submission::parse(&body, state.limits) {
+            let chosen = s.id.clone();
+            if s.into_envelope(sender.clone(), String::new()).is_ok() {
+                return submit(&state, &who.name, vec![(body, chosen)], false).await;
+            }
+        }
+    }
+    let (items, batch) = split(&body)?;
     // Validate everything first: a bad batch is refused whole.
     let mut payloads = Vec::with_capacity(items.len());
     for (i, mut item) in items.into_iter().enumerate() {
@@ -83,9 +93,19 @@ pub async fn post(
         let chosen = item.get("id").and_then(Value::as_str).map(str::to_string);
         payloads.push((Bytes::from(bytes), chosen));
     }
+    submit(&state, &who.name, payloads, batch).await
+}
+
+/// Applies the rate, hands the validated submissions to the dispatcher and answers once every
+/// verdict is in.
+async fn submit(
+    state: &ApiState,
+    client: &str,
+    payloads: Vec<(Bytes, Option<String>)>,
+    batch: bool,
+) -> Result<Response, ApiError> {
     for _ in 0..payloads.len() {
-        if let RateVerdict::Refused { .. } = state.rate.check(&who.name, std::time::Instant::now())
-        {
+        if let RateVerdict::Refused { .. } = state.rate.check(client, std::time::Instant::now()) {
             medlink_broker::metrics::bump(&state.broker_metrics.rate_limited);
             let r = state.rate.settings();
             return Err(ApiError::new(
@@ -104,7 +124,7 @@ pub async fn post(
         let id = chosen.unwrap_or_else(|| state.next_id());
         let (tx, rx) = oneshot::channel();
         let item = Inbound::Submit {
-            client: who.name.clone(),
+            client: client.to_string(),
             payload,
             id: id.clone(),
             reply: tx,
