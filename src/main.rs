@@ -4,10 +4,12 @@
 //! - `medlink audit --data-dir DIR ...` prints the audit trail a node recorded.
 //! - `medlink demo` starts a 4-tier tree on loopback and sends a consultation up and back.
 //! - `medlink bench ...` loads any MQTT broker (medlink or not) and reports throughput/latency.
+//! - `medlink bench-http ...` holds many long-polls open or times POST → long-poll delivery.
 //! - `medlink certs ...` issues a development CA and certificates.
 //! - `medlink passwd --file FILE ...` manages identities in a credentials file.
 
 mod bench;
+mod bench_http;
 mod certs;
 mod config;
 mod demo;
@@ -80,6 +82,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Load an MQTT broker or a medlink tree and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Load a node's HTTP API: many long-polls held open, or POST-to-long-poll latency.
+    BenchHttp(bench_http::BenchHttpArgs),
     /// Create a development CA and certificates for nodes and clients.
     Certs(certs::CertsArgs),
     /// Add, rotate, remove or list identities in a credentials file.
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
             runtime.block_on(demo::run(args))
         }
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::BenchHttp(args) => runtime.block_on(bench_http::run(args)),
         Command::Certs(_) | Command::Passwd(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -148,3 +148,37 @@ async fn a_blocked_mqtt_port_falls_back_to_http_and_returns_when_it_opens() {
     assert_eq!(sink.expect_cmd(20).await["cmd"], "after");
     assert!(tree.node("js.a").metric("medlink_parent_http_links_total") >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_link_works_through_the_sites_proxy() {
+    use common::proxy::ConnectProxy;
+    let mut tree = Tree::new_tls(&[
+        spec("js", None, &["sink"]),
+        spec("js.a", Some("js"), &["c"]),
+    ]);
+    let proxy = ConnectProxy::start().await;
+    let https = tree.node("js").http_port;
+    tree.set_parent_addresses("js.a", &[format!("https://localhost:{https}")]);
+    let child = tree.node("js.a");
+    child.env.push((
+        "HTTPS_PROXY".into(),
+        format!("http://127.0.0.1:{}", proxy.port),
+    ));
+    child.env.push(("NO_PROXY".into(), String::new()));
+    tree.node("js").start();
+    tree.node("js.a").start();
+    let ca = tree.ca();
+    let c = App::connect_tls("js.a", "c", tree.node("js.a").port, &ca).await;
+    let mut sink = App::connect_tls("js", "sink", tree.node("js").port, &ca).await;
+    c.send("js", "sink", "via.proxy", json!({"s": 1})).await;
+    let got = sink.expect_cmd(20).await;
+    assert_eq!(got["cmd"], "via.proxy");
+    sink.send("js.a", "c", "back.via.proxy", json!({})).await;
+    let mut c = c;
+    assert_eq!(c.expect_cmd(20).await["cmd"], "back.via.proxy");
+    assert!(
+        proxy.tunnels.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the link went through the proxy"
+    );
+    assert_eq!(tree.node("js.a").metric("medlink_parent_link_http"), 1.0);
+}

@@ -70,6 +70,8 @@ pub struct NodeProc {
     pub log: PathBuf,
     /// Command and arguments to run the node under (e.g. `prlimit --nofile=64 --`).
     pub wrapper: Vec<String>,
+    /// Extra environment of the node process (e.g. `HTTPS_PROXY`).
+    pub env: Vec<(String, String)>,
     /// Listeners are TLS (`tls`/`wss`) rather than clear text.
     pub tls: bool,
     /// The credentials file.
@@ -99,6 +101,7 @@ impl NodeProc {
             .args(["node", "--config"])
             .arg(&self.config)
             .env("MEDLINK_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -293,7 +296,7 @@ impl Tree {
             };
             toml += &format!("\n[limits]\n{limits}\n");
             toml += &format!("\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n");
-            toml += &format!("\n[http]\naddr = \"127.0.0.1:{http_port}\"\n");
+            toml += &format!("\n[http]\naddr = \"127.0.0.1:{http_port}\"\ntls = {tls}\n");
             if tls {
                 toml += &format!(
                     "\n[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:{plain_port}\"\n\n[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:{plain_ws_port}\"\n"
@@ -359,6 +362,7 @@ impl Tree {
                     data_dir,
                     log: dir.path().join(format!("{}.log", spec.id)),
                     wrapper: Vec::new(),
+                    env: Vec::new(),
                     tls,
                     credentials,
                     restarts: 0,

@@ -112,3 +112,66 @@ async fn flowing(mode: &mut watch::Receiver<Mode>) -> bool {
         }
     }
 }
+
+/// A forward proxy as a site's firewall would offer: it only tunnels `CONNECT host:port`
+/// (HTTPS through a proxy) and counts the tunnels it opened.
+pub struct ConnectProxy {
+    pub port: u16,
+    pub tunnels: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnectProxy {
+    pub async fn start() -> ConnectProxy {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = tunnels.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(client);
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (Some("CONNECT"), Some(target)) = (parts.next(), parts.next()) else {
+                        let _ = reader
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    let target = target.to_string();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).await.is_err() || h == "\r\n" || h.is_empty() {
+                            break;
+                        }
+                    }
+                    let Ok(server) = TcpStream::connect(&target).await else {
+                        let _ = reader
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut client = reader.into_inner();
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut server = server;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        ConnectProxy { port, tunnels }
+    }
+}

@@ -1,0 +1,244 @@
+//! `medlink bench-http`: load for the HTTP API that wrk cannot produce — many long-polls held
+//! open at once, and the latency from a POST to the long-poll that delivers it.
+//!
+//! Requests are written by hand over keep-alive TCP connections (one per poll), so the load
+//! tool costs little more than the sockets themselves; `bench/http.sh` runs several of these
+//! processes (one process may hold at most ~20,000 sockets here) and wrk for POST throughput.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Options of `medlink bench-http`.
+#[derive(clap::Args, Debug)]
+pub struct BenchHttpArgs {
+    /// What to measure.
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Open COUNT long-polls on one identity's (empty) inbox and hold them.
+    Polls {
+        /// `ip:port` of the node's HTTP API.
+        #[arg(long)]
+        addr: String,
+        /// `user:password` of a client whose inbox stays empty.
+        #[arg(long)]
+        login: String,
+        /// Long-polls to open.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Seconds each poll asks to wait (and the tool holds them).
+        #[arg(long, default_value_t = 30)]
+        hold: u64,
+    },
+    /// POST a command and time until a waiting long-poll of the receiver returns it.
+    Latency {
+        /// `ip:port` of the node's HTTP API.
+        #[arg(long)]
+        addr: String,
+        /// `user:password` of the sender.
+        #[arg(long)]
+        sender: String,
+        /// `user:password` of the receiver (at the same node).
+        #[arg(long)]
+        receiver: String,
+        /// The receiver's node id.
+        #[arg(long)]
+        node: String,
+        /// Round trips to time.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+}
+
+fn basic(login: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(login)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    stream: BufReader<TcpStream>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            stream: BufReader::new(s),
+        })
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        login: &str,
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            basic(login),
+            body.len()
+        );
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body).await
+    }
+
+    /// Reads one response; returns (status, body).
+    async fn recv(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut status = 0;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if status == 0 {
+                status = line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+            } else if line == "\r\n" {
+                break;
+            } else if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+}
+
+/// Runs `medlink bench-http`.
+pub async fn run(args: BenchHttpArgs) -> ExitCode {
+    let result = match args.mode {
+        Mode::Polls {
+            addr,
+            login,
+            count,
+            hold,
+        } => polls(&addr, &login, count, hold).await,
+        Mode::Latency {
+            addr,
+            sender,
+            receiver,
+            node,
+            count,
+        } => latency(&addr, &sender, &receiver, &node, count).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("medlink bench-http: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn polls(addr: &str, login: &str, count: usize, hold: u64) -> Result<(), String> {
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut c = Conn::open(addr)
+            .await
+            .map_err(|e| format!("poll {i}: {e}"))?;
+        c.send("GET", &format!("/v1/inbox?wait={hold}"), login, b"")
+            .await
+            .map_err(|e| format!("poll {i}: {e}"))?;
+        conns.push(c);
+    }
+    println!(
+        "{{\"mode\":\"polls\",\"open\":{count},\"open_seconds\":{:.3}}}",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(hold.saturating_sub(2))).await;
+    drop(conns);
+    eprintln!("# {count} long-polls held for {hold} s");
+    Ok(())
+}
+
+async fn latency(
+    addr: &str,
+    sender: &str,
+    receiver: &str,
+    node: &str,
+    count: usize,
+) -> Result<(), String> {
+    let client = receiver.split(':').next().unwrap_or("");
+    let mut poller = Conn::open(addr).await.map_err(|e| e.to_string())?;
+    let mut poster = Conn::open(addr).await.map_err(|e| e.to_string())?;
+    // Start from an empty, fully acknowledged inbox.
+    let mut cursor = 0u64;
+    loop {
+        poller
+            .send(
+                "GET",
+                &format!("/v1/inbox?cursor={cursor}&max=1000"),
+                receiver,
+                b"",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let (_, body) = poller.recv().await.map_err(|e| e.to_string())?;
+        let page: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let next = page["cursor"].as_u64().unwrap_or(cursor);
+        if next == cursor {
+            break;
+        }
+        cursor = next;
+    }
+    let body = format!(r#"{{"to":{{"node":"{node}","client":"{client}"}},"cmd":"bench.latency"}}"#);
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        poller
+            .send(
+                "GET",
+                &format!("/v1/inbox?cursor={cursor}&wait=30"),
+                receiver,
+                b"",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        // Let the poll reach the node first, so what is timed is the push to a waiting poll.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let t0 = Instant::now();
+        poster
+            .send("POST", "/v1/messages", sender, body.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (status, _) = poster.recv().await.map_err(|e| e.to_string())?;
+        if status != 202 {
+            return Err(format!("POST answered {status}"));
+        }
+        let (_, page) = poller.recv().await.map_err(|e| e.to_string())?;
+        samples.push(t0.elapsed());
+        let page: serde_json::Value = serde_json::from_slice(&page).map_err(|e| e.to_string())?;
+        cursor = page["cursor"].as_u64().unwrap_or(cursor);
+    }
+    samples.sort();
+    let ms = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+    println!(
+        "{{\"mode\":\"latency\",\"count\":{count},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+        ms(0.5),
+        ms(0.99),
+        ms(1.0)
+    );
+    eprintln!(
+        "# POST -> waiting long-poll, {count} round trips: p50 {:.3} ms, p99 {:.3} ms",
+        ms(0.5),
+        ms(0.99)
+    );
+    Ok(())
+}
