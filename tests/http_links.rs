@@ -182,3 +182,42 @@ async fn an_https_link_works_through_the_sites_proxy() {
     );
     assert_eq!(tree.node("js.a").metric("medlink_parent_link_http"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parent_decides_the_childs_transport() {
+    // The child lists MQTT first, but the parent's /v1/transport says HTTP for it.
+    let mut tree = Tree::new(&[
+        spec("js", None, &["sink"]),
+        spec("js.a", Some("js"), &["c"]),
+    ]);
+    let (mqtt, http) = (tree.node("js").port, tree.node("js").http_port);
+    tree.set_parent_addresses(
+        "js.a",
+        &[
+            format!("mqtt://127.0.0.1:{mqtt}"),
+            format!("http://127.0.0.1:{http}"),
+        ],
+    );
+    let cfg = tree.node("js").config.clone();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text += "\n[transport.identities]\n\"js.a\" = \"http\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    tree.node("js").start();
+    tree.node("js.a").start();
+    let c = App::connect("js.a", "c", tree.node("js.a").port).await;
+    let mut sink = App::connect("js", "sink", tree.node("js").port).await;
+    c.send("js", "sink", "told.http", json!({"s": 1})).await;
+    assert_eq!(sink.expect_cmd(20).await["cmd"], "told.http");
+    assert_eq!(tree.node("js.a").metric("medlink_parent_link_http"), 1.0);
+    assert!(tree
+        .node("js.a")
+        .log_text()
+        .contains("the parent chose the link transport"));
+    // It stays there: reachable MQTT does not pull it back against the parent's choice.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(tree.node("js.a").metric("medlink_parent_link_http"), 1.0);
+    assert!(!tree
+        .node("js.a")
+        .log_text()
+        .contains("leaving the HTTP fallback"));
+}

@@ -244,14 +244,17 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let n = cfg.parents.len();
-    let mut index = 0usize;
+    let (mut index, told_http) = first_address(&cfg).await;
     let mut failures = 0u32;
     let mut mqtt_failed = false;
     loop {
         let addr = &cfg.parents[index % n];
-        // While on HTTP, an MQTT address listed before it is where the link wants to be.
+        // While on HTTP, an MQTT address listed before it is where the link wants to be,
+        // unless the parent said this node belongs on HTTP.
         let preferred = match addr {
-            ParentAddr::Http { .. } => cfg.parents[..index % n].iter().find(|a| !a.is_http()),
+            ParentAddr::Http { .. } if !told_http => {
+                cfg.parents[..index % n].iter().find(|a| !a.is_http())
+            }
             _ => None,
         };
         if addr.is_http() && mqtt_failed {
@@ -321,6 +324,26 @@ async fn run(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Where to start: the first address, unless the parent has an HTTP address and says (in
+/// `GET /v1/transport`) that this node should use another transport, which is then tried
+/// first if the list has an address of that kind. Also whether the parent chose HTTP.
+async fn first_address(cfg: &UplinkConfig) -> (usize, bool) {
+    let Some(ParentAddr::Http { url }) = cfg.parents.iter().find(|a| a.is_http()) else {
+        return (0, false);
+    };
+    let Some(choice) = crate::uplink_http::ask_transport(cfg, url).await else {
+        return (0, false);
+    };
+    let wanted = |a: &ParentAddr| match choice.as_str() {
+        "http" => a.is_http(),
+        "ws" => matches!(a, ParentAddr::Ws { .. } | ParentAddr::Wss { .. }),
+        _ => matches!(a, ParentAddr::Tcp { .. } | ParentAddr::Tls { .. }),
+    };
+    let index = cfg.parents.iter().position(wanted).unwrap_or(0);
+    info!(transport = %choice, parent = %cfg.parents[index], "the parent chose the link transport");
+    (index, choice == "http")
 }
 
 /// One MQTT session with the parent at `addr`.

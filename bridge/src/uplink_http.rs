@@ -119,6 +119,24 @@ async fn reachable(addr: &ParentAddr) -> bool {
     }
 }
 
+/// Asks the parent at `base` which transport this node should use (`GET /v1/transport`):
+/// `mqtt`, `ws` or `http`; `None` if it cannot be asked.
+pub(crate) async fn ask_transport(cfg: &UplinkConfig, base: &str) -> Option<String> {
+    let client = client(cfg).ok()?;
+    let url = format!("{}/v1/transport", base.trim_end_matches('/'));
+    let resp = authed(client.get(url), cfg)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body = resp.bytes().await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v["transport"].as_str().map(str::to_string)
+}
+
 /// Runs one HTTP link session against `base` until it fails, the preferred address answers
 /// again, or the node shuts down.
 pub(crate) async fn session(
