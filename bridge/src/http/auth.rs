@@ -3,8 +3,10 @@
 //! same throttle as MQTT logins.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
 use medlink_broker::{Identity, Role};
@@ -16,13 +18,45 @@ use super::ApiState;
 #[derive(Debug, Clone)]
 pub struct PeerCertificate(pub Option<String>);
 
-/// Authenticates a request and checks that its identity has `role`.
-pub async fn identify(
+/// The authenticated caller of a request (an extractor: a handler that takes it only runs
+/// for a request that logged in).
+pub struct Caller(pub Identity);
+
+impl Caller {
+    /// The identity, if it has `role`; 403 otherwise.
+    pub fn require(self, role: Role) -> Result<Identity, ApiError> {
+        if self.0.role != role {
+            return Err(ApiError::forbidden(format!(
+                "identity '{}' is a {}; this endpoint is for a {role}",
+                self.0.name, self.0.role
+            )));
+        }
+        Ok(self.0)
+    }
+}
+
+#[axum::async_trait]
+impl FromRequestParts<Arc<ApiState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
+        let certificate = parts.extensions.get::<PeerCertificate>().cloned();
+        identify(state, &parts.headers, peer.as_ref(), certificate.as_ref())
+            .await
+            .map(Caller)
+    }
+}
+
+/// Authenticates a request.
+async fn identify(
     state: &ApiState,
     headers: &HeaderMap,
     peer: Option<&ConnectInfo<SocketAddr>>,
     certificate: Option<&PeerCertificate>,
-    role: Role,
 ) -> Result<Identity, ApiError> {
     let ip = peer
         .map(|c| c.0.ip())
@@ -63,11 +97,5 @@ pub async fn identify(
         )
         .await
         .map_err(|_| ApiError::unauthorized("bad username, password or certificate"))?;
-    if identity.role != role {
-        return Err(ApiError::forbidden(format!(
-            "identity '{}' is a {}; this endpoint is for a {role}",
-            identity.name, identity.role
-        )));
-    }
     Ok(identity)
 }

@@ -6,21 +6,19 @@
 //! what comes after; polling again with an old cursor returns again what was not acknowledged.
 //! So a response lost in transit, or a node restart, costs a repeat (same ids), never a loss.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use futures_util::stream::{self, Stream as FutStream};
 use medlink_broker::{Delivery, Inbound, Role, Stream};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::auth::{identify, PeerCertificate};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
 
@@ -83,11 +81,7 @@ async fn poll(
         wait: !wait.is_zero(),
         reply: tx,
     };
-    state
-        .inbound
-        .send(item)
-        .await
-        .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+    state.hand_over(item).await?;
     let _open = state.metrics.poll_opened();
     // Without a wait the dispatcher answers at once (empty or not); the limit is a safety net.
     let limit = if wait.is_zero() {
@@ -128,20 +122,11 @@ fn page(cursor: u64, deliveries: &[Delivery]) -> Response {
 
 async fn read_stream(
     state: Arc<ApiState>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
     q: PollQuery,
     stream: Stream,
 ) -> Result<Response, ApiError> {
-    let who = identify(
-        &state,
-        &headers,
-        peer.as_ref(),
-        cert.as_deref(),
-        Role::Client,
-    )
-    .await?;
+    let who = caller.require(Role::Client)?;
     let cursor = number(&q.cursor, "cursor", 0, u64::MAX)?;
     let wait = number(&q.wait, "wait", 0, state.max_wait.as_secs())?;
     let max = number(&q.max, "max", 100, MAX_POLL as u64)?.max(1) as usize;
@@ -161,41 +146,28 @@ async fn read_stream(
 /// `GET /v1/inbox`.
 pub async fn inbox(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
-    read_stream(state, peer, cert, headers, q, Stream::Commands).await
+    read_stream(state, caller, q, Stream::Commands).await
 }
 
 /// `GET /v1/receipts`.
 pub async fn receipts(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
-    read_stream(state, peer, cert, headers, q, Stream::Receipts).await
+    read_stream(state, caller, q, Stream::Receipts).await
 }
 
 async fn ack_stream(
     state: Arc<ApiState>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: &[u8],
     stream: Stream,
 ) -> Result<Response, ApiError> {
-    let who = identify(
-        &state,
-        &headers,
-        peer.as_ref(),
-        cert.as_deref(),
-        Role::Client,
-    )
-    .await?;
+    let who = caller.require(Role::Client)?;
     let ack: AckBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::malformed(format!("expected {{\"cursor\": N}}: {e}")).field("cursor")
     })?;
@@ -206,11 +178,7 @@ async fn ack_stream(
         upto: ack.cursor,
         reply: tx,
     };
-    state
-        .inbound
-        .send(item)
-        .await
-        .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+    state.hand_over(item).await?;
     let acked = rx
         .await
         .map_err(|_| ApiError::unavailable("the acknowledgement was not committed; retry"))?;
@@ -220,42 +188,30 @@ async fn ack_stream(
 /// `POST /v1/inbox/ack`.
 pub async fn ack_inbox(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
-    ack_stream(state, peer, cert, headers, &body, Stream::Commands).await
+    ack_stream(state, caller, &body, Stream::Commands).await
 }
 
 /// `POST /v1/receipts/ack`.
 pub async fn ack_receipts(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
-    ack_stream(state, peer, cert, headers, &body, Stream::Receipts).await
+    ack_stream(state, caller, &body, Stream::Receipts).await
 }
 
 /// `GET /v1/stream`: the inbox as server-sent events, `id:` = sequence. A browser's
 /// `EventSource` reconnects with `Last-Event-ID`, which acknowledges everything up to it.
 pub async fn events(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
+    caller: Caller,
     headers: HeaderMap,
     Query(q): Query<PollQuery>,
 ) -> Result<Sse<impl FutStream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
-    let who = identify(
-        &state,
-        &headers,
-        peer.as_ref(),
-        cert.as_deref(),
-        Role::Client,
-    )
-    .await?;
+    let who = caller.require(Role::Client)?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -4,43 +4,35 @@
 //! heartbeats are exactly those of the MQTT link (`bridge/src/frame.rs`), so custody and
 //! de-duplication are the same whichever transport carries them.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use bytes::Bytes;
 use medlink_broker::{Accept, Inbound, Role};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::auth::{identify, PeerCertificate};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
 
 /// `POST /v1/link/up`: one frame from the calling child.
 pub async fn up(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = identify(&state, &headers, peer.as_ref(), cert.as_deref(), Role::Node).await?;
+    let who = caller.require(Role::Node)?;
     let (tx, rx) = oneshot::channel();
     let item = Inbound::LinkFrame {
         child: who.name,
         payload: body,
         reply: Some(tx),
     };
-    state
-        .inbound
-        .send(item)
-        .await
-        .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+    state.hand_over(item).await?;
     match rx.await.unwrap_or(Accept::Unavailable) {
         Accept::Committed => Ok(axum::Json(serde_json::json!({"ok": true})).into_response()),
         Accept::Rejected(why) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", why)),
@@ -63,22 +55,18 @@ pub struct DownQuery {
 /// `{"frames": [frame, ...]}`.
 pub async fn down(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(q): Query<DownQuery>,
 ) -> Result<Response, ApiError> {
-    let who = identify(&state, &headers, peer.as_ref(), cert.as_deref(), Role::Node).await?;
+    let who = caller.require(Role::Node)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.max_wait.as_secs()));
     let (tx, rx) = oneshot::channel();
     state
-        .inbound
-        .send(Inbound::LinkPoll {
+        .hand_over(Inbound::LinkPoll {
             child: who.name.clone(),
             reply: tx,
         })
-        .await
-        .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+        .await?;
     let _open = state.metrics.poll_opened();
     let frames = match tokio::time::timeout(wait.max(Duration::from_millis(1)), rx).await {
         Ok(Ok(Some(frames))) => frames,

@@ -7,20 +7,18 @@
 //! each submission or an `Idempotency-Key` header: the key derives the same id for the same
 //! position every time, and the node accepts an id from one sender once.
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use blake2::{Blake2s256, Digest};
 use bytes::Bytes;
 use medlink_broker::rate::RateVerdict;
 use medlink_broker::{Accept, Inbound, Role};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-use super::auth::{identify, PeerCertificate};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
 use crate::envelope::{Address, Submission};
@@ -31,19 +29,11 @@ pub const MAX_BATCH: usize = 1000;
 /// The handler.
 pub async fn post(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = identify(
-        &state,
-        &headers,
-        peer.as_ref(),
-        cert.as_deref(),
-        Role::Client,
-    )
-    .await?;
+    let who = caller.require(Role::Client)?;
     let key = idempotency_key(&headers)?;
     let sender = Address {
         node: state.node_id.clone(),
@@ -129,11 +119,7 @@ async fn submit(
             id: id.clone(),
             reply: tx,
         };
-        state
-            .inbound
-            .send(item)
-            .await
-            .map_err(|_| ApiError::unavailable("the node is shutting down"))?;
+        state.hand_over(item).await?;
         pending.push((id, rx));
     }
     let mut accepted = Vec::with_capacity(pending.len());

@@ -151,6 +151,14 @@ impl ApiState {
         }
     }
 
+    /// Hands an item to the dispatcher; 503 if the node is shutting down.
+    pub async fn hand_over(&self, item: Inbound) -> Result<(), error::ApiError> {
+        self.inbound
+            .send(item)
+            .await
+            .map_err(|_| error::ApiError::unavailable("the node is shutting down"))
+    }
+
     /// A fresh message id (ULID, monotonic within this process).
     pub fn next_id(&self) -> String {
         let mut ids = self

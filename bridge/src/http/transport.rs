@@ -3,17 +3,13 @@
 //! default. Clients and child nodes ask once and follow the answer.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
-use medlink_broker::Role;
 use serde::{Deserialize, Serialize};
 
-use super::auth::{identify, PeerCertificate};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
 
@@ -55,25 +51,9 @@ impl TransportPolicy {
 /// The handler: any authenticated client or node.
 pub async fn decide(
     State(state): State<Arc<ApiState>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
-    cert: Option<Extension<PeerCertificate>>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let who = match identify(
-        &state,
-        &headers,
-        peer.as_ref(),
-        cert.as_deref(),
-        Role::Client,
-    )
-    .await
-    {
-        Ok(who) => who,
-        Err(e) if e.status() == axum::http::StatusCode::FORBIDDEN => {
-            identify(&state, &headers, peer.as_ref(), cert.as_deref(), Role::Node).await?
-        }
-        Err(e) => return Err(e),
-    };
+    let who = caller.0;
     let (choice, url) = state.transport.decide(&who.name);
     Ok(axum::Json(serde_json::json!({
         "identity": who.name,
