@@ -21,10 +21,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc malloc: request handling allocates and frees many small buffers
-/// on several threads, where glibc's arenas cost a measurable share of the CPU.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use medlink_bridge::audit::{self, AuditQuery};
 use medlink_bridge::node::Node;
 use tracing::{error, info};

@@ -232,11 +232,19 @@ impl Journal {
                     // commits it never finishes either, and the WAL would grow without bound.
                     // Past the limit a RESTART checkpoint makes the dispatcher wait (briefly)
                     // so the WAL can be rewound and truncated.
+                    // The PASSIVE pass first copies nearly everything without blocking anyone,
+                    // so the RESTART that follows holds the dispatcher only for the remainder.
                     let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT);
-                    let mode = if big { "RESTART" } else { "PASSIVE" };
-                    let sql = format!("PRAGMA wal_checkpoint({mode})");
-                    if let Err(e) = conn.query_row(&sql, [], |_| Ok(())) {
-                        tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+                    let modes: &[&str] = if big {
+                        &["PASSIVE", "RESTART"]
+                    } else {
+                        &["PASSIVE"]
+                    };
+                    for mode in modes {
+                        let sql = format!("PRAGMA wal_checkpoint({mode})");
+                        if let Err(e) = conn.query_row(&sql, [], |_| Ok(())) {
+                            tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+                        }
                     }
                 }
             })
@@ -350,7 +358,7 @@ fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u
 }
 
 /// WAL size beyond which checkpoints wait for the dispatcher so the WAL can be rewound.
-const WAL_LIMIT: u64 = 64 * 1024 * 1024;
+const WAL_LIMIT: u64 = 128 * 1024 * 1024;
 
 /// Keeps the checkpoint thread running; dropping it stops the thread.
 pub struct Checkpointer {
