@@ -5,12 +5,14 @@
 //! - `medlink demo` starts a 4-tier tree on loopback and sends a consultation up and back.
 //! - `medlink bench ...` loads any MQTT broker (medlink or not) and reports throughput/latency.
 //! - `medlink bench-http ...` holds many long-polls open or times POST → long-poll delivery.
+//! - `medlink send | request | listen ...` use the SDK from a shell.
 //! - `medlink certs ...` issues a development CA and certificates.
 //! - `medlink passwd --file FILE ...` manages identities in a credentials file.
 
 mod bench;
 mod bench_http;
 mod certs;
+mod cli_client;
 mod config;
 mod demo;
 mod mqtt_client;
@@ -80,6 +82,12 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Load a node's HTTP API: many long-polls held open, or POST-to-long-poll latency.
     BenchHttp(bench_http::BenchHttpArgs),
+    /// Send a command (prints its id once the node has custody).
+    Send(cli_client::SendArgs),
+    /// Send a command and print the reply.
+    Request(cli_client::SendArgs),
+    /// Print incoming commands and receipts as JSON lines (optionally replying).
+    Listen(cli_client::ListenArgs),
     /// Create a development CA and certificates for nodes and clients.
     Certs(certs::CertsArgs),
     /// Add, rotate, remove or list identities in a credentials file.
@@ -176,6 +184,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::BenchHttp(args) => runtime.block_on(bench_http::run(args)),
+        Command::Send(args) => runtime.block_on(cli_client::send(args)),
+        Command::Request(args) => runtime.block_on(cli_client::request(args)),
+        Command::Listen(args) => runtime.block_on(cli_client::listen(args)),
         Command::Certs(_) | Command::Passwd(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -119,3 +119,79 @@ async fn resent_deliveries_never_reach_the_application_twice() {
         "the stall did cause resends (so the check above meant something)"
     );
 }
+
+#[test]
+fn the_cli_sends_requests_and_listens_through_the_sdk() {
+    let mut t = Tree::start(&[spec("js", None, &["a", "b"])]);
+    let url = t.node("js").url();
+    let common = |who: &str| {
+        vec![
+            "--url".to_string(),
+            url.clone(),
+            "--node".into(),
+            "js".into(),
+            "--identity".into(),
+            who.to_string(),
+        ]
+    };
+    // b answers every command it gets, twice over.
+    let mut listener = std::process::Command::new(BIN)
+        .arg("listen")
+        .args(common("b"))
+        .args(["--count", "2", "--reply-with", r#"{"ok":true}"#])
+        .env("MEDLINK_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("medlink listen");
+    std::thread::sleep(Duration::from_millis(1500));
+    let run = |verb: &str, cmd: &str| {
+        let out = std::process::Command::new(BIN)
+            .arg(verb)
+            .args(common("a"))
+            .args([
+                "--to",
+                "js/b",
+                "--cmd",
+                cmd,
+                "--params",
+                r#"{"n":1}"#,
+                "--timeout",
+                "20",
+            ])
+            .env("MEDLINK_PASSWORD", PASSWORD)
+            .output()
+            .expect("medlink runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let id = run("send", "note");
+    assert_eq!(id.len(), 26, "a ULID: {id}");
+    let reply: serde_json::Value = serde_json::from_str(&run("request", "ask")).unwrap();
+    assert_eq!(reply["params"]["ok"], true);
+    assert_eq!(reply["cmd"], "ask.reply");
+    let status = listener.wait().unwrap();
+    assert!(status.success());
+    let mut heard = String::new();
+    std::io::Read::read_to_string(listener.stdout.as_mut().unwrap(), &mut heard).unwrap();
+    let cmds: Vec<serde_json::Value> = heard
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|m: &serde_json::Value| m["kind"] == "cmd")
+        .collect();
+    assert_eq!(cmds.len(), 2);
+    assert_eq!(cmds[0]["id"], id.as_str());
+    // The password never appears on a command line: without it, a clear refusal.
+    let out = std::process::Command::new(BIN)
+        .arg("send")
+        .args(common("a"))
+        .args(["--to", "js/b", "--cmd", "x"])
+        .env_remove("MEDLINK_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MEDLINK_PASSWORD"));
+}

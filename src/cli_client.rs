@@ -1,0 +1,179 @@
+//! `medlink send`, `medlink request`, `medlink listen`: the SDK from a shell, for scripts and
+//! for trying a tree by hand. Messages are printed as JSON lines; the password comes from a
+//! file or the `MEDLINK_PASSWORD` environment variable, never from the command line (where
+//! `ps` would show it).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use medlink_sdk::{Address, Client, Options};
+
+/// How to connect (shared by the three commands).
+#[derive(clap::Args, Debug)]
+pub struct ConnectArgs {
+    /// The node: `mqtts://host:port` (or `mqtt://` on loopback).
+    #[arg(long)]
+    url: String,
+    /// The node's id.
+    #[arg(long)]
+    node: String,
+    /// This application's identity at the node.
+    #[arg(long)]
+    identity: String,
+    /// File holding the password (default: the MEDLINK_PASSWORD environment variable).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// CA certificate for `mqtts://`.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+/// What to send.
+#[derive(clap::Args, Debug)]
+pub struct SendArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Target as `node/client`, e.g. `js.nj/hosp-nj`.
+    #[arg(long)]
+    to: String,
+    /// Command name.
+    #[arg(long)]
+    cmd: String,
+    /// Parameters as JSON.
+    #[arg(long, default_value = "null")]
+    params: String,
+    /// `request` only: seconds to wait for the reply.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+/// What to listen for.
+#[derive(clap::Args, Debug)]
+pub struct ListenArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Stop after this many commands.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Answer every command with these parameters (JSON).
+    #[arg(long)]
+    reply_with: Option<String>,
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("medlink {what}: {e}");
+    ExitCode::FAILURE
+}
+
+async fn connect(args: &ConnectArgs) -> Result<(Client, medlink_sdk::Inbox), String> {
+    let password = match &args.password_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| format!("--password-file {}: {e}", f.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        None => std::env::var("MEDLINK_PASSWORD")
+            .map_err(|_| "give --password-file or set MEDLINK_PASSWORD".to_string())?,
+    };
+    Client::connect(Options {
+        url: args.url.clone(),
+        node: args.node.clone(),
+        identity: args.identity.clone(),
+        password,
+        ca: args.ca.clone(),
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn target(to: &str) -> Result<Address, String> {
+    let (node, client) = to
+        .split_once('/')
+        .ok_or_else(|| format!("--to: '{to}' is not node/client"))?;
+    Ok(Address::new(node, client))
+}
+
+fn params(text: &str, flag: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("{flag}: not JSON ({e})"))
+}
+
+/// `medlink send`: prints the id once the node has custody.
+pub async fn send(args: SendArgs) -> ExitCode {
+    let run = async {
+        let to = target(&args.to)?;
+        let p = params(&args.params, "--params")?;
+        let (client, _inbox) = connect(&args.connect).await?;
+        client
+            .send(&to, &args.cmd, p)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match run.await {
+        Ok(id) => {
+            println!("{id}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("send", e),
+    }
+}
+
+/// `medlink request`: prints the reply as JSON.
+pub async fn request(args: SendArgs) -> ExitCode {
+    let run = async {
+        let to = target(&args.to)?;
+        let p = params(&args.params, "--params")?;
+        let (client, _inbox) = connect(&args.connect).await?;
+        client
+            .request(&to, &args.cmd, p, Duration::from_secs(args.timeout))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match run.await {
+        Ok(reply) => {
+            println!(
+                "{}",
+                serde_json::to_string(&reply).expect("messages serialise")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("request", e),
+    }
+}
+
+/// `medlink listen`: prints every command (and receipt) as a JSON line, optionally replying.
+pub async fn listen(args: ListenArgs) -> ExitCode {
+    let reply_with = match args
+        .reply_with
+        .as_deref()
+        .map(|r| params(r, "--reply-with"))
+        .transpose()
+    {
+        Ok(r) => r,
+        Err(e) => return fail("listen", e),
+    };
+    let (client, mut inbox) = match connect(&args.connect).await {
+        Ok(c) => c,
+        Err(e) => return fail("listen", e),
+    };
+    let mut seen = 0usize;
+    loop {
+        tokio::select! {
+            Some(cmd) = inbox.commands.recv() => {
+                println!("{}", serde_json::to_string(&cmd).expect("messages serialise"));
+                if let Some(p) = &reply_with {
+                    if let Err(e) = client.reply(&cmd, p.clone()).await {
+                        return fail("listen", e);
+                    }
+                }
+                seen += 1;
+                if args.count.is_some_and(|n| seen >= n) {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Some(r) = inbox.receipts.recv() => {
+                println!("{}", serde_json::to_string(&r).expect("messages serialise"));
+            }
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+}
