@@ -30,12 +30,7 @@ async fn kill9_of_the_middle_tier_during_a_stream_loses_and_duplicates_nothing()
         let mut county = tree.take("js.nj.gl");
         let mut city = tree.take("js.nj");
         tokio::task::spawn_blocking(move || {
-            for round in 0..3 {
-                std::thread::sleep(Duration::from_millis(700));
-                county.kill9();
-                std::thread::sleep(Duration::from_millis(300 + round * 200));
-                county.start();
-            }
+            county.kill9_repeatedly(3, 700);
             std::thread::sleep(Duration::from_millis(500));
             city.kill9();
             std::thread::sleep(Duration::from_millis(400));

@@ -56,12 +56,7 @@ async fn a_mixed_path_carries_commands_both_ways_and_survives_kill9_of_the_http_
     let killer = {
         let mut county = tree.take("js.nj.gl");
         tokio::task::spawn_blocking(move || {
-            for round in 0..3 {
-                std::thread::sleep(Duration::from_millis(800));
-                county.kill9();
-                std::thread::sleep(Duration::from_millis(300 + round * 200));
-                county.start();
-            }
+            county.kill9_repeatedly(3, 800);
             county
         })
     };

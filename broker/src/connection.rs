@@ -38,8 +38,9 @@ use crate::rate::{RateLimiter, RateVerdict};
 use crate::transport::Transport;
 use crate::LinkFactory;
 
-/// Live sessions by (identity, client id) with the switch that ends each one.
-pub type SessionRegistry = Mutex<HashMap<(String, String), (ConnId, oneshot::Sender<()>)>>;
+/// Live sessions by identity, then client id, with the switch that ends each one. Grouped by
+/// identity so the per-identity connection limit is a map lookup, not a scan of every session.
+pub type SessionRegistry = Mutex<HashMap<String, HashMap<String, (ConnId, oneshot::Sender<()>)>>>;
 
 /// State shared by all connections of one node.
 pub struct FrontEnd {
@@ -173,9 +174,10 @@ impl Session {
             .sessions
             .lock()
             .expect("session registry lock is never held across a panic")
-            .keys()
-            .filter(|(name, id)| *name == identity.name && *id != client_id)
-            .count();
+            .get(&identity.name)
+            .map_or(0, |ids| {
+                ids.len() - usize::from(ids.contains_key(&client_id))
+            });
         if others >= ctx.max_connections_per_identity {
             bump(&ctx.metrics.identity_connection_limit);
             warn!(identity = %identity.name, limit = ctx.max_connections_per_identity, "connection refused: identity at its connection limit");
@@ -211,7 +213,9 @@ impl Session {
             .sessions
             .lock()
             .expect("session registry lock is never held across a panic")
-            .insert((identity.name.clone(), client_id.clone()), (conn, kick_tx));
+            .entry(identity.name.clone())
+            .or_default()
+            .insert(client_id.clone(), (conn, kick_tx));
         if let Some((_, kick)) = previous {
             let _ = kick.send(());
         }
@@ -748,9 +752,16 @@ impl Session {
                 .sessions
                 .lock()
                 .expect("session registry lock is never held across a panic");
-            let key = (self.identity.name.clone(), self.client_id.clone());
-            if sessions.get(&key).is_some_and(|(c, _)| *c == self.conn) {
-                sessions.remove(&key);
+            if let Some(ids) = sessions.get_mut(&self.identity.name) {
+                if ids
+                    .get(&self.client_id)
+                    .is_some_and(|(c, _)| *c == self.conn)
+                {
+                    ids.remove(&self.client_id);
+                }
+                if ids.is_empty() {
+                    sessions.remove(&self.identity.name);
+                }
             }
         }
         for stream in std::mem::take(&mut self.streams) {

@@ -131,6 +131,16 @@ impl NodeProc {
         }
     }
 
+    /// `rounds` times: let it run `run_ms`, kill -9, stay down 300 ms longer each round, start.
+    pub fn kill9_repeatedly(&mut self, rounds: u64, run_ms: u64) {
+        for round in 0..rounds {
+            std::thread::sleep(Duration::from_millis(run_ms));
+            self.kill9();
+            std::thread::sleep(Duration::from_millis(300 + round * 200));
+            self.start();
+        }
+    }
+
     /// SIGKILL: no clean shutdown at all.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -39,7 +39,14 @@ pub(super) struct Polls {
 impl Polls {
     /// Notes that `dest` got something new, if anyone waits for it.
     pub(super) fn enqueued(&mut self, dest: &str) {
-        if self.waiting.contains_key(dest) && !self.woken.iter().any(|d| d == dest) {
+        if self.waiting.contains_key(dest) {
+            self.wake(dest);
+        }
+    }
+
+    /// Has `dest`'s polls looked at after this round's commit.
+    fn wake(&mut self, dest: &str) {
+        if !self.woken.iter().any(|d| d == dest) {
             self.woken.push(dest.to_string());
         }
     }
@@ -79,9 +86,7 @@ impl State {
                 wait,
                 reply,
             });
-        if !self.polls.woken.contains(&dest) {
-            self.polls.woken.push(dest);
-        }
+        self.polls.wake(&dest);
         Ok(())
     }
 
