@@ -180,7 +180,7 @@ async fn latency(
     let mut poller = Conn::open(addr).await.map_err(|e| e.to_string())?;
     let mut poster = Conn::open(addr).await.map_err(|e| e.to_string())?;
     // Start from an empty, fully acknowledged inbox.
-    let mut cursor = 0u64;
+    let mut cursor = String::from("0");
     loop {
         poller
             .send(
@@ -193,7 +193,7 @@ async fn latency(
             .map_err(|e| e.to_string())?;
         let (_, body) = poller.recv().await.map_err(|e| e.to_string())?;
         let page: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        let next = page["cursor"].as_u64().unwrap_or(cursor);
+        let next = page["cursor"].as_str().unwrap_or(&cursor).to_string();
         if next == cursor {
             break;
         }
@@ -225,7 +225,9 @@ async fn latency(
         let (_, page) = poller.recv().await.map_err(|e| e.to_string())?;
         samples.push(t0.elapsed());
         let page: serde_json::Value = serde_json::from_slice(&page).map_err(|e| e.to_string())?;
-        cursor = page["cursor"].as_u64().unwrap_or(cursor);
+        if let Some(next) = page["cursor"].as_str() {
+            cursor = next.to_string();
+        }
     }
     samples.sort();
     let ms = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use medlink_bridge::dispatcher::ServiceGroup;
 use medlink_bridge::envelope::{valid_node_id, Limits};
 use medlink_bridge::http::{TransportChoice, TransportPolicy};
 use medlink_bridge::journal::Durability;
@@ -54,6 +55,65 @@ pub struct File {
     /// Which transport callers are told to use.
     #[serde(default)]
     pub transport: TransportSection,
+    /// Service groups served at this node.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSection>,
+}
+
+/// `[[service]]`: a name commands can be addressed to, served by any one of its members.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// The name (`to.client` of commands for it), e.g. `consult.radiology`.
+    pub name: String,
+    /// Client identities at this node that serve it.
+    pub members: Vec<String>,
+    /// How long a member has to acknowledge before another member gets the command.
+    #[serde(default = "default_service_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+fn default_service_ack_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Checks the `[[service]]` sections.
+fn services(sections: Vec<ServiceSection>) -> Result<Vec<ServiceGroup>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, s) in sections.into_iter().enumerate() {
+        let at = format!("service[{i}]");
+        if !medlink_broker::identity::valid_name(&s.name) {
+            return Err(format!(
+                "{at}.name: '{}' must be 1-128 characters without + # / or control characters",
+                s.name
+            ));
+        }
+        if !seen.insert(s.name.clone()) {
+            return Err(format!("{at}.name: service '{}' is declared twice", s.name));
+        }
+        if s.members.is_empty() {
+            return Err(format!("{at}.members: a service needs at least one member"));
+        }
+        if let Some(bad) = s
+            .members
+            .iter()
+            .find(|m| !medlink_broker::identity::valid_name(m))
+        {
+            return Err(format!(
+                "{at}.members: '{bad}' is not a valid identity name"
+            ));
+        }
+        if s.ack_timeout_ms == 0 {
+            return Err(format!("{at}.ack_timeout_ms: must be positive"));
+        }
+        out.push(ServiceGroup {
+            name: s.name,
+            members: s.members,
+            ack_timeout: Duration::from_millis(s.ack_timeout_ms),
+        });
+    }
+    Ok(out)
 }
 
 /// `[http]`
@@ -431,7 +491,9 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
     if k.dead_after_ms <= k.ping_every_ms {
         return Err("link.dead_after_ms: must be longer than link.ping_every_ms".into());
     }
+    let services = services(file.services)?;
     Ok(NodeConfig {
+        services,
         id,
         data_dir,
         listeners,

@@ -51,13 +51,13 @@ fn send_poll_acknowledge_and_redeliver_what_was_not_acknowledged() {
     let (status, page) = get_json(port, "/v1/inbox", C2);
     assert_eq!(status, 200);
     assert_eq!(ns(&page), [0, 1, 2, 3, 4]);
-    let last = page["cursor"].as_u64().unwrap();
+    let last = page["cursor"].as_str().unwrap().to_string();
     // Nothing acknowledged yet: polling from the start again returns the same messages.
     let (_, again) = get_json(port, "/v1/inbox", C2);
     assert_eq!(ids(&again), ids(&page));
     // Find the cursor of the third message by polling with max=3.
     let (_, first3) = get_json(port, "/v1/inbox?max=3", C2);
-    let c3 = first3["cursor"].as_u64().unwrap();
+    let c3 = first3["cursor"].as_str().unwrap().to_string();
     assert_eq!(ns(&first3), [0, 1, 2]);
     let (_, rest) = get_json(port, &format!("/v1/inbox?cursor={c3}"), C2);
     assert_eq!(
@@ -81,11 +81,13 @@ fn send_poll_acknowledge_and_redeliver_what_was_not_acknowledged() {
         [3, 4],
         "unacknowledged messages survive a restart"
     );
-    assert_eq!(after_restart["cursor"].as_u64(), Some(last));
+    assert_eq!(after_restart["cursor"].as_str(), Some(last.as_str()));
     // Explicit acknowledgement; a cursor beyond what was handed out acknowledges no more.
-    let (status, acked) = post_json(port, "/v1/inbox/ack", C2, &json!({"cursor": last + 100}));
+    let n: u64 = last.split('.').nth(1).unwrap().parse().unwrap();
+    let beyond = format!("0.{}.0", n + 100);
+    let (status, acked) = post_json(port, "/v1/inbox/ack", C2, &json!({ "cursor": beyond }));
     assert_eq!(status, 200, "{acked}");
-    assert_eq!(acked["acked"].as_u64(), Some(last));
+    assert_eq!(acked["acked"].as_str(), Some(last.as_str()));
     let (_, empty) = get_json(port, &format!("/v1/inbox?cursor={last}"), C2);
     assert!(ids(&empty).is_empty(), "{empty}");
     // A message sent now gets a cursor beyond the old one: the over-long ack did not eat it.
@@ -106,7 +108,7 @@ fn a_long_poll_waits_and_answers_when_a_command_arrives() {
     assert_eq!(status, 200);
     assert_eq!(ns(&page), [7], "the waiting poll got the command: {page}");
     // And with nothing to read, a poll waits its time and answers empty.
-    let cursor = page["cursor"].as_u64().unwrap();
+    let cursor = page["cursor"].as_str().unwrap().to_string();
     let (status, empty) = get_json(port, &format!("/v1/inbox?cursor={cursor}&wait=1"), C2);
     assert_eq!((status, ids(&empty).len()), (200, 0));
 }
@@ -148,14 +150,14 @@ fn retried_posts_are_accepted_once() {
     }
     let (_, page) = get_json(port, "/v1/inbox?wait=2", C2);
     let mut got = ns(&page);
-    let mut cursor = page["cursor"].as_u64().unwrap();
+    let mut cursor = page["cursor"].as_str().unwrap().to_string();
     loop {
         let (_, more) = get_json(port, &format!("/v1/inbox?cursor={cursor}&wait=1"), C2);
         if ids(&more).is_empty() {
             break;
         }
         got.extend(ns(&more));
-        cursor = more["cursor"].as_u64().unwrap();
+        cursor = more["cursor"].as_str().unwrap().to_string();
     }
     assert_eq!(got, [1, 2, 3], "each command once, whatever the retries");
 }
@@ -239,18 +241,16 @@ fn server_sent_events_carry_the_inbox() {
     }
     assert!(text.contains("text/event-stream"), "{text}");
     assert!(text.contains("event: message"));
-    let last_id: u64 = text
+    let id = text
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
         .next_back()
         .unwrap()
         .trim()
-        .parse()
-        .unwrap();
+        .to_string();
     drop(s);
     // Reconnecting with Last-Event-ID acknowledges what was received: nothing comes again.
     post_json(port, "/v1/messages", C1, &cmd("c2", "push", 3));
-    let id = last_id.to_string();
     let mut s = send(
         port,
         "GET",
@@ -452,7 +452,7 @@ fn a_node_that_cannot_commit_answers_503_and_never_2xx() {
     assert_eq!(status, 202);
     let (_, page) = get_json(port, "/v1/inbox?wait=5&max=10", C2);
     let mut got = ns(&page);
-    let cursor = page["cursor"].as_u64().unwrap();
+    let cursor = page["cursor"].as_str().unwrap().to_string();
     let (_, more) = get_json(port, &format!("/v1/inbox?cursor={cursor}&wait=1"), C2);
     got.extend(ns(&more));
     assert_eq!(
@@ -539,7 +539,7 @@ fn the_curl_path_of_the_readme_works() {
     let id = sent["id"].as_str().unwrap().to_string();
     let page = curl(&["-u", &auth2, &format!("{base}/v1/inbox?wait=10")]);
     assert_eq!(page["messages"][0]["id"], id.as_str());
-    let cursor = page["cursor"].as_u64().unwrap();
+    let cursor = page["cursor"].as_str().unwrap().to_string();
     // Not acknowledged yet: the same message again.
     let again = curl(&["-u", &auth2, &format!("{base}/v1/inbox")]);
     assert_eq!(again["messages"][0]["id"], id.as_str());
@@ -555,7 +555,7 @@ fn the_curl_path_of_the_readme_works() {
         &auth2,
         &format!("{base}/v1/inbox/ack"),
         "-d",
-        &format!(r#"{{"cursor":{cursor}}}"#),
+        &format!(r#"{{"cursor":"{cursor}"}}"#),
     ]);
-    assert_eq!(acked["acked"].as_u64(), Some(cursor));
+    assert_eq!(acked["acked"].as_str(), Some(cursor.as_str()));
 }

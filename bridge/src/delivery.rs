@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use bytes::Bytes;
 use medlink_broker::{ConnId, Stream};
 
+use crate::envelope::{Priority, LANES};
 use crate::journal::{Journal, Queued};
 use crate::links::Stale;
 
@@ -28,7 +29,14 @@ pub fn receipt_dest(client: &str) -> String {
     format!("receipts:{client}")
 }
 
-/// Journal destination of one of a client's streams.
+/// The journal destinations of one of `client`'s streams, one per priority lane, most
+/// urgent first (the order they are served in).
+pub fn lane_dests(client: &str, stream: Stream) -> [String; LANES] {
+    let base = stream_dest(client, stream);
+    Priority::ALL.map(|p| p.dest(&base))
+}
+
+/// Journal destination of one of a client's streams (its normal lane).
 pub fn stream_dest(client: &str, stream: Stream) -> String {
     match stream {
         Stream::Commands => local_dest(client),
@@ -52,6 +60,15 @@ pub struct StreamOut {
     inflight: HashMap<String, u64>,
     /// The same sequences, ordered, to find the cumulative acknowledgement.
     inflight_seqs: BTreeSet<u64>,
+    /// Bodies of in-flight envelopes that may want a `delivered` receipt.
+    notices: HashMap<String, Bytes>,
+}
+
+/// Whether `body` may ask for a `delivered` receipt (a cheap scan; the caller parses to be
+/// sure, since the word may also occur in params).
+pub fn may_want_delivered(body: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"delivered\"";
+    body.windows(NEEDLE.len()).any(|w| w == NEEDLE)
 }
 
 impl StreamOut {
@@ -72,6 +89,7 @@ impl StreamOut {
         self.sent = floor.saturating_sub(1).max(self.confirmed);
         self.inflight.clear();
         self.inflight_seqs.clear();
+        self.notices.clear();
     }
 
     /// Records a PUBACK for envelope `id`; false if it was not in flight here.
@@ -135,7 +153,7 @@ impl StreamOut {
         dest: &str,
         now: u64,
         stale: &mut Vec<Stale>,
-    ) -> rusqlite::Result<Vec<Bytes>> {
+    ) -> rusqlite::Result<Vec<Queued>> {
         let mut out = Vec::new();
         while self.ready() {
             let rows = journal.read(dest, self.sent, STREAM_WINDOW - self.inflight.len())?;
@@ -166,12 +184,25 @@ impl StreamOut {
                     });
                     continue;
                 }
-                self.inflight.insert(id, lseq);
+                if may_want_delivered(&body) {
+                    self.notices.insert(id.clone(), body.clone());
+                }
+                self.inflight.insert(id.clone(), lseq);
                 self.inflight_seqs.insert(lseq);
-                out.push(body);
+                out.push(Queued {
+                    lseq,
+                    id,
+                    expires_at,
+                    body,
+                });
             }
         }
         Ok(out)
+    }
+
+    /// The body of acknowledged `id` if it may want a `delivered` receipt.
+    pub fn take_notice(&mut self, id: &str) -> Option<Bytes> {
+        self.notices.remove(id)
     }
 
     /// How far the journal says this stream is acknowledged.

@@ -37,6 +37,100 @@ pub enum Kind {
     Receipt,
 }
 
+/// A command's priority class. Every hop keeps one queue per class and sends urgent before
+/// normal before bulk, so an urgent command overtakes a routine backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Ahead of everything else (a deteriorating patient, a recall).
+    Urgent,
+    /// The default.
+    #[default]
+    Normal,
+    /// Behind everything else (statistics, bulk uploads).
+    Bulk,
+}
+
+/// Number of priority classes, hence queues per destination.
+pub const LANES: usize = 3;
+
+impl Priority {
+    /// Every class, most urgent first: the order in which queues are served.
+    pub const ALL: [Priority; LANES] = [Priority::Urgent, Priority::Normal, Priority::Bulk];
+
+    /// Index of the class's queue, 0 = urgent.
+    pub fn lane(self) -> usize {
+        self as usize
+    }
+
+    /// The class of queue `lane` (anything out of range counts as normal).
+    pub fn from_lane(lane: usize) -> Priority {
+        Priority::ALL.get(lane).copied().unwrap_or_default()
+    }
+
+    /// The journal destination holding this class's share of `base` (`up`, `down:<child>`,
+    /// `local:<client>`, …). `#` cannot occur in node ids or client names, so the names never
+    /// collide; the normal class keeps the plain name.
+    pub fn dest(self, base: &str) -> String {
+        match self {
+            Priority::Urgent => format!("{base}#urgent"),
+            Priority::Normal => base.to_string(),
+            Priority::Bulk => format!("{base}#bulk"),
+        }
+    }
+
+    /// Splits a journal destination into its base name and class.
+    pub fn of_dest(dest: &str) -> (&str, Priority) {
+        match dest.rsplit_once('#') {
+            Some((base, "urgent")) => (base, Priority::Urgent),
+            Some((base, "bulk")) => (base, Priority::Bulk),
+            _ => (dest, Priority::Normal),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    /// Accepts the class names and, for older clients, the numbers 0–9 (0–2 bulk, 3–6 normal,
+    /// 7–9 urgent).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Number(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Name(n) => match n.as_str() {
+                "urgent" => Ok(Priority::Urgent),
+                "normal" => Ok(Priority::Normal),
+                "bulk" => Ok(Priority::Bulk),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown priority `{other}`: use urgent, normal or bulk"
+                ))),
+            },
+            Raw::Number(0..=2) => Ok(Priority::Bulk),
+            Raw::Number(3..=6) => Ok(Priority::Normal),
+            Raw::Number(7..=9) => Ok(Priority::Urgent),
+            Raw::Number(n) => Err(serde::de::Error::custom(format!(
+                "priority {n} out of range: use urgent, normal or bulk (or 0..=9)"
+            ))),
+        }
+    }
+}
+
+/// A positive receipt a sender can ask for. Negative ones (`rejected`, `expired`, `failed`)
+/// are always sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wanted {
+    /// The first node committed the command.
+    Accepted,
+    /// The target acknowledged it (on any of its devices).
+    Delivered,
+    /// The target replied to it.
+    Replied,
+}
+
 /// One node an envelope passed, and when it took custody (Unix ms).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrailHop {
@@ -70,9 +164,12 @@ pub struct Envelope {
     /// Unix ms after which it must not be delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    /// 0 (routine) to 9 (most urgent).
+    /// Priority class.
     #[serde(default)]
-    pub priority: u8,
+    pub priority: Priority,
+    /// Positive receipts the sender asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<Wanted>,
     /// Nodes passed so far.
     #[serde(default)]
     pub hops: u8,
@@ -104,8 +201,12 @@ pub struct Submission {
     pub ttl_ms: Option<u64>,
     /// Absolute expiry, Unix ms.
     pub expires_at: Option<u64>,
-    /// 0..=9.
-    pub priority: Option<u8>,
+    /// Priority class (`urgent`, `normal`, `bulk`, or 0–9); checked in [`Submission::parse`]
+    /// so the error names the field.
+    pub priority: Option<Box<RawValue>>,
+    /// Positive receipts the sender wants (`accepted`, `delivered`, `replied`).
+    #[serde(default)]
+    pub receipts: Vec<Wanted>,
 }
 
 /// Why a submission or envelope was refused; names the field.
@@ -202,8 +303,11 @@ impl Submission {
         if s.ttl_ms.is_some() && s.expires_at.is_some() {
             return Err(bad("ttl_ms", "give either ttl_ms or expires_at, not both"));
         }
-        if matches!(s.priority, Some(p) if p > 9) {
-            return Err(bad("priority", "must be 0..=9"));
+        if let Some(p) = &s.priority {
+            serde_json::from_str::<Priority>(p.get()).map_err(|e| {
+                let msg = e.to_string();
+                bad("priority", msg.split(" at line").next().unwrap_or(&msg))
+            })?;
         }
         if let Some(r) = &s.reply_to {
             if !valid_id(r) {
@@ -239,7 +343,11 @@ impl Submission {
             expires_at: self
                 .expires_at
                 .or(self.ttl_ms.map(|t| created_at.saturating_add(t))),
-            priority: self.priority.unwrap_or(0),
+            priority: self
+                .priority
+                .and_then(|p| serde_json::from_str(p.get()).ok())
+                .unwrap_or_default(),
+            receipts: self.receipts,
             hops: 0,
             via_root: false,
             trail: Vec::new(),
@@ -306,7 +414,8 @@ impl Envelope {
             reply_to: None,
             created_at: now_ms(),
             expires_at: None,
-            priority: 0,
+            priority: Priority::Normal,
+            receipts: Vec::new(),
             hops: 0,
             via_root: false,
             trail: Vec::new(),
@@ -340,6 +449,7 @@ impl Envelope {
             // A client that never reads its receipts must not make them pile up forever.
             expires_at: Some(now_ms() + RECEIPT_TTL_MS),
             priority: self.priority,
+            receipts: Vec::new(),
             hops: 0,
             via_root: false,
             trail: Vec::new(),
@@ -366,7 +476,8 @@ pub(crate) fn test_envelope(id: &str, node: &str, client: &str) -> Envelope {
         reply_to: None,
         created_at: 0,
         expires_at: None,
-        priority: 0,
+        priority: Priority::Normal,
+        receipts: Vec::new(),
         hops: 0,
         via_root: false,
         trail: Vec::new(),

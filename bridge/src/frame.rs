@@ -5,9 +5,18 @@
 //! the sender forgets only what is acknowledged. `floor` is the lowest sequence the sender
 //! still holds: anything below it was acknowledged or expired, which lets a receiver whose
 //! journal was replaced resynchronise instead of waiting forever for a gap to fill.
+//!
+//! Each priority class is its own stream (`lane` in batches and acks; absent means normal),
+//! with its own sequence numbers, so urgent envelopes never queue behind routine ones.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::envelope::Priority;
+
+fn is_normal(p: &Priority) -> bool {
+    *p == Priority::Normal
+}
 
 /// One envelope in a batch with its link sequence number.
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,12 +42,18 @@ pub enum Frame<'a> {
         epoch: u64,
         /// Lowest sequence the sender still holds.
         floor: u64,
+        /// The priority lane this batch belongs to.
+        #[serde(skip_serializing_if = "is_normal")]
+        lane: Priority,
         /// Envelopes in sequence order.
         #[serde(borrow)]
         msgs: Vec<Numbered<'a>>,
     },
     /// Everything up to and including `upto` is committed by the receiver.
     Ack {
+        /// The lane acknowledged.
+        #[serde(skip_serializing_if = "is_normal")]
+        lane: Priority,
         /// Highest contiguous sequence committed.
         upto: u64,
     },
@@ -65,6 +80,7 @@ struct Wire<'a> {
     #[serde(borrow)]
     msgs: Option<Vec<Numbered<'a>>>,
     upto: Option<u64>,
+    lane: Option<Priority>,
     at: Option<u64>,
 }
 
@@ -86,9 +102,11 @@ impl<'a> Frame<'a> {
             WireKind::Batch => Frame::Batch {
                 epoch: need(w.epoch, "epoch")?,
                 floor: need(w.floor, "floor")?,
+                lane: w.lane.unwrap_or_default(),
                 msgs: w.msgs.ok_or("missing field `msgs`")?,
             },
             WireKind::Ack => Frame::Ack {
+                lane: w.lane.unwrap_or_default(),
                 upto: need(w.upto, "upto")?,
             },
             WireKind::Ping => Frame::Ping {
@@ -109,14 +127,21 @@ impl<'a> Frame<'a> {
 /// Encodes a `batch` frame around envelope bodies that are already JSON (written by
 /// `Envelope::to_bytes`), without parsing them again. `prev` is the sequence sent just
 /// before the first row.
-pub fn encode_batch(epoch: u64, floor: u64, prev: u64, rows: &[crate::journal::Queued]) -> Vec<u8> {
+pub fn encode_batch(
+    epoch: u64,
+    lane: Priority,
+    (floor, prev): (u64, u64),
+    rows: &[crate::journal::Queued],
+) -> Vec<u8> {
     use std::io::Write;
     let size: usize = rows.iter().map(|r| r.body.len() + 48).sum();
     let mut out = Vec::with_capacity(size + 48);
-    let _ = write!(
-        out,
-        r#"{{"t":"batch","epoch":{epoch},"floor":{floor},"msgs":["#
-    );
+    let _ = write!(out, r#"{{"t":"batch","epoch":{epoch},"floor":{floor},"#);
+    if lane != Priority::Normal {
+        let name = serde_json::to_string(&lane).expect("a priority always serialises");
+        let _ = write!(out, r#""lane":{name},"#);
+    }
+    out.extend_from_slice(br#""msgs":["#);
     let mut p = prev;
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
@@ -209,10 +234,20 @@ mod tests {
                     body: bytes::Bytes::from(b.to_string()),
                 })
                 .collect();
-        let bytes = encode_batch(77, 2, 1, &rows);
+        let bytes = encode_batch(77, Priority::Normal, (2, 1), &rows);
+        let urgent = encode_batch(77, Priority::Urgent, (2, 1), &rows);
+        match Frame::parse(&urgent).unwrap() {
+            Frame::Batch { lane, .. } => assert_eq!(lane, Priority::Urgent),
+            _ => panic!("wrong frame"),
+        }
         match Frame::parse(&bytes).unwrap() {
-            Frame::Batch { epoch, floor, msgs } => {
-                assert_eq!((epoch, floor), (77, 2));
+            Frame::Batch {
+                epoch,
+                floor,
+                msgs,
+                lane,
+            } => {
+                assert_eq!((epoch, floor, lane), (77, 2, Priority::Normal));
                 assert_eq!((msgs[0].p, msgs[0].s), (1, 3));
                 assert_eq!((msgs[1].p, msgs[1].s), (3, 5));
                 assert_eq!(msgs[1].e.get(), r#"{"id":"b","x":[1]}"#);
@@ -227,6 +262,7 @@ mod tests {
         let f = Frame::Batch {
             epoch: 1,
             floor: 1,
+            lane: Priority::Bulk,
             msgs: vec![Numbered {
                 p: 0,
                 s: 1,
@@ -235,8 +271,10 @@ mod tests {
         };
         let bytes = f.to_bytes();
         match Frame::parse(&bytes).unwrap() {
-            Frame::Batch { floor, msgs, .. } => {
-                assert_eq!(floor, 1);
+            Frame::Batch {
+                floor, msgs, lane, ..
+            } => {
+                assert_eq!((floor, lane), (1, Priority::Bulk));
                 assert_eq!(msgs[0].e.get(), r#"{"id":"x"}"#);
             }
             _ => panic!("wrong frame"),

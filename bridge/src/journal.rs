@@ -114,6 +114,13 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- How far each destination is acknowledged by its next hop or client.
 CREATE TABLE IF NOT EXISTS acked(dest TEXT PRIMARY KEY, upto INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS accepted(id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+-- Commands delivered here whose sender wants a `replied` receipt: `<client>/<id>` → the
+-- command (without params), until its expiry or 7 days.
+CREATE TABLE IF NOT EXISTS awaiting_reply(
+    key TEXT PRIMARY KEY,
+    origin BLOB NOT NULL,
+    until INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit(
     at INTEGER NOT NULL,
     id TEXT NOT NULL,
@@ -545,11 +552,40 @@ impl Txn<'_> {
             > 0)
     }
 
-    /// Drops idempotency records older than `before` (Unix ms).
-    pub fn prune_accepted(&mut self, before: u64) -> Result<usize> {
+    /// Drops idempotency records older than `before` and reply expectations past their
+    /// time (Unix ms).
+    pub fn prune_accepted(&mut self, before: u64, now: u64) -> Result<usize> {
+        self.tx
+            .prepare_cached("DELETE FROM awaiting_reply WHERE until < ?1")?
+            .execute([now as i64])?;
         self.tx
             .prepare_cached("DELETE FROM accepted WHERE at < ?1")?
             .execute([before as i64])
+    }
+
+    /// Remembers that a reply to `key` (`<client>/<id>`) owes `origin`'s sender a receipt.
+    pub fn await_reply(&mut self, key: &str, origin: &[u8], until: u64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO awaiting_reply(key, origin, until) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, origin, until as i64])?;
+        Ok(())
+    }
+
+    /// Takes the command a reply to `key` answers, if its sender wants a `replied` receipt.
+    pub fn take_awaited(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        let origin = self
+            .tx
+            .prepare_cached("SELECT origin FROM awaiting_reply WHERE key = ?1")?
+            .query_row([key], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?;
+        if origin.is_some() {
+            self.tx
+                .prepare_cached("DELETE FROM awaiting_reply WHERE key = ?1")?
+                .execute([key])?;
+        }
+        Ok(origin)
     }
 
     /// Stores the last sequence committed from `peer` and its journal's epoch.

@@ -1,11 +1,12 @@
 //! Sending side of tier links: the go-back-N window towards the parent and each child.
 //!
-//! The queue itself is the journal (`up` / `down:<child>` rows); a [`LinkOut`] is only the
-//! cursor state. Frames are built from journal reads, so a link that was down for hours costs
+//! The queue itself is the journal (`up` / `down:<child>` rows, one destination per priority
+//! class); a [`LinkOut`] is only the cursor state of its lanes. Frames are built from journal reads, so a link that was down for hours costs
 //! disk, not memory.
 
 use std::time::{Duration, Instant};
 
+use crate::envelope::{Priority, LANES};
 use crate::frame::encode_batch;
 use crate::journal::{Journal, Queued};
 
@@ -44,13 +45,28 @@ impl Default for LinkTuning {
     }
 }
 
-/// Cursor state of one outgoing link direction.
+/// One outgoing link direction (to the parent or to one child): a go-back-N [`Lane`] per
+/// priority class, sent most urgent first, and the link's liveness.
 #[derive(Debug)]
 pub struct LinkOut {
-    /// Journal destination (`up` or `down:<child>`).
-    pub dest: String,
+    /// Lanes indexed by [`Priority::lane`].
+    pub lanes: [Lane; LANES],
     /// Whether the peer is connected and subscribed.
     pub online: bool,
+    /// When the peer was last heard from.
+    pub last_heard: Instant,
+    /// When we last sent a ping.
+    pub last_ping: Instant,
+}
+
+/// Cursor state of one priority class on one link. Each lane has its own sequence numbers,
+/// window and acknowledgements, so an urgent frame never waits behind a routine backlog.
+#[derive(Debug)]
+pub struct Lane {
+    /// Journal destination (`up`, `down:<child>`, with a class suffix for urgent and bulk).
+    pub dest: String,
+    /// Class of this lane, carried in its frames.
+    pub priority: Priority,
     /// Highest sequence the peer acknowledged.
     pub acked: u64,
     /// Read cursor: highest sequence handled in the current pass (sent or skipped as expired).
@@ -59,10 +75,6 @@ pub struct LinkOut {
     pub last_tx: u64,
     /// When the window last moved (ack or go-back).
     pub last_progress: Instant,
-    /// When the peer was last heard from.
-    pub last_heard: Instant,
-    /// When we last sent a ping.
-    pub last_ping: Instant,
 }
 
 /// An envelope that expired before it could be sent.
@@ -74,21 +86,18 @@ pub struct Stale {
 }
 
 impl LinkOut {
-    /// A link resuming from what the journal says: acknowledged up to the stored point, or
-    /// just below the oldest envelope it still holds.
-    pub fn new(dest: String, journal: &Journal) -> rusqlite::Result<LinkOut> {
-        let acked = journal
-            .floor(&dest)?
-            .saturating_sub(1)
-            .max(journal.acked(&dest)?);
+    /// A link whose base journal destination is `dest` (`up` or `down:<child>`), each lane
+    /// resuming from what the journal says.
+    pub fn new(dest: &str, journal: &Journal) -> rusqlite::Result<LinkOut> {
+        let lane = |p: Priority| Lane::new(p.dest(dest), p, journal);
         let now = Instant::now();
         Ok(LinkOut {
-            dest,
+            lanes: [
+                lane(Priority::Urgent)?,
+                lane(Priority::Normal)?,
+                lane(Priority::Bulk)?,
+            ],
             online: false,
-            acked,
-            sent: acked,
-            last_tx: acked,
-            last_progress: now,
             last_heard: now,
             last_ping: now,
         })
@@ -97,11 +106,74 @@ impl LinkOut {
     /// The peer is (again) reachable: resend everything not acknowledged.
     pub fn open(&mut self) {
         self.online = true;
+        self.last_heard = Instant::now();
+        for lane in &mut self.lanes {
+            lane.rewind();
+        }
+    }
+
+    /// The lane a frame names (an unknown number counts as normal, as an older peer means).
+    pub fn lane_mut(&mut self, priority: Priority) -> &mut Lane {
+        &mut self.lanes[priority.lane()]
+    }
+
+    /// The lane stored under journal destination `dest`, if it is one of this link's.
+    pub fn lane_for(&mut self, dest: &str) -> Option<&mut Lane> {
+        self.lanes.iter_mut().find(|l| l.dest == dest)
+    }
+
+    /// Goes back to the acknowledged point on every lane whose window has not moved for a
+    /// while.
+    pub fn maybe_go_back(&mut self, tuning: &LinkTuning) {
+        if self.online {
+            for lane in &mut self.lanes {
+                lane.maybe_go_back(tuning);
+            }
+        }
+    }
+
+    /// Builds the frames that fit in the windows, most urgent lane first. Expired envelopes
+    /// that were never sent are skipped and returned in `stale` for the caller to drop.
+    pub fn next_frames(
+        &mut self,
+        journal: &Journal,
+        tuning: &LinkTuning,
+        now_ms: u64,
+        stale: &mut Vec<Stale>,
+    ) -> rusqlite::Result<Vec<Vec<u8>>> {
+        let mut frames = Vec::new();
+        if self.online {
+            for lane in &mut self.lanes {
+                lane.next_frames(journal, tuning, now_ms, stale, &mut frames)?;
+            }
+        }
+        Ok(frames)
+    }
+}
+
+impl Lane {
+    /// A lane resuming from what the journal says: acknowledged up to the stored point, or
+    /// just below the oldest envelope it still holds.
+    fn new(dest: String, priority: Priority, journal: &Journal) -> rusqlite::Result<Lane> {
+        let acked = journal
+            .floor(&dest)?
+            .saturating_sub(1)
+            .max(journal.acked(&dest)?);
+        Ok(Lane {
+            dest,
+            priority,
+            acked,
+            sent: acked,
+            last_tx: acked,
+            last_progress: Instant::now(),
+        })
+    }
+
+    /// Starts sending again from the acknowledged point.
+    pub fn rewind(&mut self) {
         self.sent = self.acked;
         self.last_tx = self.acked;
-        let now = Instant::now();
-        self.last_progress = now;
-        self.last_heard = now;
+        self.last_progress = Instant::now();
     }
 
     /// The peer acknowledged `upto`; returns whether that is news.
@@ -117,32 +189,21 @@ impl LinkOut {
     }
 
     /// Goes back to the acknowledged point if the window has not moved for a while.
-    pub fn maybe_go_back(&mut self, tuning: &LinkTuning) -> bool {
-        if self.online
-            && self.sent > self.acked
-            && self.last_progress.elapsed() >= tuning.resend_after
-        {
-            self.sent = self.acked;
-            self.last_tx = self.acked;
-            self.last_progress = Instant::now();
-            return true;
+    fn maybe_go_back(&mut self, tuning: &LinkTuning) {
+        if self.sent > self.acked && self.last_progress.elapsed() >= tuning.resend_after {
+            self.rewind();
         }
-        false
     }
 
-    /// Builds the frames that fit in the window, advancing `sent`. Expired envelopes that
-    /// were never sent are skipped and returned in `stale` for the caller to drop.
-    pub fn next_frames(
+    /// Appends to `frames` what fits in this lane's window, advancing `sent`.
+    fn next_frames(
         &mut self,
         journal: &Journal,
         tuning: &LinkTuning,
         now_ms: u64,
         stale: &mut Vec<Stale>,
-    ) -> rusqlite::Result<Vec<Vec<u8>>> {
-        let mut frames = Vec::new();
-        if !self.online {
-            return Ok(frames);
-        }
+        frames: &mut Vec<Vec<u8>>,
+    ) -> rusqlite::Result<()> {
         while self.sent - self.acked < tuning.window {
             let room = (tuning.window - (self.sent - self.acked)) as usize;
             let rows = journal.read(&self.dest, self.sent, room.min(tuning.batch))?;
@@ -169,15 +230,16 @@ impl LinkOut {
             }
             self.sent = last;
             if let Some(newest) = kept.last() {
+                let lseq = newest.lseq;
                 frames.push(encode_batch(
                     journal.epoch(),
-                    self.acked + 1,
-                    self.last_tx,
+                    self.priority,
+                    (self.acked + 1, self.last_tx),
                     &kept,
                 ));
-                self.last_tx = newest.lseq;
+                self.last_tx = lseq;
             }
         }
-        Ok(frames)
+        Ok(())
     }
 }

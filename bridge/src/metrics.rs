@@ -57,6 +57,11 @@ pub fn render(sources: &Sources) -> String {
             "envelopes dropped as expired or unroutable",
             s.refused,
         ),
+        (
+            "medlink_service_reassigned_total",
+            "service-group commands moved to another member after no acknowledgement",
+            s.reassigned,
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(

@@ -17,9 +17,9 @@ use medlink_broker::{
     ListenerKind, ListenerSpec, RateSettings, Role, RouterSettings,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::dispatcher::{Dispatcher, DispatcherConfig};
+use crate::dispatcher::{Dispatcher, DispatcherConfig, ServiceGroup};
 use crate::envelope::Limits;
 use crate::http::{ApiState, TransportPolicy};
 use crate::journal::{Durability, Journal};
@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub tuning: LinkTuning,
     /// Router (fan-out engine) settings.
     pub router: RouterSettings,
+    /// Service groups declared at this node.
+    pub services: Vec<ServiceGroup>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -212,7 +214,19 @@ impl Node {
                 .names_with_role(Role::Client)
                 .map(str::to_string)
                 .collect(),
+            services: cfg.services.iter().map(|g| g.name.clone()).collect(),
         };
+        for g in &cfg.services {
+            if topology.clients.contains(&g.name) {
+                return Err(NodeError::Credentials(format!(
+                    "service '{}' has the name of a client identity; rename one of them",
+                    g.name
+                )));
+            }
+            for m in g.members.iter().filter(|m| !topology.clients.contains(*m)) {
+                warn!(service = %g.name, member = %m, "service member is not a client identity (yet)");
+            }
+        }
         let links = spawn_router(&cfg.router);
         let factory = links.clone();
         let router_link = tokio::task::spawn_blocking(move || factory(DISPATCHER_LINK_ID))
@@ -248,6 +262,7 @@ impl Node {
                 limits: cfg.limits,
                 tuning: cfg.tuning,
                 directory: Some(auth.clone()),
+                services: cfg.services.clone(),
             },
             journal,
             (router_link.0, router_link.1),

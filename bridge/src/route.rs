@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Kind};
 
 /// How commands between clients of the same subtree travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -29,6 +29,8 @@ pub enum NextHop {
     Down(String),
     /// Forward to the parent.
     Up,
+    /// Deliver to one member of this node's service group.
+    Service(String),
     /// Cannot be delivered; the reason goes into a `failed` receipt.
     Unroutable(String),
 }
@@ -44,6 +46,8 @@ pub struct Topology {
     pub children: BTreeSet<String>,
     /// Client identities of this node.
     pub clients: BTreeSet<String>,
+    /// Service groups declared at this node (addressed like clients).
+    pub services: BTreeSet<String>,
 }
 
 /// Whether `node` is `ancestor` or lies below it.
@@ -64,6 +68,8 @@ impl Topology {
         if *target == self.me {
             return if self.clients.contains(&env.to.client) {
                 NextHop::Local(env.to.client.clone())
+            } else if self.services.contains(&env.to.client) && env.kind == Kind::Cmd {
+                NextHop::Service(env.to.client.clone())
             } else {
                 NextHop::Unroutable(format!(
                     "no client '{}' at node '{}'",
@@ -105,6 +111,7 @@ mod tests {
             has_parent: parent,
             children: children.iter().map(|s| s.to_string()).collect(),
             clients: ["a".to_string()].into_iter().collect(),
+            services: ["svc".to_string()].into_iter().collect(),
         }
     }
 

@@ -10,6 +10,7 @@ struct Inner {
     delivered: AtomicU64,
     rejected: AtomicU64,
     refused: AtomicU64,
+    reassigned: AtomicU64,
     parent_up: AtomicBool,
     parent_http: AtomicBool,
     parent_http_links: AtomicU64,
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub rejected: u64,
     /// Envelopes dropped as expired or unroutable (a receipt was sent).
     pub refused: u64,
+    /// Service-group commands moved to another member (no acknowledgement in time).
+    pub reassigned: u64,
     /// Whether the link to the parent is up.
     pub parent_up: bool,
     /// Whether the link to the parent runs over HTTP.
@@ -51,6 +54,9 @@ impl Stats {
     pub(crate) fn refused(&self) {
         self.0.refused.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn reassigned(&self) {
+        self.0.reassigned.fetch_add(1, Ordering::Relaxed);
+    }
     pub(crate) fn set_parent_up(&self, up: bool) {
         self.0.parent_up.store(up, Ordering::Relaxed);
     }
@@ -68,6 +74,7 @@ impl Stats {
             delivered: self.0.delivered.load(Ordering::Relaxed),
             rejected: self.0.rejected.load(Ordering::Relaxed),
             refused: self.0.refused.load(Ordering::Relaxed),
+            reassigned: self.0.reassigned.load(Ordering::Relaxed),
             parent_up: self.0.parent_up.load(Ordering::Relaxed),
             parent_http: self.0.parent_http.load(Ordering::Relaxed),
             parent_http_links: self.0.parent_http_links.load(Ordering::Relaxed),

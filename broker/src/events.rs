@@ -34,10 +34,46 @@ pub enum Accept {
 /// to acknowledge it with) and its JSON.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Sequence within the stream.
-    pub seq: u64,
+    /// The stream position just after this delivery.
+    pub cursor: Cursor,
     /// The envelope, as JSON.
     pub body: Bytes,
+}
+
+/// A position in one of a client's streams as an HTTP client sees it: the last sequence it
+/// has in each priority lane, urgent first. Written `u.n.b` (e.g. `0.17.3`); a plain number
+/// `n` means `0.n.0`. Clients treat it as opaque.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor(pub [u64; 3]);
+
+impl Cursor {
+    /// Whether the client has nothing yet.
+    pub fn is_start(&self) -> bool {
+        self.0 == [0; 3]
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [u, n, b] = self.0;
+        write!(f, "{u}.{n}.{b}")
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Cursor, ()> {
+        let parts: Vec<u64> = s
+            .split('.')
+            .map(|p| p.parse::<u64>().map_err(|_| ()))
+            .collect::<Result<_, _>>()?;
+        match parts[..] {
+            [n] => Ok(Cursor([0, n, 0])),
+            [u, n, b] => Ok(Cursor([u, n, b])),
+            _ => Err(()),
+        }
+    }
 }
 
 /// Which of a client's two delivery streams a subscription opened.
@@ -91,8 +127,8 @@ pub enum Inbound {
         client: String,
         /// Which stream.
         stream: Stream,
-        /// Cursor: the last sequence the client has.
-        after: u64,
+        /// Cursor: what the client has.
+        after: Cursor,
         /// Acknowledge everything up to `after` first.
         ack: bool,
         /// Most deliveries in the reply.
@@ -110,9 +146,9 @@ pub enum Inbound {
         /// Which stream.
         stream: Stream,
         /// Cursor.
-        upto: u64,
+        upto: Cursor,
         /// Where the new acknowledged point goes.
-        reply: oneshot::Sender<u64>,
+        reply: oneshot::Sender<Cursor>,
     },
     /// A child node linked over HTTP asks for the frames waiting for it (a long-poll). The
     /// reply is `None` if it is not a child of this node.

@@ -40,7 +40,7 @@ mod client;
 mod message;
 
 pub use client::{Client, Inbox, Options};
-pub use message::{Address, Hop, Kind, Message, MessageId};
+pub use message::{Address, Hop, Kind, Message, MessageId, Priority};
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,19 @@ pub struct Hop {
     pub at: u64,
 }
 
+/// A command's priority class: every hop sends urgent before normal before bulk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Ahead of everything else.
+    Urgent,
+    /// The default.
+    #[default]
+    Normal,
+    /// Behind everything else.
+    Bulk,
+}
+
 /// A message as delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -69,9 +82,9 @@ pub struct Message {
     /// When it expires, Unix ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    /// 0..=9.
+    /// Priority class.
     #[serde(default)]
-    pub priority: u8,
+    pub priority: Priority,
     /// Custody hops.
     #[serde(default)]
     pub trail: Vec<Hop>,
@@ -105,5 +118,5 @@ pub(crate) struct Submission<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub priority: Option<u8>,
+    pub priority: Option<Priority>,
 }

@@ -8,10 +8,9 @@ use medlink_broker::Accept;
 use tracing::{error, warn};
 
 use super::{Outbox, State, PARENT};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Priority};
 use crate::frame::{Frame, InOrder};
 use crate::journal::Txn;
-use crate::links::down_dest;
 use crate::route::within;
 
 impl State {
@@ -20,14 +19,17 @@ impl State {
         &mut self,
         tx: &mut Txn,
         peer: &str,
+        lane: Priority,
         (epoch, floor): (u64, u64),
         msgs: &[crate::frame::Numbered],
         now: u64,
     ) -> rusqlite::Result<u64> {
-        let mut order = match self.link_in.get(peer) {
+        // Each lane is its own numbered stream, stored under its own key.
+        let key = lane.dest(peer);
+        let mut order = match self.link_in.get(&key) {
             Some(o) => *o,
             None => {
-                let (last, epoch) = tx.link_in(peer)?;
+                let (last, epoch) = tx.link_in(&key)?;
                 InOrder { last, epoch }
             }
         };
@@ -65,9 +67,9 @@ impl State {
             }
         }
         if (order.last, order.epoch) != before {
-            tx.set_link_in(peer, order.last, order.epoch)?;
+            tx.set_link_in(&key, order.last, order.epoch)?;
         }
-        self.link_in.insert(peer.to_string(), order);
+        self.link_in.insert(key, order);
         Ok(order.last)
     }
 
@@ -96,14 +98,20 @@ impl State {
             }
         };
         match frame {
-            Frame::Batch { epoch, floor, msgs } => {
-                let upto = self.receive_batch(tx, child, (epoch, floor), &msgs, now)?;
+            Frame::Batch {
+                epoch,
+                floor,
+                lane,
+                msgs,
+            } => {
+                let upto = self.receive_batch(tx, child, lane, (epoch, floor), &msgs, now)?;
                 out.to_children
-                    .push((child.to_string(), Frame::Ack { upto }.to_bytes()));
+                    .push((child.to_string(), Frame::Ack { upto, lane }.to_bytes()));
             }
-            Frame::Ack { upto } => {
-                if link.ack(upto) {
-                    tx.acknowledge(&down_dest(child), upto)?;
+            Frame::Ack { upto, lane } => {
+                let lane = link.lane_mut(lane);
+                if lane.ack(upto) {
+                    tx.acknowledge(&lane.dest, upto)?;
                 }
             }
             Frame::Ping { at } => out
@@ -133,13 +141,19 @@ impl State {
             }
         };
         match frame {
-            Frame::Batch { epoch, floor, msgs } => {
-                let upto = self.receive_batch(tx, PARENT, (epoch, floor), &msgs, now)?;
-                out.to_parent.push(Frame::Ack { upto }.to_bytes());
+            Frame::Batch {
+                epoch,
+                floor,
+                lane,
+                msgs,
+            } => {
+                let upto = self.receive_batch(tx, PARENT, lane, (epoch, floor), &msgs, now)?;
+                out.to_parent.push(Frame::Ack { upto, lane }.to_bytes());
             }
-            Frame::Ack { upto } => {
-                if up.ack(upto) {
-                    tx.acknowledge("up", upto)?;
+            Frame::Ack { upto, lane } => {
+                let lane = up.lane_mut(lane);
+                if lane.ack(upto) {
+                    tx.acknowledge(&lane.dest, upto)?;
                 }
             }
             Frame::Ping { at } => out.to_parent.push(Frame::Pong { at }.to_bytes()),

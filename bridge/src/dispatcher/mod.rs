@@ -13,23 +13,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medlink_broker::acl::{inbox_topic, receipt_topic};
-use medlink_broker::{Accept, Authenticator, ConnId, Inbound, Role};
+use medlink_broker::{Accept, Authenticator, ConnId, Inbound, Role, Stream};
 use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::delivery::{local_dest, receipt_dest, stream_dest, StreamOut};
-use crate::envelope::{now_ms, Address, Envelope, Kind, Limits, Submission, TrailHop, MAX_HOPS};
+use crate::delivery::{lane_dests, local_dest, receipt_dest, StreamOut};
+use crate::envelope::{
+    now_ms, Address, Envelope, Kind, Limits, Priority, Submission, TrailHop, MAX_HOPS,
+};
 use crate::frame::{Frame, InOrder};
 use crate::journal::{Journal, Txn};
-use crate::links::{down_dest, LinkOut, LinkTuning, Stale};
+use crate::links::{down_dest, Lane, LinkOut, LinkTuning, Stale};
 use crate::route::{within, NextHop, Policy, Topology};
 use crate::stats::Stats;
 use crate::uplink::{ParentEvent, UplinkHandle};
 
+mod devices;
 mod frames;
 mod mailboxes;
 mod polls;
+mod receipts;
+mod services;
+
+pub use services::ServiceGroup;
 
 /// Journal name of the parent as a link peer.
 const PARENT: &str = "^parent";
@@ -53,6 +60,8 @@ pub struct DispatcherConfig {
     pub tuning: LinkTuning,
     /// The identities; clients added or removed there become (un)routable within a second.
     pub directory: Option<Arc<Authenticator>>,
+    /// Service groups declared at this node.
+    pub services: Vec<ServiceGroup>,
 }
 
 /// Output of a round, released only after the commit.
@@ -62,7 +71,10 @@ struct Outbox {
     to_children: Vec<(String, Vec<u8>)>,
     to_parent: Vec<Vec<u8>>,
     /// HTTP acknowledgements, answered after the commit.
-    acks: Vec<(oneshot::Sender<u64>, u64)>,
+    acks: Vec<(
+        oneshot::Sender<medlink_broker::Cursor>,
+        medlink_broker::Cursor,
+    )>,
 }
 
 /// Everything the dispatcher owns besides the journal.
@@ -89,6 +101,8 @@ struct State {
     polls: polls::Polls,
     /// Frames for children linked over HTTP.
     mailboxes: mailboxes::Mailboxes,
+    /// Service groups and their open assignments.
+    services: services::Services,
 }
 
 /// The running dispatcher's inputs.
@@ -113,15 +127,15 @@ impl Dispatcher {
         stats: Stats,
     ) -> rusqlite::Result<Dispatcher> {
         let up = if cfg.topology.has_parent {
-            Some(LinkOut::new("up".into(), &journal)?)
+            Some(LinkOut::new("up", &journal)?)
         } else {
             None
         };
         let mut downs = HashMap::new();
         for child in &cfg.topology.children {
-            let dest = down_dest(child);
-            downs.insert(child.clone(), LinkOut::new(dest, &journal)?);
+            downs.insert(child.clone(), LinkOut::new(&down_dest(child), &journal)?);
         }
+        let services = services::Services::new(&cfg.topology.me, &cfg.services, &journal)?;
         Ok(Dispatcher {
             journal,
             state: State {
@@ -141,6 +155,7 @@ impl Dispatcher {
                 directory_generation: 0,
                 polls: polls::Polls::default(),
                 mailboxes: mailboxes::Mailboxes::default(),
+                services,
             },
             inbound,
             parent,
@@ -199,6 +214,7 @@ impl Dispatcher {
             }
             if sweep {
                 state.sweep_expired(&mut tx, now)?;
+                state.service_timers(&mut tx, now)?;
             }
             state.settle_acks(&mut tx)?;
             tx.commit()
@@ -287,15 +303,14 @@ impl State {
                 max,
                 wait,
                 reply,
-            }) => self.poll(tx, &client, stream, (after, ack), (max, wait), reply)?,
+            }) => self.poll(tx, &client, stream, (after, ack), (max, wait), reply, now)?,
             Input::Broker(Inbound::Ack {
                 client,
                 stream,
                 upto,
                 reply,
             }) => {
-                let dest = crate::delivery::stream_dest(&client, stream);
-                let point = self.http_ack(tx, &dest, upto)?;
+                let point = self.http_ack(tx, &client, stream, upto, now)?;
                 out.acks.push((reply, point));
             }
             Input::Broker(Inbound::Refused {
@@ -327,14 +342,20 @@ impl State {
             Input::Broker(Inbound::Delivered { client, id }) => {
                 // Everything a client can acknowledge was published from a stream's in-flight
                 // set; the journal is updated once per round in `settle_acks`.
-                for dest in [local_dest(&client), receipt_dest(&client)] {
-                    if self
-                        .locals
-                        .get_mut(&dest)
-                        .is_some_and(|l| l.acknowledged(&id))
-                    {
+                let dests = lane_dests(&client, Stream::Commands)
+                    .into_iter()
+                    .chain(lane_dests(&client, Stream::Receipts));
+                for dest in dests {
+                    let Some(stream) = self.locals.get_mut(&dest) else {
+                        continue;
+                    };
+                    if stream.acknowledged(&id) {
+                        let notice = stream.take_notice(&id);
                         self.stats.delivered();
                         self.acked_streams.insert(dest);
+                        if let Some(body) = notice {
+                            self.delivered_notice(tx, &body, now)?;
+                        }
                         break;
                     }
                 }
@@ -385,28 +406,29 @@ impl State {
         tx: &mut Txn,
         client: &str,
         conn: ConnId,
-        stream: medlink_broker::Stream,
+        stream: Stream,
         open: bool,
     ) -> rusqlite::Result<()> {
-        let dest = stream_dest(client, stream);
-        if !self.locals.contains_key(&dest) {
-            if !open {
-                return Ok(());
+        for dest in lane_dests(client, stream) {
+            if !self.locals.contains_key(&dest) {
+                if !open {
+                    continue;
+                }
+                let acked = tx.acked(&dest)?;
+                self.locals.insert(dest.clone(), StreamOut::new(acked));
             }
-            let acked = tx.acked(&dest)?;
-            self.locals.insert(dest.clone(), StreamOut::new(acked));
+            let floor = tx.floor(&dest)?;
+            let local = self
+                .locals
+                .get_mut(&dest)
+                .expect("present or inserted above");
+            if open {
+                local.conns.insert(conn);
+            } else {
+                local.conns.remove(&conn);
+            }
+            local.rewind(floor);
         }
-        let floor = tx.floor(&dest)?;
-        let local = self
-            .locals
-            .get_mut(&dest)
-            .expect("present or inserted above");
-        if open {
-            local.conns.insert(conn);
-        } else {
-            local.conns.remove(&conn);
-        }
-        local.rewind(floor);
         Ok(())
     }
 
@@ -454,7 +476,12 @@ impl State {
                     env.via_root = true;
                 }
                 self.stats.accepted();
+                let notable =
+                    (!env.receipts.is_empty() || env.reply_to.is_some()).then(|| env.clone());
                 self.accept(tx, env, now)?;
+                if let Some(env) = notable {
+                    self.submitted(tx, client, &env, now)?;
+                }
                 Ok(Accept::Committed)
             }
         }
@@ -525,10 +552,13 @@ impl State {
             self.cfg.topology.next_hop(&env)
         };
         let dest = match &hop {
-            NextHop::Local(client) if env.kind == Kind::Receipt => Ok(receipt_dest(client)),
-            NextHop::Local(client) => Ok(local_dest(client)),
-            NextHop::Down(child) => Ok(down_dest(child)),
-            NextHop::Up => Ok("up".to_string()),
+            NextHop::Local(client) if env.kind == Kind::Receipt => {
+                Ok(env.priority.dest(&receipt_dest(client)))
+            }
+            NextHop::Local(client) => Ok(env.priority.dest(&local_dest(client))),
+            NextHop::Down(child) => Ok(env.priority.dest(&down_dest(child))),
+            NextHop::Up => Ok(env.priority.dest("up")),
+            NextHop::Service(name) => Ok(format!("service:{name}")),
             NextHop::Unroutable(why) => Err(why.clone()),
         };
         if self.cfg.audit {
@@ -539,9 +569,19 @@ impl State {
             tx.audit(&env, now, &decision)?;
         }
         match dest {
+            Ok(_) if matches!(hop, NextHop::Service(_)) => {
+                let NextHop::Service(service) = &hop else {
+                    unreachable!("matched just above")
+                };
+                let body = env.to_bytes().into();
+                self.to_service(tx, service, &env, body, now)?;
+            }
             Ok(dest) => {
                 tx.enqueue(&dest, &env, env.to_bytes().into())?;
                 self.polls.enqueued(&dest);
+                if let NextHop::Local(client) = &hop {
+                    self.expect_reply(tx, client, &env, now)?;
+                }
             }
             Err(why) => {
                 let status = if why == "expired" {
@@ -553,27 +593,6 @@ impl State {
             }
         }
         Ok(())
-    }
-
-    /// Drops `env` and sends its sender a receipt saying why (receipts themselves are dropped
-    /// with a log line: a receipt about a receipt would never end).
-    fn refuse(
-        &mut self,
-        tx: &mut Txn,
-        env: &Envelope,
-        status: &str,
-        why: &str,
-        now: u64,
-    ) -> rusqlite::Result<()> {
-        if env.kind == Kind::Receipt {
-            warn!(id = %env.id, to = ?env.to, reason = why, "receipt dropped");
-            return Ok(());
-        }
-        info!(id = %env.id, status, reason = why, "command not deliverable");
-        self.stats.refused();
-        let rid = self.next_id();
-        let receipt = env.receipt(self.me(), status, why, rid);
-        self.accept(tx, receipt, now)
     }
 
     /// Persists how far each touched client stream is acknowledged and drops what is below.
@@ -592,19 +611,12 @@ impl State {
         for (dest, row) in tx.expired(now, 1000)? {
             // Already acknowledged (a leftover of a partly acknowledged segment), or published
             // and waiting for its acknowledgement: not ours to expire.
-            let (acked, in_flight) = match dest.split_once(':') {
-                None => match self.up.as_ref() {
-                    Some(l) => (l.acked, l.online && row.lseq <= l.sent),
-                    None => (tx.acked(&dest)?, false),
-                },
-                Some(("down", child)) => match self.downs.get(child) {
-                    Some(l) => (l.acked, l.online && row.lseq <= l.sent),
-                    None => (tx.acked(&dest)?, false),
-                },
-                Some(_) => match self.locals.get(&dest) {
-                    Some(l) => (l.acked(), l.in_flight(row.lseq)),
-                    None => (tx.acked(&dest)?, false),
-                },
+            let (acked, in_flight) = if let Some((online, lane)) = self.lane_for(&dest) {
+                (lane.acked, online && row.lseq <= lane.sent)
+            } else if let Some(l) = self.locals.get(&dest) {
+                (l.acked(), l.in_flight(row.lseq))
+            } else {
+                (tx.acked(&dest)?, false)
             };
             if row.lseq > acked && !in_flight {
                 self.drop_stale(tx, &dest, row, now)?;
@@ -613,7 +625,7 @@ impl State {
         self.polls.prune();
         if self.last_prune.elapsed() >= Duration::from_secs(60) {
             self.last_prune = Instant::now();
-            tx.prune_accepted(now.saturating_sub(IDEMPOTENCY_WINDOW_MS))?;
+            tx.prune_accepted(now.saturating_sub(IDEMPOTENCY_WINDOW_MS), now)?;
         }
         Ok(())
     }
@@ -718,12 +730,15 @@ impl State {
         for (child, f) in down_frames {
             self.send_down(&child, f.into());
         }
-        let ready: Vec<String> = self
+        // Urgent lanes first, so an urgent delivery is published ahead of routine ones.
+        let mut ready: Vec<(Priority, String)> = self
             .locals
             .iter()
             .filter(|(_, l)| l.ready())
-            .map(|(d, _)| d.clone())
+            .map(|(d, _)| (Priority::of_dest(d).1, d.clone()))
             .collect();
+        ready.sort_unstable();
+        let ready = ready.into_iter().map(|(_, d)| d);
         for dest in ready {
             self.deliver(journal, &dest, now, &mut stale)?;
         }
@@ -743,9 +758,8 @@ impl State {
                 for dest in dests {
                     if let Some(l) = self.locals.get_mut(&dest) {
                         l.rewind(0);
-                    } else if let Some(l) = self.link_for(&dest) {
-                        l.sent = l.acked;
-                        l.last_tx = l.acked;
+                    } else if let Some((_, lane)) = self.lane_for(&dest) {
+                        lane.rewind();
                     }
                 }
                 return Err(e);
@@ -754,13 +768,16 @@ impl State {
         Ok(())
     }
 
-    /// The outgoing link whose journal destination is `dest`.
-    fn link_for(&mut self, dest: &str) -> Option<&mut LinkOut> {
-        match dest.strip_prefix("down:") {
+    /// The outgoing link lane whose journal destination is `dest`, and whether its link is up.
+    fn lane_for(&mut self, dest: &str) -> Option<(bool, &mut Lane)> {
+        let (base, _) = Priority::of_dest(dest);
+        let link = match base.strip_prefix("down:") {
             Some(child) => self.downs.get_mut(child),
-            None if dest == "up" => self.up.as_mut(),
+            None if base == "up" => self.up.as_mut(),
             None => None,
-        }
+        }?;
+        let online = link.online;
+        link.lane_for(dest).map(|lane| (online, lane))
     }
 
     /// Publishes queued envelopes of `dest` into the client's inbox or receipt topic.
@@ -772,7 +789,7 @@ impl State {
         stale: &mut Vec<Stale>,
     ) -> rusqlite::Result<()> {
         let me = self.me().to_string();
-        let topic = match dest.split_once(':') {
+        let topic = match Priority::of_dest(dest).0.split_once(':') {
             Some(("receipts", client)) => receipt_topic(&me, client),
             Some((_, client)) => inbox_topic(&me, client),
             None => return Ok(()),
@@ -780,8 +797,13 @@ impl State {
         let Some(stream) = self.locals.get_mut(dest) else {
             return Ok(());
         };
-        for body in stream.next_batch(journal, dest, now, stale)? {
-            self.publish(&topic, body);
+        let rows = stream.next_batch(journal, dest, now, stale)?;
+        let keep = self.polls.has_readers(dest);
+        for row in rows {
+            if keep {
+                self.polls.recent.keep(dest, &row);
+            }
+            self.publish(&topic, row.body);
         }
         Ok(())
     }

@@ -7,18 +7,22 @@
 //! read waits here until a round enqueues something for that stream (or the poller gives up,
 //! which drops the receiver).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use medlink_broker::{Delivery, Stream};
+use bytes::Bytes;
+
+use medlink_broker::{Cursor, Delivery, Stream};
 use tokio::sync::oneshot;
 
+use super::devices::RecentDeliveries;
 use super::State;
-use crate::delivery::{stream_dest, StreamOut};
+use crate::delivery::{lane_dests, may_want_delivered, StreamOut};
+use crate::envelope::{Priority, LANES};
 use crate::journal::{Journal, Txn};
 
 /// A waiting long-poll.
 pub(super) struct Waiter {
-    after: u64,
+    after: Cursor,
     max: usize,
     wait: bool,
     reply: oneshot::Sender<Vec<Delivery>>,
@@ -34,13 +38,22 @@ pub(super) struct Polls {
     /// acknowledgement is never taken beyond it, so no message counts as delivered before
     /// anyone saw it.
     handed_out: HashMap<String, u64>,
+    /// Handed-out bodies that may want a `delivered` receipt, by destination and sequence,
+    /// until the cursor acknowledges them.
+    notices: HashMap<String, BTreeMap<u64, Bytes>>,
+    /// What the identity's other devices may still need.
+    pub(super) recent: RecentDeliveries,
+    /// Lane destinations that have been polled over HTTP (since this process started).
+    readers: HashSet<String>,
 }
 
 impl Polls {
     /// Notes that `dest` got something new, if anyone waits for it.
     pub(super) fn enqueued(&mut self, dest: &str) {
-        if self.waiting.contains_key(dest) {
-            self.wake(dest);
+        // Polls wait under the stream's normal lane, whichever lane got the message.
+        let (key, _) = Priority::of_dest(dest);
+        if self.waiting.contains_key(key) {
+            self.wake(key);
         }
     }
 
@@ -51,8 +64,22 @@ impl Polls {
         }
     }
 
+    /// Whether an HTTP poll of the stream whose normal lane is `dest` is waiting now.
+    pub(super) fn is_waiting(&self, dest: &str) -> bool {
+        self.waiting
+            .get(dest)
+            .is_some_and(|l| l.iter().any(|w| !w.reply.is_closed()))
+    }
+
+    /// Whether `dest` (a lane destination) has HTTP readers, so what it hands out is kept for
+    /// them.
+    pub(super) fn has_readers(&self, dest: &str) -> bool {
+        self.readers.contains(dest)
+    }
+
     /// Drops polls whose HTTP request is gone.
     pub(super) fn prune(&mut self) {
+        self.recent.prune();
         self.waiting.retain(|_, list| {
             list.retain(|w| !w.reply.is_closed());
             !list.is_empty()
@@ -61,24 +88,28 @@ impl Polls {
 }
 
 impl State {
-    /// A long-poll arrives: acknowledge up to its cursor if asked, then queue it to be
-    /// answered after the commit.
+    /// Parks an HTTP long-poll of `client`'s `stream` after acknowledging up to its cursor.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn poll(
         &mut self,
         tx: &mut Txn,
         client: &str,
         stream: Stream,
-        (after, ack): (u64, bool),
+        (after, ack): (Cursor, bool),
         (max, wait): (usize, bool),
         reply: oneshot::Sender<Vec<Delivery>>,
+        now: u64,
     ) -> rusqlite::Result<()> {
-        let dest = stream_dest(client, stream);
+        let dests = lane_dests(client, stream);
+        let key = dests[1].clone();
+        self.polls.readers.extend(dests);
+        self.services.polled(client);
         if ack {
-            self.http_ack(tx, &dest, after)?;
+            self.http_ack(tx, client, stream, after, now)?;
         }
         self.polls
             .waiting
-            .entry(dest.clone())
+            .entry(key.clone())
             .or_default()
             .push(Waiter {
                 after,
@@ -86,74 +117,113 @@ impl State {
                 wait,
                 reply,
             });
-        self.polls.wake(&dest);
+        self.polls.wake(&key);
         Ok(())
     }
 
-    /// Acknowledges `dest` up to `upto`, but never beyond what was handed out; returns the
-    /// acknowledged point.
+    /// Acknowledges `client`'s `stream` up to `upto` in each lane, never beyond what was handed
+    /// out; returns the acknowledged point.
     pub(super) fn http_ack(
         &mut self,
         tx: &mut Txn,
-        dest: &str,
-        upto: u64,
-    ) -> rusqlite::Result<u64> {
-        if !self.locals.contains_key(dest) {
-            let acked = tx.acked(dest)?;
-            self.locals.insert(dest.to_string(), StreamOut::new(acked));
+        client: &str,
+        stream: Stream,
+        upto: Cursor,
+        now: u64,
+    ) -> rusqlite::Result<Cursor> {
+        let mut point = Cursor::default();
+        for (lane, dest) in lane_dests(client, stream).iter().enumerate() {
+            if !self.locals.contains_key(dest) {
+                let acked = tx.acked(dest)?;
+                self.locals.insert(dest.clone(), StreamOut::new(acked));
+            }
+            let limit = self.polls.handed_out.get(dest).copied().unwrap_or(0);
+            let out = self
+                .locals
+                .get_mut(dest)
+                .expect("present or inserted above");
+            let upto = upto.0[lane].min(limit.max(out.acked()));
+            if out.confirm_upto(upto) {
+                self.acked_streams.insert(dest.clone());
+            }
+            point.0[lane] = upto.max(out.acked());
+            if let Some(pending) = self.polls.notices.get_mut(dest) {
+                let later = pending.split_off(&(upto + 1));
+                let done = std::mem::replace(pending, later);
+                for body in done.into_values() {
+                    self.delivered_notice(tx, &body, now)?;
+                }
+            }
         }
-        let limit = self.polls.handed_out.get(dest).copied().unwrap_or(0);
-        let stream = self
-            .locals
-            .get_mut(dest)
-            .expect("present or inserted above");
-        let upto = upto.min(limit.max(stream.acked()));
-        if stream.confirm_upto(upto) {
-            self.acked_streams.insert(dest.to_string());
-        }
-        Ok(upto.max(stream.acked()))
+        Ok(point)
     }
 
-    /// Answers the polls of every stream that got something this round, from committed rows.
+    /// Answers the woken polls from committed journal rows, most urgent lane first.
     pub(super) fn serve_polls(&mut self, journal: &Journal, now: u64) -> rusqlite::Result<()> {
-        for dest in std::mem::take(&mut self.polls.woken) {
-            let Some(list) = self.polls.waiting.remove(&dest) else {
+        for key in std::mem::take(&mut self.polls.woken) {
+            let Some(list) = self.polls.waiting.remove(&key) else {
                 continue;
             };
-            let acked = match self.locals.get(&dest) {
-                Some(l) => l.acked(),
-                None => journal.acked(&dest)?,
-            };
+            let dests = lane_dests_of(&key);
+            let mut acked = [0u64; LANES];
+            for (lane, dest) in dests.iter().enumerate() {
+                acked[lane] = match self.locals.get(dest) {
+                    Some(l) => l.acked(),
+                    None => journal.acked(dest)?,
+                };
+            }
             let mut still = Vec::new();
             for w in list {
                 if w.reply.is_closed() {
                     continue;
                 }
-                let rows = journal.read(&dest, w.after.max(acked), w.max)?;
-                let fresh: Vec<Delivery> = rows
-                    .into_iter()
-                    .filter(|r| !matches!(r.expires_at, Some(e) if e <= now))
-                    .map(|r| Delivery {
-                        seq: r.lseq,
-                        body: r.body,
-                    })
-                    .collect();
-                match fresh.last() {
-                    None if w.wait => still.push(w),
-                    None => {
-                        let _ = w.reply.send(Vec::new());
+                let mut cursor = w.after;
+                let mut fresh: Vec<Delivery> = Vec::new();
+                for (lane, dest) in dests.iter().enumerate() {
+                    let room = w.max - fresh.len();
+                    if room == 0 {
+                        break;
                     }
-                    Some(last) => {
+                    // Behind the acknowledged point: what another device acknowledged first.
+                    let after = w.after.0[lane];
+                    let mut rows = self.polls.recent.between(dest, after, acked[lane], room);
+                    let more = room - rows.len();
+                    rows.extend(journal.read(dest, after.max(acked[lane]), more)?);
+                    for r in rows {
+                        cursor.0[lane] = r.lseq;
+                        if matches!(r.expires_at, Some(e) if e <= now) {
+                            continue;
+                        }
+                        if may_want_delivered(&r.body) {
+                            let pending = self.polls.notices.entry(dest.clone()).or_default();
+                            pending.insert(r.lseq, r.body.clone());
+                        }
+                        self.polls.recent.keep(dest, &r);
+                        fresh.push(Delivery {
+                            cursor,
+                            body: r.body,
+                        });
+                    }
+                    if cursor.0[lane] > w.after.0[lane] {
                         let top = self.polls.handed_out.entry(dest.clone()).or_insert(0);
-                        *top = (*top).max(last.seq);
-                        let _ = w.reply.send(fresh);
+                        *top = (*top).max(cursor.0[lane]);
                     }
+                }
+                if fresh.is_empty() && w.wait {
+                    still.push(w);
+                } else {
+                    let _ = w.reply.send(fresh);
                 }
             }
             if !still.is_empty() {
-                self.polls.waiting.insert(dest, still);
+                self.polls.waiting.insert(key, still);
             }
         }
         Ok(())
     }
+}
+
+/// The lane destinations of the stream whose normal lane is `key`.
+fn lane_dests_of(key: &str) -> [String; LANES] {
+    Priority::ALL.map(|p| p.dest(key))
 }

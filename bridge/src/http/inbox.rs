@@ -1,9 +1,9 @@
 //! Receiving over HTTP: long-polls of the inbox and receipt streams with an acknowledged
 //! cursor, explicit acknowledgement, and the same inbox as server-sent events.
 //!
-//! The cursor is the sequence number of the last message the client has. Polling with it
-//! acknowledges everything up to it (and only up to what was actually handed out), then returns
-//! what comes after; polling again with an old cursor returns again what was not acknowledged.
+//! The cursor (an opaque string: the last sequence the client has in each priority lane, see
+//! [`Cursor`]) says what the client has. Polling with it acknowledges everything up to it (and
+//! only up to what was actually handed out), then returns what comes after, urgent first; polling again with an old cursor returns again what was not acknowledged.
 //! So a response lost in transit, or a node restart, costs a repeat (same ids), never a loss.
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream as FutStream};
-use medlink_broker::{Delivery, Inbound, Role, Stream};
+use medlink_broker::{Cursor, Delivery, Inbound, Role, Stream};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -44,8 +44,29 @@ pub struct PollQuery {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
-    /// Everything up to this sequence is processed.
-    cursor: u64,
+    /// Everything up to this cursor is processed.
+    cursor: CursorValue,
+}
+
+/// A cursor in a JSON body: the string a poll returned (or, from older clients, a number).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CursorValue {
+    Text(String),
+    Number(u64),
+}
+
+/// Parses a cursor from a query parameter, header or body.
+fn parse_cursor(value: Option<&str>) -> Result<Cursor, ApiError> {
+    match value {
+        None => Ok(Cursor::default()),
+        Some(v) => v.parse().map_err(|()| {
+            ApiError::malformed(format!(
+                "'{v}' is not a cursor (pass back the `cursor` of the last response)"
+            ))
+            .field("cursor")
+        }),
+    }
 }
 
 fn number(value: &Option<String>, field: &str, default: u64, max: u64) -> Result<u64, ApiError> {
@@ -66,7 +87,7 @@ async fn poll(
     state: &ApiState,
     client: &str,
     stream: Stream,
-    after: u64,
+    after: Cursor,
     ack: bool,
     max: usize,
     wait: Duration,
@@ -100,11 +121,11 @@ async fn poll(
 }
 
 /// `{"cursor": N, "messages": [envelope, ...]}` without re-parsing the envelopes.
-fn page(cursor: u64, deliveries: &[Delivery]) -> Response {
-    let next = deliveries.last().map_or(cursor, |d| d.seq);
+fn page(cursor: Cursor, deliveries: &[Delivery]) -> Response {
+    let next = deliveries.last().map_or(cursor, |d| d.cursor);
     let mut body =
         Vec::with_capacity(64 + deliveries.iter().map(|d| d.body.len() + 1).sum::<usize>());
-    body.extend_from_slice(format!("{{\"cursor\":{next},\"messages\":[").as_bytes());
+    body.extend_from_slice(format!("{{\"cursor\":\"{next}\",\"messages\":[").as_bytes());
     for (i, d) in deliveries.iter().enumerate() {
         if i > 0 {
             body.push(b',');
@@ -127,7 +148,7 @@ async fn read_stream(
     stream: Stream,
 ) -> Result<Response, ApiError> {
     let who = caller.require(Role::Client)?;
-    let cursor = number(&q.cursor, "cursor", 0, u64::MAX)?;
+    let cursor = parse_cursor(q.cursor.as_deref())?;
     let wait = number(&q.wait, "wait", 0, state.max_wait.as_secs())?;
     let max = number(&q.max, "max", 100, MAX_POLL as u64)?.max(1) as usize;
     let got = poll(
@@ -135,7 +156,7 @@ async fn read_stream(
         &who.name,
         stream,
         cursor,
-        cursor > 0,
+        !cursor.is_start(),
         max,
         Duration::from_secs(wait),
     )
@@ -169,20 +190,24 @@ async fn ack_stream(
 ) -> Result<Response, ApiError> {
     let who = caller.require(Role::Client)?;
     let ack: AckBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::malformed(format!("expected {{\"cursor\": N}}: {e}")).field("cursor")
+        ApiError::malformed(format!("expected {{\"cursor\": \"…\"}}: {e}")).field("cursor")
     })?;
+    let upto = match ack.cursor {
+        CursorValue::Text(t) => parse_cursor(Some(&t))?,
+        CursorValue::Number(n) => Cursor([0, n, 0]),
+    };
     let (tx, rx) = oneshot::channel();
     let item = Inbound::Ack {
         client: who.name.clone(),
         stream,
-        upto: ack.cursor,
+        upto,
         reply: tx,
     };
     state.hand_over(item).await?;
     let acked = rx
         .await
         .map_err(|_| ApiError::unavailable("the acknowledgement was not committed; retry"))?;
-    Ok(axum::Json(serde_json::json!({ "acked": acked })).into_response())
+    Ok(axum::Json(serde_json::json!({ "acked": acked.to_string() })).into_response())
 }
 
 /// `POST /v1/inbox/ack`.
@@ -215,22 +240,28 @@ pub async fn events(
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<Cursor>().ok());
     let cursor = match resume {
         Some(c) => c,
-        None => number(&q.cursor, "cursor", 0, u64::MAX)?,
+        None => parse_cursor(q.cursor.as_deref())?,
     };
     let client = who.name;
     let events = stream::unfold(
-        (state, client, cursor, cursor > 0, Vec::<Delivery>::new()),
+        (
+            state,
+            client,
+            cursor,
+            !cursor.is_start(),
+            Vec::<Delivery>::new(),
+        ),
         |(state, client, after, ack, mut queued)| async move {
             loop {
                 if let Some(d) = (!queued.is_empty()).then(|| queued.remove(0)) {
                     let event = Event::default()
-                        .id(d.seq.to_string())
+                        .id(d.cursor.to_string())
                         .event("message")
                         .data(String::from_utf8_lossy(&d.body));
-                    return Some((Ok(event), (state, client, d.seq, false, queued)));
+                    return Some((Ok(event), (state, client, d.cursor, false, queued)));
                 }
                 let wait = Duration::from_secs(25);
                 match poll(&state, &client, Stream::Commands, after, ack, 100, wait).await {
