@@ -44,10 +44,7 @@ fn missing_prerequisites() -> Vec<String> {
     let mut missing = Vec::new();
     let chromium = chromium_path();
     if !chromium.is_file() {
-        missing.push(format!(
-            "{} (apt-get install chromium)",
-            chromium.display()
-        ));
+        missing.push(format!("{} (apt-get install chromium)", chromium.display()));
     }
     let node = Command::new("node")
         .arg("--version")
@@ -206,11 +203,17 @@ fn send_call(port: u16, id: &str, ticket: &str, room: &str) -> (i64, i64) {
     (sent_at, custody_at)
 }
 
-/// Waits for every tab's view of `id`; checks it arrived in time and once; returns the views.
-fn expect_everywhere(browser: &mut Browser, id: &str, sent_at: i64, custody_at: i64) -> Vec<Value> {
+/// Waits for every tab's view of `id`; checks it arrived once and, with a `budget`, within
+/// `budget` ms of `custody_at`; returns the views.
+fn expect_everywhere(
+    browser: &mut Browser,
+    id: &str,
+    (sent_at, custody_at): (i64, i64),
+    budget: Option<i64>,
+) -> Vec<Value> {
     browser.send(&json!({
         "cmd": "expect", "id": id, "sent_at": sent_at, "custody_at": custody_at,
-        "timeout_ms": 10_000, "settle_ms": 1500,
+        "timeout_ms": 20_000, "settle_ms": 1500,
     }));
     let views: Vec<Value> = (0..2).map(|_| browser.next("seen", 30)).collect();
     browser.next("done", 5);
@@ -228,12 +231,17 @@ fn expect_everywhere(browser: &mut Browser, id: &str, sent_at: i64, custody_at: 
             "tab {tab} must show {id} exactly once (0 = never arrived, >1 = duplicates): {v}"
         );
         let latency = v["latency_ms"].as_i64().expect("an arrival time");
-        assert!(
-            latency <= BUDGET_MS,
-            "tab {tab} showed {id} {latency} ms after the sender had custody (budget {BUDGET_MS} ms): {v}"
-        );
+        if let Some(budget) = budget {
+            assert!(
+                latency <= budget,
+                "tab {tab} showed {id} {latency} ms after the sender had custody (budget {budget} ms): {v}"
+            );
+        }
         assert_eq!(v["state"], "connected", "tab {tab}: {v}");
-        assert_eq!(v["call_id"], id, "tab {tab} shows {id} as the current call: {v}");
+        assert_eq!(
+            v["call_id"], id,
+            "tab {tab} shows {id} as the current call: {v}"
+        );
     }
     views
 }
@@ -265,10 +273,16 @@ fn queue_calls_reach_two_tabs_of_one_patient_once_and_in_time() {
         .and_then(|s| s.split('\'').next())
         .unwrap_or_else(|| panic!("the CSP allows scripts by nonce: {csp}"));
     let html = String::from_utf8_lossy(&page.body);
-    assert!(html.contains(&format!("<script nonce=\"{nonce}\">")), "{csp}");
+    assert!(
+        html.contains(&format!("<script nonce=\"{nonce}\">")),
+        "{csp}"
+    );
     assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
     assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"));
-    assert!(html.contains(&format!("content=\"{COUNTY}\"")), "the page knows its node");
+    assert!(
+        html.contains(&format!("content=\"{COUNTY}\"")),
+        "the page knows its node"
+    );
     assert_eq!(page.header("cache-control").as_deref(), Some("no-store"));
     let again = call(county, "GET", "/push", None, b"");
     assert_ne!(
@@ -288,15 +302,15 @@ fn queue_calls_reach_two_tabs_of_one_patient_once_and_in_time() {
         );
     }
 
-    let (sent, custody) = send_call(province, "call-a017-1", "A017", "Radiology 2");
-    let first = expect_everywhere(&mut browser, "call-a017-1", sent, custody);
+    let sent = send_call(province, "call-a017-1", "A017", "Radiology 2");
+    let first = expect_everywhere(&mut browser, "call-a017-1", sent, Some(BUDGET_MS));
     for v in &first {
         assert_eq!(v["ids"], json!(["call-a017-1"]), "{v}");
         assert_eq!(v["call_ticket"], "A017");
     }
 
-    let (sent, custody) = send_call(province, "call-a017-2", "A017", "Radiology 3");
-    let second = expect_everywhere(&mut browser, "call-a017-2", sent, custody);
+    let sent = send_call(province, "call-a017-2", "A017", "Radiology 3");
+    let second = expect_everywhere(&mut browser, "call-a017-2", sent, Some(BUDGET_MS));
     for v in &second {
         assert_eq!(
             v["ids"],
@@ -304,9 +318,128 @@ fn queue_calls_reach_two_tabs_of_one_patient_once_and_in_time() {
             "each call once, in the order sent: {v}"
         );
     }
+
     assert!(
         browser.complaints.is_empty(),
         "the page logged errors (CSP violations show up here): {:?}",
         browser.complaints
+    );
+
+    // The patient's node restarts while a third call is on its way: both tabs reconnect on
+    // their own (with Last-Event-ID) and show it, and nothing earlier comes twice.
+    assert_eq!(t.node(COUNTY).stop(), Some(0), "the county stops cleanly");
+    let sent = send_call(province, "call-a017-3", "A017", "Radiology 4");
+    std::thread::sleep(Duration::from_millis(500));
+    t.node(COUNTY).start();
+    let third = expect_everywhere(&mut browser, "call-a017-3", sent, None);
+    for v in &third {
+        assert_eq!(
+            v["ids"],
+            json!(["call-a017-1", "call-a017-2", "call-a017-3"]),
+            "after reconnecting, each call once, in order: {v}"
+        );
+    }
+    // While the node was down, failed reconnects were logged; nothing else may have been.
+    let unexpected: Vec<&Value> = browser
+        .complaints
+        .iter()
+        .filter(|c| {
+            !(c["event"] == "console"
+                && c["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Failed to load resource: net::ERR_")))
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "the page logged errors: {unexpected:?}"
+    );
+}
+
+/// Reads `GET /v1/stream` events from `s` until `n` arrived or `secs` passed; returns
+/// (sequence, envelope id) of each.
+fn read_events(s: &mut std::net::TcpStream, n: usize, secs: u64) -> Vec<(u64, String)> {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let events = |text: &str| -> Vec<(u64, String)> {
+        text.split("\n\n")
+            .filter(|frame| frame.contains("data:"))
+            .filter_map(|frame| {
+                let seq = frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                let data = frame.lines().find_map(|l| l.strip_prefix("data:"))?;
+                let env: Value = serde_json::from_str(data.trim()).ok()?;
+                Some((seq, env["id"].as_str()?.to_string()))
+            })
+            .collect()
+    };
+    while events(&text).len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .expect("set a read timeout");
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => text.push_str(&String::from_utf8_lossy(&buf[..k])),
+            Err(_) => continue,
+        }
+    }
+    events(&text)
+}
+
+/// The multi-device case the page depends on, at the protocol level: a device (the phone) that
+/// is offline while another device of the same identity (the kiosk) shows a message and then
+/// reconnects with `Last-Event-ID` must still get that message when it comes back.
+///
+/// Today it does not: the stream's cursor is shared by every device of the identity, and the
+/// kiosk's `Last-Event-ID` acknowledges (deletes) the message for all of them. Ignored until
+/// the node keeps one acknowledged point per device; run with `--ignored` to see it.
+#[test]
+#[ignore = "multi-device delivery: one device's Last-Event-ID acknowledges for every device (node fix pending)"]
+fn a_device_that_was_offline_still_gets_what_another_device_acknowledged() {
+    let mut t = Tree::start(&[spec(PROVINCE, None, &[SENDER, PATIENT])]);
+    let port = t.node(PROVINCE).http_port;
+    let patient = Some((PATIENT, PASSWORD));
+    let mut kiosk = send(port, "GET", "/v1/stream", patient, &[], b"");
+    std::thread::sleep(Duration::from_millis(300));
+    let body = json!({"id": "m1", "to": {"node": PROVINCE, "client": PATIENT}, "cmd": "queue.call",
+                      "params": {"ticket": "A017"}});
+    let (status, answer) = post_json(port, "/v1/messages", Some((SENDER, PASSWORD)), &body);
+    assert_eq!(status, 202, "{answer}");
+    let got = read_events(&mut kiosk, 1, 10);
+    assert_eq!(got.len(), 1, "the kiosk got m1: {got:?}");
+    let (seq, _) = got[0].clone();
+    drop(kiosk);
+    // The kiosk's connection drops and comes back, as EventSource or the page would.
+    let mut kiosk = send(
+        port,
+        "GET",
+        "/v1/stream",
+        patient,
+        &[("Last-Event-ID", &seq.to_string())],
+        b"",
+    );
+    assert!(
+        read_events(&mut kiosk, 1, 1).is_empty(),
+        "nothing new for the kiosk"
+    );
+    // The phone comes online for the first time since m1 was sent.
+    let mut phone = send(port, "GET", "/v1/stream", patient, &[], b"");
+    let phone_got = read_events(&mut phone, 1, 5);
+    assert_eq!(
+        phone_got
+            .iter()
+            .map(|(_, id)| id.as_str())
+            .collect::<Vec<_>>(),
+        ["m1"],
+        "the phone never got m1: the kiosk's Last-Event-ID {seq} acknowledged it for every device"
     );
 }

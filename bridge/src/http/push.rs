@@ -80,7 +80,10 @@ pub async fn page(State(state): State<Arc<ApiState>>) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         HeaderName::from_static("cross-origin-opener-policy"),
@@ -96,9 +99,16 @@ mod tests {
     #[test]
     fn the_page_names_the_node_and_carries_the_nonce_everywhere() {
         let (html, csp) = render("js.nj\"<x>", "abc123");
-        assert!(html.contains("content=\"js.nj&quot;&lt;x&gt;\""), "escaped node id");
+        assert!(
+            html.contains("content=\"js.nj&quot;&lt;x&gt;\""),
+            "escaped node id"
+        );
         assert!(!html.contains("{{"), "every placeholder is filled");
-        assert_eq!(html.matches("nonce=\"abc123\"").count(), 2, "script and style");
+        assert_eq!(
+            html.matches("nonce=\"abc123\"").count(),
+            2,
+            "script and style"
+        );
         assert!(csp.contains("script-src 'nonce-abc123'"));
         assert!(!csp.contains("unsafe-inline"));
     }
