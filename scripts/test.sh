@@ -11,11 +11,26 @@ command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux) # the descriptor-exhaustion test
 command -v curl >/dev/null 2>&1 || need+=(curl)            # the HTTPS metrics test
+# The browser test (tests/browser.rs): Debian's chromium, driven from Node.js. A Node.js from
+# elsewhere (e.g. NodeSource) already brings npm; Debian's npm would conflict with it.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if ! command -v node >/dev/null 2>&1; then
+    need+=(nodejs npm)
+elif ! command -v npm >/dev/null 2>&1; then
+    need+=(npm)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# playwright-core, pinned by tests/browser/package-lock.json (it drives the chromium above and
+# downloads no browser). Reinstalled only when the lock file changed.
+if [ ! -f tests/browser/node_modules/.package-lock.json ] ||
+    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # rustfmt and clippy ship with rustup's default profile; add them where a minimal one was used.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod inbox;
 pub mod link;
 pub mod messages;
+pub mod push;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/link/up"),
     ("get", "/v1/link/down"),
     ("get", "/v1/openapi.json"),
+    ("get", "/push"),
 ];
 
 /// Counters of the HTTP API.
@@ -198,6 +200,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/link/up", post(link::up))
         .route("/v1/link/down", get(link::down))
         .route("/v1/openapi.json", get(openapi))
+        .route("/push", get(push::page))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(move |resp: Response| {
