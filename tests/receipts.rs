@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use common::http::{get_json, Login};
 use common::*;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// Receipts (status → ref) and commands received by `app` until `secs` of quiet.
 async fn drain(app: &mut App, secs: u64) -> (Vec<(String, String, String)>, Vec<Value>) {
@@ -50,14 +50,24 @@ async fn accepted_delivered_and_replied_each_arrive_once_across_tiers() {
     let (receipts, cmds) = drain(&mut clinic, 3).await;
     let mut by_status: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (status, reference, id) in &receipts {
-        assert_eq!(id, &format!("r.{status}.{reference}"), "receipt ids derive from the fact");
-        by_status.entry(status.clone()).or_default().push(reference.clone());
+        assert_eq!(
+            id,
+            &format!("r.{status}.{reference}"),
+            "receipt ids derive from the fact"
+        );
+        by_status
+            .entry(status.clone())
+            .or_default()
+            .push(reference.clone());
     }
     let expected: BTreeMap<String, Vec<String>> = ["accepted", "delivered", "replied"]
         .iter()
         .map(|s| (s.to_string(), vec!["ask-1".to_string()]))
         .collect();
-    assert_eq!(by_status, expected, "each positive receipt once, none for plain-1");
+    assert_eq!(
+        by_status, expected,
+        "each positive receipt once, none for plain-1"
+    );
     assert_eq!(cmds.len(), 1, "the reply itself: {cmds:?}");
     assert_eq!(cmds[0]["reply_to"], "ask-1");
 }
@@ -80,7 +90,10 @@ async fn delivered_over_http_means_the_cursor_moved_past_it() {
     assert_eq!(page["messages"][0]["priority"], "urgent");
     // Handed out but not acknowledged: no receipt yet.
     let (early, _) = drain(&mut clinic, 2).await;
-    assert!(early.is_empty(), "delivered before the cursor moved: {early:?}");
+    assert!(
+        early.is_empty(),
+        "delivered before the cursor moved: {early:?}"
+    );
     let cursor = page["cursor"].as_str().unwrap().to_string();
     let (status, _) = get_json(http, &format!("/v1/inbox?cursor={cursor}"), HOSP);
     assert_eq!(status, 200);
