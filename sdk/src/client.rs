@@ -34,6 +34,7 @@ struct Inner {
     handover: Arc<Handover>,
     link: watch::Receiver<Option<Transport>>,
     pending: watch::Receiver<usize>,
+    made: Arc<watch::Sender<usize>>,
     outbox: Option<Arc<Outbox>>,
     ids: Mutex<ulid::Generator>,
     stop: watch::Sender<bool>,
@@ -89,7 +90,8 @@ impl Client {
             None => None,
         };
         let (len_tx, pending) = watch::channel(0);
-        let mut queue = SendQueue::new(outbox.clone(), len_tx);
+        let made = Arc::new(len_tx);
+        let mut queue = SendQueue::new(outbox.clone(), made.clone());
         if let Some(ob) = &outbox {
             for row in outbox::blocking(ob, |o| o.load()).await? {
                 queue.push(Pending {
@@ -98,6 +100,7 @@ impl Client {
                     seq: Some(row.seq),
                     waiter: None,
                 });
+                made.send_modify(|n| *n += 1);
             }
         }
         let me = Address::new(&opts.node, &opts.identity);
@@ -130,6 +133,7 @@ impl Client {
                 handover,
                 link,
                 pending,
+                made,
                 outbox,
                 ids: Mutex::new(ulid::Generator::new()),
                 stop,
@@ -323,10 +327,11 @@ impl Client {
             seq,
             waiter: Some(tx),
         };
-        self.inner
-            .submits
-            .send(pending)
-            .map_err(|_| Error::Closed)?;
+        self.inner.made.send_modify(|n| *n += 1);
+        if self.inner.submits.send(pending).is_err() {
+            self.inner.made.send_modify(|n| *n = n.saturating_sub(1));
+            return Err(Error::Closed);
+        }
         if seq.is_none() {
             rx.await.map_err(|_| Error::Closed)??;
             return Ok(id);

@@ -30,12 +30,13 @@ pub(crate) struct Pending {
 pub(crate) struct SendQueue {
     items: VecDeque<Pending>,
     outbox: Option<Arc<Outbox>>,
-    /// The number of queued sends, for `Client::pending` and `Client::flush`.
-    len: watch::Sender<usize>,
+    /// Sends made and not yet finished, for `Client::pending` and `Client::flush`: counted up
+    /// by the client when it makes one (before it reaches this queue), down here.
+    len: Arc<watch::Sender<usize>>,
 }
 
 impl SendQueue {
-    pub(crate) fn new(outbox: Option<Arc<Outbox>>, len: watch::Sender<usize>) -> Self {
+    pub(crate) fn new(outbox: Option<Arc<Outbox>>, len: Arc<watch::Sender<usize>>) -> Self {
         SendQueue {
             items: VecDeque::new(),
             outbox,
@@ -43,13 +44,8 @@ impl SendQueue {
         }
     }
 
-    fn publish_len(&self) {
-        self.len.send_replace(self.items.len());
-    }
-
     pub(crate) fn push(&mut self, p: Pending) {
         self.items.push_back(p);
-        self.publish_len();
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -99,7 +95,7 @@ impl SendQueue {
                 done.push(p);
             }
         }
-        self.publish_len();
+        self.len.send_modify(|n| *n = n.saturating_sub(done.len()));
         let seqs: Vec<i64> = done.iter().filter_map(|p| p.seq).collect();
         for p in done {
             if let Some(w) = p.waiter {

@@ -1,0 +1,501 @@
+//! The Rust SDK over HTTP and across transports, against real node processes: request/reply
+//! across four tiers with the clinic on HTTP, the node's transport decision followed, repeated
+//! polls (old cursors, cut connections) never reaching the application twice, sends surviving
+//! node restarts, and the local outbox surviving a down node and an application restart.
+//! Every delivery test checks loss, duplicates and order at the application.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::proxy::{Mode, Proxy};
+use common::*;
+use medlink_sdk::{Address, Client, Inbox, Options, Transport};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn options(url: String, node: &str, identity: &str) -> Options {
+    Options {
+        url,
+        node: node.into(),
+        identity: identity.into(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    }
+}
+
+fn http_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+fn mqtt_url(port: u16) -> String {
+    format!("mqtt://127.0.0.1:{port}")
+}
+
+/// Appends `text` to a node's config (before it starts).
+fn configure(t: &mut Tree, id: &str, text: &str) {
+    let cfg = t.node(id).config.clone();
+    let mut toml = std::fs::read_to_string(&cfg).expect("read config");
+    toml += text;
+    std::fs::write(&cfg, toml).expect("write config");
+}
+
+async fn connect(opts: Options) -> (Client, Inbox) {
+    let who = format!("{}@{}", opts.identity, opts.node);
+    Client::connect(opts)
+        .await
+        .unwrap_or_else(|e| panic!("{who} connects: {e}"))
+}
+
+/// Receives `n` commands numbered by `params.s`, then listens two seconds more for extras.
+async fn receive_numbered(inbox: &mut Inbox, n: u64, within: Duration) -> Vec<u64> {
+    let mut got = Vec::new();
+    while (got.len() as u64) < n {
+        let m = tokio::time::timeout(within, inbox.commands.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} arrived", got.len()))
+            .expect("inbox open");
+        got.push(m.params["s"].as_u64().expect("numbered"));
+    }
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_secs(2), inbox.commands.recv()).await
+    {
+        got.push(m.params["s"].as_u64().expect("numbered"));
+    }
+    got
+}
+
+/// Answers every command with `{"double": 2n}` and reports each `n` it saw.
+fn responder(client: Client, mut inbox: Inbox) -> tokio::sync::mpsc::UnboundedReceiver<u64> {
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(cmd) = inbox.commands.recv().await {
+            let n = cmd.params["n"].as_u64().unwrap_or(0);
+            let _ = seen_tx.send(n);
+            client
+                .reply(&cmd, json!({"double": n * 2}))
+                .await
+                .expect("reply accepted");
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_reply_cross_four_tiers_with_the_clinic_on_http() {
+    let mut t = Tree::new(&[
+        spec("js", None, &["experts"]),
+        spec("js.nj", Some("js"), &["hosp"]),
+        spec("js.nj.gl", Some("js.nj"), &[]),
+        spec("js.nj.gl.t3", Some("js.nj.gl"), &["clinic"]),
+    ]);
+    // The township and the city tell their clients to use HTTP.
+    for id in ["js.nj", "js.nj.gl.t3"] {
+        configure(&mut t, id, "\n[transport]\ndefault = \"http\"\n");
+    }
+    for id in ["js", "js.nj", "js.nj.gl", "js.nj.gl.t3"] {
+        t.node(id).start();
+    }
+    // The province's experts on MQTT, the city's hospital on HTTP.
+    let (experts, inbox) = connect(options(mqtt_url(t.node("js").port), "js", "experts")).await;
+    assert_eq!(experts.transport(), Some(Transport::Mqtt));
+    let mut experts_saw = responder(experts, inbox);
+    let (hosp, inbox) = connect(options(
+        http_url(t.node("js.nj").http_port),
+        "js.nj",
+        "hosp",
+    ))
+    .await;
+    assert_eq!(hosp.transport(), Some(Transport::Http));
+    let mut hosp_saw = responder(hosp, inbox);
+    let (clinic, _inbox) = connect(options(
+        http_url(t.node("js.nj.gl.t3").http_port),
+        "js.nj.gl.t3",
+        "clinic",
+    ))
+    .await;
+    assert_eq!(clinic.transport(), Some(Transport::Http));
+    for (to, tiers) in [
+        (Address::new("js", "experts"), 4),
+        (Address::new("js.nj", "hosp"), 3),
+    ] {
+        for n in 1..=5u64 {
+            let answer = clinic
+                .request(
+                    &to,
+                    "consult.second_opinion",
+                    json!({"n": n}),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("a reply from {to}: {e}"));
+            assert_eq!(answer.params["double"], n * 2);
+            assert_eq!(answer.from, to);
+            assert_eq!(answer.cmd, "consult.second_opinion.reply");
+            assert_eq!(
+                answer.trail.len(),
+                tiers,
+                "the reply came down {tiers} tiers"
+            );
+        }
+    }
+    // Each request reached its responder exactly once, in order.
+    for saw in [&mut experts_saw, &mut hosp_saw] {
+        let mut ns = Vec::new();
+        while let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(2), saw.recv()).await {
+            ns.push(n - 1);
+        }
+        assert_eq!(
+            audit_sequence(&ns, 5),
+            (0, 0, 0),
+            "lost, duplicates, reordered: {ns:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_the_transport_the_node_decides() {
+    let mut t = Tree::new(&[spec("js", None, &["a", "b", "c", "d"])]);
+    let (port, ws_port) = (t.node("js").port, t.node("js").ws_port);
+    configure(
+        &mut t,
+        "js",
+        &format!(
+            "\n[transport]\ndefault = \"mqtt\"\nmqtt_url = \"mqtt://127.0.0.1:{port}\"\nws_url = \"ws://127.0.0.1:{ws_port}/mqtt\"\n[transport.identities]\nb = \"http\"\nc = \"ws\"\n"
+        ),
+    );
+    t.node("js").start();
+    let api = http_url(t.node("js").http_port);
+    let mut clients = Vec::new();
+    for (who, expected) in [
+        ("a", Transport::Mqtt),
+        ("b", Transport::Http),
+        ("c", Transport::Ws),
+    ] {
+        let (client, inbox) = connect(options(api.clone(), "js", who)).await;
+        assert_eq!(client.transport(), Some(expected), "{who}");
+        clients.push((client, inbox));
+    }
+    // Traffic in a ring a -> b -> c -> a, each pair over different transports.
+    const N: u64 = 200;
+    for i in 0..3 {
+        let sender = clients[i].0.clone();
+        let to = clients[(i + 1) % 3].0.address().clone();
+        tokio::spawn(async move {
+            for s in 0..N {
+                sender
+                    .send(&to, "ring", json!({"s": s}))
+                    .await
+                    .expect("custody");
+            }
+        });
+    }
+    for (client, inbox) in clients.iter_mut() {
+        let got = receive_numbered(inbox, N, Duration::from_secs(30)).await;
+        assert_eq!(
+            audit_sequence(&got, N),
+            (0, 0, 0),
+            "lost, duplicates, reordered at {}",
+            client.address()
+        );
+    }
+}
+
+/// An HTTP-aware fault proxy: every request gets its own connection (it adds
+/// `Connection: close`), and every `every`-th inbox poll has its cursor replaced by 0 — the
+/// node then returns again everything not yet acknowledged, as it does for a client whose
+/// poll answer was lost.
+struct ReplayProxy {
+    port: u16,
+    replayed: Arc<AtomicUsize>,
+}
+
+impl ReplayProxy {
+    async fn start(target: u16, every: usize) -> ReplayProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let replayed = Arc::new(AtomicUsize::new(0));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counter = replayed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (counter, polls) = (counter.clone(), polls.clone());
+                tokio::spawn(async move {
+                    let _ = replay_one(client, target, every, &polls, &counter).await;
+                });
+            }
+        });
+        ReplayProxy { port, replayed }
+    }
+}
+
+async fn replay_one(
+    mut client: TcpStream,
+    target: u16,
+    every: usize,
+    polls: &AtomicUsize,
+    replayed: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).await? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines: Vec<String> = text
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(String::from)
+        .collect();
+    if lines[0].starts_with("GET /v1/inbox?") {
+        let n = polls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n % every == 0 {
+            let (path, rest) = lines[0]
+                .split_once(' ')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .split_once(' ')
+                .unwrap_or(("", ""));
+            let query: Vec<String> = path
+                .split_once('?')
+                .map(|(_, q)| q)
+                .unwrap_or("")
+                .split('&')
+                .map(|kv| {
+                    if kv.starts_with("cursor=") {
+                        "cursor=0".into()
+                    } else {
+                        kv.to_string()
+                    }
+                })
+                .collect();
+            lines[0] = format!("GET /v1/inbox?{} {rest}", query.join("&"));
+            replayed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    lines.push("Connection: close".into());
+    let mut server = TcpStream::connect(("127.0.0.1", target)).await?;
+    server
+        .write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())
+        .await?;
+    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_polls_over_http_never_reach_the_application_twice() {
+    const N: u64 = 2000;
+    let mut t = Tree::new(&[spec("js", None, &["sender", "app"])]);
+    configure(&mut t, "js", "\n[transport]\ndefault = \"http\"\n");
+    t.node("js").start();
+    // app -> cut/freeze proxy -> replaying proxy -> node's HTTP API
+    let replay = ReplayProxy::start(t.node("js").http_port, 3).await;
+    let cut = Proxy::start(([127, 0, 0, 1], replay.port).into()).await;
+    let (app, mut inbox) = connect(options(http_url(cut.port), "js", "app")).await;
+    assert_eq!(app.transport(), Some(Transport::Http));
+    let (sender, _i) = connect(options(mqtt_url(t.node("js").port), "js", "sender")).await;
+    let to = Address::new("js", "app");
+    let send = tokio::spawn(async move {
+        for s in 0..N {
+            sender
+                .send(&to, "stream", json!({"s": s}))
+                .await
+                .expect("custody");
+        }
+    });
+    let mut got = Vec::new();
+    let mut faulted = false;
+    while (got.len() as u64) < N {
+        let m = tokio::time::timeout(Duration::from_secs(60), inbox.commands.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {N} arrived", got.len()))
+            .expect("inbox open");
+        got.push(m.params["s"].as_u64().expect("numbered"));
+        if got.len() == 700 && !faulted {
+            // Polls in flight die with their answers; the client reconnects and polls again.
+            faulted = true;
+            cut.set(Mode::Freeze);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cut.set(Mode::Cut);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cut.set(Mode::Pass);
+        }
+    }
+    send.await.expect("sender finished");
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_secs(2), inbox.commands.recv()).await
+    {
+        got.push(m.params["s"].as_u64().expect("numbered"));
+    }
+    assert_eq!(
+        audit_sequence(&got, N),
+        (0, 0, 0),
+        "lost, duplicates, reordered at the application"
+    );
+    assert!(
+        replay.replayed.load(Ordering::SeqCst) > 0,
+        "polls were replayed"
+    );
+    assert!(
+        app.repeats_dropped() > 0,
+        "the replays did resend deliveries (so the check above meant something)"
+    );
+}
+
+/// Sends 0..n from `from` to `to` while the node holding both is killed and restarted.
+async fn sends_survive_node_restarts(http: bool) {
+    const N: u64 = 600;
+    let mut t = Tree::new(&[spec("js", None, &["clinic", "hosp"])]);
+    configure(&mut t, "js", "\n[transport]\ndefault = \"http\"\n");
+    t.node("js").start();
+    let url = if http {
+        http_url(t.node("js").http_port)
+    } else {
+        mqtt_url(t.node("js").port)
+    };
+    let (clinic, _ci) = connect(options(url.clone(), "js", "clinic")).await;
+    let (_hosp, mut inbox) = connect(options(url, "js", "hosp")).await;
+    let to = Address::new("js", "hosp");
+    let send = tokio::spawn(async move {
+        for s in 0..N {
+            // Waits through every restart: sends in progress are resent with their ids.
+            clinic
+                .send(&to, "stream", json!({"s": s}))
+                .await
+                .expect("custody");
+            if s % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let mut node = t.take("js");
+    let chaos = tokio::task::spawn_blocking(move || {
+        node.kill9_repeatedly(3, 700);
+        node
+    });
+    let got = receive_numbered(&mut inbox, N, Duration::from_secs(60)).await;
+    t.put(chaos.await.expect("restarts"));
+    send.await.expect("sender finished");
+    assert_eq!(
+        audit_sequence(&got, N),
+        (0, 0, 0),
+        "lost, duplicates, reordered at the application"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_over_http_survive_node_restarts_exactly_once() {
+    sends_survive_node_restarts(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_over_mqtt_survive_node_restarts_exactly_once() {
+    sends_survive_node_restarts(false).await;
+}
+
+/// The outbox: sends made while the node is down (before it ever started), across an
+/// application restart, are delivered exactly once and in order when it comes up.
+async fn outbox_survives_a_down_node_and_a_restart(http: bool) {
+    const N: u64 = 100;
+    let mut t = Tree::new(&[spec("js", None, &["clinic", "hosp"])]);
+    configure(&mut t, "js", "\n[transport]\ndefault = \"http\"\n");
+    let url = if http {
+        http_url(t.node("js").http_port)
+    } else {
+        mqtt_url(t.node("js").port)
+    };
+    let file: PathBuf = t.node("js").data_dir.with_extension("clinic-outbox.db");
+    let clinic_opts = Options {
+        outbox: Some(file.clone()),
+        ..options(url.clone(), "js", "clinic")
+    };
+    let to = Address::new("js", "hosp");
+    // The node is not running: every send returns at once, queued in the file.
+    let (clinic, _i) = connect(clinic_opts.clone()).await;
+    let mut ids = Vec::new();
+    for s in 0..N / 2 {
+        ids.push(
+            clinic
+                .send(&to, "queued", json!({"s": s}))
+                .await
+                .expect("queued"),
+        );
+    }
+    assert_eq!(clinic.pending(), (N / 2) as usize);
+    assert_eq!(clinic.transport(), None);
+    clinic.close().await;
+    // The application restarts on the same file and sends the rest.
+    let (clinic, _i) = connect(clinic_opts).await;
+    assert_eq!(
+        clinic.pending(),
+        (N / 2) as usize,
+        "the first half is still queued"
+    );
+    for s in N / 2..N {
+        ids.push(
+            clinic
+                .send(&to, "queued", json!({"s": s}))
+                .await
+                .expect("queued"),
+        );
+    }
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), N as usize, "every send has its own id");
+    t.node("js").start();
+    let (_hosp, mut inbox) = connect(options(url, "js", "hosp")).await;
+    tokio::time::timeout(Duration::from_secs(60), clinic.flush())
+        .await
+        .expect("the outbox drains")
+        .expect("client open");
+    assert_eq!(clinic.pending(), 0);
+    let got = receive_numbered(&mut inbox, N, Duration::from_secs(30)).await;
+    assert_eq!(
+        audit_sequence(&got, N),
+        (0, 0, 0),
+        "lost, duplicates, reordered at the application"
+    );
+    // Delivered sends are gone from the file: a new client finds nothing to resend.
+    clinic.close().await;
+    let (clinic, _i) = connect(Options {
+        outbox: Some(file),
+        ..options(http_url(t.node("js").http_port), "js", "clinic")
+    })
+    .await;
+    assert_eq!(clinic.pending(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_over_http_survives_a_down_node_and_an_application_restart() {
+    outbox_survives_a_down_node_and_a_restart(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_over_mqtt_survives_a_down_node_and_an_application_restart() {
+    outbox_survives_a_down_node_and_a_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_reported_by_connect_on_both_transports() {
+    let mut t = Tree::start(&[spec("js", None, &["a"])]);
+    for url in [
+        http_url(t.node("js").http_port),
+        mqtt_url(t.node("js").port),
+    ] {
+        let err = Client::connect(Options {
+            password: "wrong".into(),
+            ..options(url.clone(), "js", "a")
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{url}: a wrong password connected"));
+        assert!(matches!(err, medlink_sdk::Error::Auth(_)), "{url}: {err}");
+    }
+}
