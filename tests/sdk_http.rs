@@ -257,7 +257,7 @@ async fn replay_one(
         .collect();
     if lines[0].starts_with("GET /v1/inbox?") {
         let n = polls.fetch_add(1, Ordering::SeqCst) + 1;
-        if n % every == 0 {
+        if n.is_multiple_of(every) {
             let (path, rest) = lines[0]
                 .split_once(' ')
                 .map(|(_, r)| r)
@@ -362,7 +362,7 @@ async fn sends_survive_node_restarts(http: bool) {
         mqtt_url(t.node("js").port)
     };
     let (clinic, _ci) = connect(options(url.clone(), "js", "clinic")).await;
-    let (_hosp, mut inbox) = connect(options(url, "js", "hosp")).await;
+    let (hosp, mut inbox) = connect(options(url, "js", "hosp")).await;
     let to = Address::new("js", "hosp");
     let send = tokio::spawn(async move {
         for s in 0..N {
@@ -384,6 +384,7 @@ async fn sends_survive_node_restarts(http: bool) {
     let got = receive_numbered(&mut inbox, N, Duration::from_secs(60)).await;
     t.put(chaos.await.expect("restarts"));
     send.await.expect("sender finished");
+    assert!(hosp.sessions() > 1, "the receiver reconnected by itself");
     assert_eq!(
         audit_sequence(&got, N),
         (0, 0, 0),
@@ -480,6 +481,36 @@ async fn outbox_over_http_survives_a_down_node_and_an_application_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_over_mqtt_survives_a_down_node_and_an_application_restart() {
     outbox_survives_a_down_node_and_a_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_mqtt_url_falls_back_to_http() {
+    let mut t = Tree::new(&[spec("js", None, &["a", "b"])]);
+    // The node advertises MQTT at a port nobody listens on (a firewall in the way).
+    let dead = free_port();
+    configure(
+        &mut t,
+        "js",
+        &format!("\n[transport]\ndefault = \"mqtt\"\nmqtt_url = \"mqtt://127.0.0.1:{dead}\"\n"),
+    );
+    t.node("js").start();
+    let api = http_url(t.node("js").http_port);
+    let (a, _ai) = connect(options(api.clone(), "js", "a")).await;
+    let (b, mut inbox) = connect(options(api, "js", "b")).await;
+    assert_eq!(a.transport(), Some(Transport::Http));
+    assert_eq!(b.transport(), Some(Transport::Http));
+    const N: u64 = 50;
+    for s in 0..N {
+        a.send(b.address(), "fallback", json!({"s": s}))
+            .await
+            .expect("custody");
+    }
+    let got = receive_numbered(&mut inbox, N, Duration::from_secs(30)).await;
+    assert_eq!(
+        audit_sequence(&got, N),
+        (0, 0, 0),
+        "lost, duplicates, reordered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! client handles only queue work for the connection task (`driver.rs`) and wait for its
 //! answers, so nothing here depends on which transport is in use.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ struct Inner {
     ids: Mutex<ulid::Generator>,
     stop: watch::Sender<bool>,
     done: watch::Receiver<bool>,
+    sessions: Arc<AtomicU64>,
 }
 
 /// The receiving side: commands addressed to the application and receipts about what it sent,
@@ -112,6 +114,7 @@ impl Client {
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
         let (first_tx, first_rx) = oneshot::channel();
+        let sessions = Arc::new(AtomicU64::new(0));
         let core = Core {
             me: me.clone(),
             password: opts.password.clone(),
@@ -123,7 +126,10 @@ impl Client {
             link: link_tx,
             cursors: Cursors::default(),
             stop: stop_rx,
-            first: Some(first_tx),
+            // With an outbox nobody waits for the first session, and a refused login is
+            // retried instead of ending the client (its sends are safe in the file).
+            first: opts.outbox.is_none().then_some(first_tx),
+            sessions: sessions.clone(),
         };
         tokio::spawn(driver::run(core, endpoint, done_tx));
         let client = Client {
@@ -138,6 +144,7 @@ impl Client {
                 ids: Mutex::new(ulid::Generator::new()),
                 stop,
                 done,
+                sessions,
             }),
         };
         if client.inner.outbox.is_none() {
@@ -175,6 +182,11 @@ impl Client {
             .await
             .map_err(|_| Error::Closed)?;
         (*t).ok_or(Error::Closed)
+    }
+
+    /// Sessions established so far (1 after the first connect; each reconnect adds one).
+    pub fn sessions(&self) -> u64 {
+        self.inner.sessions.load(Ordering::Relaxed)
     }
 
     /// Repeat deliveries (same sender and id) dropped so far: the node resends what was not

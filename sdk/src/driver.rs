@@ -5,8 +5,9 @@
 //! hand-over with its de-duplication) lives in [`Core`], so a new session — on the same
 //! transport or another — continues where the last one stopped.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use rustls::ClientConfig;
@@ -80,12 +81,15 @@ pub(crate) struct Core {
     pub stop: watch::Receiver<bool>,
     /// Told about the first session (for `Client::connect` without an outbox).
     pub first: Option<oneshot::Sender<Result<(), Error>>>,
+    /// Sessions established, for `Client::sessions`.
+    pub sessions: Arc<AtomicU64>,
 }
 
 impl Core {
     /// A session is up on `t`.
     pub(crate) fn connected(&mut self, t: Transport) {
         info!(transport = ?t, node = %self.me.node, "connected");
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         self.link.send_replace(Some(t));
         if let Some(f) = self.first.take() {
             let _ = f.send(Ok(()));
@@ -147,14 +151,12 @@ impl Backoff {
 
 /// After this many failed MQTT attempts at the URL the node advertised, use its HTTP API.
 const MQTT_TRIES_BEFORE_HTTP: u32 = 2;
-/// How long an HTTP fallback session runs before MQTT is tried again.
-const FALLBACK_FOR: Duration = Duration::from_secs(30);
-
 enum Plan {
     Mqtt(String, Transport),
     Http {
         base: String,
-        until: Option<Instant>,
+        /// On a fallback: the MQTT URL to go back to once it answers.
+        probe: Option<String>,
     },
 }
 
@@ -180,7 +182,7 @@ pub(crate) async fn run(mut core: Core, endpoint: Endpoint, done: watch::Sender<
             (Endpoint::Http(base), Some(hc)) => match http::ask_transport(hc, &core, base).await {
                 Ok((Transport::Http, _)) => Plan::Http {
                     base: base.clone(),
-                    until: None,
+                    probe: None,
                 },
                 Ok((t, Some(url))) if mqtt_failures < MQTT_TRIES_BEFORE_HTTP => Plan::Mqtt(url, t),
                 Ok((t, url)) => {
@@ -192,7 +194,7 @@ pub(crate) async fn run(mut core: Core, endpoint: Endpoint, done: watch::Sender<
                     mqtt_failures = 0;
                     Plan::Http {
                         base: base.clone(),
-                        until: url.is_some().then(|| Instant::now() + FALLBACK_FOR),
+                        probe: url,
                     }
                 }
                 Err(Ended::Refused(e)) => {
@@ -218,8 +220,8 @@ pub(crate) async fn run(mut core: Core, endpoint: Endpoint, done: watch::Sender<
         let on_mqtt = matches!(plan, Plan::Mqtt(..));
         let ended = match plan {
             Plan::Mqtt(url, t) => mqtt::session(&mut core, &url, t).await,
-            Plan::Http { base, until } => match &http_client {
-                Some(hc) => http::session(&mut core, hc, &base, until).await,
+            Plan::Http { base, probe } => match &http_client {
+                Some(hc) => http::session(&mut core, hc, &base, probe.as_deref()).await,
                 None => unreachable!("an HTTP plan comes from an HTTP endpoint"),
             },
         };
@@ -233,9 +235,6 @@ pub(crate) async fn run(mut core: Core, endpoint: Endpoint, done: watch::Sender<
                     mqtt_failures = 0;
                 } else if on_mqtt {
                     mqtt_failures += 1;
-                }
-                if !connected && core.first.is_some() && !core.queue.is_empty() {
-                    // Nothing to report yet: connect waits for its own timeout.
                 }
             }
             Ended::Refused(e) => {

@@ -8,10 +8,12 @@
 //! carry over.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::driver::{Core, Cursors, Ended};
@@ -312,13 +314,57 @@ async fn send(
     }
 }
 
-/// Runs one session against `base` until it fails, the client closes, or `until` (the end
-/// of an HTTP fallback, after which the driver tries MQTT again).
+/// How often the MQTT URL is probed while HTTP is a fallback.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether the MQTT (or WebSocket) URL accepts a TCP connection and keeps it open, silent,
+/// the way a broker waits for CONNECT (a middlebox that accepts and drops does not count).
+async fn reachable(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (
+        parsed.host_str(),
+        parsed.port_or_known_default().or(match parsed.scheme() {
+            "mqtt" | "tcp" => Some(1883),
+            "mqtts" | "ssl" => Some(8883),
+            _ => None,
+        }),
+    ) else {
+        return false;
+    };
+    let connect = TcpStream::connect((host, port));
+    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_millis(300), s.read(&mut byte)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+    }
+}
+
+/// Resolves when `probe` (the MQTT URL of a fallback) answers again; never without one.
+async fn mqtt_back(probe: Option<&str>) {
+    let Some(url) = probe else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if reachable(url).await {
+            return;
+        }
+    }
+}
+
+/// Runs one session against `base` until it fails, the client closes, or — when HTTP is a
+/// fallback — the MQTT URL `probe` answers again (the driver then goes back to MQTT).
 pub(crate) async fn session(
     core: &mut Core,
     http: &reqwest::Client,
     base: &str,
-    until: Option<Instant>,
+    probe: Option<&str>,
 ) -> Ended {
     let password = core.password.clone();
     let identity = core.me.client.clone();
@@ -347,17 +393,11 @@ pub(crate) async fn session(
         cursors: Cursors { inbox, receipts },
         ..
     } = core;
-    let fallback_over = async {
-        match until {
-            Some(t) => tokio::time::sleep_until(t.into()).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         e = send(http, format!("{base}/v1/messages"), login, queue, submits) => e,
         e = receive(http, inbox_url, login, inbox, &handover) => e,
         e = receive(http, receipts_url, login, receipts, &handover) => e,
         _ = Core::stopped(&mut stop) => Ended::Closed,
-        _ = fallback_over => Ended::Lost { connected: true, reason: "trying MQTT again".into() },
+        _ = mqtt_back(probe) => Ended::Lost { connected: true, reason: "MQTT answers again".into() },
     }
 }

@@ -16,8 +16,8 @@
 //!   `GET /v1/transport` and follows the node's decision for this identity: MQTT over TCP/TLS
 //!   (`mqtt_url`), MQTT over WebSocket (`ws://`/`wss://`, `ws_url`), or HTTP — `POST
 //!   /v1/messages` to send and long-polls of `/v1/inbox` and `/v1/receipts` to receive. If the
-//!   MQTT URL the node advertises cannot be reached, the SDK uses HTTP for a while and then
-//!   tries MQTT again.
+//!   MQTT URL the node advertises cannot be reached (two failed attempts), the SDK uses HTTP
+//!   and goes back to MQTT once that URL accepts connections again (probed every 10 s).
 //!
 //! The guarantees are the same on every transport:
 //!
@@ -83,6 +83,8 @@
 //! };
 //! assert_ne!(urgent, SendOptions::default());
 //! ```
+
+#![warn(missing_docs)]
 
 mod client;
 mod dedup;

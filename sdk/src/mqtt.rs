@@ -145,7 +145,7 @@ pub(crate) async fn session(core: &mut Core, url: &str, kind: Transport) -> Ende
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack.return_codes.iter().any(|c| *c == SubscribeReasonCode::Failure) {
+                    if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
                         return Ended::Refused(Error::Config(format!(
                             "the node refused the subscription to {}'s inbox: is node '{}' the node at {url}?",
                             core.me.client, core.me.node
