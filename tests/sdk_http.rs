@@ -486,8 +486,16 @@ async fn outbox_over_mqtt_survives_a_down_node_and_an_application_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_mqtt_url_falls_back_to_http() {
     let mut t = Tree::new(&[spec("js", None, &["a", "b"])]);
-    // The node advertises MQTT at a port nobody listens on (a firewall in the way).
+    // The node advertises MQTT at a port nobody listens on (a firewall in the way), and allows
+    // only short long-polls (the client asks for 20 s at first).
     let dead = free_port();
+    let cfg = t.node("js").config.clone();
+    let toml = std::fs::read_to_string(&cfg).expect("read config");
+    std::fs::write(
+        &cfg,
+        toml.replace("tls = false\n", "tls = false\nmax_wait_s = 2\n"),
+    )
+    .expect("write config");
     configure(
         &mut t,
         "js",
@@ -511,6 +519,52 @@ async fn an_unreachable_mqtt_url_falls_back_to_http() {
         (0, 0, 0),
         "lost, duplicates, reordered"
     );
+    // The short polls were adopted, not treated as failures to reconnect from.
+    assert_eq!((a.sessions(), b.sessions()), (1, 1), "one session each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_receipts_reach_the_sender_on_both_transports() {
+    let mut t = Tree::new(&[spec("js", None, &[]), spec("js.a", Some("js"), &["h", "m"])]);
+    configure(&mut t, "js.a", "\n[transport]\ndefault = \"http\"\n");
+    t.node("js").start();
+    t.node("js.a").start();
+    let (h, mut h_inbox) = connect(options(http_url(t.node("js.a").http_port), "js.a", "h")).await;
+    let (m, mut m_inbox) = connect(options(mqtt_url(t.node("js.a").port), "js.a", "m")).await;
+    assert_eq!(h.transport(), Some(Transport::Http));
+    // A target the node can judge at once: refused to the caller over HTTP.
+    let err = h
+        .send(&Address::new("js.a", "nobody"), "x", json!(null))
+        .await
+        .expect_err("an unknown local target is refused");
+    assert!(matches!(err, medlink_sdk::Error::Rejected { .. }), "{err}");
+    // A target only the root can judge: accepted here, then a `failed` receipt comes back.
+    for (client, inbox) in [(&h, &mut h_inbox), (&m, &mut m_inbox)] {
+        let id = client
+            .send(
+                &Address::new("js", "nobody"),
+                "consult.request",
+                json!(null),
+            )
+            .await
+            .expect("custody at js.a");
+        let receipt = tokio::time::timeout(Duration::from_secs(20), inbox.receipts.recv())
+            .await
+            .expect("a receipt in time")
+            .expect("receipts open");
+        let r = receipt.receipt().expect("a receipt");
+        assert_eq!(r.status, medlink_sdk::ReceiptStatus::Failed);
+        assert_eq!(r.about, id);
+        assert_eq!(r.cmd, "consult.request");
+        assert_eq!(r.by.as_deref(), Some("js"));
+        // Exactly one.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), inbox.receipts.recv())
+                .await
+                .is_err(),
+            "one receipt only"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rustls::ClientConfig;
@@ -51,6 +51,13 @@ impl Endpoint {
             Endpoint::Http(u) => u.starts_with("https"),
         }
     }
+}
+
+/// Whether an MQTT URL the node advertised is TLS.
+fn needs_tls(url: &str) -> bool {
+    ["mqtts:", "ssl:", "wss:"]
+        .iter()
+        .any(|s| url.starts_with(s))
 }
 
 /// Receive positions over HTTP (the sequence of the last message handed over per stream).
@@ -149,6 +156,8 @@ impl Backoff {
     }
 }
 
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(2);
 /// After this many failed MQTT attempts at the URL the node advertised, use its HTTP API.
 const MQTT_TRIES_BEFORE_HTTP: u32 = 2;
 enum Plan {
@@ -184,10 +193,16 @@ pub(crate) async fn run(mut core: Core, endpoint: Endpoint, done: watch::Sender<
                     base: base.clone(),
                     probe: None,
                 },
-                Ok((t, Some(url))) if mqtt_failures < MQTT_TRIES_BEFORE_HTTP => Plan::Mqtt(url, t),
+                Ok((t, Some(url)))
+                    if mqtt_failures < MQTT_TRIES_BEFORE_HTTP
+                        && (core.tls.is_some() || !needs_tls(&url)) =>
+                {
+                    Plan::Mqtt(url, t)
+                }
                 Ok((t, url)) => {
+                    let url = url.filter(|u| core.tls.is_some() || !needs_tls(u));
                     if url.is_none() {
-                        warn!(transport = ?t, "the node chose MQTT but advertises no URL for it; using HTTP");
+                        warn!(transport = ?t, "the node chose MQTT but advertises no URL for it that this client can use (a TLS URL needs Options::ca); using HTTP");
                     } else {
                         warn!(transport = ?t, "MQTT unreachable; using HTTP for now");
                     }
@@ -218,6 +233,7 @@ pub(crate) async fn run(mut core: Core, endpoint: Endpoint, done: watch::Sender<
             (Endpoint::Http(_), None) => unreachable!("an HTTP endpoint always has its client"),
         };
         let on_mqtt = matches!(plan, Plan::Mqtt(..));
+        let started = Instant::now();
         let ended = match plan {
             Plan::Mqtt(url, t) => mqtt::session(&mut core, &url, t).await,
             Plan::Http { base, probe } => match &http_client {
@@ -231,7 +247,10 @@ pub(crate) async fn run(mut core: Core, endpoint: Endpoint, done: watch::Sender<
             Ended::Lost { connected, reason } => {
                 warn!(%reason, "connection to the node lost; reconnecting");
                 if connected {
-                    backoff.reset();
+                    // A node that accepts and drops at once must not be hammered.
+                    if started.elapsed() >= STABLE {
+                        backoff.reset();
+                    }
                     mqtt_failures = 0;
                 } else if on_mqtt {
                     mqtt_failures += 1;

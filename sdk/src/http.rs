@@ -205,9 +205,15 @@ async fn receive(
     cursor: &mut u64,
     handover: &Handover,
 ) -> Ended {
+    let mut wait = POLL_WAIT_S;
     loop {
-        match poll(http, &url, login, *cursor, POLL_WAIT_S).await {
+        match poll(http, &url, login, *cursor, wait).await {
             Ok(page) => take_page(page, cursor, handover).await,
+            // The node allows shorter waits (`http.max_wait_s`): ask for less.
+            Err(Ended::Lost { ref reason, .. }) if reason.contains("(wait)") && wait > 1 => {
+                wait /= 2;
+                debug!(wait, "the node refused the long-poll wait; asking for less");
+            }
             Err(e) => return e,
         }
     }

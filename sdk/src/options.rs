@@ -22,7 +22,7 @@ use crate::message::MessageId;
 /// };
 /// assert!(opts.outbox.is_none());
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// The node: `mqtt://host:port` / `mqtts://host:port` to speak MQTT directly, or
     /// `http://host:port` / `https://host:port` (the node's HTTP API) to let the node decide the
@@ -45,6 +45,21 @@ pub struct Options {
     /// How long [`Client::connect`](crate::Client::connect) waits for the first session when
     /// there is no outbox (default 15 s).
     pub connect_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Options {
+    // Written by hand so the password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &self.url)
+            .field("node", &self.node)
+            .field("identity", &self.identity)
+            .field("password", &"<redacted>")
+            .field("ca", &self.ca)
+            .field("outbox", &self.outbox)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 /// How urgent a command is. On the wire `"urgent"`, `"normal"`, `"bulk"`; `Normal` is the
