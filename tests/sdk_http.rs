@@ -463,6 +463,26 @@ async fn outbox_survives_a_down_node_and_a_restart(http: bool) {
         (0, 0, 0),
         "lost, duplicates, reordered at the application"
     );
+    // The node stops while the application keeps sending: queued again, delivered after.
+    t.node("js").stop();
+    for s in N..2 * N {
+        clinic
+            .send(&to, "queued", json!({"s": s}))
+            .await
+            .expect("queued");
+    }
+    t.node("js").start();
+    tokio::time::timeout(Duration::from_secs(60), clinic.flush())
+        .await
+        .expect("the outbox drains again")
+        .expect("client open");
+    let more = receive_numbered(&mut inbox, N, Duration::from_secs(30)).await;
+    let all: Vec<u64> = got.iter().chain(more.iter()).copied().collect();
+    assert_eq!(
+        audit_sequence(&all, 2 * N),
+        (0, 0, 0),
+        "lost, duplicates, reordered at the application across the node's stop"
+    );
     // Delivered sends are gone from the file: a new client finds nothing to resend.
     clinic.close().await;
     let (clinic, _i) = connect(Options {

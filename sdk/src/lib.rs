@@ -27,7 +27,14 @@
 //!   accepts once;
 //! - a delivery is acknowledged (PUBACK, or the cursor of the next poll) only after it was
 //!   handed to the application, and the application never gets the same message twice
-//!   (see [`Client::repeats_dropped`]).
+//!   (see [`Client::repeats_dropped`]). The memory of ids is per process: after an
+//!   application restart, the last deliveries handed over but not yet acknowledged may come
+//!   once more.
+//!
+//! Refusals differ by transport only in when they show: over HTTP a command the node refuses
+//! at once (invalid, unknown local target) fails `send` with [`Error::Rejected`]; over MQTT
+//! (3.1.1, whose PUBACK carries no reason) `send` succeeds and a `rejected`/`failed` receipt
+//! follows on [`Inbox::receipts`]. Failures further along come as receipts on both.
 //!
 //! # Outbox
 //!

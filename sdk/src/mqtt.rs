@@ -173,7 +173,15 @@ pub(crate) async fn session(core: &mut Core, url: &str, kind: Transport) -> Ende
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     match serde_json::from_slice::<Message>(&p.payload) {
-                        Ok(m) => core.handover.deliver(m).await,
+                        // A full channel (an application not reading) must not keep `close`
+                        // waiting; the hand-over is cancel-safe and the node redelivers.
+                        Ok(m) => tokio::select! {
+                            _ = core.handover.deliver(m) => {}
+                            _ = Core::stopped(&mut stop) => {
+                                let _ = client.try_disconnect();
+                                return Ended::Closed;
+                            }
+                        },
                         Err(e) => warn!(error = %e, topic = %p.topic, "undecodable delivery dropped"),
                     }
                     // Acknowledged only after the hand-over: if the session dies in between, the
