@@ -545,7 +545,10 @@ async fn an_unreachable_mqtt_url_falls_back_to_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_and_receipts_reach_the_sender_on_both_transports() {
-    let mut t = Tree::new(&[spec("js", None, &[]), spec("js.a", Some("js"), &["h", "m"])]);
+    let mut t = Tree::new(&[
+        spec("js", None, &[]),
+        spec("js.a", Some("js"), &["h", "m", "offline"]),
+    ]);
     configure(&mut t, "js.a", "\n[transport]\ndefault = \"http\"\n");
     t.node("js").start();
     t.node("js.a").start();
@@ -583,6 +586,30 @@ async fn refusals_and_receipts_reach_the_sender_on_both_transports() {
                 .await
                 .is_err(),
             "one receipt only"
+        );
+        // A time to live (SendOptions::ttl, `ttl_ms` on the wire) for a client that never
+        // connects: an `expired` receipt.
+        let opts = medlink_sdk::SendOptions {
+            ttl: Some(Duration::from_millis(200)),
+            ..Default::default()
+        };
+        let id = client
+            .send_with(
+                &Address::new("js.a", "offline"),
+                "reminder",
+                json!(null),
+                opts,
+            )
+            .await
+            .expect("custody at js.a");
+        let receipt = tokio::time::timeout(Duration::from_secs(20), inbox.receipts.recv())
+            .await
+            .expect("a receipt in time")
+            .expect("receipts open");
+        let r = receipt.receipt().expect("a receipt");
+        assert_eq!(
+            (r.status, r.about),
+            (medlink_sdk::ReceiptStatus::Expired, id)
         );
     }
 }
