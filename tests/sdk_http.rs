@@ -1,89 +1,23 @@
 //! The Rust SDK over HTTP and across transports, against real node processes: request/reply
-//! across four tiers with the clinic on HTTP, the node's transport decision followed, repeated
-//! polls (old cursors, cut connections) never reaching the application twice, sends surviving
-//! node restarts, and the local outbox surviving a down node and an application restart.
+//! across four tiers with the clinic on HTTP, the node's transport decision followed (MQTT,
+//! WebSocket, HTTP, and HTTP when the advertised MQTT URL is unreachable), repeated polls (old
+//! cursors, cut connections) never reaching the application twice, refusals and receipts.
 //! Every delivery test checks loss, duplicates and order at the application.
 
 mod common;
+mod sdk_support;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::proxy::{Mode, Proxy};
 use common::*;
-use medlink_sdk::{Address, Client, Inbox, Options, Transport};
+use medlink_sdk::{Address, Client, Options, Transport};
+use sdk_support::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-fn options(url: String, node: &str, identity: &str) -> Options {
-    Options {
-        url,
-        node: node.into(),
-        identity: identity.into(),
-        password: PASSWORD.into(),
-        ..Default::default()
-    }
-}
-
-fn http_url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
-}
-
-fn mqtt_url(port: u16) -> String {
-    format!("mqtt://127.0.0.1:{port}")
-}
-
-/// Appends `text` to a node's config (before it starts).
-fn configure(t: &mut Tree, id: &str, text: &str) {
-    let cfg = t.node(id).config.clone();
-    let mut toml = std::fs::read_to_string(&cfg).expect("read config");
-    toml += text;
-    std::fs::write(&cfg, toml).expect("write config");
-}
-
-async fn connect(opts: Options) -> (Client, Inbox) {
-    let who = format!("{}@{}", opts.identity, opts.node);
-    Client::connect(opts)
-        .await
-        .unwrap_or_else(|e| panic!("{who} connects: {e}"))
-}
-
-/// Receives `n` commands numbered by `params.s`, then listens two seconds more for extras.
-async fn receive_numbered(inbox: &mut Inbox, n: u64, within: Duration) -> Vec<u64> {
-    let mut got = Vec::new();
-    while (got.len() as u64) < n {
-        let m = tokio::time::timeout(within, inbox.commands.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} arrived", got.len()))
-            .expect("inbox open");
-        got.push(m.params["s"].as_u64().expect("numbered"));
-    }
-    while let Ok(Some(m)) =
-        tokio::time::timeout(Duration::from_secs(2), inbox.commands.recv()).await
-    {
-        got.push(m.params["s"].as_u64().expect("numbered"));
-    }
-    got
-}
-
-/// Answers every command with `{"double": 2n}` and reports each `n` it saw.
-fn responder(client: Client, mut inbox: Inbox) -> tokio::sync::mpsc::UnboundedReceiver<u64> {
-    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(cmd) = inbox.commands.recv().await {
-            let n = cmd.params["n"].as_u64().unwrap_or(0);
-            let _ = seen_tx.send(n);
-            client
-                .reply(&cmd, json!({"double": n * 2}))
-                .await
-                .expect("reply accepted");
-        }
-    });
-    seen
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_reply_cross_four_tiers_with_the_clinic_on_http() {
@@ -351,158 +285,6 @@ async fn repeated_polls_over_http_never_reach_the_application_twice() {
 }
 
 /// Sends 0..n from `from` to `to` while the node holding both is killed and restarted.
-async fn sends_survive_node_restarts(http: bool) {
-    const N: u64 = 600;
-    let mut t = Tree::new(&[spec("js", None, &["clinic", "hosp"])]);
-    configure(&mut t, "js", "\n[transport]\ndefault = \"http\"\n");
-    t.node("js").start();
-    let url = if http {
-        http_url(t.node("js").http_port)
-    } else {
-        mqtt_url(t.node("js").port)
-    };
-    let (clinic, _ci) = connect(options(url.clone(), "js", "clinic")).await;
-    let (hosp, mut inbox) = connect(options(url, "js", "hosp")).await;
-    let to = Address::new("js", "hosp");
-    let send = tokio::spawn(async move {
-        for s in 0..N {
-            // Waits through every restart: sends in progress are resent with their ids.
-            clinic
-                .send(&to, "stream", json!({"s": s}))
-                .await
-                .expect("custody");
-            if s % 50 == 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
-    let mut node = t.take("js");
-    let chaos = tokio::task::spawn_blocking(move || {
-        node.kill9_repeatedly(3, 700);
-        node
-    });
-    let got = receive_numbered(&mut inbox, N, Duration::from_secs(60)).await;
-    t.put(chaos.await.expect("restarts"));
-    send.await.expect("sender finished");
-    assert!(hosp.sessions() > 1, "the receiver reconnected by itself");
-    assert_eq!(
-        audit_sequence(&got, N),
-        (0, 0, 0),
-        "lost, duplicates, reordered at the application"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_over_http_survive_node_restarts_exactly_once() {
-    sends_survive_node_restarts(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_over_mqtt_survive_node_restarts_exactly_once() {
-    sends_survive_node_restarts(false).await;
-}
-
-/// The outbox: sends made while the node is down (before it ever started), across an
-/// application restart, are delivered exactly once and in order when it comes up.
-async fn outbox_survives_a_down_node_and_a_restart(http: bool) {
-    const N: u64 = 100;
-    let mut t = Tree::new(&[spec("js", None, &["clinic", "hosp"])]);
-    configure(&mut t, "js", "\n[transport]\ndefault = \"http\"\n");
-    let url = if http {
-        http_url(t.node("js").http_port)
-    } else {
-        mqtt_url(t.node("js").port)
-    };
-    let file: PathBuf = t.node("js").data_dir.with_extension("clinic-outbox.db");
-    let clinic_opts = Options {
-        outbox: Some(file.clone()),
-        ..options(url.clone(), "js", "clinic")
-    };
-    let to = Address::new("js", "hosp");
-    // The node is not running: every send returns at once, queued in the file.
-    let (clinic, _i) = connect(clinic_opts.clone()).await;
-    let mut ids = Vec::new();
-    for s in 0..N / 2 {
-        ids.push(
-            clinic
-                .send(&to, "queued", json!({"s": s}))
-                .await
-                .expect("queued"),
-        );
-    }
-    assert_eq!(clinic.pending(), (N / 2) as usize);
-    assert_eq!(clinic.transport(), None);
-    clinic.close().await;
-    // The application restarts on the same file and sends the rest.
-    let (clinic, _i) = connect(clinic_opts).await;
-    assert_eq!(
-        clinic.pending(),
-        (N / 2) as usize,
-        "the first half is still queued"
-    );
-    for s in N / 2..N {
-        ids.push(
-            clinic
-                .send(&to, "queued", json!({"s": s}))
-                .await
-                .expect("queued"),
-        );
-    }
-    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
-    assert_eq!(distinct.len(), N as usize, "every send has its own id");
-    t.node("js").start();
-    let (_hosp, mut inbox) = connect(options(url, "js", "hosp")).await;
-    tokio::time::timeout(Duration::from_secs(60), clinic.flush())
-        .await
-        .expect("the outbox drains")
-        .expect("client open");
-    assert_eq!(clinic.pending(), 0);
-    let got = receive_numbered(&mut inbox, N, Duration::from_secs(30)).await;
-    assert_eq!(
-        audit_sequence(&got, N),
-        (0, 0, 0),
-        "lost, duplicates, reordered at the application"
-    );
-    // The node stops while the application keeps sending: queued again, delivered after.
-    t.node("js").stop();
-    for s in N..2 * N {
-        clinic
-            .send(&to, "queued", json!({"s": s}))
-            .await
-            .expect("queued");
-    }
-    t.node("js").start();
-    tokio::time::timeout(Duration::from_secs(60), clinic.flush())
-        .await
-        .expect("the outbox drains again")
-        .expect("client open");
-    let more = receive_numbered(&mut inbox, N, Duration::from_secs(30)).await;
-    let all: Vec<u64> = got.iter().chain(more.iter()).copied().collect();
-    assert_eq!(
-        audit_sequence(&all, 2 * N),
-        (0, 0, 0),
-        "lost, duplicates, reordered at the application across the node's stop"
-    );
-    // Delivered sends are gone from the file: a new client finds nothing to resend.
-    clinic.close().await;
-    let (clinic, _i) = connect(Options {
-        outbox: Some(file),
-        ..options(http_url(t.node("js").http_port), "js", "clinic")
-    })
-    .await;
-    assert_eq!(clinic.pending(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbox_over_http_survives_a_down_node_and_an_application_restart() {
-    outbox_survives_a_down_node_and_a_restart(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbox_over_mqtt_survives_a_down_node_and_an_application_restart() {
-    outbox_survives_a_down_node_and_a_restart(false).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_mqtt_url_falls_back_to_http() {
     let mut t = Tree::new(&[spec("js", None, &["a", "b"])]);
