@@ -19,6 +19,10 @@
 //!   MQTT URL the node advertises cannot be reached (two failed attempts), the SDK uses HTTP
 //!   and goes back to MQTT once that URL accepts connections again (probed every 10 s).
 //!
+//! The HTTP transport goes through `HTTPS_PROXY`/`HTTP_PROXY` (and honours `NO_PROXY`) from
+//! the environment, for sites that reach the outside only through a proxy. TLS trusts exactly
+//! [`Options::ca`]: no system roots are compiled in.
+//!
 //! The guarantees are the same on every transport:
 //!
 //! - a send completes when the node confirmed custody (PUBACK, or 202 after its commit);
