@@ -1,6 +1,7 @@
 //! The Rust SDK over HTTP and across transports, against real node processes: request/reply
 //! across four tiers with the clinic on HTTP, the node's transport decision followed (MQTT,
-//! WebSocket, HTTP, and HTTP when the advertised MQTT URL is unreachable), repeated polls (old
+//! WebSocket, HTTP, their TLS forms, and HTTP when the advertised MQTT URL is unreachable),
+//! repeated polls (old
 //! cursors, cut connections) never reaching the application twice, refusals and receipts.
 //! Every delivery test checks loss, duplicates and order at the application.
 
@@ -411,5 +412,62 @@ async fn a_wrong_password_is_reported_by_connect_on_both_transports() {
         .err()
         .unwrap_or_else(|| panic!("{url}: a wrong password connected"));
         assert!(matches!(err, medlink_sdk::Error::Auth(_)), "{url}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_client_follows_the_node_to_mqtts_wss_and_https() {
+    let mut t = Tree::new_tls(&[spec("js", None, &["a", "b", "c"])]);
+    let (port, ws_port) = (t.node("js").port, t.node("js").ws_port);
+    configure(
+        &mut t,
+        "js",
+        &format!(
+            "\n[transport]\ndefault = \"mqtt\"\nmqtt_url = \"mqtts://localhost:{port}\"\nws_url = \"wss://localhost:{ws_port}/mqtt\"\n[transport.identities]\nb = \"http\"\nc = \"ws\"\n"
+        ),
+    );
+    t.node("js").start();
+    let api = format!("https://localhost:{}", t.node("js").http_port);
+    // Without the CA nothing TLS can be trusted: refused before any connection.
+    let err = Client::connect(options(api.clone(), "js", "a"))
+        .await
+        .err()
+        .expect("https without a CA is refused");
+    assert!(matches!(err, medlink_sdk::Error::Config(_)), "{err}");
+    let mut clients = Vec::new();
+    for (who, expected) in [
+        ("a", Transport::Mqtt),
+        ("b", Transport::Http),
+        ("c", Transport::Ws),
+    ] {
+        let (client, inbox) = connect(Options {
+            ca: Some(t.ca()),
+            ..options(api.clone(), "js", who)
+        })
+        .await;
+        assert_eq!(client.transport(), Some(expected), "{who}");
+        clients.push((client, inbox));
+    }
+    const N: u64 = 100;
+    for i in 0..3 {
+        let sender = clients[i].0.clone();
+        let to = clients[(i + 1) % 3].0.address().clone();
+        tokio::spawn(async move {
+            for s in 0..N {
+                sender
+                    .send(&to, "ring", json!({"s": s}))
+                    .await
+                    .expect("custody");
+            }
+        });
+    }
+    for (client, inbox) in clients.iter_mut() {
+        let got = receive_numbered(inbox, N, Duration::from_secs(30)).await;
+        assert_eq!(
+            audit_sequence(&got, N),
+            (0, 0, 0),
+            "lost, duplicates, reordered at {}",
+            client.address()
+        );
     }
 }
