@@ -471,3 +471,51 @@ async fn over_tls_the_client_follows_the_node_to_mqtts_wss_and_https() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_a_client_does_not_take_stay_with_the_node() {
+    let mut t = Tree::new(&[spec("js", None, &["x", "y", "s", "responder"])]);
+    configure(&mut t, "js", "\n[transport]\ndefault = \"http\"\n");
+    t.node("js").start();
+    let (r, r_inbox) = connect(options(mqtt_url(t.node("js").port), "js", "responder")).await;
+    let _answers = responder(r, r_inbox);
+    let (other, _oi) = connect(options(mqtt_url(t.node("js").port), "js", "s")).await;
+    for (x, url) in [
+        ("x", mqtt_url(t.node("js").port)),
+        ("y", http_url(t.node("js").http_port)),
+    ] {
+        // A send-only application: it drops its commands channel.
+        let (client, inbox) = connect(options(url.clone(), "js", x)).await;
+        drop(inbox.commands);
+        for s in 0..3u64 {
+            other
+                .send(client.address(), "note", json!({"s": s}))
+                .await
+                .expect("custody");
+        }
+        // Its requests still get their replies, behind the commands it does not take.
+        let answer = client
+            .request(
+                &Address::new("js", "responder"),
+                "ask",
+                json!({"n": 21}),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{x}: a reply: {e}"));
+        assert_eq!(answer.params["double"], 42);
+        client.close().await;
+        // The commands were left with the node: a client that reads gets each once.
+        let (_reader, mut inbox) = connect(options(url, "js", x)).await;
+        let mut got = Vec::new();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_secs(3), inbox.commands.recv()).await
+        {
+            // The reply may come again too: it sat behind the unacknowledged commands.
+            if m.cmd == "note" {
+                got.push(m.params["s"].as_u64().expect("numbered"));
+            }
+        }
+        assert_eq!(audit_sequence(&got, 3), (0, 0, 0), "{x}: {got:?}");
+    }
+}

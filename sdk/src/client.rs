@@ -44,8 +44,10 @@ struct Inner {
 }
 
 /// The receiving side: commands addressed to the application and receipts about what it sent,
-/// each handed over once. Read both, or drop the one you do not need: a full channel holds
-/// back deliveries on the connection.
+/// each handed over once. A full channel holds back deliveries on the connection, so read
+/// both. Dropping one says the application takes none of those: they are then left
+/// unacknowledged with the node (for a client that reads them), and replies to
+/// [`Client::request`] still arrive.
 pub struct Inbox {
     /// Commands (replies to [`Client::request`] go to the request instead).
     pub commands: mpsc::Receiver<Message>,

@@ -34,6 +34,12 @@ impl Seen {
         self.ids.contains(&key(m))
     }
 
+    /// Takes back a record made just before a hand-over that did not happen (the key stays
+    /// in the age order until it ages out, which is harmless).
+    pub(crate) fn forget(&mut self, m: &Message) {
+        self.ids.remove(&key(m));
+    }
+
     /// Records `m` as handed over; false if it was already.
     pub(crate) fn insert(&mut self, m: &Message) -> bool {
         let k = key(m);

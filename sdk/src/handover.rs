@@ -62,32 +62,36 @@ impl Handover {
         debug!(id = %m.id, "repeat delivery dropped");
     }
 
-    /// Hands `m` over once. Cancel-safe: a message counts as handed over only once it is on a
-    /// channel or with its request, so a transport torn down in the middle loses nothing (the
-    /// node delivers it again, unacknowledged, and it is handed over then).
-    pub(crate) async fn deliver(&self, m: Message) {
+    /// Hands `m` over once. True if the application has it (or had it: a repeat); false if
+    /// the channel it belongs on was dropped by the application, in which case the transport
+    /// must not acknowledge it — it stays with the node for a client that reads.
+    ///
+    /// Cancel-safe: a message counts as handed over only once it is on a channel or with its
+    /// request, so a transport torn down in the middle loses nothing (the node delivers it
+    /// again, unacknowledged, and it is handed over then).
+    pub(crate) async fn deliver(&self, m: Message) -> bool {
         if locked(&self.seen).contains(&m) {
             self.repeat(&m);
-            return;
+            return true;
         }
-        let is_reply = m.kind == Kind::Cmd
-            && m.reply_to
-                .as_ref()
-                .is_some_and(|r| locked(&self.replies).contains_key(r));
-        if is_reply {
-            let waiter = m
-                .reply_to
-                .as_ref()
-                .and_then(|r| locked(&self.replies).remove(r));
-            if let Some(w) = waiter {
+        let waiter = match (&m.kind, &m.reply_to) {
+            (Kind::Cmd, Some(r)) => locked(&self.replies).remove(r),
+            _ => None,
+        };
+        let m = match waiter {
+            Some(w) => {
                 locked(&self.seen).insert(&m);
-                // A request that stopped waiting just now: the reply is still handed over.
-                if let Err(m) = w.send(m) {
-                    let _ = self.commands.send(m).await;
+                match w.send(m) {
+                    Ok(()) => return true,
+                    // The request stopped waiting just now: the reply goes to the commands.
+                    Err(back) => {
+                        locked(&self.seen).forget(&back);
+                        back
+                    }
                 }
-                return;
             }
-        }
+            None => m,
+        };
         let channel = match m.kind {
             Kind::Cmd => &self.commands,
             Kind::Receipt => &self.receipts,
@@ -101,11 +105,9 @@ impl Handover {
                 } else {
                     self.repeat(&m);
                 }
+                true
             }
-            // The application dropped this receiver: it does not want these.
-            Err(_) => {
-                locked(&self.seen).insert(&m);
-            }
+            Err(_) => false,
         }
     }
 }

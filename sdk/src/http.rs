@@ -185,17 +185,27 @@ async fn poll(
     })
 }
 
-/// Hands a page over, then (and only then) adopts its cursor.
-async fn take_page(page: Page, cursor: &mut u64, handover: &Handover) {
+/// Hands a page over, then (and only then) adopts its cursor. False if the application had
+/// dropped a channel the page needed: then nothing of the page is acknowledged (the cursor
+/// covers whole pages), and what it did take is dropped as a repeat next time.
+async fn take_page(page: Page, cursor: &mut u64, handover: &Handover) -> bool {
+    let mut all = true;
     for v in page.messages {
         match serde_json::from_value::<Message>(v) {
-            Ok(m) => handover.deliver(m).await,
+            Ok(m) => all &= handover.deliver(m).await,
             Err(e) => warn!(error = %e, "undecodable delivery dropped"),
         }
     }
-    // The node's answer is authoritative (after a replaced journal its numbers restart).
-    *cursor = page.cursor;
+    if all {
+        // The node's answer is authoritative (after a replaced journal its numbers restart).
+        *cursor = page.cursor;
+    }
+    all
 }
+
+/// How long a stream whose channel the application dropped waits between polls (the node
+/// answers the same page again at once; replies to requests in it still get through).
+const HELD_PAUSE: Duration = Duration::from_secs(5);
 
 /// Polls one stream until a poll fails.
 async fn receive(
@@ -208,7 +218,11 @@ async fn receive(
     let mut wait = POLL_WAIT_S;
     loop {
         match poll(http, &url, login, *cursor, wait).await {
-            Ok(page) => take_page(page, cursor, handover).await,
+            Ok(page) => {
+                if !take_page(page, cursor, handover).await {
+                    tokio::time::sleep(HELD_PAUSE).await;
+                }
+            }
             // The node allows shorter waits (`http.max_wait_s`): ask for less.
             Err(Ended::Lost { ref reason, .. }) if reason.contains("(wait)") && wait > 1 => {
                 wait /= 2;
@@ -381,7 +395,8 @@ pub(crate) async fn session(
     match poll(http, &inbox_url, login, core.cursors.inbox, 0).await {
         Ok(page) => {
             core.connected(Transport::Http);
-            take_page(page, &mut core.cursors.inbox, &core.handover).await;
+            // Not taken (commands dropped by the application): the loop below holds it.
+            let _ = take_page(page, &mut core.cursors.inbox, &core.handover).await;
         }
         Err(Ended::Lost { reason, .. }) => {
             return Ended::Lost {

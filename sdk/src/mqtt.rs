@@ -172,22 +172,28 @@ pub(crate) async fn session(core: &mut Core, url: &str, kind: Transport) -> Ende
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    match serde_json::from_slice::<Message>(&p.payload) {
+                    let taken = match serde_json::from_slice::<Message>(&p.payload) {
                         // A full channel (an application not reading) must not keep `close`
                         // waiting; the hand-over is cancel-safe and the node redelivers.
                         Ok(m) => tokio::select! {
-                            _ = core.handover.deliver(m) => {}
+                            taken = core.handover.deliver(m) => taken,
                             _ = Core::stopped(&mut stop) => {
                                 let _ = client.try_disconnect();
                                 return Ended::Closed;
                             }
                         },
-                        Err(e) => warn!(error = %e, topic = %p.topic, "undecodable delivery dropped"),
-                    }
+                        Err(e) => {
+                            warn!(error = %e, topic = %p.topic, "undecodable delivery dropped");
+                            true
+                        }
+                    };
                     // Acknowledged only after the hand-over: if the session dies in between, the
-                    // node delivers it again and the hand-over drops the repeat.
-                    if let Err(e) = client.try_ack(&p) {
-                        return lost(true, format!("cannot acknowledge: {e}"));
+                    // node delivers it again and the hand-over drops the repeat. Not at all if
+                    // the application dropped the channel: the node keeps it.
+                    if taken {
+                        if let Err(e) = client.try_ack(&p) {
+                            return lost(true, format!("cannot acknowledge: {e}"));
+                        }
                     }
                 }
                 Ok(_) => {}
