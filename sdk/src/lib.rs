@@ -57,7 +57,7 @@
 //!
 //! # async fn demo() -> Result<(), medlink_sdk::Error> {
 //! let (clinic, mut inbox) = Client::connect(Options {
-//!     url: "https://localhost:18443".into(),
+//!     url: "https://localhost:18843".into(),
 //!     node: "js.nj.gulou.t3".into(),
 //!     identity: "clinic-t3".into(),
 //!     password: "dev-clinic-t3".into(),
