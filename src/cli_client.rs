@@ -12,7 +12,8 @@ use medlink_sdk::{Address, Client, Options};
 /// How to connect (shared by the three commands).
 #[derive(clap::Args, Debug)]
 pub struct ConnectArgs {
-    /// The node: `mqtts://host:port` (or `mqtt://` on loopback).
+    /// The node: `mqtts://host:port` or `https://host:port` (the node then chooses MQTT or
+    /// HTTP); `mqtt://` / `http://` on loopback.
     #[arg(long)]
     url: String,
     /// The node's id.
@@ -24,7 +25,7 @@ pub struct ConnectArgs {
     /// File holding the password (default: the MEDLINK_PASSWORD environment variable).
     #[arg(long)]
     password_file: Option<PathBuf>,
-    /// CA certificate for `mqtts://`.
+    /// CA certificate for `mqtts://` and `https://`.
     #[arg(long)]
     ca: Option<PathBuf>,
 }
@@ -81,6 +82,7 @@ async fn connect(args: &ConnectArgs) -> Result<(Client, medlink_sdk::Inbox), Str
         identity: args.identity.clone(),
         password,
         ca: args.ca.clone(),
+        ..Default::default()
     })
     .await
     .map_err(|e| e.to_string())

@@ -17,6 +17,7 @@ fn options(node: &str, identity: &str, port: u16) -> Options {
         identity: identity.into(),
         password: PASSWORD.into(),
         ca: None,
+        ..Default::default()
     }
 }
 

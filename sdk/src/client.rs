@@ -1,226 +1,271 @@
-//! The client: one MQTT connection to the application's node, with the bookkeeping that makes
-//! the application's side simple — sends that complete when the node has custody, replies
-//! matched to requests, and deliveries handed over once each, whatever the resends underneath.
+//! The public API: [`Client`] (send, request, reply, state) and [`Inbox`] (what arrives). The
+//! client handles only queue work for the connection task (`driver.rs`) and wait for its
+//! answers, so nothing here depends on which transport is in use.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
-};
+use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::message::{Address, Kind, Message, MessageId, Submission};
-use crate::Error;
+use crate::driver::{self, Core, Cursors, Endpoint};
+use crate::handover::Handover;
+use crate::message::{self, Address, Message, MessageId};
+use crate::options::{Options, SendOptions};
+use crate::outbox::{self, Outbox};
+use crate::sendq::{Pending, SendQueue};
+use crate::{tls, Error, Transport};
 
-/// How to reach the node and as whom.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// `mqtts://host:port` (or `mqtt://` on loopback).
-    pub url: String,
-    /// The node's id (the application's address is `node`/`identity`).
-    pub node: String,
-    /// The application's identity.
-    pub identity: String,
-    /// Its password.
-    pub password: String,
-    /// CA certificate (PEM) the node's certificate must chain to, for `mqtts://`.
-    pub ca: Option<PathBuf>,
-}
+/// Capacity of each receiving channel. A full channel holds back the transport (and so the
+/// node's acknowledgements), never drops anything.
+const CHANNEL: usize = 1024;
 
-/// Ids seen recently, to hand each delivery over once.
-struct Seen {
-    ids: HashSet<MessageId>,
-    order: VecDeque<MessageId>,
-}
-
-/// Ids remembered for de-duplication (a node re-delivers only what was unacknowledged, so
-/// repeats are recent).
-const SEEN_MAX: usize = 100_000;
-
-impl Seen {
-    fn first_time(&mut self, id: &str) -> bool {
-        if self.ids.contains(id) {
-            return false;
-        }
-        if self.order.len() >= SEEN_MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
-            }
-        }
-        self.ids.insert(id.to_string());
-        self.order.push_back(id.to_string());
-        true
-    }
-}
-
-/// State shared by the client handles and the connection task.
-struct Shared {
-    /// Repeat deliveries dropped so far.
-    repeats: u64,
-    /// Sends in the order they were queued, waiting for their packet id.
-    queued: VecDeque<oneshot::Sender<Result<(), Error>>>,
-    /// Sends waiting for their PUBACK, by packet id.
-    inflight: HashMap<u16, oneshot::Sender<Result<(), Error>>>,
-    /// Requests waiting for their reply, by request id.
-    replies: HashMap<MessageId, oneshot::Sender<Message>>,
-    seen: Seen,
-}
-
-/// A connected application. Cheap to clone; every clone shares the connection.
+/// A connected application. Cheap to clone; every clone shares one connection, which lives
+/// (and reconnects by itself) as long as a clone does.
 #[derive(Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     me: Address,
-    mqtt: AsyncClient,
-    shared: Arc<Mutex<Shared>>,
-    ids: Arc<Mutex<ulid::Generator>>,
+    submits: mpsc::UnboundedSender<Pending>,
+    handover: Arc<Handover>,
+    link: watch::Receiver<Option<Transport>>,
+    pending: watch::Receiver<usize>,
+    made: Arc<watch::Sender<usize>>,
+    outbox: Option<Arc<Outbox>>,
+    ids: Mutex<ulid::Generator>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+    sessions: Arc<AtomicU64>,
 }
 
 /// The receiving side: commands addressed to the application and receipts about what it sent,
-/// each handed over once.
+/// each handed over once. A full channel holds back deliveries on the connection, so read
+/// both. Dropping one says the application takes none of those: they are then left
+/// unacknowledged with the node (for a client that reads them), and replies to
+/// [`Client::request`] still arrive.
 pub struct Inbox {
-    /// Commands (replies to `request` go to the request instead).
+    /// Commands (replies to [`Client::request`] go to the request instead).
     pub commands: mpsc::Receiver<Message>,
     /// Receipts.
     pub receipts: mpsc::Receiver<Message>,
 }
 
-fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-    m.lock()
-        .expect("client state lock is never held across a panic")
-}
-
-fn tls(ca: &std::path::Path) -> Result<TlsConfiguration, Error> {
-    let pem = std::fs::read(ca).map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
-}
-
 impl Client {
-    /// Connects (and keeps reconnecting by itself); returns once subscribed to the inbox and
-    /// receipts, with the receiving side.
+    /// Starts the client and returns it with its receiving side.
+    ///
+    /// Without an outbox this waits for the first session (up to
+    /// [`Options::connect_timeout`], 15 s by default) so a wrong URL, password or node id is
+    /// reported here. With an outbox it returns at once: sends are queued in the file until
+    /// the node is reachable. Either way the client then reconnects by itself.
     pub async fn connect(opts: Options) -> Result<(Client, Inbox), Error> {
-        let url = opts.url.trim_end_matches('/');
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| Error::Config(format!("'{url}' is not a URL")))?;
-        let (host, port) = rest
-            .rsplit_once(':')
-            .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
-            .ok_or_else(|| Error::Config(format!("'{url}' needs host:port")))?;
-        let client_id = format!("{}-{}", opts.identity, ulid::Ulid::new());
-        let mut mqtt = MqttOptions::new(client_id, host, port);
-        mqtt.set_credentials(&opts.identity, &opts.password)
-            .set_keep_alive(Duration::from_secs(20))
-            .set_clean_session(true)
-            .set_manual_acks(true)
-            .set_max_packet_size(16 << 20, 16 << 20);
-        match scheme {
-            "mqtts" | "ssl" => {
-                let ca = opts
-                    .ca
-                    .as_deref()
-                    .ok_or_else(|| Error::Config("mqtts needs the CA certificate".into()))?;
-                mqtt.set_transport(Transport::tls_with_config(tls(ca)?));
+        let endpoint = Endpoint::parse(&opts.url)?;
+        for (what, value) in [
+            ("node", &opts.node),
+            ("identity", &opts.identity),
+            ("password", &opts.password),
+        ] {
+            if value.is_empty() {
+                return Err(Error::Config(format!("{what} is empty")));
             }
-            "mqtt" | "tcp" => {}
-            other => {
+        }
+        let tls = match &opts.ca {
+            Some(ca) => Some(tls::trusting(ca)?),
+            None if endpoint.needs_tls() => {
                 return Err(Error::Config(format!(
-                    "scheme '{other}' is not mqtts or mqtt"
+                    "{} needs the CA certificate (Options::ca)",
+                    opts.url
                 )))
             }
-        }
-        let (mqtt_client, eventloop) = AsyncClient::new(mqtt, 1024);
-        let me = Address::new(&opts.node, &opts.identity);
-        let shared = Arc::new(Mutex::new(Shared {
-            repeats: 0,
-            queued: VecDeque::new(),
-            inflight: HashMap::new(),
-            replies: HashMap::new(),
-            seen: Seen {
-                ids: HashSet::new(),
-                order: VecDeque::new(),
-            },
-        }));
-        let (cmd_tx, commands) = mpsc::channel(1024);
-        let (rcpt_tx, receipts) = mpsc::channel(1024);
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let filters = [
-            format!("org/{}/{}/cmd", me.node, me.client),
-            format!("org/{}/{}/receipt", me.node, me.client),
-        ];
-        tokio::spawn(run(
-            eventloop,
-            mqtt_client.clone(),
-            filters,
-            shared.clone(),
-            (cmd_tx, rcpt_tx),
-            ready_tx,
-        ));
-        match tokio::time::timeout(Duration::from_secs(15), ready_rx).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(e),
-            _ => return Err(Error::Unreachable(format!("{url}: no session within 15 s"))),
-        }
-        let client = Client {
-            me,
-            mqtt: mqtt_client,
-            shared,
-            ids: Arc::new(Mutex::new(ulid::Generator::new())),
+            None => None,
         };
+        let outbox = match &opts.outbox {
+            Some(path) => {
+                let path = path.clone();
+                let ob = tokio::task::spawn_blocking(move || Outbox::open(&path))
+                    .await
+                    .map_err(|e| Error::Outbox(format!("opening the outbox failed: {e}")))??;
+                Some(Arc::new(ob))
+            }
+            None => None,
+        };
+        let (len_tx, pending) = watch::channel(0);
+        let made = Arc::new(len_tx);
+        let mut queue = SendQueue::new(outbox.clone(), made.clone());
+        if let Some(ob) = &outbox {
+            for row in outbox::blocking(ob, |o| o.load()).await? {
+                queue.push(Pending {
+                    id: row.id,
+                    body: Bytes::from(row.body),
+                    seq: Some(row.seq),
+                    waiter: None,
+                });
+                made.send_modify(|n| *n += 1);
+            }
+        }
+        let me = Address::new(&opts.node, &opts.identity);
+        let (cmd_tx, commands) = mpsc::channel(CHANNEL);
+        let (rcpt_tx, receipts) = mpsc::channel(CHANNEL);
+        let handover = Arc::new(Handover::new(cmd_tx, rcpt_tx));
+        let (submits, submits_rx) = mpsc::unbounded_channel();
+        let (link_tx, link) = watch::channel(None);
+        let (stop, stop_rx) = watch::channel(false);
+        let (done_tx, done) = watch::channel(false);
+        let (first_tx, first_rx) = oneshot::channel();
+        let sessions = Arc::new(AtomicU64::new(0));
+        let core = Core {
+            me: me.clone(),
+            password: opts.password.clone(),
+            client_id: format!("{}-{}", opts.identity, ulid::Ulid::new()),
+            tls,
+            queue,
+            submits: submits_rx,
+            handover: handover.clone(),
+            link: link_tx,
+            cursors: Cursors::default(),
+            stop: stop_rx,
+            // With an outbox nobody waits for the first session, and a refused login is
+            // retried instead of ending the client (its sends are safe in the file).
+            first: opts.outbox.is_none().then_some(first_tx),
+            sessions: sessions.clone(),
+        };
+        tokio::spawn(driver::run(core, endpoint, done_tx));
+        let client = Client {
+            inner: Arc::new(Inner {
+                me,
+                submits,
+                handover,
+                link,
+                pending,
+                made,
+                outbox,
+                ids: Mutex::new(ulid::Generator::new()),
+                stop,
+                done,
+                sessions,
+            }),
+        };
+        if client.inner.outbox.is_none() {
+            let limit = opts.connect_timeout.unwrap_or(Duration::from_secs(15));
+            match tokio::time::timeout(limit, first_rx).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => {
+                    return Err(Error::Unreachable(format!(
+                        "{}: no session within {limit:?}",
+                        opts.url
+                    )))
+                }
+            }
+        }
         Ok((client, Inbox { commands, receipts }))
-    }
-
-    /// Repeat deliveries (same id) dropped so far: the node resends what was not
-    /// acknowledged when a connection dies, and the application never sees those twice.
-    pub fn repeats_dropped(&self) -> u64 {
-        lock(&self.shared).repeats
     }
 
     /// This application's address.
     pub fn address(&self) -> &Address {
-        &self.me
+        &self.inner.me
+    }
+
+    /// The transport in use, `None` while reconnecting.
+    pub fn transport(&self) -> Option<Transport> {
+        *self.inner.link.borrow()
+    }
+
+    /// Waits until a session is up and returns its transport.
+    pub async fn connected(&self) -> Result<Transport, Error> {
+        let mut link = self.inner.link.clone();
+        let t = link
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Closed)?;
+        (*t).ok_or(Error::Closed)
+    }
+
+    /// Sessions established so far (1 after the first connect; each reconnect adds one).
+    pub fn sessions(&self) -> u64 {
+        self.inner.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Repeat deliveries (same sender and id) dropped so far: the node resends what was not
+    /// acknowledged when a connection dies, and the application never sees those twice.
+    pub fn repeats_dropped(&self) -> u64 {
+        self.inner.handover.repeats()
+    }
+
+    /// Sends not yet in the node's custody (with an outbox: rows in the file).
+    pub fn pending(&self) -> usize {
+        *self.inner.pending.borrow()
+    }
+
+    /// Waits until every send so far is in the node's custody.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let mut pending = self.inner.pending.clone();
+        pending
+            .wait_for(|n| *n == 0)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Stops the connection and waits until it is down (and the outbox file released). Sends
+    /// still queued stay in the outbox for the next client; without one they fail with
+    /// [`Error::Closed`]. Other clones of this client stop working too.
+    pub async fn close(self) {
+        self.inner.stop.send_replace(true);
+        let mut done = self.inner.done.clone();
+        let _ = done.wait_for(|d| *d).await;
     }
 
     fn next_id(&self) -> MessageId {
-        let mut ids = self
-            .ids
-            .lock()
-            .expect("id generator lock is never held across a panic");
+        let mut ids = self.inner.ids.lock().unwrap_or_else(|p| p.into_inner());
+        // The generator fails only when the random part would overflow within one ms.
         ids.generate()
             .map(|u| u.to_string())
             .unwrap_or_else(|_| ulid::Ulid::new().to_string())
     }
 
     /// Sends a command; returns its id once the application's node has it in its journal.
+    ///
+    /// While the node is unreachable this waits for the reconnect, unless the client has an
+    /// outbox (then it returns as soon as the send is in the file). Dropping the future does
+    /// not withdraw the command: it is queued already.
     pub async fn send(&self, to: &Address, cmd: &str, params: Value) -> Result<MessageId, Error> {
-        self.submit(to, cmd, &params, None).await
-    }
-
-    /// Answers `incoming` (its sender gets a command with `reply_to` = its id).
-    pub async fn reply(&self, incoming: &Message, params: Value) -> Result<MessageId, Error> {
-        let cmd = format!("{}.reply", incoming.cmd);
-        self.submit(&incoming.from, &cmd, &params, Some(&incoming.id))
+        self.send_with(to, cmd, params, SendOptions::default())
             .await
     }
 
-    /// Sends a command and waits (without blocking anything else) for the reply to it.
+    /// [`Client::send`] with a priority, a time to live, receipts wanted or a chosen id.
+    pub async fn send_with(
+        &self,
+        to: &Address,
+        cmd: &str,
+        params: Value,
+        opts: SendOptions,
+    ) -> Result<MessageId, Error> {
+        self.submit(to, cmd, &params, None, &opts).await
+    }
+
+    /// Answers `incoming`: its sender gets a command `<cmd>.reply` with `reply_to` = its id.
+    pub async fn reply(&self, incoming: &Message, params: Value) -> Result<MessageId, Error> {
+        let cmd = format!("{}.reply", incoming.cmd);
+        self.submit(
+            &incoming.from,
+            &cmd,
+            &params,
+            Some(&incoming.id),
+            &SendOptions::default(),
+        )
+        .await
+    }
+
+    /// Sends a command and waits (without blocking anything else) for the reply to it, matched
+    /// by `reply_to`. On [`Error::Timeout`] the request itself may still be delivered; a reply
+    /// arriving later goes to [`Inbox::commands`].
     pub async fn request(
         &self,
         to: &Address,
@@ -228,18 +273,39 @@ impl Client {
         params: Value,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        let id = self.next_id();
-        let (tx, rx) = oneshot::channel();
-        lock(&self.shared).replies.insert(id.clone(), tx);
-        let sent = self.submit_with_id(&id, to, cmd, &params, None).await;
-        if let Err(e) = sent {
-            lock(&self.shared).replies.remove(&id);
-            return Err(e);
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            _ => {
-                lock(&self.shared).replies.remove(&id);
+        self.request_with(to, cmd, params, timeout, SendOptions::default())
+            .await
+    }
+
+    /// [`Client::request`] with [`SendOptions`].
+    pub async fn request_with(
+        &self,
+        to: &Address,
+        cmd: &str,
+        params: Value,
+        timeout: Duration,
+        mut opts: SendOptions,
+    ) -> Result<Message, Error> {
+        let id = match opts.id.take() {
+            Some(id) => id,
+            None => self.next_id(),
+        };
+        opts.id = Some(id.clone());
+        let handover = &self.inner.handover;
+        let reply = handover.expect_reply(&id);
+        let waited = tokio::time::timeout(timeout, async {
+            self.submit(to, cmd, &params, None, &opts).await?;
+            reply.await.map_err(|_| Error::Closed)
+        })
+        .await;
+        match waited {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(e)) => {
+                handover.forget_reply(&id);
+                Err(e)
+            }
+            Err(_) => {
+                handover.forget_reply(&id);
                 Err(Error::Timeout(id))
             }
         }
@@ -251,148 +317,51 @@ impl Client {
         cmd: &str,
         params: &Value,
         reply_to: Option<&str>,
+        opts: &SendOptions,
     ) -> Result<MessageId, Error> {
-        let id = self.next_id();
-        self.submit_with_id(&id, to, cmd, params, reply_to).await?;
-        Ok(id)
-    }
-
-    async fn submit_with_id(
-        &self,
-        id: &str,
-        to: &Address,
-        cmd: &str,
-        params: &Value,
-        reply_to: Option<&str>,
-    ) -> Result<(), Error> {
-        let body = serde_json::to_vec(&Submission {
-            id,
-            to,
-            cmd,
-            params,
-            reply_to,
-            ttl_ms: None,
-            priority: None,
-        })
-        .expect("a submission always serialises");
-        let topic = format!("org/{}/{}/out", self.me.node, self.me.client);
-        let (tx, rx) = oneshot::channel();
-        // Queued before the publish, so the connection task pairs packet ids with sends in
-        // the order rumqttc assigns them.
-        let queued = {
-            let mut s = lock(&self.shared);
-            s.queued.push_back(tx);
-            self.mqtt.try_publish(topic, QoS::AtLeastOnce, false, body)
+        let id = match &opts.id {
+            Some(id) => {
+                message::check_id(id)?;
+                id.clone()
+            }
+            None => self.next_id(),
         };
-        if let Err(e) = queued {
-            lock(&self.shared).queued.pop_back();
-            return Err(Error::Unreachable(e.to_string()));
+        let body = Bytes::from(message::submission(&id, to, cmd, params, reply_to, opts));
+        let seq = match &self.inner.outbox {
+            Some(ob) => {
+                let (i, b) = (id.clone(), body.clone());
+                Some(outbox::blocking(ob, move |o| o.insert(&i, &b)).await?)
+            }
+            None => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            id: id.clone(),
+            body,
+            seq,
+            waiter: Some(tx),
+        };
+        self.inner.made.send_modify(|n| *n += 1);
+        if self.inner.submits.send(pending).is_err() {
+            self.inner.made.send_modify(|n| *n = n.saturating_sub(1));
+            return Err(Error::Closed);
         }
-        rx.await
-            .map_err(|_| Error::Unreachable("connection task ended".into()))?
-    }
-}
-
-/// The connection task: drives rumqttc, pairs PUBACKs with sends, routes deliveries.
-async fn run(
-    mut eventloop: rumqttc::EventLoop,
-    client: AsyncClient,
-    filters: [String; 2],
-    shared: Arc<Mutex<Shared>>,
-    (commands, receipts): (mpsc::Sender<Message>, mpsc::Sender<Message>),
-    ready: oneshot::Sender<Result<(), Error>>,
-) {
-    let mut ready = Some(ready);
-    let mut subacks = 0;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                // Sessions are clean: subscribe after every connect.
-                subacks = 0;
-                for f in &filters {
-                    let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                subacks += 1;
-                if subacks == 2 {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Ok(()));
-                    }
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let mut s = lock(&shared);
-                if let Some(waiter) = s.queued.pop_front() {
-                    s.inflight.insert(pkid, waiter);
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(waiter) = lock(&shared).inflight.remove(&ack.pkid) {
-                    let _ = waiter.send(Ok(()));
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let parsed: Result<Message, _> = serde_json::from_slice(&p.payload);
-                match parsed {
-                    Ok(m) => {
-                        let first = lock(&shared).seen.first_time(&m.id);
-                        if first {
-                            route(m, &shared, &commands, &receipts).await;
-                        } else {
-                            lock(&shared).repeats += 1;
-                            debug!(id = %m.id, "repeat delivery dropped");
-                        }
-                    }
-                    Err(e) => warn!(error = %e, topic = %p.topic, "undecodable delivery dropped"),
-                }
-                // Acknowledged only after it was handed over (or found a repeat): a crash in
-                // between means the node delivers it again, and the id check drops the repeat.
-                let _ = client.ack(&p).await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Err(Error::Unreachable(e.to_string())));
-                    return;
-                }
-                // Sends in flight on the dead connection: their fate is unknown to us, the ids
-                // make a resend safe; tell the callers so they can.
-                {
-                    let mut s = lock(&shared);
-                    for (_, w) in s.inflight.drain() {
-                        let _ = w.send(Err(Error::Unreachable(format!("connection lost: {e}"))));
-                    }
-                }
-                if commands.is_closed() && receipts.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+        if seq.is_none() {
+            rx.await.map_err(|_| Error::Closed)??;
+            return Ok(id);
         }
-    }
-}
-
-async fn route(
-    m: Message,
-    shared: &Mutex<Shared>,
-    commands: &mpsc::Sender<Message>,
-    receipts: &mpsc::Sender<Message>,
-) {
-    if m.kind == Kind::Receipt {
-        let _ = receipts.send(m).await;
-        return;
-    }
-    let waiter = m
-        .reply_to
-        .as_ref()
-        .and_then(|r| lock(shared).replies.remove(r));
-    match waiter {
-        Some(w) => {
-            let _ = w.send(m);
+        // In the outbox: wait for custody only while the node is reachable; otherwise the
+        // send is safe in the file and goes out after the reconnect.
+        let mut link = self.inner.link.clone();
+        if link.borrow().is_none() {
+            return Ok(id);
         }
-        None => {
-            let _ = commands.send(m).await;
+        tokio::select! {
+            r = rx => match r {
+                Ok(Err(e)) => Err(e),
+                _ => Ok(id),
+            },
+            _ = link.wait_for(Option::is_none) => Ok(id),
         }
     }
 }

@@ -1,10 +1,14 @@
-//! What travels: the envelope a node delivers, as the application sees it (the wire format is
-//! `topics.md`; this mirrors it without depending on the node's crates).
+//! What travels: the envelope a node delivers, as the application sees it, and the submission
+//! the SDK sends. The wire format is `topics.md`; this mirrors it without depending on the
+//! node's crates, so an application links only this crate.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A message id (ULID when chosen by the SDK or a node).
+use crate::options::{Priority, ReceiptKind, SendOptions};
+use crate::Error;
+
+/// A message id (a ULID when chosen by the SDK or a node).
 pub type MessageId = String;
 
 /// A client at a node: where commands go and where they come from.
@@ -23,6 +27,12 @@ impl Address {
             node: node.into(),
             client: client.into(),
         }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.node, self.client)
     }
 }
 
@@ -45,25 +55,13 @@ pub struct Hop {
     pub at: u64,
 }
 
-/// A command's priority class: every hop sends urgent before normal before bulk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    /// Ahead of everything else.
-    Urgent,
-    /// The default.
-    #[default]
-    Normal,
-    /// Behind everything else.
-    Bulk,
-}
-
 /// A message as delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Id, unique per sender.
     pub id: MessageId,
     /// Command or receipt.
+    #[serde(default = "default_kind")]
     pub kind: Kind,
     /// Sender, stamped by its node from the login.
     pub from: Address,
@@ -85,9 +83,13 @@ pub struct Message {
     /// Priority class.
     #[serde(default)]
     pub priority: Priority,
-    /// Custody hops.
+    /// Custody hops, first node first.
     #[serde(default)]
     pub trail: Vec<Hop>,
+}
+
+fn default_kind() -> Kind {
+    Kind::Cmd
 }
 
 impl Message {
@@ -104,19 +106,204 @@ impl Message {
             .then(|| self.params.get("ref").and_then(Value::as_str))
             .flatten()
     }
+
+    /// For a receipt: its parameters, typed. `None` for commands.
+    pub fn receipt(&self) -> Option<Receipt> {
+        if self.kind != Kind::Receipt {
+            return None;
+        }
+        let text = |k: &str| self.params.get(k).and_then(Value::as_str).map(String::from);
+        Some(Receipt {
+            status: ReceiptStatus::from_wire(&text("status").unwrap_or_default()),
+            about: text("ref").unwrap_or_default(),
+            cmd: text("cmd").unwrap_or_default(),
+            to: self
+                .params
+                .get("to")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            reason: text("reason"),
+            by: text("by"),
+        })
+    }
 }
 
-/// What the SDK publishes to the outbox.
+/// What a receipt says about a command the application sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReceiptStatus {
+    /// The first node took custody (asked for with [`ReceiptKind::Accepted`]).
+    Accepted,
+    /// The target's node handed it to the target (asked for with [`ReceiptKind::Delivered`]).
+    Delivered,
+    /// The target replied (asked for with [`ReceiptKind::Replied`]).
+    Replied,
+    /// It expired before delivery.
+    Expired,
+    /// The first node refused it (invalid, forged sender, over the rate).
+    Rejected,
+    /// No route to the target.
+    Failed,
+    /// A status this SDK does not know yet (a newer node).
+    Other(String),
+}
+
+impl ReceiptStatus {
+    /// From the wire string.
+    pub fn from_wire(s: &str) -> Self {
+        match s {
+            "accepted" => ReceiptStatus::Accepted,
+            "delivered" => ReceiptStatus::Delivered,
+            "replied" => ReceiptStatus::Replied,
+            "expired" => ReceiptStatus::Expired,
+            "rejected" => ReceiptStatus::Rejected,
+            "failed" => ReceiptStatus::Failed,
+            other => ReceiptStatus::Other(other.to_string()),
+        }
+    }
+
+    /// Whether the command will never reach its target.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            ReceiptStatus::Expired | ReceiptStatus::Rejected | ReceiptStatus::Failed
+        )
+    }
+}
+
+/// A receipt's parameters (the wire keys `status`, `ref`, `cmd`, `to`, `reason`, `by`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// What happened.
+    pub status: ReceiptStatus,
+    /// The id of the command it is about (`ref`; empty if the node could not read one).
+    pub about: MessageId,
+    /// That command's `cmd`.
+    pub cmd: String,
+    /// That command's target.
+    pub to: Option<Address>,
+    /// Why, in words (for failures).
+    pub reason: Option<String>,
+    /// The node that issued it.
+    pub by: Option<String>,
+}
+
+/// What the SDK sends: a submission (`topics.md`, "the outbox"). The node's parser refuses
+/// unknown keys, so optional keys are written only when set.
 #[derive(Debug, Serialize)]
-pub(crate) struct Submission<'a> {
-    pub id: &'a str,
-    pub to: &'a Address,
-    pub cmd: &'a str,
-    pub params: &'a Value,
+struct Submission<'a> {
+    id: &'a str,
+    to: &'a Address,
+    cmd: &'a str,
+    params: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<&'a str>,
+    reply_to: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
+    ttl_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub priority: Option<Priority>,
+    priority: Option<Priority>,
+    #[serde(skip_serializing_if = "<[ReceiptKind]>::is_empty")]
+    receipts: &'a [ReceiptKind],
+}
+
+/// The longest id a node accepts.
+const MAX_ID: usize = 64;
+
+/// Checks an id the way the node does (1–64 of `A-Z a-z 0-9 - _ . :`), so a bad one fails
+/// at the caller instead of as a rejection later.
+pub(crate) fn check_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "id '{id}': 1-{MAX_ID} characters of A-Z a-z 0-9 - _ . :"
+        )))
+    }
+}
+
+/// The JSON body of one submission.
+pub(crate) fn submission(
+    id: &str,
+    to: &Address,
+    cmd: &str,
+    params: &Value,
+    reply_to: Option<&str>,
+    opts: &SendOptions,
+) -> Vec<u8> {
+    let ttl_ms = opts
+        .ttl
+        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+    let body = Submission {
+        id,
+        to,
+        cmd,
+        params,
+        reply_to,
+        ttl_ms,
+        priority: (opts.priority != Priority::Normal).then_some(opts.priority),
+        receipts: &opts.receipts,
+    };
+    serde_json::to_vec(&body).unwrap_or_else(|e| {
+        unreachable!("a submission of strings and a JSON value always serialises: {e}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_stay_off_the_wire() {
+        let to = Address::new("js", "b");
+        let body = submission("x1", &to, "c", &Value::Null, None, &SendOptions::default());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "x1", "to": {"node": "js", "client": "b"}, "cmd": "c", "params": null})
+        );
+        let opts = SendOptions {
+            priority: Priority::Urgent,
+            ttl: Some(Duration::from_secs(2)),
+            receipts: vec![ReceiptKind::Delivered, ReceiptKind::Replied],
+            id: None,
+        };
+        let v: Value =
+            serde_json::from_slice(&submission("x2", &to, "c", &Value::Null, Some("r"), &opts))
+                .unwrap();
+        assert_eq!(v["priority"], "urgent");
+        assert_eq!(v["ttl_ms"], 2000);
+        assert_eq!(v["receipts"], serde_json::json!(["delivered", "replied"]));
+        assert_eq!(v["reply_to"], "r");
+    }
+
+    #[test]
+    fn ids_are_checked_like_the_node_does() {
+        assert!(check_id("t3-20261122-0042:a.b_c").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id("a/b").is_err());
+        assert!(check_id(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn receipts_parse() {
+        let m: Message = serde_json::from_value(serde_json::json!({
+            "id": "r1", "kind": "receipt", "from": {"node": "js", "client": "$medlink"},
+            "to": {"node": "js", "client": "a"}, "cmd": "receipt",
+            "params": {"status": "failed", "ref": "x1", "cmd": "c", "reason": "no client",
+                       "by": "js", "to": {"node": "js", "client": "nobody"}},
+            "created_at": 1, "priority": "urgent"
+        }))
+        .unwrap();
+        assert_eq!(m.priority, Priority::Urgent);
+        let r = m.receipt().unwrap();
+        assert_eq!(r.status, ReceiptStatus::Failed);
+        assert!(r.status.is_failure());
+        assert_eq!(r.about, "x1");
+        assert_eq!(r.to, Some(Address::new("js", "nobody")));
+        assert_eq!(m.receipt_status(), Some("failed"));
+    }
 }

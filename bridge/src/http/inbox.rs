@@ -59,7 +59,7 @@ enum CursorValue {
 /// Parses a cursor from a query parameter, header or body.
 fn parse_cursor(value: Option<&str>) -> Result<Cursor, ApiError> {
     match value {
-        None => Ok(Cursor::default()),
+        None | Some("") => Ok(Cursor::default()),
         Some(v) => v.parse().map_err(|()| {
             ApiError::malformed(format!(
                 "'{v}' is not a cursor (pass back the `cursor` of the last response)"

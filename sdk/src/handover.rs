@@ -1,0 +1,113 @@
+//! Handing deliveries to the application, the same way for every transport: repeats dropped,
+//! replies given to the `request` waiting for them, everything else put on the application's
+//! channels. A transport acknowledges a delivery (PUBACK, or the next poll's cursor) only after
+//! [`Handover::deliver`] returned for it, so nothing is acknowledged that the application does
+//! not have.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::dedup::Seen;
+use crate::message::{Kind, Message, MessageId};
+
+/// The application's receiving side, shared by the client handles and the transports.
+pub(crate) struct Handover {
+    seen: Mutex<Seen>,
+    repeats: AtomicU64,
+    replies: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
+    commands: mpsc::Sender<Message>,
+    receipts: mpsc::Sender<Message>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks (plain map operations), so poisoning cannot
+    // happen; recover the data rather than propagate a panic if it ever did.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Handover {
+    pub(crate) fn new(commands: mpsc::Sender<Message>, receipts: mpsc::Sender<Message>) -> Self {
+        Handover {
+            seen: Mutex::new(Seen::default()),
+            repeats: AtomicU64::new(0),
+            replies: Mutex::new(HashMap::new()),
+            commands,
+            receipts,
+        }
+    }
+
+    /// Repeats dropped so far.
+    pub(crate) fn repeats(&self) -> u64 {
+        self.repeats.load(Ordering::Relaxed)
+    }
+
+    /// Registers a `request` waiting for the reply to `id`.
+    pub(crate) fn expect_reply(&self, id: &str) -> oneshot::Receiver<Message> {
+        let (tx, rx) = oneshot::channel();
+        locked(&self.replies).insert(id.to_string(), tx);
+        rx
+    }
+
+    /// A `request` gave up waiting (a late reply then goes to the commands channel).
+    pub(crate) fn forget_reply(&self, id: &str) {
+        locked(&self.replies).remove(id);
+    }
+
+    fn repeat(&self, m: &Message) {
+        self.repeats.fetch_add(1, Ordering::Relaxed);
+        debug!(id = %m.id, "repeat delivery dropped");
+    }
+
+    /// Hands `m` over once. True if the application has it (or had it: a repeat); false if
+    /// the channel it belongs on was dropped by the application, in which case the transport
+    /// must not acknowledge it — it stays with the node for a client that reads.
+    ///
+    /// Cancel-safe: a message counts as handed over only once it is on a channel or with its
+    /// request, so a transport torn down in the middle loses nothing (the node delivers it
+    /// again, unacknowledged, and it is handed over then).
+    pub(crate) async fn deliver(&self, m: Message) -> bool {
+        if locked(&self.seen).contains(&m) {
+            self.repeat(&m);
+            return true;
+        }
+        let waiter = match (&m.kind, &m.reply_to) {
+            (Kind::Cmd, Some(r)) => locked(&self.replies).remove(r),
+            _ => None,
+        };
+        let m = match waiter {
+            Some(w) => {
+                locked(&self.seen).insert(&m);
+                match w.send(m) {
+                    Ok(()) => return true,
+                    // The request stopped waiting just now: the reply goes to the commands.
+                    Err(back) => {
+                        locked(&self.seen).forget(&back);
+                        back
+                    }
+                }
+            }
+            None => m,
+        };
+        let channel = match m.kind {
+            Kind::Cmd => &self.commands,
+            Kind::Receipt => &self.receipts,
+        };
+        match channel.reserve().await {
+            Ok(permit) => {
+                // From here to the send nothing awaits, so "seen" and "on the channel" happen
+                // together.
+                if locked(&self.seen).insert(&m) {
+                    permit.send(m);
+                } else {
+                    self.repeat(&m);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}

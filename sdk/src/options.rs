@@ -1,0 +1,105 @@
+//! What the application configures: how to reach its node ([`Options`]) and how one command
+//! travels ([`SendOptions`]). Kept apart from the client so the knobs are documented in one
+//! place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::MessageId;
+
+/// How to reach the node and as whom.
+///
+/// ```
+/// let opts = medlink_sdk::Options {
+///     url: "https://township.example:8443".into(),
+///     node: "js.nj.gulou.t3".into(),
+///     identity: "clinic-t3".into(),
+///     password: "secret".into(),
+///     ca: Some("ca.crt".into()),
+///     ..Default::default()
+/// };
+/// assert!(opts.outbox.is_none());
+/// ```
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The node: `mqtt://host:port` / `mqtts://host:port` to speak MQTT directly, or
+    /// `http://host:port` / `https://host:port` (the node's HTTP API) to let the node decide the
+    /// transport (`GET /v1/transport`): MQTT over TCP/TLS, MQTT over WebSocket (`ws`/`wss`), or
+    /// HTTP. Clear-text schemes are for loopback and tests.
+    pub url: String,
+    /// The node's id (the application's address is `node`/`identity`).
+    pub node: String,
+    /// The application's identity.
+    pub identity: String,
+    /// Its password.
+    pub password: String,
+    /// CA certificate (PEM) the node's certificate must chain to; required for `mqtts`,
+    /// `https` and `wss` (no system roots are compiled in).
+    pub ca: Option<PathBuf>,
+    /// A local SQLite file for sends (see the crate docs, "Outbox"): when set, every send is
+    /// written there first and survives the node being unreachable and the application
+    /// restarting. One client at a time may use a file.
+    pub outbox: Option<PathBuf>,
+    /// How long [`Client::connect`](crate::Client::connect) waits for the first session when
+    /// there is no outbox (default 15 s).
+    pub connect_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Options {
+    // Written by hand so the password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &self.url)
+            .field("node", &self.node)
+            .field("identity", &self.identity)
+            .field("password", &"<redacted>")
+            .field("ca", &self.ca)
+            .field("outbox", &self.outbox)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// How urgent a command is. On the wire `"urgent"`, `"normal"`, `"bulk"`; `Normal` is the
+/// default and is not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Ahead of everything else (e.g. a stroke alert).
+    Urgent,
+    /// Ordinary traffic.
+    #[default]
+    Normal,
+    /// Behind everything else (e.g. nightly statistics).
+    Bulk,
+}
+
+/// A positive receipt the sender may ask for (failures — `expired`, `rejected`, `failed` —
+/// always come). On the wire `"accepted"`, `"delivered"`, `"replied"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptKind {
+    /// The first node took custody.
+    Accepted,
+    /// The target's node handed it to the target.
+    Delivered,
+    /// The target replied.
+    Replied,
+}
+
+/// Options of one send ([`Client::send_with`](crate::Client::send_with)). The defaults are
+/// what [`Client::send`](crate::Client::send) uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Scheduling class (sent only when not `Normal`).
+    pub priority: Priority,
+    /// Give up on delivery after this long from acceptance (an `expired` receipt follows).
+    pub ttl: Option<Duration>,
+    /// Positive receipts wanted (sent only when non-empty).
+    pub receipts: Vec<ReceiptKind>,
+    /// The id to use (1–64 of `A-Z a-z 0-9 - _ . :`), e.g. derived from a business key so a
+    /// resend after an application crash is recognised by the node. Default: a new ULID.
+    pub id: Option<MessageId>,
+}

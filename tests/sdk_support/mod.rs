@@ -1,0 +1,77 @@
+//! Helpers shared by the SDK's test files (`sdk_http.rs`, `sdk_recovery.rs`).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use medlink_sdk::{Client, Inbox, Options};
+use serde_json::json;
+
+use crate::common::{Tree, PASSWORD};
+
+pub fn options(url: String, node: &str, identity: &str) -> Options {
+    Options {
+        url,
+        node: node.into(),
+        identity: identity.into(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    }
+}
+
+pub fn http_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+pub fn mqtt_url(port: u16) -> String {
+    format!("mqtt://127.0.0.1:{port}")
+}
+
+/// Appends `text` to a node's config (before it starts).
+pub fn configure(t: &mut Tree, id: &str, text: &str) {
+    let cfg = t.node(id).config.clone();
+    let mut toml = std::fs::read_to_string(&cfg).expect("read config");
+    toml += text;
+    std::fs::write(&cfg, toml).expect("write config");
+}
+
+pub async fn connect(opts: Options) -> (Client, Inbox) {
+    let who = format!("{}@{}", opts.identity, opts.node);
+    Client::connect(opts)
+        .await
+        .unwrap_or_else(|e| panic!("{who} connects: {e}"))
+}
+
+/// Receives `n` commands numbered by `params.s`, then listens two seconds more for extras.
+pub async fn receive_numbered(inbox: &mut Inbox, n: u64, within: Duration) -> Vec<u64> {
+    let mut got = Vec::new();
+    while (got.len() as u64) < n {
+        let m = tokio::time::timeout(within, inbox.commands.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} arrived", got.len()))
+            .expect("inbox open");
+        got.push(m.params["s"].as_u64().expect("numbered"));
+    }
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_secs(2), inbox.commands.recv()).await
+    {
+        got.push(m.params["s"].as_u64().expect("numbered"));
+    }
+    got
+}
+
+/// Answers every command with `{"double": 2n}` and reports each `n` it saw.
+pub fn responder(client: Client, mut inbox: Inbox) -> tokio::sync::mpsc::UnboundedReceiver<u64> {
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(cmd) = inbox.commands.recv().await {
+            let n = cmd.params["n"].as_u64().unwrap_or(0);
+            let _ = seen_tx.send(n);
+            client
+                .reply(&cmd, json!({"double": n * 2}))
+                .await
+                .expect("reply accepted");
+        }
+    });
+    seen
+}
