@@ -271,6 +271,32 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         println!("  {r}");
     }
     println!("  (the same from a shell: medlink audit --data-dir <province data dir> --client {clinic_name})");
+    println!();
+    println!("the first request, hop by hop, from the four journals (medlink trace):");
+    let mut events = Vec::new();
+    for tier in ["township", "county", "city", "province"] {
+        let journal = data.join(tier).join("journal.db");
+        events.extend(
+            medlink_bridge::trace::trace_journal(&journal, tier, &req.id)
+                .map_err(|e| format!("reading the {tier} journal: {e}"))?,
+        );
+    }
+    let events = medlink_bridge::trace::merge(events);
+    if events.len() < 3 {
+        return Err(format!("the trace of {} is incomplete: {events:?}", req.id));
+    }
+    for e in &events {
+        println!(
+            "  {} {:<16} {}",
+            medlink_bridge::audit::format_time(e.at),
+            e.node,
+            e.what
+        );
+    }
+    println!(
+        "  (the same from a shell: medlink trace {} --data-dir <township dir> --data-dir <county dir> ...)",
+        req.id
+    );
     for c in [prov, hosp, clinic] {
         let _ = c.client.disconnect().await;
     }

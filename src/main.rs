@@ -52,6 +52,21 @@ enum Command {
         #[arg(long)]
         json_logs: bool,
     },
+    /// Follow one message through the nodes whose journals are given: who took custody
+    /// when, where it waits, receipts about it.
+    Trace {
+        /// The message id.
+        id: String,
+        /// A node's data directory (holding journal.db); repeat for every node to look at.
+        #[arg(long)]
+        data_dir: Vec<PathBuf>,
+        /// A node's config file (its data directory is read from it); repeatable.
+        #[arg(long, short)]
+        config: Vec<PathBuf>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the audit records of a node's journal.
     Audit {
         /// The node's data directory (holding journal.db).
@@ -178,6 +193,27 @@ fn main() -> ExitCode {
             };
             print_audit(&data_dir.join("journal.db"), &q, json)
         }
+        Command::Trace {
+            id,
+            mut data_dir,
+            config,
+            json,
+        } => {
+            for c in &config {
+                match config::load(c, None) {
+                    Ok(cfg) => data_dir.push(cfg.data_dir),
+                    Err(e) => {
+                        eprintln!("medlink trace: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            if data_dir.is_empty() {
+                eprintln!("medlink trace: give the nodes to look at with --data-dir or --config");
+                return ExitCode::from(2);
+            }
+            print_trace(&id, &data_dir, json)
+        }
         Command::Demo(args) => {
             init_logs(false);
             runtime.block_on(demo::run(args))
@@ -235,6 +271,50 @@ async fn wait_for_stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn print_trace(id: &str, dirs: &[PathBuf], json: bool) -> ExitCode {
+    let mut events = Vec::new();
+    for dir in dirs {
+        let path = dir.join("journal.db");
+        let label = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        if !path.exists() {
+            eprintln!("medlink trace: no journal at {} (skipped)", path.display());
+            continue;
+        }
+        match medlink_bridge::trace::trace_journal(&path, &label, id) {
+            Ok(found) => events.extend(found),
+            Err(e) => eprintln!("medlink trace: {}: {e} (skipped)", path.display()),
+        }
+    }
+    let events = medlink_bridge::trace::merge(events);
+    if events.is_empty() {
+        eprintln!("medlink trace: {id} is not known to these journals (audit off, or long gone)");
+        return ExitCode::from(1);
+    }
+    let start = events.iter().map(|e| e.at).find(|at| *at > 0).unwrap_or(0);
+    for e in &events {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(e).expect("trace events serialise")
+            );
+        } else if e.at == 0 {
+            println!("{:<24} {:>9}  {:<22} {}", "", "", e.node, e.what);
+        } else {
+            println!(
+                "{:<24} {:>7}ms  {:<22} {}",
+                medlink_bridge::audit::format_time(e.at),
+                format!("+{}", e.at.saturating_sub(start)),
+                e.node,
+                e.what
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn print_audit(path: &std::path::Path, q: &AuditQuery, json: bool) -> ExitCode {

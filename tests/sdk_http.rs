@@ -519,3 +519,90 @@ async fn commands_a_client_does_not_take_stay_with_the_node() {
         assert_eq!(audit_sequence(&got, 3), (0, 0, 0), "{x}: {got:?}");
     }
 }
+
+/// Positive receipts and priority through the SDK, with handlers on their own tasks: the
+/// clinic (HTTP) asks for every receipt of an urgent request to experts on MQTT; each
+/// receipt arrives once, typed, and the reply comes back urgent as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_and_priority_through_the_sdk_on_both_transports() {
+    use medlink_sdk::{Priority, ReceiptKind, ReceiptStatus, SendOptions};
+    let mut t = Tree::new(&[
+        spec("js", None, &["experts"]),
+        spec("js.t", Some("js"), &["clinic"]),
+    ]);
+    configure(&mut t, "js.t", "\n[transport]\ndefault = \"http\"\n");
+    t.node("js").start();
+    t.node("js.t").start();
+    let (experts, inbox) = connect(options(mqtt_url(t.node("js").port), "js", "experts")).await;
+    let answering = experts.clone();
+    let _experts = inbox.spawn_handlers(
+        move |cmd| {
+            let experts = answering.clone();
+            async move {
+                assert_eq!(cmd.priority, Priority::Urgent, "the request kept its class");
+                experts
+                    .reply(&cmd, json!({"ok": true}))
+                    .await
+                    .expect("reply");
+            }
+        },
+        |_| async {},
+    );
+    let (clinic, inbox) = connect(options(
+        http_url(t.node("js.t").http_port),
+        "js.t",
+        "clinic",
+    ))
+    .await;
+    assert_eq!(clinic.transport(), Some(Transport::Http));
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let _clinic = inbox.spawn_handlers(
+        |_| async {},
+        move |r| {
+            let seen = seen_tx.clone();
+            async move {
+                let _ = seen.send(r.receipt().expect("a receipt"));
+            }
+        },
+    );
+    let opts = SendOptions {
+        priority: Priority::Urgent,
+        receipts: vec![
+            ReceiptKind::Accepted,
+            ReceiptKind::Delivered,
+            ReceiptKind::Replied,
+        ],
+        ..SendOptions::default()
+    };
+    let answer = clinic
+        .request_with(
+            &Address::new("js", "experts"),
+            "stroke.alert",
+            json!({"patient": "P-7"}),
+            Duration::from_secs(20),
+            opts,
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(
+        answer.priority,
+        Priority::Urgent,
+        "the answer is urgent too"
+    );
+    let request_id = answer.reply_to.clone().expect("correlated");
+    let mut statuses = Vec::new();
+    while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(3), seen.recv()).await {
+        assert_eq!(r.about, request_id, "{r:?}");
+        statuses.push(r.status);
+    }
+    statuses.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        statuses,
+        [
+            ReceiptStatus::Accepted,
+            ReceiptStatus::Delivered,
+            ReceiptStatus::Replied
+        ],
+        "each receipt once"
+    );
+}

@@ -134,6 +134,7 @@ CREATE TABLE IF NOT EXISTS audit(
     decision TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+CREATE INDEX IF NOT EXISTS audit_id ON audit(id);
 ";
 
 impl Journal {
@@ -209,6 +210,16 @@ impl Journal {
             epoch,
             segments: Default::default(),
         })
+    }
+
+    /// Records which node owns this journal (for tools reading it, like `medlink trace`).
+    pub fn set_owner(&mut self, node: &str) -> Result<()> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS owner(node TEXT NOT NULL); DELETE FROM owner;",
+        )?;
+        self.conn
+            .execute("INSERT INTO owner(node) VALUES (?1)", [node])?;
+        Ok(())
     }
 
     /// This journal's epoch (random, fixed for the journal's life).

@@ -27,5 +27,6 @@ pub mod node;
 pub mod route;
 pub mod segment;
 pub mod stats;
+pub mod trace;
 pub mod uplink;
 mod uplink_http;

@@ -180,8 +180,9 @@ impl Node {
             source,
         })?;
         let path = cfg.data_dir.join("journal.db");
-        let journal =
-            Journal::open(&path, cfg.durability).map_err(|source| NodeError::Journal {
+        let journal = Journal::open(&path, cfg.durability)
+            .and_then(|mut j| j.set_owner(&cfg.id).map(|()| j))
+            .map_err(|source| NodeError::Journal {
                 path: path.clone(),
                 source,
             })?;

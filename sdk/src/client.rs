@@ -55,6 +55,45 @@ pub struct Inbox {
     pub receipts: mpsc::Receiver<Message>,
 }
 
+/// The tasks started by [`Inbox::spawn_handlers`]; they end when the client is closed.
+#[derive(Debug)]
+pub struct Handlers {
+    /// Runs the command handler.
+    pub commands: tokio::task::JoinHandle<()>,
+    /// Runs the receipt handler.
+    pub receipts: tokio::task::JoinHandle<()>,
+}
+
+impl Inbox {
+    /// Runs `on_command` for every incoming command and `on_receipt` for every receipt, each
+    /// stream on a task of its own, one message at a time in arrival order. A message counts
+    /// as handed over (and is acknowledged to the node) when its handler is called.
+    pub fn spawn_handlers<C, CF, R, RF>(self, mut on_command: C, mut on_receipt: R) -> Handlers
+    where
+        C: FnMut(Message) -> CF + Send + 'static,
+        CF: std::future::Future<Output = ()> + Send,
+        R: FnMut(Message) -> RF + Send + 'static,
+        RF: std::future::Future<Output = ()> + Send,
+    {
+        let Inbox {
+            mut commands,
+            mut receipts,
+        } = self;
+        Handlers {
+            commands: tokio::spawn(async move {
+                while let Some(m) = commands.recv().await {
+                    on_command(m).await;
+                }
+            }),
+            receipts: tokio::spawn(async move {
+                while let Some(m) = receipts.recv().await {
+                    on_receipt(m).await;
+                }
+            }),
+        }
+    }
+}
+
 impl Client {
     /// Starts the client and returns it with its receiving side.
     ///
@@ -250,17 +289,16 @@ impl Client {
         self.submit(to, cmd, &params, None, &opts).await
     }
 
-    /// Answers `incoming`: its sender gets a command `<cmd>.reply` with `reply_to` = its id.
+    /// Answers `incoming`: its sender gets a command `<cmd>.reply` with `reply_to` = its id,
+    /// in the same priority class (an answer to an urgent request is urgent too).
     pub async fn reply(&self, incoming: &Message, params: Value) -> Result<MessageId, Error> {
         let cmd = format!("{}.reply", incoming.cmd);
-        self.submit(
-            &incoming.from,
-            &cmd,
-            &params,
-            Some(&incoming.id),
-            &SendOptions::default(),
-        )
-        .await
+        let opts = SendOptions {
+            priority: incoming.priority,
+            ..SendOptions::default()
+        };
+        self.submit(&incoming.from, &cmd, &params, Some(&incoming.id), &opts)
+            .await
     }
 
     /// Sends a command and waits (without blocking anything else) for the reply to it, matched

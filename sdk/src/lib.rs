@@ -109,7 +109,7 @@ mod outbox;
 mod sendq;
 mod tls;
 
-pub use client::{Client, Inbox};
+pub use client::{Client, Handlers, Inbox};
 pub use message::{Address, Hop, Kind, Message, MessageId, Receipt, ReceiptStatus};
 pub use options::{Options, Priority, ReceiptKind, SendOptions};
 

@@ -1,0 +1,126 @@
+//! Following one message through the tree, for `medlink trace ID`.
+//!
+//! Each node's journal knows part of a message's story: the audit table has one row per node
+//! that routed it (and per receipt about it), the queues hold it with its custody trail while
+//! the node still has custody, and `awaiting_reply` says a reply is expected. This reads those
+//! from every journal it is given (read-only, safe while the nodes run) and merges them into
+//! one time-ordered list. Nodes audit what they route when `audit = true` (the root always).
+
+use std::path::Path;
+
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use crate::envelope::Envelope;
+
+/// One thing that happened to the message, at one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceEvent {
+    /// Unix ms.
+    pub at: u64,
+    /// The node (or, for a journal without a name, its label).
+    pub node: String,
+    /// What happened, in words.
+    pub what: String,
+}
+
+/// What `journal` knows of message `id`; events are named after the node that owns the
+/// journal, or `label` for a journal that does not say.
+pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<Vec<TraceEvent>> {
+    let conn = Connection::open_with_flags(journal, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let owner: Option<String> = conn
+        .query_row("SELECT node FROM owner", [], |r| r.get(0))
+        .ok();
+    let label = owner.as_deref().unwrap_or(label);
+    let mut out = Vec::new();
+    let receipt_ids = format!("r.%.{id}");
+    let mut stmt = conn.prepare(
+        "SELECT at, id, kind, hops, decision, from_client, to_node, to_client FROM audit
+         WHERE id = ?1 OR id LIKE ?2 ORDER BY at, rowid",
+    )?;
+    let rows = stmt.query_map([id, receipt_ids.as_str()], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            format!("{}/{}", r.get::<_, String>(6)?, r.get::<_, String>(7)?),
+        ))
+    })?;
+    for row in rows {
+        let (at, rid, kind, hops, decision, from_client, to) = row?;
+        let what = if kind == "receipt" {
+            let status = rid.split('.').nth(1).unwrap_or("?");
+            format!("`{status}` receipt for {to} routed → {decision}")
+        } else if hops == 1 && from_client != "$medlink" {
+            format!("accepted from {from_client} → {decision}")
+        } else {
+            format!("took custody (hop {hops}) → {decision}")
+        };
+        out.push(TraceEvent {
+            at,
+            node: label.to_string(),
+            what,
+        });
+    }
+    // Still in custody here: where it waits, and the trail it carries.
+    let mut stmt = conn.prepare("SELECT dest, entries FROM queue")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let dest: String = row.get(0)?;
+        let blob: Vec<u8> = row.get(1)?;
+        let Ok(entries) = crate::segment::decode(Bytes::from(blob)) else {
+            continue;
+        };
+        for entry in entries.into_iter().filter(|e| e.id == id) {
+            let Ok(env) = Envelope::parse(&entry.body) else {
+                continue;
+            };
+            for hop in &env.trail {
+                out.push(TraceEvent {
+                    at: hop.at,
+                    node: hop.node.clone(),
+                    what: "took custody (from the trail)".into(),
+                });
+            }
+            out.push(TraceEvent {
+                at: env.trail.last().map_or(env.created_at, |h| h.at),
+                node: label.to_string(),
+                what: format!("waiting in {dest} (not yet acknowledged by the next hop)"),
+            });
+        }
+    }
+    let mut stmt = conn.prepare("SELECT key FROM awaiting_reply WHERE key LIKE ?1")?;
+    let pattern = format!("%/{id}");
+    let keys = stmt.query_map([pattern], |r| r.get::<_, String>(0))?;
+    for key in keys {
+        let key = key?;
+        let who = key.rsplit_once('/').map_or(key.as_str(), |(c, _)| c);
+        out.push(TraceEvent {
+            at: 0,
+            node: label.to_string(),
+            what: format!("delivered to {who}; a reply is expected"),
+        });
+    }
+    Ok(out)
+}
+
+/// Merges what several journals know into one list, in time order, repeats removed (a trail
+/// names the same custody hop as the audit row of that node).
+pub fn merge(mut events: Vec<TraceEvent>) -> Vec<TraceEvent> {
+    events.sort_by(|a, b| (a.at, &a.node, &a.what).cmp(&(b.at, &b.node, &b.what)));
+    events.dedup();
+    // A trail entry adds nothing where the node's own audit row says the same at that time.
+    let audited: Vec<(u64, String)> = events
+        .iter()
+        .filter(|e| !e.what.ends_with("(from the trail)"))
+        .map(|e| (e.at, e.node.clone()))
+        .collect();
+    events.retain(|e| {
+        !e.what.ends_with("(from the trail)") || !audited.contains(&(e.at, e.node.clone()))
+    });
+    events
+}
