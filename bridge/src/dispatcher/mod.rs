@@ -574,7 +574,7 @@ impl State {
                     unreachable!("matched just above")
                 };
                 let body = env.to_bytes().into();
-                self.to_service(tx, service, &env, body, now)?;
+                self.route_to_service(tx, service, &env, body, now)?;
             }
             Ok(dest) => {
                 tx.enqueue(&dest, &env, env.to_bytes().into())?;

@@ -153,7 +153,7 @@ impl State {
     }
 
     /// Queues a command addressed to `service` for one of its members.
-    pub(super) fn to_service(
+    pub(super) fn route_to_service(
         &mut self,
         tx: &mut Txn,
         service: &str,
