@@ -80,6 +80,23 @@
 //! # }
 //! ```
 //!
+//! The README's ten-line integration, with handlers on tasks of their own:
+//!
+//! ```no_run
+//! # async fn readme() -> Result<(), medlink_sdk::Error> {
+//! use medlink_sdk::{Address, Client, Options}; use serde_json::json; use std::time::Duration;
+//! let (clinic, inbox) = Client::connect(Options {
+//!     url: "https://localhost:18843".into(), node: "js.nj.gulou.t3".into(), identity: "clinic-t3".into(),
+//!     password: "dev-clinic-t3".into(), ca: Some("conf/dev/certs/ca.crt".into()), ..Default::default()
+//! }).await?;
+//! let answering = clinic.clone();
+//! inbox.spawn_handlers(move |cmd| { let c = answering.clone(); async move { c.reply(&cmd, json!({"ok": true})).await.ok(); } },
+//!                      |receipt| async move { println!("receipt: {:?}", receipt.receipt()) });
+//! let opinion = clinic.request(&Address::new("js.nj", "hosp-nj"), "consult.request", json!({"patient": "P-1"}), Duration::from_secs(60)).await?;
+//! # let _ = opinion; Ok(())
+//! # }
+//! ```
+//!
 //! Options of one send (priority, time to live, receipts wanted, a chosen id):
 //!
 //! ```
