@@ -117,27 +117,7 @@ async fn the_client_follows_the_transport_the_node_decides() {
     }
     // Traffic in a ring a -> b -> c -> a, each pair over different transports.
     const N: u64 = 200;
-    for i in 0..3 {
-        let sender = clients[i].0.clone();
-        let to = clients[(i + 1) % 3].0.address().clone();
-        tokio::spawn(async move {
-            for s in 0..N {
-                sender
-                    .send(&to, "ring", json!({"s": s}))
-                    .await
-                    .expect("custody");
-            }
-        });
-    }
-    for (client, inbox) in clients.iter_mut() {
-        let got = receive_numbered(inbox, N, Duration::from_secs(30)).await;
-        assert_eq!(
-            audit_sequence(&got, N),
-            (0, 0, 0),
-            "lost, duplicates, reordered at {}",
-            client.address()
-        );
-    }
+    ring_traffic(&mut clients, N).await;
 }
 
 /// An HTTP-aware fault proxy: every request gets its own connection (it adds
@@ -449,27 +429,7 @@ async fn over_tls_the_client_follows_the_node_to_mqtts_wss_and_https() {
         clients.push((client, inbox));
     }
     const N: u64 = 100;
-    for i in 0..3 {
-        let sender = clients[i].0.clone();
-        let to = clients[(i + 1) % 3].0.address().clone();
-        tokio::spawn(async move {
-            for s in 0..N {
-                sender
-                    .send(&to, "ring", json!({"s": s}))
-                    .await
-                    .expect("custody");
-            }
-        });
-    }
-    for (client, inbox) in clients.iter_mut() {
-        let got = receive_numbered(inbox, N, Duration::from_secs(30)).await;
-        assert_eq!(
-            audit_sequence(&got, N),
-            (0, 0, 0),
-            "lost, duplicates, reordered at {}",
-            client.address()
-        );
-    }
+    ring_traffic(&mut clients, N).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

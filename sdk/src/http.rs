@@ -106,6 +106,26 @@ fn auth_refusal(a: &Answer) -> Option<Ended> {
     })
 }
 
+/// Sends a GET and reads its JSON answer; a refused login ends the client, anything else ends
+/// the session (`connected` says whether it had been up).
+async fn get_json<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    login: (&str, &str),
+    connected: bool,
+    what: &str,
+) -> Result<T, Ended> {
+    let lost = |reason: String| Ended::Lost { connected, reason };
+    let a = call(req, login).await.map_err(lost)?;
+    if let Some(refused) = auth_refusal(&a) {
+        return Err(refused);
+    }
+    if !a.status.is_success() {
+        return Err(lost(format!("{what}: {}", a.error().describe(a.status))));
+    }
+    serde_json::from_slice(&a.body)
+        .map_err(|e| lost(format!("{what} answered something else: {e}")))
+}
+
 #[derive(Deserialize)]
 struct Decision {
     transport: String,
@@ -123,23 +143,7 @@ pub(crate) async fn ask_transport(
     let req = http
         .get(format!("{base}/v1/transport"))
         .timeout(Duration::from_secs(10));
-    let a = call(req, login).await.map_err(|reason| Ended::Lost {
-        connected: false,
-        reason,
-    })?;
-    if let Some(refused) = auth_refusal(&a) {
-        return Err(refused);
-    }
-    if !a.status.is_success() {
-        return Err(Ended::Lost {
-            connected: false,
-            reason: format!("/v1/transport: {}", a.error().describe(a.status)),
-        });
-    }
-    let d: Decision = serde_json::from_slice(&a.body).map_err(|e| Ended::Lost {
-        connected: false,
-        reason: format!("/v1/transport answered something else: {e}"),
-    })?;
+    let d: Decision = get_json(req, login, false, "/v1/transport").await?;
     let t = match d.transport.as_str() {
         "mqtt" => Transport::Mqtt,
         "ws" => Transport::Ws,
@@ -167,23 +171,7 @@ async fn poll(
     let req = http
         .get(url)
         .query(&[("cursor", cursor), ("wait", &wait), ("max", &max)]);
-    let a = call(req, login).await.map_err(|reason| Ended::Lost {
-        connected: true,
-        reason,
-    })?;
-    if let Some(refused) = auth_refusal(&a) {
-        return Err(refused);
-    }
-    if !a.status.is_success() {
-        return Err(Ended::Lost {
-            connected: true,
-            reason: format!("poll: {}", a.error().describe(a.status)),
-        });
-    }
-    serde_json::from_slice(&a.body).map_err(|e| Ended::Lost {
-        connected: true,
-        reason: format!("poll answered something else: {e}"),
-    })
+    get_json(req, login, true, "poll").await
 }
 
 /// Hands a page over, then (and only then) adopts its cursor. False if the application had

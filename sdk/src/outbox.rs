@@ -29,6 +29,17 @@ fn err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Outbox(format!("{}: {e}", path.display()))
 }
 
+/// The error for opening `path`: "in use" when another client holds the file's lock.
+fn busy_or(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => err(
+            path,
+            "in use by another client (one client per outbox file)",
+        ),
+        _ => err(path, e),
+    }
+}
+
 impl Outbox {
     /// Opens (creating) the file and takes it for this process: a second client on the same
     /// file would send everything twice, so it is refused.
@@ -44,13 +55,7 @@ impl Outbox {
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;",
         )
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => err(
-                path,
-                "in use by another client (one client per outbox file)",
-            ),
-            _ => err(path, e),
-        })?;
+        .map_err(|e| busy_or(path, e))?;
         conn.execute_batch(
             "BEGIN EXCLUSIVE;
              CREATE TABLE IF NOT EXISTS outbox (
@@ -60,13 +65,7 @@ impl Outbox {
              );
              COMMIT;",
         )
-        .map_err(|e| match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => err(
-                path,
-                "in use by another client (one client per outbox file)",
-            ),
-            _ => err(path, e),
-        })?;
+        .map_err(|e| busy_or(path, e))?;
         Ok(Outbox {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
