@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use medlink_sdk::{Address, Client, Options};
+use medlink_sdk::{Address, Client, Options, Priority, ReceiptKind, SendOptions};
 
 /// How to connect (shared by the three commands).
 #[derive(clap::Args, Debug)]
@@ -47,6 +47,44 @@ pub struct SendArgs {
     /// `request` only: seconds to wait for the reply.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Priority class: urgent, normal or bulk.
+    #[arg(long, default_value = "normal", value_parser = ["urgent", "normal", "bulk"])]
+    priority: String,
+    /// Time to live in seconds (an `expired` receipt comes if it is not delivered by then).
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// Positive receipts to ask for, comma-separated: accepted, delivered, replied.
+    #[arg(long, value_delimiter = ',', value_parser = ["accepted", "delivered", "replied"])]
+    receipts: Vec<String>,
+    /// An id of your own (resending it is accepted once).
+    #[arg(long)]
+    id: Option<String>,
+}
+
+impl SendArgs {
+    /// The send options the flags describe (the value parsers above admit only known names).
+    fn options(&self) -> SendOptions {
+        let priority = match self.priority.as_str() {
+            "urgent" => Priority::Urgent,
+            "bulk" => Priority::Bulk,
+            _ => Priority::Normal,
+        };
+        let receipts = self
+            .receipts
+            .iter()
+            .map(|r| match r.as_str() {
+                "accepted" => ReceiptKind::Accepted,
+                "delivered" => ReceiptKind::Delivered,
+                _ => ReceiptKind::Replied,
+            })
+            .collect();
+        SendOptions {
+            priority,
+            ttl: self.ttl.map(Duration::from_secs),
+            receipts,
+            id: self.id.clone(),
+        }
+    }
 }
 
 /// What to listen for.
@@ -106,7 +144,7 @@ pub async fn send(args: SendArgs) -> ExitCode {
         let p = params(&args.params, "--params")?;
         let (client, _inbox) = connect(&args.connect).await?;
         client
-            .send(&to, &args.cmd, p)
+            .send_with(&to, &args.cmd, p, args.options())
             .await
             .map_err(|e| e.to_string())
     };
@@ -125,8 +163,9 @@ pub async fn request(args: SendArgs) -> ExitCode {
         let to = target(&args.to)?;
         let p = params(&args.params, "--params")?;
         let (client, _inbox) = connect(&args.connect).await?;
+        let timeout = Duration::from_secs(args.timeout);
         client
-            .request(&to, &args.cmd, p, Duration::from_secs(args.timeout))
+            .request_with(&to, &args.cmd, p, timeout, args.options())
             .await
             .map_err(|e| e.to_string())
     };

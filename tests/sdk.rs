@@ -195,4 +195,34 @@ fn the_cli_sends_requests_and_listens_through_the_sdk() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("MEDLINK_PASSWORD"));
+    // Send options from the command line; a bad value is named.
+    let send_with = |extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .arg("send")
+            .args(common("a"))
+            .args(["--to", "js/b", "--cmd", "x"])
+            .args(extra)
+            .env("MEDLINK_PASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let out = send_with(&[
+        "--priority",
+        "urgent",
+        "--receipts",
+        "accepted,delivered",
+        "--ttl",
+        "60",
+        "--id",
+        "cli-1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-1");
+    let out = send_with(&["--priority", "high"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--priority"));
 }
