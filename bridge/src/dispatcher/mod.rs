@@ -12,7 +12,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medlink_broker::acl::{inbox_topic, receipt_topic};
 use medlink_broker::{Accept, Authenticator, ConnId, Inbound, Role, Stream};
 use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -30,11 +29,13 @@ use crate::stats::Stats;
 use crate::uplink::{ParentEvent, UplinkHandle};
 
 mod devices;
+mod expiry;
 mod frames;
 mod mailboxes;
 mod polls;
 mod receipts;
 mod services;
+mod streams;
 
 pub use services::ServiceGroup;
 
@@ -398,40 +399,6 @@ impl State {
         Ok(())
     }
 
-    /// A connection opened or closed one of `client`'s streams. Either way, everything not yet
-    /// acknowledged goes (again) to every open connection: a new device gets what is pending,
-    /// and nothing waits on a connection that died. Repeats carry the same id.
-    fn stream_changed(
-        &mut self,
-        tx: &mut Txn,
-        client: &str,
-        conn: ConnId,
-        stream: Stream,
-        open: bool,
-    ) -> rusqlite::Result<()> {
-        for dest in lane_dests(client, stream) {
-            if !self.locals.contains_key(&dest) {
-                if !open {
-                    continue;
-                }
-                let acked = tx.acked(&dest)?;
-                self.locals.insert(dest.clone(), StreamOut::new(acked));
-            }
-            let floor = tx.floor(&dest)?;
-            let local = self
-                .locals
-                .get_mut(&dest)
-                .expect("present or inserted above");
-            if open {
-                local.conns.insert(conn);
-            } else {
-                local.conns.remove(&conn);
-            }
-            local.rewind(floor);
-        }
-        Ok(())
-    }
-
     /// A client's submission: validate, stamp, route, queue. `http_id` marks an HTTP
     /// submission: the id to use if the client chose none, and a target known here to be
     /// unreachable is refused instead of accepted with a `failed` receipt.
@@ -595,58 +562,6 @@ impl State {
         Ok(())
     }
 
-    /// Persists how far each touched client stream is acknowledged and drops what is below.
-    fn settle_acks(&mut self, tx: &mut Txn) -> rusqlite::Result<()> {
-        for dest in std::mem::take(&mut self.acked_streams) {
-            if let Some(upto) = self.locals.get(&dest).and_then(StreamOut::unsettled_ack) {
-                tx.acknowledge(&dest, upto)?;
-                self.settled.push((dest, upto));
-            }
-        }
-        Ok(())
-    }
-
-    /// Drops expired envelopes that are not in flight, with an `expired` receipt each.
-    fn sweep_expired(&mut self, tx: &mut Txn, now: u64) -> rusqlite::Result<()> {
-        for (dest, row) in tx.expired(now, 1000)? {
-            // Already acknowledged (a leftover of a partly acknowledged segment), or published
-            // and waiting for its acknowledgement: not ours to expire.
-            let (acked, in_flight) = if let Some((online, lane)) = self.lane_for(&dest) {
-                (lane.acked, online && row.lseq <= lane.sent)
-            } else if let Some(l) = self.locals.get(&dest) {
-                (l.acked(), l.in_flight(row.lseq))
-            } else {
-                (tx.acked(&dest)?, false)
-            };
-            if row.lseq > acked && !in_flight {
-                self.drop_stale(tx, &dest, row, now)?;
-            }
-        }
-        self.polls.prune();
-        if self.last_prune.elapsed() >= Duration::from_secs(60) {
-            self.last_prune = Instant::now();
-            tx.prune_accepted(now.saturating_sub(IDEMPOTENCY_WINDOW_MS), now)?;
-        }
-        Ok(())
-    }
-
-    fn drop_stale(
-        &mut self,
-        tx: &mut Txn,
-        dest: &str,
-        row: crate::journal::Queued,
-        now: u64,
-    ) -> rusqlite::Result<()> {
-        tx.remove(dest, row.lseq)?;
-        match Envelope::parse(&row.body) {
-            Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now),
-            Err(e) => {
-                error!(dest, id = %row.id, error = %e, "unreadable envelope in journal dropped");
-                Ok(())
-            }
-        }
-    }
-
     /// Sends acknowledgements and replies held back until the commit.
     fn release(&mut self, out: Outbox) {
         for (dest, upto) in std::mem::take(&mut self.settled) {
@@ -778,33 +693,5 @@ impl State {
         }?;
         let online = link.online;
         link.lane_for(dest).map(|lane| (online, lane))
-    }
-
-    /// Publishes queued envelopes of `dest` into the client's inbox or receipt topic.
-    fn deliver(
-        &mut self,
-        journal: &Journal,
-        dest: &str,
-        now: u64,
-        stale: &mut Vec<Stale>,
-    ) -> rusqlite::Result<()> {
-        let me = self.me().to_string();
-        let topic = match Priority::of_dest(dest).0.split_once(':') {
-            Some(("receipts", client)) => receipt_topic(&me, client),
-            Some((_, client)) => inbox_topic(&me, client),
-            None => return Ok(()),
-        };
-        let Some(stream) = self.locals.get_mut(dest) else {
-            return Ok(());
-        };
-        let rows = stream.next_batch(journal, dest, now, stale)?;
-        let keep = self.polls.has_readers(dest);
-        for row in rows {
-            if keep {
-                self.polls.recent.keep(dest, &row);
-            }
-            self.publish(&topic, row.body);
-        }
-        Ok(())
     }
 }

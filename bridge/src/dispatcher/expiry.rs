@@ -1,0 +1,54 @@
+//! Expiry: envelopes whose time has passed are dropped wherever they wait unsent, each with
+//! one `expired` receipt to its sender. The sweep runs once a second inside a round; `pump`
+//! hands over what it skipped while reading (`Stale`) to the same `drop_stale`.
+
+use std::time::{Duration, Instant};
+
+use tracing::error;
+
+use super::{State, IDEMPOTENCY_WINDOW_MS};
+use crate::envelope::Envelope;
+use crate::journal::Txn;
+
+impl State {
+    /// Drops expired envelopes that are not in flight, with an `expired` receipt each.
+    pub(super) fn sweep_expired(&mut self, tx: &mut Txn, now: u64) -> rusqlite::Result<()> {
+        for (dest, row) in tx.expired(now, 1000)? {
+            // Already acknowledged (a leftover of a partly acknowledged segment), or published
+            // and waiting for its acknowledgement: not ours to expire.
+            let (acked, in_flight) = if let Some((online, lane)) = self.lane_for(&dest) {
+                (lane.acked, online && row.lseq <= lane.sent)
+            } else if let Some(l) = self.locals.get(&dest) {
+                (l.acked(), l.in_flight(row.lseq))
+            } else {
+                (tx.acked(&dest)?, false)
+            };
+            if row.lseq > acked && !in_flight {
+                self.drop_stale(tx, &dest, row, now)?;
+            }
+        }
+        self.polls.prune();
+        if self.last_prune.elapsed() >= Duration::from_secs(60) {
+            self.last_prune = Instant::now();
+            tx.prune_accepted(now.saturating_sub(IDEMPOTENCY_WINDOW_MS), now)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn drop_stale(
+        &mut self,
+        tx: &mut Txn,
+        dest: &str,
+        row: crate::journal::Queued,
+        now: u64,
+    ) -> rusqlite::Result<()> {
+        tx.remove(dest, row.lseq)?;
+        match Envelope::parse(&row.body) {
+            Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now),
+            Err(e) => {
+                error!(dest, id = %row.id, error = %e, "unreadable envelope in journal dropped");
+                Ok(())
+            }
+        }
+    }
+}
