@@ -195,12 +195,39 @@ fn send_call(port: u16, id: &str, ticket: &str, room: &str) -> (i64, i64) {
         "cmd": "queue.call",
         "params": {"ticket": ticket, "room": room, "name": "Wang Fang"},
         "ttl_ms": 600_000,
+        "receipts": ["delivered"],
     });
     let sent_at = now_ms();
     let (status, answer) = post_json(port, "/v1/messages", Some((SENDER, PASSWORD)), &body);
     let custody_at = now_ms();
     assert_eq!(status, 202, "the province took custody: {answer}");
     (sent_at, custody_at)
+}
+
+/// The statuses of the sender's receipts about `id`, read over HTTP until 3 s of quiet after
+/// the first (acknowledging as it goes).
+fn sender_receipts(port: u16, id: &str) -> Vec<String> {
+    let mut cursor = String::new();
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let wait = if statuses.is_empty() { 10 } else { 3 };
+        let (status, page) = get_json(
+            port,
+            &format!("/v1/receipts?cursor={cursor}&wait={wait}"),
+            Some((SENDER, PASSWORD)),
+        );
+        assert_eq!(status, 200, "{page}");
+        let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+        if msgs.is_empty() && !statuses.is_empty() {
+            break;
+        }
+        for m in msgs.iter().filter(|m| m["params"]["ref"] == id) {
+            statuses.push(m["params"]["status"].as_str().unwrap_or("").to_string());
+        }
+        cursor = page["cursor"].as_str().unwrap_or_default().to_string();
+    }
+    statuses
 }
 
 /// Waits for every tab's view of `id`; checks it arrived once and, with a `budget`, within
@@ -308,6 +335,13 @@ fn queue_calls_reach_two_tabs_of_one_patient_once_and_in_time() {
         assert_eq!(v["ids"], json!(["call-a017-1"]), "{v}");
         assert_eq!(v["call_ticket"], "A017");
     }
+    // The page acknowledges what it has shown, so the sender learns at once, and once, that
+    // the call reached the patient (not only at the tabs' next reconnect).
+    assert_eq!(
+        sender_receipts(province, "call-a017-1"),
+        ["delivered"],
+        "one `delivered` receipt for the first call"
+    );
 
     let sent = send_call(province, "call-a017-2", "A017", "Radiology 3");
     let second = expect_everywhere(&mut browser, "call-a017-2", sent, Some(BUDGET_MS));
