@@ -29,10 +29,9 @@ async fn drain(app: &mut App, secs: u64) -> (Vec<(String, String, String)>, Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_delivered_and_replied_each_arrive_once_across_tiers() {
-    let mut tree = Tree::start(&[
-        spec("js", None, &["hosp"]),
-        spec("js.t", Some("js"), &["clinic"]),
-    ]);
+    let mut township = spec("js.t", Some("js"), &["clinic"]);
+    township.extra = "audit = true\n".into();
+    let mut tree = Tree::start(&[spec("js", None, &["hosp"]), township]);
     let mut hosp = App::connect("js", "hosp", tree.node("js").port).await;
     let mut clinic = App::connect("js.t", "clinic", tree.node("js.t").port).await;
     let ask = json!({"id": "ask-1", "to": {"node": "js", "client": "hosp"}, "cmd": "consult.request",
@@ -70,6 +69,35 @@ async fn accepted_delivered_and_replied_each_arrive_once_across_tiers() {
     );
     assert_eq!(cmds.len(), 1, "the reply itself: {cmds:?}");
     assert_eq!(cmds[0]["reply_to"], "ask-1");
+
+    // `medlink trace` follows it through both journals, in time order.
+    let dirs: Vec<String> = ["js.t", "js"]
+        .iter()
+        .map(|id| tree.node(id).data_dir.display().to_string())
+        .collect();
+    let (code, out, err) = medlink(&[
+        "trace",
+        "ask-1",
+        "--data-dir",
+        &dirs[0],
+        "--data-dir",
+        &dirs[1],
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("trace lacks `{needle}`:\n{out}"))
+    };
+    let accepted = at("js.t                   accepted from clinic → up");
+    let custody = at("js                     took custody (hop 2) → local:hosp");
+    assert!(accepted < custody, "time order:\n{out}");
+    at("`delivered` receipt for js.t/clinic");
+    at("`replied` receipt for js.t/clinic");
+    let (code, _, err) = medlink(&["trace", "no-such-id", "--data-dir", &dirs[0]]);
+    assert_eq!(code, 1, "an unknown id is said so: {err}");
 }
 
 const HOSP: Login = Some(("hosp", PASSWORD));
