@@ -1,5 +1,5 @@
 //! Parsers of untrusted payloads: a client's outbox submission (and stamping it into an
-//! envelope), envelopes and link frames from other nodes, and journal segments.
+//! envelope), envelopes and link frames from other nodes, journal segments, and HTTP cursors.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,6 +20,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = Envelope::parse(&env.to_bytes());
     }
     let _ = Frame::parse(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        // A cursor that parses prints back to one that parses to the same position.
+        if let Ok(c) = text.parse::<medlink_broker::Cursor>() {
+            assert_eq!(c.to_string().parse::<medlink_broker::Cursor>(), Ok(c));
+        }
+    }
     let _ = medlink_bridge::segment::decode(bytes::Bytes::copy_from_slice(data));
     let sender = Address { node: "js".into(), client: "c".into() };
     let _ = Envelope::rejection("js", &sender, data, "fuzz", "01ARZ3NDEKTSV4RRFFQ69G5FAV".into());
