@@ -350,6 +350,27 @@ fn bad_configuration_is_refused_with_the_file_and_key_named() {
             "node.credentials",
         ),
         ("[node]\n", "id"),
+        // service groups
+        (
+            "[node]\nid = \"js\"\n[[service]]\nname = \"rad\"\nmembers = []\n",
+            "service[0].members",
+        ),
+        (
+            "[node]\nid = \"js\"\n[[service]]\nname = \"a/b\"\nmembers = [\"x\"]\n",
+            "service[0].name",
+        ),
+        (
+            "[node]\nid = \"js\"\n[[service]]\nname = \"rad\"\nmembers = [\"x\"]\nack_timeout_ms = 0\n",
+            "service[0].ack_timeout_ms",
+        ),
+        (
+            "[node]\nid = \"js\"\n[[service]]\nname = \"rad\"\nmembers = [\"x\"]\n[[service]]\nname = \"rad\"\nmembers = [\"y\"]\n",
+            "service[1].name",
+        ),
+        (
+            "[node]\nid = \"js\"\n[[service]]\nname = \"rad\"\nmember = [\"x\"]\n",
+            "member",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));
