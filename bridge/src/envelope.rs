@@ -90,8 +90,9 @@ impl Priority {
 }
 
 impl<'de> Deserialize<'de> for Priority {
-    /// Accepts the class names and, for older clients, the numbers 0–9 (0–2 bulk, 3–6 normal,
-    /// 7–9 urgent).
+    /// Accepts the class names and, for older clients, the numbers 0–9 of the earlier scale
+    /// (0 = routine, 9 = most urgent): 0–6 normal, 7–9 urgent. Bulk has no number, so nothing
+    /// that was routine before becomes bulk now.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -108,8 +109,7 @@ impl<'de> Deserialize<'de> for Priority {
                     "unknown priority `{other}`: use urgent, normal or bulk"
                 ))),
             },
-            Raw::Number(0..=2) => Ok(Priority::Bulk),
-            Raw::Number(3..=6) => Ok(Priority::Normal),
+            Raw::Number(0..=6) => Ok(Priority::Normal),
             Raw::Number(7..=9) => Ok(Priority::Urgent),
             Raw::Number(n) => Err(serde::de::Error::custom(format!(
                 "priority {n} out of range: use urgent, normal or bulk (or 0..=9)"
@@ -520,6 +520,32 @@ mod tests {
             Submission::parse(big.as_bytes(), L).unwrap_err().field,
             "payload"
         );
+    }
+
+    #[test]
+    fn priorities_parse_by_name_and_old_number_and_name_the_field_when_wrong() {
+        let class = |p: &str| {
+            let text = format!(r#"{{"to":{{"node":"a","client":"b"}},"cmd":"x","priority":{p}}}"#);
+            Submission::parse(text.as_bytes(), L)
+                .and_then(|s| s.into_envelope(sender(), "1".into()))
+                .map(|e| e.priority)
+        };
+        assert_eq!(class(r#""urgent""#), Ok(Priority::Urgent));
+        assert_eq!(class(r#""bulk""#), Ok(Priority::Bulk));
+        assert_eq!(
+            class("0"),
+            Ok(Priority::Normal),
+            "the old routine stays normal"
+        );
+        assert_eq!(class("9"), Ok(Priority::Urgent));
+        for bad in [r#""high""#, "10", "-1", "true"] {
+            assert_eq!(class(bad).unwrap_err().field, "priority", "{bad}");
+        }
+        assert_eq!(
+            Priority::of_dest(&Priority::Urgent.dest("down:js.nj")),
+            ("down:js.nj", Priority::Urgent)
+        );
+        assert_eq!(Priority::of_dest("local:a"), ("local:a", Priority::Normal));
     }
 
     #[test]
