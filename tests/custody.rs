@@ -43,17 +43,7 @@ async fn kill9_of_the_middle_tier_during_a_stream_loses_and_duplicates_nothing()
     let (county, city) = killer.await.expect("killer task");
     tree.put(county);
     tree.put(city);
-    let (lost, dups, ooo) = audit_sequence(&seqs, N);
-    if lost + dups + ooo > 0 {
-        tree.dump_logs();
-    }
-    assert!(receipts.is_empty(), "unexpected receipts: {receipts:?}");
-    assert_eq!(
-        (lost, dups, ooo),
-        (0, 0, 0),
-        "lost, duplicates, out of order of {N}"
-    );
-    assert_eq!(seqs.len() as u64, N);
+    tree.assert_stream_intact(&seqs, &receipts, N);
     clinic.disconnect().await;
 }
 

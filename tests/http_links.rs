@@ -63,16 +63,7 @@ async fn a_mixed_path_carries_commands_both_ways_and_survives_kill9_of_the_http_
     let (seqs, receipts) = collect(&mut sink, N, 40).await;
     let clinic = sender.await.expect("sender task");
     tree.put(killer.await.expect("killer task"));
-    let (lost, dups, ooo) = audit_sequence(&seqs, N);
-    if lost + dups + ooo > 0 {
-        tree.dump_logs();
-    }
-    assert!(receipts.is_empty(), "unexpected receipts: {receipts:?}");
-    assert_eq!(
-        (lost, dups, ooo),
-        (0, 0, 0),
-        "lost, duplicates, out of order of {N}"
-    );
+    tree.assert_stream_intact(&seqs, &receipts, N);
     clinic.disconnect().await;
 }
 

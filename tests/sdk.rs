@@ -2,6 +2,7 @@
 //! resent by the node after a stalled connection never reaching the application twice.
 
 mod common;
+mod sdk_support;
 
 use std::time::Duration;
 
@@ -76,14 +77,7 @@ async fn resent_deliveries_never_reach_the_application_twice() {
         .await
         .expect("sender connects");
     let to = Address::new("js", "app");
-    let send = tokio::spawn(async move {
-        for s in 0..N {
-            sender
-                .send(&to, "stream", json!({"s": s}))
-                .await
-                .expect("custody");
-        }
-    });
+    let send = sdk_support::send_numbered(sender, to, "stream", N);
     // Stall the app's connection mid-stream: its acknowledgements stop reaching the node,
     // the connection dies, and the node resends everything unacknowledged to the new one.
     let mut got = Vec::new();

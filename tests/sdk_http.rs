@@ -218,14 +218,7 @@ async fn repeated_polls_over_http_never_reach_the_application_twice() {
     assert_eq!(app.transport(), Some(Transport::Http));
     let (sender, _i) = connect(options(mqtt_url(t.node("js").port), "js", "sender")).await;
     let to = Address::new("js", "app");
-    let send = tokio::spawn(async move {
-        for s in 0..N {
-            sender
-                .send(&to, "stream", json!({"s": s}))
-                .await
-                .expect("custody");
-        }
-    });
+    let send = send_numbered(sender, to, "stream", N);
     let mut got = Vec::new();
     let mut faulted = false;
     while (got.len() as u64) < N {

@@ -32,8 +32,7 @@ pub fn receipt_dest(client: &str) -> String {
 /// The journal destinations of one of `client`'s streams, one per priority lane, most
 /// urgent first (the order they are served in).
 pub fn lane_dests(client: &str, stream: Stream) -> [String; LANES] {
-    let base = stream_dest(client, stream);
-    Priority::ALL.map(|p| p.dest(&base))
+    Priority::lanes_of(&stream_dest(client, stream))
 }
 
 /// Journal destination of one of a client's streams (its normal lane).

@@ -71,12 +71,19 @@ impl Priority {
     /// The journal destination holding this class's share of `base` (`up`, `down:<child>`,
     /// `local:<client>`, …). `#` cannot occur in node ids or client names, so the names never
     /// collide; the normal class keeps the plain name.
-    pub fn dest(self, base: &str) -> String {
+    pub fn dest(self, base: impl Into<String>) -> String {
+        let mut dest = base.into();
         match self {
-            Priority::Urgent => format!("{base}#urgent"),
-            Priority::Normal => base.to_string(),
-            Priority::Bulk => format!("{base}#bulk"),
+            Priority::Urgent => dest.push_str("#urgent"),
+            Priority::Normal => {}
+            Priority::Bulk => dest.push_str("#bulk"),
         }
+        dest
+    }
+
+    /// The destinations of every class of `base`, most urgent first.
+    pub fn lanes_of(base: &str) -> [String; LANES] {
+        Priority::ALL.map(|p| p.dest(base))
     }
 
     /// Splits a journal destination into its base name and class.
@@ -355,7 +362,8 @@ impl Submission {
     }
 }
 
-fn null_params() -> Box<RawValue> {
+/// `null`, the params of a command that has none.
+pub(crate) fn null_params() -> Box<RawValue> {
     RawValue::from_string("null".into()).expect("`null` is valid JSON")
 }
 

@@ -135,6 +135,8 @@ CREATE TABLE IF NOT EXISTS audit(
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 CREATE INDEX IF NOT EXISTS audit_id ON audit(id);
+-- The node this journal belongs to (for tools reading it, like `medlink trace`).
+CREATE TABLE IF NOT EXISTS owner(node TEXT NOT NULL);
 ";
 
 impl Journal {
@@ -214,12 +216,10 @@ impl Journal {
 
     /// Records which node owns this journal (for tools reading it, like `medlink trace`).
     pub fn set_owner(&mut self, node: &str) -> Result<()> {
-        self.conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS owner(node TEXT NOT NULL); DELETE FROM owner;",
-        )?;
-        self.conn
-            .execute("INSERT INTO owner(node) VALUES (?1)", [node])?;
-        Ok(())
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM owner", [])?;
+        tx.execute("INSERT INTO owner(node) VALUES (?1)", [node])?;
+        tx.commit()
     }
 
     /// This journal's epoch (random, fixed for the journal's life).

@@ -23,6 +23,10 @@ pub struct TraceEvent {
     pub node: String,
     /// What happened, in words.
     pub what: String,
+    /// Read from an envelope's custody trail rather than from that node's own records: said
+    /// only where the node's journal has nothing on it.
+    #[serde(skip)]
+    pub from_trail: bool,
 }
 
 /// What `journal` knows of message `id`; events are named after the node that owns the
@@ -64,6 +68,7 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
             at,
             node: label.to_string(),
             what,
+            from_trail: false,
         });
     }
     // Still in custody here: where it waits, and the trail it carries.
@@ -84,12 +89,14 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
                     at: hop.at,
                     node: hop.node.clone(),
                     what: "took custody (from the trail)".into(),
+                    from_trail: true,
                 });
             }
             out.push(TraceEvent {
                 at: env.trail.last().map_or(env.created_at, |h| h.at),
                 node: label.to_string(),
                 what: format!("waiting in {dest} (not yet acknowledged by the next hop)"),
+                from_trail: false,
             });
         }
     }
@@ -103,6 +110,7 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
             at: 0,
             node: label.to_string(),
             what: format!("delivered to {who}; a reply is expected"),
+            from_trail: false,
         });
     }
     Ok(out)
@@ -113,14 +121,12 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
 pub fn merge(mut events: Vec<TraceEvent>) -> Vec<TraceEvent> {
     events.sort_by(|a, b| (a.at, &a.node, &a.what).cmp(&(b.at, &b.node, &b.what)));
     events.dedup();
-    // A trail entry adds nothing where the node's own audit row says the same at that time.
-    let audited: Vec<(u64, String)> = events
+    // A trail entry adds nothing where the node's own records say the same at that time.
+    let recorded: std::collections::HashSet<(u64, String)> = events
         .iter()
-        .filter(|e| !e.what.ends_with("(from the trail)"))
+        .filter(|e| !e.from_trail)
         .map(|e| (e.at, e.node.clone()))
         .collect();
-    events.retain(|e| {
-        !e.what.ends_with("(from the trail)") || !audited.contains(&(e.at, e.node.clone()))
-    });
+    events.retain(|e| !e.from_trail || !recorded.contains(&(e.at, e.node.clone())));
     events
 }

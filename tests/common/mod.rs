@@ -426,6 +426,22 @@ impl Tree {
         std::fs::write(&cfg, text).expect("write config");
     }
 
+    /// Checks that a stream of `n` numbered commands arrived whole: nothing lost, repeated or
+    /// out of order, and no receipt (every node's log is printed if not).
+    pub fn assert_stream_intact(&self, seqs: &[u64], receipts: &[Value], n: u64) {
+        let (lost, dups, ooo) = audit_sequence(seqs, n);
+        if lost + dups + ooo > 0 {
+            self.dump_logs();
+        }
+        assert!(receipts.is_empty(), "unexpected receipts: {receipts:?}");
+        assert_eq!(
+            (lost, dups, ooo),
+            (0, 0, 0),
+            "lost, duplicates, out of order of {n}"
+        );
+        assert_eq!(seqs.len() as u64, n);
+    }
+
     /// Prints every node's log (call before failing an assertion for a useful report).
     pub fn dump_logs(&self) {
         for n in self.nodes.values() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use medlink_sdk::{Client, Inbox, Options};
+use medlink_sdk::{Address, Client, Inbox, Options};
 use serde_json::json;
 
 use crate::common::{audit_sequence, Tree, PASSWORD};
@@ -76,22 +76,32 @@ pub fn responder(client: Client, mut inbox: Inbox) -> tokio::sync::mpsc::Unbound
     seen
 }
 
+/// Sends `n` commands `cmd` numbered `{"s": 0..n}` from `sender` to `to`, in order, each
+/// waiting for custody, on a task of its own.
+pub fn send_numbered(
+    sender: Client,
+    to: Address,
+    cmd: &'static str,
+    n: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for s in 0..n {
+            sender
+                .send(&to, cmd, json!({"s": s}))
+                .await
+                .expect("custody");
+        }
+    })
+}
+
 /// Sends `n` numbered commands from each client to the next one in `clients` (a ring, each
 /// pair possibly on different transports) and checks that every client got its `n` once and in
 /// order.
 pub async fn ring_traffic(clients: &mut [(Client, Inbox)], n: u64) {
     let len = clients.len();
     for i in 0..len {
-        let sender = clients[i].0.clone();
         let to = clients[(i + 1) % len].0.address().clone();
-        tokio::spawn(async move {
-            for s in 0..n {
-                sender
-                    .send(&to, "ring", json!({"s": s}))
-                    .await
-                    .expect("custody");
-            }
-        });
+        send_numbered(clients[i].0.clone(), to, "ring", n);
     }
     for (client, inbox) in clients.iter_mut() {
         let got = receive_numbered(inbox, n, Duration::from_secs(30)).await;

@@ -11,7 +11,22 @@ use super::{Outbox, State, PARENT};
 use crate::envelope::{Envelope, Priority};
 use crate::frame::{Frame, InOrder};
 use crate::journal::Txn;
+use crate::links::LinkOut;
 use crate::route::within;
+
+/// The peer committed everything up to `upto` on `lane` of `link`: the journal forgets it.
+fn acknowledged(
+    tx: &mut Txn,
+    link: &mut LinkOut,
+    lane: Priority,
+    upto: u64,
+) -> rusqlite::Result<()> {
+    let lane = link.lane_mut(lane);
+    if lane.ack(upto) {
+        tx.acknowledge(&lane.dest, upto)?;
+    }
+    Ok(())
+}
 
 impl State {
     /// Commits a batch from a link peer in sequence order; returns the cumulative ack.
@@ -108,12 +123,7 @@ impl State {
                 out.to_children
                     .push((child.to_string(), Frame::Ack { upto, lane }.to_bytes()));
             }
-            Frame::Ack { upto, lane } => {
-                let lane = link.lane_mut(lane);
-                if lane.ack(upto) {
-                    tx.acknowledge(&lane.dest, upto)?;
-                }
-            }
+            Frame::Ack { upto, lane } => acknowledged(tx, link, lane, upto)?,
             Frame::Ping { at } => out
                 .to_children
                 .push((child.to_string(), Frame::Pong { at }.to_bytes())),
@@ -150,12 +160,7 @@ impl State {
                 let upto = self.receive_batch(tx, PARENT, lane, (epoch, floor), &msgs, now)?;
                 out.to_parent.push(Frame::Ack { upto, lane }.to_bytes());
             }
-            Frame::Ack { upto, lane } => {
-                let lane = up.lane_mut(lane);
-                if lane.ack(upto) {
-                    tx.acknowledge(&lane.dest, upto)?;
-                }
-            }
+            Frame::Ack { upto, lane } => acknowledged(tx, up, lane, upto)?,
             Frame::Ping { at } => out.to_parent.push(Frame::Pong { at }.to_bytes()),
             Frame::Pong { .. } => {}
         }

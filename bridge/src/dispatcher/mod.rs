@@ -12,12 +12,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medlink_broker::{Accept, Authenticator, ConnId, Inbound, Role, Stream};
+use medlink_broker::{Accept, Authenticator, ConnId, Inbound, Role};
 use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::delivery::{lane_dests, local_dest, receipt_dest, StreamOut};
+use crate::delivery::{local_dest, receipt_dest, StreamOut};
 use crate::envelope::{
     now_ms, Address, Envelope, Kind, Limits, Priority, Submission, TrailHop, MAX_HOPS,
 };
@@ -341,25 +341,7 @@ impl State {
                 stream,
             }) => self.stream_changed(tx, &client, conn, stream, false)?,
             Input::Broker(Inbound::Delivered { client, id }) => {
-                // Everything a client can acknowledge was published from a stream's in-flight
-                // set; the journal is updated once per round in `settle_acks`.
-                let dests = lane_dests(&client, Stream::Commands)
-                    .into_iter()
-                    .chain(lane_dests(&client, Stream::Receipts));
-                for dest in dests {
-                    let Some(stream) = self.locals.get_mut(&dest) else {
-                        continue;
-                    };
-                    if stream.acknowledged(&id) {
-                        let notice = stream.take_notice(&id);
-                        self.stats.delivered();
-                        self.acked_streams.insert(dest);
-                        if let Some(body) = notice {
-                            self.delivered_notice(tx, &body, now)?;
-                        }
-                        break;
-                    }
-                }
+                self.delivered(tx, &client, &id, now)?
             }
             Input::Broker(Inbound::ChildOpen { child, conn }) => {
                 if let Some(link) = self.downs.get_mut(&child) {
@@ -520,10 +502,10 @@ impl State {
         };
         let dest = match &hop {
             NextHop::Local(client) if env.kind == Kind::Receipt => {
-                Ok(env.priority.dest(&receipt_dest(client)))
+                Ok(env.priority.dest(receipt_dest(client)))
             }
-            NextHop::Local(client) => Ok(env.priority.dest(&local_dest(client))),
-            NextHop::Down(child) => Ok(env.priority.dest(&down_dest(child))),
+            NextHop::Local(client) => Ok(env.priority.dest(local_dest(client))),
+            NextHop::Down(child) => Ok(env.priority.dest(down_dest(child))),
             NextHop::Up => Ok(env.priority.dest("up")),
             NextHop::Service(name) => Ok(format!("service:{name}")),
             NextHop::Unroutable(why) => Err(why.clone()),

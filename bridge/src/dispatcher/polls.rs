@@ -164,7 +164,7 @@ impl State {
             let Some(list) = self.polls.waiting.remove(&key) else {
                 continue;
             };
-            let dests = lane_dests_of(&key);
+            let dests = Priority::lanes_of(&key);
             let mut acked = [0u64; LANES];
             for (lane, dest) in dests.iter().enumerate() {
                 acked[lane] = match self.locals.get(dest) {
@@ -221,9 +221,4 @@ impl State {
         }
         Ok(())
     }
-}
-
-/// The lane destinations of the stream whose normal lane is `key`.
-fn lane_dests_of(key: &str) -> [String; LANES] {
-    Priority::ALL.map(|p| p.dest(key))
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::State;
-use crate::envelope::{Envelope, Kind, Wanted, RECEIPT_TTL_MS};
+use crate::envelope::{null_params, Envelope, Kind, Wanted, RECEIPT_TTL_MS};
 use crate::journal::Txn;
 
 /// The id of the `status` receipt about command `reference`.
@@ -94,8 +94,7 @@ impl State {
             return Ok(());
         }
         let mut origin = env.clone();
-        origin.params =
-            serde_json::value::RawValue::from_string("null".into()).expect("`null` is valid JSON");
+        origin.params = null_params();
         origin.trail.clear();
         let until = env.expires_at.unwrap_or(now + RECEIPT_TTL_MS);
         tx.await_reply(&format!("{client}/{}", env.id), &origin.to_bytes(), until)

@@ -14,7 +14,7 @@
 //! repeats only of its own). Assignments live in memory and are rebuilt from the members'
 //! queues when the node starts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -56,8 +56,10 @@ pub(super) struct Services {
     groups: HashMap<String, (ServiceGroup, usize)>,
     /// Open assignments by envelope id.
     open: HashMap<String, Assignment>,
-    /// When each client last polled over HTTP (presence of HTTP-only members).
+    /// When each member last polled over HTTP (presence of HTTP-only members).
     polled: HashMap<String, Instant>,
+    /// Every member of every group (a poll by anyone else is not noted).
+    members: HashSet<String>,
 }
 
 impl Services {
@@ -73,6 +75,7 @@ impl Services {
                 .iter()
                 .map(|g| (g.name.clone(), (g.clone(), 0)))
                 .collect(),
+            members: groups.iter().flat_map(|g| g.members.clone()).collect(),
             ..Services::default()
         };
         for g in groups {
@@ -105,11 +108,7 @@ impl Services {
 
     /// Notes an HTTP poll by `client`.
     pub(super) fn polled(&mut self, client: &str) {
-        if self
-            .groups
-            .values()
-            .any(|(g, _)| g.members.iter().any(|m| m == client))
-        {
+        if self.members.contains(client) {
             self.polled.insert(client.to_string(), Instant::now());
         }
     }
@@ -176,7 +175,7 @@ impl State {
         body: Bytes,
         now: u64,
     ) -> rusqlite::Result<()> {
-        let dest = env.priority.dest(&local_dest(member));
+        let dest = env.priority.dest(local_dest(member));
         let lseq = tx.enqueue(&dest, env, body.clone())?;
         self.polls.enqueued(&dest);
         self.expect_reply(tx, member, env, now)?;

@@ -6,12 +6,51 @@ use medlink_broker::acl::{inbox_topic, receipt_topic};
 use medlink_broker::{ConnId, Stream};
 
 use super::State;
-use crate::delivery::{lane_dests, StreamOut};
+use crate::delivery::{lane_dests, stream_dest, StreamOut};
 use crate::envelope::Priority;
 use crate::journal::{Journal, Txn};
 use crate::links::Stale;
 
+/// The lanes a PUBACK is looked up in, the normal lane of commands first (where nearly every
+/// acknowledgement belongs), so the common case builds one destination name.
+const ACK_LOOKUP: [(Stream, Priority); 6] = [
+    (Stream::Commands, Priority::Normal),
+    (Stream::Commands, Priority::Urgent),
+    (Stream::Commands, Priority::Bulk),
+    (Stream::Receipts, Priority::Normal),
+    (Stream::Receipts, Priority::Urgent),
+    (Stream::Receipts, Priority::Bulk),
+];
+
 impl State {
+    /// A device of `client` acknowledged `id`. Everything a client can acknowledge was
+    /// published from a stream's in-flight set; the journal is updated once per round in
+    /// `settle_acks`.
+    pub(super) fn delivered(
+        &mut self,
+        tx: &mut Txn,
+        client: &str,
+        id: &str,
+        now: u64,
+    ) -> rusqlite::Result<()> {
+        for (stream, priority) in ACK_LOOKUP {
+            let dest = priority.dest(stream_dest(client, stream));
+            let Some(out) = self.locals.get_mut(&dest) else {
+                continue;
+            };
+            if out.acknowledged(id) {
+                let notice = out.take_notice(id);
+                self.stats.delivered();
+                self.acked_streams.insert(dest);
+                if let Some(body) = notice {
+                    self.delivered_notice(tx, &body, now)?;
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// A connection opened or closed one of `client`'s streams. Either way, everything not yet
     /// acknowledged goes (again) to every open connection: a new device gets what is pending,
     /// and nothing waits on a connection that died. Repeats carry the same id.
