@@ -67,6 +67,7 @@ async fn request_and_reply_cross_four_tiers_through_the_sdk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resent_deliveries_never_reach_the_application_twice() {
     const N: u64 = 3000;
+    const HOLD_AT: usize = 500;
     let mut t = Tree::start(&[spec("js", None, &["sender", "app"])]);
     let port = t.node("js").port;
     let proxy = Proxy::start(([127, 0, 0, 1], port).into()).await;
@@ -78,25 +79,34 @@ async fn resent_deliveries_never_reach_the_application_twice() {
         .expect("sender connects");
     let to = Address::new("js", "app");
     let send = sdk_support::send_numbered(sender, to, "stream", N);
-    // Stall the app's connection mid-stream: its acknowledgements stop reaching the node,
-    // the connection dies, and the node resends everything unacknowledged to the new one.
+    // Mid-stream the app's acknowledgements stop reaching the node while deliveries still
+    // reach the app; then the connection dies, and the node resends everything it holds
+    // unacknowledged to the new one. The app keeps reading throughout: whatever it is handed
+    // after the hold began has its acknowledgement held, so it is certain to come again.
+    // (Stalling both directions instead, as this test once did, let a fast sender fill the
+    // SDK's channel with deliveries acknowledged before the stall: no resend was a repeat.)
+    let (count, counted) = tokio::sync::watch::channel(0usize);
+    let faults = tokio::spawn(async move {
+        let mut counted = counted;
+        let _ = counted.wait_for(|n| *n >= HOLD_AT).await;
+        proxy.set(Mode::HoldUpstream);
+        // Deliveries go on until the node's in-flight limit is reached with the acks held.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.set(Mode::Cut);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.set(Mode::Pass);
+        proxy
+    });
     let mut got = Vec::new();
-    let mut stalled = false;
     while (got.len() as u64) < N {
         let m = tokio::time::timeout(Duration::from_secs(60), inbox.commands.recv())
             .await
-            .expect("deliveries keep coming")
+            .unwrap_or_else(|_| panic!("only {} of {N} arrived", got.len()))
             .expect("inbox open");
-        got.push(m.params["s"].as_u64().unwrap());
-        if got.len() == 500 && !stalled {
-            stalled = true;
-            proxy.set(Mode::Freeze);
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            proxy.set(Mode::Cut);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            proxy.set(Mode::Pass);
-        }
+        got.push(m.params["s"].as_u64().expect("numbered"));
+        count.send_replace(got.len());
     }
+    let _proxy = faults.await.expect("fault sequence ran");
     send.await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_secs(2), inbox.commands.recv())
@@ -109,6 +119,7 @@ async fn resent_deliveries_never_reach_the_application_twice() {
         (0, 0, 0),
         "lost, duplicates, reordered at the application"
     );
+    eprintln!("repeats dropped by the SDK: {}", app.repeats_dropped());
     assert!(
         app.repeats_dropped() > 0,
         "the stall did cause resends (so the check above meant something)"

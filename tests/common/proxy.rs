@@ -2,7 +2,9 @@
 //!
 //! Modes: `Pass` forwards bytes; `Freeze` keeps every connection open but forwards nothing
 //! (a stalled link, as a hung middlebox produces: both ends still see "connected"); `Cut`
-//! closes every connection and refuses new ones (a dead link).
+//! closes every connection and refuses new ones (a dead link); `HoldUpstream` holds only the
+//! client's bytes while the server's still flow (the client's acknowledgements are lost in
+//! the network while deliveries keep reaching it).
 
 #![allow(dead_code)]
 
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 pub enum Mode {
     Pass,
     Freeze,
+    HoldUpstream,
     Cut,
 }
 
@@ -50,8 +53,8 @@ impl Proxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pipe(cr, sw, rx.clone()) => {}
-                        _ = pipe(sr, cw, rx.clone()) => {}
+                        _ = pipe(cr, sw, rx.clone(), Direction::Up) => {}
+                        _ = pipe(sr, cw, rx.clone(), Direction::Down) => {}
                     }
                 });
             }
@@ -67,15 +70,23 @@ impl Proxy {
     }
 }
 
+/// Which way a pipe copies: `Up` from the client to the server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
 /// Copies `from` to `to`, holding bytes while frozen and ending when cut.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    way: Direction,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if !flowing(&mut mode).await {
+        if !flowing(&mut mode, way).await {
             return;
         }
         tokio::select! {
@@ -85,7 +96,7 @@ async fn pipe(
                     return;
                 }
                 // bytes read just before a freeze are held until it ends
-                if !flowing(&mut mode).await {
+                if !flowing(&mut mode, way).await {
                     return;
                 }
                 if to.write_all(&buf[..n]).await.is_err() {
@@ -97,14 +108,15 @@ async fn pipe(
     }
 }
 
-/// Waits while frozen; false once the link is cut (or the proxy is gone).
-async fn flowing(mode: &mut watch::Receiver<Mode>) -> bool {
+/// Waits while frozen (in this direction); false once the link is cut (or the proxy is gone).
+async fn flowing(mode: &mut watch::Receiver<Mode>, way: Direction) -> bool {
     loop {
         let m = *mode.borrow_and_update();
         match m {
             Mode::Pass => return true,
+            Mode::HoldUpstream if way == Direction::Down => return true,
             Mode::Cut => return false,
-            Mode::Freeze => {
+            Mode::Freeze | Mode::HoldUpstream => {
                 if mode.changed().await.is_err() {
                     return false;
                 }
