@@ -19,24 +19,25 @@ use futures_util::FutureExt;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error, Packet,
-    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, QoS, SubAck,
-    Subscribe, SubscribeReasonCode,
+    SubscribeReasonCode,
 };
-use rumqttd::Notification;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::acl::{link_down_topic, outbox_topic, stream_of, strip_share, AclPolicy, PublishClass};
+use crate::acl::{outbox_topic, AclPolicy};
 use crate::auth::Authenticator;
 use crate::codec::{publish_header, Codec, Version};
 use crate::connect::{admit, handshake, refuse, ConnectInfo, End};
 use crate::events::{Accept, ConnId, Inbound, Stream};
 use crate::identity::{Identity, Role};
 use crate::metrics::{bump, BrokerMetrics};
-use crate::rate::{RateLimiter, RateVerdict};
+use crate::rate::RateLimiter;
 use crate::transport::Transport;
 use crate::LinkFactory;
+
+mod inbound;
+mod outbound;
 
 /// Live sessions by identity, then client id, with the switch that ends each one. Grouped by
 /// identity so the per-identity connection limit is a map lookup, not a scan of every session.
@@ -364,315 +365,6 @@ impl Session {
         }
     }
 
-    async fn incoming(
-        &mut self,
-        ctx: &FrontEnd,
-        packet: Packet,
-        header: Option<(u8, u16)>,
-    ) -> Result<(), End> {
-        match packet {
-            Packet::Publish(publish, props) => {
-                let (qos, pkid) = header.expect("a decoded PUBLISH has a complete header");
-                if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-                    // CONNACK said topic_alias_max = 0: an alias is a protocol error, and
-                    // refusing it outright means an alias can never stand in for a topic the
-                    // ACL would deny.
-                    bump(&ctx.metrics.malformed);
-                    self.disconnect_v5(DisconnectReasonCode::TopicAliasInvalid);
-                    return Err(End::Protocol(Error::IncorrectPacketFormat));
-                }
-                // Invalid UTF-8 is no topic at all, so it matches nothing the ACL allows.
-                let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
-                let class = ctx.acl.publish(&self.identity, topic);
-                if class == PublishClass::Outbox {
-                    if let RateVerdict::Refused { notify } = ctx
-                        .rate
-                        .check(&self.identity.name, std::time::Instant::now())
-                    {
-                        bump(&ctx.metrics.rate_limited);
-                        if notify {
-                            let limit = ctx.rate.settings();
-                            warn!(identity = %self.identity.name, per_second = limit.per_second, burst = limit.burst, "publish refused: rate limit");
-                            let reason = format!(
-                                "rate limit exceeded: {} commands per second per identity (bursts of {}); the command was not accepted",
-                                limit.per_second, limit.burst
-                            );
-                            let _ = ctx.inbound.try_send(Inbound::Refused {
-                                client: self.identity.name.clone(),
-                                payload: publish.payload.clone(),
-                                reason,
-                            });
-                        }
-                        if qos > 0 {
-                            let (tx, rx) = oneshot::channel();
-                            let _ = tx.send(Accept::RateLimited);
-                            self.owed.push_back(OwedAck {
-                                pkid,
-                                qos,
-                                verdict: rx,
-                            });
-                        }
-                        return Ok(());
-                    }
-                }
-                let (tx, rx) = if qos > 0 {
-                    let (tx, rx) = oneshot::channel();
-                    (Some(tx), Some(rx))
-                } else {
-                    (None, None)
-                };
-                let item = match class {
-                    PublishClass::Outbox => Inbound::Command {
-                        client: self.identity.name.clone(),
-                        payload: publish.payload,
-                        reply: tx,
-                    },
-                    PublishClass::LinkUp => Inbound::LinkFrame {
-                        child: self.identity.name.clone(),
-                        payload: publish.payload,
-                        reply: tx,
-                    },
-                    PublishClass::Denied => {
-                        bump(&ctx.metrics.acl_publish_denied);
-                        warn!(identity = %self.identity.name, topic, "publish denied by ACL");
-                        if let Some(tx) = tx {
-                            let _ = tx.send(Accept::NotAuthorized);
-                        }
-                        if let Some(rx) = rx {
-                            self.owed.push_back(OwedAck {
-                                pkid,
-                                qos,
-                                verdict: rx,
-                            });
-                        }
-                        return Ok(());
-                    }
-                };
-                ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
-                if let Some(rx) = rx {
-                    self.owed.push_back(OwedAck {
-                        pkid,
-                        qos,
-                        verdict: rx,
-                    });
-                }
-            }
-            Packet::PubRel(rel, _) => {
-                // QoS 2 publishes were acknowledged with PUBREC after custody, and duplicates
-                // are removed by envelope id, so PUBREL can be completed at once.
-                self.encode(Packet::PubComp(
-                    PubComp {
-                        pkid: rel.pkid,
-                        reason: PubCompReason::Success,
-                    },
-                    None,
-                ))?;
-            }
-            Packet::Subscribe(subscribe, props) => self.subscribe(ctx, subscribe, props).await?,
-            Packet::Unsubscribe(unsub, props) => {
-                for f in &unsub.filters {
-                    if let Some(stream) =
-                        stream_of(&ctx.node_id, &self.identity.name, strip_share(f))
-                    {
-                        if self.streams.contains(&stream) {
-                            self.streams.retain(|s| *s != stream);
-                            self.notify_closed(ctx, stream).await;
-                        }
-                    }
-                }
-                self.send_to_router(Packet::Unsubscribe(unsub, props))
-                    .await?;
-            }
-            Packet::PubAck(ack, props) => {
-                if let Some(id) = self.inflight.remove(&ack.pkid) {
-                    let _ = ctx
-                        .inbound
-                        .send(Inbound::Delivered {
-                            client: self.identity.name.clone(),
-                            id,
-                        })
-                        .await;
-                }
-                self.send_to_router(Packet::PubAck(ack, props)).await?;
-            }
-            Packet::PingReq(_) => self.encode(Packet::PingResp(PingResp))?,
-            Packet::Disconnect(..) => return Err(End::Disconnected),
-            Packet::Connect(..) => return Err(End::Protocol(Error::IncorrectPacketFormat)),
-            other => self.send_to_router(other).await?,
-        }
-        Ok(())
-    }
-
-    async fn subscribe(
-        &mut self,
-        ctx: &FrontEnd,
-        mut subscribe: Subscribe,
-        props: Option<rumqttd::protocol::SubscribeProperties>,
-    ) -> Result<(), End> {
-        let refusal = match self.codec.version {
-            Version::V4 => SubscribeReasonCode::Failure,
-            Version::V5 => SubscribeReasonCode::NotAuthorized,
-        };
-        let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut allowed = Vec::with_capacity(subscribe.filters.len());
-        let mut opens: Vec<Stream> = Vec::new();
-        let mut opens_child = false;
-        for mut filter in subscribe.filters.drain(..) {
-            if ctx.acl.subscribe(&self.identity, &filter.path) {
-                let plain = strip_share(&filter.path);
-                if let Some(stream) = stream_of(&ctx.node_id, &self.identity.name, plain) {
-                    opens.push(stream);
-                }
-                opens_child |= plain == link_down_topic(&self.identity.name);
-                // Deliveries are QoS 1 at most: custody is end to end, not QoS 2's handshake.
-                if filter.qos == QoS::ExactlyOnce {
-                    filter.qos = QoS::AtLeastOnce;
-                }
-                codes.push(None);
-                allowed.push(filter);
-            } else {
-                bump(&ctx.metrics.acl_subscribe_denied);
-                warn!(identity = %self.identity.name, filter = %filter.path, "subscribe denied by ACL");
-                codes.push(Some(refusal));
-            }
-        }
-        let pkid = subscribe.pkid;
-        if allowed.is_empty() {
-            let return_codes = codes.into_iter().map(|c| c.unwrap_or(refusal)).collect();
-            return self.encode(Packet::SubAck(SubAck { pkid, return_codes }, None));
-        }
-        if codes.iter().any(Option::is_some) {
-            self.denied.insert(pkid, codes);
-        }
-        subscribe.filters = allowed;
-        self.send_to_router(Packet::Subscribe(subscribe, props))
-            .await?;
-        // The router has the subscription queued before the node hears of it, so whatever the
-        // node publishes next is routed to this connection.
-        for stream in opens {
-            if !self.streams.contains(&stream) {
-                self.streams.push(stream);
-                let item = Inbound::InboxOpen {
-                    client: self.identity.name.clone(),
-                    conn: self.conn,
-                    stream,
-                };
-                ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
-            }
-        }
-        if opens_child && !self.child_open {
-            self.child_open = true;
-            let item = Inbound::ChildOpen {
-                child: self.identity.name.clone(),
-                conn: self.conn,
-            };
-            ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the client's PUBACK/PUBREC for a custody decision, in arrival order.
-    fn answer(&mut self, owed: OwedAck, verdict: Accept) -> Result<(), End> {
-        let v5 = self.codec.version == Version::V5;
-        let (ok, reason) = match &verdict {
-            Accept::Committed => (true, PubAckReason::Success),
-            Accept::NotAuthorized => (true, PubAckReason::NotAuthorized),
-            Accept::Rejected(_) => (true, PubAckReason::PayloadFormatInvalid),
-            Accept::RateLimited => (true, PubAckReason::QuotaExceeded),
-            Accept::Unroutable(_) => (true, PubAckReason::UnspecifiedError),
-            Accept::Unavailable => (false, PubAckReason::UnspecifiedError),
-        };
-        if !ok {
-            // No acknowledgement: closing makes the client resend after reconnecting.
-            return Err(End::Shutdown);
-        }
-        let reason = if v5 { reason } else { PubAckReason::Success };
-        let packet = if owed.qos == 2 {
-            let reason = match reason {
-                PubAckReason::Success => PubRecReason::Success,
-                PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
-                PubAckReason::QuotaExceeded => PubRecReason::QuotaExceeded,
-                _ => PubRecReason::ImplementationSpecificError,
-            };
-            Packet::PubRec(
-                PubRec {
-                    pkid: owed.pkid,
-                    reason,
-                },
-                None,
-            )
-        } else {
-            Packet::PubAck(
-                PubAck {
-                    pkid: owed.pkid,
-                    reason,
-                },
-                None,
-            )
-        };
-        self.encode(packet)
-    }
-
-    /// Handles one notification from the router.
-    async fn outgoing(&mut self, n: Notification) -> Result<(), End> {
-        match n {
-            Notification::Forward(forward) => {
-                let id = (!self.streams.is_empty())
-                    .then(|| envelope_id(&forward.publish.payload))
-                    .flatten();
-                let start = self.wbuf.len();
-                self.encode(Packet::Publish(forward.publish, forward.properties))?;
-                if let (Some(id), Some((q, pkid))) = (id, publish_header(&self.wbuf[start..])) {
-                    if q > 0 {
-                        self.inflight.insert(pkid, id);
-                    } else {
-                        // A QoS 0 subscriber asked for at-most-once: handing it over is delivery.
-                        let client = self.identity.name.clone();
-                        self.delivered.push((client, id));
-                    }
-                }
-            }
-            Notification::Unschedule => {
-                self.link_rx
-                    .wake()
-                    .await
-                    .map_err(|_| End::RouterDisconnect)?;
-            }
-            Notification::Disconnect(d, props) => {
-                self.taken_over = true;
-                if self.codec.version == Version::V5 {
-                    self.encode(Packet::Disconnect(d, props))?;
-                }
-                return Err(End::RouterDisconnect);
-            }
-            other => {
-                let packet: Option<Packet> = other.into();
-                if let Some(packet) = packet {
-                    let packet = self.patch_suback(packet);
-                    self.encode(packet)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Puts the ACL's refusals back into a SUBACK from the router.
-    fn patch_suback(&mut self, packet: Packet) -> Packet {
-        let Packet::SubAck(mut ack, props) = packet else {
-            return packet;
-        };
-        if let Some(codes) = self.denied.remove(&ack.pkid) {
-            let mut granted = ack.return_codes.into_iter();
-            ack.return_codes = codes
-                .into_iter()
-                .map(|c| {
-                    c.unwrap_or_else(|| granted.next().unwrap_or(SubscribeReasonCode::Failure))
-                })
-                .collect();
-        }
-        Packet::SubAck(ack, props)
-    }
-
     async fn send_to_router(&mut self, packet: Packet) -> Result<(), End> {
         self.link_tx
             .send(packet)
@@ -789,24 +481,4 @@ impl Session {
 async fn next_verdict(owed: &mut VecDeque<OwedAck>) -> Accept {
     let head = owed.front_mut().expect("select guard: owed is non-empty");
     (&mut head.verdict).await.unwrap_or(Accept::Unavailable)
-}
-
-/// The `id` field of an envelope payload, without building the whole envelope.
-fn envelope_id(payload: &Bytes) -> Option<String> {
-    // Envelopes are serialised by medlink with `id` first and ids never need escaping.
-    if let Some(rest) = payload.strip_prefix(br#"{"id":""#) {
-        if let Some(end) = rest.iter().position(|b| *b == b'"') {
-            if !rest[..end].contains(&b'\\') {
-                return std::str::from_utf8(&rest[..end]).ok().map(str::to_string);
-            }
-        }
-    }
-    #[derive(serde::Deserialize)]
-    struct IdOnly<'a> {
-        #[serde(borrow)]
-        id: std::borrow::Cow<'a, str>,
-    }
-    serde_json::from_slice::<IdOnly>(payload)
-        .ok()
-        .map(|e| e.id.into_owned())
 }

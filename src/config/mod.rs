@@ -5,6 +5,10 @@
 //! names the file and the key. Relative paths resolve against the file's directory, so a
 //! config means the same thing whatever directory the node is started from.
 
+mod file;
+
+pub use file::*;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,69 +17,13 @@ use std::time::Duration;
 use medlink_bridge::dispatcher::ServiceGroup;
 use medlink_bridge::envelope::{valid_node_id, Limits};
 use medlink_bridge::http::{TransportChoice, TransportPolicy};
-use medlink_bridge::journal::Durability;
 use medlink_bridge::links::LinkTuning;
 use medlink_bridge::node::{HttpSettings, NodeConfig};
-use medlink_bridge::route::Policy;
 use medlink_bridge::uplink::ParentAddr;
 use medlink_broker::throttle::ThrottleSettings;
 use medlink_broker::{
     tls, CredentialSource, ListenerKind, ListenerSpec, RateSettings, RouterSettings,
 };
-use serde::Deserialize;
-
-/// The whole file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct File {
-    /// Who this node is.
-    pub node: NodeSection,
-    /// MQTT listeners (default: TCP on 127.0.0.1:1883).
-    #[serde(default, rename = "listener")]
-    pub listeners: Vec<ListenerSection>,
-    /// The parent; absent at the root.
-    pub parent: Option<ParentSection>,
-    /// This node's TLS certificate (needed by `tls`/`wss` listeners).
-    pub tls: Option<TlsSection>,
-    /// Identities used to live here with clear-text passwords; now refused with a pointer to
-    /// the credentials file.
-    #[serde(default, rename = "identity")]
-    pub identities: Option<toml::Value>,
-    /// Size, rate and connection limits.
-    #[serde(default)]
-    pub limits: LimitsSection,
-    /// Tier link tuning.
-    #[serde(default)]
-    pub link: LinkSection,
-    /// The Prometheus endpoint.
-    #[serde(default)]
-    pub metrics: MetricsSection,
-    /// The HTTP API.
-    pub http: Option<HttpSection>,
-    /// Which transport callers are told to use.
-    #[serde(default)]
-    pub transport: TransportSection,
-    /// Service groups served at this node.
-    #[serde(default, rename = "service")]
-    pub services: Vec<ServiceSection>,
-}
-
-/// `[[service]]`: a name commands can be addressed to, served by any one of its members.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSection {
-    /// The name (`to.client` of commands for it), e.g. `consult.radiology`.
-    pub name: String,
-    /// Client identities at this node that serve it.
-    pub members: Vec<String>,
-    /// How long a member has to acknowledge before another member gets the command.
-    #[serde(default = "default_service_ack_timeout_ms")]
-    pub ack_timeout_ms: u64,
-}
-
-fn default_service_ack_timeout_ms() -> u64 {
-    30_000
-}
 
 /// Checks the `[[service]]` sections.
 fn services(sections: Vec<ServiceSection>) -> Result<Vec<ServiceGroup>, String> {
@@ -114,189 +62,6 @@ fn services(sections: Vec<ServiceSection>) -> Result<Vec<ServiceGroup>, String> 
         });
     }
     Ok(out)
-}
-
-/// `[http]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSection {
-    /// `ip:port` of the HTTP API.
-    pub addr: String,
-    /// HTTPS with the `[tls]` certificate.
-    #[serde(default)]
-    pub tls: bool,
-    /// Allow clear-text HTTP on a non-loopback address.
-    #[serde(default)]
-    pub insecure: bool,
-    /// Longest long-poll wait a client may ask for, seconds (default 60).
-    #[serde(default = "default_max_wait")]
-    pub max_wait_s: u64,
-}
-
-fn default_max_wait() -> u64 {
-    60
-}
-
-/// `[transport]`
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct TransportSection {
-    /// `mqtt` (default), `ws` or `http`.
-    pub default: Option<TransportChoice>,
-    /// URL advertised for MQTT, e.g. `mqtts://city.example:8883`.
-    pub mqtt_url: Option<String>,
-    /// URL advertised for MQTT over WebSocket.
-    pub ws_url: Option<String>,
-    /// URL advertised for HTTP.
-    pub http_url: Option<String>,
-    /// Per identity (client or child node): `name = "http"`.
-    pub identities: std::collections::HashMap<String, TransportChoice>,
-}
-
-/// `[node]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeSection {
-    /// Dotted id from the root, e.g. `js.nj.gulou`.
-    pub id: String,
-    /// Journal directory (default `data/<id>` next to the config file).
-    pub data_dir: Option<PathBuf>,
-    /// `shortest` (default) or `via_root`.
-    #[serde(default)]
-    pub policy: Policy,
-    /// Audit every routed command here too (the root always audits).
-    #[serde(default)]
-    pub audit: bool,
-    /// `process` (default: survives kill -9) or `power` (fsync every group commit).
-    #[serde(default)]
-    pub durability: Durability,
-    /// The credentials file (argon2id hashes, managed by `medlink passwd`). Without it no
-    /// identity can log in.
-    pub credentials: Option<PathBuf>,
-}
-
-/// `[[listener]]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerSection {
-    /// `tls`, `wss`, `tcp` or `ws`.
-    pub kind: ListenerKind,
-    /// `ip:port`.
-    pub addr: String,
-    /// Allow a clear-text (`tcp`/`ws`) listener on a non-loopback address.
-    #[serde(default)]
-    pub insecure: bool,
-}
-
-/// `[tls]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// PEM certificate chain of this node.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-    /// CA for client certificates; when set, a child node may log in with a certificate
-    /// whose common name is its id instead of a password.
-    pub client_ca: Option<PathBuf>,
-}
-
-/// `[parent]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParentSection {
-    /// `mqtts://host:port`, `wss://host:port/path` (or clear-text `mqtt://`, `ws://`), tried
-    /// in order.
-    pub addresses: Vec<String>,
-    /// The CA the parent's certificate must chain to (required for `mqtts`/`wss`).
-    pub ca: Option<PathBuf>,
-    /// Client certificate presented to the parent (with `key`).
-    pub cert: Option<PathBuf>,
-    /// Private key of `cert`.
-    pub key: Option<PathBuf>,
-    /// File holding this node's password at the parent (when not using a certificate).
-    pub password_file: Option<PathBuf>,
-    /// Allow clear-text addresses to hosts other than loopback.
-    #[serde(default)]
-    pub insecure: bool,
-}
-
-/// `[limits]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsSection {
-    /// Largest command a client may publish, bytes (`params` included).
-    pub max_payload: usize,
-    /// Largest MQTT packet, bytes (link frames batch many commands).
-    pub max_packet: usize,
-    /// Most concurrent connections.
-    pub max_connections: usize,
-    /// Most concurrent connections of one identity.
-    pub max_connections_per_identity: usize,
-    /// Sustained commands per second per client identity; 0 turns the limit off.
-    pub rate_per_second: f64,
-    /// Commands an idle client may send at once.
-    pub rate_burst: f64,
-    /// A client that does not read what is sent to it for this long is disconnected.
-    pub write_timeout_ms: u64,
-    /// A new connection must finish TLS, WebSocket and CONNECT within this time.
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for LimitsSection {
-    fn default() -> Self {
-        LimitsSection {
-            max_payload: 256 * 1024,
-            max_packet: 8 * 1024 * 1024,
-            max_connections: 19_000,
-            max_connections_per_identity: 64,
-            rate_per_second: 1000.0,
-            rate_burst: 5000.0,
-            write_timeout_ms: 30_000,
-            connect_timeout_ms: 10_000,
-        }
-    }
-}
-
-/// `[metrics]`
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
-    /// `ip:port` to serve `/metrics` and `/healthz` on; absent: not served.
-    pub addr: Option<String>,
-    /// Serve over HTTPS with the `[tls]` certificate.
-    pub tls: bool,
-    /// Allow clear-text HTTP on a non-loopback address.
-    pub insecure: bool,
-}
-
-/// `[link]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LinkSection {
-    /// Most commands per frame.
-    pub batch: usize,
-    /// Most commands in flight per link.
-    pub window: u64,
-    /// Resend after this long without an ack.
-    pub resend_after_ms: u64,
-    /// Heartbeat period.
-    pub ping_every_ms: u64,
-    /// Declare the link down after this long without hearing the peer.
-    pub dead_after_ms: u64,
-}
-
-impl Default for LinkSection {
-    fn default() -> Self {
-        let t = LinkTuning::default();
-        LinkSection {
-            batch: t.batch,
-            window: t.window,
-            resend_after_ms: t.resend_after.as_millis() as u64,
-            ping_every_ms: t.ping_every.as_millis() as u64,
-            dead_after_ms: t.dead_after.as_millis() as u64,
-        }
-    }
 }
 
 /// A configuration error, naming the file and the key.
@@ -668,6 +433,7 @@ pub fn parse_parent(addr: &str) -> Result<ParentAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use medlink_bridge::route::Policy;
 
     fn parse(text: &str) -> Result<NodeConfig, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;

@@ -1,0 +1,65 @@
+//! The committed tail of each destination's queue, kept in memory so that sending does not
+//! read back what was just written. Changes are applied only after their transaction commits.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::Queued;
+
+/// Most rows and bytes kept in memory per destination; beyond that, sending reads SQLite.
+const HOT_LIMIT: usize = 64 * 1024;
+const HOT_BYTES: usize = 64 * 1024 * 1024;
+/// The committed tail of one destination's queue, kept in memory so that sending does not
+/// read back what was just written. Every committed row with `lseq >= floor` is in `rows`.
+#[derive(Debug, Default)]
+pub(super) struct Hot {
+    pub(super) floor: u64,
+    pub(super) rows: BTreeMap<u64, Queued>,
+    pub(super) bytes: usize,
+}
+
+/// A change to apply to the hot tails once the transaction commits.
+pub(super) enum HotChange {
+    Insert(String, Queued),
+    RemoveThrough(String, u64),
+    Remove(String, u64),
+}
+
+pub(super) fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
+    match change {
+        HotChange::Insert(dest, row) => {
+            let h = hot.entry(dest).or_insert_with(|| Hot {
+                floor: row.lseq,
+                rows: BTreeMap::new(),
+                bytes: 0,
+            });
+            h.bytes += row.body.len();
+            h.rows.insert(row.lseq, row);
+            if h.rows.len() > HOT_LIMIT || h.bytes > HOT_BYTES {
+                // Keep the newest three quarters; older rows are read from SQLite again.
+                while h.rows.len() > HOT_LIMIT * 3 / 4 || h.bytes > HOT_BYTES * 3 / 4 {
+                    match h.rows.pop_first() {
+                        Some((l, old)) => {
+                            h.floor = l + 1;
+                            h.bytes -= old.body.len();
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        HotChange::RemoveThrough(dest, upto) => {
+            if let Some(h) = hot.get_mut(&dest) {
+                let kept = h.rows.split_off(&(upto + 1));
+                h.bytes -= h.rows.values().map(|q| q.body.len()).sum::<usize>();
+                h.rows = kept;
+            }
+        }
+        HotChange::Remove(dest, lseq) => {
+            if let Some(h) = hot.get_mut(&dest) {
+                if let Some(old) = h.rows.remove(&lseq) {
+                    h.bytes -= old.body.len();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The custody journal: every envelope this node is responsible for, in SQLite (WAL).
+//!
+//! A node *accepts* an envelope when the transaction that queues it towards its next hop
+//! commits; only then is the previous hop acknowledged. A queued row is deleted only when the
+//! next hop acknowledges it (link ack or client PUBACK) or when it expires. Rows are grouped
+//! by destination (`up`, `down:<child>`, `local:<client>`, `receipts:<client>`) and numbered
+//! per destination, which gives each link its go-back-N sequence and keeps order.
+//!
+//! The journal is owned by the dispatcher thread; all writes of one dispatcher round share one
+//! transaction (group commit), so durability costs one WAL append per round, not per message.
+
+mod checkpoint;
+mod hot;
+mod schema;
+mod txn;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub use checkpoint::Checkpointer;
+pub use txn::Txn;
+
+use checkpoint::WAL_LIMIT;
+use hot::Hot;
+use schema::{FORMAT, SCHEMA};
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: a commit survives the process being killed (`kill -9`,
+    /// crash, OOM) but the last commits may be lost if the machine loses power.
+    #[default]
+    Process,
+    /// WAL with `synchronous=FULL`: every group commit is fsynced; survives power loss.
+    Power,
+}
+
+/// A decoded segment: (destination, first sequence) and its entries.
+type CachedSegment = ((String, u64), std::sync::Arc<Vec<Queued>>);
+
+/// Journal errors are SQLite errors; the dispatcher treats them as "custody not taken".
+pub type Result<T> = rusqlite::Result<T>;
+
+/// A queued envelope read back for sending.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Per-destination sequence.
+    pub lseq: u64,
+    /// Envelope id.
+    pub id: String,
+    /// Expiry, Unix ms.
+    pub expires_at: Option<u64>,
+    /// Envelope JSON.
+    pub body: Bytes,
+}
+
+/// Decoded segments kept for reads that miss the hot tail (a backlog sent frame by frame
+/// reads the same large segment many times).
+const SEGMENT_CACHE: usize = 4;
+/// Sequence numbers are reserved in blocks, so the `seq` table is written once per block
+/// instead of in every commit. After a crash the unused rest of a block is skipped, which
+/// links tolerate: every envelope names its predecessor (`p`), so skipped numbers are no gap.
+const SEQ_BLOCK: u64 = 65_536;
+
+/// The SQLite journal of one node.
+pub struct Journal {
+    conn: Connection,
+    /// Next sequence number per destination (persisted in `seq`, so numbers are never reused
+    /// even after every row of a destination has been deleted).
+    next: HashMap<String, u64>,
+    /// Persisted end of the reserved block per destination.
+    reserved: HashMap<String, u64>,
+    hot: HashMap<String, Hot>,
+    epoch: u64,
+    /// Recently decoded segments: (dest, first_lseq) → entries, most recent last.
+    segments: std::cell::RefCell<Vec<CachedSegment>>,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Journal> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Power => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB page cache
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // Checkpoints run on a helper thread (see `spawn_checkpointer`), not inside commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // When the WAL is rewound after a full checkpoint, give the disk back beyond this.
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
+        // An existing journal must carry this build's format; only a new one is stamped.
+        let existing: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'queue'",
+            [],
+            |r| r.get(0),
+        )?;
+        if existing {
+            let format: Option<i64> = conn
+                .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .unwrap_or(None);
+            if format != Some(FORMAT) {
+                let found = format.map_or("an unversioned format".to_string(), |f| {
+                    format!("format {f}")
+                });
+                return Err(rusqlite::Error::InvalidParameterName(format!(
+                    "journal is in {found}; this medlink reads format {FORMAT} only"
+                )));
+            }
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1)",
+            [FORMAT],
+        )?;
+        // `seq.next` is the end of the last reserved block: numbering resumes there.
+        let mut next = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT dest, next FROM seq")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (dest, n) = row?;
+                next.insert(dest, n as u64);
+            }
+        }
+        let reserved = next.clone();
+        // The epoch names this journal's life: a journal that is replaced (disk swapped, data
+        // dir wiped) restarts its link sequences at 1, and peers must not take those for
+        // duplicates of the old journal's numbers.
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?1)",
+            [(rand::random::<u64>() >> 1) as i64],
+        )?;
+        let epoch = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
+        Ok(Journal {
+            conn,
+            next,
+            reserved,
+            hot: HashMap::new(),
+            epoch,
+            segments: Default::default(),
+        })
+    }
+
+    /// Records which node owns this journal (for tools reading it, like `medlink trace`).
+    pub fn set_owner(&mut self, node: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM owner", [])?;
+        tx.execute("INSERT INTO owner(node) VALUES (?1)", [node])?;
+        tx.commit()
+    }
+
+    /// This journal's epoch (random, fixed for the journal's life).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Up to `limit` queued envelopes for `dest` with sequence above `after`, in order.
+    pub fn read(&self, dest: &str, after: u64, limit: usize) -> Result<Vec<Queued>> {
+        if let Some(hot) = self.hot.get(dest) {
+            if after + 1 >= hot.floor {
+                return Ok(hot
+                    .rows
+                    .range(after + 1..)
+                    .take(limit)
+                    .map(|(_, q)| q.clone())
+                    .collect());
+            }
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT first_lseq FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
+        )?;
+        let mut rows = stmt.query(params![dest, after as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let first = row.get::<_, i64>(0)? as u64;
+            for entry in self.segment(dest, first)?.iter() {
+                if entry.lseq > after {
+                    out.push(entry.clone());
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The decoded segment of `dest` starting at `first`, from the cache or SQLite. Segments
+    /// are immutable (a rewrite inserts a new one), so cached copies never go stale; a deleted
+    /// segment is simply not asked for again.
+    fn segment(&self, dest: &str, first: u64) -> Result<std::sync::Arc<Vec<Queued>>> {
+        let key = (dest.to_string(), first);
+        let mut cache = self.segments.borrow_mut();
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            let hit = cache.remove(i);
+            let entries = hit.1.clone();
+            cache.push(hit);
+            return Ok(entries);
+        }
+        let blob: Vec<u8> = self
+            .conn
+            .prepare_cached("SELECT entries FROM queue WHERE dest = ?1 AND first_lseq = ?2")?
+            .query_row(params![dest, first as i64], |r| r.get(0))?;
+        let entries = std::sync::Arc::new(decode_row(blob)?);
+        if cache.len() >= SEGMENT_CACHE {
+            cache.remove(0);
+        }
+        cache.push((key, entries.clone()));
+        Ok(entries)
+    }
+
+    /// Lowest sequence still queued for `dest`, or the next one to be assigned if none.
+    pub fn floor(&self, dest: &str) -> Result<u64> {
+        floor(&self.conn, &self.next, dest)
+    }
+
+    /// How far `dest` is acknowledged by its next hop or client.
+    pub fn acked(&self, dest: &str) -> Result<u64> {
+        acked(&self.conn, dest)
+    }
+}
+
+pub(crate) fn acked(conn: &Connection, dest: &str) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT upto FROM acked WHERE dest = ?1")?
+        .query_row([dest], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
+fn decode_row(blob: Vec<u8>) -> Result<Vec<Queued>> {
+    crate::segment::decode(Bytes::from(blob)).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
+    })
+}
+
+fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u64> {
+    let min: Option<i64> = conn.query_row(
+        "SELECT min(first_lseq) FROM queue WHERE dest = ?1",
+        [dest],
+        |r| r.get(0),
+    )?;
+    Ok(min
+        .map(|m| m as u64)
+        .unwrap_or_else(|| next.get(dest).copied().unwrap_or(1)))
+}
+
+#[cfg(test)]
+mod tests;

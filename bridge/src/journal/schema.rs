@@ -1,0 +1,54 @@
+//! The journal's tables, and the format number an existing journal must carry.
+//!
+//! Additive changes (a new table or index) keep the format: `CREATE ... IF NOT EXISTS` adds
+//! them to older journals. Anything that changes how existing rows are read bumps `FORMAT`.
+
+/// On-disk format of the journal (`meta.format`).
+pub(super) const FORMAT: i64 = 3;
+
+pub(super) const SCHEMA: &str = "
+-- One row per segment: consecutive envelopes for one destination (see segment.rs).
+CREATE TABLE IF NOT EXISTS queue(
+    rid INTEGER PRIMARY KEY,
+    dest TEXT NOT NULL,
+    first_lseq INTEGER NOT NULL,
+    last_lseq INTEGER NOT NULL,
+    min_expiry INTEGER,
+    entries BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS queue_dest ON queue(dest, first_lseq);
+CREATE INDEX IF NOT EXISTS queue_expiry ON queue(min_expiry) WHERE min_expiry IS NOT NULL;
+CREATE TABLE IF NOT EXISTS seq(dest TEXT PRIMARY KEY, next INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS link_in(
+    peer TEXT PRIMARY KEY,
+    last INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- How far each destination is acknowledged by its next hop or client.
+CREATE TABLE IF NOT EXISTS acked(dest TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS accepted(id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+-- Commands delivered here whose sender wants a `replied` receipt: `<client>/<id>` → the
+-- command (without params), until its expiry or 7 days.
+CREATE TABLE IF NOT EXISTS awaiting_reply(
+    key TEXT PRIMARY KEY,
+    origin BLOB NOT NULL,
+    until INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit(
+    at INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_node TEXT NOT NULL,
+    from_client TEXT NOT NULL,
+    to_node TEXT NOT NULL,
+    to_client TEXT NOT NULL,
+    cmd TEXT NOT NULL,
+    hops INTEGER NOT NULL,
+    decision TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+CREATE INDEX IF NOT EXISTS audit_id ON audit(id);
+-- The node this journal belongs to (for tools reading it, like `medlink trace`).
+CREATE TABLE IF NOT EXISTS owner(node TEXT NOT NULL);
+";

@@ -1,0 +1,305 @@
+//! One group transaction over the journal: everything a dispatcher round changes, committed
+//! (and made durable) at once.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::hot::{apply, Hot, HotChange};
+use super::{acked, decode_row, floor, CachedSegment, Journal, Queued, Result, SEQ_BLOCK};
+use crate::envelope::Envelope;
+
+impl Journal {
+    /// Starts a group transaction.
+    pub fn begin(&mut self) -> Result<Txn<'_>> {
+        Ok(Txn {
+            tx: self.conn.transaction()?,
+            next: &mut self.next,
+            reserved: &mut self.reserved,
+            hot: &mut self.hot,
+            changes: Vec::new(),
+            dirty: HashSet::new(),
+            pending: HashMap::new(),
+            segments: &self.segments,
+        })
+    }
+}
+
+/// One group transaction. Dropping it without [`Txn::commit`] rolls everything back.
+pub struct Txn<'a> {
+    tx: Transaction<'a>,
+    next: &'a mut HashMap<String, u64>,
+    reserved: &'a mut HashMap<String, u64>,
+    hot: &'a mut HashMap<String, Hot>,
+    changes: Vec<HotChange>,
+    dirty: HashSet<String>,
+    /// Envelopes queued in this transaction, by destination, written as segments.
+    pending: HashMap<String, Vec<Queued>>,
+    /// The journal's decoded-segment cache, emptied when a segment is rewritten.
+    segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
+}
+
+impl Txn<'_> {
+    /// Last sequence committed from `peer` on its link into this node, and the epoch of the
+    /// peer's journal it belongs to.
+    pub fn link_in(&self, peer: &str) -> Result<(u64, u64)> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT last, epoch FROM link_in WHERE peer = ?1")?
+            .query_row([peer], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?
+            .unwrap_or((0, 0)))
+    }
+
+    /// Lowest sequence still queued for `dest` (including this transaction's), or the next
+    /// one to be assigned if none.
+    pub fn floor(&mut self, dest: &str) -> Result<u64> {
+        self.flush_pending()?;
+        floor(&self.tx, self.next, dest)
+    }
+
+    /// Queued envelopes that expired at `now`, from at most `limit` segments.
+    pub fn expired(&self, now: u64, limit: usize) -> Result<Vec<(String, Queued)>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT dest, entries FROM queue WHERE min_expiry IS NOT NULL AND min_expiry <= ?1 LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![now as i64, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let dest: String = row.get(0)?;
+            for entry in decode_row(row.get::<_, Vec<u8>>(1)?)? {
+                if matches!(entry.expires_at, Some(e) if e <= now) {
+                    out.push((dest.clone(), entry));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queues `body` for `dest`; returns its sequence number. The row is written at commit,
+    /// together with everything else queued for `dest` in this transaction (one segment).
+    pub fn enqueue(&mut self, dest: &str, env: &Envelope, body: Bytes) -> Result<u64> {
+        let slot = self.next.entry(dest.to_string()).or_insert(1);
+        let lseq = *slot;
+        *slot += 1;
+        if lseq >= self.reserved.get(dest).copied().unwrap_or(0) {
+            self.dirty.insert(dest.to_string());
+        }
+        let entry = Queued {
+            lseq,
+            id: env.id.clone(),
+            expires_at: env.expires_at,
+            body,
+        };
+        self.pending
+            .entry(dest.to_string())
+            .or_default()
+            .push(entry.clone());
+        self.changes
+            .push(HotChange::Insert(dest.to_string(), entry));
+        Ok(lseq)
+    }
+
+    fn insert_segment(&self, dest: &str, entries: &[Queued]) -> Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
+        self.tx
+            .prepare_cached(
+                "INSERT INTO queue(dest, first_lseq, last_lseq, min_expiry, entries)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                dest,
+                first.lseq as i64,
+                last.lseq as i64,
+                min_expiry.map(|v| v as i64),
+                crate::segment::encode(entries)
+            ])?;
+        Ok(())
+    }
+
+    /// Writes the segments queued in this transaction, one per destination.
+    fn flush_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        for (dest, entries) in &pending {
+            self.insert_segment(dest, entries)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
+    pub fn remove_through(&mut self, dest: &str, upto: u64) -> Result<usize> {
+        self.changes
+            .push(HotChange::RemoveThrough(dest.to_string(), upto));
+        self.flush_pending()?;
+        // A segment only partly acknowledged stays until the rest is: after a restart its
+        // acknowledged part is sent again and the receiver drops it by sequence number.
+        self.tx
+            .prepare_cached("DELETE FROM queue WHERE dest = ?1 AND last_lseq <= ?2")?
+            .execute(params![dest, upto as i64])
+    }
+
+    /// Forgets one envelope of `dest` by sequence (rewriting its segment without it).
+    pub fn remove(&mut self, dest: &str, lseq: u64) -> Result<bool> {
+        self.flush_pending()?;
+        self.changes.push(HotChange::Remove(dest.to_string(), lseq));
+        // A segment of one envelope is deleted without reading it back.
+        let single = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM queue WHERE dest = ?1 AND first_lseq = ?2 AND last_lseq = ?2",
+            )?
+            .execute(params![dest, lseq as i64])?;
+        if single > 0 {
+            return Ok(true);
+        }
+        let found = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM queue WHERE dest = ?1 AND first_lseq <= ?2 AND last_lseq >= ?2
+                 RETURNING entries",
+            )?
+            .query_row(params![dest, lseq as i64], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?;
+        let Some(blob) = found else {
+            return Ok(false);
+        };
+        // The rewrite keeps the segment's key when the first entry stays: forget cached copies.
+        self.segments.borrow_mut().clear();
+        let entries = decode_row(blob)?;
+        let before = entries.len();
+        let rest: Vec<Queued> = entries.into_iter().filter(|e| e.lseq != lseq).collect();
+        self.insert_segment(dest, &rest)?;
+        Ok(rest.len() < before)
+    }
+
+    /// How far `dest` is acknowledged by its next hop or client.
+    pub fn acked(&self, dest: &str) -> Result<u64> {
+        acked(&self.tx, dest)
+    }
+
+    /// Forgets `dest` up to `upto` and stores that it is acknowledged that far. Entries of a
+    /// partly acknowledged segment stay on disk; the stored point tells readers (and the
+    /// expiry sweep) to skip them.
+    pub fn acknowledge(&mut self, dest: &str, upto: u64) -> Result<()> {
+        self.remove_through(dest, upto)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO acked(dest, upto) VALUES (?1, ?2)
+                 ON CONFLICT(dest) DO UPDATE SET upto = max(upto, excluded.upto)",
+            )?
+            .execute(params![dest, upto as i64])?;
+        Ok(())
+    }
+
+    /// Records that the client-chosen id was accepted; false if it already was (a resend).
+    pub fn first_acceptance(&mut self, id: &str, now: u64) -> Result<bool> {
+        Ok(self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO accepted(id, at) VALUES (?1, ?2)")?
+            .execute(params![id, now as i64])?
+            > 0)
+    }
+
+    /// Drops idempotency records older than `before` and reply expectations past their
+    /// time (Unix ms).
+    pub fn prune_accepted(&mut self, before: u64, now: u64) -> Result<usize> {
+        self.tx
+            .prepare_cached("DELETE FROM awaiting_reply WHERE until < ?1")?
+            .execute([now as i64])?;
+        self.tx
+            .prepare_cached("DELETE FROM accepted WHERE at < ?1")?
+            .execute([before as i64])
+    }
+
+    /// Remembers that a reply to `key` (`<client>/<id>`) owes `origin`'s sender a receipt.
+    pub fn await_reply(&mut self, key: &str, origin: &[u8], until: u64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO awaiting_reply(key, origin, until) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key, origin, until as i64])?;
+        Ok(())
+    }
+
+    /// Takes the command a reply to `key` answers, if its sender wants a `replied` receipt.
+    pub fn take_awaited(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        let origin = self
+            .tx
+            .prepare_cached("SELECT origin FROM awaiting_reply WHERE key = ?1")?
+            .query_row([key], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?;
+        if origin.is_some() {
+            self.tx
+                .prepare_cached("DELETE FROM awaiting_reply WHERE key = ?1")?
+                .execute([key])?;
+        }
+        Ok(origin)
+    }
+
+    /// Stores the last sequence committed from `peer` and its journal's epoch.
+    pub fn set_link_in(&mut self, peer: &str, last: u64, epoch: u64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO link_in(peer, last, epoch) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(peer) DO UPDATE SET last = excluded.last, epoch = excluded.epoch",
+            )?
+            .execute(params![peer, last as i64, epoch as i64])?;
+        Ok(())
+    }
+
+    /// Appends an audit record of a routing decision.
+    pub fn audit(&mut self, env: &Envelope, at: u64, decision: &str) -> Result<()> {
+        let kind = match env.kind {
+            crate::envelope::Kind::Cmd => "cmd",
+            crate::envelope::Kind::Receipt => "receipt",
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit(at, id, kind, from_node, from_client, to_node, to_client, cmd, hops, decision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                at as i64,
+                env.id,
+                kind,
+                env.from.node,
+                env.from.client,
+                env.to.node,
+                env.to.client,
+                env.cmd,
+                env.hops,
+                decision
+            ])?;
+        Ok(())
+    }
+
+    /// Commits the group.
+    pub fn commit(mut self) -> Result<()> {
+        self.flush_pending()?;
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "INSERT INTO seq(dest, next) VALUES (?1, ?2)
+                 ON CONFLICT(dest) DO UPDATE SET next = excluded.next",
+            )?;
+            for dest in &self.dirty {
+                let end = self.next[dest] + SEQ_BLOCK;
+                stmt.execute(params![dest, end as i64])?;
+            }
+        }
+        self.tx.commit()?;
+        for dest in self.dirty {
+            let end = self.next[&dest] + SEQ_BLOCK;
+            self.reserved.insert(dest, end);
+        }
+        for change in self.changes {
+            apply(self.hot, change);
+        }
+        Ok(())
+    }
+}
