@@ -10,9 +10,14 @@
 #   - medlink: 4 node processes (durability = "process": every hop commits to its SQLite
 #     journal before acknowledging), a client at the bottom sending commands to a client at
 #     the root.
-# Runs: throughput (as fast as possible) and latency at a fixed 1,000 msg/s, for each chain.
+# Runs: throughput (as fast as possible) and latency at a fixed 1,000 msg/s, for each chain;
+# then request -> reply round trips from the bottom to the top and back (`medlink bench-rtt`):
+# one at a time and 32 in flight, through the SDK over MQTT and over HTTP for medlink, and with
+# the same tool over plain MQTT for mosquitto (its bridges carry `rtt/up/#` up and
+# `rtt/down/#` down).
 # Prints one JSON line per run and a summary table. Needs: mosquitto (Debian package).
 #
+# MOSQ_NODELAY=1 sets mosquitto's `set_tcp_nodelay` (see below).
 # TLS=1 runs both chains over TLS (every listener, every bridge/link, the bench clients), with
 # certificates from `medlink certs`; medlink's links then authenticate by client certificate.
 # The per-identity rate limit is turned off in the bench configs (all publishers share one
@@ -72,6 +77,11 @@ for i in 0 1 2 3; do
             echo "keyfile $WORK/certs/mosq.key"
         fi
         echo "allow_anonymous true"
+        # MOSQ_NODELAY=1: small writes on client sockets are not held back for delayed ACKs
+        # (Nagle), like medlink's. It halves a lone round trip but costs mosquitto about a
+        # quarter of its one-way throughput, so the default keeps the setting every earlier
+        # figure in BENCHMARKS.md used.
+        [ "${MOSQ_NODELAY:-0}" = 1 ] && echo "set_tcp_nodelay true"
         echo "user root"
         echo "persistence true"
         echo "persistence_location $dir/"
@@ -81,6 +91,8 @@ for i in 0 1 2 3; do
             echo "connection up$i"
             echo "address 127.0.0.1:${MQ[$((i - 1))]}"
             echo "topic bench/# out 1"
+            echo "topic rtt/up/# out 1"
+            echo "topic rtt/down/# in 1"
             echo "cleansession false"
             echo "bridge_protocol_version mqttv311"
             [ "$TLS" = 1 ] && echo "bridge_cafile $WORK/certs/ca.crt"
@@ -93,6 +105,7 @@ done
 
 # ---- medlink chain: b (top) <- b.c <- b.c.d <- b.c.d.e (bottom) ----
 ML=(19911 19912 19913 19914)
+MH=(19921 19922 19923 19924)
 IDS=(b b.c b.c.d b.c.d.e)
 for i in 0 1 2 3; do
     [ "$ONLY" = mosquitto ] && break
@@ -100,8 +113,12 @@ for i in 0 1 2 3; do
     creds="$WORK/ml$i.credentials.toml"
     echo "link-password" > "$WORK/link-pw"
     [ "$i" -lt 3 ] && echo "link-password" | "$BIN" passwd --file "$creds" add "${IDS[$((i + 1))]}" --role node --password-stdin 2> /dev/null
-    [ "$i" -eq 0 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add sink --role client --password-stdin 2> /dev/null
-    [ "$i" -eq 3 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add source --role client --password-stdin 2> /dev/null
+    for who in sink web-sink; do
+        [ "$i" -eq 0 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add "$who" --role client --password-stdin 2> /dev/null
+    done
+    for who in source web-source; do
+        [ "$i" -eq 3 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add "$who" --role client --password-stdin 2> /dev/null
+    done
     {
         echo "[node]"
         echo "id = \"$id\""
@@ -116,6 +133,12 @@ for i in 0 1 2 3; do
             echo "kind = \"tcp\""
         fi
         echo "addr = \"127.0.0.1:${ML[$i]}\""
+        # The HTTP API; the web-* identities are told to use HTTP (bench-rtt over HTTP).
+        echo "[http]"
+        echo "addr = \"127.0.0.1:${MH[$i]}\""
+        [ "$TLS" = 1 ] && echo "tls = true"
+        echo "[transport]"
+        echo "identities = { web-source = \"http\", web-sink = \"http\" }"
         if [ "$TLS" = 1 ]; then
             printf '[tls]\ncert = "%s"\nkey = "%s"\nclient_ca = "%s"\n' \
                 "$WORK/certs/$id.crt" "$WORK/certs/$id.key" "$WORK/certs/ca.crt"
@@ -162,6 +185,20 @@ med -n "$N" -s 256 -p "$P" --label medlink-4-tier
 echo "# latency: $LAT_N messages at 1000 msg/s" >&2
 mosq -n "$LAT_N" -s 256 -p 1 --rate 1000 --label mosquitto-4-chain-1k
 med -n "$LAT_N" -s 256 -p 1 --rate 1000 --label medlink-4-tier-1k
+echo "# request -> reply round trips, bottom to top and back" >&2
+HTTP_SCHEME=http
+[ "$TLS" = 1 ] && HTTP_SCHEME=https
+RTT_N=${RTT_N:-2000}
+rtt() { "$BIN" bench-rtt "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }
+MQ_RTT=(--req-url "$SCHEME://127.0.0.1:19904" --rep-url "$SCHEME://127.0.0.1:19901" "${CA_ARGS[@]}")
+ML_RTT=(--medlink --req-node b.c.d.e --rep-node b --req-pass bench-password --rep-pass bench-password "${CA_ARGS[@]}")
+ML_MQTT=(--req-url "$SCHEME://127.0.0.1:19914" --rep-url "$SCHEME://127.0.0.1:19911" --req-user source --rep-user sink)
+ML_HTTP=(--req-url "$HTTP_SCHEME://127.0.0.1:19924" --rep-url "$HTTP_SCHEME://127.0.0.1:19921" --req-user web-source --rep-user web-sink)
+for c in 1 32; do
+    [ "$ONLY" = medlink ] || rtt "${MQ_RTT[@]}" -n "$RTT_N" -c "$c" --label "mosquitto-rtt-c$c"
+    [ "$ONLY" = mosquitto ] || rtt "${ML_RTT[@]}" "${ML_MQTT[@]}" -n "$RTT_N" -c "$c" --label "medlink-rtt-mqtt-c$c"
+    [ "$ONLY" = mosquitto ] || rtt "${ML_RTT[@]}" "${ML_HTTP[@]}" -n "$RTT_N" -c "$c" --label "medlink-rtt-http-c$c"
+done
 if [ "${KEEP:-0}" = 1 ]; then
     echo "chains running (medlink on 19911-19914, mosquitto on 19901-19904); Enter stops them" >&2
     read -r _
@@ -173,11 +210,18 @@ echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 python3 - "$RESULTS" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+rtts = [r for r in rows if "round_trips_s" in r]
+rows = [r for r in rows if "throughput_msg_s" in r]
 by = {r["label"]: r for r in rows}
 for r in rows:
     print(f'| {r["label"]} | {r["throughput_msg_s"]:,.0f} | {r["p50_ms"]:.3f} | {r["p99_ms"]:.3f} | {r["p999_ms"]:.3f} | {r["lost"]} | {r["duplicates"]} | {r["out_of_order"]} |')
 m, q = by.get("medlink-4-tier"), by.get("mosquitto-4-chain")
 if m and q and q["throughput_msg_s"]:
     print(f'\nthroughput ratio medlink / mosquitto: {m["throughput_msg_s"] / q["throughput_msg_s"]:.2f}x')
+if rtts:
+    print("\n| round trips | transport | in flight | per s | p50 ms | p99 ms | p99.9 ms | lost | dup |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rtts:
+        print(f'| {r["label"]} | {r["transport"]} | {r["concurrency"]} | {r["round_trips_s"]:,.0f} | {r["p50_ms"]:.3f} | {r["p99_ms"]:.3f} | {r["p999_ms"]:.3f} | {r["lost"]} | {r["duplicates"]} |')
 EOF
 cat "$RESULTS"

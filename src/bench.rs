@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rumqttc::QoS;
 use serde::{Deserialize, Serialize};
 
+use crate::latency::Latencies;
 use crate::mqtt_client::{self, Endpoint, Received};
 
 /// Options of `medlink bench`.
@@ -223,7 +224,7 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
     let mut seen: Vec<Vec<bool>> = (0..args.publishers).map(|_| vec![false; per_pub]).collect();
     let mut highest: Vec<i64> = vec![-1; args.publishers];
     let (mut unique, mut dups, mut ooo, mut receipts) = (0usize, 0usize, 0usize, 0usize);
-    let mut lat: Vec<u64> = Vec::with_capacity(args.messages);
+    let mut lat = Latencies::with_capacity(args.messages);
     let mut last_rx = epoch;
     let idle = Duration::from_secs(args.idle_timeout);
     while unique < args.messages {
@@ -251,7 +252,7 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
             ooo += 1;
         }
         highest[p] = highest[p].max(s as i64);
-        lat.push(now.saturating_sub(probe.t));
+        lat.push_nanos(now.saturating_sub(probe.t));
     }
     let mut keep = Vec::new();
     for h in handles {
@@ -276,14 +277,6 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
         }
     }
     drop(keep);
-    lat.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i] as f64 / 1e6
-    };
     let seconds = last_rx.duration_since(epoch).as_secs_f64();
     Ok(BenchResult {
         label: args.label.clone(),
@@ -303,10 +296,10 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
         } else {
             0.0
         },
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        p999_ms: pct(0.999),
-        max_ms: pct(1.0),
+        p50_ms: lat.ms(0.50),
+        p99_ms: lat.ms(0.99),
+        p999_ms: lat.ms(0.999),
+        max_ms: lat.ms(1.0),
     })
 }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::latency::Latencies;
+
 /// Options of `medlink bench-http`.
 #[derive(clap::Args, Debug)]
 pub struct BenchHttpArgs {
@@ -200,7 +202,7 @@ async fn latency(
         cursor = next;
     }
     let body = format!(r#"{{"to":{{"node":"{node}","client":"{client}"}},"cmd":"bench.latency"}}"#);
-    let mut samples = Vec::with_capacity(count);
+    let mut samples = Latencies::with_capacity(count);
     for _ in 0..count {
         poller
             .send(
@@ -229,18 +231,16 @@ async fn latency(
             cursor = next.to_string();
         }
     }
-    samples.sort();
-    let ms = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
     println!(
         "{{\"mode\":\"latency\",\"count\":{count},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
-        ms(0.5),
-        ms(0.99),
-        ms(1.0)
+        samples.ms(0.5),
+        samples.ms(0.99),
+        samples.ms(1.0)
     );
     eprintln!(
         "# POST -> waiting long-poll, {count} round trips: p50 {:.3} ms, p99 {:.3} ms",
-        ms(0.5),
-        ms(0.99)
+        samples.ms(0.5),
+        samples.ms(0.99)
     );
     Ok(())
 }

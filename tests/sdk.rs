@@ -231,3 +231,70 @@ fn the_cli_sends_requests_and_listens_through_the_sdk() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--priority"));
 }
+
+/// `medlink bench-rtt` (the round-trip bench) matches every reply to its request: over MQTT
+/// and over HTTP across two tiers, every round trip is counted once and none is lost.
+#[test]
+fn the_round_trip_bench_counts_every_reply_once() {
+    let mut t = Tree::new(&[
+        spec("js", None, &["rep"]),
+        spec("js.a", Some("js"), &["req"]),
+    ]);
+    // An `http://` URL lets the node decide: these nodes say HTTP.
+    for id in ["js", "js.a"] {
+        sdk_support::configure(&mut t, id, "\n[transport]\ndefault = \"http\"\n");
+        t.node(id).start();
+    }
+    let port_pair = |n: &mut NodeProc| (n.port, n.http_port);
+    let (req, rep) = (port_pair(t.node("js.a")), port_pair(t.node("js")));
+    for (scheme, (req_port, rep_port), transport) in [
+        ("mqtt", (req.0, rep.0), "mqtt / mqtt"),
+        ("http", (req.1, rep.1), "http / http"),
+    ] {
+        let (req_url, rep_url) = (
+            format!("{scheme}://127.0.0.1:{req_port}"),
+            format!("{scheme}://127.0.0.1:{rep_port}"),
+        );
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args([
+            "bench-rtt",
+            "--medlink",
+            "-n",
+            "60",
+            "-c",
+            "4",
+            "--timeout",
+            "20",
+        ])
+        .args(["--req-url", &req_url, "--rep-url", &rep_url])
+        .args([
+            "--req-node",
+            "js.a",
+            "--req-user",
+            "req",
+            "--req-pass",
+            PASSWORD,
+        ])
+        .args([
+            "--rep-node",
+            "js",
+            "--rep-user",
+            "rep",
+            "--rep-pass",
+            PASSWORD,
+        ]);
+        let out = cmd.output().expect("run medlink bench-rtt");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "bench-rtt over {scheme}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value =
+            serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("a JSON result line");
+        assert_eq!(result["replied"], 60, "{result}");
+        assert_eq!(result["lost"], 0, "{result}");
+        assert_eq!(result["duplicates"], 0, "{result}");
+        assert_eq!(result["transport"], transport, "{result}");
+    }
+}

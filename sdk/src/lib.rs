@@ -35,6 +35,16 @@
 //!   application restart, the last deliveries handed over but not yet acknowledged may come
 //!   once more.
 //!
+//! *Handed over* means placed on an [`Inbox`] channel (or given to the waiting
+//! [`Client::request`]); from then on the message is the application's. Acknowledging there,
+//! and not when a handler has finished, is deliberate: a handler that itself awaits a reply
+//! (a consultation that asks a colleague) would otherwise hold the node's delivery window
+//! with the commands queued behind it, and the reply it waits for could never be delivered.
+//! The channels hold at most 1,024 messages each, which bounds what an application can have
+//! taken and not yet processed. An application that must not lose work across its own crash
+//! records each command before acting on it, keyed by its id (stable across resends, so the
+//! record doubles as idempotency).
+//!
 //! Refusals differ by transport only in when they show: over HTTP a command the node refuses
 //! at once (invalid, unknown local target) fails `send` with [`Error::Rejected`]; over MQTT
 //! (3.1.1, whose PUBACK carries no reason) `send` succeeds and a `rejected`/`failed` receipt
