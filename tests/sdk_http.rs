@@ -36,24 +36,24 @@ async fn request_and_reply_cross_four_tiers_with_the_clinic_on_http() {
         t.node(id).start();
     }
     // The province's experts on MQTT, the city's hospital on HTTP.
-    let (experts, inbox) = connect(options(mqtt_url(t.node("js").port), "js", "experts")).await;
-    assert_eq!(experts.transport(), Some(Transport::Mqtt));
+    let (experts, inbox) = connect_on(
+        mqtt_url(t.node("js").port),
+        "js",
+        "experts",
+        Transport::Mqtt,
+    )
+    .await;
     let mut experts_saw = responder(experts, inbox);
-    let (hosp, inbox) = connect(options(
+    let (hosp, inbox) = connect_on(
         http_url(t.node("js.nj").http_port),
         "js.nj",
         "hosp",
-    ))
+        Transport::Http,
+    )
     .await;
-    assert_eq!(hosp.transport(), Some(Transport::Http));
     let mut hosp_saw = responder(hosp, inbox);
-    let (clinic, _inbox) = connect(options(
-        http_url(t.node("js.nj.gl.t3").http_port),
-        "js.nj.gl.t3",
-        "clinic",
-    ))
-    .await;
-    assert_eq!(clinic.transport(), Some(Transport::Http));
+    let t3_api = http_url(t.node("js.nj.gl.t3").http_port);
+    let (clinic, _inbox) = connect_on(t3_api, "js.nj.gl.t3", "clinic", Transport::Http).await;
     for (to, tiers) in [
         (Address::new("js", "experts"), 4),
         (Address::new("js.nj", "hosp"), 3),
@@ -214,8 +214,7 @@ async fn repeated_polls_over_http_never_reach_the_application_twice() {
     // app -> cut/freeze proxy -> replaying proxy -> node's HTTP API
     let replay = ReplayProxy::start(t.node("js").http_port, 3).await;
     let cut = Proxy::start(([127, 0, 0, 1], replay.port).into()).await;
-    let (app, mut inbox) = connect(options(http_url(cut.port), "js", "app")).await;
-    assert_eq!(app.transport(), Some(Transport::Http));
+    let (app, mut inbox) = connect_on(http_url(cut.port), "js", "app", Transport::Http).await;
     let (sender, _i) = connect(options(mqtt_url(t.node("js").port), "js", "sender")).await;
     let to = Address::new("js", "app");
     let send = send_numbered(sender, to, "stream", N);
@@ -279,10 +278,8 @@ async fn an_unreachable_mqtt_url_falls_back_to_http() {
     );
     t.node("js").start();
     let api = http_url(t.node("js").http_port);
-    let (a, _ai) = connect(options(api.clone(), "js", "a")).await;
-    let (b, mut inbox) = connect(options(api, "js", "b")).await;
-    assert_eq!(a.transport(), Some(Transport::Http));
-    assert_eq!(b.transport(), Some(Transport::Http));
+    let (a, _ai) = connect_on(api.clone(), "js", "a", Transport::Http).await;
+    let (b, mut inbox) = connect_on(api, "js", "b", Transport::Http).await;
     const N: u64 = 50;
     for s in 0..N {
         a.send(b.address(), "fallback", json!({"s": s}))
@@ -308,9 +305,14 @@ async fn refusals_and_receipts_reach_the_sender_on_both_transports() {
     configure(&mut t, "js.a", "\n[transport]\ndefault = \"http\"\n");
     t.node("js").start();
     t.node("js.a").start();
-    let (h, mut h_inbox) = connect(options(http_url(t.node("js.a").http_port), "js.a", "h")).await;
+    let (h, mut h_inbox) = connect_on(
+        http_url(t.node("js.a").http_port),
+        "js.a",
+        "h",
+        Transport::Http,
+    )
+    .await;
     let (m, mut m_inbox) = connect(options(mqtt_url(t.node("js.a").port), "js.a", "m")).await;
-    assert_eq!(h.transport(), Some(Transport::Http));
     // A target the node can judge at once: refused to the caller over HTTP.
     let err = h
         .send(&Address::new("js.a", "nobody"), "x", json!(null))
@@ -501,13 +503,13 @@ async fn receipts_and_priority_through_the_sdk_on_both_transports() {
         },
         |_| async {},
     );
-    let (clinic, inbox) = connect(options(
+    let (clinic, inbox) = connect_on(
         http_url(t.node("js.t").http_port),
         "js.t",
         "clinic",
-    ))
+        Transport::Http,
+    )
     .await;
-    assert_eq!(clinic.transport(), Some(Transport::Http));
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let _clinic = inbox.spawn_handlers(
         |_| async {},

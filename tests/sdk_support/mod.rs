@@ -35,6 +35,18 @@ pub fn configure(t: &mut Tree, id: &str, text: &str) {
     std::fs::write(&cfg, toml).expect("write config");
 }
 
+/// Connects `identity`@`node` through `url` and checks the transport it ended up on.
+pub async fn connect_on(
+    url: String,
+    node: &str,
+    identity: &str,
+    transport: medlink_sdk::Transport,
+) -> (Client, Inbox) {
+    let (client, inbox) = connect(options(url, node, identity)).await;
+    assert_eq!(client.transport(), Some(transport), "{identity}@{node}");
+    (client, inbox)
+}
+
 pub async fn connect(opts: Options) -> (Client, Inbox) {
     let who = format!("{}@{}", opts.identity, opts.node);
     Client::connect(opts)

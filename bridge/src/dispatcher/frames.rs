@@ -112,22 +112,8 @@ impl State {
                 return Ok(Accept::Rejected(format!("malformed frame: {e}")));
             }
         };
-        match frame {
-            Frame::Batch {
-                epoch,
-                floor,
-                lane,
-                msgs,
-            } => {
-                let upto = self.receive_batch(tx, child, lane, (epoch, floor), &msgs, now)?;
-                out.to_children
-                    .push((child.to_string(), Frame::Ack { upto, lane }.to_bytes()));
-            }
-            Frame::Ack { upto, lane } => acknowledged(tx, link, lane, upto)?,
-            Frame::Ping { at } => out
-                .to_children
-                .push((child.to_string(), Frame::Pong { at }.to_bytes())),
-            Frame::Pong { .. } => {}
+        if let Some(answer) = self.link_frame(tx, child, frame, now)? {
+            out.to_children.push((child.to_string(), answer));
         }
         Ok(Accept::Committed)
     }
@@ -150,20 +136,43 @@ impl State {
                 return Ok(());
             }
         };
-        match frame {
+        if let Some(answer) = self.link_frame(tx, PARENT, frame, now)? {
+            out.to_parent.push(answer);
+        }
+        Ok(())
+    }
+
+    /// Handles one parsed frame from `peer` (a child's id, or `PARENT`), the same way for
+    /// either direction; returns the frame to answer with, if any.
+    fn link_frame(
+        &mut self,
+        tx: &mut Txn,
+        peer: &str,
+        frame: Frame,
+        now: u64,
+    ) -> rusqlite::Result<Option<Vec<u8>>> {
+        Ok(match frame {
             Frame::Batch {
                 epoch,
                 floor,
                 lane,
                 msgs,
             } => {
-                let upto = self.receive_batch(tx, PARENT, lane, (epoch, floor), &msgs, now)?;
-                out.to_parent.push(Frame::Ack { upto, lane }.to_bytes());
+                let upto = self.receive_batch(tx, peer, lane, (epoch, floor), &msgs, now)?;
+                Some(Frame::Ack { upto, lane }.to_bytes())
             }
-            Frame::Ack { upto, lane } => acknowledged(tx, up, lane, upto)?,
-            Frame::Ping { at } => out.to_parent.push(Frame::Pong { at }.to_bytes()),
-            Frame::Pong { .. } => {}
-        }
-        Ok(())
+            Frame::Ack { upto, lane } => {
+                let link = match peer {
+                    PARENT => self.up.as_mut(),
+                    child => self.downs.get_mut(child),
+                };
+                if let Some(link) = link {
+                    acknowledged(tx, link, lane, upto)?;
+                }
+                None
+            }
+            Frame::Ping { at } => Some(Frame::Pong { at }.to_bytes()),
+            Frame::Pong { .. } => None,
+        })
     }
 }
