@@ -242,8 +242,8 @@ async fn run_node(cfg: medlink_bridge::node::NodeConfig) -> ExitCode {
     let node = match Node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {
+            // Once, through the log (stderr, or journald under systemd).
             error!("cannot start node: {e}");
-            eprintln!("medlink: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -14,6 +14,7 @@
 //! - [`metrics`]: the Prometheus endpoint; [`https`]: serving it and the API over TLS.
 
 pub mod audit;
+pub mod datadir;
 pub mod delivery;
 pub mod dispatcher;
 pub mod envelope;

@@ -90,17 +90,15 @@ pub fn render(sources: &Sources) -> String {
     out
 }
 
-/// Serves the endpoint on `addr` (over HTTPS with `tls`) until `shutdown` turns true; returns
-/// the bound address.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves the endpoint on `listener` (over HTTPS with `tls`) until `shutdown` turns true;
+/// returns the bound address.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: crate::https::HttpLimits,
     sources: Sources,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("metrics: cannot listen on {addr}: {e}"))
-    })?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route(
@@ -117,6 +115,6 @@ pub async fn serve(
         )
         .route("/healthz", get(|| async { "ok\n" }));
     info!(addr = %bound, https = tls.is_some(), "metrics endpoint listening");
-    let task = tokio::spawn(crate::https::serve(listener, app, tls, shutdown));
+    let task = tokio::spawn(crate::https::serve(listener, app, tls, limits, shutdown));
     Ok((bound, task))
 }

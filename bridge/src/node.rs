@@ -1,7 +1,9 @@
 //! One running node: broker front-end, dispatcher thread, and (below the root) the uplink.
 //!
-//! Start order matters for custody: the journal opens first (a node that cannot persist must
-//! not accept anything), then the dispatcher, and only then do the listeners open. Shutdown
+//! Start order matters for custody: the data directory is locked and every port bound first
+//! (a port in use or a second process on the same directory fails before the journal is
+//! touched), then the journal opens (a node that cannot persist must not accept anything),
+//! then the dispatcher, and only then do the listeners start accepting. Shutdown
 //! runs the other way: stop accepting and close connections, let the dispatcher finish the
 //! round it is in, then close the uplink.
 
@@ -13,15 +15,18 @@ use std::time::Duration;
 use medlink_broker::rate::RateLimiter;
 use medlink_broker::throttle::ThrottleSettings;
 use medlink_broker::{
-    spawn_router, Authenticator, BrokerHandle, BrokerMetrics, CredentialSource, FrontEndSettings,
+    spawn_router, Authenticator, BrokerHandle, BrokerMetrics, ConnectionBudget, CredentialSource,
+    FrontEndSettings,
     ListenerKind, ListenerSpec, RateSettings, Role, RouterSettings,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::datadir::DataDir;
 use crate::dispatcher::{Dispatcher, DispatcherConfig, ServiceGroup};
 use crate::envelope::Limits;
 use crate::http::{ApiState, TransportPolicy};
+use crate::https::HttpLimits;
 use crate::journal::{Durability, Journal};
 use crate::links::LinkTuning;
 use crate::route::{within, Policy, Topology};
@@ -126,6 +131,9 @@ pub struct HttpSettings {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The data directory is unusable or locked by another process.
+    #[error("{0}")]
+    Locked(#[from] crate::datadir::DataDirError),
     /// The data directory or journal could not be opened.
     #[error("journal {path}: {source}")]
     Journal {
@@ -170,16 +178,42 @@ pub struct Node {
     dispatcher: Option<std::thread::JoinHandle<()>>,
     uplink: Option<tokio::task::JoinHandle<()>>,
     _checkpointer: crate::journal::Checkpointer,
+    // Last: the directory stays locked until everything above has closed.
+    _data_dir: DataDir,
+}
+
+/// Every port of a node, bound before the journal opens.
+struct Ports {
+    mqtt: Vec<(ListenerKind, tokio::net::TcpListener)>,
+    http: Option<tokio::net::TcpListener>,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+impl Ports {
+    async fn bind(cfg: &NodeConfig) -> std::io::Result<Ports> {
+        let mqtt = BrokerHandle::bind(&cfg.listeners).await?;
+        let http = match &cfg.http {
+            Some(h) => Some(crate::https::bind(h.addr, "http").await?),
+            None => None,
+        };
+        let metrics = match cfg.metrics_addr {
+            Some(addr) => Some(crate::https::bind(addr, "metrics").await?),
+            None => None,
+        };
+        Ok(Ports {
+            mqtt,
+            http,
+            metrics,
+        })
+    }
 }
 
 impl Node {
     /// Opens the journal and starts everything.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| NodeError::DataDir {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
-        let path = cfg.data_dir.join("journal.db");
+        let data_dir = DataDir::open(&cfg.data_dir)?;
+        let ports = Ports::bind(&cfg).await.map_err(NodeError::Listen)?;
+        let path = data_dir.journal();
         let journal = Journal::open(&path, cfg.durability)
             .and_then(|mut j| j.set_owner(&cfg.id).map(|()| j))
             .map_err(|source| NodeError::Journal {
@@ -306,34 +340,44 @@ impl Node {
                 cfg.limits,
                 cfg.http.as_ref().map_or(Duration::ZERO, |h| h.max_wait),
                 cfg.transport.clone(),
+                cfg.max_connections_per_identity,
             ))
         });
+        let budget = ConnectionBudget::new(cfg.max_connections);
+        let http_limits = HttpLimits {
+            budget: budget.clone(),
+            header_timeout: cfg.connect_timeout,
+            write_timeout: cfg.write_timeout,
+        };
         let settings = FrontEndSettings {
             tls: cfg.tls.clone(),
             max_packet_size: cfg.max_packet_size,
-            max_connections: cfg.max_connections,
+            budget,
             max_connections_per_identity: cfg.max_connections_per_identity,
             rate,
             write_timeout: cfg.write_timeout,
             connect_timeout: cfg.connect_timeout,
             ..FrontEndSettings::new(&cfg.id, auth, broker_metrics.clone())
         };
-        let broker = BrokerHandle::start(&cfg.listeners, settings, links, inbound_tx)
+        let broker = BrokerHandle::start(ports.mqtt, settings, links, inbound_tx)
             .await
             .map_err(NodeError::Listen)?;
-        let http_addr = match (&cfg.http, &http_state) {
-            (Some(h), Some(state)) => {
+        let http_addr = match (ports.http, &cfg.http, &http_state) {
+            (Some(listener), Some(h), Some(state)) => {
                 let tls = cfg.tls.clone().filter(|_| h.tls);
-                let served = crate::http::serve(h.addr, tls, state.clone(), shutdown_rx.clone());
-                Some(served.await.map_err(NodeError::Listen)?.0)
+                let limits = http_limits.clone();
+                let served =
+                    crate::http::serve(listener, tls, limits, state.clone(), shutdown_rx.clone());
+                Some(served.map_err(NodeError::Listen)?.0)
             }
             _ => None,
         };
-        let metrics_addr = match cfg.metrics_addr {
-            Some(addr) => {
+        let metrics_addr = match ports.metrics {
+            Some(listener) => {
                 let (bound, _task) = crate::metrics::serve(
-                    addr,
+                    listener,
                     cfg.tls.clone().filter(|_| cfg.metrics_tls),
+                    http_limits,
                     crate::metrics::Sources {
                         broker: broker_metrics.clone(),
                         stats: stats.clone(),
@@ -341,7 +385,6 @@ impl Node {
                     },
                     shutdown_rx.clone(),
                 )
-                .await
                 .map_err(NodeError::Listen)?;
                 Some(bound)
             }
@@ -359,6 +402,7 @@ impl Node {
             dispatcher: Some(thread),
             uplink: uplink_task,
             _checkpointer: checkpointer,
+            _data_dir: data_dir,
         })
     }
 

@@ -21,13 +21,13 @@ use blake2::digest::{FixedOutput, KeyInit, Update};
 use blake2::Blake2sMac256;
 use rand::RngCore;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::identity::{
     hash_password, valid_name, verify_password, Credentials, CredentialsFile, Identity, LoginError,
 };
 use crate::metrics::{bump, BrokerMetrics};
-use crate::throttle::{LoginThrottle, ThrottleSettings};
+use crate::throttle::{LoginThrottle, ThrottleSettings, Throttled};
 
 /// Where the identities come from.
 #[derive(Debug, Clone)]
@@ -194,7 +194,14 @@ impl Authenticator {
                 });
             }
         }
-        let wait = self.lock_throttle().admit(addr, name, Instant::now());
+        let wait = match self.lock_throttle().admit(addr, name, Instant::now()) {
+            Ok(wait) => wait,
+            Err(Throttled) => {
+                bump(&self.metrics.login_throttled);
+                debug!(identity = name, %addr, "login refused unchecked: too many recent attempts");
+                return Err(LoginError::Throttled);
+            }
+        };
         if !wait.is_zero() {
             bump(&self.metrics.login_throttled);
             tokio::time::sleep(wait).await;

@@ -158,6 +158,10 @@ fn check_client_id(
             ConnectReturnCode::BadUserNamePassword,
             "bad username, password or certificate",
         ),
+        LoginError::Throttled => (
+            ConnectReturnCode::ServiceUnavailable,
+            "too many recent login attempts; retry later",
+        ),
     })?;
     let assigned = client_id.is_empty();
     let client_id = if assigned {

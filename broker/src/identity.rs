@@ -238,6 +238,8 @@ pub enum LoginError {
     BadCredentials,
     /// The name contains characters that would break topic-based identity.
     InvalidName,
+    /// Too many recent attempts on this identity or from this address; not checked.
+    Throttled,
 }
 
 impl Credentials {

@@ -32,7 +32,7 @@ pub use acl::{AclPolicy, PublishClass};
 pub use auth::{Authenticator, CredentialSource};
 pub use events::{Accept, ConnId, Cursor, Delivery, Inbound, Stream};
 pub use identity::{Credentials, CredentialsFile, Identity, Role};
-pub use listener::{BrokerHandle, FrontEndSettings, ListenerKind, ListenerSpec};
+pub use listener::{BrokerHandle, ConnectionBudget, FrontEndSettings, ListenerKind, ListenerSpec};
 pub use metrics::BrokerMetrics;
 pub use rate::RateSettings;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::acl::AclPolicy;
@@ -71,8 +71,8 @@ pub struct FrontEndSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Largest MQTT packet accepted, bytes.
     pub max_packet_size: usize,
-    /// Most concurrent connections over all listeners.
-    pub max_connections: usize,
+    /// Most concurrent connections over all listeners (shared with the node's HTTP ports).
+    pub budget: ConnectionBudget,
     /// Most concurrent connections of one identity.
     pub max_connections_per_identity: usize,
     /// Per-identity command rate (shared with the HTTP API).
@@ -93,7 +93,7 @@ impl FrontEndSettings {
             metrics,
             tls: None,
             max_packet_size: 8 * 1024 * 1024,
-            max_connections: 19_000,
+            budget: ConnectionBudget::new(19_000),
             max_connections_per_identity: 64,
             rate: Arc::new(RateLimiter::new(RateSettings {
                 per_second: 0.0,
@@ -114,14 +114,28 @@ pub struct BrokerHandle {
 }
 
 impl BrokerHandle {
-    /// Binds every listener and starts accepting. Inbound items go to `inbound`.
+    /// Binds every listener, in the order of the specs, without accepting yet (so that a
+    /// port in use is found before anything else starts).
+    pub async fn bind(specs: &[ListenerSpec]) -> std::io::Result<Vec<(ListenerKind, TcpListener)>> {
+        let mut bound = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let listener = TcpListener::bind(spec.addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", spec.addr))
+            })?;
+            bound.push((spec.kind, listener));
+        }
+        Ok(bound)
+    }
+
+    /// Starts accepting on listeners from [`BrokerHandle::bind`]. Inbound items go to
+    /// `inbound`.
     pub async fn start(
-        specs: &[ListenerSpec],
+        listeners: Vec<(ListenerKind, TcpListener)>,
         settings: FrontEndSettings,
         links: LinkFactory,
         inbound: mpsc::Sender<Inbound>,
     ) -> std::io::Result<BrokerHandle> {
-        if specs.iter().any(|s| s.kind.is_tls()) && settings.tls.is_none() {
+        if listeners.iter().any(|(kind, _)| kind.is_tls()) && settings.tls.is_none() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "a tls or wss listener needs a TLS certificate and key",
@@ -145,21 +159,17 @@ impl BrokerHandle {
             shutdown: shutdown_rx,
             sessions: Default::default(),
         });
-        let limit = Arc::new(Semaphore::new(settings.max_connections));
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
-        for spec in specs {
-            let listener = TcpListener::bind(spec.addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", spec.addr))
-            })?;
+        for (kind, listener) in listeners {
             let addr = listener.local_addr()?;
-            info!(kind = ?spec.kind, %addr, "listening");
-            bound.push((spec.kind, addr));
+            info!(?kind, %addr, "listening");
+            bound.push((kind, addr));
             tasks.push(tokio::spawn(accept_loop(
                 listener,
-                spec.kind,
+                kind,
                 ctx.clone(),
-                limit.clone(),
+                settings.budget.clone(),
             )));
         }
         Ok(BrokerHandle {
@@ -182,19 +192,12 @@ async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
     ctx: Arc<FrontEnd>,
-    limit: Arc<Semaphore>,
+    budget: ConnectionBudget,
 ) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            a = accept_with_backoff(&listener) => a,
+        let (permit, stream, peer) = tokio::select! {
+            a = budget.accept(&listener) => a,
             _ = shutdown.changed() => return,
         };
         let ctx = ctx.clone();
@@ -205,19 +208,48 @@ async fn accept_loop(
     }
 }
 
-/// Accepts one connection; on error waits 1 ms, 2 ms, ... up to 1 s between attempts, logging
-/// once per backoff step rather than once per failure.
-async fn accept_with_backoff(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    let mut backoff = Duration::from_millis(1);
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return accepted,
-            Err(e) => {
-                if backoff >= Duration::from_millis(64) {
-                    warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+/// The node's connection budget: one permit per open connection over every MQTT listener, the
+/// HTTP API and the metrics endpoint, so that no port, however it is abused, can take the
+/// descriptors the others need. When it is spent, listeners stop accepting and new
+/// connections wait in the kernel's backlog.
+#[derive(Debug, Clone)]
+pub struct ConnectionBudget(Arc<Semaphore>);
+
+impl ConnectionBudget {
+    /// A budget of `max` concurrent connections.
+    pub fn new(max: usize) -> Self {
+        ConnectionBudget(Arc::new(Semaphore::new(max)))
+    }
+
+    /// Connections that may still open.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+
+    /// Waits for a free slot, then accepts one connection; the permit is the slot, released
+    /// when dropped. Accept errors (EMFILE above all) back off 1 ms, 2 ms, ... up to 1 s,
+    /// logging once per backoff step rather than once per failure.
+    pub async fn accept(
+        &self,
+        listener: &TcpListener,
+    ) -> (OwnedSemaphorePermit, TcpStream, SocketAddr) {
+        let permit = self
+            .0
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection budget is never closed");
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => return (permit, stream, peer),
+                Err(e) => {
+                    if backoff >= Duration::from_millis(64) {
+                        warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

@@ -1,10 +1,14 @@
 //! Slowing down password guessing.
 //!
-//! Every failed login counts against the source address and against the identity it named.
-//! After a few free failures, the next attempt on either key must wait, doubling per failure up
-//! to a cap. Waiting (rather than locking out) keeps a legitimate user able to log in while
-//! someone hammers their name: they wait at most the cap. Each attempt also reserves its slot,
-//! so parallel guesses queue behind each other instead of all waiting the same short time.
+//! Every failed login counts against the source address and against the identity it named,
+//! and so does every attempt still being checked (so that forty guesses sent at once do not
+//! all pass as "the first"). After a few free failures, attempts on a key are checked only in
+//! slots spaced by a delay that doubles per failure up to a cap (4 s by default, so about one
+//! guess per 4 s per identity however many connections try in parallel). An attempt whose slot
+//! would lie further ahead than the cap is refused at once, unchecked, rather than queued
+//! without bound: the rightful user, retrying, gets a slot within the cap once the guesser's
+//! reservations run out. Waiting and refusing (rather than locking out) keeps a legitimate user
+//! able to log in while someone hammers their name.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,7 +21,7 @@ pub struct ThrottleSettings {
     pub free_failures: u32,
     /// Delay after the first failure beyond the free ones; doubles per further failure.
     pub base_delay: Duration,
-    /// Longest delay.
+    /// Longest delay, and the furthest ahead a slot is reserved.
     pub max_delay: Duration,
     /// A key's record is forgotten this long after its last failure.
     pub forget_after: Duration,
@@ -43,10 +47,16 @@ enum Key {
 #[derive(Debug)]
 struct Record {
     failures: u32,
+    /// Attempts admitted and not yet decided; they count as failures until they are.
+    in_flight: u32,
     /// The earliest time the next attempt on this key may be checked.
     next_at: Instant,
-    last_failure: Instant,
+    last_seen: Instant,
 }
+
+/// An attempt refused unchecked: its key's slots are reserved further ahead than the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled;
 
 /// Most keys remembered; beyond it the oldest records are dropped (bounded memory under a
 /// spray of made-up names).
@@ -68,49 +78,66 @@ impl LoginThrottle {
         }
     }
 
-    fn delay(&self, failures: u32) -> Duration {
-        if failures < self.settings.free_failures {
+    fn delay(settings: &ThrottleSettings, failures: u32) -> Duration {
+        if failures < settings.free_failures {
             return Duration::ZERO;
         }
-        let doublings = (failures - self.settings.free_failures).min(16);
-        (self.settings.base_delay * 2u32.pow(doublings)).min(self.settings.max_delay)
+        let doublings = (failures - settings.free_failures).min(16);
+        (settings.base_delay * 2u32.pow(doublings)).min(settings.max_delay)
     }
 
-    /// How long an attempt from `addr` naming `name` must wait before its password is checked.
-    /// Reserves the attempt's slot so concurrent attempts queue up.
-    pub fn admit(&mut self, addr: IpAddr, name: &str, now: Instant) -> Duration {
-        let mut wait = Duration::ZERO;
-        for key in [Key::Addr(addr), Key::Name(name.to_string())] {
-            let delay = match self.records.get(&key) {
-                Some(r) => self.delay(r.failures),
-                None => continue,
-            };
-            let cap = now + self.settings.max_delay;
-            let r = self.records.get_mut(&key).expect("looked up just above");
-            if delay.is_zero() {
-                continue;
-            }
-            let slot = r.next_at.max(now).min(cap);
-            wait = wait.max(slot - now);
-            r.next_at = (slot + delay).min(cap);
+    /// How long an attempt from `addr` naming `name` must wait before its password is checked,
+    /// or [`Throttled`] if it must not be checked at all. An admitted attempt reserves its slot
+    /// and counts as a failure until [`LoginThrottle::failed`] or
+    /// [`LoginThrottle::succeeded`] decides it.
+    pub fn admit(&mut self, addr: IpAddr, name: &str, now: Instant) -> Result<Duration, Throttled> {
+        if self.records.len() >= MAX_KEYS {
+            self.forget_old(now);
         }
-        wait
+        let keys = [Key::Addr(addr), Key::Name(name.to_string())];
+        let settings = self.settings;
+        // Decide first, so that a refused attempt reserves nothing.
+        let mut slot = now;
+        for key in &keys {
+            if let Some(r) = self.records.get(key) {
+                if !Self::delay(&settings, r.failures + r.in_flight).is_zero() {
+                    slot = slot.max(r.next_at);
+                }
+            }
+        }
+        if slot - now > settings.max_delay {
+            return Err(Throttled);
+        }
+        for key in keys {
+            let r = self.records.entry(key).or_insert(Record {
+                failures: 0,
+                in_flight: 0,
+                next_at: now,
+                last_seen: now,
+            });
+            let delay = Self::delay(&settings, r.failures + r.in_flight);
+            r.in_flight = r.in_flight.saturating_add(1);
+            r.last_seen = now;
+            if !delay.is_zero() {
+                r.next_at = slot + delay;
+            }
+        }
+        Ok(slot - now)
     }
 
     /// Records a failed attempt; returns the failure count of the worse key.
     pub fn failed(&mut self, addr: IpAddr, name: &str, now: Instant) -> u32 {
-        if self.records.len() >= MAX_KEYS {
-            self.forget_old(now);
-        }
         let mut worst = 0;
         for key in [Key::Addr(addr), Key::Name(name.to_string())] {
             let r = self.records.entry(key).or_insert(Record {
                 failures: 0,
+                in_flight: 1,
                 next_at: now,
-                last_failure: now,
+                last_seen: now,
             });
+            r.in_flight = r.in_flight.saturating_sub(1);
             r.failures = r.failures.saturating_add(1);
-            r.last_failure = now;
+            r.last_seen = now;
             worst = worst.max(r.failures);
         }
         worst
@@ -125,7 +152,7 @@ impl LoginThrottle {
     fn forget_old(&mut self, now: Instant) {
         let horizon = self.settings.forget_after;
         self.records
-            .retain(|_, r| now.duration_since(r.last_failure) < horizon);
+            .retain(|_, r| r.in_flight > 0 || now.duration_since(r.last_seen) < horizon);
         if self.records.len() >= MAX_KEYS {
             // Still full of fresh records: a spray. Dropping them all only forgets guesses.
             self.records.clear();
@@ -143,27 +170,66 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let now = Instant::now();
         for _ in 0..3 {
-            assert_eq!(t.admit(ip, "a", now), Duration::ZERO);
+            assert_eq!(t.admit(ip, "a", now), Ok(Duration::ZERO));
             t.failed(ip, "a", now);
         }
         // Fourth attempt: still free to check, but reserves the next slot 250 ms on.
-        assert_eq!(t.admit(ip, "a", now), Duration::ZERO);
+        assert_eq!(t.admit(ip, "a", now), Ok(Duration::ZERO));
         t.failed(ip, "a", now);
         // Two attempts at once queue behind each other.
-        let w1 = t.admit(ip, "a", now);
-        let w2 = t.admit(ip, "a", now);
+        let w1 = t.admit(ip, "a", now).unwrap();
+        let w2 = t.admit(ip, "a", now).unwrap();
         assert!(w1 >= Duration::from_millis(250), "{w1:?}");
         assert!(w2 > w1, "{w1:?} {w2:?}");
+        t.failed(ip, "a", now);
+        t.failed(ip, "a", now);
         // The same name from elsewhere waits too; another name from elsewhere does not.
         let other: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(t.admit(other, "a", now) > Duration::ZERO);
-        assert_eq!(t.admit(other, "b", now), Duration::ZERO);
-        // Never longer than the cap.
+        assert!(t.admit(other, "a", now).unwrap() > Duration::ZERO);
+        t.failed(other, "a", now);
+        assert_eq!(t.admit(other, "b", now), Ok(Duration::ZERO));
+        t.succeeded(other, "b");
+        // Never longer than the cap: beyond it, refused unchecked.
         for _ in 0..40 {
-            t.failed(ip, "a", now);
-            assert!(t.admit(ip, "a", now) <= Duration::from_secs(4));
+            match t.admit(ip, "a", now) {
+                Ok(wait) => {
+                    assert!(wait <= Duration::from_secs(4));
+                    t.failed(ip, "a", now);
+                }
+                Err(Throttled) => {}
+            }
         }
         t.succeeded(ip, "a");
-        assert_eq!(t.admit(ip, "a", now), Duration::ZERO);
+        assert_eq!(t.admit(ip, "a", now), Ok(Duration::ZERO));
+    }
+
+    /// The outside probe's attack: many attempts on one identity at the same instant, none
+    /// decided yet. Only the free ones and those whose slots fit under the cap are checked.
+    #[test]
+    fn parallel_attempts_count_before_they_are_decided() {
+        let mut t = LoginThrottle::new(ThrottleSettings::default());
+        let now = Instant::now();
+        let admitted: Vec<Duration> = (0..40u8)
+            .filter_map(|i| t.admit(IpAddr::from([10, 0, 1, i]), "victim", now).ok())
+            .collect();
+        assert_eq!(admitted.iter().filter(|w| w.is_zero()).count(), 4, "{admitted:?}");
+        assert!(
+            admitted.len() < 10,
+            "{} of 40 parallel guesses admitted: {admitted:?}",
+            admitted.len()
+        );
+        assert!(admitted.iter().all(|w| *w <= Duration::from_secs(4)));
+        // Steady state: one check per 4 s on the identity, however many try.
+        let mut clock = now;
+        let mut checked = 0;
+        for i in 0..24 * 60u32 {
+            clock = now + Duration::from_millis(u64::from(i) * 1000 / 24);
+            if let Ok(wait) = t.admit(IpAddr::from([10, 0, 2, (i % 200) as u8]), "victim", clock) {
+                checked += 1;
+                t.failed(IpAddr::from([10, 0, 2, (i % 200) as u8]), "victim", clock + wait);
+            }
+        }
+        let per_second = f64::from(checked) / clock.duration_since(now).as_secs_f64();
+        assert!(per_second <= 0.3, "{per_second:.2} guesses/s on one identity");
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use base64::Engine;
+use medlink_broker::identity::LoginError;
 use medlink_broker::{Identity, Role};
 
 use super::error::ApiError;
@@ -66,9 +67,14 @@ async fn identify(
             let value = value
                 .to_str()
                 .map_err(|_| ApiError::unauthorized("Authorization header is not text"))?;
-            let encoded = value.strip_prefix("Basic ").ok_or_else(|| {
-                ApiError::unauthorized("only HTTP Basic authentication is supported")
-            })?;
+            // Auth schemes are case-insensitive (RFC 9110 §11.1): `basic` is `Basic`.
+            let encoded = value
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+                .map(|(_, rest)| rest)
+                .ok_or_else(|| {
+                    ApiError::unauthorized("only HTTP Basic authentication is supported")
+                })?;
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
                 .map_err(|_| ApiError::unauthorized("Basic credentials are not base64"))?;
@@ -96,6 +102,13 @@ async fn identify(
             cert,
         )
         .await
-        .map_err(|_| ApiError::unauthorized("bad username, password or certificate"))?;
+        .map_err(|e| match e {
+            LoginError::Throttled => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "too many recent login attempts for this identity or address; retry later",
+            ),
+            _ => ApiError::unauthorized("bad username, password or certificate"),
+        })?;
     Ok(identity)
 }

@@ -149,8 +149,11 @@ async fn read_stream(
 ) -> Result<Response, ApiError> {
     let who = caller.require(Role::Client)?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
-    let wait = number(&q.wait, "wait", 0, state.max_wait.as_secs())?;
+    // A longer wait than the node allows is shortened to its `max_wait_s`, not refused: the
+    // client only learns sooner that nothing came.
+    let wait = number(&q.wait, "wait", 0, u64::MAX)?.min(state.max_wait.as_secs());
     let max = number(&q.max, "max", 100, MAX_POLL as u64)?.max(1) as usize;
+    let _slot = state.streams.open(&who.name)?;
     let got = poll(
         &state,
         &who.name,
@@ -245,23 +248,26 @@ pub async fn events(
         Some(c) => c,
         None => parse_cursor(q.cursor.as_deref())?,
     };
+    // Held for as long as the stream is open.
+    let slot = state.streams.open(&who.name)?;
     let client = who.name;
     let events = stream::unfold(
         (
             state,
-            client,
+            (client, slot),
             cursor,
             !cursor.is_start(),
             Vec::<Delivery>::new(),
         ),
-        |(state, client, after, ack, mut queued)| async move {
+        |(state, (client, slot), after, ack, mut queued)| async move {
             loop {
                 if let Some(d) = (!queued.is_empty()).then(|| queued.remove(0)) {
                     let event = Event::default()
                         .id(d.cursor.to_string())
                         .event("message")
                         .data(String::from_utf8_lossy(&d.body));
-                    return Some((Ok(event), (state, client, d.cursor, false, queued)));
+                    let next = (state, (client, slot), d.cursor, false, queued);
+                    return Some((Ok(event), next));
                 }
                 let wait = Duration::from_secs(25);
                 match poll(&state, &client, Stream::Commands, after, ack, 100, wait).await {

@@ -13,6 +13,7 @@ pub mod inbox;
 pub mod link;
 pub mod messages;
 pub mod push;
+pub mod slots;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -123,6 +124,8 @@ pub struct ApiState {
     pub transport: TransportPolicy,
     /// HTTP counters.
     pub metrics: Arc<HttpMetrics>,
+    /// Open long-polls and event streams per identity.
+    pub streams: slots::StreamSlots,
     ids: Mutex<ulid::Generator>,
 }
 
@@ -138,6 +141,7 @@ impl ApiState {
         limits: Limits,
         max_wait: Duration,
         transport: TransportPolicy,
+        max_streams_per_identity: usize,
     ) -> Self {
         ApiState {
             node_id: node_id.to_string(),
@@ -149,6 +153,7 @@ impl ApiState {
             max_wait,
             transport,
             metrics: Arc::default(),
+            streams: slots::StreamSlots::new(max_streams_per_identity),
             ids: Mutex::new(ulid::Generator::new()),
         }
     }
@@ -237,18 +242,17 @@ fn count(metrics: &HttpMetrics, resp: Response) -> Response {
     error::ApiError::new(status, code, message).into_response()
 }
 
-/// Serves the API on `addr` (HTTPS with `tls`) until `shutdown`; returns the bound address.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves the API on `listener` (HTTPS with `tls`) until `shutdown`.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: crate::https::HttpLimits,
     state: Arc<ApiState>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("http: cannot listen on {addr}: {e}"))
-    })?;
     let bound = listener.local_addr()?;
     info!(addr = %bound, https = tls.is_some(), "HTTP API listening");
-    let task = tokio::spawn(crate::https::serve(listener, router(state), tls, shutdown));
+    let app = router(state);
+    let task = tokio::spawn(crate::https::serve(listener, app, tls, limits, shutdown));
     Ok((bound, task))
 }

@@ -1,0 +1,165 @@
+//! The node's data directory: private to the service user, and owned by one process at a time.
+//!
+//! The journal holds patient data, so the directory is `0700` and the journal files `0600`
+//! (SQLite gives its `-wal` and `-shm` files the mode of the database file). Two processes on
+//! one directory would both believe they hold custody and fight over the parent link, so the
+//! directory is locked exclusively (`flock` on `<dir>/lock`, released by the kernel whenever
+//! the process ends, even by `kill -9`) before anything in it is touched.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The journal's file name inside the data directory.
+pub const JOURNAL_FILE: &str = "journal.db";
+
+/// Why the data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// Another process holds the lock.
+    #[error("data dir {path} is in use by another medlink process{holder}; one directory serves one node process")]
+    InUse {
+        /// Directory.
+        path: PathBuf,
+        /// " (pid N)" when the holder wrote its pid.
+        holder: String,
+    },
+    /// A filesystem problem.
+    #[error("data dir {path}: {source}")]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// An opened, exclusively locked data directory; the lock lasts as long as this value.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates `path` (mode `0700`, tightening an existing looser directory), takes its lock,
+    /// and makes sure the journal files are `0600`.
+    pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataDirError::Io { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io(path))?;
+        private(path, 0o700).map_err(io(path))?;
+        let lock_path = path.join("lock");
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = lock.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(DataDirError::InUse {
+                    path: path.to_path_buf(),
+                    holder: if pid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {pid})")
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(DataDirError::Io {
+                    path: lock_path,
+                    source,
+                })
+            }
+        }
+        // Who holds it, for the message a second process prints.
+        let _ = lock.set_len(0);
+        let _ = lock.rewind();
+        let _ = writeln!(lock, "{}", std::process::id());
+        let journal = path.join(JOURNAL_FILE);
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&journal)
+            .map_err(io(&journal))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = path.join(format!("{JOURNAL_FILE}{suffix}"));
+            if file.exists() {
+                private(&file, 0o600).map_err(io(&file))?;
+            }
+        }
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// The journal's path.
+    pub fn journal(&self) -> PathBuf {
+        self.path.join(JOURNAL_FILE)
+    }
+}
+
+/// Sets `mode` on `path` if its permissions allow more than that.
+fn private(path: &Path, mode: u32) -> std::io::Result<()> {
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if current & !mode != 0 {
+        tracing::info!(path = %path.display(), from = format!("{current:o}"), to = format!("{mode:o}"), "tightened permissions");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_open_is_refused_and_modes_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        let first = DataDir::open(&data).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&first.journal()), 0o600);
+        let err = DataDir::open(&data).unwrap_err();
+        assert!(
+            matches!(&err, DataDirError::InUse { holder, .. } if holder.contains(&std::process::id().to_string())),
+            "{err}"
+        );
+        drop(first);
+        DataDir::open(&data).expect("the lock is released with the first owner");
+    }
+
+    #[test]
+    fn loose_modes_are_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(data.join(JOURNAL_FILE), b"").unwrap();
+        std::fs::set_permissions(data.join(JOURNAL_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let opened = DataDir::open(&data).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&opened.journal()), 0o600);
+    }
+}
