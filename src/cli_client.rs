@@ -44,9 +44,6 @@ pub struct SendArgs {
     /// Parameters as JSON.
     #[arg(long, default_value = "null")]
     params: String,
-    /// `request` only: seconds to wait for the reply.
-    #[arg(long, default_value_t = 60)]
-    timeout: u64,
     /// Priority class: urgent, normal or bulk.
     #[arg(long, default_value = "normal", value_parser = ["urgent", "normal", "bulk"])]
     priority: String,
@@ -87,6 +84,16 @@ impl SendArgs {
     }
 }
 
+/// What to send, and how long to wait for the reply.
+#[derive(clap::Args, Debug)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    send: SendArgs,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
 /// What to listen for.
 #[derive(clap::Args, Debug)]
 pub struct ListenArgs {
@@ -95,7 +102,9 @@ pub struct ListenArgs {
     /// Stop after this many commands.
     #[arg(long)]
     count: Option<usize>,
-    /// Answer every command with these parameters (JSON).
+    /// Answer every command with these parameters (JSON): the answer is a command
+    /// `<cmd>.reply` with `reply_to` = the command's id. Commands that are themselves replies
+    /// (they carry `reply_to`) are printed but never answered, so two listeners cannot loop.
     #[arg(long)]
     reply_with: Option<String>,
 }
@@ -142,7 +151,11 @@ pub async fn send(args: SendArgs) -> ExitCode {
     let run = async {
         let to = target(&args.to)?;
         let p = params(&args.params, "--params")?;
-        let (client, _inbox) = connect(&args.connect).await?;
+        // A short-lived sender is not one of the identity's receiving devices: with the inbox
+        // dropped, the SDK acknowledges nothing, and the node keeps every command and receipt
+        // for the identity's listeners.
+        let (client, inbox) = connect(&args.connect).await?;
+        drop(inbox);
         client
             .send_with(&to, &args.cmd, p, args.options())
             .await
@@ -157,13 +170,18 @@ pub async fn send(args: SendArgs) -> ExitCode {
     }
 }
 
-/// `medlink request`: prints the reply as JSON.
-pub async fn request(args: SendArgs) -> ExitCode {
+/// `medlink request`: prints the reply as JSON; fails at once with the reason of a `failed`,
+/// `expired` or `rejected` receipt.
+pub async fn request(args: RequestArgs) -> ExitCode {
+    let RequestArgs { send: args, timeout } = args;
     let run = async {
         let to = target(&args.to)?;
         let p = params(&args.params, "--params")?;
-        let (client, _inbox) = connect(&args.connect).await?;
-        let timeout = Duration::from_secs(args.timeout);
+        // As for `send`: only this request's reply and receipts are taken; everything else
+        // stays with the node for the identity's listeners.
+        let (client, inbox) = connect(&args.connect).await?;
+        drop(inbox);
+        let timeout = Duration::from_secs(timeout);
         client
             .request_with(&to, &args.cmd, p, timeout, args.options())
             .await
@@ -201,7 +219,7 @@ pub async fn listen(args: ListenArgs) -> ExitCode {
         tokio::select! {
             Some(cmd) = inbox.commands.recv() => {
                 println!("{}", serde_json::to_string(&cmd).expect("messages serialise"));
-                if let Some(p) = &reply_with {
+                if let Some(p) = reply_with.as_ref().filter(|_| cmd.reply_to.is_none()) {
                     if let Err(e) = client.reply(&cmd, p.clone()).await {
                         return fail("listen", e);
                     }

@@ -105,7 +105,7 @@ enum Command {
     /// Send a command (prints its id once the node has custody).
     Send(cli_client::SendArgs),
     /// Send a command and print the reply.
-    Request(cli_client::SendArgs),
+    Request(cli_client::RequestArgs),
     /// Print incoming commands and receipts as JSON lines (optionally replying).
     Listen(cli_client::ListenArgs),
     /// Create a development CA and certificates for nodes and clients.

@@ -166,6 +166,10 @@ pub struct Envelope {
     /// Id of the command this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The service group the sender answers for (a reply to a command addressed to the
+    /// service); set only after the sender's node checked that it is a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_service: Option<String>,
     /// Unix ms when the first node accepted it.
     pub created_at: u64,
     /// Unix ms after which it must not be delivered.
@@ -204,6 +208,9 @@ pub struct Submission {
     pub params: Option<Box<RawValue>>,
     /// Id of the command this answers.
     pub reply_to: Option<String>,
+    /// Answering for this service group at the sender's node (checked there: the sender must
+    /// be a member).
+    pub as_service: Option<String>,
     /// Time to live in ms from acceptance.
     pub ttl_ms: Option<u64>,
     /// Absolute expiry, Unix ms.
@@ -224,13 +231,47 @@ pub struct FieldError {
     pub field: String,
     /// What is wrong with it.
     pub problem: String,
+    /// The document is over the size limit (HTTP 413); every other error is a 400.
+    pub too_large: bool,
 }
 
 fn bad(field: &str, problem: impl Into<String>) -> FieldError {
     FieldError {
         field: field.to_string(),
         problem: problem.into(),
+        too_large: false,
     }
+}
+
+/// Deepest nesting of arrays and objects allowed in `params` (the array or object that
+/// `params` itself is counts as level 1). Every reader of an envelope, the SDK's serde_json
+/// included (it stops at 128 levels), must be able to parse what the node accepts.
+pub const MAX_PARAMS_DEPTH: usize = 64;
+
+/// How deeply arrays and objects nest in a valid JSON text (one pass, no recursion).
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Limits applied to submissions.
@@ -280,16 +321,37 @@ impl Submission {
     /// Parses and validates an outbox payload.
     pub fn parse(payload: &[u8], limits: Limits) -> Result<Submission, FieldError> {
         if payload.len() > limits.max_payload {
-            return Err(bad(
-                "payload",
-                format!(
-                    "{} bytes exceeds the limit of {} bytes",
-                    payload.len(),
-                    limits.max_payload
-                ),
-            ));
+            return Err(FieldError {
+                too_large: true,
+                ..bad(
+                    "payload",
+                    format!(
+                        "{} bytes exceeds the limit of {} bytes",
+                        payload.len(),
+                        limits.max_payload
+                    ),
+                )
+            });
         }
-        let s: Submission = serde_json::from_slice(payload).map_err(|e| json_error(&e))?;
+        let s: Submission =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(payload))
+                .map_err(|e| {
+                    let path = e.path().to_string();
+                    let named = json_error(e.inner());
+                    match path.as_str() {
+                        // The whole document, or serde named the field in its message.
+                        "." | "" => named,
+                        _ => bad(&path, named.problem),
+                    }
+                })?;
+        if let Some(p) = &s.params {
+            if json_depth(p.get()) > MAX_PARAMS_DEPTH {
+                return Err(bad(
+                    "params",
+                    format!("nests deeper than {MAX_PARAMS_DEPTH} levels of arrays and objects"),
+                ));
+            }
+        }
         if let Some(id) = &s.id {
             if !valid_id(id) {
                 return Err(bad("id", "must be 1-64 characters of A-Z a-z 0-9 - _ . :"));
@@ -321,6 +383,11 @@ impl Submission {
                 return Err(bad("reply_to", "must be a message id"));
             }
         }
+        if let Some(service) = &s.as_service {
+            if !valid_client(service) {
+                return Err(bad("as_service", "must be a service name"));
+            }
+        }
         Ok(s)
     }
 
@@ -346,6 +413,7 @@ impl Submission {
             cmd: self.cmd,
             params: self.params.unwrap_or_else(null_params),
             reply_to: self.reply_to,
+            as_service: self.as_service,
             created_at,
             expires_at: self
                 .expires_at
@@ -420,6 +488,7 @@ impl Envelope {
             cmd: guess.and_then(|g| g.cmd).unwrap_or_default(),
             params: null_params(),
             reply_to: None,
+            as_service: None,
             created_at: now_ms(),
             expires_at: None,
             priority: Priority::Normal,
@@ -453,6 +522,7 @@ impl Envelope {
             params: RawValue::from_string(params.to_string())
                 .expect("serde_json output is valid JSON"),
             reply_to: (!self.id.is_empty()).then(|| self.id.clone()),
+            as_service: None,
             created_at: now_ms(),
             // A client that never reads its receipts must not make them pile up forever.
             expires_at: Some(now_ms() + RECEIPT_TTL_MS),
@@ -510,8 +580,19 @@ mod tests {
         let e = Submission::parse(br#"{"cmd":"x"}"#, L).unwrap_err();
         assert_eq!(e.field, "to");
         let e = Submission::parse(br#"{"to":{"node":"a","client":"b"},"cmd":7}"#, L).unwrap_err();
-        assert_eq!(e.field, "payload", "{e}");
+        assert_eq!(e.field, "cmd", "{e}");
         assert!(e.problem.contains("invalid type"), "{e}");
+        assert!(!e.too_large);
+        // Type errors name their field and are not size errors (the probe saw 413s).
+        let e = Submission::parse(br#"{"to":{"node":"a","client":"b"},"cmd":"x","ttl_ms":-1}"#, L)
+            .unwrap_err();
+        assert_eq!((e.field.as_str(), e.too_large), ("ttl_ms", false), "{e}");
+        let e = Submission::parse(
+            br#"{"to":{"node":"a","client":"b"},"cmd":"x","receipts":["rejected"]}"#,
+            L,
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.too_large), ("receipts[0]", false), "{e}");
         let e =
             Submission::parse(br#"{"to":{"node":"a..b","client":"b"},"cmd":"x"}"#, L).unwrap_err();
         assert_eq!(e.field, "to.node");
@@ -524,10 +605,29 @@ mod tests {
             r#"{{"to":{{"node":"a","client":"b"}},"cmd":"x","params":"{}"}}"#,
             "x".repeat(2000)
         );
-        assert_eq!(
-            Submission::parse(big.as_bytes(), L).unwrap_err().field,
-            "payload"
-        );
+        let e = Submission::parse(big.as_bytes(), L).unwrap_err();
+        assert_eq!((e.field.as_str(), e.too_large), ("payload", true));
+    }
+
+    #[test]
+    fn params_nest_at_most_the_documented_depth() {
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"to":{{"node":"a","client":"b"}},"cmd":"x","params":{}{}}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        let limits = Limits {
+            max_payload: 1 << 20,
+        };
+        let at_limit = nested(MAX_PARAMS_DEPTH);
+        assert_eq!(json_depth(&at_limit) - 1, MAX_PARAMS_DEPTH);
+        Submission::parse(at_limit.as_bytes(), limits).expect("the limit itself is accepted");
+        let e = Submission::parse(nested(MAX_PARAMS_DEPTH + 1).as_bytes(), limits).unwrap_err();
+        assert_eq!(e.field, "params", "{e}");
+        // Brackets inside strings do not count.
+        assert_eq!(json_depth(r#"{"a":"[[[[\"{{"}"#), 1);
     }
 
     #[test]

@@ -291,19 +291,30 @@ impl Client {
 
     /// Answers `incoming`: its sender gets a command `<cmd>.reply` with `reply_to` = its id,
     /// in the same priority class (an answer to an urgent request is urgent too).
+    ///
+    /// A command that came addressed to a service group this client serves is answered as
+    /// that service (`as_service`), which the requester's SDK requires of a reply that does
+    /// not come from the address it sent to.
     pub async fn reply(&self, incoming: &Message, params: Value) -> Result<MessageId, Error> {
         let cmd = format!("{}.reply", incoming.cmd);
         let opts = SendOptions {
             priority: incoming.priority,
             ..SendOptions::default()
         };
-        self.submit(&incoming.from, &cmd, &params, Some(&incoming.id), &opts)
+        let me = &self.inner.me;
+        let service = (incoming.to.node == me.node && incoming.to.client != me.client)
+            .then_some(incoming.to.client.as_str());
+        let reply = Some((incoming.id.as_str(), service));
+        self.submit(&incoming.from, &cmd, &params, reply, &opts)
             .await
     }
 
     /// Sends a command and waits (without blocking anything else) for the reply to it, matched
-    /// by `reply_to`. On [`Error::Timeout`] the request itself may still be delivered; a reply
-    /// arriving later goes to [`Inbox::commands`].
+    /// by `reply_to`. Only a reply from `to` counts (or, for a service group, from one of its
+    /// members); a command from anyone else naming the request's id goes to
+    /// [`Inbox::commands`]. A `failed`, `expired` or `rejected` receipt of the request ends it
+    /// at once with [`Error::Rejected`]. On [`Error::Timeout`] the request itself may still be
+    /// delivered; a reply arriving later goes to [`Inbox::commands`].
     pub async fn request(
         &self,
         to: &Address,
@@ -330,14 +341,25 @@ impl Client {
         };
         opts.id = Some(id.clone());
         let handover = &self.inner.handover;
-        let reply = handover.expect_reply(&id);
+        let reply = handover.expect_reply(&id, to);
         let waited = tokio::time::timeout(timeout, async {
             self.submit(to, cmd, &params, None, &opts).await?;
             reply.await.map_err(|_| Error::Closed)
         })
         .await;
         match waited {
-            Ok(Ok(m)) => Ok(m),
+            Ok(Ok(m)) => match m.receipt() {
+                Some(r) => Err(Error::Rejected {
+                    id,
+                    reason: format!(
+                        "{} by {}: {}",
+                        r.status,
+                        r.by.as_deref().unwrap_or("the node"),
+                        r.reason.as_deref().unwrap_or("no reason given")
+                    ),
+                }),
+                None => Ok(m),
+            },
             Ok(Err(e)) => {
                 handover.forget_reply(&id);
                 Err(e)
@@ -354,7 +376,7 @@ impl Client {
         to: &Address,
         cmd: &str,
         params: &Value,
-        reply_to: Option<&str>,
+        reply: Option<(&str, Option<&str>)>,
         opts: &SendOptions,
     ) -> Result<MessageId, Error> {
         let id = match &opts.id {
@@ -364,7 +386,7 @@ impl Client {
             }
             None => self.next_id(),
         };
-        let body = Bytes::from(message::submission(&id, to, cmd, params, reply_to, opts));
+        let body = Bytes::from(message::submission(&id, to, cmd, params, reply, opts));
         let seq = match &self.inner.outbox {
             Some(ob) => {
                 let (i, b) = (id.clone(), body.clone());

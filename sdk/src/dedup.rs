@@ -71,6 +71,7 @@ mod tests {
             cmd: "c".into(),
             params: serde_json::Value::Null,
             reply_to: None,
+            as_service: None,
             created_at: 0,
             expires_at: None,
             priority: Default::default(),

@@ -12,13 +12,36 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::dedup::Seen;
-use crate::message::{Kind, Message, MessageId};
+use crate::message::{Address, Kind, Message, MessageId};
+
+/// A `request` waiting: who may answer it, and where the answer goes.
+struct Waiter {
+    target: Address,
+    answer: oneshot::Sender<Message>,
+}
+
+impl Waiter {
+    /// Whether `m` ends the request: a reply from its target (or from a member of the target
+    /// service, as the member's node vouches with `as_service`), or a receipt (only nodes
+    /// issue those) saying it failed, expired or was rejected. Anyone else who knows the id is
+    /// ignored.
+    fn answered_by(&self, m: &Message) -> bool {
+        match m.kind {
+            Kind::Cmd => {
+                m.from == self.target
+                    || (m.from.node == self.target.node
+                        && m.as_service.as_deref() == Some(self.target.client.as_str()))
+            }
+            Kind::Receipt => m.receipt().is_some_and(|r| r.status.is_failure()),
+        }
+    }
+}
 
 /// The application's receiving side, shared by the client handles and the transports.
 pub(crate) struct Handover {
     seen: Mutex<Seen>,
     repeats: AtomicU64,
-    replies: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
+    replies: Mutex<HashMap<MessageId, Waiter>>,
     commands: mpsc::Sender<Message>,
     receipts: mpsc::Sender<Message>,
 }
@@ -45,10 +68,15 @@ impl Handover {
         self.repeats.load(Ordering::Relaxed)
     }
 
-    /// Registers a `request` waiting for the reply to `id`.
-    pub(crate) fn expect_reply(&self, id: &str) -> oneshot::Receiver<Message> {
-        let (tx, rx) = oneshot::channel();
-        locked(&self.replies).insert(id.to_string(), tx);
+    /// Registers a `request` to `target` waiting for the reply to `id` (or for a receipt that
+    /// ends it).
+    pub(crate) fn expect_reply(&self, id: &str, target: &Address) -> oneshot::Receiver<Message> {
+        let (answer, rx) = oneshot::channel();
+        let waiter = Waiter {
+            target: target.clone(),
+            answer,
+        };
+        locked(&self.replies).insert(id.to_string(), waiter);
         rx
     }
 
@@ -74,14 +102,23 @@ impl Handover {
             self.repeat(&m);
             return true;
         }
-        let waiter = match (&m.kind, &m.reply_to) {
-            (Kind::Cmd, Some(r)) => locked(&self.replies).remove(r),
-            _ => None,
-        };
+        let waiter = m.reply_to.as_ref().and_then(|r| {
+            let mut replies = locked(&self.replies);
+            match replies.get(r) {
+                Some(w) if w.answered_by(&m) => replies.remove(r),
+                Some(_) => {
+                    if m.kind == Kind::Cmd {
+                        debug!(id = %m.id, from = %m.from, "a reply from someone other than the request's target is not its answer");
+                    }
+                    None
+                }
+                None => None,
+            }
+        });
         let m = match waiter {
             Some(w) => {
                 locked(&self.seen).insert(&m);
-                match w.send(m) {
+                match w.answer.send(m) {
                     Ok(()) => return true,
                     // The request stopped waiting just now: the reply goes to the commands.
                     Err(back) => {

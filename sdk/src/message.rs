@@ -75,6 +75,11 @@ pub struct Message {
     /// The command this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// The service group the sender answered for (its node checked the membership): a
+    /// [`Client::request`](crate::Client::request) to a service accepts replies from the
+    /// service's members this way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_service: Option<String>,
     /// When the first node accepted it, Unix ms.
     pub created_at: u64,
     /// When it expires, Unix ms.
@@ -160,12 +165,31 @@ impl ReceiptStatus {
         }
     }
 
+    /// The wire string.
+    pub fn as_wire(&self) -> &str {
+        match self {
+            ReceiptStatus::Accepted => "accepted",
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Replied => "replied",
+            ReceiptStatus::Expired => "expired",
+            ReceiptStatus::Rejected => "rejected",
+            ReceiptStatus::Failed => "failed",
+            ReceiptStatus::Other(s) => s,
+        }
+    }
+
     /// Whether the command will never reach its target.
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
             ReceiptStatus::Expired | ReceiptStatus::Rejected | ReceiptStatus::Failed
         )
+    }
+}
+
+impl std::fmt::Display for ReceiptStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_wire())
     }
 }
 
@@ -196,6 +220,8 @@ struct Submission<'a> {
     params: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_service: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttl_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,7 +256,7 @@ pub(crate) fn submission(
     to: &Address,
     cmd: &str,
     params: &Value,
-    reply_to: Option<&str>,
+    reply: Option<(&str, Option<&str>)>,
     opts: &SendOptions,
 ) -> Vec<u8> {
     let ttl_ms = opts
@@ -241,7 +267,8 @@ pub(crate) fn submission(
         to,
         cmd,
         params,
-        reply_to,
+        reply_to: reply.map(|(id, _)| id),
+        as_service: reply.and_then(|(_, service)| service),
         ttl_ms,
         priority: (opts.priority != Priority::Normal).then_some(opts.priority),
         receipts: &opts.receipts,
@@ -272,7 +299,7 @@ mod tests {
             id: None,
         };
         let v: Value =
-            serde_json::from_slice(&submission("x2", &to, "c", &Value::Null, Some("r"), &opts))
+            serde_json::from_slice(&submission("x2", &to, "c", &Value::Null, Some(("r", None)), &opts))
                 .unwrap();
         assert_eq!(v["priority"], "urgent");
         assert_eq!(v["ttl_ms"], 2000);

@@ -408,6 +408,21 @@ impl State {
                 self.reject(tx, client, payload, &reason, now)?;
                 Ok(Accept::Rejected(reason))
             }
+            Ok((_, env))
+                if env
+                    .as_service
+                    .as_deref()
+                    .is_some_and(|s| !self.services.is_member(s, client)) =>
+            {
+                let reason = format!(
+                    "as_service: {client} is not a member of service '{}' at {}",
+                    env.as_service.as_deref().unwrap_or_default(),
+                    self.me()
+                );
+                warn!(client, reason = %reason.escape_debug(), "command rejected");
+                self.reject(tx, client, payload, &reason, now)?;
+                Ok(Accept::Rejected(reason))
+            }
             Ok((chosen, mut env)) => {
                 if strict {
                     if let NextHop::Unroutable(why) = self.cfg.topology.next_hop(&env) {

@@ -107,6 +107,13 @@ impl Services {
     }
 
     /// Notes an HTTP poll by `client`.
+    /// Whether `client` is a member of the service group `service` here.
+    pub(super) fn is_member(&self, service: &str, client: &str) -> bool {
+        self.groups
+            .get(service)
+            .is_some_and(|(g, _)| g.members.iter().any(|m| m == client))
+    }
+
     pub(super) fn polled(&mut self, client: &str) {
         if self.members.contains(client) {
             self.polled.insert(client.to_string(), Instant::now());

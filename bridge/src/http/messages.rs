@@ -62,21 +62,16 @@ pub async fn post(
         };
         if let (Some(key), Value::Object(map)) = (&key, &mut item) {
             map.entry("id")
-                .or_insert_with(|| Value::String(derived_id(key, i)));
+                .or_insert_with(|| Value::String(derived_id(&sender, key, i)));
         }
         let bytes = serde_json::to_vec(&item).expect("a parsed JSON value serialises");
         let checked = Submission::parse(&bytes, state.limits)
             .and_then(|s| s.into_envelope(sender.clone(), String::from("x")));
         if let Err(e) = checked {
-            let status = if e.field == "payload" {
-                StatusCode::PAYLOAD_TOO_LARGE
+            let (status, code) = if e.too_large {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             } else {
-                StatusCode::BAD_REQUEST
-            };
-            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "invalid"
+                (StatusCode::BAD_REQUEST, "invalid")
             };
             return Err(ApiError::new(status, code, e.problem.clone()).field(at(&e.field)));
         }
@@ -183,11 +178,10 @@ fn split(body: &[u8]) -> Result<(Vec<Value>, bool), ApiError> {
         return Err(ApiError::malformed("no messages").field("messages"));
     }
     if items.len() > MAX_BATCH {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("{} messages; at most {MAX_BATCH} per request", items.len()),
-        )
+        return Err(ApiError::malformed(format!(
+            "{} messages; at most {MAX_BATCH} per request",
+            items.len()
+        ))
         .field("messages"));
     }
     Ok((items, batch))
@@ -208,9 +202,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
-/// The id the `i`-th message of a request with idempotency key `key` gets.
-fn derived_id(key: &str, i: usize) -> String {
-    let digest = Blake2s256::digest(key.as_bytes());
+/// The id the `i`-th message of `sender`'s request with idempotency key `key` gets. The
+/// sender is part of the digest, so two identities using the same key get different ids, and
+/// nobody can compute another sender's ids from a key alone.
+fn derived_id(sender: &Address, key: &str, i: usize) -> String {
+    let mut digest = Blake2s256::new();
+    for part in [&sender.node, &sender.client, key] {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part.as_bytes());
+    }
+    let digest = digest.finalize();
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
     format!("ik.{hex}.{i}")
 }
@@ -230,8 +231,17 @@ mod tests {
         assert!(split(br#"{"messages":[{"cmd":"x"}]}"#).unwrap().1);
         assert_eq!(split(b"[]").unwrap_err().code, "malformed");
         assert_eq!(split(b"nope").unwrap_err().field.as_deref(), Some("body"));
-        assert_eq!(derived_id("k", 3), derived_id("k", 3));
-        assert_ne!(derived_id("k", 3), derived_id("k", 4));
-        assert!(derived_id("some key", 999).len() <= 64);
+        let a = Address {
+            node: "js".into(),
+            client: "a".into(),
+        };
+        let b = Address {
+            node: "js".into(),
+            client: "b".into(),
+        };
+        assert_eq!(derived_id(&a, "k", 3), derived_id(&a, "k", 3));
+        assert_ne!(derived_id(&a, "k", 3), derived_id(&a, "k", 4));
+        assert_ne!(derived_id(&a, "k", 3), derived_id(&b, "k", 3), "ids are per sender");
+        assert!(derived_id(&a, "some key", 999).len() <= 64);
     }
 }
