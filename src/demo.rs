@@ -263,11 +263,12 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     let q = medlink_bridge::audit::AuditQuery {
         client: Some(clinic_name.clone()),
         limit: 100,
+        oldest_first: true,
         ..Default::default()
     };
     let records = medlink_bridge::audit::query(&data.join("province").join("journal.db"), &q)
         .map_err(|e| format!("reading the province's audit: {e}"))?;
-    for r in &records {
+    for r in &records.records {
         println!("  {r}");
     }
     println!("  (the same from a shell: medlink audit --data-dir <province data dir> --client {clinic_name})");

@@ -18,6 +18,7 @@ mod cli_client;
 mod config;
 mod demo;
 mod latency;
+mod logging;
 mod mqtt_client;
 mod passwd;
 
@@ -87,9 +88,12 @@ enum Command {
         /// Only records at or after this time: Unix ms, or RFC 3339-like `YYYY-MM-DDTHH:MM:SSZ`.
         #[arg(long)]
         since: Option<String>,
-        /// Most records to print.
+        /// Most records to print (newest first; a note on stderr says when more matched).
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Print the oldest records first instead.
+        #[arg(long)]
+        oldest_first: bool,
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
@@ -128,15 +132,18 @@ fn init_logs(json: bool) {
     // Colour only on a terminal: log files and journald get plain text. A log write that
     // fails (disk full) must not be reported with eprintln!, which panics when stderr cannot
     // be written: that would kill whichever thread was logging, the dispatcher included.
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .log_internal_errors(false)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     if json {
-        builder.json().init();
+        builder.with_writer(std::io::stderr).json().init();
     } else {
-        builder.init();
+        // Client-supplied strings in fields must not start lines of their own.
+        builder
+            .with_writer(move || logging::OneLine::new(std::io::stderr(), ansi))
+            .init();
     }
 }
 
@@ -180,6 +187,7 @@ fn main() -> ExitCode {
             cmd,
             since,
             limit,
+            oldest_first,
             json,
         } => {
             let since = match since.as_deref().map(parse_time).transpose() {
@@ -195,6 +203,7 @@ fn main() -> ExitCode {
                 cmd,
                 since,
                 limit,
+                oldest_first,
             };
             print_audit(&data_dir.join("journal.db"), &q, json)
         }
@@ -328,14 +337,15 @@ fn print_audit(path: &std::path::Path, q: &AuditQuery, json: bool) -> ExitCode {
         eprintln!("medlink audit: no journal at {}", path.display());
         return ExitCode::from(2);
     }
-    let rows = match audit::query(path, q) {
+    let page = match audit::query(path, q) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("medlink audit: {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
-    for r in &rows {
+    let rows = &page.records;
+    for r in rows {
         if json {
             println!(
                 "{}",
@@ -345,8 +355,20 @@ fn print_audit(path: &std::path::Path, q: &AuditQuery, json: bool) -> ExitCode {
             println!("{r}");
         }
     }
-    if !json {
-        eprintln!("{} record(s)", rows.len());
+    let order = if q.oldest_first {
+        "oldest first"
+    } else {
+        "newest first"
+    };
+    if page.cut {
+        // On stderr, so JSON output stays one record per line; said even with --json.
+        eprintln!(
+            "{} record(s), {order}: output cut at --limit {}; more records match (narrow with --since/--client/--node/--cmd, or raise --limit)",
+            rows.len(),
+            q.limit
+        );
+    } else if !json {
+        eprintln!("{} record(s), {order}", rows.len());
     }
     ExitCode::SUCCESS
 }

@@ -88,8 +88,16 @@ pub fn run(args: PasswdArgs) -> ExitCode {
 fn apply(args: PasswdArgs) -> Result<(), String> {
     let mut file = if args.file.exists() {
         CredentialsFile::load(&args.file)?
-    } else {
+    } else if matches!(args.action, Action::Add { .. }) {
+        // Only `add` may start a file; listing or changing one that is not there is a
+        // mistaken path, not an empty file.
         CredentialsFile::default()
+    } else {
+        return Err(format!(
+            "{}: no such credentials file (medlink passwd --file {} add ... creates one)",
+            args.file.display(),
+            args.file.display()
+        ));
     };
     match args.action {
         Action::List => {
@@ -104,9 +112,9 @@ fn apply(args: PasswdArgs) -> Result<(), String> {
             return Ok(());
         }
         Action::Add { name, role, secret } => {
-            if !valid_name(&name) {
+            if !valid_name(&name) || !plain_name(&name) {
                 return Err(format!(
-                    "'{name}': a name must be 1-128 characters without + # / or control characters"
+                    "{name:?}: an identity name must be 1-128 characters of A-Z a-z 0-9 . _ - @, not starting with '$' (reserved for the node) and without spaces; look-alike letters from other scripts are refused so that two identities cannot pass for one another"
                 ));
             }
             if role == Role::Node && !valid_node_id(&name) {
@@ -146,6 +154,16 @@ fn apply(args: PasswdArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The names `passwd add` gives out: plain ASCII, so a name reads the same in a log, a topic
+/// and an operator's terminal. (Logins accept any name a credentials file holds; this keeps new
+/// ones unambiguous.)
+fn plain_name(name: &str) -> bool {
+    !name.starts_with('$')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
 fn save(file: &CredentialsFile, path: &std::path::Path) -> Result<(), String> {
     file.save(path)
         .map_err(|e| format!("{}: {e}", path.display()))
@@ -183,4 +201,19 @@ fn secret_hash(secret: &Secret, role: Role) -> Result<Option<String>, String> {
         return Err("password: must be at least 8 characters".into());
     }
     Ok(Some(hash_password(&password)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_names_are_plain_ascii_without_the_reserved_prefix() {
+        for ok in ["clinic-t3", "hosp_nj", "js.nj.gulou", "dr.wang@city"] {
+            assert!(plain_name(ok), "{ok}");
+        }
+        for bad in ["$medlink", "bob ", " bob", "b\u{43e}b", "a b", "x\ty"] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
+    }
 }

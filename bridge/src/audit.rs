@@ -87,21 +87,37 @@ pub struct AuditQuery {
     pub since: Option<u64>,
     /// Most records.
     pub limit: usize,
+    /// Oldest first (the default is newest first).
+    pub oldest_first: bool,
+}
+
+/// What a query found.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    /// The records, in the order asked for.
+    pub records: Vec<AuditRecord>,
+    /// More records matched than `limit` allowed.
+    pub cut: bool,
 }
 
 /// Runs `q` against the journal at `path` (opened read-only, safe while the node runs).
-pub fn query(path: &Path, q: &AuditQuery) -> rusqlite::Result<Vec<AuditRecord>> {
+pub fn query(path: &Path, q: &AuditQuery) -> rusqlite::Result<AuditPage> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let node_like = q.node.as_ref().map(|n| format!("{n}.%"));
-    let mut stmt = conn.prepare(
+    let order = if q.oldest_first {
+        "at, rowid"
+    } else {
+        "at DESC, rowid DESC"
+    };
+    let mut stmt = conn.prepare(&format!(
         "SELECT at, id, kind, from_node, from_client, to_node, to_client, cmd, hops, decision
          FROM audit
          WHERE (?1 IS NULL OR from_client = ?1 OR to_client = ?1)
            AND (?2 IS NULL OR from_node = ?2 OR to_node = ?2 OR from_node LIKE ?3 OR to_node LIKE ?3)
            AND (?4 IS NULL OR cmd = ?4)
            AND (?5 IS NULL OR at >= ?5)
-         ORDER BY at, rowid LIMIT ?6",
-    )?;
+         ORDER BY {order} LIMIT ?6"
+    ))?;
     let rows = stmt.query_map(
         rusqlite::params![
             q.client,
@@ -109,7 +125,8 @@ pub fn query(path: &Path, q: &AuditQuery) -> rusqlite::Result<Vec<AuditRecord>> 
             node_like,
             q.cmd,
             q.since.map(|s| s as i64),
-            q.limit as i64
+            // One more than asked, to know whether the output was cut.
+            q.limit.saturating_add(1) as i64
         ],
         |r| {
             Ok(AuditRecord {
@@ -126,5 +143,8 @@ pub fn query(path: &Path, q: &AuditQuery) -> rusqlite::Result<Vec<AuditRecord>> 
             })
         },
     )?;
-    rows.collect()
+    let mut records = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let cut = records.len() > q.limit;
+    records.truncate(q.limit);
+    Ok(AuditPage { records, cut })
 }

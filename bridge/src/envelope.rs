@@ -289,10 +289,30 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks a dotted node id: non-empty segments of `[A-Za-z0-9_-]`.
+/// The longest node id, in bytes.
+pub const MAX_NODE_ID: usize = 200;
+
+/// What is wrong with a node id, in words that name the rule it breaks.
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    if id.len() > MAX_NODE_ID {
+        return Err(format!(
+            "is {} characters long; a node id has at most {MAX_NODE_ID}",
+            id.len()
+        ));
+    }
+    if !valid_node_id(id) {
+        return Err(
+            "is not a dotted node id (segments of A-Z a-z 0-9 _ -, e.g. js.nj.gulou)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks a dotted node id: at most [`MAX_NODE_ID`] bytes of non-empty segments of
+/// `[A-Za-z0-9_-]`.
 pub fn valid_node_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 200
+        && id.len() <= MAX_NODE_ID
         && id.split('.').all(|seg| {
             !seg.is_empty()
                 && seg
@@ -357,8 +377,8 @@ impl Submission {
                 return Err(bad("id", "must be 1-64 characters of A-Z a-z 0-9 - _ . :"));
             }
         }
-        if !valid_node_id(&s.to.node) {
-            return Err(bad("to.node", "must be a dotted node id like js.nj.gulou"));
+        if let Err(problem) = check_node_id(&s.to.node) {
+            return Err(bad("to.node", problem));
         }
         if !valid_client(&s.to.client) {
             return Err(bad("to.client", "must be 1-128 characters without + # /"));

@@ -4,7 +4,10 @@
 //! that routed it (and per receipt about it), the queues hold it with its custody trail while
 //! the node still has custody, and `awaiting_reply` says a reply is expected. This reads those
 //! from every journal it is given (read-only, safe while the nodes run) and merges them into
-//! one time-ordered list. Nodes audit what they route when `audit = true` (the root always).
+//! one list: the command's path in hop order (acceptance, then each custody hop, then the
+//! delivery), then the receipts about it in time order. Hop order, not time, leads, because
+//! several steps often share one millisecond and nodes' clocks differ. Nodes audit what they
+//! route when `audit = true` (the root always).
 
 use std::path::Path;
 
@@ -14,11 +17,31 @@ use serde::Serialize;
 
 use crate::envelope::Envelope;
 
+/// What kind of step an event is, in the order steps happen at one hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// Accepted from its sender (hop 1).
+    Accepted,
+    /// A node took custody.
+    Custody,
+    /// Still waiting in a queue of this node.
+    Waiting,
+    /// Handed to its target client.
+    Delivered,
+    /// A receipt about it was routed.
+    Receipt,
+}
+
 /// One thing that happened to the message, at one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TraceEvent {
-    /// Unix ms.
+    /// Unix ms (0: not recorded).
     pub at: u64,
+    /// Which node along the path (1: the sender's node).
+    pub hop: u32,
+    /// What kind of step.
+    pub step: Step,
     /// The node (or, for a journal without a name, its label).
     pub node: String,
     /// What happened, in words.
@@ -54,23 +77,45 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
             format!("{}/{}", r.get::<_, String>(6)?, r.get::<_, String>(7)?),
         ))
     })?;
+    // Where this node put the command for a local client, if it did: (hop, at, client).
+    let mut local = None;
+    let mut gave_up = false;
     for row in rows {
         let (at, rid, kind, hops, decision, from_client, to) = row?;
-        let what = if kind == "receipt" {
+        let hop = u32::try_from(hops).unwrap_or(0);
+        let (step, what) = if kind == "receipt" {
             let status = rid.split('.').nth(1).unwrap_or("?");
-            format!("`{status}` receipt for {to} routed → {decision}")
+            gave_up |= matches!(status, "expired" | "failed");
+            (
+                Step::Receipt,
+                format!("`{status}` receipt for {to} routed → {decision}"),
+            )
         } else if hops == 1 && from_client != "$medlink" {
-            format!("accepted from {from_client} → {decision}")
+            (
+                Step::Accepted,
+                format!("accepted from {from_client} → {decision}"),
+            )
         } else {
-            format!("took custody (hop {hops}) → {decision}")
+            (
+                Step::Custody,
+                format!("took custody (hop {hops}) → {decision}"),
+            )
         };
+        if kind != "receipt" {
+            if let Some(client) = decision.strip_prefix("local:") {
+                local = Some((hop, at, client.to_string()));
+            }
+        }
         out.push(TraceEvent {
             at,
+            hop,
+            step,
             node: label.to_string(),
             what,
             from_trail: false,
         });
     }
+    let mut waiting = false;
     // Still in custody here: where it waits, and the trail it carries.
     let mut stmt = conn.prepare("SELECT dest, entries FROM queue")?;
     let mut rows = stmt.query([])?;
@@ -84,9 +129,12 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
             let Ok(env) = Envelope::parse(&entry.body) else {
                 continue;
             };
-            for hop in &env.trail {
+            waiting = true;
+            for (i, hop) in env.trail.iter().enumerate() {
                 out.push(TraceEvent {
                     at: hop.at,
+                    hop: i as u32 + 1,
+                    step: if i == 0 { Step::Accepted } else { Step::Custody },
                     node: hop.node.clone(),
                     what: "took custody (from the trail)".into(),
                     from_trail: true,
@@ -94,6 +142,8 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
             }
             out.push(TraceEvent {
                 at: env.trail.last().map_or(env.created_at, |h| h.at),
+                hop: u32::from(env.hops),
+                step: Step::Waiting,
                 node: label.to_string(),
                 what: format!("waiting in {dest} (not yet acknowledged by the next hop)"),
                 from_trail: false,
@@ -103,23 +153,56 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
     let mut stmt = conn.prepare("SELECT key FROM awaiting_reply WHERE key LIKE ?1")?;
     let pattern = format!("%/{id}");
     let keys = stmt.query_map([pattern], |r| r.get::<_, String>(0))?;
+    let mut expecting = false;
     for key in keys {
         let key = key?;
         let who = key.rsplit_once('/').map_or(key.as_str(), |(c, _)| c);
+        expecting = true;
         out.push(TraceEvent {
             at: 0,
+            hop: local.as_ref().map_or(0, |l| l.0),
+            step: if waiting {
+                Step::Waiting
+            } else {
+                Step::Delivered
+            },
             node: label.to_string(),
-            what: format!("delivered to {who}; a reply is expected"),
+            what: if waiting {
+                format!("a reply from {who} is expected")
+            } else {
+                format!("delivered to {who}; a reply is expected")
+            },
+            from_trail: false,
+        });
+    }
+    // Queued for a local client and gone from the queue without expiring: its client
+    // acknowledged it (the queue keeps a command until then).
+    if let Some((hop, _, client)) = local.filter(|_| !waiting && !gave_up && !expecting) {
+        out.push(TraceEvent {
+            // The journal does not record when.
+            at: 0,
+            hop,
+            step: Step::Delivered,
+            node: label.to_string(),
+            what: format!("delivered to {client}"),
             from_trail: false,
         });
     }
     Ok(out)
 }
 
-/// Merges what several journals know into one list, in time order, repeats removed (a trail
-/// names the same custody hop as the audit row of that node).
+/// Merges what several journals know into one list (the path in hop order, then receipts in
+/// time order), repeats removed (a trail names the same custody hop as the audit row of that
+/// node).
 pub fn merge(mut events: Vec<TraceEvent>) -> Vec<TraceEvent> {
-    events.sort_by(|a, b| (a.at, &a.node, &a.what).cmp(&(b.at, &b.node, &b.what)));
+    // The path by hop and step, then receipts by time.
+    let key = |e: &TraceEvent| match e.step {
+        Step::Receipt => (1, 0, e.step, e.at),
+        _ => (0, e.hop, e.step, e.at),
+    };
+    events.sort_by(|a, b| {
+        (key(a), &a.node, &a.what, a.from_trail).cmp(&(key(b), &b.node, &b.what, b.from_trail))
+    });
     events.dedup();
     // A trail entry adds nothing where the node's own records say the same at that time.
     let recorded: std::collections::HashSet<(u64, String)> = events

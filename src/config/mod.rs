@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medlink_bridge::dispatcher::ServiceGroup;
-use medlink_bridge::envelope::{valid_node_id, Limits};
+use medlink_bridge::envelope::{check_node_id, Limits};
 use medlink_bridge::http::{TransportChoice, TransportPolicy};
 use medlink_bridge::links::LinkTuning;
 use medlink_bridge::node::{HttpSettings, NodeConfig};
@@ -89,10 +89,8 @@ pub fn load(path: &Path, data_dir: Option<&Path>) -> Result<NodeConfig, ConfigEr
 /// Validates a parsed file into a node configuration.
 pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeConfig, String> {
     let id = file.node.id;
-    if !valid_node_id(&id) {
-        return Err(format!(
-            "node.id: '{id}' is not a dotted node id (segments of A-Z a-z 0-9 _ -, e.g. js.nj.gulou)"
-        ));
+    if let Err(problem) = check_node_id(&id) {
+        return Err(format!("node.id: '{id}' {problem}"));
     }
     let data_dir = match data_dir {
         Some(d) => d.to_path_buf(),
