@@ -572,6 +572,7 @@ pub(crate) fn test_envelope(id: &str, node: &str, client: &str) -> Envelope {
         cmd: "x".into(),
         params: null_params(),
         reply_to: None,
+        as_service: None,
         created_at: 0,
         expires_at: None,
         priority: Priority::Normal,
