@@ -177,7 +177,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     dispatcher: Option<std::thread::JoinHandle<()>>,
     uplink: Option<tokio::task::JoinHandle<()>>,
-    _checkpointer: crate::journal::Checkpointer,
+    checkpointer: Option<crate::journal::Checkpointer>,
     // Last: the directory stays locked until everything above has closed.
     _data_dir: DataDir,
 }
@@ -401,7 +401,7 @@ impl Node {
             shutdown,
             dispatcher: Some(thread),
             uplink: uplink_task,
-            _checkpointer: checkpointer,
+            checkpointer: Some(checkpointer),
             _data_dir: data_dir,
         })
     }
@@ -415,6 +415,11 @@ impl Node {
         let _ = self.shutdown.send(true);
         if let Some(thread) = self.dispatcher.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        // The dispatcher's connection is closed; the checkpointer's last checkpoint truncates
+        // the WAL and its close removes it.
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
         }
         if let Some(task) = self.uplink.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;

@@ -40,6 +40,16 @@ pub struct Delivery {
     pub body: Bytes,
 }
 
+/// The answer to a poll: the deliveries, and the cursor after them (for an empty answer to
+/// a poll without a cursor, the stream's acknowledged point: where this reader now stands).
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Where the reader stands after this page.
+    pub cursor: Cursor,
+    /// What it is handed, in order.
+    pub deliveries: Vec<Delivery>,
+}
+
 /// A position in one of a client's streams as an HTTP client sees it: the last sequence it
 /// has in each priority lane, urgent first. Written `u.n.b` (e.g. `0.17.3`); a plain number
 /// `n` means `0.n.0`. Clients treat it as opaque.
@@ -127,8 +137,9 @@ pub enum Inbound {
         client: String,
         /// Which stream.
         stream: Stream,
-        /// Cursor: what the client has.
-        after: Cursor,
+        /// Cursor: what the client has. `None`: a reader without a cursor, which starts at
+        /// the oldest unacknowledged message (not at what other devices acknowledged).
+        after: Option<Cursor>,
         /// Acknowledge everything up to `after` first.
         ack: bool,
         /// Most deliveries in the reply.
@@ -136,7 +147,7 @@ pub enum Inbound {
         /// Wait for something to arrive; without it an empty stream is answered at once.
         wait: bool,
         /// Where the deliveries go; dropping the receiver abandons the poll.
-        reply: oneshot::Sender<Vec<Delivery>>,
+        reply: oneshot::Sender<Page>,
     },
     /// An HTTP client acknowledges its stream up to `upto` (cumulative); the reply is the
     /// acknowledged point after it (never beyond what was handed out).

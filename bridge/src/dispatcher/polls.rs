@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 
-use medlink_broker::{Cursor, Delivery, Stream};
+use medlink_broker::{Cursor, Delivery, Page, Stream};
 use tokio::sync::oneshot;
 
 use super::devices::RecentDeliveries;
@@ -22,10 +22,11 @@ use crate::journal::{Journal, Txn};
 
 /// A waiting long-poll.
 pub(super) struct Waiter {
-    after: Cursor,
+    /// `None`: a reader without a cursor (starts at the acknowledged point).
+    after: Option<Cursor>,
     max: usize,
     wait: bool,
-    reply: oneshot::Sender<Vec<Delivery>>,
+    reply: oneshot::Sender<Page>,
 }
 
 /// Long-polls by stream destination, and how far each stream was handed out over HTTP.
@@ -95,16 +96,16 @@ impl State {
         tx: &mut Txn,
         client: &str,
         stream: Stream,
-        (after, ack): (Cursor, bool),
+        (after, ack): (Option<Cursor>, bool),
         (max, wait): (usize, bool),
-        reply: oneshot::Sender<Vec<Delivery>>,
+        reply: oneshot::Sender<Page>,
         now: u64,
     ) -> rusqlite::Result<()> {
         let dests = lane_dests(client, stream);
         let key = dests[1].clone();
         self.polls.readers.extend(dests);
         self.services.polled(client);
-        if ack {
+        if let Some(after) = after.filter(|_| ack) {
             self.http_ack(tx, client, stream, after, now)?;
         }
         self.polls
@@ -177,7 +178,10 @@ impl State {
                 if w.reply.is_closed() {
                     continue;
                 }
-                let mut cursor = w.after;
+                // A reader without a cursor starts at the acknowledged point: a late device
+                // gets what is not yet acknowledged, not what other devices already have.
+                let start = w.after.unwrap_or(Cursor(acked));
+                let mut cursor = start;
                 let mut fresh: Vec<Delivery> = Vec::new();
                 for (lane, dest) in dests.iter().enumerate() {
                     let room = w.max - fresh.len();
@@ -185,7 +189,7 @@ impl State {
                         break;
                     }
                     // Behind the acknowledged point: what another device acknowledged first.
-                    let after = w.after.0[lane];
+                    let after = start.0[lane];
                     let mut rows = self.polls.recent.between(dest, after, acked[lane], room);
                     let more = room - rows.len();
                     rows.extend(journal.read(dest, after.max(acked[lane]), more)?);
@@ -204,7 +208,7 @@ impl State {
                             body: r.body,
                         });
                     }
-                    if cursor.0[lane] > w.after.0[lane] {
+                    if cursor.0[lane] > start.0[lane] {
                         let top = self.polls.handed_out.entry(dest.clone()).or_insert(0);
                         *top = (*top).max(cursor.0[lane]);
                     }
@@ -212,7 +216,10 @@ impl State {
                 if fresh.is_empty() && w.wait {
                     still.push(w);
                 } else {
-                    let _ = w.reply.send(fresh);
+                    let _ = w.reply.send(Page {
+                        cursor,
+                        deliveries: fresh,
+                    });
                 }
             }
             if !still.is_empty() {

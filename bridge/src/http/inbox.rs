@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream as FutStream};
-use medlink_broker::{Cursor, Delivery, Inbound, Role, Stream};
+use medlink_broker::{Cursor, Delivery, Inbound, Page, Role, Stream};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -56,11 +56,12 @@ enum CursorValue {
     Number(u64),
 }
 
-/// Parses a cursor from a query parameter, header or body.
-fn parse_cursor(value: Option<&str>) -> Result<Cursor, ApiError> {
+/// Parses a cursor from a query parameter, header or body; `None` when none was given (an
+/// empty string included).
+fn parse_cursor(value: Option<&str>) -> Result<Option<Cursor>, ApiError> {
     match value {
-        None | Some("") => Ok(Cursor::default()),
-        Some(v) => v.parse().map_err(|()| {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|()| {
             ApiError::malformed(format!(
                 "'{v}' is not a cursor (pass back the `cursor` of the last response)"
             ))
@@ -87,11 +88,11 @@ async fn poll(
     state: &ApiState,
     client: &str,
     stream: Stream,
-    after: Cursor,
+    after: Option<Cursor>,
     ack: bool,
     max: usize,
     wait: Duration,
-) -> Result<Vec<Delivery>, ApiError> {
+) -> Result<Page, ApiError> {
     let (tx, rx) = oneshot::channel();
     let item = Inbound::Poll {
         client: client.to_string(),
@@ -116,13 +117,16 @@ async fn poll(
         Ok(Err(_)) => Err(ApiError::unavailable(
             "the node could not serve the poll; retry",
         )),
-        Err(_) => Ok(Vec::new()),
+        Err(_) => Ok(Page {
+            cursor: after.unwrap_or_default(),
+            deliveries: Vec::new(),
+        }),
     }
 }
 
 /// `{"cursor": N, "messages": [envelope, ...]}` without re-parsing the envelopes.
-fn page(cursor: Cursor, deliveries: &[Delivery]) -> Response {
-    let next = deliveries.last().map_or(cursor, |d| d.cursor);
+fn page(page: &Page) -> Response {
+    let (next, deliveries) = (page.cursor, &page.deliveries);
     let mut body =
         Vec::with_capacity(64 + deliveries.iter().map(|d| d.body.len() + 1).sum::<usize>());
     body.extend_from_slice(format!("{{\"cursor\":\"{next}\",\"messages\":[").as_bytes());
@@ -159,12 +163,12 @@ async fn read_stream(
         &who.name,
         stream,
         cursor,
-        !cursor.is_start(),
+        cursor.is_some_and(|c| !c.is_start()),
         max,
         Duration::from_secs(wait),
     )
     .await?;
-    Ok(page(cursor, &got))
+    Ok(page(&got))
 }
 
 /// `GET /v1/inbox`.
@@ -196,7 +200,7 @@ async fn ack_stream(
         ApiError::malformed(format!("expected {{\"cursor\": \"…\"}}: {e}")).field("cursor")
     })?;
     let upto = match ack.cursor {
-        CursorValue::Text(t) => parse_cursor(Some(&t))?,
+        CursorValue::Text(t) => parse_cursor(Some(&t))?.unwrap_or_default(),
         CursorValue::Number(n) => Cursor([0, n, 0]),
     };
     let (tx, rx) = oneshot::channel();
@@ -245,7 +249,7 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Cursor>().ok());
     let cursor = match resume {
-        Some(c) => c,
+        Some(c) => Some(c),
         None => parse_cursor(q.cursor.as_deref())?,
     };
     // Held for as long as the stream is open.
@@ -256,22 +260,26 @@ pub async fn events(
             state,
             (client, slot),
             cursor,
-            !cursor.is_start(),
+            cursor.is_some_and(|c| !c.is_start()),
             Vec::<Delivery>::new(),
         ),
-        |(state, (client, slot), after, ack, mut queued)| async move {
+        |(state, (client, slot), mut after, ack, mut queued)| async move {
             loop {
                 if let Some(d) = (!queued.is_empty()).then(|| queued.remove(0)) {
                     let event = Event::default()
                         .id(d.cursor.to_string())
                         .event("message")
                         .data(String::from_utf8_lossy(&d.body));
-                    let next = (state, (client, slot), d.cursor, false, queued);
+                    let next = (state, (client, slot), Some(d.cursor), false, queued);
                     return Some((Ok(event), next));
                 }
                 let wait = Duration::from_secs(25);
                 match poll(&state, &client, Stream::Commands, after, ack, 100, wait).await {
-                    Ok(got) => queued = got,
+                    Ok(got) => {
+                        // Where a reader without a cursor now stands.
+                        after = Some(got.cursor);
+                        queued = got.deliveries;
+                    }
                     Err(_) => return None,
                 }
             }

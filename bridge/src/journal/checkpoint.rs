@@ -1,4 +1,11 @@
-//! WAL checkpoints on a thread of their own, so the dispatcher's commits never pay for one.
+//! WAL checkpoints on a thread of their own, so the dispatcher's commits never pay for one,
+//! and the WAL file kept small.
+//!
+//! The WAL only grows while commits outrun checkpoints; once a checkpoint has copied every
+//! frame, the next commit rewinds it, and SQLite then cuts the file back to
+//! `journal_size_limit` ([`WAL_KEEP`]). When the journal is idle (no new frame since the last
+//! pass, everything copied) the file is truncated to nothing; at shutdown too, and this
+//! thread's connection is the journal's last, so closing it removes the WAL altogether.
 
 use std::path::Path;
 
@@ -9,21 +16,50 @@ use super::{Journal, Result};
 /// WAL size beyond which checkpoints wait for the dispatcher so the WAL can be rewound.
 pub(super) const WAL_LIMIT: u64 = 128 * 1024 * 1024;
 
-/// Keeps the checkpoint thread running; dropping it stops the thread.
+/// What a rewound WAL is cut back to.
+pub(super) const WAL_KEEP: u64 = 16 * 1024 * 1024;
+
+/// Keeps the checkpoint thread running; [`Checkpointer::stop`] (or dropping it) stops it.
 pub struct Checkpointer {
-    _stop: std::sync::mpsc::Sender<()>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Stops the thread after a last checkpoint that truncates the WAL, and waits for it (its
+    /// connection closes last, which removes the WAL file). Call after the dispatcher ended.
+    pub fn stop(mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Ends the thread at its next wake-up without waiting for it.
+        self.stop.take();
+    }
+}
+
+/// One `PRAGMA wal_checkpoint(mode)`: (busy, frames in the WAL, frames copied).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 impl Journal {
     /// Starts a thread that checkpoints the WAL into the database every `period`, so the
     /// dispatcher's commits never pay for a checkpoint (and its fsync) themselves. The thread
-    /// stops when the returned handle is dropped.
+    /// stops when the returned handle is stopped or dropped.
     pub fn spawn_checkpointer(path: &Path, period: std::time::Duration) -> Result<Checkpointer> {
         let conn = Connection::open(path)?;
         let path = path.to_path_buf();
         conn.pragma_update(None, "busy_timeout", 5000)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
                 let wal = {
@@ -31,6 +67,7 @@ impl Journal {
                     p.push("-wal");
                     std::path::PathBuf::from(p)
                 };
+                let mut last_frames = -1;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(period)
                 {
@@ -40,21 +77,37 @@ impl Journal {
                     // so the WAL can be rewound and truncated.
                     // The PASSIVE pass first copies nearly everything without blocking anyone,
                     // so the RESTART that follows holds the dispatcher only for the remainder.
-                    let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LIMIT);
-                    let modes: &[&str] = if big {
-                        &["PASSIVE", "RESTART"]
-                    } else {
-                        &["PASSIVE"]
-                    };
-                    for mode in modes {
-                        let sql = format!("PRAGMA wal_checkpoint({mode})");
-                        if let Err(e) = conn.query_row(&sql, [], |_| Ok(())) {
-                            tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+                    let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    let passive = match checkpoint(&conn, "PASSIVE") {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WAL checkpoint failed");
+                            continue;
                         }
+                    };
+                    let (busy, frames, copied) = passive;
+                    let idle = busy == 0 && frames == copied && frames == last_frames;
+                    last_frames = frames;
+                    let mode = if size > WAL_LIMIT {
+                        "RESTART"
+                    } else if idle && size > 0 {
+                        // Nothing written since the last pass: give the disk back.
+                        "TRUNCATE"
+                    } else {
+                        continue;
+                    };
+                    if let Err(e) = checkpoint(&conn, mode) {
+                        tracing::warn!(error = %e, mode, "WAL checkpoint failed");
                     }
+                }
+                if let Err(e) = checkpoint(&conn, "TRUNCATE") {
+                    tracing::warn!(error = %e, "final WAL checkpoint failed");
                 }
             })
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Checkpointer { _stop: stop })
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 }
