@@ -77,7 +77,7 @@ pub struct HttpSection {
     /// Allow clear-text HTTP on a non-loopback address.
     #[serde(default)]
     pub insecure: bool,
-    /// Longest long-poll wait a client may ask for, seconds (default 60).
+    /// Longest long-poll wait, seconds (default 60); a longer `wait` is shortened to it.
     #[serde(default = "default_max_wait")]
     pub max_wait_s: u64,
 }
@@ -178,17 +178,22 @@ pub struct LimitsSection {
     pub max_payload: usize,
     /// Largest MQTT packet, bytes (link frames batch many commands).
     pub max_packet: usize,
-    /// Most concurrent connections.
+    /// Most concurrent connections: MQTT, the HTTP API and the metrics endpoint share this
+    /// budget.
     pub max_connections: usize,
-    /// Most concurrent connections of one identity.
+    /// Most concurrent MQTT connections of one identity, and separately most long-polls and
+    /// event streams it holds open over HTTP.
     pub max_connections_per_identity: usize,
     /// Sustained commands per second per client identity; 0 turns the limit off.
     pub rate_per_second: f64,
     /// Commands an idle client may send at once.
     pub rate_burst: f64,
-    /// A client that does not read what is sent to it for this long is disconnected.
+    /// A client that does not read what is sent to it for this long is disconnected (MQTT,
+    /// and HTTP answers and event streams alike).
     pub write_timeout_ms: u64,
-    /// A new connection must finish TLS, WebSocket and CONNECT within this time.
+    /// A new connection must finish TLS, WebSocket and CONNECT within this time; over HTTP,
+    /// TLS and each request's headers, and a keep-alive connection is closed after this long
+    /// idle.
     pub connect_timeout_ms: u64,
 }
 

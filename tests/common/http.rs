@@ -39,7 +39,7 @@ impl Reply {
 /// Basic credentials.
 pub type Login<'a> = Option<(&'a str, &'a str)>;
 
-fn basic(user: &str, pass: &str) -> String {
+pub fn basic(user: &str, pass: &str) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let input = format!("{user}:{pass}").into_bytes();
     let mut out = String::new();
