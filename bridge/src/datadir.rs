@@ -91,14 +91,6 @@ impl DataDir {
         let _ = lock.set_len(0);
         let _ = lock.rewind();
         let _ = writeln!(lock, "{}", std::process::id());
-        let journal = path.join(JOURNAL_FILE);
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&journal)
-            .map_err(io(&journal))?;
         for suffix in ["", "-wal", "-shm"] {
             let file = path.join(format!("{JOURNAL_FILE}{suffix}"));
             if file.exists() {
@@ -111,9 +103,21 @@ impl DataDir {
         })
     }
 
-    /// The journal's path.
-    pub fn journal(&self) -> PathBuf {
-        self.path.join(JOURNAL_FILE)
+    /// The journal's path; creates the file (`0600`, so SQLite's `-wal` and `-shm` follow)
+    /// if it is not there yet.
+    pub fn journal(&self) -> Result<PathBuf, DataDirError> {
+        let journal = self.path.join(JOURNAL_FILE);
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&journal)
+            .map_err(|source| DataDirError::Io {
+                path: journal.clone(),
+                source,
+            })?;
+        Ok(journal)
     }
 }
 
@@ -138,7 +142,7 @@ mod tests {
         let first = DataDir::open(&data).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&data), 0o700);
-        assert_eq!(mode(&first.journal()), 0o600);
+        assert_eq!(mode(&first.journal().unwrap()), 0o600);
         let err = DataDir::open(&data).unwrap_err();
         assert!(
             matches!(&err, DataDirError::InUse { holder, .. } if holder.contains(&std::process::id().to_string())),
@@ -160,6 +164,6 @@ mod tests {
         let opened = DataDir::open(&data).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&data), 0o700);
-        assert_eq!(mode(&opened.journal()), 0o600);
+        assert_eq!(mode(&opened.journal().unwrap()), 0o600);
     }
 }

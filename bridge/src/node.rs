@@ -213,7 +213,7 @@ impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let data_dir = DataDir::open(&cfg.data_dir)?;
         let ports = Ports::bind(&cfg).await.map_err(NodeError::Listen)?;
-        let path = data_dir.journal();
+        let path = data_dir.journal()?;
         let journal = Journal::open(&path, cfg.durability)
             .and_then(|mut j| j.set_owner(&cfg.id).map(|()| j))
             .map_err(|source| NodeError::Journal {
