@@ -114,7 +114,12 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn connect(args: &ConnectArgs) -> Result<(Client, medlink_sdk::Inbox), String> {
+/// Connects; `replies_only` for the short-lived `send` and `request`, which are not among the
+/// identity's receiving devices: they take nothing but their own reply.
+async fn connect(
+    args: &ConnectArgs,
+    replies_only: bool,
+) -> Result<(Client, medlink_sdk::Inbox), String> {
     let password = match &args.password_file {
         Some(f) => std::fs::read_to_string(f)
             .map_err(|e| format!("--password-file {}: {e}", f.display()))?
@@ -129,6 +134,7 @@ async fn connect(args: &ConnectArgs) -> Result<(Client, medlink_sdk::Inbox), Str
         identity: args.identity.clone(),
         password,
         ca: args.ca.clone(),
+        replies_only,
         ..Default::default()
     })
     .await
@@ -151,11 +157,7 @@ pub async fn send(args: SendArgs) -> ExitCode {
     let run = async {
         let to = target(&args.to)?;
         let p = params(&args.params, "--params")?;
-        // A short-lived sender is not one of the identity's receiving devices: with the inbox
-        // dropped, the SDK acknowledges nothing, and the node keeps every command and receipt
-        // for the identity's listeners.
-        let (client, inbox) = connect(&args.connect).await?;
-        drop(inbox);
+        let (client, _inbox) = connect(&args.connect, true).await?;
         client
             .send_with(&to, &args.cmd, p, args.options())
             .await
@@ -177,10 +179,7 @@ pub async fn request(args: RequestArgs) -> ExitCode {
     let run = async {
         let to = target(&args.to)?;
         let p = params(&args.params, "--params")?;
-        // As for `send`: only this request's reply and receipts are taken; everything else
-        // stays with the node for the identity's listeners.
-        let (client, inbox) = connect(&args.connect).await?;
-        drop(inbox);
+        let (client, _inbox) = connect(&args.connect, true).await?;
         let timeout = Duration::from_secs(timeout);
         client
             .request_with(&to, &args.cmd, p, timeout, args.options())
@@ -210,7 +209,7 @@ pub async fn listen(args: ListenArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail("listen", e),
     };
-    let (client, mut inbox) = match connect(&args.connect).await {
+    let (client, mut inbox) = match connect(&args.connect, false).await {
         Ok(c) => c,
         Err(e) => return fail("listen", e),
     };

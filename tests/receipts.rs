@@ -91,11 +91,17 @@ async fn accepted_delivered_and_replied_each_arrive_once_across_tiers() {
             .position(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("trace lacks `{needle}`:\n{out}"))
     };
+    // The path by hop (steps in one millisecond printed out of order before), the delivery
+    // said in words, then the receipts.
     let accepted = at("js.t                   accepted from clinic → up");
     let custody = at("js                     took custody (hop 2) → local:hosp");
-    assert!(accepted < custody, "time order:\n{out}");
-    at("`delivered` receipt for js.t/clinic");
+    let delivered = at("js                     delivered to hosp");
+    let receipt = at("`delivered` receipt for js.t/clinic");
     at("`replied` receipt for js.t/clinic");
+    assert!(
+        accepted < custody && custody < delivered && delivered < receipt,
+        "hop order:\n{out}"
+    );
     let (code, _, err) = medlink(&["trace", "no-such-id", "--data-dir", &dirs[0]]);
     assert_eq!(code, 1, "an unknown id is said so: {err}");
 }

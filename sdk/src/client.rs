@@ -149,7 +149,7 @@ impl Client {
         let me = Address::new(&opts.node, &opts.identity);
         let (cmd_tx, commands) = mpsc::channel(CHANNEL);
         let (rcpt_tx, receipts) = mpsc::channel(CHANNEL);
-        let handover = Arc::new(Handover::new(cmd_tx, rcpt_tx));
+        let handover = Arc::new(Handover::new(cmd_tx, rcpt_tx, opts.replies_only));
         let (submits, submits_rx) = mpsc::unbounded_channel();
         let (link_tx, link) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);

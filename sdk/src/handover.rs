@@ -44,6 +44,8 @@ pub(crate) struct Handover {
     replies: Mutex<HashMap<MessageId, Waiter>>,
     commands: mpsc::Sender<Message>,
     receipts: mpsc::Sender<Message>,
+    /// Hand over only answers to waiting requests (`Options::replies_only`).
+    replies_only: bool,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,13 +55,18 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Handover {
-    pub(crate) fn new(commands: mpsc::Sender<Message>, receipts: mpsc::Sender<Message>) -> Self {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Message>,
+        receipts: mpsc::Sender<Message>,
+        replies_only: bool,
+    ) -> Self {
         Handover {
             seen: Mutex::new(Seen::default()),
             repeats: AtomicU64::new(0),
             replies: Mutex::new(HashMap::new()),
             commands,
             receipts,
+            replies_only,
         }
     }
 
@@ -129,6 +136,10 @@ impl Handover {
             }
             None => m,
         };
+        if self.replies_only {
+            // Not ours to take: left unacknowledged for the identity's receiving devices.
+            return false;
+        }
         let channel = match m.kind {
             Kind::Cmd => &self.commands,
             Kind::Receipt => &self.receipts,

@@ -45,6 +45,12 @@ pub struct Options {
     /// How long [`Client::connect`](crate::Client::connect) waits for the first session when
     /// there is no outbox (default 15 s).
     pub connect_timeout: Option<Duration>,
+    /// Take only the replies (and failure receipts) of this client's own
+    /// [`Client::request`](crate::Client::request)s, and leave every other command and
+    /// receipt with the node, unacknowledged, for the identity's receiving devices. For
+    /// short-lived senders (`medlink send`, scripts) that are not one of those devices: a
+    /// client that reads nothing must not take anything.
+    pub replies_only: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -58,6 +64,7 @@ impl std::fmt::Debug for Options {
             .field("ca", &self.ca)
             .field("outbox", &self.outbox)
             .field("connect_timeout", &self.connect_timeout)
+            .field("replies_only", &self.replies_only)
             .finish()
     }
 }
