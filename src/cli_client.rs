@@ -175,7 +175,10 @@ pub async fn send(args: SendArgs) -> ExitCode {
 /// `medlink request`: prints the reply as JSON; fails at once with the reason of a `failed`,
 /// `expired` or `rejected` receipt.
 pub async fn request(args: RequestArgs) -> ExitCode {
-    let RequestArgs { send: args, timeout } = args;
+    let RequestArgs {
+        send: args,
+        timeout,
+    } = args;
     let run = async {
         let to = target(&args.to)?;
         let p = params(&args.params, "--params")?;

@@ -66,7 +66,10 @@ mod tests {
             String::from_utf8(line).unwrap(),
             "WARN filter=\"a\\nINFO forged\\r\\x07\" refused\n"
         );
-        assert_eq!(one_line(b"\x1b[2mcolour\x1b[0m\n", true), b"\x1b[2mcolour\x1b[0m\n");
+        assert_eq!(
+            one_line(b"\x1b[2mcolour\x1b[0m\n", true),
+            b"\x1b[2mcolour\x1b[0m\n"
+        );
         assert_eq!(one_line(b"\x1b[2m\n", false), b"\\x1b[2m\n");
     }
 }

@@ -55,7 +55,11 @@ fn passwd_refuses_a_missing_file_and_names_that_pass_for_others() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("missing.toml");
     let f = file.to_str().unwrap();
-    for action in [&["list"][..], &["remove", "bob"], &["rotate", "bob", "--generate"]] {
+    for action in [
+        &["list"][..],
+        &["remove", "bob"],
+        &["rotate", "bob", "--generate"],
+    ] {
         let mut args = vec!["passwd", "--file", f];
         args.extend_from_slice(action);
         let (code, _, err) = medlink(&args);
@@ -65,13 +69,27 @@ fn passwd_refuses_a_missing_file_and_names_that_pass_for_others() {
     assert!(!file.exists(), "nothing may be created by a failed command");
     for name in ["$medlink", "bob ", "b\u{43e}b", "two words"] {
         let (code, _, err) = medlink(&[
-            "passwd", "--file", f, "add", "--role", "client", "--generate", name,
+            "passwd",
+            "--file",
+            f,
+            "add",
+            "--role",
+            "client",
+            "--generate",
+            name,
         ]);
         assert_ne!(code, 0, "{name:?} was accepted");
         assert!(err.contains("identity name"), "{err}");
     }
     let (code, _, err) = medlink(&[
-        "passwd", "--file", f, "add", "--role", "client", "--generate", "bob",
+        "passwd",
+        "--file",
+        f,
+        "add",
+        "--role",
+        "client",
+        "--generate",
+        "bob",
     ]);
     assert_eq!(code, 0, "{err}");
     let (code, out, _) = medlink(&["passwd", "--file", f, "list"]);
@@ -101,7 +119,10 @@ fn a_request_ends_at_once_with_the_reason_of_its_failed_receipt() {
     ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("failed") && err.contains("js.nowhere"), "{err}");
+    assert!(
+        err.contains("failed") && err.contains("js.nowhere"),
+        "{err}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "waited {:?} for a request that failed at once",
@@ -116,7 +137,12 @@ fn a_short_lived_send_leaves_commands_and_receipts_to_the_listener() {
     let mut tree = Tree::start(&[spec("js", None, &["a", "b"])]);
     let url = tree.node("js").url();
     // A command for `a` waiting while `a` sends.
-    let out = run(client("send", &url, "b", &["--to", "js/a", "--cmd", "waiting"]));
+    let out = run(client(
+        "send",
+        &url,
+        "b",
+        &["--to", "js/a", "--cmd", "waiting"],
+    ));
     assert!(out.status.success());
     let sent: Vec<String> = (0..3)
         .map(|i| {
@@ -125,9 +151,22 @@ fn a_short_lived_send_leaves_commands_and_receipts_to_the_listener() {
                 "send",
                 &url,
                 "a",
-                &["--to", "js/b", "--cmd", "note", "--receipts", "accepted", "--id", &id],
+                &[
+                    "--to",
+                    "js/b",
+                    "--cmd",
+                    "note",
+                    "--receipts",
+                    "accepted",
+                    "--id",
+                    &id,
+                ],
             ));
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             id
         })
         .collect();
@@ -140,7 +179,10 @@ fn a_short_lived_send_leaves_commands_and_receipts_to_the_listener() {
         .filter(|m| m["kind"] == "receipt")
         .map(|m| m["params"]["ref"].as_str().unwrap())
         .collect();
-    assert_eq!(receipts, sent, "each `accepted` receipt once, in order: {got:?}");
+    assert_eq!(
+        receipts, sent,
+        "each `accepted` receipt once, in order: {got:?}"
+    );
     let cmds: Vec<&Value> = got.iter().filter(|m| m["kind"] == "cmd").collect();
     assert_eq!(cmds.len(), 1, "{got:?}");
     assert_eq!(cmds[0]["cmd"], "waiting");
@@ -178,7 +220,8 @@ async fn audit_shows_the_newest_first_and_says_when_it_cut() {
     let a = App::connect("js", "a", tree.node("js").port).await;
     let mut b = App::connect("js", "b", tree.node("js").port).await;
     for n in 0..5 {
-        a.send("js", "b", &format!("c{n}"), serde_json::json!({})).await;
+        a.send("js", "b", &format!("c{n}"), serde_json::json!({}))
+            .await;
         b.expect_cmd(10).await;
     }
     let dir = tree.node("js").data_dir.display().to_string();
@@ -193,7 +236,14 @@ async fn audit_shows_the_newest_first_and_says_when_it_cut() {
         .collect();
     assert_eq!(cmds, ["c4", "c3"], "newest first:\n{out}");
     assert!(err.contains("cut at --limit 2"), "{err}");
-    let (_, out, _) = medlink(&["audit", "--data-dir", &dir, "--limit", "2", "--oldest-first"]);
+    let (_, out, _) = medlink(&[
+        "audit",
+        "--data-dir",
+        &dir,
+        "--limit",
+        "2",
+        "--oldest-first",
+    ]);
     let cmds: Vec<&str> = out
         .lines()
         .map(|l| l.split_whitespace().nth(6).unwrap())

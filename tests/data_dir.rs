@@ -93,8 +93,11 @@ fn the_data_dir_and_journal_are_private_to_the_service_user() {
     // A directory made loosely before (an older version, or by hand) is tightened.
     tree.node("js").stop();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(dir.join("journal.db"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.join("journal.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     tree.node("js").start();
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("journal.db")), 0o600);
@@ -128,7 +131,10 @@ fn the_wal_is_truncated_when_idle_and_removed_at_a_clean_stop() {
         std::thread::sleep(Duration::from_millis(200));
         size = std::fs::metadata(&wal).map_or(0, |m| m.len());
     }
-    assert_eq!(size, 0, "the WAL of an idle node stayed at {size} bytes (was {written})");
+    assert_eq!(
+        size, 0,
+        "the WAL of an idle node stayed at {size} bytes (was {written})"
+    );
     // More writes, then a clean stop: no WAL left behind, and nothing lost.
     let (status, _) = post_json(
         port,
@@ -192,5 +198,8 @@ fn a_node_id_over_the_length_limit_is_refused_naming_the_limit() {
     std::fs::write(&node.config, toml).unwrap();
     let (code, err) = node_that_fails(&node.config);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("node.id") && err.contains("at most 200"), "{err}");
+    assert!(
+        err.contains("node.id") && err.contains("at most 200"),
+        "{err}"
+    );
 }

@@ -19,7 +19,8 @@ const PAT: Login = Some(("pat", PASSWORD));
 /// Whether the server closed `s` within `within` (EOF or reset), reading whatever it sends.
 fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut buf = [0u8; 64 * 1024];
     let mut total = 0;
     while Instant::now() < deadline {
@@ -94,7 +95,11 @@ fn an_http_flood_cannot_take_the_descriptors_mqtt_needs() {
     while Instant::now() < deadline && code != Some(0) {
         code = connack_code(mqtt, 4, "during-flood", "pat", PASSWORD, 30);
     }
-    assert_eq!(code, Some(0), "MQTT was not served while the HTTP flood was held");
+    assert_eq!(
+        code,
+        Some(0),
+        "MQTT was not served while the HTTP flood was held"
+    );
     let log = tree.node("js").log_text();
     assert!(
         !log.contains("Too many open files"),
@@ -105,7 +110,14 @@ fn an_http_flood_cannot_take_the_descriptors_mqtt_needs() {
 }
 
 fn open_stream(port: u16) -> TcpStream {
-    send(port, "GET", "/v1/stream", PAT, &[("Accept", "text/event-stream")], b"")
+    send(
+        port,
+        "GET",
+        "/v1/stream",
+        PAT,
+        &[("Accept", "text/event-stream")],
+        b"",
+    )
 }
 
 /// Reads the status line of a response that stays open.
@@ -131,8 +143,8 @@ fn streams_are_capped_per_identity_and_a_reader_that_stops_reading_is_dropped() 
     // Three event streams whose reader never reads (small receive buffers fill fast).
     let mut stalled: Vec<TcpStream> = (0..3)
         .map(|_| {
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                .unwrap();
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
             sock.set_recv_buffer_size(4096).unwrap();
             sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
                 .unwrap();
@@ -153,9 +165,16 @@ fn streams_are_capped_per_identity_and_a_reader_that_stops_reading_is_dropped() 
     let mut fourth = open_stream(port);
     assert_eq!(status_of(&mut fourth), 429);
     let (status, body) = get_json(port, "/v1/inbox?wait=1", PAT);
-    assert_eq!((status, body["code"].as_str()), (429, Some("too_many_streams")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("too_many_streams")),
+        "{body}"
+    );
     // Another identity has its own slots.
-    assert_eq!(get_json(port, "/v1/inbox", Some(("other", PASSWORD))).0, 200);
+    assert_eq!(
+        get_json(port, "/v1/inbox", Some(("other", PASSWORD))).0,
+        200
+    );
     // Fill the stalled streams: ~8 MB each, beyond what the kernel buffers hold (4 MB).
     let big = "x".repeat(200 * 1024);
     for n in 0..40 {
@@ -225,13 +244,20 @@ fn parallel_password_guesses_queue_behind_each_other() {
     );
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..40)
-            .map(|_| s.spawn(move || call(http, "GET", "/v1/inbox", Some(("other", "wrong")), b"").status))
+            .map(|_| {
+                s.spawn(move || {
+                    call(http, "GET", "/v1/inbox", Some(("other", "wrong")), b"").status
+                })
+            })
             .collect();
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     let checked = statuses.iter().filter(|s| **s == 401).count();
     assert_eq!(checked + statuses.iter().filter(|s| **s == 429).count(), 40);
-    assert!(checked <= 10, "{checked} of 40 parallel HTTP guesses checked");
+    assert!(
+        checked <= 10,
+        "{checked} of 40 parallel HTTP guesses checked"
+    );
 }
 
 #[test]
@@ -241,9 +267,15 @@ fn type_errors_are_400_naming_the_field_and_auth_schemes_ignore_case() {
     let to = json!({"node": "js", "client": "other"});
     for (body, field) in [
         (json!({"to": to, "cmd": "x", "ttl_ms": -1}), "ttl_ms"),
-        (json!({"to": to, "cmd": "x", "receipts": ["rejected"]}), "receipts[0]"),
+        (
+            json!({"to": to, "cmd": "x", "receipts": ["rejected"]}),
+            "receipts[0]",
+        ),
         (json!({"to": to, "cmd": 7}), "cmd"),
-        (json!([{"to": to, "cmd": "x", "ttl_ms": "soon"}]), "messages[0].ttl_ms"),
+        (
+            json!([{"to": to, "cmd": "x", "ttl_ms": "soon"}]),
+            "messages[0].ttl_ms",
+        ),
     ] {
         let (status, answer) = post_json(port, "/v1/messages", PAT, &body);
         assert_eq!(status, 400, "{body} -> {answer}");
@@ -253,7 +285,14 @@ fn type_errors_are_400_naming_the_field_and_auth_schemes_ignore_case() {
     let big = json!({"to": to, "cmd": "x", "params": "y".repeat(300 * 1024)});
     assert_eq!(post_json(port, "/v1/messages", PAT, &big).0, 413);
     let lower = format!("basic {}", common::http::basic("pat", PASSWORD));
-    let r = read(send(port, "GET", "/v1/inbox", None, &[("Authorization", &lower)], b""));
+    let r = read(send(
+        port,
+        "GET",
+        "/v1/inbox",
+        None,
+        &[("Authorization", &lower)],
+        b"",
+    ));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 

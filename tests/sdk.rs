@@ -154,14 +154,7 @@ fn the_cli_sends_requests_and_listens_through_the_sdk() {
         let out = std::process::Command::new(BIN)
             .arg(verb)
             .args(common("a"))
-            .args([
-                "--to",
-                "js/b",
-                "--cmd",
-                cmd,
-                "--params",
-                r#"{"n":1}"#,
-            ])
+            .args(["--to", "js/b", "--cmd", cmd, "--params", r#"{"n":1}"#])
             // Only `request` waits for an answer.
             .args(if verb == "request" {
                 &["--timeout", "20"][..]

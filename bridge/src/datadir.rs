@@ -159,8 +159,11 @@ mod tests {
         std::fs::create_dir(&data).unwrap();
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(data.join(JOURNAL_FILE), b"").unwrap();
-        std::fs::set_permissions(data.join(JOURNAL_FILE), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
+        std::fs::set_permissions(
+            data.join(JOURNAL_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         let opened = DataDir::open(&data).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&data), 0o700);

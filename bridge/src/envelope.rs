@@ -605,15 +605,22 @@ mod tests {
         assert!(e.problem.contains("invalid type"), "{e}");
         assert!(!e.too_large);
         // Type errors name their field and are not size errors (the probe saw 413s).
-        let e = Submission::parse(br#"{"to":{"node":"a","client":"b"},"cmd":"x","ttl_ms":-1}"#, L)
-            .unwrap_err();
+        let e = Submission::parse(
+            br#"{"to":{"node":"a","client":"b"},"cmd":"x","ttl_ms":-1}"#,
+            L,
+        )
+        .unwrap_err();
         assert_eq!((e.field.as_str(), e.too_large), ("ttl_ms", false), "{e}");
         let e = Submission::parse(
             br#"{"to":{"node":"a","client":"b"},"cmd":"x","receipts":["rejected"]}"#,
             L,
         )
         .unwrap_err();
-        assert_eq!((e.field.as_str(), e.too_large), ("receipts[0]", false), "{e}");
+        assert_eq!(
+            (e.field.as_str(), e.too_large),
+            ("receipts[0]", false),
+            "{e}"
+        );
         let e =
             Submission::parse(br#"{"to":{"node":"a..b","client":"b"},"cmd":"x"}"#, L).unwrap_err();
         assert_eq!(e.field, "to.node");

@@ -220,7 +220,11 @@ impl<S> Deadline<S> {
 
     /// Passes a ready result through and forgets the stall; a pending one arms (or checks)
     /// the stall timer.
-    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
             self.stalled = None;
             return polled;

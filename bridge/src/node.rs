@@ -16,8 +16,7 @@ use medlink_broker::rate::RateLimiter;
 use medlink_broker::throttle::ThrottleSettings;
 use medlink_broker::{
     spawn_router, Authenticator, BrokerHandle, BrokerMetrics, ConnectionBudget, CredentialSource,
-    FrontEndSettings,
-    ListenerKind, ListenerSpec, RateSettings, Role, RouterSettings,
+    FrontEndSettings, ListenerKind, ListenerSpec, RateSettings, Role, RouterSettings,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};

@@ -134,7 +134,11 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
                 out.push(TraceEvent {
                     at: hop.at,
                     hop: i as u32 + 1,
-                    step: if i == 0 { Step::Accepted } else { Step::Custody },
+                    step: if i == 0 {
+                        Step::Accepted
+                    } else {
+                        Step::Custody
+                    },
                     node: hop.node.clone(),
                     what: "took custody (from the trail)".into(),
                     from_trail: true,

@@ -298,9 +298,15 @@ mod tests {
             receipts: vec![ReceiptKind::Delivered, ReceiptKind::Replied],
             id: None,
         };
-        let v: Value =
-            serde_json::from_slice(&submission("x2", &to, "c", &Value::Null, Some(("r", None)), &opts))
-                .unwrap();
+        let v: Value = serde_json::from_slice(&submission(
+            "x2",
+            &to,
+            "c",
+            &Value::Null,
+            Some(("r", None)),
+            &opts,
+        ))
+        .unwrap();
         assert_eq!(v["priority"], "urgent");
         assert_eq!(v["ttl_ms"], 2000);
         assert_eq!(v["receipts"], serde_json::json!(["delivered", "replied"]));

@@ -241,7 +241,11 @@ mod tests {
         };
         assert_eq!(derived_id(&a, "k", 3), derived_id(&a, "k", 3));
         assert_ne!(derived_id(&a, "k", 3), derived_id(&a, "k", 4));
-        assert_ne!(derived_id(&a, "k", 3), derived_id(&b, "k", 3), "ids are per sender");
+        assert_ne!(
+            derived_id(&a, "k", 3),
+            derived_id(&b, "k", 3),
+            "ids are per sender"
+        );
         assert!(derived_id(&a, "some key", 999).len() <= 64);
     }
 }
