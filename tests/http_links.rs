@@ -207,3 +207,74 @@ async fn the_parent_decides_the_childs_transport() {
         .log_text()
         .contains("leaving the HTTP fallback"));
 }
+
+/// A child speaks the link protocol by hand (the schemathesis run found these): an
+/// acknowledgement beyond what it was sent must not make the parent forget commands it never
+/// sent, and sequence numbers at the top of the range must not crash the parent.
+#[test]
+fn a_child_cannot_make_its_parent_forget_unsent_commands_or_crash_it() {
+    use common::http::{call, get_json, post_json};
+    let mut tree = Tree::new(&[spec("js", None, &["hosp"]), spec("js.t", Some("js"), &[])]);
+    tree.node("js").start();
+    let http = tree.node("js").http_port;
+    let child = Some(("js.t", PASSWORD));
+    let send = |n: u64| {
+        let to = json!({"node": "js.t", "client": "x"});
+        let (status, body) = post_json(
+            http,
+            "/v1/messages",
+            Some(("hosp", PASSWORD)),
+            &json!({"to": to, "cmd": "c", "params": {"n": n}}),
+        );
+        assert_eq!(status, 202, "{body}");
+    };
+    let down = || {
+        let (status, page) = get_json(http, "/v1/link/down?wait=2", child);
+        assert_eq!(status, 200, "{page}");
+        page["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["t"] == "batch")
+            .flat_map(|f| f["msgs"].as_array().unwrap().clone())
+            .map(|m| {
+                (
+                    m["s"].as_u64().unwrap(),
+                    m["e"]["params"]["n"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    send(0);
+    assert_eq!(down(), [(1, 0)]);
+    send(1);
+    send(2);
+    // Acknowledges far beyond the one frame it was sent.
+    let ack = |upto: u64| {
+        let r = call(
+            http,
+            "POST",
+            "/v1/link/up",
+            child,
+            format!(r#"{{"t":"ack","upto":{upto}}}"#).as_bytes(),
+        );
+        assert!(r.status == 200 || r.status == 400, "{}", r.status);
+    };
+    ack(1000);
+    assert_eq!(
+        down(),
+        [(2, 1), (3, 2)],
+        "commands never sent were forgotten"
+    );
+    ack(u64::MAX);
+    let top = format!(
+        r#"{{"t":"batch","epoch":1,"floor":1,"msgs":[{{"p":0,"s":{},"e":{{}}}}]}}"#,
+        u64::MAX
+    );
+    call(http, "POST", "/v1/link/up", child, top.as_bytes());
+    let next = r#"{"t":"batch","epoch":1,"floor":1,"msgs":[{"p":0,"s":1,"e":{}}]}"#;
+    call(http, "POST", "/v1/link/up", child, next.as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(tree.node("js").is_running(), "the parent crashed");
+    assert_eq!(get_json(http, "/v1/transport", child).0, 200);
+}

@@ -177,7 +177,7 @@ impl InOrder {
     /// Applies a batch's floor: a sender that no longer holds `floor - 1` has had it
     /// acknowledged or expired, so there is nothing to wait for below it.
     pub fn apply_floor(&mut self, floor: u64) {
-        if floor > self.last + 1 {
+        if floor > self.last.saturating_add(1) {
             self.last = floor - 1;
         }
     }

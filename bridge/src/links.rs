@@ -73,6 +73,9 @@ pub struct Lane {
     pub sent: u64,
     /// Highest sequence actually transmitted (or acknowledged): the `p` of the next envelope.
     pub last_tx: u64,
+    /// Highest sequence this process ever handed out on the lane (rewinds do not lower it): a
+    /// peer cannot acknowledge, and so make this node forget, what it was never sent.
+    pub reached: u64,
     /// When the window last moved (ack or go-back).
     pub last_progress: Instant,
 }
@@ -165,6 +168,7 @@ impl Lane {
             acked,
             sent: acked,
             last_tx: acked,
+            reached: acked,
             last_progress: Instant::now(),
         })
     }
@@ -178,6 +182,9 @@ impl Lane {
 
     /// The peer acknowledged `upto`; returns whether that is news.
     pub fn ack(&mut self, upto: u64) -> bool {
+        // Beyond what was handed out: a confused or hostile peer (or a stale acknowledgement
+        // of a previous process's frames, which are resent and acknowledged again).
+        let upto = upto.min(self.reached);
         if upto <= self.acked {
             return false;
         }
@@ -229,6 +236,7 @@ impl Lane {
                 kept.push(row);
             }
             self.sent = last;
+            self.reached = self.reached.max(last);
             if let Some(newest) = kept.last() {
                 let lseq = newest.lseq;
                 frames.push(encode_batch(

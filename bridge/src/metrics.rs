@@ -81,6 +81,12 @@ pub fn render(sources: &Sources) -> String {
         "# HELP {name} times the link to the parent came up over HTTP\n# TYPE {name} counter\n{name} {}",
         s.parent_http_links
     );
+    let name = "medlink_parent_link_stalls_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} times the link to the parent went silent for dead_after and was redialled\n# TYPE {name} counter\n{name} {}",
+        s.parent_stalls
+    );
     let name = "medlink_parent_link_up";
     let _ = writeln!(
         out,

@@ -14,6 +14,7 @@ struct Inner {
     parent_up: AtomicBool,
     parent_http: AtomicBool,
     parent_http_links: AtomicU64,
+    parent_stalls: AtomicU64,
 }
 
 /// Cheap-to-clone handle on a node's counters.
@@ -39,6 +40,8 @@ pub struct Snapshot {
     pub parent_http: bool,
     /// Times the link to the parent came up over HTTP (the fallback, or an HTTP-only site).
     pub parent_http_links: u64,
+    /// Times the link to the parent went silent (no frame for `dead_after`) and was redialled.
+    pub parent_stalls: u64,
 }
 
 impl Stats {
@@ -60,6 +63,9 @@ impl Stats {
     pub(crate) fn set_parent_up(&self, up: bool) {
         self.0.parent_up.store(up, Ordering::Relaxed);
     }
+    pub(crate) fn parent_stalled(&self) {
+        self.0.parent_stalls.fetch_add(1, Ordering::Relaxed);
+    }
     pub(crate) fn set_parent_http(&self, http: bool) {
         self.0.parent_http.store(http, Ordering::Relaxed);
         if http {
@@ -78,6 +84,7 @@ impl Stats {
             parent_up: self.0.parent_up.load(Ordering::Relaxed),
             parent_http: self.0.parent_http.load(Ordering::Relaxed),
             parent_http_links: self.0.parent_http_links.load(Ordering::Relaxed),
+            parent_stalls: self.0.parent_stalls.load(Ordering::Relaxed),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use medlink_broker::acl::{link_down_topic, link_up_topic};
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
@@ -358,10 +359,25 @@ async fn mqtt_session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Channels<'
     eventloop.set_network_options(net);
     // Queued now, sent right after CONNACK.
     let _ = client.try_subscribe(&down_topic, QoS::AtLeastOnce);
+    // `EventLoop::poll` must never be dropped half-way, yet `select!` drops whichever branch
+    // loses. rumqttc gives a publish its packet id and records it in flight, or decodes a
+    // publish from the parent, and only then writes the publish (or its PUBACK); that write
+    // first waits for the socket to take the rest of the previous large frame. A poll dropped
+    // there loses the packet: a lost publish keeps its id outstanding until the ids come round
+    // ("Collision on packet id"), after which rumqttc sends nothing until the stall timer
+    // reconnects; a lost PUBACK makes the parent's router drop the link (out-of-order ack).
+    // Kept in a stream, the poll in progress survives the select: `next()` is cancel-safe.
+    let mut events = Box::pin(futures_util::stream::unfold(
+        eventloop,
+        |mut eventloop| async move {
+            let event = eventloop.poll().await;
+            Some((event, eventloop))
+        },
+    ));
     let mut subscribed = false;
     loop {
         tokio::select! {
-            ev = eventloop.poll() => match ev {
+            Some(ev) = events.next() => match ev {
                 Ok(Event::Incoming(Packet::SubAck(ack))) if !subscribed => {
                     if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                         return Ended::Lost {
@@ -393,7 +409,7 @@ async fn mqtt_session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Channels<'
             }
             _ = ch.shutdown.changed() => {
                 let _ = client.try_disconnect();
-                let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
                 return Ended::Shutdown;
             }
         }

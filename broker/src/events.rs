@@ -74,9 +74,15 @@ impl std::str::FromStr for Cursor {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Cursor, ()> {
+        // Digits only: `u64::from_str` would also take a leading `+`.
         let parts: Vec<u64> = s
             .split('.')
-            .map(|p| p.parse::<u64>().map_err(|_| ()))
+            .map(|p| {
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(());
+                }
+                p.parse::<u64>().map_err(|_| ())
+            })
             .collect::<Result<_, _>>()?;
         match parts[..] {
             [n] => Ok(Cursor([0, n, 0])),

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, NetworkOptions, Outgoing,
     Packet, QoS, SubscribeReasonCode, TlsConfiguration,
@@ -106,6 +107,18 @@ pub(crate) async fn session(core: &mut Core, url: &str, kind: Transport) -> Ende
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(10);
     eventloop.set_network_options(net);
+    // `EventLoop::poll` must not be dropped half-way (the `select!` below drops the branch
+    // that loses): rumqttc assigns a publish its packet id, or decodes a delivery, before it
+    // writes the publish (or the PUBACK), and a poll dropped while that write waits for the
+    // socket loses the packet with its id still in flight. Kept in a stream, a poll in
+    // progress survives the select (see the uplink, where this froze tier links).
+    let mut events = Box::pin(futures_util::stream::unfold(
+        eventloop,
+        |mut eventloop| async move {
+            let event = eventloop.poll().await;
+            Some((event, eventloop))
+        },
+    ));
     let topic = format!("org/{}/{}/out", core.me.node, core.me.client);
     let filters = [
         format!("org/{}/{}/cmd", core.me.node, core.me.client),
@@ -135,7 +148,7 @@ pub(crate) async fn session(core: &mut Core, url: &str, kind: Transport) -> Ende
             }
         }
         tokio::select! {
-            ev = eventloop.poll() => match ev {
+            Some(ev) = events.next() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     // Sessions are clean: subscribe after every connect.
                     for f in &filters {

@@ -4,15 +4,18 @@
 //! (a stalled link, as a hung middlebox produces: both ends still see "connected"); `Cut`
 //! closes every connection and refuses new ones (a dead link); `HoldUpstream` holds only the
 //! client's bytes while the server's still flow (the client's acknowledgements are lost in
-//! the network while deliveries keep reaching it).
+//! the network while deliveries keep reaching it). [`Proxy::start_slow`] also caps the bandwidth
+//! of each direction and keeps its receive buffer small, as a slow WAN link does, so a fast
+//! sender's socket pushes back.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +34,25 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy on a free loopback port forwarding to `target`.
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_with(target, 0).await
+    }
+
+    /// Like [`Proxy::start`], but each direction carries at most `bytes_per_second`, and the
+    /// proxy's receive buffer is small (64 KiB), so the sender's socket fills up.
+    pub async fn start_slow(target: SocketAddr, bytes_per_second: u64) -> Proxy {
+        Self::start_with(target, bytes_per_second).await
+    }
+
+    async fn start_with(target: SocketAddr, rate: u64) -> Proxy {
+        let socket = TcpSocket::new_v4().expect("proxy socket");
+        if rate > 0 {
+            // Accepted sockets inherit it; a fixed size also turns receive autotuning off.
+            socket
+                .set_recv_buffer_size(64 * 1024)
+                .expect("proxy receive buffer");
+        }
+        socket.bind(([127, 0, 0, 1], 0).into()).expect("bind proxy");
+        let listener = socket.listen(128).expect("proxy listens");
         let port = listener.local_addr().expect("proxy address").port();
         let (tx, rx) = watch::channel(Mode::Pass);
         tokio::spawn(async move {
@@ -53,8 +74,8 @@ impl Proxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pipe(cr, sw, rx.clone(), Direction::Up) => {}
-                        _ = pipe(sr, cw, rx.clone(), Direction::Down) => {}
+                        _ = pipe(cr, sw, rx.clone(), Direction::Up, rate) => {}
+                        _ = pipe(sr, cw, rx.clone(), Direction::Down, rate) => {}
                     }
                 });
             }
@@ -77,14 +98,21 @@ enum Direction {
     Down,
 }
 
-/// Copies `from` to `to`, holding bytes while frozen and ending when cut.
+/// Copies `from` to `to` (at most `rate` bytes per second unless 0), holding bytes while
+/// frozen and ending when cut.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
     way: Direction,
+    rate: u64,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Throttled: reads of 10 ms worth of bytes, each followed by those 10 ms.
+    let chunk = match rate {
+        0 => 64 * 1024,
+        r => (r / 100).clamp(1024, 64 * 1024) as usize,
+    };
+    let mut buf = vec![0u8; chunk];
     loop {
         if !flowing(&mut mode, way).await {
             return;
@@ -101,6 +129,9 @@ async fn pipe(
                 }
                 if to.write_all(&buf[..n]).await.is_err() {
                     return;
+                }
+                if let Some(nanos) = (n as u64 * 1_000_000_000).checked_div(rate) {
+                    tokio::time::sleep(Duration::from_nanos(nanos)).await;
                 }
             }
             r = mode.changed() => if r.is_err() { return },

@@ -99,7 +99,7 @@ impl State {
         let known = self.child_conn.contains_key(child);
         let Some(link) = self.downs.get_mut(child) else {
             warn!(child, "frame from a node that is not configured as a child");
-            return Ok(Accept::Rejected("not a child of this node".into()));
+            return Ok(Accept::NotAuthorized);
         };
         link.last_heard = Instant::now();
         if !link.online && known {

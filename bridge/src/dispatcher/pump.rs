@@ -25,6 +25,7 @@ impl State {
                     );
                     up.online = false;
                     self.stats.set_parent_up(false);
+                    self.stats.parent_stalled();
                     if let Some(uplink) = &self.uplink {
                         uplink.reconnect();
                     }

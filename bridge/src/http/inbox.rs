@@ -73,8 +73,13 @@ fn parse_cursor(value: Option<&str>) -> Result<Option<Cursor>, ApiError> {
 fn number(value: &Option<String>, field: &str, default: u64, max: u64) -> Result<u64, ApiError> {
     match value {
         None => Ok(default),
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if n <= max => Ok(n),
+        // Digits only (`u64::from_str` would also take a leading `+`).
+        Some(v) => match v
+            .parse::<u64>()
+            .ok()
+            .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+        {
+            Some(n) if n <= max => Ok(n),
             _ => Err(ApiError::malformed(format!(
                 "'{v}' is not a whole number between 0 and {max}"
             ))
@@ -156,7 +161,13 @@ async fn read_stream(
     // A longer wait than the node allows is shortened to its `max_wait_s`, not refused: the
     // client only learns sooner that nothing came.
     let wait = number(&q.wait, "wait", 0, u64::MAX)?.min(state.max_wait.as_secs());
-    let max = number(&q.max, "max", 100, MAX_POLL as u64)?.max(1) as usize;
+    let max = number(&q.max, "max", 100, MAX_POLL as u64)? as usize;
+    if max == 0 {
+        return Err(ApiError::malformed(format!(
+            "'0' is not a whole number between 1 and {MAX_POLL}"
+        ))
+        .field("max"));
+    }
     let _slot = state.streams.open(&who.name)?;
     let got = poll(
         &state,

@@ -28,13 +28,18 @@ pub async fn up(
     let who = caller.require(Role::Node)?;
     let (tx, rx) = oneshot::channel();
     let item = Inbound::LinkFrame {
-        child: who.name,
+        child: who.name.clone(),
         payload: body,
         reply: Some(tx),
     };
     state.hand_over(item).await?;
     match rx.await.unwrap_or(Accept::Unavailable) {
         Accept::Committed => Ok(axum::Json(serde_json::json!({"ok": true})).into_response()),
+        // As for `link/down`: a node identity that is not a child here.
+        Accept::NotAuthorized => Err(ApiError::forbidden(format!(
+            "'{}' is not a child node of this node",
+            who.name
+        ))),
         Accept::Rejected(why) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", why)),
         _ => Err(ApiError::unavailable(
             "the node could not commit the frame; it will be resent",

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
-use crate::envelope::{Address, Submission};
+use crate::envelope::{Address, Submission, MAX_PARAMS_DEPTH};
 
 /// Most commands in one request.
 pub const MAX_BATCH: usize = 1000;
@@ -60,9 +60,19 @@ pub async fn post(
                 f.to_string()
             }
         };
-        if let (Some(key), Value::Object(map)) = (&key, &mut item) {
-            map.entry("id")
-                .or_insert_with(|| Value::String(derived_id(&sender, key, i)));
+        let Value::Object(map) = &mut item else {
+            let at = if batch {
+                format!("messages[{i}]")
+            } else {
+                "body".into()
+            };
+            return Err(ApiError::malformed("a submission must be a JSON object").field(at));
+        };
+        if let Some(key) = &key {
+            // `"id": null` means no id, so the key's id applies (a retry must get the same).
+            if map.get("id").is_none_or(Value::is_null) {
+                map.insert("id".into(), Value::String(derived_id(&sender, key, i)));
+            }
         }
         let bytes = serde_json::to_vec(&item).expect("a parsed JSON value serialises");
         let checked = Submission::parse(&bytes, state.limits)
@@ -158,12 +168,29 @@ async fn submit(
 
 /// The submissions of a body, and whether it was a batch.
 fn split(body: &[u8]) -> Result<(Vec<Value>, bool), ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::malformed(format!("body is not JSON: {e}")).field("body"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        // serde_json stops at 128 levels; only `params` can nest that deep legitimately.
+        if e.to_string().contains("recursion limit") {
+            ApiError::malformed(format!(
+                "nests deeper than {MAX_PARAMS_DEPTH} levels of arrays and objects"
+            ))
+            .field("params")
+        } else {
+            ApiError::malformed(format!("body is not JSON: {e}")).field("body")
+        }
+    })?;
     let (items, batch) = match value {
         Value::Array(items) => (items, true),
         Value::Object(mut map) if map.contains_key("messages") => match map.remove("messages") {
-            Some(Value::Array(items)) => (items, true),
+            Some(Value::Array(items)) => {
+                if let Some(extra) = map.keys().next() {
+                    return Err(ApiError::malformed(format!(
+                        "unknown field `{extra}` beside `messages`"
+                    ))
+                    .field(extra.as_str()));
+                }
+                (items, true)
+            }
             _ => return Err(ApiError::malformed("`messages` must be an array").field("messages")),
         },
         v @ Value::Object(_) => (vec![v], false),

@@ -39,7 +39,7 @@ pub(super) fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
                 while h.rows.len() > HOT_LIMIT * 3 / 4 || h.bytes > HOT_BYTES * 3 / 4 {
                     match h.rows.pop_first() {
                         Some((l, old)) => {
-                            h.floor = l + 1;
+                            h.floor = l.saturating_add(1);
                             h.bytes -= old.body.len();
                         }
                         None => break,
@@ -49,7 +49,7 @@ pub(super) fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
         }
         HotChange::RemoveThrough(dest, upto) => {
             if let Some(h) = hot.get_mut(&dest) {
-                let kept = h.rows.split_off(&(upto + 1));
+                let kept = h.rows.split_off(&upto.saturating_add(1));
                 h.bytes -= h.rows.values().map(|q| q.body.len()).sum::<usize>();
                 h.rows = kept;
             }
