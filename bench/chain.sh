@@ -179,9 +179,37 @@ echo "# warm-up" >&2
 [ "$ONLY" = medlink ] || "$BIN" bench "${MOSQ_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
 [ "$ONLY" = mosquitto ] || "$BIN" bench "${ML_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
 
+# Disk use of a chain's four data directories (medlink: journal.db, -wal, -shm; mosquitto: its
+# persistence file), sampled every 200 ms: the peak during a run, then after 5 s idle.
+DISK="$WORK/disk.txt"
+: > "$DISK"
+disk_now() { du -scb "$@" 2>/dev/null | tail -1 | cut -f1; }
+disk_watch() { # label dirs...; runs until killed, keeps the peak in $WORK/peak
+    local peak=0 now
+    while :; do
+        now=$(disk_now "$@")
+        [ "$now" -gt "$peak" ] && peak=$now && echo "$peak" > "$WORK/peak"
+        sleep 0.2
+    done
+}
+with_disk() { # label dirs... -- command...
+    local label=$1; shift
+    local dirs=()
+    while [ "$1" != "--" ]; do dirs+=("$1"); shift; done
+    shift
+    echo 0 > "$WORK/peak"
+    disk_watch "${dirs[@]}" & local watcher=$!
+    "$@"
+    sleep 5
+    kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null || true
+    echo "$label $(cat "$WORK/peak") $(disk_now "${dirs[@]}")" >> "$DISK"
+}
+ML_DIRS=("$WORK/ml0" "$WORK/ml1" "$WORK/ml2" "$WORK/ml3")
+MQ_DIRS=("$WORK/mosq0" "$WORK/mosq1" "$WORK/mosq2" "$WORK/mosq3")
+
 echo "# throughput: $N messages x 256 B, $P publishers, QoS 1" >&2
-mosq -n "$N" -s 256 -p "$P" --label mosquitto-4-chain
-med -n "$N" -s 256 -p "$P" --label medlink-4-tier
+[ "$ONLY" = medlink ] || with_disk mosquitto-4-chain "${MQ_DIRS[@]}" -- mosq -n "$N" -s 256 -p "$P" --label mosquitto-4-chain
+[ "$ONLY" = mosquitto ] || with_disk medlink-4-tier "${ML_DIRS[@]}" -- med -n "$N" -s 256 -p "$P" --label medlink-4-tier
 echo "# latency: $LAT_N messages at 1000 msg/s" >&2
 mosq -n "$LAT_N" -s 256 -p 1 --rate 1000 --label mosquitto-4-chain-1k
 med -n "$LAT_N" -s 256 -p 1 --rate 1000 --label medlink-4-tier-1k
@@ -203,6 +231,23 @@ if [ "${KEEP:-0}" = 1 ]; then
     echo "chains running (medlink on 19911-19914, mosquitto on 19901-19904); Enter stops them" >&2
     read -r _
 fi
+
+# After a clean stop (SIGTERM): medlink truncates and removes its WALs, mosquitto saves.
+for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+PIDS=()
+[ "$ONLY" = mosquitto ] || echo "medlink-stopped 0 $(disk_now "${ML_DIRS[@]}")" >> "$DISK"
+[ "$ONLY" = medlink ] || echo "mosquitto-stopped 0 $(disk_now "${MQ_DIRS[@]}")" >> "$DISK"
+echo
+echo "| disk, 4 data dirs ($N commands through the chain) | peak during the run | 5 s after it | "
+echo "|---|---:|---:|"
+while read -r label peak after; do
+    if [ "$peak" = 0 ]; then
+        printf '| %s, after a clean stop | | %.1f MB |\n' "$label" "$(echo "$after / 1000000" | bc -l)"
+    else
+        printf '| %s | %.1f MB | %.1f MB |\n' "$label" "$(echo "$peak / 1000000" | bc -l)" "$(echo "$after / 1000000" | bc -l)"
+    fi
+done < "$DISK"
 
 echo
 echo "| run | msg/s | p50 ms | p99 ms | p99.9 ms | lost | dup | out of order |"

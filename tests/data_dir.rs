@@ -147,20 +147,7 @@ fn the_wal_is_truncated_when_idle_and_removed_at_a_clean_stop() {
     let left = std::fs::metadata(&wal).map_or(0, |m| m.len());
     assert_eq!(left, 0, "a clean stop left a {left}-byte WAL");
     tree.node("js").start();
-    let mut got = Vec::new();
-    let mut cursor = String::new();
-    while got.len() < 2001 {
-        let (status, page) = common::http::get_json(
-            port,
-            &format!("/v1/inbox?cursor={cursor}&max=1000&wait=2"),
-            PAT,
-        );
-        assert_eq!(status, 200, "{page}");
-        let msgs = page["messages"].as_array().unwrap();
-        assert!(!msgs.is_empty(), "stopped at {}", got.len());
-        got.extend(msgs.iter().map(|m| m["params"]["n"].as_u64().unwrap()));
-        cursor = page["cursor"].as_str().unwrap().to_string();
-    }
+    let got = common::http::read_inbox(port, PAT, 2001, 1000);
     assert_eq!(got, (0..2001).collect::<Vec<u64>>());
 }
 

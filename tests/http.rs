@@ -30,15 +30,6 @@ fn ids(page: &Value) -> Vec<String> {
         .collect()
 }
 
-fn ns(page: &Value) -> Vec<u64> {
-    page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["params"]["n"].as_u64().unwrap())
-        .collect()
-}
-
 #[test]
 fn send_poll_acknowledge_and_redeliver_what_was_not_acknowledged() {
     let mut t = Tree::start(&[spec("js", None, &["c1", "c2"])]);

@@ -198,20 +198,7 @@ fn streams_are_capped_per_identity_and_a_reader_that_stops_reading_is_dropped() 
     let mut again = open_stream(port);
     assert_eq!(status_of(&mut again), 200);
     // Nothing was lost: a reader that keeps up gets all 40 in order.
-    let mut got = Vec::new();
-    let mut cursor = String::new();
-    while got.len() < 40 {
-        let (status, page) = get_json(
-            port,
-            &format!("/v1/inbox?cursor={cursor}&max=10&wait=5"),
-            PAT,
-        );
-        assert_eq!(status, 200, "{page}");
-        let msgs = page["messages"].as_array().unwrap();
-        assert!(!msgs.is_empty(), "messages stopped at {}", got.len());
-        got.extend(msgs.iter().map(|m| m["params"]["n"].as_u64().unwrap()));
-        cursor = page["cursor"].as_str().unwrap().to_string();
-    }
+    let got = common::http::read_inbox(port, PAT, 40, 10);
     assert_eq!(got, (0..40).collect::<Vec<u64>>());
 }
 

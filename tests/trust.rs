@@ -9,7 +9,7 @@ mod sdk_support;
 
 use std::time::Duration;
 
-use common::http::{get_json, post_json, Login};
+use common::http::{get_json, ns, post_json, Login};
 use common::raw::{connect, dial, handshake, suback_codes};
 use common::*;
 use medlink_sdk::{Address, SendOptions};
@@ -205,14 +205,6 @@ fn a_poll_without_a_cursor_starts_at_the_oldest_unacknowledged_command() {
     for n in 0..3 {
         send(n);
     }
-    let ns = |page: &Value| -> Vec<u64> {
-        page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["params"]["n"].as_u64().unwrap())
-            .collect()
-    };
     let (_, first) = get_json(http, "/v1/inbox", PAT);
     assert_eq!(ns(&first), [0, 1, 2]);
     let (status, _) = post_json(

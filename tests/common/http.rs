@@ -153,3 +153,33 @@ pub fn post_json(port: u16, path: &str, login: Login, body: &Value) -> (u16, Val
     let v = r.json();
     (r.status, v)
 }
+
+/// The `params.n` of every message of an inbox page, in order.
+pub fn ns(page: &Value) -> Vec<u64> {
+    page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["params"]["n"].as_u64().expect("params.n"))
+        .collect()
+}
+
+/// Polls `login`'s inbox from the start, `max` at a time, acknowledging as it goes, until `n`
+/// messages came; returns their `params.n` in arrival order (repeats included).
+pub fn read_inbox(port: u16, login: Login, n: usize, max: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    let mut cursor = String::new();
+    while got.len() < n {
+        let (status, page) = get_json(
+            port,
+            &format!("/v1/inbox?cursor={cursor}&max={max}&wait=5"),
+            login,
+        );
+        assert_eq!(status, 200, "{page}");
+        let more = ns(&page);
+        assert!(!more.is_empty(), "messages stopped after {}", got.len());
+        got.extend(more);
+        cursor = page["cursor"].as_str().expect("cursor").to_string();
+    }
+    got
+}
