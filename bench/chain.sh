@@ -180,7 +180,9 @@ echo "# warm-up" >&2
 [ "$ONLY" = mosquitto ] || "$BIN" bench "${ML_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
 
 # Disk use of a chain's four data directories (medlink: journal.db, -wal, -shm; mosquitto: its
-# persistence file), sampled every 200 ms: the peak during a run, then after 5 s idle.
+# persistence file), sampled every 200 ms: the peak during a run, then after DISK_IDLE seconds
+# idle (default 35: medlink truncates its WALs after `wal_idle_truncate_ms`, 30 s).
+DISK_IDLE=${DISK_IDLE:-35}
 DISK="$WORK/disk.txt"
 : > "$DISK"
 disk_now() { du -scb "$@" 2>/dev/null | tail -1 | cut -f1; }
@@ -200,7 +202,7 @@ with_disk() { # label dirs... -- command...
     echo 0 > "$WORK/peak"
     disk_watch "${dirs[@]}" & local watcher=$!
     "$@"
-    sleep 5
+    sleep "$DISK_IDLE"
     kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null || true
     echo "$label $(cat "$WORK/peak") $(disk_now "${dirs[@]}")" >> "$DISK"
 }
@@ -239,7 +241,7 @@ PIDS=()
 [ "$ONLY" = mosquitto ] || echo "medlink-stopped 0 $(disk_now "${ML_DIRS[@]}")" >> "$DISK"
 [ "$ONLY" = medlink ] || echo "mosquitto-stopped 0 $(disk_now "${MQ_DIRS[@]}")" >> "$DISK"
 echo
-echo "| disk, 4 data dirs ($N commands through the chain) | peak during the run | 5 s after it | "
+echo "| disk, 4 data dirs ($N commands through the chain) | peak during the run | ${DISK_IDLE} s after it |"
 echo "|---|---:|---:|"
 while read -r label peak after; do
     if [ "$peak" = 0 ]; then

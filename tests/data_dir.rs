@@ -104,10 +104,13 @@ fn the_data_dir_and_journal_are_private_to_the_service_user() {
 }
 
 /// 20,000 commands of about 330 bytes left a 100-135 MB WAL that a clean stop did not
-/// truncate. Now an idle node truncates it, and a clean stop removes it.
+/// truncate. Now a node idle for `wal_idle_truncate_ms` truncates it, and a clean stop removes
+/// it.
 #[test]
 fn the_wal_is_truncated_when_idle_and_removed_at_a_clean_stop() {
-    let mut tree = Tree::start(&[spec("js", None, &["pat", "sender"])]);
+    let mut js = spec("js", None, &["pat", "sender"]);
+    js.extra = "wal_idle_truncate_ms = 500\n".into();
+    let mut tree = Tree::start(&[js]);
     let port = tree.node("js").http_port;
     let wal = tree.node("js").data_dir.join("journal.db-wal");
     let pad = "p".repeat(250);

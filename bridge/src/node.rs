@@ -78,6 +78,8 @@ pub struct NodeConfig {
     pub audit: bool,
     /// Commit durability.
     pub durability: Durability,
+    /// Truncate the WAL after this long without writes.
+    pub wal_idle_truncate: Duration,
     /// Submission limits.
     pub limits: Limits,
     /// Largest MQTT packet.
@@ -220,11 +222,10 @@ impl Node {
                 source,
             })?;
         let checkpointer =
-            Journal::spawn_checkpointer(&path, Duration::from_millis(500)).map_err(|source| {
-                NodeError::Journal {
-                    path: path.clone(),
-                    source,
-                }
+            Journal::spawn_checkpointer(&path, Duration::from_millis(500), cfg.wal_idle_truncate)
+                .map_err(|source| NodeError::Journal {
+                path: path.clone(),
+                source,
             })?;
         let broker_metrics = Arc::new(BrokerMetrics::default());
         let auth = Arc::new(

@@ -119,9 +119,18 @@ pub struct NodeSection {
     /// `process` (default: survives kill -9) or `power` (fsync every group commit).
     #[serde(default)]
     pub durability: Durability,
+    /// Truncate the journal's WAL file to nothing once no command has been written for this
+    /// long (default 30 s). Not sooner: a WAL that has to grow again costs file-system
+    /// journal commits that show as latency spikes, so a busy node keeps its WAL allocated.
+    #[serde(default = "default_wal_idle_truncate_ms")]
+    pub wal_idle_truncate_ms: u64,
     /// The credentials file (argon2id hashes, managed by `medlink passwd`). Without it no
     /// identity can log in.
     pub credentials: Option<PathBuf>,
+}
+
+fn default_wal_idle_truncate_ms() -> u64 {
+    30_000
 }
 
 /// `[[listener]]`

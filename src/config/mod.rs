@@ -280,6 +280,7 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         policy: file.node.policy,
         audit: file.node.audit,
         durability: file.node.durability,
+        wal_idle_truncate: Duration::from_millis(file.node.wal_idle_truncate_ms),
         limits: Limits {
             max_payload: l.max_payload,
         },

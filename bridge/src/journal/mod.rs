@@ -23,7 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub use checkpoint::Checkpointer;
 pub use txn::Txn;
 
-use checkpoint::WAL_KEEP;
+use checkpoint::WAL_LIMIT;
 use hot::Hot;
 use schema::{FORMAT, SCHEMA};
 
@@ -96,7 +96,7 @@ impl Journal {
         // Checkpoints run on a helper thread (see `spawn_checkpointer`), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // When the WAL is rewound after a full checkpoint, give the disk back beyond this.
-        conn.pragma_update(None, "journal_size_limit", WAL_KEEP as i64)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
         // An existing journal must carry this build's format; only a new one is stamped.
         let existing: bool = conn.query_row(
             "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'queue'",
