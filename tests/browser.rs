@@ -430,23 +430,36 @@ fn read_events(s: &mut std::net::TcpStream, n: usize, secs: u64) -> Vec<(String,
 }
 
 /// The multi-device case the page depends on, at the protocol level: a device (the phone) that
-/// is offline while another device of the same identity (the kiosk) shows a message and then
-/// reconnects with `Last-Event-ID` must still get that message when it comes back.
+/// goes offline while another device of the same identity (the kiosk) shows a message and then
+/// reconnects with `Last-Event-ID` must still get that message when it comes back with its own
+/// `Last-Event-ID` (as the page's stream does).
 ///
 /// The kiosk's `Last-Event-ID` acknowledges the stream (the journal drops m1); the node keeps
 /// what one device acknowledged readable for the identity's other HTTP devices for a while
-/// (`bridge/src/dispatcher/devices.rs`).
+/// (`bridge/src/dispatcher/devices.rs`). A device that has never read the stream (no cursor)
+/// starts at the oldest unacknowledged message instead: m1 is not replayed to it.
 #[test]
 fn a_device_that_was_offline_still_gets_what_another_device_acknowledged() {
     let mut t = Tree::start(&[spec(PROVINCE, None, &[SENDER, PATIENT])]);
     let port = t.node(PROVINCE).http_port;
     let patient = Some((PATIENT, PASSWORD));
+    let call = |id: &str| {
+        let body = json!({"id": id, "to": {"node": PROVINCE, "client": PATIENT},
+                          "cmd": "queue.call", "params": {"ticket": "A017"}});
+        let (status, answer) = post_json(port, "/v1/messages", Some((SENDER, PASSWORD)), &body);
+        assert_eq!(status, 202, "{answer}");
+    };
     let mut kiosk = send(port, "GET", "/v1/stream", patient, &[], b"");
+    let mut phone = send(port, "GET", "/v1/stream", patient, &[], b"");
     std::thread::sleep(Duration::from_millis(300));
-    let body = json!({"id": "m1", "to": {"node": PROVINCE, "client": PATIENT}, "cmd": "queue.call",
-                      "params": {"ticket": "A017"}});
-    let (status, answer) = post_json(port, "/v1/messages", Some((SENDER, PASSWORD)), &body);
-    assert_eq!(status, 202, "{answer}");
+    // Both devices show m0; the phone then goes offline, remembering where it was.
+    call("m0");
+    assert_eq!(read_events(&mut kiosk, 1, 10).len(), 1, "the kiosk got m0");
+    let phone_saw = read_events(&mut phone, 1, 10);
+    assert_eq!(phone_saw.len(), 1, "the phone got m0");
+    let phone_seq = phone_saw[0].0.clone();
+    drop(phone);
+    call("m1");
     let got = read_events(&mut kiosk, 1, 10);
     assert_eq!(got.len(), 1, "the kiosk got m1: {got:?}");
     let (seq, _) = got[0].clone();
@@ -464,8 +477,15 @@ fn a_device_that_was_offline_still_gets_what_another_device_acknowledged() {
         read_events(&mut kiosk, 1, 1).is_empty(),
         "nothing new for the kiosk"
     );
-    // The phone comes online for the first time since m1 was sent.
-    let mut phone = send(port, "GET", "/v1/stream", patient, &[], b"");
+    // The phone comes back online with its own Last-Event-ID.
+    let mut phone = send(
+        port,
+        "GET",
+        "/v1/stream",
+        patient,
+        &[("Last-Event-ID", &phone_seq)],
+        b"",
+    );
     let phone_got = read_events(&mut phone, 1, 5);
     assert_eq!(
         phone_got
@@ -474,5 +494,11 @@ fn a_device_that_was_offline_still_gets_what_another_device_acknowledged() {
             .collect::<Vec<_>>(),
         ["m1"],
         "the phone never got m1: the kiosk's Last-Event-ID {seq} acknowledged it for every device"
+    );
+    // A tab opened for the first time starts at what is not yet acknowledged: nothing.
+    let mut new_tab = send(port, "GET", "/v1/stream", patient, &[], b"");
+    assert!(
+        read_events(&mut new_tab, 1, 2).is_empty(),
+        "a new device replayed what was acknowledged"
     );
 }
