@@ -3,8 +3,8 @@
 //! local outbox keeps sends made while the node is down (never started, or stopped) across an
 //! application restart. Every test checks loss, duplicates and order at the application.
 
-mod common;
-mod sdk_support;
+use crate::common;
+use crate::sdk_support;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Routing across real node processes: four tiers both ways, across branches, `via_root` with
 //! the root's audit, receipts for expired and unroutable commands, rejected submissions.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

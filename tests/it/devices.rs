@@ -2,7 +2,7 @@
 //! (different client ids) and an HTTP poller that polls with pauses, so the MQTT devices often
 //! acknowledge a message before the poller asks. Every device receives every message, once.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! listener-poisoning sequence from rumqttd, keepalive 0, refused client ids, the ACL,
 //! garbage on the port, WebSocket clients and links, and configuration errors.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -9,7 +9,7 @@
 //! set of packages (`REQUIREMENTS`) and Python version. Without PyPI (or `python3 -m venv`)
 //! the test fails and says why; it never passes without running.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
 //! The Rust SDK against real node processes: request/reply across four tiers, and deliveries
 //! resent by the node after a stalled connection never reaching the application twice.
 
-mod common;
-mod sdk_support;
+use crate::common;
+use crate::sdk_support;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! `npm ci` in `tests/browser/`. Missing ones fail the test under `CI=true` and skip it,
 //! loudly, elsewhere.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! ahead of the routine backlog that built up behind the cut link, and a command that expires
 //! in custody produces exactly one `expired` receipt and is never delivered.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //! cannot forge log lines, and a device without a cursor does not replay what was
 //! acknowledged.
 
-mod common;
-mod sdk_support;
+use crate::common;
+use crate::sdk_support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! half-open connections and slow consumers. After each, the node is up, a well-behaved client
 //! that stayed connected throughout still gets its commands, and nothing accepted is lost.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpStream;

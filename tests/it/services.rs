@@ -2,7 +2,7 @@
 //! spread across members; a member that does not acknowledge in time loses it to another;
 //! with no member online it is held until one connects.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;

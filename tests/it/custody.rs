@@ -1,7 +1,7 @@
 //! Custody under failure: kill -9 of a middle tier during a stream, a restarted root, offline
 //! clients across restarts. Every test counts loss, duplicates and order.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! detected and reported down (not "connected" forever), a cut link comes back by itself, and
 //! a child fails over between parent addresses. Nothing is lost, duplicated or reordered.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

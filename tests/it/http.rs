@@ -4,7 +4,7 @@
 //! other, the transport decision, every error code with its JSON body, and the OpenAPI
 //! document against the routes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -460,7 +460,7 @@ fn the_openapi_document_describes_exactly_the_routes() {
     let (status, doc) = get_json(port, "/v1/openapi.json", None);
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let committed: Value = serde_json::from_str(include_str!("../bridge/openapi.json"))
+    let committed: Value = serde_json::from_str(include_str!("../../bridge/openapi.json"))
         .expect("committed document parses");
     assert_eq!(doc, committed, "the served document is the committed one");
     let documented: BTreeSet<(String, String)> = doc["paths"]

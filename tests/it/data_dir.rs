@@ -2,7 +2,7 @@
 //! outside"): one process per directory, private modes, a WAL that does not stay large, and
 //! start-up failures that touch nothing and are said once.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! The command line as a new user meets it (issue "Holes and defects found from outside"):
 //! `passwd`, `send`, `request`, `listen` and `audit` do what they say, and say it.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! of connections covers every port, streams are capped per identity, a stalled reader is
 //! dropped, parallel password guesses are throttled, and bad requests get the right answer.
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! Tier links over HTTP: a path mixing MQTT/TCP, HTTP and MQTT/WebSocket links, a kill -9 of
 //! the HTTP-linked tier during a stream, and the MQTT→HTTP fallback and its recovery.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! text on a TLS port, a foreign CA, a whole tree on TLS), spoofed senders, brute force, and
 //! the limits (rate, connections per identity, wills, topic aliases).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -5,8 +5,8 @@
 //! cursors, cut connections) never reaching the application twice, refusals and receipts.
 //! Every delivery test checks loss, duplicates and order at the application.
 
-mod common;
-mod sdk_support;
+use crate::common;
+use crate::sdk_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

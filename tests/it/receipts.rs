@@ -2,7 +2,7 @@
 //! target acknowledges (over MQTT, or by moving its HTTP cursor), `replied` when it answers —
 //! each exactly once, and only when asked for.
 
-mod common;
+use crate::common;
 
 use common::http::{get_json, Login};
 use common::*;

@@ -1,0 +1,28 @@
+//! The integration tests, one module per subject, compiled as one test binary (`it`) so
+//! that `common` and `sdk_support` are built and linked once rather than once per file.
+//! Every test starts real node processes (`common::Tree`) on loopback.
+
+mod common;
+mod sdk_support;
+
+mod broker;
+mod browser;
+mod cli;
+mod custody;
+mod data_dir;
+mod devices;
+mod hostile;
+mod http;
+mod http_limits;
+mod http_links;
+mod links;
+mod priority;
+mod receipts;
+mod routing;
+mod schemathesis;
+mod sdk;
+mod sdk_http;
+mod sdk_recovery;
+mod security;
+mod services;
+mod trust;
