@@ -2,7 +2,7 @@
 //!
 //! - [`envelope`]: the command envelope and its validation.
 //! - [`route`]: tree routing (`shortest` / `via_root`).
-//! - [`journal`]: the SQLite custody journal; [`segment`]: its row format.
+//! - [`journal`]: the SQLite custody journal ([`journal::segment`]: its row format).
 //! - [`frame`]: frames on tier links and in-order admission.
 //! - [`links`]: the go-back-N sending side of tier links.
 //! - [`dispatcher`]: the single owner of custody, one transaction per round.
@@ -26,7 +26,6 @@ pub mod links;
 pub mod metrics;
 pub mod node;
 pub mod route;
-pub mod segment;
 pub mod stats;
 pub mod trace;
 pub mod uplink;

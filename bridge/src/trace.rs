@@ -122,7 +122,7 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
     while let Some(row) = rows.next()? {
         let dest: String = row.get(0)?;
         let blob: Vec<u8> = row.get(1)?;
-        let Ok(entries) = crate::segment::decode(Bytes::from(blob)) else {
+        let Ok(entries) = crate::journal::segment::decode(Bytes::from(blob)) else {
             continue;
         };
         for entry in entries.into_iter().filter(|e| e.id == id) {

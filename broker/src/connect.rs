@@ -10,8 +10,8 @@ use bytes::BytesMut;
 use rumqttd::protocol::{ConnAck, ConnectReturnCode, Error, LastWill, Login, Packet};
 
 use crate::codec::{sniff_connect, Codec, Sniff};
-use crate::connection::FrontEnd;
 use crate::events::ConnId;
+use crate::frontend::FrontEnd;
 use crate::identity::{valid_name, Identity, LoginError};
 use crate::metrics::bump;
 use crate::transport::Transport;

@@ -20,6 +20,7 @@ pub mod codec;
 mod connect;
 mod connection;
 pub mod events;
+mod frontend;
 pub mod identity;
 mod listener;
 pub mod metrics;

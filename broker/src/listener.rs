@@ -15,8 +15,9 @@ use tracing::{debug, info, warn};
 
 use crate::acl::AclPolicy;
 use crate::auth::Authenticator;
-use crate::connection::{self, FrontEnd};
+use crate::connection;
 use crate::events::Inbound;
+use crate::frontend::FrontEnd;
 use crate::metrics::{bump, BrokerMetrics};
 use crate::rate::{RateLimiter, RateSettings};
 use crate::tls::common_name;

@@ -386,7 +386,7 @@ impl Client {
             }
             None => self.next_id(),
         };
-        let body = Bytes::from(message::submission(&id, to, cmd, params, reply, opts));
+        let body = Bytes::from(opts.submission(&id, to, cmd, params, reply));
         let seq = match &self.inner.outbox {
             Some(ob) => {
                 let (i, b) = (id.clone(), body.clone());

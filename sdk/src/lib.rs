@@ -137,8 +137,10 @@ mod sendq;
 mod tls;
 
 pub use client::{Client, Handlers, Inbox};
-pub use message::{Address, Hop, Kind, Message, MessageId, Receipt, ReceiptStatus};
-pub use options::{Options, Priority, ReceiptKind, SendOptions};
+pub use message::{
+    Address, Hop, Kind, Message, MessageId, Priority, Receipt, ReceiptKind, ReceiptStatus,
+};
+pub use options::{Options, SendOptions};
 
 /// The transport a client is using.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

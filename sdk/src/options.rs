@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::message::MessageId;
+use crate::message::{Address, MessageId, Priority, ReceiptKind};
 
 /// How to reach the node and as whom.
 ///
@@ -69,33 +70,6 @@ impl std::fmt::Debug for Options {
     }
 }
 
-/// How urgent a command is. On the wire `"urgent"`, `"normal"`, `"bulk"`; `Normal` is the
-/// default and is not written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    /// Ahead of everything else (e.g. a stroke alert).
-    Urgent,
-    /// Ordinary traffic.
-    #[default]
-    Normal,
-    /// Behind everything else (e.g. nightly statistics).
-    Bulk,
-}
-
-/// A positive receipt the sender may ask for (failures — `expired`, `rejected`, `failed` —
-/// always come). On the wire `"accepted"`, `"delivered"`, `"replied"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReceiptKind {
-    /// The first node took custody.
-    Accepted,
-    /// The target's node handed it to the target.
-    Delivered,
-    /// The target replied.
-    Replied,
-}
-
 /// Options of one send ([`Client::send_with`](crate::Client::send_with)). The defaults are
 /// what [`Client::send`](crate::Client::send) uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,4 +83,90 @@ pub struct SendOptions {
     /// The id to use (1–64 of `A-Z a-z 0-9 - _ . :`), e.g. derived from a business key so a
     /// resend after an application crash is recognised by the node. Default: a new ULID.
     pub id: Option<MessageId>,
+}
+
+/// What the SDK sends: a submission (`topics.md`, "the outbox"). The node's parser refuses
+/// unknown keys, so optional keys are written only when set.
+#[derive(Debug, Serialize)]
+struct Submission<'a> {
+    id: &'a str,
+    to: &'a Address,
+    cmd: &'a str,
+    params: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<Priority>,
+    #[serde(skip_serializing_if = "<[ReceiptKind]>::is_empty")]
+    receipts: &'a [ReceiptKind],
+}
+
+impl SendOptions {
+    /// The JSON body of one submission sent with these options; `reply` is the id answered
+    /// and the service answered for, if any.
+    pub(crate) fn submission(
+        &self,
+        id: &str,
+        to: &Address,
+        cmd: &str,
+        params: &Value,
+        reply: Option<(&str, Option<&str>)>,
+    ) -> Vec<u8> {
+        let ttl_ms = self
+            .ttl
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        let body = Submission {
+            id,
+            to,
+            cmd,
+            params,
+            reply_to: reply.map(|(id, _)| id),
+            as_service: reply.and_then(|(_, service)| service),
+            ttl_ms,
+            priority: (self.priority != Priority::Normal).then_some(self.priority),
+            receipts: &self.receipts,
+        };
+        serde_json::to_vec(&body).unwrap_or_else(|e| {
+            unreachable!("a submission of strings and a JSON value always serialises: {e}")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_stay_off_the_wire() {
+        let to = Address::new("js", "b");
+        let body = SendOptions::default().submission("x1", &to, "c", &Value::Null, None);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "x1", "to": {"node": "js", "client": "b"}, "cmd": "c", "params": null})
+        );
+        let opts = SendOptions {
+            priority: Priority::Urgent,
+            ttl: Some(Duration::from_secs(2)),
+            receipts: vec![ReceiptKind::Delivered, ReceiptKind::Replied],
+            id: None,
+        };
+        let v: Value = serde_json::from_slice(&opts.submission(
+            "x2",
+            &to,
+            "c",
+            &Value::Null,
+            Some(("r", None)),
+        ))
+        .unwrap();
+        assert_eq!(v["priority"], "urgent");
+        assert_eq!(v["ttl_ms"], 2000);
+        assert_eq!(v["receipts"], serde_json::json!(["delivered", "replied"]));
+        assert_eq!(v["reply_to"], "r");
+    }
 }

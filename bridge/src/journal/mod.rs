@@ -12,6 +12,7 @@
 mod checkpoint;
 mod hot;
 mod schema;
+pub mod segment;
 mod txn;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use checkpoint::Checkpointer;
+pub use segment::Queued;
 pub use txn::Txn;
 
 use checkpoint::WAL_LIMIT;
@@ -44,19 +46,6 @@ type CachedSegment = ((String, u64), std::sync::Arc<Vec<Queued>>);
 
 /// Journal errors are SQLite errors; the dispatcher treats them as "custody not taken".
 pub type Result<T> = rusqlite::Result<T>;
-
-/// A queued envelope read back for sending.
-#[derive(Debug, Clone)]
-pub struct Queued {
-    /// Per-destination sequence.
-    pub lseq: u64,
-    /// Envelope id.
-    pub id: String,
-    /// Expiry, Unix ms.
-    pub expires_at: Option<u64>,
-    /// Envelope JSON.
-    pub body: Bytes,
-}
 
 /// Decoded segments kept for reads that miss the hot tail (a backlog sent frame by frame
 /// reads the same large segment many times).
@@ -243,7 +232,7 @@ pub(crate) fn acked(conn: &Connection, dest: &str) -> Result<u64> {
 }
 
 fn decode_row(blob: Vec<u8>) -> Result<Vec<Queued>> {
-    crate::segment::decode(Bytes::from(blob)).map_err(|e| {
+    segment::decode(Bytes::from(blob)).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
     })
 }

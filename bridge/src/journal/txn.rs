@@ -118,7 +118,7 @@ impl Txn<'_> {
                 first.lseq as i64,
                 last.lseq as i64,
                 min_expiry.map(|v| v as i64),
-                crate::segment::encode(entries)
+                super::segment::encode(entries)
             ])?;
         Ok(())
     }

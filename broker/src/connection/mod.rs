@@ -10,8 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,49 +20,21 @@ use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error, Packet,
     SubscribeReasonCode,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::acl::{outbox_topic, AclPolicy};
-use crate::auth::Authenticator;
+use crate::acl::outbox_topic;
 use crate::codec::{publish_header, Codec, Version};
 use crate::connect::{admit, handshake, refuse, ConnectInfo, End};
 use crate::events::{Accept, ConnId, Inbound, Stream};
+use crate::frontend::FrontEnd;
 use crate::identity::{Identity, Role};
-use crate::metrics::{bump, BrokerMetrics};
-use crate::rate::RateLimiter;
+use crate::metrics::bump;
 use crate::transport::Transport;
-use crate::LinkFactory;
 
 mod inbound;
 mod outbound;
-
-/// Live sessions by identity, then client id, with the switch that ends each one. Grouped by
-/// identity so the per-identity connection limit is a map lookup, not a scan of every session.
-pub type SessionRegistry = Mutex<HashMap<String, HashMap<String, (ConnId, oneshot::Sender<()>)>>>;
-
-/// State shared by all connections of one node.
-pub struct FrontEnd {
-    pub node_id: String,
-    pub auth: Arc<Authenticator>,
-    pub metrics: Arc<BrokerMetrics>,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub rate: Arc<RateLimiter>,
-    pub max_connections_per_identity: usize,
-    pub acl: AclPolicy,
-    pub max_packet_size: usize,
-    pub connect_timeout: Duration,
-    pub write_timeout: Duration,
-    pub links: LinkFactory,
-    pub inbound: mpsc::Sender<Inbound>,
-    pub next_conn: AtomicU64,
-    pub shutdown: watch::Receiver<bool>,
-    /// Live sessions by (identity, MQTT client id), for session takeover (MQTT 3.1.1
-    /// §3.1.4). Keyed by identity too, so nobody can kick another identity's connection by
-    /// reusing its client id.
-    pub sessions: SessionRegistry,
-}
 
 /// A PUBACK/PUBREC owed to the client once the node has decided.
 struct OwedAck {

@@ -10,7 +10,18 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::journal::Queued;
+/// A queued envelope read back for sending.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Per-destination sequence.
+    pub lseq: u64,
+    /// Envelope id.
+    pub id: String,
+    /// Expiry, Unix ms.
+    pub expires_at: Option<u64>,
+    /// Envelope JSON.
+    pub body: Bytes,
+}
 
 /// Encodes entries (in sequence order) into a segment blob.
 pub fn encode(entries: &[Queued]) -> Vec<u8> {
