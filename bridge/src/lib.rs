@@ -29,4 +29,3 @@ pub mod route;
 pub mod stats;
 pub mod trace;
 pub mod uplink;
-mod uplink_http;

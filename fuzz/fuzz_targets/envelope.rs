@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(c.to_string().parse::<medlink_broker::Cursor>(), Ok(c));
         }
     }
-    let _ = medlink_bridge::segment::decode(bytes::Bytes::copy_from_slice(data));
+    let _ = medlink_bridge::journal::segment::decode(bytes::Bytes::copy_from_slice(data));
     let sender = Address { node: "js".into(), client: "c".into() };
     let _ = Envelope::rejection("js", &sender, data, "fuzz", "01ARZ3NDEKTSV4RRFFQ69G5FAV".into());
 });

@@ -10,12 +10,13 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::driver::{self, Core, Cursors, Endpoint};
+use crate::driver::{self, Endpoint};
 use crate::handover::Handover;
 use crate::message::{self, Address, Message, MessageId};
 use crate::options::{Options, SendOptions};
 use crate::outbox::{self, Outbox};
 use crate::sendq::{Pending, SendQueue};
+use crate::session::{Core, Cursors};
 use crate::{tls, Error, Transport};
 
 /// Capacity of each receiving channel. A full channel holds back the transport (and so the

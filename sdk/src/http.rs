@@ -16,10 +16,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::driver::{Core, Cursors, Ended};
 use crate::handover::Handover;
 use crate::message::Message;
 use crate::sendq::SendQueue;
+use crate::session::{Core, Cursors, Ended};
 use crate::{tls, Error, Transport};
 
 /// How long one poll waits at the node (the node's `http.max_wait_s` defaults to 60).

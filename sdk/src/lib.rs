@@ -134,6 +134,7 @@ mod mqtt;
 mod options;
 mod outbox;
 mod sendq;
+mod session;
 mod tls;
 
 pub use client::{Client, Handlers, Inbox};

@@ -14,8 +14,8 @@ use rumqttc::{
 };
 use tracing::warn;
 
-use crate::driver::{Core, Ended};
 use crate::message::{Message, MessageId};
+use crate::session::{Core, Ended};
 use crate::{Error, Transport};
 
 /// Publishes waiting for their PUBACK at most (rumqttc's own in-flight limit is set to it).

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{debug, info};
 
-use crate::uplink::{Channels, Ended, ParentAddr, ParentEvent, UplinkConfig};
+use super::parent::{Channels, Ended, ParentAddr, ParentEvent, UplinkConfig};
 
 /// How long one down poll waits at the parent.
 const POLL_WAIT_S: u64 = 20;

@@ -1,0 +1,114 @@
+//! The uplink over MQTT (rumqttc): `link/<me>/up` out, `link/<me>/down` in.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use medlink_broker::acl::{link_down_topic, link_up_topic};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use tracing::{debug, info};
+
+use super::parent::{Channels, Ended, ParentAddr, ParentEvent, UplinkConfig};
+
+fn options(cfg: &UplinkConfig, addr: &ParentAddr) -> MqttOptions {
+    let tls = || {
+        TlsConfiguration::Rustls(
+            cfg.tls
+                .clone()
+                .expect("configuration loading requires a CA for mqtts/wss parents"),
+        )
+    };
+    let (mut opts, transport) = match addr {
+        ParentAddr::Tcp { host, port } => (MqttOptions::new(&cfg.node_id, host, *port), None),
+        ParentAddr::Ws { url, port } => (
+            MqttOptions::new(&cfg.node_id, url, *port),
+            Some(Transport::Ws),
+        ),
+        ParentAddr::Tls { host, port } => (
+            MqttOptions::new(&cfg.node_id, host, *port),
+            Some(Transport::tls_with_config(tls())),
+        ),
+        ParentAddr::Wss { url, port } => (
+            MqttOptions::new(&cfg.node_id, url, *port),
+            Some(Transport::wss_with_config(tls())),
+        ),
+        ParentAddr::Http { .. } => unreachable!("HTTP addresses run uplink::http sessions"),
+    };
+    if let Some(t) = transport {
+        opts.set_transport(t);
+    }
+    opts.set_credentials(&cfg.node_id, cfg.password.as_deref().unwrap_or(""))
+        .set_keep_alive(Duration::from_secs(5))
+        .set_clean_session(true)
+        .set_max_packet_size(cfg.max_packet, cfg.max_packet)
+        .set_inflight(256);
+    opts
+}
+
+/// One MQTT session with the parent at `addr`.
+pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Channels<'_>) -> Ended {
+    let up_topic = link_up_topic(&cfg.node_id);
+    let down_topic = link_down_topic(&cfg.node_id);
+    let (client, mut eventloop) = AsyncClient::new(options(cfg, addr), 1024);
+    // Acks and pings are small writes; Nagle would hold them for a delayed ACK.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    // Queued now, sent right after CONNACK.
+    let _ = client.try_subscribe(&down_topic, QoS::AtLeastOnce);
+    // `EventLoop::poll` must never be dropped half-way, yet `select!` drops whichever branch
+    // loses. rumqttc gives a publish its packet id and records it in flight, or decodes a
+    // publish from the parent, and only then writes the publish (or its PUBACK); that write
+    // first waits for the socket to take the rest of the previous large frame. A poll dropped
+    // there loses the packet: a lost publish keeps its id outstanding until the ids come round
+    // ("Collision on packet id"), after which rumqttc sends nothing until the stall timer
+    // reconnects; a lost PUBACK makes the parent's router drop the link (out-of-order ack).
+    // Kept in a stream, the poll in progress survives the select: `next()` is cancel-safe.
+    let mut events = Box::pin(futures_util::stream::unfold(
+        eventloop,
+        |mut eventloop| async move {
+            let event = eventloop.poll().await;
+            Some((event, eventloop))
+        },
+    ));
+    let mut subscribed = false;
+    loop {
+        tokio::select! {
+            Some(ev) = events.next() => match ev {
+                Ok(Event::Incoming(Packet::SubAck(ack))) if !subscribed => {
+                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                        return Ended::Lost {
+                            connected: false,
+                            reason: "the parent refused the link subscription (is this node a known child there?)".into(),
+                        };
+                    }
+                    subscribed = true;
+                    info!(parent = %addr, "connected to parent");
+                    if ch.events.send(ParentEvent::Connected { http: false }).await.is_err() {
+                        return Ended::Shutdown;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if ch.events.send(ParentEvent::Frame(p.payload)).await.is_err() {
+                        return Ended::Shutdown;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Ended::Lost { connected: subscribed, reason: e.to_string() },
+            },
+            Some(frame) = ch.frames.recv(), if subscribed => {
+                if let Err(e) = client.try_publish(&up_topic, QoS::AtLeastOnce, false, frame) {
+                    debug!(error = %e, "frame not queued; the window will resend it");
+                }
+            }
+            Some(()) = ch.reconnect.recv() => {
+                return Ended::Lost { connected: subscribed, reason: "link stalled".into() };
+            }
+            _ = ch.shutdown.changed() => {
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+                return Ended::Shutdown;
+            }
+        }
+    }
+}
