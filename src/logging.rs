@@ -43,8 +43,17 @@ pub fn one_line(event: &[u8], ansi: bool) -> Vec<u8> {
 
 impl<W: Write> Write for OneLine<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // tracing-subscriber formats a whole event and writes it with one write_all.
-        self.inner.write_all(&one_line(buf, self.ansi))?;
+        // tracing-subscriber formats a whole event and writes it with one write_all. Nearly
+        // every event is clean and goes out as it is.
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let clean = body
+            .iter()
+            .all(|&b| !(b < 0x20 || b == 0x7f) || b == b'\t' || (b == 0x1b && self.ansi));
+        if clean && body.len() < buf.len() {
+            self.inner.write_all(buf)?;
+        } else {
+            self.inner.write_all(&one_line(buf, self.ansi))?;
+        }
         Ok(buf.len())
     }
 

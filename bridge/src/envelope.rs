@@ -353,19 +353,11 @@ impl Submission {
                 )
             });
         }
-        let s: Submission =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(payload))
-                .map_err(|e| {
-                    let path = e.path().to_string();
-                    let named = json_error(e.inner());
-                    match path.as_str() {
-                        // The whole document, or serde named the field in its message.
-                        "." | "" => named,
-                        _ => bad(&path, named.problem),
-                    }
-                })?;
+        // The plain parser on the hot path; the path-tracking one only to name a field at fault.
+        let s: Submission = serde_json::from_slice(payload).map_err(|_| field_error(payload))?;
         if let Some(p) = &s.params {
-            if json_depth(p.get()) > MAX_PARAMS_DEPTH {
+            // Each level takes two bytes, so short params cannot be too deep.
+            if p.get().len() > 2 * MAX_PARAMS_DEPTH && json_depth(p.get()) > MAX_PARAMS_DEPTH {
                 return Err(bad(
                     "params",
                     format!("nests deeper than {MAX_PARAMS_DEPTH} levels of arrays and objects"),
@@ -453,6 +445,23 @@ impl Submission {
 /// `null`, the params of a command that has none.
 pub(crate) fn null_params() -> Box<RawValue> {
     RawValue::from_string("null".into()).expect("`null` is valid JSON")
+}
+
+/// Parses `payload` again, tracking the path, to name the field at fault of a submission that
+/// did not parse.
+fn field_error(payload: &[u8]) -> FieldError {
+    let tracked: Result<Submission, _> =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(payload));
+    let Err(e) = tracked else {
+        return bad("payload", "not a valid submission");
+    };
+    let path = e.path().to_string();
+    let named = json_error(e.inner());
+    match path.as_str() {
+        // The whole document, or serde named the field in its message.
+        "." | "" => named,
+        _ => bad(&path, named.problem),
+    }
 }
 
 /// Turns a serde_json error into a field error, naming the field where serde does.

@@ -86,11 +86,12 @@ pub async fn serve(
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            // The connection's slot of the budget, held until this task ends, however it ends.
+            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor else {
                 let io = Deadline::new(tcp, limits.write_timeout);
                 connection(io, peer, PeerCertificate(None), app, &limits, shutdown).await;
-                drop(permit);
                 return;
             };
             let handshake = async {
@@ -118,7 +119,6 @@ pub async fn serve(
             );
             let io = Deadline::new(stream, limits.write_timeout);
             connection(io, peer, certificate, app, &limits, shutdown).await;
-            drop(permit);
         });
     }
 }

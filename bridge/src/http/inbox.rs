@@ -70,21 +70,26 @@ fn parse_cursor(value: Option<&str>) -> Result<Option<Cursor>, ApiError> {
     }
 }
 
-fn number(value: &Option<String>, field: &str, default: u64, max: u64) -> Result<u64, ApiError> {
-    match value {
-        None => Ok(default),
-        // Digits only (`u64::from_str` would also take a leading `+`).
-        Some(v) => match v
-            .parse::<u64>()
-            .ok()
-            .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
-        {
-            Some(n) if n <= max => Ok(n),
-            _ => Err(ApiError::malformed(format!(
-                "'{v}' is not a whole number between 0 and {max}"
-            ))
-            .field(field)),
-        },
+/// A whole number query parameter in `range`, `default` when absent.
+fn number(
+    value: &Option<String>,
+    field: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ApiError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    // Digits only (`u64::from_str` would also take a leading `+`).
+    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    match v.parse::<u64>() {
+        Ok(n) if digits && range.contains(&n) => Ok(n),
+        _ => Err(ApiError::malformed(format!(
+            "'{v}' is not a whole number from {} to {}",
+            range.start(),
+            range.end()
+        ))
+        .field(field)),
     }
 }
 
@@ -160,14 +165,8 @@ async fn read_stream(
     let cursor = parse_cursor(q.cursor.as_deref())?;
     // A longer wait than the node allows is shortened to its `max_wait_s`, not refused: the
     // client only learns sooner that nothing came.
-    let wait = number(&q.wait, "wait", 0, u64::MAX)?.min(state.max_wait.as_secs());
-    let max = number(&q.max, "max", 100, MAX_POLL as u64)? as usize;
-    if max == 0 {
-        return Err(ApiError::malformed(format!(
-            "'0' is not a whole number between 1 and {MAX_POLL}"
-        ))
-        .field("max"));
-    }
+    let wait = number(&q.wait, "wait", 0, 0..=u64::MAX)?.min(state.max_wait.as_secs());
+    let max = number(&q.max, "max", 100, 1..=MAX_POLL as u64)? as usize;
     let _slot = state.streams.open(&who.name)?;
     let got = poll(
         &state,
