@@ -27,7 +27,7 @@ pub struct AuditRecord {
     pub cmd: String,
     /// Nodes passed including this one.
     pub hops: u32,
-    /// Where it went (`up`, `down:<child>`, `local:<client>`, `refused: ...`).
+    /// Where it went: a journal destination (see [`crate::journal::Dest`]) or `refused: ...`.
     pub decision: String,
 }
 

@@ -67,33 +67,6 @@ impl Priority {
     pub fn from_lane(lane: usize) -> Priority {
         Priority::ALL.get(lane).copied().unwrap_or_default()
     }
-
-    /// The journal destination holding this class's share of `base` (`up`, `down:<child>`,
-    /// `local:<client>`, …). `#` cannot occur in node ids or client names, so the names never
-    /// collide; the normal class keeps the plain name.
-    pub fn dest(self, base: impl Into<String>) -> String {
-        let mut dest = base.into();
-        match self {
-            Priority::Urgent => dest.push_str("#urgent"),
-            Priority::Normal => {}
-            Priority::Bulk => dest.push_str("#bulk"),
-        }
-        dest
-    }
-
-    /// The destinations of every class of `base`, most urgent first.
-    pub fn lanes_of(base: &str) -> [String; LANES] {
-        Priority::ALL.map(|p| p.dest(base))
-    }
-
-    /// Splits a journal destination into its base name and class.
-    pub fn of_dest(dest: &str) -> (&str, Priority) {
-        match dest.rsplit_once('#') {
-            Some((base, "urgent")) => (base, Priority::Urgent),
-            Some((base, "bulk")) => (base, Priority::Bulk),
-            _ => (dest, Priority::Normal),
-        }
-    }
 }
 
 impl<'de> Deserialize<'de> for Priority {
@@ -686,11 +659,6 @@ mod tests {
         for bad in [r#""high""#, "10", "-1", "true"] {
             assert_eq!(class(bad).unwrap_err().field, "priority", "{bad}");
         }
-        assert_eq!(
-            Priority::of_dest(&Priority::Urgent.dest("down:js.nj")),
-            ("down:js.nj", Priority::Urgent)
-        );
-        assert_eq!(Priority::of_dest("local:a"), ("local:a", Priority::Normal));
     }
 
     #[test]

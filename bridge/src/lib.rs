@@ -2,30 +2,32 @@
 //!
 //! - [`envelope`]: the command envelope and its validation.
 //! - [`route`]: tree routing (`shortest` / `via_root`).
-//! - [`journal`]: the SQLite custody journal ([`journal::segment`]: its row format).
-//! - [`frame`]: frames on tier links and in-order admission.
-//! - [`links`]: the go-back-N sending side of tier links.
-//! - [`dispatcher`]: the single owner of custody, one transaction per round.
-//! - [`delivery`]: cursors of the streams to this node's own clients.
-//! - [`uplink`]: the child's MQTT connection to its parent.
-//! - [`node`]: wires broker, dispatcher and uplink into one running node.
-//! - [`audit`]: reading the audit table.
-//! - [`http`]: the HTTP API (send by POST, receive by long-poll or SSE, transport decisions).
-//! - [`metrics`]: the Prometheus endpoint; [`https`]: serving it and the API over TLS.
+//! - [`journal`]: the SQLite custody journal, its typed destinations ([`journal::Dest`]) and
+//!   row format.
+//! - [`dispatcher`]: the single owner of custody, one transaction per round; it routes, and
+//!   hands the rest to the owners below.
+//! - [`link`]: the tier link (frames, the go-back-N sending side, the uplink to the parent).
+//! - [`clients`]: delivery to this node's own clients, over MQTT and HTTP.
+//! - [`services`]: service groups (anycast to one online member).
+//! - [`router`]: the dispatcher's hand into rumqttd's router.
+//! - [`node`]: wires broker, dispatcher, uplink and HTTP API into one running node.
+//! - [`http`]: the HTTP API (send by POST, receive by long-poll or SSE, transport decisions)
+//!   and the HTTP(S) server it and [`metrics`] run on.
+//! - [`audit`], [`trace`]: reading the audit table and following one command.
+//! - [`datadir`]: the locked, private data directory; [`stats`]: the node's counters.
 
 pub mod audit;
+pub mod clients;
 pub mod datadir;
-pub mod delivery;
 pub mod dispatcher;
 pub mod envelope;
-pub mod frame;
 pub mod http;
-pub mod https;
 pub mod journal;
-pub mod links;
+pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod route;
+pub mod router;
+pub mod services;
 pub mod stats;
 pub mod trace;
-pub mod uplink;

@@ -101,7 +101,7 @@ pub fn render(sources: &Sources) -> String {
 pub fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    limits: crate::https::HttpLimits,
+    limits: crate::http::serve::HttpLimits,
     sources: Sources,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
@@ -121,6 +121,8 @@ pub fn serve(
         )
         .route("/healthz", get(|| async { "ok\n" }));
     info!(addr = %bound, https = tls.is_some(), "metrics endpoint listening");
-    let task = tokio::spawn(crate::https::serve(listener, app, tls, limits, shutdown));
+    let task = tokio::spawn(crate::http::serve::serve(
+        listener, app, tls, limits, shutdown,
+    ));
     Ok((bound, task))
 }

@@ -22,15 +22,16 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::datadir::DataDir;
-use crate::dispatcher::{Dispatcher, DispatcherConfig, ServiceGroup};
+use crate::dispatcher::{Dispatcher, DispatcherConfig, Inputs};
 use crate::envelope::Limits;
+use crate::http::serve::HttpLimits;
 use crate::http::{ApiState, TransportPolicy};
-use crate::https::HttpLimits;
 use crate::journal::{Durability, Journal};
-use crate::links::LinkTuning;
+use crate::link::out::LinkTuning;
+use crate::link::uplink::{self, ParentAddr, UplinkConfig};
 use crate::route::{within, Policy, Topology};
+use crate::services::ServiceGroup;
 use crate::stats::Stats;
-use crate::uplink::{self, ParentAddr, UplinkConfig};
 
 /// Client id of the dispatcher's in-process link to the router; refused to network clients.
 pub const DISPATCHER_LINK_ID: &str = medlink_broker::RESERVED_CLIENT_ID;
@@ -194,11 +195,11 @@ impl Ports {
     async fn bind(cfg: &NodeConfig) -> std::io::Result<Ports> {
         let mqtt = BrokerHandle::bind(&cfg.listeners).await?;
         let http = match &cfg.http {
-            Some(h) => Some(crate::https::bind(h.addr, "http").await?),
+            Some(h) => Some(crate::http::serve::bind(h.addr, "http").await?),
             None => None,
         };
         let metrics = match cfg.metrics_addr {
-            Some(addr) => Some(crate::https::bind(addr, "metrics").await?),
+            Some(addr) => Some(crate::http::serve::bind(addr, "metrics").await?),
             None => None,
         };
         Ok(Ports {
@@ -270,6 +271,7 @@ impl Node {
             .map_err(|e| NodeError::Router(e.to_string()))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
+        let (http_tx, http_rx) = mpsc::channel(16 * 1024);
         let (parent_tx, parent_rx) = mpsc::channel(1024);
         let (uplink, uplink_task) = if cfg.parents.is_empty() {
             (None, None)
@@ -301,8 +303,11 @@ impl Node {
             },
             journal,
             (router_link.0, router_link.1),
-            inbound_rx,
-            parent_rx,
+            Inputs {
+                broker: inbound_rx,
+                http: http_rx,
+                parent: parent_rx,
+            },
             uplink,
             stats.clone(),
         )
@@ -336,7 +341,7 @@ impl Node {
                 auth.clone(),
                 rate.clone(),
                 broker_metrics.clone(),
-                inbound_tx.clone(),
+                http_tx,
                 cfg.limits,
                 cfg.http.as_ref().map_or(Duration::ZERO, |h| h.max_wait),
                 cfg.transport.clone(),

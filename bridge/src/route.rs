@@ -7,6 +7,9 @@
 
 use std::collections::BTreeSet;
 
+use medlink_broker::{Credentials, Role};
+use tracing::warn;
+
 use crate::envelope::{Envelope, Kind};
 
 /// How commands between clients of the same subtree travel.
@@ -59,6 +62,24 @@ pub fn within(ancestor: &str, node: &str) -> bool {
 }
 
 impl Topology {
+    /// Takes this node's client list from `credentials` (clients added or removed there
+    /// become (un)routable). New child nodes need a restart, since their links carry journal
+    /// state created at start: they are only warned about.
+    pub fn learn(&mut self, credentials: &Credentials) {
+        self.clients = credentials
+            .names_with_role(Role::Client)
+            .map(str::to_string)
+            .collect();
+        for child in credentials.names_with_role(Role::Node) {
+            if child != self.me && within(&self.me, child) && !self.children.contains(child) {
+                warn!(
+                    child,
+                    "new child node identity: restart this node to route to it"
+                );
+            }
+        }
+    }
+
     /// Decides the next hop of `env`.
     pub fn next_hop(&self, env: &Envelope) -> NextHop {
         let target = &env.to.node;

@@ -16,6 +16,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::envelope::Envelope;
+use crate::journal::{Dest, Target};
 
 /// What kind of step an event is, in the order steps happen at one hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -102,8 +103,10 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
             )
         };
         if kind != "receipt" {
-            if let Some(client) = decision.strip_prefix("local:") {
-                local = Some((hop, at, client.to_string()));
+            if let Ok(dest) = decision.parse::<Dest>() {
+                if let Target::Commands(client) = dest.target() {
+                    local = Some((hop, at, client.clone()));
+                }
             }
         }
         out.push(TraceEvent {

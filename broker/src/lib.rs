@@ -31,7 +31,7 @@ mod transport;
 
 pub use acl::{AclPolicy, PublishClass};
 pub use auth::{Authenticator, CredentialSource};
-pub use events::{Accept, ConnId, Cursor, Delivery, Inbound, Page, Stream};
+pub use events::{Accept, ConnId, Inbound, Stream};
 pub use identity::{Credentials, CredentialsFile, Identity, Role};
 pub use listener::{BrokerHandle, ConnectionBudget, FrontEndSettings, ListenerKind, ListenerSpec};
 pub use metrics::BrokerMetrics;

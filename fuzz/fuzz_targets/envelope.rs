@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use medlink_bridge::envelope::{Address, Envelope, Limits, Submission};
-use medlink_bridge::frame::Frame;
+use medlink_bridge::link::frame::Frame;
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits { max_payload: 64 * 1024 };

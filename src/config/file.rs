@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use medlink_bridge::http::TransportChoice;
 use medlink_bridge::journal::Durability;
-use medlink_bridge::links::LinkTuning;
+use medlink_bridge::link::out::LinkTuning;
 use medlink_bridge::route::Policy;
 use medlink_broker::ListenerKind;
 use serde::Deserialize;

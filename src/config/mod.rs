@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use medlink_bridge::dispatcher::ServiceGroup;
 use medlink_bridge::envelope::{check_node_id, Limits};
 use medlink_bridge::http::{TransportChoice, TransportPolicy};
-use medlink_bridge::links::LinkTuning;
+use medlink_bridge::link::out::LinkTuning;
+use medlink_bridge::link::uplink::ParentAddr;
 use medlink_bridge::node::{HttpSettings, NodeConfig};
-use medlink_bridge::uplink::ParentAddr;
+use medlink_bridge::services::ServiceGroup;
 use medlink_broker::throttle::ThrottleSettings;
 use medlink_broker::{
     tls, CredentialSource, ListenerKind, ListenerSpec, RateSettings, RouterSettings,

@@ -8,7 +8,7 @@ use tracing::error;
 
 use super::{State, IDEMPOTENCY_WINDOW_MS};
 use crate::envelope::Envelope;
-use crate::journal::Txn;
+use crate::journal::{Dest, Queued, Txn};
 
 impl State {
     /// Drops expired envelopes that are not in flight, with an `expired` receipt each.
@@ -16,10 +16,10 @@ impl State {
         for (dest, row) in tx.expired(now, 1000)? {
             // Already acknowledged (a leftover of a partly acknowledged segment), or published
             // and waiting for its acknowledgement: not ours to expire.
-            let (acked, in_flight) = if let Some((online, lane)) = self.lane_for(&dest) {
+            let (acked, in_flight) = if let Some((online, lane)) = self.links.lane_for(&dest) {
                 (lane.acked, online && row.lseq <= lane.sent)
-            } else if let Some(l) = self.locals.get(&dest) {
-                (l.acked(), l.in_flight(row.lseq))
+            } else if let Some(position) = self.clients.position(&dest, row.lseq) {
+                position
             } else {
                 (tx.acked(&dest)?, false)
             };
@@ -27,7 +27,7 @@ impl State {
                 self.drop_stale(tx, &dest, row, now)?;
             }
         }
-        self.polls.prune();
+        self.clients.prune();
         if self.last_prune.elapsed() >= Duration::from_secs(60) {
             self.last_prune = Instant::now();
             tx.prune_accepted(now.saturating_sub(IDEMPOTENCY_WINDOW_MS), now)?;
@@ -38,15 +38,15 @@ impl State {
     pub(super) fn drop_stale(
         &mut self,
         tx: &mut Txn,
-        dest: &str,
-        row: crate::journal::Queued,
+        dest: &Dest,
+        row: Queued,
         now: u64,
     ) -> rusqlite::Result<()> {
         tx.remove(dest, row.lseq)?;
         match Envelope::parse(&row.body) {
             Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now),
             Err(e) => {
-                error!(dest, id = %row.id, error = %e, "unreadable envelope in journal dropped");
+                error!(dest = %dest, id = %row.id, error = %e, "unreadable envelope in journal dropped");
                 Ok(())
             }
         }

@@ -8,40 +8,32 @@
 //! rule: nothing is acknowledged before it is durable here, nothing is forgotten before the
 //! next hop has it durable.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use medlink_broker::{Accept, Authenticator, ConnId, Inbound, Role};
+use medlink_broker::{Accept, Authenticator, Inbound};
 use rumqttd::local::{LinkRx, LinkTx};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::delivery::{local_dest, receipt_dest, StreamOut};
+use crate::clients::{Clients, Cursor};
 use crate::envelope::{now_ms, Address, Envelope, Kind, Limits, Submission, TrailHop, MAX_HOPS};
-use crate::frame::InOrder;
-use crate::journal::{Journal, Txn};
-use crate::links::{down_dest, LinkOut, LinkTuning};
-use crate::route::{within, NextHop, Policy, Topology};
+use crate::journal::{Dest, Journal, Peer, Stale, Target, Txn};
+use crate::link::out::LinkTuning;
+use crate::link::uplink::{ParentEvent, UplinkHandle};
+use crate::link::{Links, Received};
+use crate::route::{NextHop, Policy, Topology};
+use crate::router::Router;
+use crate::services::{ServiceGroup, Services};
 use crate::stats::Stats;
-use crate::uplink::{ParentEvent, UplinkHandle};
 
-mod devices;
 mod expiry;
-mod frames;
-mod mailboxes;
-mod polls;
-mod pump;
+mod input;
 mod receipts;
-mod services;
-mod streams;
 
-pub use services::ServiceGroup;
+use input::Input;
+pub use input::{Inputs, Request};
 
-/// Journal name of the parent as a link peer.
-const PARENT: &str = "^parent";
-/// Most items handled in one round (one transaction).
-const MAX_ROUND: usize = 4096;
 /// How long a client-chosen id is remembered for idempotent resends.
 const IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -67,98 +59,64 @@ pub struct DispatcherConfig {
 /// Output of a round, released only after the commit.
 #[derive(Default)]
 struct Outbox {
+    /// Verdicts on what carried custody (PUBACKs, HTTP 202s).
     replies: Vec<(oneshot::Sender<Accept>, Accept)>,
-    to_children: Vec<(String, Vec<u8>)>,
-    to_parent: Vec<Vec<u8>>,
-    /// HTTP acknowledgements, answered after the commit.
-    acks: Vec<(
-        oneshot::Sender<medlink_broker::Cursor>,
-        medlink_broker::Cursor,
-    )>,
+    /// Link answers (acks, pongs).
+    frames: Vec<(Peer, Vec<u8>)>,
+    /// HTTP acknowledgements.
+    acks: Vec<(oneshot::Sender<Cursor>, Cursor)>,
 }
 
-/// Everything the dispatcher owns besides the journal.
+/// Everything the dispatcher owns besides the journal: the owners of links, clients and
+/// services, and what a round needs to route.
 struct State {
     cfg: DispatcherConfig,
-    router: LinkTx,
-    uplink: Option<UplinkHandle>,
+    router: Router,
     ids: ulid::Generator,
-    up: Option<LinkOut>,
-    downs: HashMap<String, LinkOut>,
-    child_conn: HashMap<String, ConnId>,
-    link_in: HashMap<String, InOrder>,
-    /// Client streams, keyed by journal destination.
-    locals: HashMap<String, StreamOut>,
-    /// Streams whose acknowledgements moved this round.
-    acked_streams: HashSet<String>,
-    /// Acknowledgement points written this round, taken over by the streams after commit.
-    settled: Vec<(String, u64)>,
+    links: Links,
+    clients: Clients,
+    services: Services,
     stats: Stats,
     last_prune: Instant,
     /// Credentials generation the client list was last built from.
     directory_generation: u64,
-    /// HTTP long-polls.
-    polls: polls::Polls,
-    /// Frames for children linked over HTTP.
-    mailboxes: mailboxes::Mailboxes,
-    /// Service groups and their open assignments.
-    services: services::Services,
 }
 
-/// The running dispatcher's inputs.
+/// The running dispatcher.
 pub struct Dispatcher {
     journal: Journal,
     state: State,
-    inbound: mpsc::Receiver<Inbound>,
-    parent: mpsc::Receiver<ParentEvent>,
+    inputs: Inputs,
     _router_rx: LinkRx,
 }
 
 impl Dispatcher {
     /// Prepares a dispatcher over an opened journal.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: DispatcherConfig,
         journal: Journal,
         router: (LinkTx, LinkRx),
-        inbound: mpsc::Receiver<Inbound>,
-        parent: mpsc::Receiver<ParentEvent>,
+        inputs: Inputs,
         uplink: Option<UplinkHandle>,
         stats: Stats,
     ) -> rusqlite::Result<Dispatcher> {
-        let up = if cfg.topology.has_parent {
-            Some(LinkOut::new("up", &journal)?)
-        } else {
-            None
-        };
-        let mut downs = HashMap::new();
-        for child in &cfg.topology.children {
-            downs.insert(child.clone(), LinkOut::new(&down_dest(child), &journal)?);
-        }
-        let services = services::Services::new(&cfg.topology.me, &cfg.services, &journal)?;
+        let links = Links::new(&cfg.topology, cfg.tuning, &journal, uplink, stats.clone())?;
+        let services = Services::new(&cfg.topology.me, &cfg.services, &journal)?;
+        let clients = Clients::new(&cfg.topology.me, stats.clone());
         Ok(Dispatcher {
             journal,
             state: State {
                 cfg,
-                router: router.0,
-                uplink,
+                router: Router::new(router.0),
                 ids: ulid::Generator::new(),
-                up,
-                downs,
-                child_conn: HashMap::new(),
-                link_in: HashMap::new(),
-                locals: HashMap::new(),
-                acked_streams: HashSet::new(),
-                settled: Vec::new(),
+                links,
+                clients,
+                services,
                 stats,
                 last_prune: Instant::now(),
                 directory_generation: 0,
-                polls: polls::Polls::default(),
-                mailboxes: mailboxes::Mailboxes::default(),
-                services,
             },
-            inbound,
-            parent,
+            inputs,
             _router_rx: router.1,
         })
     }
@@ -169,28 +127,10 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
         loop {
-            let mut items: Vec<Input> = Vec::new();
-            tokio::select! {
-                Some(i) = self.inbound.recv() => items.push(Input::Broker(i)),
-                Some(p) = self.parent.recv() => items.push(Input::Parent(p)),
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => {
-                    info!("dispatcher stopping");
-                    return;
-                }
-            }
-            while items.len() < MAX_ROUND {
-                match self.inbound.try_recv() {
-                    Ok(i) => items.push(Input::Broker(i)),
-                    Err(_) => break,
-                }
-            }
-            while items.len() < MAX_ROUND {
-                match self.parent.try_recv() {
-                    Ok(p) => items.push(Input::Parent(p)),
-                    Err(_) => break,
-                }
-            }
+            let Some(items) = self.inputs.next_round(&mut tick, &mut shutdown).await else {
+                info!("dispatcher stopping");
+                return;
+            };
             let sweep = last_sweep.elapsed() >= Duration::from_secs(1);
             if sweep {
                 last_sweep = Instant::now();
@@ -216,7 +156,7 @@ impl Dispatcher {
                 state.sweep_expired(&mut tx, now)?;
                 state.service_timers(&mut tx, now)?;
             }
-            state.settle_acks(&mut tx)?;
+            state.clients.settle(&mut tx)?;
             tx.commit()
         })();
         if let Err(e) = result {
@@ -224,19 +164,16 @@ impl Dispatcher {
             for (reply, _) in out.replies {
                 let _ = reply.send(Accept::Unavailable);
             }
-            // In-memory positions may be ahead of the journal: re-read receive positions, and
-            // send every local stream again from its start (duplicates carry the same id).
-            self.state.link_in.clear();
-            // Streams publish again from their last committed acknowledgement point.
-            self.state.settled.clear();
-            for stream in self.state.locals.values_mut() {
-                stream.forget_unsettled();
-            }
+            // In-memory positions may be ahead of the journal: receive positions are read
+            // again, and client streams publish again from their last committed point
+            // (duplicates carry the same id).
+            self.state.links.forget_inbound();
+            self.state.clients.commit_failed();
             return;
         }
         let t1 = t0.elapsed();
         self.state.release(out);
-        self.state.timers();
+        self.state.links.timers();
         if let Err(e) = self.state.pump(&mut self.journal, now) {
             error!(error = %e, "journal read failed while sending");
         }
@@ -247,12 +184,6 @@ impl Dispatcher {
             "round"
         );
     }
-}
-
-/// One input to a round.
-enum Input {
-    Broker(Inbound),
-    Parent(ParentEvent),
 }
 
 impl State {
@@ -276,26 +207,99 @@ impl State {
         out: &mut Outbox,
     ) -> rusqlite::Result<()> {
         match item {
-            Input::Broker(Inbound::Command {
+            Input::Broker(event) => self.broker_event(tx, event, now, out),
+            Input::Http(request) => self.http_request(tx, request, now, out),
+            Input::Parent(ParentEvent::Connected { http }) => {
+                self.links.parent_connected(http);
+                Ok(())
+            }
+            Input::Parent(ParentEvent::Disconnected) => {
+                self.links.parent_disconnected();
+                Ok(())
+            }
+            Input::Parent(ParentEvent::Frame(bytes)) => {
+                let received = self.links.parent_frame(tx, &bytes)?;
+                self.received(tx, Peer::Parent, received, now, out)
+            }
+        }
+    }
+
+    fn broker_event(
+        &mut self,
+        tx: &mut Txn,
+        event: Inbound,
+        now: u64,
+        out: &mut Outbox,
+    ) -> rusqlite::Result<()> {
+        match event {
+            Inbound::Command {
                 client,
                 payload,
                 reply,
-            }) => {
+            } => {
                 let verdict = self.command(tx, &client, &payload, now, None)?;
                 if let Some(reply) = reply {
                     out.replies.push((reply, verdict));
                 }
             }
-            Input::Broker(Inbound::Submit {
+            Inbound::Refused {
+                client,
+                payload,
+                reason,
+            } => self.reject(tx, &client, &payload, &reason, now)?,
+            Inbound::LinkFrame {
+                child,
+                payload,
+                reply,
+            } => {
+                let verdict = self.child_frame(tx, &child, &payload, now, out)?;
+                if let Some(reply) = reply {
+                    out.replies.push((reply, verdict));
+                }
+            }
+            Inbound::InboxOpen {
+                client,
+                conn,
+                stream,
+            } => self
+                .clients
+                .stream_changed(tx, &client, conn, stream, true)?,
+            Inbound::InboxClosed {
+                client,
+                conn,
+                stream,
+            } => self
+                .clients
+                .stream_changed(tx, &client, conn, stream, false)?,
+            Inbound::Delivered { client, id } => {
+                if let Some(body) = self.clients.delivered(&client, &id) {
+                    self.delivered_notice(tx, &body, now)?;
+                }
+            }
+            Inbound::ChildOpen { child, conn } => self.links.child_open(&child, conn),
+            Inbound::ChildClosed { child, conn } => self.links.child_closed(&child, conn),
+        }
+        Ok(())
+    }
+
+    fn http_request(
+        &mut self,
+        tx: &mut Txn,
+        request: Request,
+        now: u64,
+        out: &mut Outbox,
+    ) -> rusqlite::Result<()> {
+        match request {
+            Request::Submit {
                 client,
                 payload,
                 id,
                 reply,
-            }) => {
+            } => {
                 let verdict = self.command(tx, &client, &payload, now, Some(id))?;
                 out.replies.push((reply, verdict));
             }
-            Input::Broker(Inbound::Poll {
+            Request::Poll {
                 client,
                 stream,
                 after,
@@ -303,83 +307,71 @@ impl State {
                 max,
                 wait,
                 reply,
-            }) => self.poll(tx, &client, stream, (after, ack), (max, wait), reply, now)?,
-            Input::Broker(Inbound::Ack {
+            } => {
+                self.services.polled(&client);
+                let notices =
+                    self.clients
+                        .poll(tx, &client, stream, (after, ack), (max, wait), reply)?;
+                for body in notices {
+                    self.delivered_notice(tx, &body, now)?;
+                }
+            }
+            Request::Ack {
                 client,
                 stream,
                 upto,
                 reply,
-            }) => {
-                let point = self.http_ack(tx, &client, stream, upto, now)?;
+            } => {
+                let (point, notices) = self.clients.http_ack(tx, &client, stream, upto)?;
+                for body in notices {
+                    self.delivered_notice(tx, &body, now)?;
+                }
                 out.acks.push((reply, point));
             }
-            Input::Broker(Inbound::Refused {
-                client,
-                payload,
-                reason,
-            }) => self.reject(tx, &client, &payload, &reason, now)?,
-            Input::Broker(Inbound::LinkPoll { child, reply }) => self.link_poll(&child, reply),
-            Input::Broker(Inbound::LinkFrame {
+            Request::LinkFrame {
                 child,
                 payload,
                 reply,
-            }) => {
+            } => {
                 let verdict = self.child_frame(tx, &child, &payload, now, out)?;
-                if let Some(reply) = reply {
-                    out.replies.push((reply, verdict));
-                }
+                out.replies.push((reply, verdict));
             }
-            Input::Broker(Inbound::InboxOpen {
-                client,
-                conn,
-                stream,
-            }) => self.stream_changed(tx, &client, conn, stream, true)?,
-            Input::Broker(Inbound::InboxClosed {
-                client,
-                conn,
-                stream,
-            }) => self.stream_changed(tx, &client, conn, stream, false)?,
-            Input::Broker(Inbound::Delivered { client, id }) => {
-                self.delivered(tx, &client, &id, now)?
-            }
-            Input::Broker(Inbound::ChildOpen { child, conn }) => {
-                if let Some(link) = self.downs.get_mut(&child) {
-                    info!(child, "child link up");
-                    link.open();
-                    self.child_conn.insert(child, conn);
-                }
-            }
-            Input::Broker(Inbound::ChildClosed { child, conn }) => {
-                if self.child_conn.get(&child) == Some(&conn) {
-                    info!(child, "child link down");
-                    self.child_conn.remove(&child);
-                    if let Some(link) = self.downs.get_mut(&child) {
-                        link.online = false;
-                    }
-                }
-            }
-            Input::Parent(ParentEvent::Connected { http }) => {
-                if let Some(up) = self.up.as_mut() {
-                    info!(http, "parent link up");
-                    up.open();
-                    self.stats.set_parent_up(true);
-                    self.stats.set_parent_http(http);
-                }
-            }
-            Input::Parent(ParentEvent::Disconnected) => {
-                if let Some(up) = self.up.as_mut() {
-                    if up.online {
-                        info!("parent link down");
-                    }
-                    up.online = false;
-                    self.stats.set_parent_up(false);
-                }
-            }
-            Input::Parent(ParentEvent::Frame(bytes)) => self.parent_frame(tx, &bytes, now, out)?,
+            Request::LinkPoll { child, reply } => self.links.child_poll(&child, reply),
         }
         Ok(())
     }
 
+    /// A frame from `child`: what it admitted is taken into custody in this round.
+    fn child_frame(
+        &mut self,
+        tx: &mut Txn,
+        child: &str,
+        payload: &[u8],
+        now: u64,
+        out: &mut Outbox,
+    ) -> rusqlite::Result<Accept> {
+        let (verdict, received) = self.links.child_frame(tx, child, payload)?;
+        self.received(tx, Peer::Child(child.to_string()), received, now, out)?;
+        Ok(verdict)
+    }
+
+    /// Takes custody of what a link frame from `peer` admitted, and queues its answer.
+    fn received(
+        &mut self,
+        tx: &mut Txn,
+        peer: Peer,
+        received: Received,
+        now: u64,
+        out: &mut Outbox,
+    ) -> rusqlite::Result<()> {
+        for env in received.admitted {
+            self.accept(tx, env, now)?;
+        }
+        if let Some(answer) = received.answer {
+            out.frames.push((peer, answer));
+        }
+        Ok(())
+    }
     /// A client's submission: validate, stamp, route, queue. `http_id` marks an HTTP
     /// submission: the id to use if the client chose none, and a target known here to be
     /// unreachable is refused instead of accepted with a `failed` receipt.
@@ -450,31 +442,16 @@ impl State {
         }
     }
 
-    /// Picks up clients added to or removed from the credentials file. New child nodes need a
-    /// restart (their links carry journal state created at start).
+    /// Picks up clients added to or removed from the credentials file.
     fn refresh_clients(&mut self) {
         let Some(directory) = &self.cfg.directory else {
             return;
         };
         directory.refresh();
         let generation = directory.generation();
-        if generation == self.directory_generation {
-            return;
-        }
-        self.directory_generation = generation;
-        let credentials = directory.credentials();
-        self.cfg.topology.clients = credentials
-            .names_with_role(Role::Client)
-            .map(str::to_string)
-            .collect();
-        let me = &self.cfg.topology.me;
-        for child in credentials.names_with_role(Role::Node) {
-            if child != me && within(me, child) && !self.cfg.topology.children.contains(child) {
-                warn!(
-                    child,
-                    "new child node identity: restart this node to route to it"
-                );
-            }
+        if generation != self.directory_generation {
+            self.directory_generation = generation;
+            self.cfg.topology.learn(&directory.credentials());
         }
     }
 
@@ -514,38 +491,45 @@ impl State {
         } else {
             self.cfg.topology.next_hop(&env)
         };
-        let dest = match &hop {
-            NextHop::Local(client) if env.kind == Kind::Receipt => {
-                Ok(env.priority.dest(receipt_dest(client)))
-            }
-            NextHop::Local(client) => Ok(env.priority.dest(local_dest(client))),
-            NextHop::Down(child) => Ok(env.priority.dest(down_dest(child))),
-            NextHop::Up => Ok(env.priority.dest("up")),
-            NextHop::Service(name) => Ok(format!("service:{name}")),
-            NextHop::Unroutable(why) => Err(why.clone()),
+        let target = match hop {
+            NextHop::Local(client) if env.kind == Kind::Receipt => Ok(Target::Receipts(client)),
+            NextHop::Local(client) => Ok(Target::Commands(client)),
+            NextHop::Down(child) => Ok(Target::Down(child)),
+            NextHop::Up => Ok(Target::Up),
+            NextHop::Service(name) => Ok(Target::Service(name)),
+            NextHop::Unroutable(why) => Err(why),
         };
+        // A service is no queue: its commands are queued for one member, so it keeps the
+        // plain (normal-lane) name in the audit.
+        let dest = target.map(|t| match t {
+            Target::Service(_) => Dest::new(t, crate::envelope::Priority::Normal),
+            t => Dest::new(t, env.priority),
+        });
         if self.cfg.audit {
             let decision = match &dest {
-                Ok(d) => d.clone(),
+                Ok(d) => d.to_string(),
                 Err(why) => format!("refused: {why}"),
             };
             tx.audit(&env, now, &decision)?;
         }
         match dest {
-            Ok(_) if matches!(hop, NextHop::Service(_)) => {
-                let NextHop::Service(service) = &hop else {
-                    unreachable!("matched just above")
-                };
-                let body = env.to_bytes().into();
-                self.route_to_service(tx, service, &env, body, now)?;
-            }
-            Ok(dest) => {
-                tx.enqueue(&dest, &env, env.to_bytes().into())?;
-                self.polls.enqueued(&dest);
-                if let NextHop::Local(client) = &hop {
-                    self.expect_reply(tx, client, &env, now)?;
+            Ok(dest) => match dest.target() {
+                Target::Service(service) => {
+                    let body = env.to_bytes().into();
+                    self.route_to_service(tx, &service.clone(), &env, body, now)?;
                 }
-            }
+                target => {
+                    let client = match target {
+                        Target::Commands(client) => Some(client.clone()),
+                        _ => None,
+                    };
+                    tx.enqueue(&dest, &env, env.to_bytes().into())?;
+                    self.clients.enqueued(&dest);
+                    if let Some(client) = client {
+                        self.expect_reply(tx, &client, &env, now)?;
+                    }
+                }
+            },
             Err(why) => {
                 let status = if why == "expired" {
                     "expired"
@@ -560,30 +544,102 @@ impl State {
 
     /// Sends acknowledgements and replies held back until the commit.
     fn release(&mut self, out: Outbox) {
-        for (dest, upto) in std::mem::take(&mut self.settled) {
-            if let Some(stream) = self.locals.get_mut(&dest) {
-                stream.settled(upto);
-            }
-        }
+        self.clients.committed();
         for (reply, verdict) in out.replies {
             let _ = reply.send(verdict);
         }
         for (reply, point) in out.acks {
             let _ = reply.send(point);
         }
-        for (child, frame) in out.to_children {
-            self.send_down(&child, frame.into());
-        }
-        if let Some(uplink) = &self.uplink {
-            for frame in out.to_parent {
-                uplink.send(frame);
-            }
+        for (peer, frame) in out.frames {
+            self.links.send(&mut self.router, &peer, frame);
         }
     }
 
-    fn publish(&mut self, topic: &str, payload: impl Into<bytes::Bytes>) {
-        if let Err(e) = self.router.publish(topic.to_string(), payload.into()) {
-            error!(topic, error = %e, "router refused a publish");
+    /// Sends whatever the windows allow on every link and to every connected client, then
+    /// drops what was found expired on the way.
+    fn pump(&mut self, journal: &mut Journal, now: u64) -> rusqlite::Result<()> {
+        let mut stale: Vec<Stale> = Vec::new();
+        self.links
+            .pump(journal, &mut self.router, now, &mut stale)?;
+        self.clients
+            .pump(journal, &mut self.router, now, &mut stale)?;
+        if stale.is_empty() {
+            return Ok(());
         }
+        let dests: Vec<Dest> = stale.iter().map(|s| s.dest.clone()).collect();
+        let dropped = (|| {
+            let mut tx = journal.begin()?;
+            for s in stale {
+                self.drop_stale(&mut tx, &s.dest, s.row, now)?;
+            }
+            tx.commit()
+        })();
+        if let Err(e) = dropped {
+            // The cursors moved past these envelopes: send them again, so they are found
+            // expired again, rather than vanish without a receipt.
+            for dest in dests {
+                match self.links.lane_for(&dest) {
+                    Some((_, lane)) => lane.rewind(),
+                    None => self.clients.rewind(&dest),
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Queues a command addressed to `service` for one of its members.
+    fn route_to_service(
+        &mut self,
+        tx: &mut Txn,
+        service: &str,
+        env: &Envelope,
+        body: bytes::Bytes,
+        now: u64,
+    ) -> rusqlite::Result<()> {
+        let Some(member) = self.services.pick(service, None, false, &self.clients) else {
+            return self.refuse(tx, env, "failed", "service has no members", now);
+        };
+        self.assign(tx, service, &member, env, body, now)
+    }
+
+    fn assign(
+        &mut self,
+        tx: &mut Txn,
+        service: &str,
+        member: &str,
+        env: &Envelope,
+        body: bytes::Bytes,
+        now: u64,
+    ) -> rusqlite::Result<()> {
+        let dest = Dest::new(Target::Commands(member.to_string()), env.priority);
+        let lseq = tx.enqueue(&dest, env, body.clone())?;
+        self.clients.enqueued(&dest);
+        self.expect_reply(tx, member, env, now)?;
+        self.services
+            .assigned(&env.id, (service, member), (dest, lseq), body);
+        Ok(())
+    }
+
+    /// Moves overdue service commands to another online member.
+    fn service_timers(&mut self, tx: &mut Txn, now: u64) -> rusqlite::Result<()> {
+        for m in self.services.overdue(tx, &self.clients)? {
+            if !tx.remove(&m.dest, m.lseq)? {
+                continue; // acknowledged or expired meanwhile
+            }
+            match Envelope::parse(&m.body) {
+                Ok(env) if !env.expired(now) => {
+                    info!(id = %env.id, service = m.service, from = m.from, to = m.to, "service command moved to another member");
+                    self.stats.reassigned();
+                    self.assign(tx, &m.service, &m.to, &env, m.body, now)?;
+                }
+                Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now)?,
+                Err(e) => {
+                    warn!(service = m.service, error = %e, "unreadable service command dropped")
+                }
+            }
+        }
+        Ok(())
     }
 }

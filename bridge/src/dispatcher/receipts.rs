@@ -100,7 +100,7 @@ impl State {
         tx.await_reply(&format!("{client}/{}", env.id), &origin.to_bytes(), until)
     }
 
-    /// A device acknowledged `body` (found by [`crate::delivery::may_want_delivered`]): the
+    /// A device acknowledged `body` (found by [`crate::clients::stream::may_want_delivered`]): the
     /// `delivered` receipt, if the command asked for one.
     pub(super) fn delivered_notice(
         &mut self,

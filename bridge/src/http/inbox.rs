@@ -14,7 +14,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream as FutStream};
-use medlink_broker::{Cursor, Delivery, Inbound, Page, Role, Stream};
+use medlink_broker::{Role, Stream};
+
+use crate::clients::{Cursor, Delivery, Page};
+use crate::dispatcher::Request;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -104,7 +107,7 @@ async fn poll(
     wait: Duration,
 ) -> Result<Page, ApiError> {
     let (tx, rx) = oneshot::channel();
-    let item = Inbound::Poll {
+    let item = Request::Poll {
         client: client.to_string(),
         stream,
         after,
@@ -214,7 +217,7 @@ async fn ack_stream(
         CursorValue::Number(n) => Cursor([0, n, 0]),
     };
     let (tx, rx) = oneshot::channel();
-    let item = Inbound::Ack {
+    let item = Request::Ack {
         client: who.name.clone(),
         stream,
         upto,

@@ -11,7 +11,9 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use medlink_broker::{Accept, Inbound, Role};
+use medlink_broker::{Accept, Role};
+
+use crate::dispatcher::Request;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -27,10 +29,10 @@ pub async fn up(
 ) -> Result<Response, ApiError> {
     let who = caller.require(Role::Node)?;
     let (tx, rx) = oneshot::channel();
-    let item = Inbound::LinkFrame {
+    let item = Request::LinkFrame {
         child: who.name.clone(),
         payload: body,
-        reply: Some(tx),
+        reply: tx,
     };
     state.hand_over(item).await?;
     match rx.await.unwrap_or(Accept::Unavailable) {
@@ -67,7 +69,7 @@ pub async fn down(
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.max_wait.as_secs()));
     let (tx, rx) = oneshot::channel();
     state
-        .hand_over(Inbound::LinkPoll {
+        .hand_over(Request::LinkPoll {
             child: who.name.clone(),
             reply: tx,
         })

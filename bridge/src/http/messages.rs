@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use blake2::{Blake2s256, Digest};
 use bytes::Bytes;
 use medlink_broker::rate::RateVerdict;
-use medlink_broker::{Accept, Inbound, Role};
+use medlink_broker::{Accept, Role};
+
+use crate::dispatcher::Request;
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -118,7 +120,7 @@ async fn submit(
     for (payload, chosen) in payloads {
         let id = chosen.unwrap_or_else(|| state.next_id());
         let (tx, rx) = oneshot::channel();
-        let item = Inbound::Submit {
+        let item = Request::Submit {
             client: client.to_string(),
             payload,
             id: id.clone(),

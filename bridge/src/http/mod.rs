@@ -3,7 +3,7 @@
 //! and receipts as MQTT.
 //!
 //! The handlers never touch the journal: like the MQTT front-end they talk to the dispatcher
-//! through [`Inbound`] items and answer after its commit, so a 2xx always means custody (or an
+//! through [`Request`] items and answer after its commit, so a 2xx always means custody (or an
 //! acknowledgement that is durable). The routes, their methods and their answers are described
 //! in `bridge/openapi.json`, served at `/v1/openapi.json`; a test keeps the two in step.
 
@@ -13,6 +13,7 @@ pub mod inbox;
 pub mod link;
 pub mod messages;
 pub mod push;
+pub mod serve;
 pub mod slots;
 pub mod transport;
 
@@ -27,7 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use medlink_broker::rate::RateLimiter;
-use medlink_broker::{Authenticator, BrokerMetrics, Inbound};
+use medlink_broker::{Authenticator, BrokerMetrics};
+
+use crate::dispatcher::Request;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
@@ -115,7 +118,7 @@ pub struct ApiState {
     /// Front-end counters (rate limiting is counted with MQTT's).
     pub broker_metrics: Arc<BrokerMetrics>,
     /// The dispatcher's input.
-    pub inbound: mpsc::Sender<Inbound>,
+    pub inbound: mpsc::Sender<Request>,
     /// Submission limits.
     pub limits: Limits,
     /// Longest long-poll wait a client may ask for.
@@ -137,7 +140,7 @@ impl ApiState {
         auth: Arc<Authenticator>,
         rate: Arc<RateLimiter>,
         broker_metrics: Arc<BrokerMetrics>,
-        inbound: mpsc::Sender<Inbound>,
+        inbound: mpsc::Sender<Request>,
         limits: Limits,
         max_wait: Duration,
         transport: TransportPolicy,
@@ -159,7 +162,7 @@ impl ApiState {
     }
 
     /// Hands an item to the dispatcher; 503 if the node is shutting down.
-    pub async fn hand_over(&self, item: Inbound) -> Result<(), error::ApiError> {
+    pub async fn hand_over(&self, item: Request) -> Result<(), error::ApiError> {
         self.inbound
             .send(item)
             .await
@@ -246,13 +249,13 @@ fn count(metrics: &HttpMetrics, resp: Response) -> Response {
 pub fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    limits: crate::https::HttpLimits,
+    limits: serve::HttpLimits,
     state: Arc<ApiState>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
     info!(addr = %bound, https = tls.is_some(), "HTTP API listening");
     let app = router(state);
-    let task = tokio::spawn(crate::https::serve(listener, app, tls, limits, shutdown));
+    let task = tokio::spawn(serve::serve(listener, app, tls, limits, shutdown));
     Ok((bound, task))
 }

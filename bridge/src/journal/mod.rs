@@ -3,13 +3,14 @@
 //! A node *accepts* an envelope when the transaction that queues it towards its next hop
 //! commits; only then is the previous hop acknowledged. A queued row is deleted only when the
 //! next hop acknowledges it (link ack or client PUBACK) or when it expires. Rows are grouped
-//! by destination (`up`, `down:<child>`, `local:<client>`, `receipts:<client>`) and numbered
+//! by destination (a [`Dest`]: the link up, a link down, a client's stream; see `dest.rs`) and numbered
 //! per destination, which gives each link its go-back-N sequence and keeps order.
 //!
 //! The journal is owned by the dispatcher thread; all writes of one dispatcher round share one
 //! transaction (group commit), so durability costs one WAL append per round, not per message.
 
 mod checkpoint;
+mod dest;
 mod hot;
 mod schema;
 pub mod segment;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use checkpoint::Checkpointer;
+pub use dest::{Dest, Peer, Target, UnknownDest};
 pub use segment::Queued;
 pub use txn::Txn;
 
@@ -43,6 +45,15 @@ pub enum Durability {
 
 /// A decoded segment: (destination, first sequence) and its entries.
 type CachedSegment = ((String, u64), std::sync::Arc<Vec<Queued>>);
+
+/// An envelope found expired while reading `dest` to send it: the reader skips it, and the
+/// dispatcher drops it with an `expired` receipt.
+pub struct Stale {
+    /// Where it was queued.
+    pub dest: Dest,
+    /// The row.
+    pub row: Queued,
+}
 
 /// Journal errors are SQLite errors; the dispatcher treats them as "custody not taken".
 pub type Result<T> = rusqlite::Result<T>;
@@ -158,7 +169,8 @@ impl Journal {
     }
 
     /// Up to `limit` queued envelopes for `dest` with sequence above `after`, in order.
-    pub fn read(&self, dest: &str, after: u64, limit: usize) -> Result<Vec<Queued>> {
+    pub fn read(&self, dest: &Dest, after: u64, limit: usize) -> Result<Vec<Queued>> {
+        let dest = dest.as_str();
         if let Some(hot) = self.hot.get(dest) {
             if after + 1 >= hot.floor {
                 return Ok(hot
@@ -213,12 +225,14 @@ impl Journal {
     }
 
     /// Lowest sequence still queued for `dest`, or the next one to be assigned if none.
-    pub fn floor(&self, dest: &str) -> Result<u64> {
+    pub fn floor(&self, dest: &Dest) -> Result<u64> {
+        let dest = dest.as_str();
         floor(&self.conn, &self.next, dest)
     }
 
     /// How far `dest` is acknowledged by its next hop or client.
-    pub fn acked(&self, dest: &str) -> Result<u64> {
+    pub fn acked(&self, dest: &Dest) -> Result<u64> {
+        let dest = dest.as_str();
         acked(&self.conn, dest)
     }
 }

@@ -1,7 +1,7 @@
 //! Journal unit tests: numbering, segments, hot tails, formats, acknowledgement.
 
 use super::*;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Priority};
 
 #[test]
 fn hot_tail_matches_the_database() {
@@ -10,24 +10,24 @@ fn hot_tail_matches_the_database() {
     let mut j = Journal::open(&path, Durability::Process).unwrap();
     let mut t = j.begin().unwrap();
     for i in 0..10 {
-        t.enqueue("d", &env(&i.to_string()), format!("b{i}").into())
+        t.enqueue(&up(), &env(&i.to_string()), format!("b{i}").into())
             .unwrap();
     }
     t.commit().unwrap();
     // rolled back work never shows in the hot tail
     let mut t = j.begin().unwrap();
-    t.enqueue("d", &env("x"), "rolled back".into()).unwrap();
-    t.remove_through("d", 9).unwrap();
+    t.enqueue(&up(), &env("x"), "rolled back".into()).unwrap();
+    t.remove_through(&up(), 9).unwrap();
     drop(t);
-    assert_eq!(j.read("d", 0, 100).unwrap().len(), 10);
+    assert_eq!(j.read(&up(), 0, 100).unwrap().len(), 10);
     let mut t = j.begin().unwrap();
-    t.remove_through("d", 3).unwrap();
-    assert!(t.remove("d", 6).unwrap());
+    t.remove_through(&up(), 3).unwrap();
+    assert!(t.remove(&up(), 6).unwrap());
     t.commit().unwrap();
     // Readers always start above the acknowledged point (3 here); a segment that is only
     // partly acknowledged keeps its acknowledged entries on disk until the rest goes.
     let hot: Vec<u64> = j
-        .read("d", 3, 100)
+        .read(&up(), 3, 100)
         .unwrap()
         .iter()
         .map(|q| q.lseq)
@@ -35,7 +35,7 @@ fn hot_tail_matches_the_database() {
     drop(j);
     let cold = Journal::open(&path, Durability::Process).unwrap();
     let db: Vec<u64> = cold
-        .read("d", 3, 100)
+        .read(&up(), 3, 100)
         .unwrap()
         .iter()
         .map(|q| q.lseq)
@@ -62,6 +62,10 @@ fn a_journal_of_another_format_is_refused_with_a_clear_error() {
     Journal::open(&fresh, Durability::Process).unwrap();
 }
 
+fn up() -> Dest {
+    Dest::new(Target::Up, Priority::Normal)
+}
+
 fn env(id: &str) -> Envelope {
     crate::envelope::test_envelope(id, "a", "c")
 }
@@ -73,26 +77,26 @@ fn sequences_survive_reopen_and_are_never_reused() {
     {
         let mut j = Journal::open(&path, Durability::Process).unwrap();
         let mut t = j.begin().unwrap();
-        assert_eq!(t.enqueue("up", &env("1"), "one".into()).unwrap(), 1);
-        assert_eq!(t.enqueue("up", &env("2"), "two".into()).unwrap(), 2);
+        assert_eq!(t.enqueue(&up(), &env("1"), "one".into()).unwrap(), 1);
+        assert_eq!(t.enqueue(&up(), &env("2"), "two".into()).unwrap(), 2);
         t.commit().unwrap();
         let mut t = j.begin().unwrap();
-        t.remove_through("up", 2).unwrap();
+        t.remove_through(&up(), 2).unwrap();
         t.commit().unwrap();
         // an uncommitted transaction leaves nothing behind
         let mut t = j.begin().unwrap();
-        t.enqueue("up", &env("3"), "lost".into()).unwrap();
+        t.enqueue(&up(), &env("3"), "lost".into()).unwrap();
         drop(t);
     }
     let mut j = Journal::open(&path, Durability::Process).unwrap();
     // numbering resumes past the reserved block: nothing below 3 comes back
-    let floor = j.floor("up").unwrap();
+    let floor = j.floor(&up()).unwrap();
     assert!(floor >= 3, "{floor}");
     let mut t = j.begin().unwrap();
-    let lseq = t.enqueue("up", &env("3"), "three".into()).unwrap();
+    let lseq = t.enqueue(&up(), &env("3"), "three".into()).unwrap();
     assert!(lseq >= 3 && lseq == floor, "{lseq} {floor}");
     t.commit().unwrap();
-    let rows = j.read("up", 0, 10).unwrap();
+    let rows = j.read(&up(), 0, 10).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(&rows[0].body[..], b"three");
 }

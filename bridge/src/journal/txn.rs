@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use rusqlite::{params, OptionalExtension, Transaction};
 
+use super::dest::{link_in_key, Dest, Peer};
 use super::hot::{apply, Hot, HotChange};
 use super::{acked, decode_row, floor, CachedSegment, Journal, Queued, Result, SEQ_BLOCK};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Priority};
 
 impl Journal {
     /// Starts a group transaction.
@@ -43,11 +44,11 @@ pub struct Txn<'a> {
 impl Txn<'_> {
     /// Last sequence committed from `peer` on its link into this node, and the epoch of the
     /// peer's journal it belongs to.
-    pub fn link_in(&self, peer: &str) -> Result<(u64, u64)> {
+    pub fn link_in(&self, peer: &Peer, lane: Priority) -> Result<(u64, u64)> {
         Ok(self
             .tx
             .prepare_cached("SELECT last, epoch FROM link_in WHERE peer = ?1")?
-            .query_row([peer], |r| {
+            .query_row([link_in_key(peer, lane)], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
             })
             .optional()?
@@ -56,20 +57,25 @@ impl Txn<'_> {
 
     /// Lowest sequence still queued for `dest` (including this transaction's), or the next
     /// one to be assigned if none.
-    pub fn floor(&mut self, dest: &str) -> Result<u64> {
+    pub fn floor(&mut self, dest: &Dest) -> Result<u64> {
+        let dest = dest.as_str();
         self.flush_pending()?;
         floor(&self.tx, self.next, dest)
     }
 
     /// Queued envelopes that expired at `now`, from at most `limit` segments.
-    pub fn expired(&self, now: u64, limit: usize) -> Result<Vec<(String, Queued)>> {
+    pub fn expired(&self, now: u64, limit: usize) -> Result<Vec<(Dest, Queued)>> {
         let mut stmt = self.tx.prepare_cached(
             "SELECT dest, entries FROM queue WHERE min_expiry IS NOT NULL AND min_expiry <= ?1 LIMIT ?2",
         )?;
         let mut rows = stmt.query(params![now as i64, limit as i64])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            let dest: String = row.get(0)?;
+            let name: String = row.get(0)?;
+            let Ok(dest) = name.parse::<Dest>() else {
+                tracing::error!(dest = %name.escape_debug(), "journal queue with an unknown name skipped");
+                continue;
+            };
             for entry in decode_row(row.get::<_, Vec<u8>>(1)?)? {
                 if matches!(entry.expires_at, Some(e) if e <= now) {
                     out.push((dest.clone(), entry));
@@ -81,7 +87,8 @@ impl Txn<'_> {
 
     /// Queues `body` for `dest`; returns its sequence number. The row is written at commit,
     /// together with everything else queued for `dest` in this transaction (one segment).
-    pub fn enqueue(&mut self, dest: &str, env: &Envelope, body: Bytes) -> Result<u64> {
+    pub fn enqueue(&mut self, dest: &Dest, env: &Envelope, body: Bytes) -> Result<u64> {
+        let dest = dest.as_str();
         let slot = self.next.entry(dest.to_string()).or_insert(1);
         let lseq = *slot;
         *slot += 1;
@@ -133,7 +140,8 @@ impl Txn<'_> {
     }
 
     /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
-    pub fn remove_through(&mut self, dest: &str, upto: u64) -> Result<usize> {
+    pub fn remove_through(&mut self, dest: &Dest, upto: u64) -> Result<usize> {
+        let dest = dest.as_str();
         self.changes
             .push(HotChange::RemoveThrough(dest.to_string(), upto));
         self.flush_pending()?;
@@ -145,7 +153,8 @@ impl Txn<'_> {
     }
 
     /// Forgets one envelope of `dest` by sequence (rewriting its segment without it).
-    pub fn remove(&mut self, dest: &str, lseq: u64) -> Result<bool> {
+    pub fn remove(&mut self, dest: &Dest, lseq: u64) -> Result<bool> {
+        let dest = dest.as_str();
         self.flush_pending()?;
         self.changes.push(HotChange::Remove(dest.to_string(), lseq));
         // A segment of one envelope is deleted without reading it back.
@@ -179,15 +188,17 @@ impl Txn<'_> {
     }
 
     /// How far `dest` is acknowledged by its next hop or client.
-    pub fn acked(&self, dest: &str) -> Result<u64> {
+    pub fn acked(&self, dest: &Dest) -> Result<u64> {
+        let dest = dest.as_str();
         acked(&self.tx, dest)
     }
 
     /// Forgets `dest` up to `upto` and stores that it is acknowledged that far. Entries of a
     /// partly acknowledged segment stay on disk; the stored point tells readers (and the
     /// expiry sweep) to skip them.
-    pub fn acknowledge(&mut self, dest: &str, upto: u64) -> Result<()> {
+    pub fn acknowledge(&mut self, dest: &Dest, upto: u64) -> Result<()> {
         self.remove_through(dest, upto)?;
+        let dest = dest.as_str();
         self.tx
             .prepare_cached(
                 "INSERT INTO acked(dest, upto) VALUES (?1, ?2)
@@ -243,7 +254,13 @@ impl Txn<'_> {
     }
 
     /// Stores the last sequence committed from `peer` and its journal's epoch.
-    pub fn set_link_in(&mut self, peer: &str, last: u64, epoch: u64) -> Result<()> {
+    pub fn set_link_in(
+        &mut self,
+        (peer, lane): (&Peer, Priority),
+        last: u64,
+        epoch: u64,
+    ) -> Result<()> {
+        let peer = link_in_key(peer, lane);
         self.tx
             .prepare_cached(
                 "INSERT INTO link_in(peer, last, epoch) VALUES (?1, ?2, ?3)

@@ -1,7 +1,7 @@
-//! Delivery to this node's own clients.
+//! The cursor of one client stream lane.
 //!
-//! Each client has two streams, commands (`local:<client>`) and receipts
-//! (`receipts:<client>`), queued in the journal like links are. A [`StreamOut`] is the cursor
+//! Each client has two streams, commands and receipts ([`Target::Commands`],
+//! [`Target::Receipts`]), queued in the journal like links are. A [`StreamOut`] is the cursor
 //! of one stream: what was published, what is still unacknowledged, and how far everything is
 //! acknowledged. MQTT clients acknowledge QoS 1 publishes in order, so acknowledgement is
 //! tracked cumulatively, like a link: the journal stores "acknowledged up to N" per stream and
@@ -10,38 +10,14 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
-use medlink_broker::{ConnId, Stream};
+use medlink_broker::ConnId;
 
-use crate::envelope::{Priority, LANES};
-use crate::journal::{Journal, Queued};
-use crate::links::Stale;
+#[cfg(doc)]
+use crate::journal::Target;
+use crate::journal::{Dest, Journal, Queued, Stale};
 
 /// Most unacknowledged deliveries per client stream.
 pub const STREAM_WINDOW: usize = 1024;
-
-/// Journal destination of a client's commands.
-pub fn local_dest(client: &str) -> String {
-    format!("local:{client}")
-}
-
-/// Journal destination of a client's receipts.
-pub fn receipt_dest(client: &str) -> String {
-    format!("receipts:{client}")
-}
-
-/// The journal destinations of one of `client`'s streams, one per priority lane, most
-/// urgent first (the order they are served in).
-pub fn lane_dests(client: &str, stream: Stream) -> [String; LANES] {
-    Priority::lanes_of(&stream_dest(client, stream))
-}
-
-/// Journal destination of one of a client's streams (its normal lane).
-pub fn stream_dest(client: &str, stream: Stream) -> String {
-    match stream {
-        Stream::Commands => local_dest(client),
-        Stream::Receipts => receipt_dest(client),
-    }
-}
 
 /// Delivery state of one client stream.
 #[derive(Debug, Default)]
@@ -149,7 +125,7 @@ impl StreamOut {
     pub fn next_batch(
         &mut self,
         journal: &Journal,
-        dest: &str,
+        dest: &Dest,
         now: u64,
         stale: &mut Vec<Stale>,
     ) -> rusqlite::Result<Vec<Queued>> {
@@ -178,7 +154,7 @@ impl StreamOut {
                         body,
                     };
                     stale.push(Stale {
-                        dest: dest.to_string(),
+                        dest: dest.clone(),
                         row,
                     });
                     continue;

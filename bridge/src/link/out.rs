@@ -1,19 +1,14 @@
 //! Sending side of tier links: the go-back-N window towards the parent and each child.
 //!
-//! The queue itself is the journal (`up` / `down:<child>` rows, one destination per priority
-//! class); a [`LinkOut`] is only the cursor state of its lanes. Frames are built from journal reads, so a link that was down for hours costs
-//! disk, not memory.
+//! The queue itself is the journal ([`Target::Up`] / [`Target::Down`], one destination per
+//! priority lane); a [`LinkOut`] is only the cursor state of its lanes. Frames are built from
+//! journal reads, so a link that was down for hours costs disk, not memory.
 
 use std::time::{Duration, Instant};
 
+use super::frame::encode_batch;
 use crate::envelope::{Priority, LANES};
-use crate::frame::encode_batch;
-use crate::journal::{Journal, Queued};
-
-/// Journal destination of the link down to `child` (the link up is `up`).
-pub fn down_dest(child: &str) -> String {
-    format!("down:{child}")
-}
+use crate::journal::{Dest, Journal, Queued, Stale, Target};
 
 /// Tuning of tier links.
 #[derive(Debug, Clone, Copy)]
@@ -63,8 +58,8 @@ pub struct LinkOut {
 /// window and acknowledgements, so an urgent frame never waits behind a routine backlog.
 #[derive(Debug)]
 pub struct Lane {
-    /// Journal destination (`up`, `down:<child>`, with a class suffix for urgent and bulk).
-    pub dest: String,
+    /// Journal destination.
+    pub dest: Dest,
     /// Class of this lane, carried in its frames.
     pub priority: Priority,
     /// Highest sequence the peer acknowledged.
@@ -80,25 +75,17 @@ pub struct Lane {
     pub last_progress: Instant,
 }
 
-/// An envelope that expired before it could be sent.
-pub struct Stale {
-    /// Journal destination.
-    pub dest: String,
-    /// The row.
-    pub row: Queued,
-}
-
 impl LinkOut {
-    /// A link whose base journal destination is `dest` (`up` or `down:<child>`), each lane
-    /// resuming from what the journal says.
-    pub fn new(dest: &str, journal: &Journal) -> rusqlite::Result<LinkOut> {
-        let lane = |p: Priority| Lane::new(p.dest(dest), p, journal);
+    /// The link to `target` ([`Target::Up`] or [`Target::Down`]), each lane resuming from
+    /// what the journal says.
+    pub fn new(target: Target, journal: &Journal) -> rusqlite::Result<LinkOut> {
+        let [urgent, normal, bulk] = Dest::lanes(target);
         let now = Instant::now();
         Ok(LinkOut {
             lanes: [
-                lane(Priority::Urgent)?,
-                lane(Priority::Normal)?,
-                lane(Priority::Bulk)?,
+                Lane::new(urgent, journal)?,
+                Lane::new(normal, journal)?,
+                Lane::new(bulk, journal)?,
             ],
             online: false,
             last_heard: now,
@@ -121,8 +108,8 @@ impl LinkOut {
     }
 
     /// The lane stored under journal destination `dest`, if it is one of this link's.
-    pub fn lane_for(&mut self, dest: &str) -> Option<&mut Lane> {
-        self.lanes.iter_mut().find(|l| l.dest == dest)
+    pub fn lane_for(&mut self, dest: &Dest) -> Option<&mut Lane> {
+        self.lanes.iter_mut().find(|l| l.dest == *dest)
     }
 
     /// Goes back to the acknowledged point on every lane whose window has not moved for a
@@ -157,7 +144,8 @@ impl LinkOut {
 impl Lane {
     /// A lane resuming from what the journal says: acknowledged up to the stored point, or
     /// just below the oldest envelope it still holds.
-    fn new(dest: String, priority: Priority, journal: &Journal) -> rusqlite::Result<Lane> {
+    fn new(dest: Dest, journal: &Journal) -> rusqlite::Result<Lane> {
+        let priority = dest.lane();
         let acked = journal
             .floor(&dest)?
             .saturating_sub(1)

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::journal::Queued;
+use crate::journal::{Dest, Queued};
 
 /// How long an acknowledged message stays readable by the identity's other devices.
 pub(super) const GRACE: Duration = Duration::from_secs(600);
@@ -23,14 +23,14 @@ pub(super) const KEEP_MAX: usize = 1024;
 /// Recently handed-out messages of streams with HTTP readers, by journal destination.
 #[derive(Default)]
 pub(super) struct RecentDeliveries {
-    by_dest: HashMap<String, VecDeque<(Instant, Queued)>>,
+    by_dest: HashMap<Dest, VecDeque<(Instant, Queued)>>,
 }
 
 impl RecentDeliveries {
     /// Keeps `row` of `dest` (rows already kept, or older than the newest kept, are ignored:
     /// streams hand out in sequence order, repeats come from rewinds).
-    pub(super) fn keep(&mut self, dest: &str, row: &Queued) {
-        let kept = self.by_dest.entry(dest.to_string()).or_default();
+    pub(super) fn keep(&mut self, dest: &Dest, row: &Queued) {
+        let kept = self.by_dest.entry(dest.clone()).or_default();
         if kept.back().is_some_and(|(_, k)| k.lseq >= row.lseq) {
             return;
         }
@@ -41,7 +41,7 @@ impl RecentDeliveries {
     }
 
     /// Kept rows of `dest` with `after < lseq <= upto`, oldest first, at most `limit`.
-    pub(super) fn between(&self, dest: &str, after: u64, upto: u64, limit: usize) -> Vec<Queued> {
+    pub(super) fn between(&self, dest: &Dest, after: u64, upto: u64, limit: usize) -> Vec<Queued> {
         let Some(kept) = self.by_dest.get(dest) else {
             return Vec::new();
         };
@@ -79,25 +79,23 @@ mod tests {
 
     #[test]
     fn keeps_in_order_and_serves_a_range() {
+        let a: Dest = "local:a".parse().unwrap();
+        let b: Dest = "local:b".parse().unwrap();
         let mut r = RecentDeliveries::default();
         for l in [1, 2, 3, 2, 5] {
-            r.keep("local:a", &row(l));
+            r.keep(&a, &row(l));
         }
-        let got: Vec<u64> = r
-            .between("local:a", 1, 5, 10)
-            .iter()
-            .map(|q| q.lseq)
-            .collect();
+        let got: Vec<u64> = r.between(&a, 1, 5, 10).iter().map(|q| q.lseq).collect();
         assert_eq!(
             got,
             [2, 3, 5],
             "repeats are ignored, the range is exclusive below"
         );
-        assert_eq!(r.between("local:a", 0, 2, 1).len(), 1);
-        assert!(r.between("local:b", 0, 9, 9).is_empty());
+        assert_eq!(r.between(&a, 0, 2, 1).len(), 1);
+        assert!(r.between(&b, 0, 9, 9).is_empty());
         for l in 6..(6 + KEEP_MAX as u64) {
-            r.keep("local:a", &row(l));
+            r.keep(&a, &row(l));
         }
-        assert!(r.between("local:a", 0, 5, 10).is_empty(), "bounded");
+        assert!(r.between(&a, 0, 5, 10).is_empty(), "bounded");
     }
 }

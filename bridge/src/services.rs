@@ -19,12 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use medlink_broker::Stream;
-use tracing::{info, warn};
 
-use super::State;
-use crate::delivery::{lane_dests, local_dest};
+use crate::clients::{self, Clients};
 use crate::envelope::Envelope;
-use crate::journal::{Journal, Txn};
+use crate::journal::{Dest, Journal, Txn};
 
 /// A service group as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,15 +42,31 @@ const HTTP_PRESENCE: Duration = Duration::from_secs(60);
 struct Assignment {
     service: String,
     member: String,
-    dest: String,
+    dest: Dest,
     lseq: u64,
     since: Instant,
     body: Bytes,
 }
 
+/// An overdue command to take out of one member's stream and give to another.
+pub struct Move {
+    /// The service it was addressed to.
+    pub service: String,
+    /// The member that did not acknowledge it in time, or went offline.
+    pub from: String,
+    /// The online member it goes to.
+    pub to: String,
+    /// Where it waits now.
+    pub dest: Dest,
+    /// Its sequence there.
+    pub lseq: u64,
+    /// The envelope.
+    pub body: Bytes,
+}
+
 /// Groups, their round-robin positions, and the open assignments.
 #[derive(Default)]
-pub(super) struct Services {
+pub struct Services {
     groups: HashMap<String, (ServiceGroup, usize)>,
     /// Open assignments by envelope id.
     open: HashMap<String, Assignment>,
@@ -65,11 +79,7 @@ pub(super) struct Services {
 impl Services {
     /// The groups, with the assignments found in the members' queues of `journal` (after a
     /// restart every one of them gets a fresh timeout).
-    pub(super) fn new(
-        me: &str,
-        groups: &[ServiceGroup],
-        journal: &Journal,
-    ) -> rusqlite::Result<Services> {
+    pub fn new(me: &str, groups: &[ServiceGroup], journal: &Journal) -> rusqlite::Result<Services> {
         let mut s = Services {
             groups: groups
                 .iter()
@@ -80,7 +90,7 @@ impl Services {
         };
         for g in groups {
             for member in &g.members {
-                for dest in lane_dests(member, Stream::Commands) {
+                for dest in Dest::lanes(clients::target(member, Stream::Commands)) {
                     let acked = journal.acked(&dest)?;
                     for row in journal.read(&dest, acked, usize::MAX)? {
                         let Ok(env) = Envelope::parse(&row.body) else {
@@ -106,29 +116,24 @@ impl Services {
         Ok(s)
     }
 
-    /// Notes an HTTP poll by `client`.
     /// Whether `client` is a member of the service group `service` here.
-    pub(super) fn is_member(&self, service: &str, client: &str) -> bool {
+    pub fn is_member(&self, service: &str, client: &str) -> bool {
         self.groups
             .get(service)
             .is_some_and(|(g, _)| g.members.iter().any(|m| m == client))
     }
 
-    pub(super) fn polled(&mut self, client: &str) {
+    /// Notes an HTTP poll by `client`.
+    pub fn polled(&mut self, client: &str) {
         if self.members.contains(client) {
             self.polled.insert(client.to_string(), Instant::now());
         }
     }
-}
 
-impl State {
     /// Whether `member` is connected over MQTT or has polled over HTTP lately.
-    fn member_online(&self, member: &str) -> bool {
-        let dest = local_dest(member);
-        self.locals.get(&dest).is_some_and(|l| !l.conns.is_empty())
-            || self.polls.is_waiting(&dest)
+    fn online(&self, member: &str, clients: &Clients) -> bool {
+        clients.online(member)
             || self
-                .services
                 .polled
                 .get(member)
                 .is_some_and(|t| t.elapsed() < HTTP_PRESENCE)
@@ -137,16 +142,17 @@ impl State {
     /// The member to give the next command of `service` to: the next online one other than
     /// `not`, round-robin; with none online, the next one in turn (where it waits), unless
     /// `online_only`.
-    fn pick_member(
+    pub fn pick(
         &mut self,
         service: &str,
         not: Option<&str>,
         online_only: bool,
+        clients: &Clients,
     ) -> Option<String> {
-        let (group, _) = self.services.groups.get(service)?;
+        let (group, _) = self.groups.get(service)?;
         let members = group.members.clone();
-        let online: Vec<bool> = members.iter().map(|m| self.member_online(m)).collect();
-        let (_, next) = self.services.groups.get_mut(service)?;
+        let online: Vec<bool> = members.iter().map(|m| self.online(m, clients)).collect();
+        let (_, next) = self.groups.get_mut(service)?;
         let n = members.len();
         let start = *next;
         let found = (0..n)
@@ -158,36 +164,16 @@ impl State {
         Some(members[i].clone())
     }
 
-    /// Queues a command addressed to `service` for one of its members.
-    pub(super) fn route_to_service(
+    /// Records that command `id` of `service` was queued for `member` at `lseq` of `dest`.
+    pub fn assigned(
         &mut self,
-        tx: &mut Txn,
-        service: &str,
-        env: &Envelope,
+        id: &str,
+        (service, member): (&str, &str),
+        (dest, lseq): (Dest, u64),
         body: Bytes,
-        now: u64,
-    ) -> rusqlite::Result<()> {
-        let Some(member) = self.pick_member(service, None, false) else {
-            return self.refuse(tx, env, "failed", "service has no members", now);
-        };
-        self.assign(tx, service, &member, env, body, now)
-    }
-
-    fn assign(
-        &mut self,
-        tx: &mut Txn,
-        service: &str,
-        member: &str,
-        env: &Envelope,
-        body: Bytes,
-        now: u64,
-    ) -> rusqlite::Result<()> {
-        let dest = env.priority.dest(local_dest(member));
-        let lseq = tx.enqueue(&dest, env, body.clone())?;
-        self.polls.enqueued(&dest);
-        self.expect_reply(tx, member, env, now)?;
-        self.services.open.insert(
-            env.id.clone(),
+    ) {
+        self.open.insert(
+            id.to_string(),
             Assignment {
                 service: service.to_string(),
                 member: member.to_string(),
@@ -197,16 +183,16 @@ impl State {
                 body,
             },
         );
-        Ok(())
     }
 
-    /// Closes acknowledged assignments and moves overdue ones to another online member.
-    pub(super) fn service_timers(&mut self, tx: &mut Txn, now: u64) -> rusqlite::Result<()> {
+    /// Closes acknowledged assignments and returns the overdue ones that another online
+    /// member can take (they are closed here; the caller moves them).
+    pub fn overdue(&mut self, tx: &Txn, clients: &Clients) -> rusqlite::Result<Vec<Move>> {
         let mut settled = Vec::new();
-        let mut overdue = Vec::new();
-        for (id, a) in &self.services.open {
-            let acked = match self.locals.get(&a.dest) {
-                Some(l) => l.acked(),
+        let mut late = Vec::new();
+        for (id, a) in &self.open {
+            let acked = match clients.position(&a.dest, a.lseq) {
+                Some((acked, _)) => acked,
                 None => tx.acked(&a.dest)?,
             };
             if acked >= a.lseq {
@@ -214,39 +200,35 @@ impl State {
                 continue;
             }
             let timeout = self
-                .services
                 .groups
                 .get(&a.service)
                 .map_or(Duration::MAX, |(g, _)| g.ack_timeout);
-            if a.since.elapsed() >= timeout || !self.member_online(&a.member) {
-                overdue.push(id.clone());
+            if a.since.elapsed() >= timeout || !self.online(&a.member, clients) {
+                late.push(id.clone());
             }
         }
         for id in settled {
-            self.services.open.remove(&id);
+            self.open.remove(&id);
         }
-        for id in overdue {
-            let Some(a) = self.services.open.get(&id) else {
+        let mut moves = Vec::new();
+        for id in late {
+            let Some(a) = self.open.get(&id) else {
                 continue;
             };
             let (service, from) = (a.service.clone(), a.member.clone());
-            let Some(to) = self.pick_member(&service, Some(&from), true) else {
+            let Some(to) = self.pick(&service, Some(&from), true, clients) else {
                 continue; // nobody else online: it stays where it is
             };
-            let a = self.services.open.remove(&id).expect("looked up above");
-            if !tx.remove(&a.dest, a.lseq)? {
-                continue; // acknowledged or expired meanwhile
-            }
-            match Envelope::parse(&a.body) {
-                Ok(env) if !env.expired(now) => {
-                    info!(id = %env.id, service, from, to, "service command moved to another member");
-                    self.stats.reassigned();
-                    self.assign(tx, &service, &to, &env, a.body, now)?;
-                }
-                Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now)?,
-                Err(e) => warn!(id, error = %e, "unreadable service command dropped"),
-            }
+            let a = self.open.remove(&id).expect("looked up above");
+            moves.push(Move {
+                service,
+                from,
+                to,
+                dest: a.dest,
+                lseq: a.lseq,
+                body: a.body,
+            });
         }
-        Ok(())
+        Ok(moves)
     }
 }

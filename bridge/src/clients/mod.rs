@@ -1,0 +1,301 @@
+//! Delivery to this node's own clients, over MQTT and HTTP.
+//!
+//! - [`stream`]: the cursor of one stream lane (what is published, in flight, acknowledged).
+//! - [`polls`]: HTTP long-polls and cumulative HTTP acknowledgements.
+//! - [`devices`]: what one device acknowledged, kept a while for the identity's others.
+//! - [`page`]: what an HTTP reader is handed.
+//!
+//! [`Clients`] owns all of it. Each client has two streams, commands and receipts, each in
+//! three priority lanes ([`Dest`]s in the journal). MQTT connections get a stream's lanes
+//! published through the router, urgent first; HTTP readers are answered from committed
+//! journal rows. Acknowledgements from either are settled in the round's transaction
+//! ([`Clients::settle`]) and taken over by the streams only after the commit.
+
+mod devices;
+mod page;
+mod polls;
+pub mod stream;
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use medlink_broker::acl::{inbox_topic, receipt_topic};
+use medlink_broker::{ConnId, Stream};
+use tokio::sync::oneshot;
+
+use crate::envelope::Priority;
+use crate::journal::{Dest, Journal, Stale, Target, Txn};
+use crate::router::Router;
+use crate::stats::Stats;
+pub use page::{Cursor, Delivery, Page};
+use polls::Polls;
+use stream::StreamOut;
+
+/// The lanes a PUBACK is looked up in, the normal lane of commands first (where nearly every
+/// acknowledgement belongs).
+const ACK_LOOKUP: [(Stream, Priority); 6] = [
+    (Stream::Commands, Priority::Normal),
+    (Stream::Commands, Priority::Urgent),
+    (Stream::Commands, Priority::Bulk),
+    (Stream::Receipts, Priority::Normal),
+    (Stream::Receipts, Priority::Urgent),
+    (Stream::Receipts, Priority::Bulk),
+];
+
+/// The journal target of one of `client`'s streams.
+pub fn target(client: &str, stream: Stream) -> Target {
+    match stream {
+        Stream::Commands => Target::Commands(client.to_string()),
+        Stream::Receipts => Target::Receipts(client.to_string()),
+    }
+}
+
+/// Every client stream of this node, and its readers.
+pub struct Clients {
+    me: String,
+    stats: Stats,
+    /// Stream lanes with a reader now or since this process started.
+    streams: HashMap<Dest, StreamOut>,
+    /// Lanes whose acknowledgements moved this round.
+    touched: HashSet<Dest>,
+    /// Acknowledgement points written this round, taken over by the streams after commit.
+    settled: Vec<(Dest, u64)>,
+    polls: Polls,
+}
+
+impl Clients {
+    /// The clients of node `me`.
+    pub fn new(me: &str, stats: Stats) -> Clients {
+        Clients {
+            me: me.to_string(),
+            stats,
+            streams: HashMap::new(),
+            touched: HashSet::new(),
+            settled: Vec::new(),
+            polls: Polls::default(),
+        }
+    }
+
+    /// A device of `client` acknowledged `id` (a PUBACK). Everything a client can acknowledge
+    /// was published from a lane's in-flight set; the journal is updated once per round, in
+    /// [`Clients::settle`]. Returns the body if it may want a `delivered` receipt.
+    pub fn delivered(&mut self, client: &str, id: &str) -> Option<Bytes> {
+        for (stream, lane) in ACK_LOOKUP {
+            let dest = Dest::new(target(client, stream), lane);
+            let Some(out) = self.streams.get_mut(&dest) else {
+                continue;
+            };
+            if out.acknowledged(id) {
+                let notice = out.take_notice(id);
+                self.stats.delivered();
+                self.touched.insert(dest);
+                return notice;
+            }
+        }
+        None
+    }
+
+    /// A connection opened or closed one of `client`'s streams. Either way, everything not yet
+    /// acknowledged goes (again) to every open connection: a new device gets what is pending,
+    /// and nothing waits on a connection that died. Repeats carry the same id.
+    pub fn stream_changed(
+        &mut self,
+        tx: &mut Txn,
+        client: &str,
+        conn: ConnId,
+        stream: Stream,
+        open: bool,
+    ) -> rusqlite::Result<()> {
+        for dest in Dest::lanes(target(client, stream)) {
+            if !open && !self.streams.contains_key(&dest) {
+                continue;
+            }
+            let floor = tx.floor(&dest)?;
+            let out = self.stream_mut(tx, &dest)?;
+            if open {
+                out.conns.insert(conn);
+            } else {
+                out.conns.remove(&conn);
+            }
+            out.rewind(floor);
+        }
+        Ok(())
+    }
+
+    /// The lane's cursor, created from the journal's acknowledged point on first use.
+    fn stream_mut(&mut self, tx: &Txn, dest: &Dest) -> rusqlite::Result<&mut StreamOut> {
+        if !self.streams.contains_key(dest) {
+            let acked = tx.acked(dest)?;
+            self.streams.insert(dest.clone(), StreamOut::new(acked));
+        }
+        Ok(self
+            .streams
+            .get_mut(dest)
+            .expect("present or inserted above"))
+    }
+
+    /// Something was queued on `dest` this round: its waiting polls look after the commit.
+    pub fn enqueued(&mut self, dest: &Dest) {
+        self.polls.enqueued(dest);
+    }
+
+    /// An HTTP long-poll of `client`'s `stream`, after acknowledging up to its cursor if
+    /// asked to. Returns the bodies acknowledged that may want a `delivered` receipt.
+    #[allow(clippy::too_many_arguments)]
+    pub fn poll(
+        &mut self,
+        tx: &mut Txn,
+        client: &str,
+        stream: Stream,
+        (after, ack): (Option<Cursor>, bool),
+        (max, wait): (usize, bool),
+        reply: oneshot::Sender<Page>,
+    ) -> rusqlite::Result<Vec<Bytes>> {
+        let lanes = Dest::lanes(target(client, stream));
+        let mut notices = Vec::new();
+        if let Some(after) = after.filter(|_| ack) {
+            notices = self.http_ack(tx, client, stream, after)?.1;
+        }
+        self.polls.park(lanes, after, (max, wait), reply);
+        Ok(notices)
+    }
+
+    /// Acknowledges `client`'s `stream` up to `upto` in each lane, never beyond what was handed
+    /// out; returns the acknowledged point, and the bodies acknowledged that may want a
+    /// `delivered` receipt.
+    pub fn http_ack(
+        &mut self,
+        tx: &mut Txn,
+        client: &str,
+        stream: Stream,
+        upto: Cursor,
+    ) -> rusqlite::Result<(Cursor, Vec<Bytes>)> {
+        let mut point = Cursor::default();
+        let mut notices = Vec::new();
+        for (lane, dest) in Dest::lanes(target(client, stream)).iter().enumerate() {
+            let limit = self.polls.handed_out(dest);
+            let out = self.stream_mut(tx, dest)?;
+            let upto = upto.0[lane].min(limit.max(out.acked()));
+            let moved = out.confirm_upto(upto);
+            point.0[lane] = upto.max(out.acked());
+            if moved {
+                self.touched.insert(dest.clone());
+            }
+            notices.extend(self.polls.acknowledged(dest, upto));
+        }
+        Ok((point, notices))
+    }
+
+    /// Persists how far each touched lane is acknowledged and drops what is below.
+    pub fn settle(&mut self, tx: &mut Txn) -> rusqlite::Result<()> {
+        for dest in std::mem::take(&mut self.touched) {
+            if let Some(upto) = self.streams.get(&dest).and_then(StreamOut::unsettled_ack) {
+                tx.acknowledge(&dest, upto)?;
+                self.settled.push((dest, upto));
+            }
+        }
+        Ok(())
+    }
+
+    /// The round committed: the lanes take their persisted acknowledgement points.
+    pub fn committed(&mut self) {
+        for (dest, upto) in std::mem::take(&mut self.settled) {
+            if let Some(stream) = self.streams.get_mut(&dest) {
+                stream.settled(upto);
+            }
+        }
+    }
+
+    /// The round's commit failed: acknowledgements not persisted count for nothing, and every
+    /// lane publishes again from its last persisted point (repeats carry the same id).
+    pub fn commit_failed(&mut self) {
+        self.settled.clear();
+        self.touched.clear();
+        for stream in self.streams.values_mut() {
+            stream.forget_unsettled();
+        }
+    }
+
+    /// Publishes what the windows allow to connected clients, urgent lanes first, then
+    /// answers the woken HTTP polls. Expired envelopes are skipped into `stale`.
+    pub fn pump(
+        &mut self,
+        journal: &Journal,
+        router: &mut Router,
+        now: u64,
+        stale: &mut Vec<Stale>,
+    ) -> rusqlite::Result<()> {
+        let mut ready: Vec<(Priority, Dest)> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.ready())
+            .map(|(d, _)| (d.lane(), d.clone()))
+            .collect();
+        ready.sort_unstable_by_key(|(lane, _)| *lane);
+        for (_, dest) in ready {
+            self.deliver(journal, router, &dest, now, stale)?;
+        }
+        let acked = |dest: &Dest| match self.streams.get(dest) {
+            Some(s) => Ok(s.acked()),
+            None => journal.acked(dest),
+        };
+        self.polls.serve(journal, acked, now)
+    }
+
+    /// Publishes queued envelopes of `dest` into the client's inbox or receipt topic.
+    fn deliver(
+        &mut self,
+        journal: &Journal,
+        router: &mut Router,
+        dest: &Dest,
+        now: u64,
+        stale: &mut Vec<Stale>,
+    ) -> rusqlite::Result<()> {
+        let topic = match dest.target() {
+            Target::Commands(client) => inbox_topic(&self.me, client),
+            Target::Receipts(client) => receipt_topic(&self.me, client),
+            _ => return Ok(()),
+        };
+        let Some(stream) = self.streams.get_mut(dest) else {
+            return Ok(());
+        };
+        let rows = stream.next_batch(journal, dest, now, stale)?;
+        let keep = self.polls.has_readers(dest);
+        for row in rows {
+            if keep {
+                self.polls.keep(dest, &row);
+            }
+            router.publish(&topic, row.body);
+        }
+        Ok(())
+    }
+
+    /// Whether `client` has a device connected over MQTT or an HTTP poll waiting now.
+    pub fn online(&self, client: &str) -> bool {
+        let commands = Dest::new(Target::Commands(client.to_string()), Priority::Normal);
+        self.streams
+            .get(&commands)
+            .is_some_and(|s| !s.conns.is_empty())
+            || self.polls.is_waiting(&commands)
+    }
+
+    /// How far `dest` is acknowledged, and whether `lseq` on it is published and waiting for
+    /// its acknowledgement; `None` if no reader has looked at it since the start.
+    pub fn position(&self, dest: &Dest, lseq: u64) -> Option<(u64, bool)> {
+        self.streams
+            .get(dest)
+            .map(|s| (s.acked(), s.in_flight(lseq)))
+    }
+
+    /// Publishes `dest` again from its acknowledged point (a drop of what it skipped failed).
+    pub fn rewind(&mut self, dest: &Dest) {
+        if let Some(s) = self.streams.get_mut(dest) {
+            s.rewind(0);
+        }
+    }
+
+    /// Drops polls whose HTTP request is gone, and kept deliveries past their grace.
+    pub fn prune(&mut self) {
+        self.polls.prune();
+    }
+}

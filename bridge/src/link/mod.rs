@@ -1,0 +1,407 @@
+//! The tier link: how custody moves between a node and its parent and children.
+//!
+//! - [`frame`]: the wire format of link frames, and in-order admission on the receiving side.
+//! - [`out`]: the sending side, a go-back-N window per priority lane over the journal.
+//! - [`mailbox`]: frames waiting for children that link over HTTP (they long-poll).
+//! - [`uplink`]: the child's own connection to its parent, over MQTT or HTTP.
+//!
+//! [`Links`] owns every link of a node: the lanes up and down, their windows, the positions
+//! of incoming lanes, and how each child is connected. The dispatcher hands it frames inside
+//! its round; [`Links`] answers with what it admitted, which the dispatcher takes custody of
+//! in the same transaction, and the frame to answer with, sent after the commit.
+
+pub mod frame;
+mod mailbox;
+pub mod out;
+pub mod uplink;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use medlink_broker::{Accept, ConnId};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use crate::envelope::{now_ms, Envelope, Priority};
+use crate::journal::{Dest, Journal, Peer, Stale, Target, Txn};
+use crate::route::{within, Topology};
+use crate::router::Router;
+use crate::stats::Stats;
+use frame::{Frame, InOrder, Numbered};
+use mailbox::Mailboxes;
+use out::{Lane, LinkOut, LinkTuning};
+use uplink::UplinkHandle;
+
+/// How a child is connected right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Subscribed to its down topic on this MQTT connection.
+    Mqtt(ConnId),
+    /// Long-polling the HTTP API for its frames.
+    Http,
+}
+
+/// One configured child: its outgoing lanes and its connection.
+struct Child {
+    out: LinkOut,
+    via: Option<Via>,
+}
+
+/// What one frame from a peer brought.
+#[derive(Default)]
+pub struct Received {
+    /// Envelopes admitted in sequence order: the dispatcher takes custody of them in the
+    /// transaction that also stores the new receive position.
+    pub admitted: Vec<Envelope>,
+    /// The frame to answer with (an ack or a pong), sent after the commit.
+    pub answer: Option<Vec<u8>>,
+}
+
+/// Every tier link of one node.
+pub struct Links {
+    tuning: LinkTuning,
+    stats: Stats,
+    up: Option<LinkOut>,
+    uplink: Option<UplinkHandle>,
+    children: HashMap<String, Child>,
+    /// Positions of incoming lanes, read from the journal on first use.
+    inbound: HashMap<(Peer, Priority), InOrder>,
+    mailboxes: Mailboxes,
+}
+
+impl Links {
+    /// The links of a node placed at `topology`, each lane resuming from the journal.
+    pub fn new(
+        topology: &Topology,
+        tuning: LinkTuning,
+        journal: &Journal,
+        uplink: Option<UplinkHandle>,
+        stats: Stats,
+    ) -> rusqlite::Result<Links> {
+        let up = if topology.has_parent {
+            Some(LinkOut::new(Target::Up, journal)?)
+        } else {
+            None
+        };
+        let mut children = HashMap::new();
+        for child in &topology.children {
+            let out = LinkOut::new(Target::Down(child.clone()), journal)?;
+            children.insert(child.clone(), Child { out, via: None });
+        }
+        Ok(Links {
+            tuning,
+            stats,
+            up,
+            uplink,
+            children,
+            inbound: HashMap::new(),
+            mailboxes: Mailboxes::default(),
+        })
+    }
+
+    /// A configured child subscribed to its down topic on `conn`.
+    pub fn child_open(&mut self, child: &str, conn: ConnId) {
+        if let Some(c) = self.children.get_mut(child) {
+            info!(child, "child link up");
+            c.out.open();
+            c.via = Some(Via::Mqtt(conn));
+        }
+    }
+
+    /// A child's connection `conn` went away (a newer one may have replaced it already).
+    pub fn child_closed(&mut self, child: &str, conn: ConnId) {
+        if let Some(c) = self.children.get_mut(child) {
+            if c.via == Some(Via::Mqtt(conn)) {
+                info!(child, "child link down");
+                c.via = None;
+                c.out.online = false;
+            }
+        }
+    }
+
+    /// The uplink reached the parent.
+    pub fn parent_connected(&mut self, http: bool) {
+        if let Some(up) = self.up.as_mut() {
+            info!(http, "parent link up");
+            up.open();
+            self.stats.set_parent_up(true);
+            self.stats.set_parent_http(http);
+        }
+    }
+
+    /// The uplink lost the parent.
+    pub fn parent_disconnected(&mut self) {
+        if let Some(up) = self.up.as_mut() {
+            if up.online {
+                info!("parent link down");
+            }
+            up.online = false;
+            self.stats.set_parent_up(false);
+        }
+    }
+
+    /// A frame from `child` (over MQTT or HTTP).
+    pub fn child_frame(
+        &mut self,
+        tx: &mut Txn,
+        child: &str,
+        payload: &[u8],
+    ) -> rusqlite::Result<(Accept, Received)> {
+        let Some(c) = self.children.get_mut(child) else {
+            warn!(child, "frame from a node that is not configured as a child");
+            return Ok((Accept::NotAuthorized, Received::default()));
+        };
+        c.out.last_heard = Instant::now();
+        if !c.out.online && c.via.is_some() {
+            c.out.open();
+        }
+        let frame = match Frame::parse(payload) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(child, error = %e, "malformed link frame");
+                let verdict = Accept::Rejected(format!("malformed frame: {e}"));
+                return Ok((verdict, Received::default()));
+            }
+        };
+        let received = self.frame(tx, &Peer::Child(child.to_string()), frame)?;
+        Ok((Accept::Committed, received))
+    }
+
+    /// A frame from the parent.
+    pub fn parent_frame(&mut self, tx: &mut Txn, payload: &[u8]) -> rusqlite::Result<Received> {
+        let Some(up) = self.up.as_mut() else {
+            return Ok(Received::default());
+        };
+        up.last_heard = Instant::now();
+        match Frame::parse(payload) {
+            Ok(frame) => self.frame(tx, &Peer::Parent, frame),
+            Err(e) => {
+                warn!(error = %e, "malformed frame from parent");
+                Ok(Received::default())
+            }
+        }
+    }
+
+    /// Handles one parsed frame from `peer`, the same way for either direction.
+    fn frame(&mut self, tx: &mut Txn, peer: &Peer, frame: Frame) -> rusqlite::Result<Received> {
+        let mut received = Received::default();
+        match frame {
+            Frame::Batch {
+                epoch,
+                floor,
+                lane,
+                msgs,
+            } => {
+                let upto =
+                    self.receive_batch(tx, peer, lane, (epoch, floor), &msgs, &mut received)?;
+                received.answer = Some(Frame::Ack { upto, lane }.to_bytes());
+            }
+            Frame::Ack { upto, lane } => {
+                if let Some(link) = self.out_mut(peer) {
+                    let lane = link.lane_mut(lane);
+                    if lane.ack(upto) {
+                        tx.acknowledge(&lane.dest, upto)?;
+                    }
+                }
+            }
+            Frame::Ping { at } => received.answer = Some(Frame::Pong { at }.to_bytes()),
+            Frame::Pong { .. } => {}
+        }
+        Ok(received)
+    }
+
+    /// Admits a batch from `peer` in sequence order and stores the new position; returns the
+    /// cumulative ack.
+    fn receive_batch(
+        &mut self,
+        tx: &mut Txn,
+        peer: &Peer,
+        lane: Priority,
+        (epoch, floor): (u64, u64),
+        msgs: &[Numbered],
+        received: &mut Received,
+    ) -> rusqlite::Result<u64> {
+        let key = (peer.clone(), lane);
+        let mut order = match self.inbound.get(&key) {
+            Some(o) => *o,
+            None => {
+                let (last, epoch) = tx.link_in(peer, lane)?;
+                InOrder { last, epoch }
+            }
+        };
+        let before = (order.last, order.epoch);
+        if order.epoch != epoch && before.1 != 0 {
+            warn!(
+                peer = %peer,
+                "peer's journal was replaced (new epoch); its sequence starts again"
+            );
+        }
+        order.apply_epoch(epoch);
+        order.apply_floor(floor);
+        for m in msgs {
+            match order.admit(m.p, m.s) {
+                Some(true) => match Envelope::parse(m.e.get().as_bytes()) {
+                    Ok(env) if !self.may_send(peer, &env) => {
+                        // Everything a child sends up originated in its own subtree; a `from`
+                        // outside it is a compromised or misconfigured node posing as someone
+                        // else, so it is dropped (and acknowledged, so the link moves on).
+                        self.stats.rejected();
+                        error!(
+                            peer = %peer,
+                            id = %env.id,
+                            from = %format!("{}/{}", env.from.node, env.from.client),
+                            "envelope from a child claims a sender outside its subtree; dropped"
+                        );
+                    }
+                    Ok(env) => received.admitted.push(env),
+                    Err(e) => {
+                        warn!(peer = %peer, seq = m.s, error = %e, "malformed envelope on link dropped")
+                    }
+                },
+                Some(false) => {}
+                None => break,
+            }
+        }
+        if (order.last, order.epoch) != before {
+            tx.set_link_in((peer, lane), order.last, order.epoch)?;
+        }
+        self.inbound.insert(key, order);
+        Ok(order.last)
+    }
+
+    /// Whether `peer` may hand over `env`: a child only what comes from its own subtree.
+    fn may_send(&self, peer: &Peer, env: &Envelope) -> bool {
+        match peer {
+            Peer::Parent => true,
+            Peer::Child(child) => within(child, &env.from.node),
+        }
+    }
+
+    /// An HTTP child polls: it is linked over HTTP from now on; it gets what waits, or waits
+    /// for the next frame. The reply is `None` for a node that is not a child here.
+    pub fn child_poll(&mut self, child: &str, reply: oneshot::Sender<Option<Vec<Bytes>>>) {
+        let Some(c) = self.children.get_mut(child) else {
+            debug!(child, "link poll from a node that is not a child here");
+            let _ = reply.send(None);
+            return;
+        };
+        c.out.last_heard = Instant::now();
+        if c.via != Some(Via::Http) {
+            info!(child, "child link up (HTTP)");
+            c.via = Some(Via::Http);
+            c.out.open();
+        } else if !c.out.online {
+            c.out.open();
+        }
+        self.mailboxes.poll(child, reply);
+    }
+
+    /// Sends `frame` to `peer` over whichever transport it is linked by.
+    pub fn send(&mut self, router: &mut Router, peer: &Peer, frame: Vec<u8>) {
+        match peer {
+            Peer::Parent => {
+                if let Some(uplink) = &self.uplink {
+                    uplink.send(frame);
+                }
+            }
+            Peer::Child(child) => self.send_down(router, child, frame.into()),
+        }
+    }
+
+    fn send_down(&mut self, router: &mut Router, child: &str, frame: Bytes) {
+        let via = self.children.get(child).and_then(|c| c.via);
+        if via == Some(Via::Http) {
+            self.mailboxes.push(child, frame);
+        } else {
+            router.publish(&medlink_broker::acl::link_down_topic(child), frame);
+        }
+    }
+
+    /// Heartbeats, stall detection and go-back timers.
+    pub fn timers(&mut self) {
+        let tuning = self.tuning;
+        if let Some(up) = self.up.as_mut() {
+            if up.online {
+                if up.last_heard.elapsed() > tuning.dead_after {
+                    warn!(
+                        silent_ms = up.last_heard.elapsed().as_millis() as u64,
+                        "parent link stalled; reconnecting"
+                    );
+                    up.online = false;
+                    self.stats.set_parent_up(false);
+                    self.stats.parent_stalled();
+                    if let Some(uplink) = &self.uplink {
+                        uplink.reconnect();
+                    }
+                } else if up.last_ping.elapsed() >= tuning.ping_every {
+                    up.last_ping = Instant::now();
+                    if let Some(uplink) = &self.uplink {
+                        uplink.send(Frame::Ping { at: now_ms() }.to_bytes());
+                    }
+                }
+                up.maybe_go_back(&tuning);
+            }
+        }
+        for (child, c) in self.children.iter_mut() {
+            if c.out.online && c.out.last_heard.elapsed() > tuning.dead_after {
+                warn!(child, "child link stalled");
+                c.out.online = false;
+            }
+            c.out.maybe_go_back(&tuning);
+        }
+    }
+
+    /// Sends whatever the windows allow on every link; expired envelopes are skipped into
+    /// `stale`.
+    pub fn pump(
+        &mut self,
+        journal: &Journal,
+        router: &mut Router,
+        now: u64,
+        stale: &mut Vec<Stale>,
+    ) -> rusqlite::Result<()> {
+        let tuning = self.tuning;
+        if let Some(up) = self.up.as_mut() {
+            let frames = up.next_frames(journal, &tuning, now, stale)?;
+            if let Some(uplink) = &self.uplink {
+                for f in frames {
+                    uplink.send(f);
+                }
+            }
+        }
+        let mut down = Vec::new();
+        for (child, c) in self.children.iter_mut() {
+            for f in c.out.next_frames(journal, &tuning, now, stale)? {
+                down.push((child.clone(), f));
+            }
+        }
+        for (child, f) in down {
+            self.send_down(router, &child, f.into());
+        }
+        Ok(())
+    }
+
+    /// The outgoing lane stored under `dest`, and whether its link is up.
+    pub fn lane_for(&mut self, dest: &Dest) -> Option<(bool, &mut Lane)> {
+        let link = match dest.target() {
+            Target::Up => self.up.as_mut(),
+            Target::Down(child) => self.children.get_mut(child).map(|c| &mut c.out),
+            _ => None,
+        }?;
+        let online = link.online;
+        link.lane_for(dest).map(|lane| (online, lane))
+    }
+
+    /// A commit failed: receive positions are read from the journal again.
+    pub fn forget_inbound(&mut self) {
+        self.inbound.clear();
+    }
+
+    fn out_mut(&mut self, peer: &Peer) -> Option<&mut LinkOut> {
+        match peer {
+            Peer::Parent => self.up.as_mut(),
+            Peer::Child(child) => self.children.get_mut(child).map(|c| &mut c.out),
+        }
+    }
+}
