@@ -5,6 +5,21 @@ use bytes::Bytes;
 use rumqttd::local::LinkTx;
 use tracing::error;
 
+use crate::journal::{Journal, Stale};
+
+/// One sending pass after a round's commit: what the link and client owners read from,
+/// publish through, and report expired envelopes to.
+pub struct SendPass<'a> {
+    /// The journal, read only.
+    pub journal: &'a Journal,
+    /// Where publishes go.
+    pub router: &'a mut Router,
+    /// The pass's time, Unix ms.
+    pub now: u64,
+    /// Envelopes found expired while reading, dropped by the dispatcher afterwards.
+    pub stale: Vec<Stale>,
+}
+
 /// The dispatcher's connection to the router.
 pub struct Router(LinkTx);
 

@@ -24,8 +24,8 @@ use medlink_broker::{ConnId, Stream};
 use tokio::sync::oneshot;
 
 use crate::envelope::Priority;
-use crate::journal::{Dest, Journal, Stale, Target, Txn};
-use crate::router::Router;
+use crate::journal::{Dest, Target, Txn};
+use crate::router::SendPass;
 use crate::stats::Stats;
 pub use page::{Cursor, Delivery, Page};
 use polls::Polls;
@@ -218,13 +218,7 @@ impl Clients {
 
     /// Publishes what the windows allow to connected clients, urgent lanes first, then
     /// answers the woken HTTP polls. Expired envelopes are skipped into `stale`.
-    pub fn pump(
-        &mut self,
-        journal: &Journal,
-        router: &mut Router,
-        now: u64,
-        stale: &mut Vec<Stale>,
-    ) -> rusqlite::Result<()> {
+    pub fn pump(&mut self, pass: &mut SendPass) -> rusqlite::Result<()> {
         let mut ready: Vec<(Priority, Dest)> = self
             .streams
             .iter()
@@ -233,24 +227,18 @@ impl Clients {
             .collect();
         ready.sort_unstable_by_key(|(lane, _)| *lane);
         for (_, dest) in ready {
-            self.deliver(journal, router, &dest, now, stale)?;
+            self.deliver(pass, &dest)?;
         }
+        let journal = pass.journal;
         let acked = |dest: &Dest| match self.streams.get(dest) {
             Some(s) => Ok(s.acked()),
             None => journal.acked(dest),
         };
-        self.polls.serve(journal, acked, now)
+        self.polls.serve(journal, acked, pass.now)
     }
 
     /// Publishes queued envelopes of `dest` into the client's inbox or receipt topic.
-    fn deliver(
-        &mut self,
-        journal: &Journal,
-        router: &mut Router,
-        dest: &Dest,
-        now: u64,
-        stale: &mut Vec<Stale>,
-    ) -> rusqlite::Result<()> {
+    fn deliver(&mut self, pass: &mut SendPass, dest: &Dest) -> rusqlite::Result<()> {
         let topic = match dest.target() {
             Target::Commands(client) => inbox_topic(&self.me, client),
             Target::Receipts(client) => receipt_topic(&self.me, client),
@@ -259,13 +247,13 @@ impl Clients {
         let Some(stream) = self.streams.get_mut(dest) else {
             return Ok(());
         };
-        let rows = stream.next_batch(journal, dest, now, stale)?;
+        let rows = stream.next_batch(pass.journal, dest, pass.now, &mut pass.stale)?;
         let keep = self.polls.has_readers(dest);
         for row in rows {
             if keep {
                 self.polls.keep(dest, &row);
             }
-            router.publish(&topic, row.body);
+            pass.router.publish(&topic, row.body);
         }
         Ok(())
     }

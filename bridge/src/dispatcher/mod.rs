@@ -18,12 +18,12 @@ use tracing::{debug, error, info, warn};
 
 use crate::clients::{Clients, Cursor};
 use crate::envelope::{now_ms, Address, Envelope, Kind, Limits, Submission, TrailHop, MAX_HOPS};
-use crate::journal::{Dest, Journal, Peer, Stale, Target, Txn};
+use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::link::out::LinkTuning;
 use crate::link::uplink::{ParentEvent, UplinkHandle};
 use crate::link::{Links, Received};
 use crate::route::{NextHop, Policy, Topology};
-use crate::router::Router;
+use crate::router::{Router, SendPass};
 use crate::services::{ServiceGroup, Services};
 use crate::stats::Stats;
 
@@ -559,11 +559,15 @@ impl State {
     /// Sends whatever the windows allow on every link and to every connected client, then
     /// drops what was found expired on the way.
     fn pump(&mut self, journal: &mut Journal, now: u64) -> rusqlite::Result<()> {
-        let mut stale: Vec<Stale> = Vec::new();
-        self.links
-            .pump(journal, &mut self.router, now, &mut stale)?;
-        self.clients
-            .pump(journal, &mut self.router, now, &mut stale)?;
+        let mut pass = SendPass {
+            journal,
+            router: &mut self.router,
+            now,
+            stale: Vec::new(),
+        };
+        self.links.pump(&mut pass)?;
+        self.clients.pump(&mut pass)?;
+        let stale = pass.stale;
         if stale.is_empty() {
             return Ok(());
         }

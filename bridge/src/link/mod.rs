@@ -24,9 +24,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::envelope::{now_ms, Envelope, Priority};
-use crate::journal::{Dest, Journal, Peer, Stale, Target, Txn};
+use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::route::{within, Topology};
-use crate::router::Router;
+use crate::router::{Router, SendPass};
 use crate::stats::Stats;
 use frame::{Frame, InOrder, Numbered};
 use mailbox::Mailboxes;
@@ -354,14 +354,9 @@ impl Links {
 
     /// Sends whatever the windows allow on every link; expired envelopes are skipped into
     /// `stale`.
-    pub fn pump(
-        &mut self,
-        journal: &Journal,
-        router: &mut Router,
-        now: u64,
-        stale: &mut Vec<Stale>,
-    ) -> rusqlite::Result<()> {
+    pub fn pump(&mut self, pass: &mut SendPass) -> rusqlite::Result<()> {
         let tuning = self.tuning;
+        let (journal, now, stale) = (pass.journal, pass.now, &mut pass.stale);
         if let Some(up) = self.up.as_mut() {
             let frames = up.next_frames(journal, &tuning, now, stale)?;
             if let Some(uplink) = &self.uplink {
@@ -377,7 +372,7 @@ impl Links {
             }
         }
         for (child, f) in down {
-            self.send_down(router, &child, f.into());
+            self.send_down(pass.router, &child, f.into());
         }
         Ok(())
     }
