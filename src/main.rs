@@ -118,11 +118,12 @@ enum Command {
     Passwd(passwd::PasswdArgs),
 }
 
-fn init_logs(json: bool) {
+/// Sets up logging to stderr: MEDLINK_LOG's filter, else `default`.
+fn init_logs(json: bool, default: &str) {
     // rumqttd opens an ERROR-level span for every router event and formats its fields, which
     // costs the router thread a quarter of its time; it is silenced unless asked for by name
     // (e.g. MEDLINK_LOG=info,rumqttd=debug).
-    let mut directives = std::env::var("MEDLINK_LOG").unwrap_or_else(|_| "info".to_string());
+    let mut directives = std::env::var("MEDLINK_LOG").unwrap_or_else(|_| default.to_string());
     if !directives.contains("rumqttd") {
         directives.push_str(",rumqttd=off");
     }
@@ -170,7 +171,7 @@ fn main() -> ExitCode {
             data_dir,
             json_logs,
         } => {
-            init_logs(json_logs);
+            init_logs(json_logs, "info");
             let cfg = match config::load(&config, data_dir.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -229,7 +230,9 @@ fn main() -> ExitCode {
             print_trace(&id, &data_dir, json)
         }
         Command::Demo(args) => {
-            init_logs(false);
+            // The demo's clients are SDK clients; their session notes ("connected") would
+            // interleave with the trails the demo prints, so only their warnings show.
+            init_logs(false, "info,medlink_sdk=warn");
             runtime.block_on(demo::run(args))
         }
         Command::Bench(args) => runtime.block_on(bench::run(args)),
