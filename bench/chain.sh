@@ -3,7 +3,8 @@
 #
 #   bench/chain.sh [MESSAGES] [PUBLISHERS]
 #
-# Both chains carry the same load from the same tool (`medlink bench`): 256-byte payloads at
+# Both chains carry the same load from the same tool (`medlink-bench mqtt`, built from this
+# folder's crate): 256-byte payloads at
 # QoS 1, published at the bottom broker/tier and received at the top one.
 #   - mosquitto: 4 brokers, each bridging `bench/#` out to the next at QoS 1, persistence on,
 #     max_queued_messages raised so the chain does not drop by design.
@@ -11,7 +12,7 @@
 #     journal before acknowledging), a client at the bottom sending commands to a client at
 #     the root.
 # Runs: throughput (as fast as possible) and latency at a fixed 1,000 msg/s, for each chain;
-# then request -> reply round trips from the bottom to the top and back (`medlink bench-rtt`):
+# then request -> reply round trips from the bottom to the top and back (`medlink-bench rtt`):
 # one at a time and 32 in flight, through the SDK over MQTT and over HTTP for medlink, and with
 # the same tool over plain MQTT for mosquitto (its bridges carry `rtt/up/#` up and
 # `rtt/down/#` down).
@@ -29,7 +30,11 @@ N=${1:-100000}
 P=${2:-4}
 LAT_N=${LAT_N:-10000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="$ROOT/target/release/medlink"
+# The node binary and the load tools (a crate of their own, outside the binary an operator
+# installs), built fresh so a run never measures stale code.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN="$TARGET/release/medlink"
+BENCH="$TARGET/release/medlink-bench"
 WORK=$(mktemp -d /tmp/medlink-chain.XXXXXX)
 PIDS=()
 
@@ -41,7 +46,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 command -v mosquitto >/dev/null || { echo "mosquitto is not installed (apt-get install mosquitto)" >&2; exit 2; }
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT" && cargo build --release --quiet -p medlink-bench -p medlink)
 TLS=${TLS:-0}
 if [ "$TLS" = 1 ]; then
     "$BIN" certs --dir "$WORK/certs" b b.c b.c.d b.c.d.e mosq > /dev/null 2>&1
@@ -133,7 +138,7 @@ for i in 0 1 2 3; do
             echo "kind = \"tcp\""
         fi
         echo "addr = \"127.0.0.1:${ML[$i]}\""
-        # The HTTP API; the web-* identities are told to use HTTP (bench-rtt over HTTP).
+        # The HTTP API; the web-* identities are told to use HTTP (round trips over HTTP).
         echo "[http]"
         echo "addr = \"127.0.0.1:${MH[$i]}\""
         [ "$TLS" = 1 ] && echo "tls = true"
@@ -170,14 +175,14 @@ ML_ARGS=(--medlink --pub-url "$SCHEME://127.0.0.1:19914" --sub-url "$SCHEME://12
     --sub-node b --sub-user sink --sub-pass bench-password)
 
 RESULTS="$WORK/results.jsonl"
-run() { "$BIN" bench "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }
+run() { "$BENCH" mqtt "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }
 
 mosq() { [ "$ONLY" = medlink ] || run "${MOSQ_ARGS[@]}" "$@"; }
 med() { [ "$ONLY" = mosquitto ] || run "${ML_ARGS[@]}" "$@"; }
 : > "$RESULTS"
 echo "# warm-up" >&2
-[ "$ONLY" = medlink ] || "$BIN" bench "${MOSQ_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
-[ "$ONLY" = mosquitto ] || "$BIN" bench "${ML_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
+[ "$ONLY" = medlink ] || "$BENCH" mqtt "${MOSQ_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
+[ "$ONLY" = mosquitto ] || "$BENCH" mqtt "${ML_ARGS[@]}" -n 2000 -p 1 --label warmup > /dev/null
 
 # Disk use of a chain's four data directories (medlink: journal.db, -wal, -shm; mosquitto: its
 # persistence file), sampled every 200 ms: the peak during a run, then after DISK_IDLE seconds
@@ -219,7 +224,7 @@ echo "# request -> reply round trips, bottom to top and back" >&2
 HTTP_SCHEME=http
 [ "$TLS" = 1 ] && HTTP_SCHEME=https
 RTT_N=${RTT_N:-2000}
-rtt() { "$BIN" bench-rtt "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }
+rtt() { "$BENCH" rtt "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }
 MQ_RTT=(--req-url "$SCHEME://127.0.0.1:19904" --rep-url "$SCHEME://127.0.0.1:19901" "${CA_ARGS[@]}")
 ML_RTT=(--medlink --req-node b.c.d.e --rep-node b --req-pass bench-password --rep-pass bench-password "${CA_ARGS[@]}")
 ML_MQTT=(--req-url "$SCHEME://127.0.0.1:19914" --rep-url "$SCHEME://127.0.0.1:19911" --req-user source --rep-user sink)

@@ -9,7 +9,11 @@
 set -euo pipefail
 POLLS=${1:-10000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="$ROOT/target/release/medlink"
+# The node binary and the load tools (a crate of their own, outside the binary an operator
+# installs), built fresh so a run never measures stale code.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN="$TARGET/release/medlink"
+BENCH="$TARGET/release/medlink-bench"
 WORK=$(mktemp -d /tmp/medlink-http.XXXXXX)
 PIDS=()
 cleanup() {
@@ -19,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT" && cargo build --release --quiet -p medlink-bench -p medlink)
 
 for who in sender receiver idle lat-a lat-b; do
     echo "bench-password-$who" | "$BIN" passwd --file "$WORK/creds.toml" add "$who" --role client --password-stdin 2>/dev/null
@@ -70,7 +74,7 @@ LOADS=()
 for i in $(seq 1 "$procs"); do
     n=$per
     [ "$i" -eq "$procs" ] && n=$(( POLLS - per * (procs - 1) ))
-    (ulimit -n 20000; exec "$BIN" bench-http polls --addr 127.0.0.1:19952 --login idle:bench-password-idle --count "$n" --hold 60) > "$WORK/polls$i.out" 2>&1 &
+    (ulimit -n 20000; exec "$BENCH" http polls --addr 127.0.0.1:19952 --login idle:bench-password-idle --count "$n" --hold 60) > "$WORK/polls$i.out" 2>&1 &
     LOADS+=($!)
     PIDS+=($!)
 done
@@ -89,5 +93,5 @@ echo "{\"mode\":\"polls\",\"requested\":$POLLS,\"open_at_node\":$open,\"load_pro
 for p in "${LOADS[@]}"; do kill "$p" 2>/dev/null || true; done
 
 echo "# 3. POST -> waiting long-poll latency" >&2
-"$BIN" bench-http latency --addr 127.0.0.1:19952 --sender lat-a:bench-password-lat-a \
+"$BENCH" http latency --addr 127.0.0.1:19952 --sender lat-a:bench-password-lat-a \
     --receiver lat-b:bench-password-lat-b --node hb --count 2000

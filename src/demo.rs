@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use medlink_bridge::envelope::{now_ms, Envelope};
+use medlink_bridge::envelope::now_ms;
 use medlink_broker::ListenerKind;
-use rumqttc::QoS;
+use medlink_sdk::{Address, Client, Inbox, Message, Options, SendOptions};
+use serde_json::json;
 use tokio::process::{Child, Command};
-
-use crate::mqtt_client::{self, Endpoint};
 
 /// Options of `medlink demo`.
 #[derive(clap::Args, Debug)]
@@ -212,22 +211,32 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
 
     // Up: township clinic → city hospital.
     let started = Instant::now();
-    let request = serde_json::json!({
-        "to": {"node": city.id, "client": hosp.name},
-        "cmd": "consult.request",
-        "params": {"patient": "P-0042", "question": "CT shows a 9 mm nodule; follow-up?", "images": []},
-        "ttl_ms": 3_600_000,
-    });
-    let req = exchange("request", &clinic, &mut hosp, request).await?;
+    let sent = now_ms();
+    clinic
+        .client
+        .send_with(
+            &hosp.address(),
+            "consult.request",
+            json!({"patient": "P-0042", "question": "CT shows a 9 mm nodule; follow-up?", "images": []}),
+            SendOptions {
+                ttl: Some(Duration::from_secs(3600)),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("clinic: {e}"))?;
+    let req = receive("request", &mut hosp, sent).await?;
 
     // Down: the hospital answers asynchronously; the reply finds its way back by the `from` stamp.
-    let reply = serde_json::json!({
-        "to": req.from,
-        "cmd": "consult.reply",
-        "reply_to": req.id,
-        "params": {"opinion": "Low risk. Repeat CT in 12 months.", "by": hosp.name},
-    });
-    let rep = exchange("reply", &hosp, &mut clinic, reply).await?;
+    let sent = now_ms();
+    hosp.client
+        .reply(
+            &req,
+            json!({"opinion": "Low risk. Repeat CT in 12 months.", "by": hosp.name}),
+        )
+        .await
+        .map_err(|e| format!("hospital: {e}"))?;
+    let rep = receive("reply", &mut clinic, sent).await?;
     if rep.reply_to.as_deref() != Some(req.id.as_str()) {
         return Err(format!(
             "reply correlates to {:?}, expected {}",
@@ -238,19 +247,23 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
 
     // A second opinion from the provincial expert panel crosses all four tiers each way.
     let mut prov = DemoClient::connect(province, &conf("province"), "prov", &ca).await?;
-    let second = serde_json::json!({
-        "to": {"node": province.id, "client": prov.name},
-        "cmd": "consult.second_opinion",
-        "params": {"patient": "P-0042", "ref": req.id},
-    });
-    let req2 = exchange("second-opinion request", &clinic, &mut prov, second).await?;
-    let answer = serde_json::json!({
-        "to": req2.from,
-        "cmd": "consult.reply",
-        "reply_to": req2.id,
-        "params": {"opinion": "Agree with the city hospital."},
-    });
-    let rep2 = exchange("second-opinion reply", &prov, &mut clinic, answer).await?;
+    let sent = now_ms();
+    clinic
+        .client
+        .send(
+            &prov.address(),
+            "consult.second_opinion",
+            json!({"patient": "P-0042", "ref": req.id}),
+        )
+        .await
+        .map_err(|e| format!("clinic: {e}"))?;
+    let req2 = receive("second-opinion request", &mut prov, sent).await?;
+    let sent = now_ms();
+    prov.client
+        .reply(&req2, json!({"opinion": "Agree with the city hospital."}))
+        .await
+        .map_err(|e| format!("provincial experts: {e}"))?;
+    let rep2 = receive("second-opinion reply", &mut clinic, sent).await?;
     if rep2.reply_to.as_deref() != Some(req2.id.as_str()) || rep2.trail.len() != 4 {
         return Err("the second-opinion reply did not cross all four tiers".into());
     }
@@ -299,18 +312,18 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         req.id
     );
     for c in [prov, hosp, clinic] {
-        let _ = c.client.disconnect().await;
+        c.client.close().await;
     }
     Ok(())
 }
 
-/// A demo application connected to one node as the first client identity in that node's
-/// config whose name starts with a prefix.
+/// A demo application connected through the SDK to one node, as the first client identity
+/// in that node's config whose name starts with a prefix.
 struct DemoClient {
     node: String,
     name: String,
-    client: rumqttc::AsyncClient,
-    rx: tokio::sync::mpsc::UnboundedReceiver<crate::mqtt_client::Received>,
+    client: Client,
+    inbox: Inbox,
 }
 
 impl DemoClient {
@@ -321,46 +334,36 @@ impl DemoClient {
         ca: &Path,
     ) -> Result<DemoClient, String> {
         let (name, password) = find_identity(conf, prefix)?;
-        let endpoint = Endpoint {
+        let (client, inbox) = Client::connect(Options {
             url: format!("mqtts://{}", node.tls),
-            login: Some((name.clone(), password)),
+            node: node.id.clone(),
+            identity: name.clone(),
+            password,
             ca: Some(ca.to_path_buf()),
-        };
-        let filters = [
-            format!("org/{}/{name}/cmd", node.id),
-            format!("org/{}/{name}/receipt", node.id),
-        ];
-        let (client, rx) = mqtt_client::connect(&endpoint, &name, &filters).await?;
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("{name} at {}: {e}", node.id))?;
         Ok(DemoClient {
             node: node.id.clone(),
             name,
             client,
-            rx,
+            inbox,
         })
+    }
+
+    /// Where commands for this application go.
+    fn address(&self) -> Address {
+        Address::new(&self.node, &self.name)
     }
 }
 
-/// `from` publishes `body` to its outbox; waits for the command at `to` and prints its trail.
-async fn exchange(
-    label: &str,
-    from: &DemoClient,
-    to: &mut DemoClient,
-    body: serde_json::Value,
-) -> Result<Envelope, String> {
-    let sent = now_ms();
-    from.client
-        .publish(
-            format!("org/{}/{}/out", from.node, from.name),
-            QoS::AtLeastOnce,
-            false,
-            body.to_string(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let env = next_command(&mut to.rx).await?;
+/// Waits for the next command at `to` (sent at `sent`, Unix ms) and prints its trail.
+async fn receive(label: &str, to: &mut DemoClient, sent: u64) -> Result<Message, String> {
+    let msg = next_command(&mut to.inbox).await?;
     println!();
-    print_trail(label, &env, sent, now_ms());
-    Ok(env)
+    print_trail(label, &msg, sent, now_ms());
+    Ok(msg)
 }
 
 async fn wait_for_port(addr: &str, child: &mut Child) -> Result<(), String> {
@@ -376,19 +379,19 @@ async fn wait_for_port(addr: &str, child: &mut Child) -> Result<(), String> {
     Err(format!("not listening on {addr} after 10 s"))
 }
 
-async fn next_command(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::mqtt_client::Received>,
-) -> Result<Envelope, String> {
-    let msg = rx.recv().await.ok_or("client connection closed")?;
-    let env =
-        Envelope::parse(&msg.payload).map_err(|e| format!("bad envelope on {}: {e}", msg.topic))?;
-    if msg.topic.ends_with("/receipt") {
-        return Err(format!("unexpected receipt: {}", env.params.get()));
+/// The next command; a receipt instead means the command sent was refused or failed (none
+/// are asked for), which ends the demo with its reason.
+async fn next_command(inbox: &mut Inbox) -> Result<Message, String> {
+    tokio::select! {
+        Some(cmd) = inbox.commands.recv() => Ok(cmd),
+        Some(receipt) = inbox.receipts.recv() => {
+            Err(format!("unexpected receipt: {}", receipt.params))
+        }
+        else => Err("client connection closed".into()),
     }
-    Ok(env)
 }
 
-fn print_trail(what: &str, env: &Envelope, sent_at: u64, received_at: u64) {
+fn print_trail(what: &str, env: &Message, sent_at: u64, received_at: u64) {
     println!(
         "{what}: {}/{} -> {}/{}  cmd={}  id={}",
         env.from.node, env.from.client, env.to.node, env.to.client, env.cmd, env.id

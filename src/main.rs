@@ -1,25 +1,18 @@
-//! `medlink`: one binary for every tier of the network, plus the tools around it.
+//! `medlink`: one binary for every tier of the network, plus the tools an operator uses
+//! around it. The load tools are a binary of their own (`medlink-bench`, in `bench/`).
 //!
 //! - `medlink node --config FILE` runs a node.
 //! - `medlink audit --data-dir DIR ...` prints the audit trail a node recorded.
 //! - `medlink demo` starts a 4-tier tree on loopback and sends a consultation up and back.
-//! - `medlink bench ...` loads any MQTT broker (medlink or not) and reports throughput/latency.
-//! - `medlink bench-http ...` holds many long-polls open or times POST → long-poll delivery.
-//! - `medlink bench-rtt ...` times request → reply round trips (SDK, or any MQTT brokers).
 //! - `medlink send | request | listen ...` use the SDK from a shell.
 //! - `medlink certs ...` issues a development CA and certificates.
 //! - `medlink passwd --file FILE ...` manages identities in a credentials file.
 
-mod bench;
-mod bench_http;
-mod bench_rtt;
 mod certs;
 mod cli_client;
 mod config;
 mod demo;
-mod latency;
 mod logging;
-mod mqtt_client;
 mod passwd;
 
 use std::path::PathBuf;
@@ -100,12 +93,6 @@ enum Command {
     },
     /// Start a 4-tier tree on loopback and send a consultation up and its reply back down.
     Demo(demo::DemoArgs),
-    /// Load an MQTT broker or a medlink tree and report throughput and latency.
-    Bench(bench::BenchArgs),
-    /// Load a node's HTTP API: many long-polls held open, or POST-to-long-poll latency.
-    BenchHttp(bench_http::BenchHttpArgs),
-    /// Time request -> reply round trips across a medlink tree (SDK) or MQTT brokers.
-    BenchRtt(bench_rtt::BenchRttArgs),
     /// Send a command (prints its id once the node has custody).
     Send(cli_client::SendArgs),
     /// Send a command and print the reply.
@@ -118,11 +105,12 @@ enum Command {
     Passwd(passwd::PasswdArgs),
 }
 
-fn init_logs(json: bool) {
+/// Sets up logging to stderr: MEDLINK_LOG's filter, else `default`.
+fn init_logs(json: bool, default: &str) {
     // rumqttd opens an ERROR-level span for every router event and formats its fields, which
     // costs the router thread a quarter of its time; it is silenced unless asked for by name
     // (e.g. MEDLINK_LOG=info,rumqttd=debug).
-    let mut directives = std::env::var("MEDLINK_LOG").unwrap_or_else(|_| "info".to_string());
+    let mut directives = std::env::var("MEDLINK_LOG").unwrap_or_else(|_| default.to_string());
     if !directives.contains("rumqttd") {
         directives.push_str(",rumqttd=off");
     }
@@ -170,7 +158,7 @@ fn main() -> ExitCode {
             data_dir,
             json_logs,
         } => {
-            init_logs(json_logs);
+            init_logs(json_logs, "info");
             let cfg = match config::load(&config, data_dir.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -229,12 +217,11 @@ fn main() -> ExitCode {
             print_trace(&id, &data_dir, json)
         }
         Command::Demo(args) => {
-            init_logs(false);
+            // The demo's clients are SDK clients; their session notes ("connected") would
+            // interleave with the trails the demo prints, so only their warnings show.
+            init_logs(false, "info,medlink_sdk=warn");
             runtime.block_on(demo::run(args))
         }
-        Command::Bench(args) => runtime.block_on(bench::run(args)),
-        Command::BenchHttp(args) => runtime.block_on(bench_http::run(args)),
-        Command::BenchRtt(args) => runtime.block_on(bench_rtt::run(args)),
         Command::Send(args) => runtime.block_on(cli_client::send(args)),
         Command::Request(args) => runtime.block_on(cli_client::request(args)),
         Command::Listen(args) => runtime.block_on(cli_client::listen(args)),

@@ -229,8 +229,9 @@ fn the_cli_sends_requests_and_listens_through_the_sdk() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--priority"));
 }
 
-/// `medlink bench-rtt` (the round-trip bench) matches every reply to its request: over MQTT
-/// and over HTTP across two tiers, every round trip is counted once and none is lost.
+/// The round-trip bench (`medlink-bench rtt`, run here in process) matches every reply to its
+/// request: over MQTT and over HTTP across two tiers, every round trip is counted once and none
+/// is lost.
 #[test]
 fn the_round_trip_bench_counts_every_reply_once() {
     let mut t = Tree::new(&[
@@ -244,54 +245,32 @@ fn the_round_trip_bench_counts_every_reply_once() {
     }
     let port_pair = |n: &mut NodeProc| (n.port, n.http_port);
     let (req, rep) = (port_pair(t.node("js.a")), port_pair(t.node("js")));
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     for (scheme, (req_port, rep_port), transport) in [
         ("mqtt", (req.0, rep.0), "mqtt / mqtt"),
         ("http", (req.1, rep.1), "http / http"),
     ] {
-        let (req_url, rep_url) = (
-            format!("{scheme}://127.0.0.1:{req_port}"),
-            format!("{scheme}://127.0.0.1:{rep_port}"),
-        );
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args([
-            "bench-rtt",
-            "--medlink",
-            "-n",
-            "60",
-            "-c",
-            "4",
-            "--timeout",
-            "20",
-        ])
-        .args(["--req-url", &req_url, "--rep-url", &rep_url])
-        .args([
-            "--req-node",
-            "js.a",
-            "--req-user",
-            "req",
-            "--req-pass",
-            PASSWORD,
-        ])
-        .args([
-            "--rep-node",
-            "js",
-            "--rep-user",
-            "rep",
-            "--rep-pass",
-            PASSWORD,
-        ]);
-        let out = cmd.output().expect("run medlink bench-rtt");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "bench-rtt over {scheme}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let result: serde_json::Value =
-            serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("a JSON result line");
-        assert_eq!(result["replied"], 60, "{result}");
-        assert_eq!(result["lost"], 0, "{result}");
-        assert_eq!(result["duplicates"], 0, "{result}");
-        assert_eq!(result["transport"], transport, "{result}");
+        let args = medlink_bench::rtt::RttArgs {
+            req_url: format!("{scheme}://127.0.0.1:{req_port}"),
+            rep_url: format!("{scheme}://127.0.0.1:{rep_port}"),
+            requests: 60,
+            concurrency: 4,
+            timeout: 20,
+            medlink: true,
+            req_node: Some("js.a".into()),
+            req_user: Some("req".into()),
+            req_pass: Some(PASSWORD.into()),
+            rep_node: Some("js".into()),
+            rep_user: Some("rep".into()),
+            rep_pass: Some(PASSWORD.into()),
+            ..Default::default()
+        };
+        let result = runtime
+            .block_on(medlink_bench::rtt::run(&args))
+            .unwrap_or_else(|e| panic!("the round-trip bench over {scheme}: {e}"));
+        assert_eq!(result.replied, 60, "{result:?}");
+        assert_eq!(result.lost, 0, "{result:?}");
+        assert_eq!(result.duplicates, 0, "{result:?}");
+        assert_eq!(result.transport, transport, "{result:?}");
     }
 }

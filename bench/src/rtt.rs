@@ -1,4 +1,4 @@
-//! `medlink bench-rtt`: request → reply round trips, the exchange a consultation is made of.
+//! `medlink-bench rtt`: request → reply round trips, the exchange a consultation is made of.
 //!
 //! In `--medlink` mode both ends are SDK clients: a requester at one node calls
 //! `Client::request` and a responder at another node answers every command with
@@ -14,7 +14,7 @@
 //! JSON line plus a human summary.
 
 use std::collections::HashMap;
-use std::process::ExitCode;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,79 +26,152 @@ use serde_json::json;
 use crate::latency::Latencies;
 use crate::mqtt_client::{self, Endpoint};
 
-/// Options of `medlink bench-rtt`.
+/// Options of `medlink-bench rtt`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct BenchRttArgs {
+pub struct RttArgs {
     /// Where the requester connects.
     #[arg(long)]
-    req_url: String,
+    pub req_url: String,
     /// Where the responder connects.
     #[arg(long)]
-    rep_url: String,
+    pub rep_url: String,
     /// Round trips in total.
-    #[arg(long, short = 'n', default_value_t = 5_000)]
-    requests: usize,
+    #[arg(long, short = 'n', default_value_t = DEFAULT_REQUESTS, value_parser = crate::positive)]
+    pub requests: usize,
     /// Round trips in flight at once.
-    #[arg(long, short = 'c', default_value_t = 1)]
-    concurrency: usize,
+    #[arg(long, short = 'c', default_value_t = 1, value_parser = crate::positive)]
+    pub concurrency: usize,
     /// Payload bytes per request (the reply carries the same).
-    #[arg(long, short = 's', default_value_t = 256)]
-    size: usize,
+    #[arg(long, short = 's', default_value_t = DEFAULT_SIZE)]
+    pub size: usize,
     /// Drive a medlink tree through the SDK.
     #[arg(long)]
-    medlink: bool,
+    pub medlink: bool,
     /// medlink: the requester's node id.
     #[arg(long)]
-    req_node: Option<String>,
+    pub req_node: Option<String>,
     /// medlink: the responder's node id.
     #[arg(long)]
-    rep_node: Option<String>,
+    pub rep_node: Option<String>,
     /// Requester's username (medlink: its client identity).
     #[arg(long)]
-    req_user: Option<String>,
+    pub req_user: Option<String>,
     /// Requester's password.
     #[arg(long)]
-    req_pass: Option<String>,
+    pub req_pass: Option<String>,
     /// Responder's username (medlink: its client identity).
     #[arg(long)]
-    rep_user: Option<String>,
+    pub rep_user: Option<String>,
     /// Responder's password.
     #[arg(long)]
-    rep_pass: Option<String>,
+    pub rep_pass: Option<String>,
     /// CA certificate for TLS URLs.
     #[arg(long)]
-    ca: Option<std::path::PathBuf>,
+    pub ca: Option<PathBuf>,
     /// Plain mode: topic prefix.
-    #[arg(long, default_value = "rtt")]
-    topic: String,
+    #[arg(long, default_value = DEFAULT_TOPIC)]
+    pub topic: String,
     /// A reply not back within this many seconds counts as lost.
-    #[arg(long, default_value_t = 20)]
-    timeout: u64,
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT)]
+    pub timeout: u64,
     /// Label copied into the JSON result.
     #[arg(long, default_value = "")]
-    label: String,
+    pub label: String,
 }
 
-/// The result line.
-#[derive(Serialize, Debug)]
-struct RttResult {
-    label: String,
-    mode: &'static str,
-    transport: String,
-    requests: usize,
-    concurrency: usize,
-    size: usize,
-    replied: usize,
-    lost: usize,
-    duplicates: usize,
+// The command line's defaults, shared with `Default` so an in-process caller gets the same.
+const DEFAULT_REQUESTS: usize = 5_000;
+const DEFAULT_SIZE: usize = 256;
+const DEFAULT_TOPIC: &str = "rtt";
+const DEFAULT_TIMEOUT: u64 = 20;
+
+impl Default for RttArgs {
+    /// What the command line gives without flags, except for the URLs, which have no default.
+    fn default() -> Self {
+        RttArgs {
+            req_url: String::new(),
+            rep_url: String::new(),
+            requests: DEFAULT_REQUESTS,
+            concurrency: 1,
+            size: DEFAULT_SIZE,
+            medlink: false,
+            req_node: None,
+            rep_node: None,
+            req_user: None,
+            req_pass: None,
+            rep_user: None,
+            rep_pass: None,
+            ca: None,
+            topic: DEFAULT_TOPIC.into(),
+            timeout: DEFAULT_TIMEOUT,
+            label: String::new(),
+        }
+    }
+}
+
+/// What one run measured: printed as one JSON line (the field names are what
+/// `bench/chain.sh` reads) and a summary.
+#[derive(Serialize, Debug, Clone)]
+pub struct RttReport {
+    /// `--label`.
+    pub label: String,
+    /// `medlink` (SDK clients) or `mqtt` (plain publishes).
+    pub mode: &'static str,
+    /// The transports the requester and the responder ended up on, e.g. `mqtt / http`.
+    pub transport: String,
+    /// Round trips asked for.
+    pub requests: usize,
+    /// Round trips in flight at once.
+    pub concurrency: usize,
+    /// Payload bytes per request.
+    pub size: usize,
+    /// Round trips whose reply came back, each counted once.
+    pub replied: usize,
+    /// Round trips whose reply never came (within `--timeout`).
+    pub lost: usize,
+    /// Replies that came for no waiting request (a second reply, or one answering another).
+    pub duplicates: usize,
     /// medlink: repeats the requester's SDK dropped before the application.
-    sdk_repeats_dropped: u64,
-    seconds: f64,
-    round_trips_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    max_ms: f64,
+    pub sdk_repeats_dropped: u64,
+    /// From the first request to the last reply.
+    pub seconds: f64,
+    /// Replied round trips per second.
+    pub round_trips_s: f64,
+    /// Median round trip.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Longest.
+    pub max_ms: f64,
+}
+
+impl RttReport {
+    /// Nothing lost and nothing duplicated.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0
+    }
+
+    /// The human summary line (`bench/chain.sh` shows it as the run's progress).
+    pub fn summary(&self) -> String {
+        format!(
+            "# {} {} over {}: {} round trips x {} B, {} in flight: {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; lost {}, duplicates {}",
+            self.mode,
+            self.label,
+            self.transport,
+            self.requests,
+            self.size,
+            self.concurrency,
+            self.round_trips_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms,
+            self.lost,
+            self.duplicates
+        )
+    }
 }
 
 /// What one run measured, before it is summarised.
@@ -115,24 +188,17 @@ fn required(v: &Option<String>, flag: &str) -> Result<String, String> {
     v.clone().ok_or_else(|| format!("--medlink needs --{flag}"))
 }
 
-pub async fn run(args: BenchRttArgs) -> ExitCode {
+/// Runs the round trips `args` describe and reports how they went.
+pub async fn run(args: &RttArgs) -> Result<RttReport, String> {
     if args.requests == 0 || args.concurrency == 0 {
-        eprintln!("medlink bench-rtt: --requests and --concurrency must be positive");
-        return ExitCode::from(2);
+        return Err("--requests and --concurrency must be positive".into());
     }
-    let outcome = if args.medlink {
-        medlink(&args).await
+    let mut r = if args.medlink {
+        medlink(args).await?
     } else {
-        plain(&args).await
+        plain(args).await?
     };
-    let mut r = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("medlink bench-rtt: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = RttResult {
+    Ok(RttReport {
         label: args.label.clone(),
         mode: if args.medlink { "medlink" } else { "mqtt" },
         transport: r.transport,
@@ -153,36 +219,11 @@ pub async fn run(args: BenchRttArgs) -> ExitCode {
         p99_ms: r.lat.ms(0.99),
         p999_ms: r.lat.ms(0.999),
         max_ms: r.lat.ms(1.0),
-    };
-    println!(
-        "{}",
-        serde_json::to_string(&result).expect("results serialise")
-    );
-    println!(
-        "# {} {} over {}: {} round trips x {} B, {} in flight: {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; lost {}, duplicates {}",
-        result.mode,
-        result.label,
-        result.transport,
-        result.requests,
-        result.size,
-        result.concurrency,
-        result.round_trips_s,
-        result.p50_ms,
-        result.p99_ms,
-        result.p999_ms,
-        result.max_ms,
-        result.lost,
-        result.duplicates
-    );
-    if result.lost > 0 || result.duplicates > 0 {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    }
+    })
 }
 
 /// Requests through the SDK; the responder replies to each on a task of its own.
-async fn medlink(args: &BenchRttArgs) -> Result<Run, String> {
+async fn medlink(args: &RttArgs) -> Result<Run, String> {
     let connect = |url: &str, node: String, identity: String, password: String| {
         Client::connect(Options {
             url: url.to_string(),
@@ -302,21 +343,13 @@ async fn medlink(args: &BenchRttArgs) -> Result<Run, String> {
 }
 
 /// The same exchange over plain MQTT brokers (a bridged mosquitto chain, say).
-async fn plain(args: &BenchRttArgs) -> Result<Run, String> {
-    let login = |u: &Option<String>, p: &Option<String>| {
-        u.as_ref()
-            .map(|u| (u.clone(), p.clone().unwrap_or_default()))
-    };
+async fn plain(args: &RttArgs) -> Result<Run, String> {
     let (req_topic, rep_topic) = (
         format!("{}/up/req", args.topic),
         format!("{}/down/rep", args.topic),
     );
     let pid = std::process::id();
-    let rep_ep = Endpoint {
-        url: args.rep_url.clone(),
-        login: login(&args.rep_user, &args.rep_pass),
-        ca: args.ca.clone(),
-    };
+    let rep_ep = Endpoint::new(&args.rep_url, &args.rep_user, &args.rep_pass, &args.ca);
     let (responder, mut requests) = mqtt_client::connect(
         &rep_ep,
         &format!("rtt-rep-{pid}"),
@@ -340,11 +373,7 @@ async fn plain(args: &BenchRttArgs) -> Result<Run, String> {
             }
         }
     });
-    let req_ep = Endpoint {
-        url: args.req_url.clone(),
-        login: login(&args.req_user, &args.req_pass),
-        ca: args.ca.clone(),
-    };
+    let req_ep = Endpoint::new(&args.req_url, &args.req_user, &args.req_pass, &args.ca);
     let (requester, mut replies) =
         mqtt_client::connect(&req_ep, &format!("rtt-req-{pid}"), &[rep_topic]).await?;
     // Each payload starts with the request's number; the rest is padding.

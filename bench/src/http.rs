@@ -1,11 +1,10 @@
-//! `medlink bench-http`: load for the HTTP API that wrk cannot produce — many long-polls held
+//! `medlink-bench http`: load for the HTTP API that wrk cannot produce — many long-polls held
 //! open at once, and the latency from a POST to the long-poll that delivers it.
 //!
 //! Requests are written by hand over keep-alive TCP connections (one per poll), so the load
 //! tool costs little more than the sockets themselves; `bench/http.sh` runs several of these
 //! processes (one process may hold at most ~20,000 sockets here) and wrk for POST throughput.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -13,49 +12,50 @@ use tokio::net::TcpStream;
 
 use crate::latency::Latencies;
 
-/// Options of `medlink bench-http`.
-#[derive(clap::Args, Debug)]
-pub struct BenchHttpArgs {
-    /// What to measure.
-    #[command(subcommand)]
-    mode: Mode,
+/// Options of `medlink-bench http`: what to measure.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum HttpArgs {
+    /// Open COUNT long-polls on one identity's (empty) inbox and hold them.
+    Polls(PollsArgs),
+    /// POST a command and time until a waiting long-poll of the receiver returns it.
+    Latency(LatencyArgs),
 }
 
-#[derive(clap::Subcommand, Debug)]
-enum Mode {
-    /// Open COUNT long-polls on one identity's (empty) inbox and hold them.
-    Polls {
-        /// `ip:port` of the node's HTTP API.
-        #[arg(long)]
-        addr: String,
-        /// `user:password` of a client whose inbox stays empty.
-        #[arg(long)]
-        login: String,
-        /// Long-polls to open.
-        #[arg(long, default_value_t = 1000)]
-        count: usize,
-        /// Seconds each poll asks to wait (and the tool holds them).
-        #[arg(long, default_value_t = 30)]
-        hold: u64,
-    },
-    /// POST a command and time until a waiting long-poll of the receiver returns it.
-    Latency {
-        /// `ip:port` of the node's HTTP API.
-        #[arg(long)]
-        addr: String,
-        /// `user:password` of the sender.
-        #[arg(long)]
-        sender: String,
-        /// `user:password` of the receiver (at the same node).
-        #[arg(long)]
-        receiver: String,
-        /// The receiver's node id.
-        #[arg(long)]
-        node: String,
-        /// Round trips to time.
-        #[arg(long, default_value_t = 1000)]
-        count: usize,
-    },
+/// Options of `medlink-bench http polls`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PollsArgs {
+    /// `ip:port` of the node's HTTP API.
+    #[arg(long)]
+    pub addr: String,
+    /// `user:password` of a client whose inbox stays empty.
+    #[arg(long)]
+    pub login: String,
+    /// Long-polls to open.
+    #[arg(long, default_value_t = 1000, value_parser = crate::positive)]
+    pub count: usize,
+    /// Seconds each poll asks to wait (and the tool holds them).
+    #[arg(long, default_value_t = 30)]
+    pub hold: u64,
+}
+
+/// Options of `medlink-bench http latency`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LatencyArgs {
+    /// `ip:port` of the node's HTTP API.
+    #[arg(long)]
+    pub addr: String,
+    /// `user:password` of the sender.
+    #[arg(long)]
+    pub sender: String,
+    /// `user:password` of the receiver (at the same node).
+    #[arg(long)]
+    pub receiver: String,
+    /// The receiver's node id.
+    #[arg(long)]
+    pub node: String,
+    /// Round trips to time.
+    #[arg(long, default_value_t = 1000, value_parser = crate::positive)]
+    pub count: usize,
 }
 
 fn basic(login: &str) -> String {
@@ -123,36 +123,34 @@ impl Conn {
     }
 }
 
-/// Runs `medlink bench-http`.
-pub async fn run(args: BenchHttpArgs) -> ExitCode {
-    let result = match args.mode {
-        Mode::Polls {
-            addr,
-            login,
-            count,
-            hold,
-        } => polls(&addr, &login, count, hold).await,
-        Mode::Latency {
-            addr,
-            sender,
-            receiver,
-            node,
-            count,
-        } => latency(&addr, &sender, &receiver, &node, count).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("medlink bench-http: {e}");
-            ExitCode::FAILURE
-        }
-    }
+/// Long-polls opened by [`open_polls`], held until [`OpenPolls::hold`] ends or this is dropped.
+pub struct OpenPolls {
+    /// What opening them took.
+    pub report: PollsReport,
+    hold: u64,
+    conns: Vec<Conn>,
 }
 
-async fn polls(addr: &str, login: &str, count: usize, hold: u64) -> Result<(), String> {
+/// How many long-polls were opened, and how long that took.
+#[derive(Debug, Clone)]
+pub struct PollsReport {
+    /// Long-polls open.
+    pub open: usize,
+    /// Seconds from the first connection to the last poll sent.
+    pub open_seconds: f64,
+}
+
+/// Opens `args.count` long-polls, each on a connection of its own, and returns them open.
+pub async fn open_polls(args: &PollsArgs) -> Result<OpenPolls, String> {
+    let PollsArgs {
+        addr,
+        login,
+        count,
+        hold,
+    } = args;
     let started = Instant::now();
-    let mut conns = Vec::with_capacity(count);
-    for i in 0..count {
+    let mut conns = Vec::with_capacity(*count);
+    for i in 0..*count {
         let mut c = Conn::open(addr)
             .await
             .map_err(|e| format!("poll {i}: {e}"))?;
@@ -161,23 +159,48 @@ async fn polls(addr: &str, login: &str, count: usize, hold: u64) -> Result<(), S
             .map_err(|e| format!("poll {i}: {e}"))?;
         conns.push(c);
     }
-    println!(
-        "{{\"mode\":\"polls\",\"open\":{count},\"open_seconds\":{:.3}}}",
-        started.elapsed().as_secs_f64()
-    );
-    tokio::time::sleep(Duration::from_secs(hold.saturating_sub(2))).await;
-    drop(conns);
-    eprintln!("# {count} long-polls held for {hold} s");
-    Ok(())
+    Ok(OpenPolls {
+        report: PollsReport {
+            open: *count,
+            open_seconds: started.elapsed().as_secs_f64(),
+        },
+        hold: *hold,
+        conns,
+    })
 }
 
-async fn latency(
-    addr: &str,
-    sender: &str,
-    receiver: &str,
-    node: &str,
-    count: usize,
-) -> Result<(), String> {
+impl OpenPolls {
+    /// Holds the polls until shortly before the node would answer them (`--hold` less 2 s),
+    /// then closes them.
+    pub async fn hold(self) {
+        tokio::time::sleep(Duration::from_secs(self.hold.saturating_sub(2))).await;
+        drop(self.conns);
+    }
+}
+
+/// POST → waiting long-poll latency.
+#[derive(Debug, Clone)]
+pub struct LatencyReport {
+    /// Round trips timed.
+    pub count: usize,
+    /// Median, POST written to the poll's answer read.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Highest.
+    pub max_ms: f64,
+}
+
+/// Times `args.count` POSTs, each until the receiver's waiting long-poll returns it.
+pub async fn latency(args: &LatencyArgs) -> Result<LatencyReport, String> {
+    let LatencyArgs {
+        addr,
+        sender,
+        receiver,
+        node,
+        count,
+    } = args;
+    let count = *count;
     let client = receiver.split(':').next().unwrap_or("");
     let mut poller = Conn::open(addr).await.map_err(|e| e.to_string())?;
     let mut poster = Conn::open(addr).await.map_err(|e| e.to_string())?;
@@ -231,16 +254,10 @@ async fn latency(
             cursor = next.to_string();
         }
     }
-    println!(
-        "{{\"mode\":\"latency\",\"count\":{count},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
-        samples.ms(0.5),
-        samples.ms(0.99),
-        samples.ms(1.0)
-    );
-    eprintln!(
-        "# POST -> waiting long-poll, {count} round trips: p50 {:.3} ms, p99 {:.3} ms",
-        samples.ms(0.5),
-        samples.ms(0.99)
-    );
-    Ok(())
+    Ok(LatencyReport {
+        count,
+        p50_ms: samples.ms(0.5),
+        p99_ms: samples.ms(0.99),
+        max_ms: samples.ms(1.0),
+    })
 }

@@ -1,4 +1,4 @@
-//! `medlink bench`: one load generator for medlink and for any other MQTT broker.
+//! `medlink-bench mqtt`: one load generator for medlink and for any other MQTT broker.
 //!
 //! Publishers send N numbered messages at QoS 1; a subscriber (on the same or another broker)
 //! checks every message for loss, duplication and per-publisher order, and measures latency
@@ -8,7 +8,6 @@
 //! they are ordinary publishes on `<topic>/<publisher>`, which is how a chain of bridged
 //! mosquitto brokers is driven. The result is one JSON line plus a human summary.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rumqttc::QoS;
@@ -17,61 +16,61 @@ use serde::{Deserialize, Serialize};
 use crate::latency::Latencies;
 use crate::mqtt_client::{self, Endpoint, Received};
 
-/// Options of `medlink bench`.
+/// Options of `medlink-bench mqtt`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
+pub struct MqttArgs {
     /// Broker the publishers connect to (`mqtt://`, `mqtts://host:port`, `ws://` or
     /// `wss://host:port/mqtt`).
     #[arg(long)]
-    pub_url: String,
+    pub pub_url: String,
     /// Broker the subscriber connects to (default: the publishers' broker).
     #[arg(long)]
-    sub_url: Option<String>,
+    pub sub_url: Option<String>,
     /// Messages in total.
-    #[arg(long, short = 'n', default_value_t = 10_000)]
-    messages: usize,
+    #[arg(long, short = 'n', default_value_t = 10_000, value_parser = crate::positive)]
+    pub messages: usize,
     /// Payload bytes per message.
     #[arg(long, short = 's', default_value_t = 256)]
-    size: usize,
+    pub size: usize,
     /// Concurrent publishers.
-    #[arg(long, short = 'p', default_value_t = 1)]
-    publishers: usize,
+    #[arg(long, short = 'p', default_value_t = 1, value_parser = crate::positive)]
+    pub publishers: usize,
     /// Total send rate in messages/s (default: as fast as the broker takes them).
     #[arg(long)]
-    rate: Option<u64>,
+    pub rate: Option<u64>,
     /// Drive a medlink tree: publish commands to client outboxes, receive from an inbox.
     #[arg(long)]
-    medlink: bool,
+    pub medlink: bool,
     /// medlink: the publishers' node id.
     #[arg(long)]
-    pub_node: Option<String>,
+    pub pub_node: Option<String>,
     /// medlink: the subscriber's node id.
     #[arg(long)]
-    sub_node: Option<String>,
+    pub sub_node: Option<String>,
     /// Publishers' username (medlink: their client identity).
     #[arg(long)]
-    pub_user: Option<String>,
+    pub pub_user: Option<String>,
     /// Publishers' password.
     #[arg(long)]
-    pub_pass: Option<String>,
+    pub pub_pass: Option<String>,
     /// Subscriber's username (medlink: the target client identity).
     #[arg(long)]
-    sub_user: Option<String>,
+    pub sub_user: Option<String>,
     /// Subscriber's password.
     #[arg(long)]
-    sub_pass: Option<String>,
+    pub sub_pass: Option<String>,
     /// CA certificate for `mqtts`/`wss` URLs.
     #[arg(long)]
-    ca: Option<std::path::PathBuf>,
+    pub ca: Option<std::path::PathBuf>,
     /// Plain mode: topic prefix.
     #[arg(long, default_value = "bench")]
-    topic: String,
+    pub topic: String,
     /// Give up when nothing arrives for this many seconds.
     #[arg(long, default_value_t = 20)]
-    idle_timeout: u64,
+    pub idle_timeout: u64,
     /// Label copied into the JSON result.
     #[arg(long, default_value = "")]
-    label: String,
+    pub label: String,
 }
 
 /// What every message carries so the subscriber can check it.
@@ -82,81 +81,86 @@ struct Probe {
     t: u64,
 }
 
-/// The result line.
-#[derive(Serialize, Debug)]
-pub struct BenchResult {
-    label: String,
-    mode: &'static str,
-    messages: usize,
-    size: usize,
-    publishers: usize,
-    rate: Option<u64>,
-    received: usize,
-    lost: usize,
-    duplicates: usize,
-    out_of_order: usize,
-    receipts: usize,
-    seconds: f64,
-    throughput_msg_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    max_ms: f64,
+/// What one run measured: printed as one JSON line (the field names are what
+/// `bench/chain.sh` reads) and a summary.
+#[derive(Serialize, Debug, Clone)]
+pub struct MqttReport {
+    /// `--label`.
+    pub label: String,
+    /// `medlink` (commands through a tree) or `mqtt` (plain publishes).
+    pub mode: &'static str,
+    /// Messages sent.
+    pub messages: usize,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Concurrent publishers.
+    pub publishers: usize,
+    /// The total send rate asked for, if any.
+    pub rate: Option<u64>,
+    /// Distinct messages received.
+    pub received: usize,
+    /// Messages that never arrived (before `--idle-timeout`).
+    pub lost: usize,
+    /// Messages that arrived more than once.
+    pub duplicates: usize,
+    /// Messages that arrived after a later one of the same publisher.
+    pub out_of_order: usize,
+    /// medlink: receipts the publishers got (none are asked for, so these are failures).
+    pub receipts: usize,
+    /// From the first send to the last receipt.
+    pub seconds: f64,
+    /// Received messages per second.
+    pub throughput_msg_s: f64,
+    /// Median latency, publisher's call to subscriber's receipt.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// 99.9th percentile latency.
+    pub p999_ms: f64,
+    /// Highest latency.
+    pub max_ms: f64,
 }
 
-fn login(user: &Option<String>, pass: &Option<String>) -> Option<(String, String)> {
-    user.as_ref()
-        .map(|u| (u.clone(), pass.clone().unwrap_or_default()))
-}
+impl MqttReport {
+    /// Nothing lost and nothing duplicated.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0
+    }
 
-pub async fn run(args: BenchArgs) -> ExitCode {
-    match bench(args).await {
-        Ok(r) => {
-            println!("{}", serde_json::to_string(&r).expect("results serialise"));
-            println!(
-                "# {} {}: {} msgs x {} B from {} publisher(s){}: {:.0} msg/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; lost {}, duplicates {}, out of order {}",
-                r.mode,
-                r.label,
-                r.messages,
-                r.size,
-                r.publishers,
-                r.rate.map(|x| format!(" at {x} msg/s")).unwrap_or_default(),
-                r.throughput_msg_s,
-                r.p50_ms,
-                r.p99_ms,
-                r.p999_ms,
-                r.max_ms,
-                r.lost,
-                r.duplicates,
-                r.out_of_order
-            );
-            if r.lost > 0 || r.duplicates > 0 {
-                ExitCode::from(3)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => {
-            eprintln!("medlink bench: {e}");
-            ExitCode::FAILURE
-        }
+    /// The human summary line (`bench/chain.sh` shows it as the run's progress).
+    pub fn summary(&self) -> String {
+        format!(
+            "# {} {}: {} msgs x {} B from {} publisher(s){}: {:.0} msg/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; lost {}, duplicates {}, out of order {}",
+            self.mode,
+            self.label,
+            self.messages,
+            self.size,
+            self.publishers,
+            self.rate.map(|x| format!(" at {x} msg/s")).unwrap_or_default(),
+            self.throughput_msg_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms,
+            self.lost,
+            self.duplicates,
+            self.out_of_order
+        )
     }
 }
 
-async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
+/// Runs the load `args` describe and reports what arrived.
+pub async fn run(args: &MqttArgs) -> Result<MqttReport, String> {
     if args.publishers == 0 || args.messages == 0 {
         return Err("--publishers and --messages must be positive".into());
     }
-    let sub_ep = Endpoint {
-        url: args.sub_url.clone().unwrap_or_else(|| args.pub_url.clone()),
-        login: login(&args.sub_user, &args.sub_pass),
-        ca: args.ca.clone(),
-    };
-    let pub_ep = Endpoint {
-        url: args.pub_url.clone(),
-        login: login(&args.pub_user, &args.pub_pass),
-        ca: args.ca.clone(),
-    };
+    let sub_ep = Endpoint::new(
+        args.sub_url.as_ref().unwrap_or(&args.pub_url),
+        &args.sub_user,
+        &args.sub_pass,
+        &args.ca,
+    );
+    let pub_ep = Endpoint::new(&args.pub_url, &args.pub_user, &args.pub_pass, &args.ca);
     let (pub_topic, sub_filters, target) = if args.medlink {
         let pn = args.pub_node.clone().ok_or("--medlink needs --pub-node")?;
         let sn = args.sub_node.clone().ok_or("--medlink needs --sub-node")?;
@@ -278,7 +282,7 @@ async fn bench(args: BenchArgs) -> Result<BenchResult, String> {
     }
     drop(keep);
     let seconds = last_rx.duration_since(epoch).as_secs_f64();
-    Ok(BenchResult {
+    Ok(MqttReport {
         label: args.label.clone(),
         mode: if args.medlink { "medlink" } else { "mqtt" },
         messages: args.messages,

@@ -1,7 +1,10 @@
-//! A minimal MQTT client for the demo and the bench: connect, subscribe, and receive
-//! publishes on a channel. It speaks to any broker, medlink or not.
+//! A minimal MQTT client for the load tools: connect, subscribe, and receive publishes on a
+//! channel. It speaks to any broker, medlink or not, which is why the tools use it rather than
+//! the SDK (that speaks only medlink's topics) for plain-MQTT runs and for publishing straight
+//! into client outboxes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +20,24 @@ pub struct Endpoint {
     pub login: Option<(String, String)>,
     /// CA that the broker's certificate must chain to (for `mqtts`/`wss`).
     pub ca: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// `url`, logging in as `user` (with `pass`, empty when not given) if a user is given.
+    pub fn new(
+        url: &str,
+        user: &Option<String>,
+        pass: &Option<String>,
+        ca: &Option<PathBuf>,
+    ) -> Endpoint {
+        Endpoint {
+            url: url.to_string(),
+            login: user
+                .as_ref()
+                .map(|u| (u.clone(), pass.clone().unwrap_or_default())),
+            ca: ca.clone(),
+        }
+    }
 }
 
 /// A received publish.
@@ -39,8 +60,7 @@ pub fn options(ep: &Endpoint, client_id: &str) -> Result<MqttOptions, String> {
             .ca
             .as_deref()
             .ok_or_else(|| format!("'{}': a CA file is needed for TLS (--ca)", ep.url))?;
-        let config = medlink_broker::tls::client_config(ca, None)?;
-        Ok(TlsConfiguration::Rustls(std::sync::Arc::new(config)))
+        Ok(TlsConfiguration::Rustls(Arc::new(trusting(ca)?)))
     };
     let (mut opts, transport) = match url.scheme() {
         "mqtt" | "tcp" => (
@@ -77,6 +97,27 @@ pub fn options(ep: &Endpoint, client_id: &str) -> Result<MqttOptions, String> {
         .set_inflight(1000)
         .set_clean_session(true);
     Ok(opts)
+}
+
+/// A TLS client configuration trusting exactly the certificates in `ca` (PEM), with the
+/// aws-lc-rs provider the rest of the workspace uses (so no second crypto stack is compiled
+/// and no process-wide default provider has to be installed).
+fn trusting(ca: &Path) -> Result<rustls::ClientConfig, String> {
+    let err = |e: &dyn std::fmt::Display| format!("CA {}: {e}", ca.display());
+    let pem = std::fs::read(ca).map_err(|e| err(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(err(&"no certificate in the file"));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Connects, subscribes to `filters` at QoS 1, and returns once the SUBACK arrived.
