@@ -300,12 +300,12 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
         return Err(format!("the trace of {} is incomplete: {events:?}", req.id));
     }
     for e in &events {
-        println!(
-            "  {} {:<16} {}",
-            medlink_bridge::audit::format_time(e.at),
-            e.node,
-            e.what
-        );
+        // The journal keeps no time for some facts (a delivery): no time is shown for them.
+        let at = match e.at {
+            0 => String::new(),
+            at => medlink_bridge::audit::format_time(at),
+        };
+        println!("  {at:<24} {:<16} {}", e.node, e.what);
     }
     println!(
         "  (the same from a shell: medlink trace {} --data-dir <township dir> --data-dir <county dir> ...)",
