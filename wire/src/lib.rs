@@ -1,0 +1,46 @@
+//! medlink's wire contract, written once for both ends: the node (`medlink-broker`,
+//! `medlink-bridge`) and the applications' SDK (`medlink-sdk`) depend on this crate, and it
+//! depends on no medlink crate. `topics.md` describes the same contract in prose.
+//!
+//! - [`address`]: [`Address`], and the rules for node ids, client names and message ids.
+//! - [`envelope`]: [`Envelope`] (what travels and is delivered), [`Kind`], [`Hop`].
+//! - [`submission`]: [`Submission`] (what a client sends) and the rules a node holds it to.
+//! - [`priority`]: [`Priority`] and its lanes.
+//! - [`receipt`]: [`ReceiptKind`], [`ReceiptStatus`], [`Receipt`]; how receipts are built and
+//!   read.
+//! - [`error`]: [`FieldError`], a refusal that names the field.
+//! - [`topics`]: the MQTT topic names.
+//! - [`cursor`]: the HTTP stream position [`Cursor`] and the long-poll [`Page`].
+//! - [`transport`]: [`Transport`] and the `GET /v1/transport` answer.
+//! - [`backoff`]: the reconnect [`Backoff`].
+//! - `probe` (feature `probe`): whether an MQTT address answers again.
+
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod backoff;
+pub mod cursor;
+pub mod envelope;
+pub mod error;
+pub mod priority;
+#[cfg(feature = "probe")]
+pub mod probe;
+pub mod receipt;
+pub mod submission;
+pub mod topics;
+pub mod transport;
+
+pub use address::{
+    check_node_id, valid_client, valid_id, valid_node_id, Address, MessageId, ID_RULE, MAX_CLIENT,
+    MAX_ID, MAX_NODE_ID,
+};
+pub use backoff::Backoff;
+pub use cursor::{BadCursor, Cursor, Page};
+pub use envelope::{now_ms, Envelope, Hop, Kind, Params, MAX_HOPS};
+pub use error::FieldError;
+pub use priority::{Priority, UnknownPriority, LANES};
+pub use receipt::{
+    Receipt, ReceiptKind, ReceiptStatus, UnknownReceiptKind, RECEIPT_SENDER, RECEIPT_TTL_MS,
+};
+pub use submission::{json_depth, Limits, Submission, MAX_CMD, MAX_PARAMS_DEPTH};
+pub use transport::{Transport, TransportAnswer, UnknownTransport};

@@ -1,0 +1,117 @@
+//! A command's priority class. Every hop keeps one queue per class (a lane) and serves
+//! urgent before normal before bulk, so an urgent command overtakes a routine backlog.
+
+use serde::{Deserialize, Serialize};
+
+/// A command's priority class. On the wire `"urgent"`, `"normal"` or `"bulk"`; the numbers
+/// 0–9 of the earlier scale are read too (see the `Deserialize` impl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Ahead of everything else (a deteriorating patient, a recall).
+    Urgent,
+    /// The default.
+    #[default]
+    Normal,
+    /// Behind everything else (statistics, bulk uploads).
+    Bulk,
+}
+
+/// Number of priority classes, hence lanes (queues) per destination.
+pub const LANES: usize = 3;
+
+impl Priority {
+    /// Every class, most urgent first: the order in which lanes are served.
+    pub const ALL: [Priority; LANES] = [Priority::Urgent, Priority::Normal, Priority::Bulk];
+
+    /// Index of the class's lane, 0 = urgent.
+    pub fn lane(self) -> usize {
+        self as usize
+    }
+
+    /// The class of lane `lane` (anything out of range counts as normal).
+    pub fn from_lane(lane: usize) -> Priority {
+        Priority::ALL.get(lane).copied().unwrap_or_default()
+    }
+
+    /// The wire name: `urgent`, `normal` or `bulk`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Urgent => "urgent",
+            Priority::Normal => "normal",
+            Priority::Bulk => "bulk",
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a priority class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown priority `{0}`: use urgent, normal or bulk")]
+pub struct UnknownPriority(pub String);
+
+impl std::str::FromStr for Priority {
+    type Err = UnknownPriority;
+
+    /// The class names only (numbers are a JSON compatibility, see `Deserialize`).
+    fn from_str(s: &str) -> Result<Priority, UnknownPriority> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPriority(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    /// Accepts the class names and, for older clients, the numbers 0–9 of the earlier scale
+    /// (0 = routine, 9 = most urgent): 0–6 normal, 7–9 urgent. Bulk has no number, so nothing
+    /// that was routine before becomes bulk now.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Number(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Name(n) => n.parse().map_err(serde::de::Error::custom),
+            Raw::Number(0..=6) => Ok(Priority::Normal),
+            Raw::Number(7..=9) => Ok(Priority::Urgent),
+            Raw::Number(n) => Err(serde::de::Error::custom(format!(
+                "priority {n} out of range: use urgent, normal or bulk (or 0..=9)"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_numbers_and_lanes() {
+        let p = |j: &str| serde_json::from_str::<Priority>(j).map_err(|e| e.to_string());
+        assert_eq!(p(r#""urgent""#), Ok(Priority::Urgent));
+        assert_eq!(p(r#""bulk""#), Ok(Priority::Bulk));
+        assert_eq!(p("0"), Ok(Priority::Normal), "the old routine stays normal");
+        assert_eq!(p("6"), Ok(Priority::Normal));
+        assert_eq!(p("9"), Ok(Priority::Urgent));
+        assert!(p(r#""high""#)
+            .unwrap_err()
+            .starts_with("unknown priority `high`: use urgent, normal or bulk"));
+        assert!(p("10").unwrap_err().starts_with("priority 10 out of range"));
+        assert!(p("-1").is_err() && p("true").is_err());
+        for q in Priority::ALL {
+            assert_eq!(Priority::from_lane(q.lane()), q);
+            assert_eq!(q.to_string().parse::<Priority>(), Ok(q));
+            assert_eq!(serde_json::to_string(&q).unwrap(), format!("\"{q}\""));
+        }
+        assert_eq!(Priority::from_lane(7), Priority::Normal);
+        assert!(Priority::Urgent < Priority::Normal && Priority::Normal < Priority::Bulk);
+    }
+}

@@ -1,0 +1,103 @@
+//! How a caller connects to a node, and the node's answer to `GET /v1/transport`: the node
+//! decides per identity (`[transport]` in its configuration) and clients and child nodes
+//! follow.
+
+use serde::{Deserialize, Serialize};
+
+/// A transport to a node. On the wire (and in the node's TOML) `"mqtt"`, `"ws"`, `"http"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT over TCP or TLS.
+    Mqtt,
+    /// MQTT over WebSocket (or secure WebSocket).
+    Ws,
+    /// The node's HTTP API (POST and long-polls).
+    Http,
+}
+
+impl Transport {
+    /// Every transport.
+    pub const ALL: [Transport; 3] = [Transport::Mqtt, Transport::Ws, Transport::Http];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Ws => "ws",
+            Transport::Http => "http",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a transport.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown transport `{0}`: use mqtt, ws or http")]
+pub struct UnknownTransport(pub String);
+
+impl std::str::FromStr for Transport {
+    type Err = UnknownTransport;
+
+    fn from_str(s: &str) -> Result<Transport, UnknownTransport> {
+        Transport::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownTransport(s.to_string()))
+    }
+}
+
+/// The answer to `GET /v1/transport`: `{"identity", "transport", "url"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportAnswer {
+    /// The authenticated caller.
+    #[serde(default)]
+    pub identity: String,
+    /// What the caller should use. `None` when reading an answer that names a transport this
+    /// version does not know (a newer node) or none: the caller keeps its own default.
+    #[serde(default, deserialize_with = "known_transport")]
+    pub transport: Option<Transport>,
+    /// Where to connect for it (e.g. `mqtts://city.example:8883`), if the node advertises
+    /// one; `null` otherwise.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// A transport name, or `None` for one this version does not know.
+fn known_transport<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Transport>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.and_then(|t| t.parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_spelling() {
+        for t in Transport::ALL {
+            assert_eq!(t.to_string().parse::<Transport>(), Ok(t));
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+        }
+        assert!("quic".parse::<Transport>().is_err());
+    }
+
+    #[test]
+    fn answers() {
+        let a = TransportAnswer {
+            identity: "clinic".into(),
+            transport: Some(Transport::Ws),
+            url: None,
+        };
+        let text = serde_json::to_string(&a).unwrap();
+        assert_eq!(text, r#"{"identity":"clinic","transport":"ws","url":null}"#);
+        assert_eq!(serde_json::from_str::<TransportAnswer>(&text).unwrap(), a);
+        let newer: TransportAnswer =
+            serde_json::from_str(r#"{"identity":"c","transport":"quic","url":"x"}"#).unwrap();
+        assert_eq!(newer.transport, None);
+    }
+}
