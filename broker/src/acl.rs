@@ -5,6 +5,12 @@
 
 use crate::identity::{Identity, Role};
 
+// The topic names are the wire contract's; re-exported so the front-end and the node keep
+// one path to them.
+pub use medlink_wire::topics::{
+    inbox_topic, link_down_topic, link_up_topic, outbox_topic, receipt_topic,
+};
+
 /// What a permitted publish is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishClass {
@@ -65,31 +71,6 @@ pub fn strip_share(filter: &str) -> &str {
     } else {
         filter
     }
-}
-
-/// `org/<node>/<client>/cmd`: where a client receives commands.
-pub fn inbox_topic(node: &str, client: &str) -> String {
-    format!("org/{node}/{client}/cmd")
-}
-
-/// `org/<node>/<client>/out`: where a client sends commands.
-pub fn outbox_topic(node: &str, client: &str) -> String {
-    format!("org/{node}/{client}/out")
-}
-
-/// `org/<node>/<client>/receipt`: receipts about the client's own commands.
-pub fn receipt_topic(node: &str, client: &str) -> String {
-    format!("org/{node}/{client}/receipt")
-}
-
-/// `link/<child>/up`: frames from a child node to its parent.
-pub fn link_up_topic(child: &str) -> String {
-    format!("link/{child}/up")
-}
-
-/// `link/<child>/down`: frames from a parent to its child node.
-pub fn link_down_topic(child: &str) -> String {
-    format!("link/{child}/down")
 }
 
 /// Which of `client`'s delivery streams `filter` (without `$share/` prefix) is, if any.

@@ -22,8 +22,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = Frame::parse(data);
     if let Ok(text) = std::str::from_utf8(data) {
         // A cursor that parses prints back to one that parses to the same position.
-        if let Ok(c) = text.parse::<medlink_broker::Cursor>() {
-            assert_eq!(c.to_string().parse::<medlink_broker::Cursor>(), Ok(c));
+        if let Ok(c) = text.parse::<medlink_bridge::clients::Cursor>() {
+            assert_eq!(c.to_string().parse::<medlink_bridge::clients::Cursor>(), Ok(c));
         }
     }
     let _ = medlink_bridge::journal::segment::decode(bytes::Bytes::copy_from_slice(data));

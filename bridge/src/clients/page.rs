@@ -1,4 +1,5 @@
-//! What an HTTP reader of a client stream is handed: deliveries with their cursors.
+//! What an HTTP reader of a client stream is handed: deliveries with their cursors. The JSON
+//! answer built from a [`Page`] is the wire's `medlink_wire::Page` (`http/inbox.rs` writes it).
 
 use bytes::Bytes;
 
@@ -22,44 +23,6 @@ pub struct Page {
     pub deliveries: Vec<Delivery>,
 }
 
-/// A position in one of a client's streams as an HTTP client sees it: the last sequence it
-/// has in each priority lane, urgent first. Written `u.n.b` (e.g. `0.17.3`); a plain number
-/// `n` means `0.n.0`. Clients treat it as opaque.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Cursor(pub [u64; 3]);
-
-impl Cursor {
-    /// Whether the client has nothing yet.
-    pub fn is_start(&self) -> bool {
-        self.0 == [0; 3]
-    }
-}
-
-impl std::fmt::Display for Cursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [u, n, b] = self.0;
-        write!(f, "{u}.{n}.{b}")
-    }
-}
-
-impl std::str::FromStr for Cursor {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Cursor, ()> {
-        // Digits only: `u64::from_str` would also take a leading `+`.
-        let parts: Vec<u64> = s
-            .split('.')
-            .map(|p| {
-                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(());
-                }
-                p.parse::<u64>().map_err(|_| ())
-            })
-            .collect::<Result<_, _>>()?;
-        match parts[..] {
-            [n] => Ok(Cursor([0, n, 0])),
-            [u, n, b] => Ok(Cursor([u, n, b])),
-            _ => Err(()),
-        }
-    }
-}
+/// A position in one of a client's streams as an HTTP client sees it (`u.n.b`): the wire
+/// contract's, which the SDK reads too.
+pub use medlink_wire::Cursor;

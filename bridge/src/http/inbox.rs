@@ -64,7 +64,7 @@ enum CursorValue {
 fn parse_cursor(value: Option<&str>) -> Result<Option<Cursor>, ApiError> {
     match value {
         None | Some("") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|()| {
+        Some(v) => v.parse().map(Some).map_err(|_| {
             ApiError::malformed(format!(
                 "'{v}' is not a cursor (pass back the `cursor` of the last response)"
             ))

@@ -7,23 +7,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use medlink_wire::TransportAnswer;
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
 
-/// A transport a caller can be told to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportChoice {
-    /// MQTT over TCP or TLS.
-    Mqtt,
-    /// MQTT over WebSocket (or secure WebSocket).
-    Ws,
-    /// The HTTP API.
-    Http,
-}
+/// A transport a caller can be told to use (the wire's [`medlink_wire::Transport`]).
+pub use medlink_wire::Transport as TransportChoice;
 
 /// The node's transport decisions and the URLs it advertises for each transport.
 #[derive(Debug, Clone)]
@@ -55,10 +46,11 @@ pub async fn decide(
 ) -> Result<Response, ApiError> {
     let who = caller.0;
     let (choice, url) = state.transport.decide(&who.name);
-    Ok(axum::Json(serde_json::json!({
-        "identity": who.name,
-        "transport": choice,
-        "url": url,
-    }))
+    let url = url.map(str::to_string);
+    Ok(axum::Json(TransportAnswer {
+        identity: who.name,
+        transport: Some(choice),
+        url,
+    })
     .into_response())
 }

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use medlink_wire::{Transport, TransportAnswer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{debug, info};
@@ -100,28 +101,9 @@ async fn post_up(
     Err(refused(status, &body))
 }
 
-/// Whether the MQTT address is back: it accepts a TCP connection and keeps it open, silent,
-/// the way a broker waits for CONNECT (a middlebox that accepts and drops does not count).
-async fn reachable(addr: &ParentAddr) -> bool {
-    use tokio::io::AsyncReadExt;
-    let Some(target) = addr.socket_target() else {
-        return false;
-    };
-    let connect = tokio::net::TcpStream::connect(target.as_str());
-    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
-        return false;
-    };
-    let mut byte = [0u8; 1];
-    match tokio::time::timeout(Duration::from_millis(300), s.read(&mut byte)).await {
-        Err(_) => true,
-        Ok(Ok(n)) => n > 0,
-        Ok(Err(_)) => false,
-    }
-}
-
-/// Asks the parent at `base` which transport this node should use (`GET /v1/transport`):
-/// `mqtt`, `ws` or `http`; `None` if it cannot be asked.
-pub(crate) async fn ask_transport(cfg: &UplinkConfig, base: &str) -> Option<String> {
+/// Asks the parent at `base` which transport this node should use (`GET /v1/transport`);
+/// `None` if it cannot be asked or names a transport this version does not know.
+pub(crate) async fn ask_transport(cfg: &UplinkConfig, base: &str) -> Option<Transport> {
     let client = client(cfg).ok()?;
     let url = format!("{}/v1/transport", base.trim_end_matches('/'));
     let resp = authed(client.get(url), cfg)
@@ -133,8 +115,9 @@ pub(crate) async fn ask_transport(cfg: &UplinkConfig, base: &str) -> Option<Stri
         return None;
     }
     let body = resp.bytes().await.ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    v["transport"].as_str().map(str::to_string)
+    serde_json::from_slice::<TransportAnswer>(&body)
+        .ok()?
+        .transport
 }
 
 /// Runs one HTTP link session against `base` until it fails, the preferred address answers
@@ -206,8 +189,9 @@ pub(crate) async fn session(
                 return Ended::Lost { connected: true, reason: "link stalled".into() };
             }
             _ = probe.tick(), if preferred.is_some() => {
-                if let Some(p) = preferred {
-                    if reachable(p).await {
+                // Back when it answers the way a broker waits for CONNECT.
+                if let Some(target) = preferred.and_then(ParentAddr::socket_target) {
+                    if medlink_wire::probe::answers(target.as_str()).await {
                         return Ended::Preferred;
                     }
                 }

@@ -16,7 +16,7 @@ mod parent;
 
 use std::time::Duration;
 
-use rand::Rng;
+use medlink_wire::{Backoff, Transport};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -158,23 +158,19 @@ async fn first_address(cfg: &UplinkConfig) -> (usize, bool) {
     let Some(choice) = http::ask_transport(cfg, url).await else {
         return (0, false);
     };
-    let wanted = |a: &ParentAddr| match choice.as_str() {
-        "http" => a.is_http(),
-        "ws" => matches!(a, ParentAddr::Ws { .. } | ParentAddr::Wss { .. }),
-        _ => matches!(a, ParentAddr::Tcp { .. } | ParentAddr::Tls { .. }),
-    };
-    let index = cfg.parents.iter().position(wanted).unwrap_or(0);
+    let index = cfg
+        .parents
+        .iter()
+        .position(|a| a.transport() == choice)
+        .unwrap_or(0);
     info!(transport = %choice, parent = %cfg.parents[index], "the parent chose the link transport");
-    (index, choice == "http")
+    (index, choice == Transport::Http)
 }
 
-/// Full-jitter exponential backoff: uniform in [base/2, base], base = 100 ms · 2^n, capped.
+/// Full-jitter exponential backoff after `failures` failed attempts: uniform in
+/// [base/2, base], base = 100 ms · 2^failures, at most `cap`.
 fn backoff(failures: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(100)
-        .saturating_mul(1u32 << failures.min(16))
-        .min(cap);
-    let half = base / 2;
-    half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis() as u64))
+    Backoff::new(Duration::from_millis(50), cap / 2, 100).delay_for(failures)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use medlink_broker::acl::{link_down_topic, link_up_topic};
+use medlink_wire::topics::{link_down_topic, link_up_topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tracing::{debug, info};
 

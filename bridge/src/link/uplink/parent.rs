@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use medlink_wire::Transport;
 use tokio::sync::{mpsc, watch};
 
 /// How to reach one address of the parent.
@@ -58,6 +59,15 @@ impl ParentAddr {
     /// Whether this is an HTTP address.
     pub fn is_http(&self) -> bool {
         matches!(self, ParentAddr::Http { .. })
+    }
+
+    /// The transport this address speaks (what `GET /v1/transport` names).
+    pub fn transport(&self) -> Transport {
+        match self {
+            ParentAddr::Tcp { .. } | ParentAddr::Tls { .. } => Transport::Mqtt,
+            ParentAddr::Ws { .. } | ParentAddr::Wss { .. } => Transport::Ws,
+            ParentAddr::Http { .. } => Transport::Http,
+        }
     }
 
     /// `host:port` to probe with a TCP connect.
