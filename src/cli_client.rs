@@ -61,19 +61,12 @@ pub struct SendArgs {
 impl SendArgs {
     /// The send options the flags describe (the value parsers above admit only known names).
     fn options(&self) -> SendOptions {
-        let priority = match self.priority.as_str() {
-            "urgent" => Priority::Urgent,
-            "bulk" => Priority::Bulk,
-            _ => Priority::Normal,
-        };
+        // The names are the wire's own spellings (`Priority`/`ReceiptKind` parse them).
+        let priority: Priority = self.priority.parse().unwrap_or_default();
         let receipts = self
             .receipts
             .iter()
-            .map(|r| match r.as_str() {
-                "accepted" => ReceiptKind::Accepted,
-                "delivered" => ReceiptKind::Delivered,
-                _ => ReceiptKind::Replied,
-            })
+            .filter_map(|r| r.parse::<ReceiptKind>().ok())
             .collect();
         SendOptions {
             priority,

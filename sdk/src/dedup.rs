@@ -75,6 +75,9 @@ mod tests {
             created_at: 0,
             expires_at: None,
             priority: Default::default(),
+            receipts: Vec::new(),
+            hops: 0,
+            via_root: false,
             trail: Vec::new(),
         }
     }

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use medlink_wire::Backoff;
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -55,27 +55,9 @@ fn needs_tls(url: &str) -> bool {
         .any(|s| url.starts_with(s))
 }
 
-/// Jittered exponential backoff, 100 ms doubling to 5 s.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(5);
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    fn delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Self::CAP);
-        // Up to +50 %, so clients cut off together do not all come back in the same instant.
-        let jitter = rand::thread_rng().gen_range(0..=d.as_millis() as u64 / 2);
-        d + Duration::from_millis(jitter)
-    }
-}
+/// Reconnect backoff: 100 ms doubling to 5 s, plus up to 50 % at random so clients cut off
+/// together do not all come back in the same instant.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 50);
 
 /// A session that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(2);
@@ -92,9 +74,7 @@ enum Plan {
 
 /// The task.
 pub(crate) async fn run(mut core: Core, endpoint: Endpoint, done: watch::Sender<bool>) {
-    let mut backoff = Backoff {
-        next: Backoff::FIRST,
-    };
+    let mut backoff = BACKOFF;
     let mut mqtt_failures = 0u32;
     let http_client = match &endpoint {
         Endpoint::Http(_) => match http::client(&core) {

@@ -10,17 +10,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use medlink_wire::{Cursor, Transport, TransportAnswer};
 use reqwest::StatusCode;
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::handover::Handover;
 use crate::message::Message;
 use crate::sendq::SendQueue;
 use crate::session::{Core, Cursors, Ended};
-use crate::{tls, Error, Transport};
+use crate::{tls, Error};
 
 /// How long one poll waits at the node (the node's `http.max_wait_s` defaults to 60).
 const POLL_WAIT_S: u64 = 20;
@@ -126,13 +125,6 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| lost(format!("{what} answered something else: {e}")))
 }
 
-#[derive(Deserialize)]
-struct Decision {
-    transport: String,
-    #[serde(default)]
-    url: Option<String>,
-}
-
 /// `GET /v1/transport`: what the node decided for this identity, and the URL to use.
 pub(crate) async fn ask_transport(
     http: &reqwest::Client,
@@ -143,41 +135,37 @@ pub(crate) async fn ask_transport(
     let req = http
         .get(format!("{base}/v1/transport"))
         .timeout(Duration::from_secs(10));
-    let d: Decision = get_json(req, login, false, "/v1/transport").await?;
-    let t = match d.transport.as_str() {
-        "mqtt" => Transport::Mqtt,
-        "ws" => Transport::Ws,
-        // "http", and whatever a newer node may offer that this SDK does not know.
-        _ => Transport::Http,
-    };
+    let d: TransportAnswer = get_json(req, login, false, "/v1/transport").await?;
+    // A transport a newer node may offer that this SDK does not know: HTTP always works.
+    let t = d.transport.unwrap_or(Transport::Http);
     Ok((t, d.url.filter(|u| !u.is_empty())))
 }
 
-#[derive(Deserialize)]
-struct Page {
-    cursor: String,
-    messages: Vec<serde_json::Value>,
-}
+/// What a long-poll answers; the messages are decoded one by one, so one this SDK cannot
+/// read does not hold up the rest.
+type Page = medlink_wire::Page<serde_json::Value>;
 
 /// One long-poll of `path` after `cursor` (which acknowledges everything up to it).
 async fn poll(
     http: &reqwest::Client,
     url: &str,
     login: (&str, &str),
-    cursor: &str,
+    cursor: Option<Cursor>,
     wait: u64,
 ) -> Result<Page, Ended> {
+    // No cursor yet is an empty one: the node starts at the oldest unacknowledged message.
+    let cursor = cursor.map(|c| c.to_string()).unwrap_or_default();
     let (wait, max) = (wait.to_string(), POLL_MAX.to_string());
     let req = http
         .get(url)
-        .query(&[("cursor", cursor), ("wait", &wait), ("max", &max)]);
+        .query(&[("cursor", &cursor), ("wait", &wait), ("max", &max)]);
     get_json(req, login, true, "poll").await
 }
 
 /// Hands a page over, then (and only then) adopts its cursor. False if the application had
 /// dropped a channel the page needed: then nothing of the page is acknowledged (the cursor
 /// covers whole pages), and what it did take is dropped as a repeat next time.
-async fn take_page(page: Page, cursor: &mut String, handover: &Handover) -> bool {
+async fn take_page(page: Page, cursor: &mut Option<Cursor>, handover: &Handover) -> bool {
     let mut all = true;
     for v in page.messages {
         match serde_json::from_value::<Message>(v) {
@@ -187,7 +175,7 @@ async fn take_page(page: Page, cursor: &mut String, handover: &Handover) -> bool
     }
     if all {
         // The node's answer is authoritative (after a replaced journal its numbers restart).
-        *cursor = page.cursor;
+        *cursor = Some(page.cursor);
     }
     all
 }
@@ -201,12 +189,12 @@ async fn receive(
     http: &reqwest::Client,
     url: String,
     login: (&str, &str),
-    cursor: &mut String,
+    cursor: &mut Option<Cursor>,
     handover: &Handover,
 ) -> Ended {
     let mut wait = POLL_WAIT_S;
     loop {
-        match poll(http, &url, login, cursor, wait).await {
+        match poll(http, &url, login, *cursor, wait).await {
             Ok(page) => {
                 if !take_page(page, cursor, handover).await {
                     tokio::time::sleep(HELD_PAUSE).await;
@@ -326,8 +314,7 @@ async fn send(
 /// How often the MQTT URL is probed while HTTP is a fallback.
 const PROBE_EVERY: Duration = Duration::from_secs(10);
 
-/// Whether the MQTT (or WebSocket) URL accepts a TCP connection and keeps it open, silent,
-/// the way a broker waits for CONNECT (a middlebox that accepts and drops does not count).
+/// Whether the MQTT (or WebSocket) URL answers again (`medlink_wire::probe`).
 async fn reachable(url: &str) -> bool {
     let Ok(parsed) = url::Url::parse(url) else {
         return false;
@@ -342,16 +329,7 @@ async fn reachable(url: &str) -> bool {
     ) else {
         return false;
     };
-    let connect = TcpStream::connect((host, port));
-    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
-        return false;
-    };
-    let mut byte = [0u8; 1];
-    match tokio::time::timeout(Duration::from_millis(300), s.read(&mut byte)).await {
-        Err(_) => true,
-        Ok(Ok(n)) => n > 0,
-        Ok(Err(_)) => false,
-    }
+    medlink_wire::probe::answers((host, port)).await
 }
 
 /// Resolves when `probe` (the MQTT URL of a fallback) answers again; never without one.
@@ -381,7 +359,7 @@ pub(crate) async fn session(
     let inbox_url = format!("{base}/v1/inbox");
     let receipts_url = format!("{base}/v1/receipts");
     // First contact (no wait): proves the login and hands over what is waiting.
-    match poll(http, &inbox_url, login, &core.cursors.inbox, 0).await {
+    match poll(http, &inbox_url, login, core.cursors.inbox, 0).await {
         Ok(page) => {
             core.connected(Transport::Http);
             // Not taken (commands dropped by the application): the loop below holds it.

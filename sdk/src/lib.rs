@@ -138,21 +138,13 @@ mod session;
 mod tls;
 
 pub use client::{Client, Handlers, Inbox};
+/// The transport a client is using: MQTT over TCP or TLS, MQTT over WebSocket, or the node's
+/// HTTP API.
+pub use medlink_wire::Transport;
 pub use message::{
     Address, Hop, Kind, Message, MessageId, Priority, Receipt, ReceiptKind, ReceiptStatus,
 };
 pub use options::{Options, SendOptions};
-
-/// The transport a client is using.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// MQTT over TCP or TLS.
-    Mqtt,
-    /// MQTT over WebSocket (or secure WebSocket).
-    Ws,
-    /// The node's HTTP API (POST and long-polls).
-    Http,
-}
 
 /// What can go wrong.
 #[derive(Debug, Clone, thiserror::Error)]

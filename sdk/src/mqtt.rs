@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use medlink_wire::topics::{inbox_topic, outbox_topic, receipt_topic};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, NetworkOptions, Outgoing,
     Packet, QoS, SubscribeReasonCode, TlsConfiguration,
@@ -119,11 +120,9 @@ pub(crate) async fn session(core: &mut Core, url: &str, kind: Transport) -> Ende
             Some((event, eventloop))
         },
     ));
-    let topic = format!("org/{}/{}/out", core.me.node, core.me.client);
-    let filters = [
-        format!("org/{}/{}/cmd", core.me.node, core.me.client),
-        format!("org/{}/{}/receipt", core.me.node, core.me.client),
-    ];
+    let (node, me) = (&core.me.node, &core.me.client);
+    let topic = outbox_topic(node, me);
+    let filters = [inbox_topic(node, me), receipt_topic(node, me)];
     let mut live = false;
     let mut subacks = 0;
     // Sends at the front of the queue handed to rumqttc in this session.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
+use medlink_wire::Submission;
 use serde_json::Value;
 
 use crate::message::{Address, MessageId, Priority, ReceiptKind};
@@ -85,28 +85,8 @@ pub struct SendOptions {
     pub id: Option<MessageId>,
 }
 
-/// What the SDK sends: a submission (`topics.md`, "the outbox"). The node's parser refuses
-/// unknown keys, so optional keys are written only when set.
-#[derive(Debug, Serialize)]
-struct Submission<'a> {
-    id: &'a str,
-    to: &'a Address,
-    cmd: &'a str,
-    params: &'a Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reply_to: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    as_service: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttl_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    priority: Option<Priority>,
-    #[serde(skip_serializing_if = "<[ReceiptKind]>::is_empty")]
-    receipts: &'a [ReceiptKind],
-}
-
 impl SendOptions {
-    /// The JSON body of one submission sent with these options; `reply` is the id answered
+    /// The JSON body of one submission (`topics.md`, "the outbox") sent with these options; `reply` is the id answered
     /// and the service answered for, if any.
     pub(crate) fn submission(
         &self,
@@ -119,16 +99,20 @@ impl SendOptions {
         let ttl_ms = self
             .ttl
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        // Normal is the default and is not written; the node refuses unknown keys, so only
+        // what is set goes out.
         let body = Submission {
-            id,
-            to,
-            cmd,
-            params,
-            reply_to: reply.map(|(id, _)| id),
-            as_service: reply.and_then(|(_, service)| service),
+            id: Some(id.to_string()),
+            from: None,
+            to: to.clone(),
+            cmd: cmd.to_string(),
+            params: Some(params),
+            reply_to: reply.map(|(id, _)| id.to_string()),
+            as_service: reply.and_then(|(_, service)| service).map(str::to_string),
             ttl_ms,
+            expires_at: None,
             priority: (self.priority != Priority::Normal).then_some(self.priority),
-            receipts: &self.receipts,
+            receipts: self.receipts.clone(),
         };
         serde_json::to_vec(&body).unwrap_or_else(|e| {
             unreachable!("a submission of strings and a JSON value always serialises: {e}")
@@ -156,14 +140,13 @@ mod tests {
             receipts: vec![ReceiptKind::Delivered, ReceiptKind::Replied],
             id: None,
         };
-        let v: Value = serde_json::from_slice(&opts.submission(
-            "x2",
-            &to,
-            "c",
-            &Value::Null,
-            Some(("r", None)),
-        ))
-        .unwrap();
+        let body = opts.submission("x2", &to, "c", &Value::Null, Some(("r", None)));
+        // The bytes the node has always been sent, in this order.
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"id":"x2","to":{"node":"js","client":"b"},"cmd":"c","params":null,"reply_to":"r","ttl_ms":2000,"priority":"urgent","receipts":["delivered","replied"]}"#
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["priority"], "urgent");
         assert_eq!(v["ttl_ms"], 2000);
         assert_eq!(v["receipts"], serde_json::json!(["delivered", "replied"]));

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use medlink_wire::Cursor;
 use rustls::ClientConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
@@ -14,13 +15,13 @@ use crate::message::Address;
 use crate::sendq::{Pending, SendQueue};
 use crate::{Error, Transport};
 
-/// Receive positions over HTTP (the node's opaque cursor after the last page handed over,
-/// per stream; empty before the first). Kept across sessions so a new poll acknowledges what
+/// Receive positions over HTTP (the node's cursor after the last page handed over, per
+/// stream; `None` before the first). Kept across sessions so a new poll acknowledges what
 /// the application already has.
 #[derive(Debug, Default)]
 pub(crate) struct Cursors {
-    pub inbox: String,
-    pub receipts: String,
+    pub inbox: Option<Cursor>,
+    pub receipts: Option<Cursor>,
 }
 
 /// Everything the connection task owns.
