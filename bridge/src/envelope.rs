@@ -8,15 +8,10 @@
 use serde_json::value::RawValue;
 
 pub use medlink_wire::{
-    check_node_id, json_depth, now_ms, valid_node_id, Address, FieldError, Kind, Limits, Priority,
-    LANES, MAX_HOPS, MAX_NODE_ID, MAX_PARAMS_DEPTH, RECEIPT_TTL_MS,
+    check_node_id, json_depth, now_ms, valid_node_id, Address, FieldError, Hop, Kind, Limits,
+    Priority, ReceiptKind, ReceiptStatus, LANES, MAX_HOPS, MAX_NODE_ID, MAX_PARAMS_DEPTH,
+    RECEIPT_TTL_MS,
 };
-
-/// A positive receipt a sender can ask for (the wire's [`medlink_wire::ReceiptKind`]).
-pub use medlink_wire::ReceiptKind as Wanted;
-
-/// One node an envelope passed (the wire's [`medlink_wire::Hop`]).
-pub use medlink_wire::Hop as TrailHop;
 
 /// The routed form of a command, params unparsed: what the journal stores and links carry.
 pub type Envelope = medlink_wire::Envelope<Box<RawValue>>;

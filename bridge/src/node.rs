@@ -96,25 +96,10 @@ pub struct NodeConfig {
 }
 
 impl std::fmt::Debug for NodeConfig {
+    /// Names the node only: the config holds the parent password and TLS keys.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Deliberately omits the parent password.
         f.debug_struct("NodeConfig")
             .field("id", &self.id)
-            .field("data_dir", &self.data_dir)
-            .field("listeners", &self.listeners)
-            .field("parents", &self.parents)
-            .field("credentials", &self.credentials)
-            .field("tls", &self.tls.is_some())
-            .field("parent_tls", &self.parent_tls.is_some())
-            .field("rate", &self.rate)
-            .field("metrics_addr", &self.metrics_addr)
-            .field("policy", &self.policy)
-            .field("audit", &self.audit)
-            .field("durability", &self.durability)
-            .field("limits", &self.limits)
-            .field("max_packet_size", &self.max_packet_size)
-            .field("max_connections", &self.max_connections)
-            .field("tuning", &self.tuning)
             .finish_non_exhaustive()
     }
 }

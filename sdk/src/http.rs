@@ -17,12 +17,12 @@ use tracing::{debug, warn};
 
 use crate::handover::Handover;
 use crate::message::Message;
+use medlink_wire::http::POLL_WAIT_S;
+
 use crate::sendq::SendQueue;
 use crate::session::{Core, Cursors, Ended};
 use crate::{tls, Error};
 
-/// How long one poll waits at the node (the node's `http.max_wait_s` defaults to 60).
-const POLL_WAIT_S: u64 = 20;
 /// Most messages per poll.
 const POLL_MAX: u64 = 500;
 /// Most sends per POST.
@@ -34,12 +34,7 @@ pub(crate) fn client(core: &Core) -> Result<reqwest::Client, Error> {
         Some(c) => (**c).clone(),
         None => (*tls::trusting_nothing()?).clone(),
     };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(POLL_WAIT_S + 15))
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .build()
+    medlink_wire::http::client(tls, Duration::from_secs(10))
         .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
 }
 

@@ -16,7 +16,6 @@ use serde_json::Value;
 use crate::address::{Address, MessageId};
 use crate::error::FieldError;
 use crate::priority::Priority;
-use crate::receipt::ReceiptKind;
 
 /// Most nodes an envelope may pass; a guard against loops that tree routing cannot create.
 pub const MAX_HOPS: u8 = 32;
@@ -28,6 +27,25 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// A positive receipt a sender can ask for. Negative ones (`rejected`, `expired`, `failed`)
+/// always come. On the wire `"accepted"`, `"delivered"`, `"replied"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptKind {
+    /// The first node committed the command.
+    Accepted,
+    /// The target acknowledged it (on any of its devices).
+    Delivered,
+    /// The target replied to it.
+    Replied,
+}
+
+crate::names::wire_names!(ReceiptKind, UnknownReceiptKind, "receipt" {
+    Accepted => "accepted",
+    Delivered => "delivered",
+    Replied => "replied",
+});
 
 /// Whether an envelope is a command or a receipt about one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

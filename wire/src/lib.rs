@@ -13,7 +13,8 @@
 //! - [`cursor`]: the HTTP stream position [`Cursor`] and the long-poll [`Page`].
 //! - [`transport`]: [`Transport`] and the `GET /v1/transport` answer.
 //! - [`backoff`]: the reconnect [`Backoff`].
-//! - `probe` (feature `probe`): whether an MQTT address answers again.
+//! - `probe` and `http` (feature `client`): whether an MQTT address answers again, and the
+//!   HTTP client of the HTTP transport.
 
 #![warn(missing_docs)]
 
@@ -22,8 +23,11 @@ pub mod backoff;
 pub mod cursor;
 pub mod envelope;
 pub mod error;
+#[cfg(feature = "client")]
+pub mod http;
+mod names;
 pub mod priority;
-#[cfg(feature = "probe")]
+#[cfg(feature = "client")]
 pub mod probe;
 pub mod receipt;
 pub mod submission;
@@ -36,11 +40,11 @@ pub use address::{
 };
 pub use backoff::Backoff;
 pub use cursor::{BadCursor, Cursor, Page};
-pub use envelope::{now_ms, Envelope, Hop, Kind, Params, MAX_HOPS};
+pub use envelope::{
+    now_ms, Envelope, Hop, Kind, Params, ReceiptKind, UnknownReceiptKind, MAX_HOPS,
+};
 pub use error::FieldError;
 pub use priority::{Priority, UnknownPriority, LANES};
-pub use receipt::{
-    Receipt, ReceiptKind, ReceiptStatus, UnknownReceiptKind, RECEIPT_SENDER, RECEIPT_TTL_MS,
-};
+pub use receipt::{Receipt, ReceiptStatus, RECEIPT_SENDER, RECEIPT_TTL_MS};
 pub use submission::{json_depth, Limits, Submission, MAX_CMD, MAX_PARAMS_DEPTH};
 pub use transport::{Transport, TransportAnswer, UnknownTransport};

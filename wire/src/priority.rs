@@ -20,11 +20,15 @@ pub enum Priority {
 /// Number of priority classes, hence lanes (queues) per destination.
 pub const LANES: usize = 3;
 
-impl Priority {
-    /// Every class, most urgent first: the order in which lanes are served.
-    pub const ALL: [Priority; LANES] = [Priority::Urgent, Priority::Normal, Priority::Bulk];
+crate::names::wire_names!(Priority, UnknownPriority, "priority" {
+    Urgent => "urgent",
+    Normal => "normal",
+    Bulk => "bulk",
+});
 
-    /// Index of the class's lane, 0 = urgent.
+impl Priority {
+    /// Index of the class's lane, 0 = urgent (`ALL` is most urgent first: the order in which
+    /// lanes are served).
     pub fn lane(self) -> usize {
         self as usize
     }
@@ -32,38 +36,6 @@ impl Priority {
     /// The class of lane `lane` (anything out of range counts as normal).
     pub fn from_lane(lane: usize) -> Priority {
         Priority::ALL.get(lane).copied().unwrap_or_default()
-    }
-
-    /// The wire name: `urgent`, `normal` or `bulk`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Urgent => "urgent",
-            Priority::Normal => "normal",
-            Priority::Bulk => "bulk",
-        }
-    }
-}
-
-impl std::fmt::Display for Priority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A name that is not a priority class.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown priority `{0}`: use urgent, normal or bulk")]
-pub struct UnknownPriority(pub String);
-
-impl std::str::FromStr for Priority {
-    type Err = UnknownPriority;
-
-    /// The class names only (numbers are a JSON compatibility, see `Deserialize`).
-    fn from_str(s: &str) -> Result<Priority, UnknownPriority> {
-        Priority::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownPriority(s.to_string()))
     }
 }
 

@@ -1,5 +1,5 @@
-//! Receipts: what a sender may ask for ([`ReceiptKind`]), what a receipt says
-//! ([`ReceiptStatus`]), and its parameters ([`Receipt`]). A receipt is an envelope of kind
+//! Receipts: what a receipt says ([`ReceiptStatus`]) and its parameters ([`Receipt`]); what a
+//! sender may ask for is [`ReceiptKind`], a field of the envelope. A receipt is an envelope of kind
 //! `receipt` from `<node>/$medlink` to the command's sender whose `params` are
 //! `{by, cmd, reason, ref, status, to}`. Nodes build them here ([`Envelope::receipt`] on the
 //! node's form), applications read them here ([`Envelope::receipt`] on the application's
@@ -10,66 +10,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::address::{Address, MessageId};
-use crate::envelope::{now_ms, Envelope, Kind, Params};
+use crate::envelope::{now_ms, Envelope, Kind, Params, ReceiptKind};
 
 /// How long a receipt waits for its client before it is dropped.
 pub const RECEIPT_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// The sender name of every receipt (`from.client`); `$` cannot occur in a client name.
 pub const RECEIPT_SENDER: &str = "$medlink";
-
-/// A positive receipt a sender can ask for. Negative ones (`rejected`, `expired`, `failed`)
-/// always come. On the wire `"accepted"`, `"delivered"`, `"replied"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReceiptKind {
-    /// The first node committed the command.
-    Accepted,
-    /// The target acknowledged it (on any of its devices).
-    Delivered,
-    /// The target replied to it.
-    Replied,
-}
-
-impl ReceiptKind {
-    /// Every kind.
-    pub const ALL: [ReceiptKind; 3] = [
-        ReceiptKind::Accepted,
-        ReceiptKind::Delivered,
-        ReceiptKind::Replied,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReceiptKind::Accepted => "accepted",
-            ReceiptKind::Delivered => "delivered",
-            ReceiptKind::Replied => "replied",
-        }
-    }
-}
-
-impl std::fmt::Display for ReceiptKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A name that is not a receipt one can ask for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown receipt `{0}`: use accepted, delivered or replied")]
-pub struct UnknownReceiptKind(pub String);
-
-impl std::str::FromStr for ReceiptKind {
-    type Err = UnknownReceiptKind;
-
-    fn from_str(s: &str) -> Result<ReceiptKind, UnknownReceiptKind> {
-        ReceiptKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownReceiptKind(s.to_string()))
-    }
-}
 
 /// What a receipt says about a command.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

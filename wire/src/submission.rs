@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::address::{check_node_id, valid_client, valid_id, Address, MessageId, ID_RULE};
+use crate::envelope::ReceiptKind;
 use crate::envelope::{now_ms, Envelope, Params};
 use crate::error::FieldError;
 use crate::priority::Priority;
-use crate::receipt::ReceiptKind;
 
 /// Deepest nesting of arrays and objects allowed in `params` (the array or object that
 /// `params` itself is counts as level 1). Every reader of an envelope, the SDK's serde_json

@@ -16,41 +16,11 @@ pub enum Transport {
     Http,
 }
 
-impl Transport {
-    /// Every transport.
-    pub const ALL: [Transport; 3] = [Transport::Mqtt, Transport::Ws, Transport::Http];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Mqtt => "mqtt",
-            Transport::Ws => "ws",
-            Transport::Http => "http",
-        }
-    }
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A name that is not a transport.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown transport `{0}`: use mqtt, ws or http")]
-pub struct UnknownTransport(pub String);
-
-impl std::str::FromStr for Transport {
-    type Err = UnknownTransport;
-
-    fn from_str(s: &str) -> Result<Transport, UnknownTransport> {
-        Transport::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| UnknownTransport(s.to_string()))
-    }
-}
+crate::names::wire_names!(Transport, UnknownTransport, "transport" {
+    Mqtt => "mqtt",
+    Ws => "ws",
+    Http => "http",
+});
 
 /// The answer to `GET /v1/transport`: `{"identity", "transport", "url"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ use tracing::error;
 
 use super::{State, IDEMPOTENCY_WINDOW_MS};
 use crate::envelope::Envelope;
+use crate::envelope::ReceiptStatus;
 use crate::journal::{Dest, Queued, Txn};
 
 impl State {
@@ -44,7 +45,13 @@ impl State {
     ) -> rusqlite::Result<()> {
         tx.remove(dest, row.lseq)?;
         match Envelope::parse(&row.body) {
-            Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now),
+            Ok(env) => self.refuse(
+                tx,
+                &env,
+                ReceiptStatus::Expired,
+                "expired before delivery",
+                now,
+            ),
             Err(e) => {
                 error!(dest = %dest, id = %row.id, error = %e, "unreadable envelope in journal dropped");
                 Ok(())

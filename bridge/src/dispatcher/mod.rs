@@ -17,7 +17,9 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::clients::{Clients, Cursor};
-use crate::envelope::{now_ms, Address, Envelope, Kind, Limits, Submission, TrailHop, MAX_HOPS};
+use crate::envelope::{
+    now_ms, Address, Envelope, Hop, Kind, Limits, ReceiptStatus, Submission, MAX_HOPS,
+};
 use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::link::out::LinkTuning;
 use crate::link::uplink::{ParentEvent, UplinkHandle};
@@ -477,7 +479,7 @@ impl State {
     /// Takes custody of `env` at this node: stamps the trail, routes, audits, queues.
     fn accept(&mut self, tx: &mut Txn, mut env: Envelope, now: u64) -> rusqlite::Result<()> {
         env.hops = env.hops.saturating_add(1);
-        env.trail.push(TrailHop {
+        env.trail.push(Hop {
             node: self.me().to_string(),
             at: now,
         });
@@ -532,9 +534,9 @@ impl State {
             },
             Err(why) => {
                 let status = if why == "expired" {
-                    "expired"
+                    ReceiptStatus::Expired
                 } else {
-                    "failed"
+                    ReceiptStatus::Failed
                 };
                 self.refuse(tx, &env, status, &why, now)?;
             }
@@ -603,7 +605,13 @@ impl State {
         now: u64,
     ) -> rusqlite::Result<()> {
         let Some(member) = self.services.pick(service, None, false, &self.clients) else {
-            return self.refuse(tx, env, "failed", "service has no members", now);
+            return self.refuse(
+                tx,
+                env,
+                ReceiptStatus::Failed,
+                "service has no members",
+                now,
+            );
         };
         self.assign(tx, service, &member, env, body, now)
     }
@@ -638,7 +646,13 @@ impl State {
                     self.stats.reassigned();
                     self.assign(tx, &m.service, &m.to, &env, m.body, now)?;
                 }
-                Ok(env) => self.refuse(tx, &env, "expired", "expired before delivery", now)?,
+                Ok(env) => self.refuse(
+                    tx,
+                    &env,
+                    ReceiptStatus::Expired,
+                    "expired before delivery",
+                    now,
+                )?,
                 Err(e) => {
                     warn!(service = m.service, error = %e, "unreadable service command dropped")
                 }

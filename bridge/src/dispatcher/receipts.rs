@@ -13,11 +13,11 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::State;
-use crate::envelope::{null_params, Envelope, Kind, Wanted, RECEIPT_TTL_MS};
+use crate::envelope::{null_params, Envelope, Kind, ReceiptKind, ReceiptStatus, RECEIPT_TTL_MS};
 use crate::journal::Txn;
 
 /// The id of the `status` receipt about command `reference`.
-fn receipt_id(status: &str, reference: &str) -> Option<String> {
+fn receipt_id(status: &ReceiptStatus, reference: &str) -> Option<String> {
     (!reference.is_empty()).then(|| format!("r.{status}.{reference}"))
 }
 
@@ -28,14 +28,14 @@ impl State {
         &mut self,
         tx: &mut Txn,
         env: &Envelope,
-        status: &str,
+        status: ReceiptStatus,
         reason: &str,
         now: u64,
     ) -> rusqlite::Result<()> {
         if env.kind == Kind::Receipt {
             return Ok(());
         }
-        let rid = receipt_id(status, &env.id).unwrap_or_else(|| self.next_id());
+        let rid = receipt_id(&status, &env.id).unwrap_or_else(|| self.next_id());
         let receipt = env.receipt(self.me(), status, reason, rid);
         self.accept(tx, receipt, now)
     }
@@ -45,7 +45,7 @@ impl State {
         &mut self,
         tx: &mut Txn,
         env: &Envelope,
-        status: &str,
+        status: ReceiptStatus,
         why: &str,
         now: u64,
     ) -> rusqlite::Result<()> {
@@ -53,7 +53,7 @@ impl State {
             warn!(id = %env.id, to = ?env.to, reason = why, "receipt dropped");
             return Ok(());
         }
-        info!(id = %env.id, status, reason = why, "command not deliverable");
+        info!(id = %env.id, status = %status, reason = why, "command not deliverable");
         self.stats.refused();
         self.send_receipt(tx, env, status, why, now)
     }
@@ -67,13 +67,15 @@ impl State {
         env: &Envelope,
         now: u64,
     ) -> rusqlite::Result<()> {
-        if env.receipts.contains(&Wanted::Accepted) {
-            self.send_receipt(tx, env, "accepted", "", now)?;
+        if env.receipts.contains(&ReceiptKind::Accepted) {
+            self.send_receipt(tx, env, ReceiptStatus::Accepted, "", now)?;
         }
         if let Some(answered) = &env.reply_to {
             if let Some(origin) = tx.take_awaited(&format!("{client}/{answered}"))? {
                 match Envelope::parse(&origin) {
-                    Ok(origin) => self.send_receipt(tx, &origin, "replied", "", now)?,
+                    Ok(origin) => {
+                        self.send_receipt(tx, &origin, ReceiptStatus::Replied, "", now)?
+                    }
                     Err(e) => warn!(error = %e, "unreadable reply expectation dropped"),
                 }
             }
@@ -90,7 +92,7 @@ impl State {
         env: &Envelope,
         now: u64,
     ) -> rusqlite::Result<()> {
-        if env.kind != Kind::Cmd || !env.receipts.contains(&Wanted::Replied) {
+        if env.kind != Kind::Cmd || !env.receipts.contains(&ReceiptKind::Replied) {
             return Ok(());
         }
         let mut origin = env.clone();
@@ -109,8 +111,8 @@ impl State {
         now: u64,
     ) -> rusqlite::Result<()> {
         match Envelope::parse(body) {
-            Ok(env) if env.receipts.contains(&Wanted::Delivered) => {
-                self.send_receipt(tx, &env, "delivered", "", now)
+            Ok(env) if env.receipts.contains(&ReceiptKind::Delivered) => {
+                self.send_receipt(tx, &env, ReceiptStatus::Delivered, "", now)
             }
             _ => Ok(()),
         }

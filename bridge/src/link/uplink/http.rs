@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{debug, info};
 
+use medlink_wire::http::POLL_WAIT_S;
+
 use super::parent::{Channels, Ended, ParentAddr, ParentEvent, UplinkConfig};
 
-/// How long one down poll waits at the parent.
-const POLL_WAIT_S: u64 = 20;
 /// How often the preferred (MQTT) address is probed while on HTTP.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
@@ -33,12 +33,7 @@ fn client(cfg: &UplinkConfig) -> Result<reqwest::Client, String> {
         Some(c) => (**c).clone(),
         None => medlink_broker::tls::client_config_trusting_nothing(),
     };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(POLL_WAIT_S + 15))
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .build()
+    medlink_wire::http::client(tls, Duration::from_secs(5))
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
