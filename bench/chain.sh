@@ -112,11 +112,13 @@ done
 ML=(19911 19912 19913 19914)
 MH=(19921 19922 19923 19924)
 IDS=(b b.c b.c.d b.c.d.e)
+# Written once, before any node starts: a node reads it at start, so rewriting it while the
+# tiers above are starting could hand one of them an empty file.
+echo "link-password" > "$WORK/link-pw"
 for i in 0 1 2 3; do
     [ "$ONLY" = mosquitto ] && break
     id=${IDS[$i]}
     creds="$WORK/ml$i.credentials.toml"
-    echo "link-password" > "$WORK/link-pw"
     [ "$i" -lt 3 ] && echo "link-password" | "$BIN" passwd --file "$creds" add "${IDS[$((i + 1))]}" --role node --password-stdin 2> /dev/null
     for who in sink web-sink; do
         [ "$i" -eq 0 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add "$who" --role client --password-stdin 2> /dev/null
