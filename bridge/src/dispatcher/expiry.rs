@@ -45,17 +45,27 @@ impl State {
     ) -> rusqlite::Result<()> {
         tx.remove(dest, row.lseq)?;
         match Envelope::parse(&row.body) {
-            Ok(env) => self.refuse(
-                tx,
-                &env,
-                ReceiptStatus::Expired,
-                "expired before delivery",
-                now,
-            ),
+            Ok(env) => self.expire(tx, &env, now),
             Err(e) => {
                 error!(dest = %dest, id = %row.id, error = %e, "unreadable envelope in journal dropped");
                 Ok(())
             }
         }
+    }
+
+    /// Drops `env`, whose time passed before delivery, with its `expired` receipt.
+    pub(super) fn expire(
+        &mut self,
+        tx: &mut Txn,
+        env: &Envelope,
+        now: u64,
+    ) -> rusqlite::Result<()> {
+        self.refuse(
+            tx,
+            env,
+            ReceiptStatus::Expired,
+            "expired before delivery",
+            now,
+        )
     }
 }

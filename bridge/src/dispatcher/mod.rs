@@ -646,13 +646,7 @@ impl State {
                     self.stats.reassigned();
                     self.assign(tx, &m.service, &m.to, &env, m.body, now)?;
                 }
-                Ok(env) => self.refuse(
-                    tx,
-                    &env,
-                    ReceiptStatus::Expired,
-                    "expired before delivery",
-                    now,
-                )?,
+                Ok(env) => self.expire(tx, &env, now)?,
                 Err(e) => {
                     warn!(service = m.service, error = %e, "unreadable service command dropped")
                 }
