@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::priority::{Priority, LANES};
+use crate::priority::LANES;
 
 /// A position in one of a client's streams as an HTTP client sees it: the last sequence it
 /// has in each priority lane, urgent first. Written `u.n.b` (e.g. `0.17.3`); a plain number
@@ -15,11 +15,6 @@ impl Cursor {
     /// Whether the client has nothing yet.
     pub fn is_start(&self) -> bool {
         self.0 == [0; LANES]
-    }
-
-    /// The last sequence the client has in the lane of `priority`.
-    pub fn lane(&self, priority: Priority) -> u64 {
-        self.0[priority.lane()]
     }
 }
 
@@ -92,7 +87,6 @@ mod tests {
         let c: Cursor = "0.17.3".parse().unwrap();
         assert_eq!(c, Cursor([0, 17, 3]));
         assert_eq!(c.to_string(), "0.17.3");
-        assert_eq!(c.lane(Priority::Normal), 17);
         assert_eq!("5".parse::<Cursor>(), Ok(Cursor([0, 5, 0])));
         for bad in [
             "",

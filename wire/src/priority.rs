@@ -32,11 +32,6 @@ impl Priority {
     pub fn lane(self) -> usize {
         self as usize
     }
-
-    /// The class of lane `lane` (anything out of range counts as normal).
-    pub fn from_lane(lane: usize) -> Priority {
-        Priority::ALL.get(lane).copied().unwrap_or_default()
-    }
 }
 
 impl<'de> Deserialize<'de> for Priority {
@@ -79,11 +74,10 @@ mod tests {
         assert!(p("10").unwrap_err().starts_with("priority 10 out of range"));
         assert!(p("-1").is_err() && p("true").is_err());
         for q in Priority::ALL {
-            assert_eq!(Priority::from_lane(q.lane()), q);
+            assert_eq!(Priority::ALL[q.lane()], q);
             assert_eq!(q.to_string().parse::<Priority>(), Ok(q));
             assert_eq!(serde_json::to_string(&q).unwrap(), format!("\"{q}\""));
         }
-        assert_eq!(Priority::from_lane(7), Priority::Normal);
         assert!(Priority::Urgent < Priority::Normal && Priority::Normal < Priority::Bulk);
     }
 }

@@ -69,6 +69,15 @@ struct Outbox {
     acks: Vec<(oneshot::Sender<Cursor>, Cursor)>,
 }
 
+impl Outbox {
+    /// Holds `verdict` for `reply` until the commit (`None`: a QoS 0 publish wants none).
+    fn reply(&mut self, reply: impl Into<Option<oneshot::Sender<Accept>>>, verdict: Accept) {
+        if let Some(reply) = reply.into() {
+            self.replies.push((reply, verdict));
+        }
+    }
+}
+
 /// Everything the dispatcher owns besides the journal: the owners of links, clients and
 /// services, and what a round needs to route.
 struct State {
@@ -221,7 +230,7 @@ impl State {
             }
             Input::Parent(ParentEvent::Frame(bytes)) => {
                 let received = self.links.parent_frame(tx, &bytes)?;
-                self.received(tx, Peer::Parent, received, now, out)
+                self.received(tx, received, now, out)
             }
         }
     }
@@ -240,9 +249,7 @@ impl State {
                 reply,
             } => {
                 let verdict = self.command(tx, &client, &payload, now, None)?;
-                if let Some(reply) = reply {
-                    out.replies.push((reply, verdict));
-                }
+                out.reply(reply, verdict);
             }
             Inbound::Refused {
                 client,
@@ -255,9 +262,7 @@ impl State {
                 reply,
             } => {
                 let verdict = self.child_frame(tx, &child, &payload, now, out)?;
-                if let Some(reply) = reply {
-                    out.replies.push((reply, verdict));
-                }
+                out.reply(reply, verdict);
             }
             Inbound::InboxOpen {
                 client,
@@ -299,7 +304,7 @@ impl State {
                 reply,
             } => {
                 let verdict = self.command(tx, &client, &payload, now, Some(id))?;
-                out.replies.push((reply, verdict));
+                out.reply(reply, verdict);
             }
             Request::Poll {
                 client,
@@ -336,7 +341,7 @@ impl State {
                 reply,
             } => {
                 let verdict = self.child_frame(tx, &child, &payload, now, out)?;
-                out.replies.push((reply, verdict));
+                out.reply(reply, verdict);
             }
             Request::LinkPoll { child, reply } => self.links.child_poll(&child, reply),
         }
@@ -353,15 +358,14 @@ impl State {
         out: &mut Outbox,
     ) -> rusqlite::Result<Accept> {
         let (verdict, received) = self.links.child_frame(tx, child, payload)?;
-        self.received(tx, Peer::Child(child.to_string()), received, now, out)?;
+        self.received(tx, received, now, out)?;
         Ok(verdict)
     }
 
-    /// Takes custody of what a link frame from `peer` admitted, and queues its answer.
+    /// Takes custody of what a link frame admitted, and queues its answer.
     fn received(
         &mut self,
         tx: &mut Txn,
-        peer: Peer,
         received: Received,
         now: u64,
         out: &mut Outbox,
@@ -369,9 +373,7 @@ impl State {
         for env in received.admitted {
             self.accept(tx, env, now)?;
         }
-        if let Some(answer) = received.answer {
-            out.frames.push((peer, answer));
-        }
+        out.frames.extend(received.answer);
         Ok(())
     }
     /// A client's submission: validate, stamp, route, queue. `http_id` marks an HTTP
@@ -501,12 +503,7 @@ impl State {
             NextHop::Service(name) => Ok(Target::Service(name)),
             NextHop::Unroutable(why) => Err(why),
         };
-        // A service is no queue: its commands are queued for one member, so it keeps the
-        // plain (normal-lane) name in the audit.
-        let dest = target.map(|t| match t {
-            Target::Service(_) => Dest::new(t, crate::envelope::Priority::Normal),
-            t => Dest::new(t, env.priority),
-        });
+        let dest = target.map(|t| Dest::new(t, env.priority));
         if self.cfg.audit {
             let decision = match &dest {
                 Ok(d) => d.to_string(),
@@ -514,34 +511,29 @@ impl State {
             };
             tx.audit(&env, now, &decision)?;
         }
-        match dest {
-            Ok(dest) => match dest.target() {
-                Target::Service(service) => {
-                    let body = env.to_bytes().into();
-                    self.route_to_service(tx, &service.clone(), &env, body, now)?;
-                }
-                target => {
-                    let client = match target {
-                        Target::Commands(client) => Some(client.clone()),
-                        _ => None,
-                    };
-                    tx.enqueue(&dest, &env, env.to_bytes().into())?;
-                    self.clients.enqueued(&dest);
-                    if let Some(client) = client {
-                        self.expect_reply(tx, &client, &env, now)?;
-                    }
-                }
-            },
+        let dest = match dest {
+            Ok(dest) => dest,
             Err(why) => {
                 let status = if why == "expired" {
                     ReceiptStatus::Expired
                 } else {
                     ReceiptStatus::Failed
                 };
-                self.refuse(tx, &env, status, &why, now)?;
+                return self.refuse(tx, &env, status, &why, now);
+            }
+        };
+        let body = env.to_bytes().into();
+        match dest.target() {
+            Target::Service(service) => self.route_to_service(tx, service, &env, body, now),
+            target => {
+                tx.enqueue(&dest, &env, body)?;
+                self.clients.enqueued(&dest);
+                match target {
+                    Target::Commands(client) => self.expect_reply(tx, client, &env, now),
+                    _ => Ok(()),
+                }
             }
         }
-        Ok(())
     }
 
     /// Sends acknowledgements and replies held back until the commit.

@@ -50,8 +50,13 @@ pub struct Dest {
 }
 
 impl Dest {
-    /// The queue of `target`'s `lane`.
+    /// The queue of `target`'s `lane`. A service has one name whatever the lane: it is no
+    /// queue (its commands are queued for one member), only a routing decision to record.
     pub fn new(target: Target, lane: Priority) -> Dest {
+        let lane = match target {
+            Target::Service(_) => Priority::Normal,
+            _ => lane,
+        };
         let name = render(&target, lane).into_boxed_str();
         Dest { target, lane, name }
     }
@@ -214,6 +219,8 @@ mod tests {
                 "service:radiology",
             ),
         ];
+        let urgent_service = Dest::new(Target::Service("s".into()), Priority::Urgent);
+        assert_eq!(urgent_service.to_string(), "service:s");
         for (dest, name) in cases {
             assert_eq!(dest.to_string(), name);
             let parsed: Dest = name.parse().unwrap();

@@ -54,8 +54,8 @@ pub struct Received {
     /// Envelopes admitted in sequence order: the dispatcher takes custody of them in the
     /// transaction that also stores the new receive position.
     pub admitted: Vec<Envelope>,
-    /// The frame to answer with (an ack or a pong), sent after the commit.
-    pub answer: Option<Vec<u8>>,
+    /// The frame to answer with (an ack or a pong) and who gets it, sent after the commit.
+    pub answer: Option<(Peer, Vec<u8>)>,
 }
 
 /// Every tier link of one node.
@@ -164,7 +164,7 @@ impl Links {
                 return Ok((verdict, Received::default()));
             }
         };
-        let received = self.frame(tx, &Peer::Child(child.to_string()), frame)?;
+        let received = self.frame(tx, Peer::Child(child.to_string()), frame)?;
         Ok((Accept::Committed, received))
     }
 
@@ -175,7 +175,7 @@ impl Links {
         };
         up.last_heard = Instant::now();
         match Frame::parse(payload) {
-            Ok(frame) => self.frame(tx, &Peer::Parent, frame),
+            Ok(frame) => self.frame(tx, Peer::Parent, frame),
             Err(e) => {
                 warn!(error = %e, "malformed frame from parent");
                 Ok(Received::default())
@@ -184,7 +184,7 @@ impl Links {
     }
 
     /// Handles one parsed frame from `peer`, the same way for either direction.
-    fn frame(&mut self, tx: &mut Txn, peer: &Peer, frame: Frame) -> rusqlite::Result<Received> {
+    fn frame(&mut self, tx: &mut Txn, peer: Peer, frame: Frame) -> rusqlite::Result<Received> {
         let mut received = Received::default();
         match frame {
             Frame::Batch {
@@ -194,18 +194,18 @@ impl Links {
                 msgs,
             } => {
                 let upto =
-                    self.receive_batch(tx, peer, lane, (epoch, floor), &msgs, &mut received)?;
-                received.answer = Some(Frame::Ack { upto, lane }.to_bytes());
+                    self.receive_batch(tx, &peer, lane, (epoch, floor), &msgs, &mut received)?;
+                received.answer = Some((peer, Frame::Ack { upto, lane }.to_bytes()));
             }
             Frame::Ack { upto, lane } => {
-                if let Some(link) = self.out_mut(peer) {
+                if let Some(link) = self.out_mut(&peer) {
                     let lane = link.lane_mut(lane);
                     if lane.ack(upto) {
                         tx.acknowledge(&lane.dest, upto)?;
                     }
                 }
             }
-            Frame::Ping { at } => received.answer = Some(Frame::Pong { at }.to_bytes()),
+            Frame::Ping { at } => received.answer = Some((peer, Frame::Pong { at }.to_bytes())),
             Frame::Pong { .. } => {}
         }
         Ok(received)
