@@ -9,7 +9,7 @@
 //! - [`link`]: the tier link (frames, the go-back-N sending side, the uplink to the parent).
 //! - [`clients`]: delivery to this node's own clients, over MQTT and HTTP.
 //! - [`services`]: service groups (anycast to one online member).
-//! - [`router`]: the dispatcher's hand into rumqttd's router.
+//! - [`router`]: the dispatcher's hand into the broker's fan-out.
 //! - [`node`]: wires broker, dispatcher, uplink and HTTP API into one running node.
 //! - [`http`]: the HTTP API (send by POST, receive by long-poll or SSE, transport decisions)
 //!   and the HTTP(S) server it and [`metrics`] run on.

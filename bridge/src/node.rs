@@ -15,8 +15,8 @@ use std::time::Duration;
 use medlink_broker::rate::RateLimiter;
 use medlink_broker::throttle::ThrottleSettings;
 use medlink_broker::{
-    spawn_router, Authenticator, BrokerHandle, BrokerMetrics, ConnectionBudget, CredentialSource,
-    FrontEndSettings, ListenerKind, ListenerSpec, RateSettings, Role, RouterSettings,
+    Authenticator, BrokerHandle, BrokerMetrics, ConnectionBudget, CredentialSource, Fanout,
+    FrontEndSettings, ListenerKind, ListenerSpec, RateSettings, Role,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -30,11 +30,9 @@ use crate::journal::{Durability, Journal};
 use crate::link::out::LinkTuning;
 use crate::link::uplink::{self, ParentAddr, UplinkConfig};
 use crate::route::{within, Policy, Topology};
+use crate::router::Router;
 use crate::services::ServiceGroup;
 use crate::stats::Stats;
-
-/// Client id of the dispatcher's in-process link to the router; refused to network clients.
-pub const DISPATCHER_LINK_ID: &str = medlink_broker::RESERVED_CLIENT_ID;
 
 /// Everything a node needs to run (built from the TOML file by the `medlink` binary).
 #[derive(Clone)]
@@ -89,8 +87,6 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Link tuning.
     pub tuning: LinkTuning,
-    /// Router (fan-out engine) settings.
-    pub router: RouterSettings,
     /// Service groups declared at this node.
     pub services: Vec<ServiceGroup>,
 }
@@ -140,9 +136,9 @@ pub enum NodeError {
     /// A listener could not bind.
     #[error("{0}")]
     Listen(std::io::Error),
-    /// The router refused the dispatcher's link.
-    #[error("router: {0}")]
-    Router(String),
+    /// The dispatcher thread could not be started.
+    #[error("dispatcher: {0}")]
+    Dispatcher(String),
     /// The credentials file could not be loaded.
     #[error("credentials: {0}")]
     Credentials(String),
@@ -248,12 +244,7 @@ impl Node {
                 warn!(service = %g.name, member = %m, "service member is not a client identity (yet)");
             }
         }
-        let links = spawn_router(&cfg.router);
-        let factory = links.clone();
-        let router_link = tokio::task::spawn_blocking(move || factory(DISPATCHER_LINK_ID))
-            .await
-            .map_err(|e| NodeError::Router(e.to_string()))?
-            .map_err(|e| NodeError::Router(e.to_string()))?;
+        let fanout = Arc::new(Fanout::new(broker_metrics.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
         let (http_tx, http_rx) = mpsc::channel(16 * 1024);
@@ -287,7 +278,7 @@ impl Node {
                 services: cfg.services.clone(),
             },
             journal,
-            (router_link.0, router_link.1),
+            Router::new(fanout.clone()),
             Inputs {
                 broker: inbound_rx,
                 http: http_rx,
@@ -318,7 +309,7 @@ impl Node {
                     std::process::exit(70);
                 }
             })
-            .map_err(|e| NodeError::Router(format!("cannot start dispatcher thread: {e}")))?;
+            .map_err(|e| NodeError::Dispatcher(format!("cannot start its thread: {e}")))?;
         let rate = Arc::new(RateLimiter::new(cfg.rate));
         let http_state = cfg.http.as_ref().map(|_| {
             Arc::new(ApiState::new(
@@ -349,7 +340,7 @@ impl Node {
             connect_timeout: cfg.connect_timeout,
             ..FrontEndSettings::new(&cfg.id, auth, broker_metrics.clone())
         };
-        let broker = BrokerHandle::start(ports.mqtt, settings, links, inbound_tx)
+        let broker = BrokerHandle::start(ports.mqtt, settings, fanout, inbound_tx)
             .await
             .map_err(NodeError::Listen)?;
         let http_addr = match (ports.http, &cfg.http, &http_state) {

@@ -1,9 +1,10 @@
-//! The dispatcher's hand into rumqttd's router: every publish to a client's inbox or a
+//! The dispatcher's hand into the broker's fan-out: every publish to a client's inbox or a
 //! child's down topic goes through here, after the round that queued it has committed.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use rumqttd::local::LinkTx;
-use tracing::error;
+use medlink_broker::Fanout;
 
 use crate::journal::{Journal, Stale};
 
@@ -20,20 +21,18 @@ pub struct SendPass<'a> {
     pub stale: Vec<Stale>,
 }
 
-/// The dispatcher's connection to the router.
-pub struct Router(LinkTx);
+/// The dispatcher's way to subscribers.
+pub struct Router(Arc<Fanout>);
 
 impl Router {
-    /// Publishes through `link`.
-    pub fn new(link: LinkTx) -> Router {
-        Router(link)
+    /// Publishes through `fanout`.
+    pub fn new(fanout: Arc<Fanout>) -> Router {
+        Router(fanout)
     }
 
-    /// Publishes `payload` on `topic`. The router refuses only when it is shutting down;
-    /// whatever was not delivered stays in the journal and is sent again.
+    /// Publishes `payload` on `topic` to whoever subscribed now. Whatever reached nobody
+    /// stays in the journal and is sent again when its reader comes back.
     pub fn publish(&mut self, topic: &str, payload: impl Into<Bytes>) {
-        if let Err(e) = self.0.publish(topic.to_string(), payload.into()) {
-            error!(topic, error = %e, "router refused a publish");
-        }
+        self.0.publish(topic, payload.into());
     }
 }

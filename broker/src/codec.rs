@@ -5,7 +5,7 @@
 //! after custody and to correlate a client's PUBACK with the command it acknowledges. Both are
 //! at fixed places in the wire format, so they are read from the bytes.
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::{v4::V4, v5::V5, Error, Protocol};
 
 /// The decoded packet type (rumqttd's), re-exported for callers of [`Codec::read`].
@@ -46,6 +46,38 @@ impl Codec {
             Version::V5 => V5.read_mut(buf, max_size),
         }))
         .unwrap_or(Err(Error::MalformedPacket))
+    }
+
+    /// Encodes a PUBLISH of `payload` on `topic` at the end of `buf`: QoS 0 or 1, never
+    /// retained or DUP, no v5 properties. Written here rather than through rumqttd's `Publish`,
+    /// whose QoS and packet id cannot be set outside rumqttd.
+    pub fn publish(&self, topic: &[u8], payload: &[u8], qos: u8, pkid: u16, buf: &mut BytesMut) {
+        let props = usize::from(self.version == Version::V5);
+        let pkid_len = if qos > 0 { 2 } else { 0 };
+        let remaining = 2 + topic.len() + pkid_len + props + payload.len();
+        buf.reserve(5 + remaining);
+        buf.put_u8(0x30 | (qos.min(1) << 1));
+        let mut left = remaining;
+        loop {
+            let mut byte = (left % 128) as u8;
+            left /= 128;
+            if left > 0 {
+                byte |= 0x80;
+            }
+            buf.put_u8(byte);
+            if left == 0 {
+                break;
+            }
+        }
+        buf.put_u16(topic.len() as u16);
+        buf.put_slice(topic);
+        if qos > 0 {
+            buf.put_u16(pkid);
+        }
+        if props == 1 {
+            buf.put_u8(0);
+        }
+        buf.put_slice(payload);
     }
 
     /// Encodes `packet` at the end of `buf`.
@@ -145,6 +177,34 @@ pub fn publish_header(buf: &[u8]) -> Option<(u8, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publishes_written_here_decode_as_rumqttd_reads_them() {
+        for version in [Version::V4, Version::V5] {
+            let codec = Codec { version };
+            for (qos, size) in [(0u8, 10usize), (1, 200), (1, 20_000), (1, 3_000_000)] {
+                let payload = vec![7u8; size];
+                let mut buf = BytesMut::new();
+                codec.publish(b"org/js/a/cmd", &payload, qos, 513, &mut buf);
+                assert_eq!(
+                    publish_header(&buf),
+                    Some((qos, if qos > 0 { 513 } else { 0 }))
+                );
+                // decode it as a client would (rumqttd's decoders accept server packets too)
+                let mut read = buf.clone();
+                let packet = match version {
+                    Version::V4 => V4.read_mut(&mut read, 4 << 20),
+                    Version::V5 => V5.read_mut(&mut read, 4 << 20),
+                };
+                let Ok(Packet::Publish(p, _)) = packet else {
+                    panic!("{version:?} qos {qos} size {size}: {packet:?}");
+                };
+                assert_eq!(&p.topic[..], b"org/js/a/cmd");
+                assert_eq!(p.payload.len(), size);
+                assert!(read.is_empty());
+            }
+        }
+    }
 
     #[test]
     fn sniffs_versions_and_garbage() {

@@ -1,5 +1,5 @@
 //! The CONNECT phase: recognising MQTT, decoding the CONNECT, and deciding who the
-//! connection is — before anything is attached to the router.
+//! connection is — before the session exists.
 //!
 //! Every refusal here answers with a CONNACK carrying the reason code the client's protocol
 //! version understands, then closes; nothing is left behind.
@@ -35,8 +35,6 @@ pub enum End {
     KeepAlive,
     #[error("slow consumer: a write stalled longer than the write timeout")]
     SlowConsumer,
-    #[error("router link closed")]
-    RouterDisconnect,
     #[error("session taken over by a new connection with the same client id")]
     TakenOver,
     #[error("node is shutting down")]
@@ -109,7 +107,7 @@ pub async fn handshake(
 }
 
 async fn read_more(transport: &mut Transport, rbuf: &mut BytesMut) -> Result<(), End> {
-    if transport.read(rbuf).await? == 0 {
+    if transport.read(rbuf, 1024).await? == 0 {
         return Err(End::Closed);
     }
     Ok(())
@@ -169,15 +167,11 @@ fn check_client_id(
     } else {
         client_id.to_string()
     };
-    // '$' is refused by rumqttd's router as well; checked here so the client gets a CONNACK.
-    if !assigned
-        && (!valid_name(&client_id)
-            || client_id.contains('$')
-            || client_id == crate::RESERVED_CLIENT_ID)
-    {
+    // '$' is kept out as MQTT reserves it for broker topics and ids.
+    if !assigned && (!valid_name(&client_id) || client_id.contains('$')) {
         return Err((
             ConnectReturnCode::ClientIdentifierNotValid,
-            "client id contains + # / $ or control characters, or is reserved",
+            "client id contains + # / $ or control characters",
         ));
     }
     Ok((identity, client_id, assigned))

@@ -1,5 +1,5 @@
-//! What every connection of one node shares: the front-end's settings, counters, the way to
-//! the router and the dispatcher, and the live sessions. Its own module so that the CONNECT
+//! What every connection of one node shares: the front-end's settings, counters, the fan-out
+//! table, the way to the dispatcher, and the live sessions. Its own module so that the CONNECT
 //! phase (`connect.rs`) and the session (`connection/`) both use it without using each other.
 
 use std::collections::HashMap;
@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::acl::AclPolicy;
 use crate::auth::Authenticator;
 use crate::events::{ConnId, Inbound};
+use crate::fanout::Fanout;
 use crate::metrics::BrokerMetrics;
 use crate::rate::RateLimiter;
-use crate::LinkFactory;
 
 /// Live sessions by identity, then client id, with the switch that ends each one. Grouped by
 /// identity so the per-identity connection limit is a map lookup, not a scan of every session.
@@ -32,7 +32,7 @@ pub struct FrontEnd {
     pub max_packet_size: usize,
     pub connect_timeout: Duration,
     pub write_timeout: Duration,
-    pub links: LinkFactory,
+    pub fanout: Arc<Fanout>,
     pub inbound: mpsc::Sender<Inbound>,
     pub next_conn: AtomicU64,
     pub shutdown: watch::Receiver<bool>,

@@ -17,12 +17,12 @@ use crate::acl::AclPolicy;
 use crate::auth::Authenticator;
 use crate::connection;
 use crate::events::Inbound;
+use crate::fanout::Fanout;
 use crate::frontend::FrontEnd;
 use crate::metrics::{bump, BrokerMetrics};
 use crate::rate::{RateLimiter, RateSettings};
 use crate::tls::common_name;
 use crate::transport::{Io, Transport};
-use crate::LinkFactory;
 
 /// Which MQTT transport a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -133,7 +133,7 @@ impl BrokerHandle {
     pub async fn start(
         listeners: Vec<(ListenerKind, TcpListener)>,
         settings: FrontEndSettings,
-        links: LinkFactory,
+        fanout: Arc<Fanout>,
         inbound: mpsc::Sender<Inbound>,
     ) -> std::io::Result<BrokerHandle> {
         if listeners.iter().any(|(kind, _)| kind.is_tls()) && settings.tls.is_none() {
@@ -154,7 +154,7 @@ impl BrokerHandle {
             max_packet_size: settings.max_packet_size,
             connect_timeout: settings.connect_timeout,
             write_timeout: settings.write_timeout,
-            links,
+            fanout,
             inbound,
             next_conn: AtomicU64::new(1),
             shutdown: shutdown_rx,

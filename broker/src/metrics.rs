@@ -29,6 +29,9 @@ pub struct BrokerMetrics {
     pub rate_limited: AtomicU64,
     /// Connections closed because they did not read what was sent to them in time.
     pub slow_consumers: AtomicU64,
+    /// Publishes not handed to a watcher's subscription (an admin's tap) because its backlog
+    /// or unacknowledged window was full.
+    pub taps_dropped: AtomicU64,
     /// Connections closed for malformed MQTT (including garbage before CONNECT).
     pub malformed: AtomicU64,
     /// Connections closed for a packet larger than the limit.
@@ -98,6 +101,11 @@ impl BrokerMetrics {
                 "medlink_slow_consumers_total",
                 "connections closed for not reading in time",
                 &self.slow_consumers,
+            ),
+            (
+                "medlink_taps_dropped_total",
+                "publishes not handed to an admin's watching subscription because it fell behind",
+                &self.taps_dropped,
             ),
             (
                 "medlink_malformed_total",

@@ -49,10 +49,13 @@ impl Transport {
     }
 
     /// Appends what arrives to `buf`; returns 0 at end of stream.
-    pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    ///
+    /// A byte stream is read into at most `want` bytes of fresh room: an idle connection waits
+    /// holding only that much, so the caller keeps it small unless data is streaming in.
+    pub async fn read(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
         match self {
             Transport::Stream(s) => {
-                buf.reserve(4096);
+                buf.reserve(want);
                 s.read_buf(buf).await
             }
             Transport::Ws(ws) => loop {

@@ -21,9 +21,7 @@ use medlink_bridge::link::uplink::ParentAddr;
 use medlink_bridge::node::{HttpSettings, NodeConfig};
 use medlink_bridge::services::ServiceGroup;
 use medlink_broker::throttle::ThrottleSettings;
-use medlink_broker::{
-    tls, CredentialSource, ListenerKind, ListenerSpec, RateSettings, RouterSettings,
-};
+use medlink_broker::{tls, CredentialSource, ListenerKind, ListenerSpec, RateSettings};
 
 /// Checks the `[[service]]` sections.
 fn services(sections: Vec<ServiceSection>) -> Result<Vec<ServiceGroup>, String> {
@@ -293,10 +291,6 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             resend_after: Duration::from_millis(k.resend_after_ms),
             ping_every: Duration::from_millis(k.ping_every_ms),
             dead_after: Duration::from_millis(k.dead_after_ms),
-        },
-        router: RouterSettings {
-            max_connections: l.max_connections + 16,
-            ..RouterSettings::default()
         },
     })
 }

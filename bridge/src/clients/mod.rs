@@ -58,6 +58,10 @@ pub struct Clients {
     streams: HashMap<Dest, StreamOut>,
     /// Lanes whose acknowledgements moved this round.
     touched: HashSet<Dest>,
+    /// Lanes that may have something to publish: something was queued, acknowledged (the
+    /// window opened) or rewound since the last pump. The pump looks only at these, so its
+    /// cost follows what changed, not how many clients are connected.
+    wake: HashSet<Dest>,
     /// Acknowledgement points written this round, taken over by the streams after commit.
     settled: Vec<(Dest, u64)>,
     polls: Polls,
@@ -71,6 +75,7 @@ impl Clients {
             stats,
             streams: HashMap::new(),
             touched: HashSet::new(),
+            wake: HashSet::new(),
             settled: Vec::new(),
             polls: Polls::default(),
         }
@@ -88,6 +93,7 @@ impl Clients {
             if out.acknowledged(id) {
                 let notice = out.take_notice(id);
                 self.stats.delivered();
+                self.wake.insert(dest.clone());
                 self.touched.insert(dest);
                 return notice;
             }
@@ -118,6 +124,7 @@ impl Clients {
                 out.conns.remove(&conn);
             }
             out.rewind(floor);
+            self.wake.insert(dest);
         }
         Ok(())
     }
@@ -134,8 +141,12 @@ impl Clients {
             .expect("present or inserted above"))
     }
 
-    /// Something was queued on `dest` this round: its waiting polls look after the commit.
+    /// Something was queued on `dest` this round: its connections and waiting polls look
+    /// after the commit.
     pub fn enqueued(&mut self, dest: &Dest) {
+        if self.streams.contains_key(dest) {
+            self.wake.insert(dest.clone());
+        }
         self.polls.enqueued(dest);
     }
 
@@ -179,6 +190,7 @@ impl Clients {
             let moved = out.confirm_upto(upto);
             point.0[lane] = upto.max(out.acked());
             if moved {
+                self.wake.insert(dest.clone());
                 self.touched.insert(dest.clone());
             }
             notices.extend(self.polls.acknowledged(dest, upto));
@@ -211,22 +223,25 @@ impl Clients {
     pub fn commit_failed(&mut self) {
         self.settled.clear();
         self.touched.clear();
-        for stream in self.streams.values_mut() {
+        for (dest, stream) in self.streams.iter_mut() {
             stream.forget_unsettled();
+            self.wake.insert(dest.clone());
         }
     }
 
     /// Publishes what the windows allow to connected clients, urgent lanes first, then
     /// answers the woken HTTP polls. Expired envelopes are skipped into `stale`.
     pub fn pump(&mut self, pass: &mut SendPass) -> rusqlite::Result<()> {
-        let mut ready: Vec<(Priority, Dest)> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| s.ready())
-            .map(|(d, _)| (d.lane(), d.clone()))
+        let streams = &self.streams;
+        let mut ready: Vec<Dest> = self
+            .wake
+            .drain()
+            .filter(|d| streams.get(d).is_some_and(StreamOut::ready))
             .collect();
-        ready.sort_unstable_by_key(|(lane, _)| *lane);
-        for (_, dest) in ready {
+        ready.sort_unstable_by_key(Dest::lane);
+        // A lane left out of `wake` now has nothing unsent, or a full window: an
+        // acknowledgement or a new entry puts it back.
+        for dest in ready {
             self.deliver(pass, &dest)?;
         }
         let journal = pass.journal;
@@ -279,6 +294,7 @@ impl Clients {
     pub fn rewind(&mut self, dest: &Dest) {
         if let Some(s) = self.streams.get_mut(dest) {
             s.rewind(0);
+            self.wake.insert(dest.clone());
         }
     }
 

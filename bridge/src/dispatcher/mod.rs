@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medlink_broker::{Accept, Authenticator, Inbound};
-use rumqttd::local::{LinkRx, LinkTx};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
@@ -98,7 +97,6 @@ pub struct Dispatcher {
     journal: Journal,
     state: State,
     inputs: Inputs,
-    _router_rx: LinkRx,
 }
 
 impl Dispatcher {
@@ -106,7 +104,7 @@ impl Dispatcher {
     pub fn new(
         cfg: DispatcherConfig,
         journal: Journal,
-        router: (LinkTx, LinkRx),
+        router: Router,
         inputs: Inputs,
         uplink: Option<UplinkHandle>,
         stats: Stats,
@@ -118,7 +116,7 @@ impl Dispatcher {
             journal,
             state: State {
                 cfg,
-                router: Router::new(router.0),
+                router,
                 ids: ulid::Generator::new(),
                 links,
                 clients,
@@ -128,7 +126,6 @@ impl Dispatcher {
                 directory_generation: 0,
             },
             inputs,
-            _router_rx: router.1,
         })
     }
 

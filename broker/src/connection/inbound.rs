@@ -4,7 +4,7 @@
 
 use rumqttd::protocol::{
     DisconnectReasonCode, Error, Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason,
-    PubRec, PubRecReason, QoS, SubAck, Subscribe, SubscribeReasonCode,
+    PubRec, PubRecReason, QoS, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -13,6 +13,7 @@ use crate::acl::{link_down_topic, stream_of, strip_share, PublishClass};
 use crate::codec::Version;
 use crate::connect::End;
 use crate::events::{Accept, Inbound, Stream};
+use crate::fanout::valid_filter;
 use crate::metrics::bump;
 use crate::rate::RateVerdict;
 
@@ -124,22 +125,34 @@ impl Session {
                 ))?;
             }
             Packet::Subscribe(subscribe, props) => self.subscribe(ctx, subscribe, props).await?,
-            Packet::Unsubscribe(unsub, props) => {
+            Packet::Unsubscribe(unsub, _) => {
+                let mut reasons = Vec::with_capacity(unsub.filters.len());
                 for f in &unsub.filters {
+                    let had = ctx.fanout.unsubscribe(f, self.conn);
+                    self.filters.retain(|mine| mine != f);
+                    reasons.push(if had {
+                        UnsubAckReason::Success
+                    } else {
+                        UnsubAckReason::NoSubscriptionExisted
+                    });
                     if let Some(stream) =
                         stream_of(&ctx.node_id, &self.identity.name, strip_share(f))
                     {
-                        if self.streams.contains(&stream) {
+                        if self.streams.contains(&stream) && !self.subscribed_to(stream, ctx) {
                             self.streams.retain(|s| *s != stream);
                             self.notify_closed(ctx, stream).await;
                         }
                     }
                 }
-                self.send_to_router(Packet::Unsubscribe(unsub, props))
-                    .await?;
+                let ack = UnsubAck {
+                    pkid: unsub.pkid,
+                    reasons,
+                };
+                self.encode(Packet::UnsubAck(ack, None))?;
             }
-            Packet::PubAck(ack, props) => {
-                if let Some(id) = self.inflight.remove(&ack.pkid) {
+            Packet::PubAck(ack, _) => {
+                // An unknown packet id (acknowledged twice, or never sent) is ignored.
+                if let Some(Some(id)) = self.inflight.remove(&ack.pkid) {
                     let _ = ctx
                         .inbound
                         .send(Inbound::Delivered {
@@ -148,12 +161,13 @@ impl Session {
                         })
                         .await;
                 }
-                self.send_to_router(Packet::PubAck(ack, props)).await?;
             }
             Packet::PingReq(_) => self.encode(Packet::PingResp(PingResp))?,
             Packet::Disconnect(..) => return Err(End::Disconnected),
             Packet::Connect(..) => return Err(End::Protocol(Error::IncorrectPacketFormat)),
-            other => self.send_to_router(other).await?,
+            // PUBREC and PUBCOMP answer QoS 2 deliveries, which are never sent (QoS is
+            // capped at 1): nothing to do.
+            _ => {}
         }
         Ok(())
     }
@@ -161,49 +175,56 @@ impl Session {
     pub(super) async fn subscribe(
         &mut self,
         ctx: &FrontEnd,
-        mut subscribe: Subscribe,
-        props: Option<rumqttd::protocol::SubscribeProperties>,
+        subscribe: Subscribe,
+        _props: Option<rumqttd::protocol::SubscribeProperties>,
     ) -> Result<(), End> {
-        let refusal = match self.codec.version {
-            Version::V4 => SubscribeReasonCode::Failure,
-            Version::V5 => SubscribeReasonCode::NotAuthorized,
+        let (refusal, invalid) = match self.codec.version {
+            Version::V4 => (SubscribeReasonCode::Failure, SubscribeReasonCode::Failure),
+            Version::V5 => (
+                SubscribeReasonCode::NotAuthorized,
+                SubscribeReasonCode::TopicFilterInvalid,
+            ),
         };
         let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut allowed = Vec::with_capacity(subscribe.filters.len());
         let mut opens: Vec<Stream> = Vec::new();
         let mut opens_child = false;
-        for mut filter in subscribe.filters.drain(..) {
-            if ctx.acl.subscribe(&self.identity, &filter.path) {
-                let plain = strip_share(&filter.path);
-                if let Some(stream) = stream_of(&ctx.node_id, &self.identity.name, plain) {
-                    opens.push(stream);
-                }
-                opens_child |= plain == link_down_topic(&self.identity.name);
-                // Deliveries are QoS 1 at most: custody is end to end, not QoS 2's handshake.
-                if filter.qos == QoS::ExactlyOnce {
-                    filter.qos = QoS::AtLeastOnce;
-                }
-                codes.push(None);
-                allowed.push(filter);
-            } else {
+        for filter in subscribe.filters {
+            let plain = strip_share(&filter.path);
+            if !valid_filter(plain) {
+                codes.push(invalid);
+                continue;
+            }
+            if !ctx.acl.subscribe(&self.identity, &filter.path) {
                 bump(&ctx.metrics.acl_subscribe_denied);
                 warn!(identity = %self.identity.name, filter = %filter.path, "subscribe denied by ACL");
-                codes.push(Some(refusal));
+                codes.push(refusal);
+                continue;
             }
+            let stream = stream_of(&ctx.node_id, &self.identity.name, plain);
+            let child = plain == link_down_topic(&self.identity.name);
+            // Deliveries are QoS 1 at most: custody is end to end, not QoS 2's handshake.
+            let qos = match filter.qos {
+                QoS::AtMostOnce => QoS::AtMostOnce,
+                _ => QoS::AtLeastOnce,
+            };
+            // Anything but the connection's own streams and link is a watcher's tap.
+            let tap = stream.is_none() && !child;
+            ctx.fanout
+                .subscribe(&filter.path, self.conn, qos as u8, tap, &self.mailbox);
+            if !self.filters.contains(&filter.path) {
+                self.filters.push(filter.path);
+            }
+            opens.extend(stream);
+            opens_child |= child;
+            codes.push(SubscribeReasonCode::Success(qos));
         }
-        let pkid = subscribe.pkid;
-        if allowed.is_empty() {
-            let return_codes = codes.into_iter().map(|c| c.unwrap_or(refusal)).collect();
-            return self.encode(Packet::SubAck(SubAck { pkid, return_codes }, None));
-        }
-        if codes.iter().any(Option::is_some) {
-            self.denied.insert(pkid, codes);
-        }
-        subscribe.filters = allowed;
-        self.send_to_router(Packet::Subscribe(subscribe, props))
-            .await?;
-        // The router has the subscription queued before the node hears of it, so whatever the
-        // node publishes next is routed to this connection.
+        // The subscription is in the fan-out table before the node hears of it, so whatever
+        // the node publishes next reaches this connection.
+        let ack = SubAck {
+            pkid: subscribe.pkid,
+            return_codes: codes,
+        };
+        self.encode(Packet::SubAck(ack, None))?;
         for stream in opens {
             if !self.streams.contains(&stream) {
                 self.streams.push(stream);
@@ -224,6 +245,13 @@ impl Session {
             ctx.inbound.send(item).await.map_err(|_| End::Shutdown)?;
         }
         Ok(())
+    }
+
+    /// Whether one of this connection's filters (plain or shared) still delivers `stream`.
+    fn subscribed_to(&self, stream: Stream, ctx: &FrontEnd) -> bool {
+        self.filters
+            .iter()
+            .any(|f| stream_of(&ctx.node_id, &self.identity.name, strip_share(f)) == Some(stream))
     }
 
     /// Writes the client's PUBACK/PUBREC for a custody decision, in arrival order.

@@ -2,8 +2,9 @@
 //!
 //! This is medlink's replacement for rumqttd's `RemoteLink`: it decodes packets with
 //! `rumqttd::protocol`, applies authentication and the ACL, hands custody-carrying publishes
-//! to the node, relays everything else to rumqttd's router through an in-process link, and
-//! observes the client's PUBACKs for inbox deliveries.
+//! to the node, registers subscriptions in the node's [`Fanout`](crate::fanout::Fanout),
+//! writes what arrives in its [`Mailbox`], and reports the client's PUBACKs for inbox
+//! deliveries.
 //!
 //! Because every step here is owned by medlink, a reset in the middle of CONNECT only ends
 //! this task: nothing is left behind that could poison the listener for later clients.
@@ -14,11 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error, Packet,
-    SubscribeReasonCode,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -28,6 +26,7 @@ use crate::acl::outbox_topic;
 use crate::codec::{publish_header, Codec, Version};
 use crate::connect::{admit, handshake, refuse, ConnectInfo, End};
 use crate::events::{Accept, ConnId, Inbound, Stream};
+use crate::fanout::Mailbox;
 use crate::frontend::FrontEnd;
 use crate::identity::{Identity, Role};
 use crate::metrics::bump;
@@ -50,7 +49,7 @@ pub async fn run(
     conn: ConnId,
     certificate: Option<String>,
 ) {
-    let mut rbuf = BytesMut::with_capacity(1024);
+    let mut rbuf = BytesMut::new();
     let (codec, connect) = match handshake(&ctx, &mut transport, &mut rbuf).await {
         Ok(v) => v,
         Err(e) => {
@@ -75,8 +74,8 @@ pub async fn run(
             return;
         }
     };
-    // From here on the router holds a connection for this session: every exit path must go
-    // through `close`, or the router keeps a zombie whose slot a later client would inherit.
+    // From here on the session is registered (sessions, subscriptions): every exit path must
+    // go through `close`, or a dead connection would keep its slot and subscriptions.
     let end = match session.flush(&ctx, &mut transport).await {
         Ok(()) => session.serve(&ctx, &mut transport, rbuf).await,
         Err(e) => e,
@@ -88,25 +87,35 @@ pub async fn run(
     transport.close().await;
 }
 
-/// An authenticated connection attached to the router.
+/// Room for one read while a connection is quiet: most MQTT packets a client sends fit.
+const SMALL_READ: usize = 512;
+/// Room for one read while bytes stream in (a child's link frames, a burst of publishes).
+const LARGE_READ: usize = 16 * 1024;
+
+/// Most QoS 1 deliveries a connection may leave unacknowledged. Stream and link windows keep
+/// far below it; a watcher that never acknowledges its taps reaches it and loses taps.
+const MAX_INFLIGHT: usize = 16_384;
+
+/// An authenticated connection.
 struct Session {
     conn: ConnId,
     codec: Codec,
     client_id: String,
     identity: Identity,
     keep_alive: Duration,
-    link_tx: LinkTx,
-    link_rx: LinkRx,
+    /// What the node publishes to this connection.
+    mailbox: Arc<Mailbox>,
+    /// Filters subscribed, as the client wrote them, to remove at close.
+    filters: Vec<String>,
     wbuf: BytesMut,
     owed: VecDeque<OwedAck>,
-    /// Packet id of each unacknowledged inbox delivery → envelope id.
-    inflight: HashMap<u16, String>,
-    /// SUBSCRIBE packet id → reason codes for filters the ACL refused (by position).
-    denied: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// Packet id of each unacknowledged QoS 1 delivery → envelope id, for a stream delivery.
+    inflight: HashMap<u16, Option<String>>,
+    /// The packet id given to the last QoS 1 delivery.
+    last_pkid: u16,
     /// Streams this connection has subscribed (commands, receipts).
     streams: Vec<Stream>,
     child_open: bool,
-    taken_over: bool,
     /// QoS 0 deliveries to report once written.
     delivered: Vec<(String, String)>,
     /// Fires when a newer connection with the same client id takes the session over.
@@ -159,27 +168,6 @@ impl Session {
             };
             return Err(refuse(transport, codec, code, "identity at its connection limit").await);
         }
-        // The router answers on a blocking channel; keep that off the async workers. Each
-        // connection gets its own router id, so the router never performs a takeover itself
-        // (its takeover can hand a dead connection's stale events to the slot's next owner);
-        // takeover is done below, by closing the old session properly.
-        let links = ctx.links.clone();
-        let router_id = format!("{client_id}~{conn}");
-        let built = tokio::task::spawn_blocking(move || links(&router_id))
-            .await
-            .map_err(|_| End::Refused("router link task failed"))?;
-        let (link_tx, link_rx, _connack) = match built {
-            Ok(v) => v,
-            Err(e) => {
-                // The router drops the connection when it refuses the client id or is full.
-                warn!(client = %client_id, error = %e, "router refused the connection");
-                let code = match codec.version {
-                    Version::V4 => ConnectReturnCode::ServiceUnavailable,
-                    Version::V5 => ConnectReturnCode::ServerUnavailable,
-                };
-                return Err(refuse(transport, codec, code, "router refused the connection").await);
-            }
-        };
         let (kick_tx, kicked) = oneshot::channel();
         let previous = ctx
             .sessions
@@ -228,15 +216,14 @@ impl Session {
             client_id,
             identity,
             keep_alive,
-            link_tx,
-            link_rx,
-            wbuf: BytesMut::with_capacity(4096),
+            mailbox: Arc::default(),
+            filters: Vec::new(),
+            wbuf: BytesMut::new(),
             owed: VecDeque::new(),
             inflight: HashMap::new(),
-            denied: HashMap::new(),
+            last_pkid: 0,
             streams: Vec::new(),
             child_open: false,
-            taken_over: false,
             delivered: Vec::new(),
             kicked,
             will,
@@ -253,10 +240,17 @@ impl Session {
     ) -> End {
         let mut shutdown = ctx.shutdown.clone();
         let mut last_heard = Instant::now();
+        let mailbox = self.mailbox.clone();
+        let mut streaming = false;
         loop {
             if let Err(e) = self.drain_incoming(ctx, &mut rbuf).await {
                 return e;
             }
+            // Idle, a connection keeps only a small read buffer: most of its life is waiting.
+            if rbuf.is_empty() && !streaming && rbuf.capacity() > SMALL_READ {
+                rbuf = BytesMut::new();
+            }
+            let want = if streaming { LARGE_READ } else { SMALL_READ };
             if let Err(e) = self.flush(ctx, transport).await {
                 return e;
             }
@@ -276,28 +270,19 @@ impl Session {
                         }
                     }
                 }
-                n = self.link_rx.next() => {
-                    let mut n = n;
-                    // Encode everything the router has ready before writing once.
-                    for _ in 0..256 {
-                        match n {
-                            Ok(Some(notification)) => {
-                                if let Err(e) = self.outgoing(notification).await {
-                                    return e;
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(_) => return End::RouterDisconnect,
-                        }
-                        match self.link_rx.next().now_or_never() {
-                            Some(next) => n = next,
-                            None => break,
+                _ = mailbox.ready() => {
+                    for out in mailbox.take() {
+                        if let Err(e) = self.outgoing(ctx, out) {
+                            return e;
                         }
                     }
                 }
-                r = transport.read(&mut rbuf) => match r {
+                r = transport.read(&mut rbuf, want) => match r {
                     Ok(0) => return End::Closed,
-                    Ok(_) => last_heard = Instant::now(),
+                    Ok(n) => {
+                        last_heard = Instant::now();
+                        streaming = n >= SMALL_READ;
+                    }
                     Err(e) => return End::Io(e),
                 },
                 _ = tokio::time::sleep_until(deadline), if !self.keep_alive.is_zero() => {
@@ -336,14 +321,6 @@ impl Session {
         }
     }
 
-    async fn send_to_router(&mut self, packet: Packet) -> Result<(), End> {
-        self.link_tx
-            .send(packet)
-            .await
-            .map(|_| ())
-            .map_err(|_| End::RouterDisconnect)
-    }
-
     fn encode(&mut self, packet: Packet) -> Result<(), End> {
         self.codec
             .write(packet, &mut self.wbuf)
@@ -364,7 +341,12 @@ impl Session {
                     return Err(End::SlowConsumer);
                 }
             }
-            self.wbuf.clear();
+            // A large buffer is not kept for the next, probably small, write.
+            if self.wbuf.capacity() > SMALL_READ * 8 {
+                self.wbuf = BytesMut::new();
+            } else {
+                self.wbuf.clear();
+            }
         }
         for (client, id) in self.delivered.drain(..) {
             let _ = ctx.inbound.send(Inbound::Delivered { client, id }).await;
@@ -439,12 +421,8 @@ impl Session {
                 })
                 .await;
         }
-        if !self.taken_over {
-            // Tell the router this connection is gone so its slot and subscriptions are freed.
-            let bye = Disconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            };
-            let _ = self.link_tx.send(Packet::Disconnect(bye, None)).await;
+        for filter in std::mem::take(&mut self.filters) {
+            ctx.fanout.unsubscribe(&filter, self.conn);
         }
     }
 }

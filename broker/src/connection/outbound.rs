@@ -1,74 +1,60 @@
-//! What the router sends a client: deliveries (whose packet ids are remembered so the
-//! client's PUBACK can be matched to an envelope) and SUBACKs patched with the ACL's refusals.
+//! What the node sends a client: each publish from the connection's mailbox is encoded with a
+//! packet id of this connection's own, remembered so the client's PUBACK can be matched to the
+//! envelope it acknowledges.
 
 use bytes::Bytes;
-use rumqttd::protocol::{Packet, SubscribeReasonCode};
-use rumqttd::Notification;
+use tracing::warn;
 
-use crate::codec::{publish_header, Version};
 use crate::connect::End;
+use crate::fanout::Outgoing;
+use crate::frontend::FrontEnd;
+use crate::metrics::bump;
 
-use super::Session;
+use super::{Session, MAX_INFLIGHT};
 
 impl Session {
-    /// Handles one notification from the router.
-    pub(super) async fn outgoing(&mut self, n: Notification) -> Result<(), End> {
-        match n {
-            Notification::Forward(forward) => {
-                let id = (!self.streams.is_empty())
-                    .then(|| envelope_id(&forward.publish.payload))
-                    .flatten();
-                let start = self.wbuf.len();
-                self.encode(Packet::Publish(forward.publish, forward.properties))?;
-                if let (Some(id), Some((q, pkid))) = (id, publish_header(&self.wbuf[start..])) {
-                    if q > 0 {
-                        self.inflight.insert(pkid, id);
-                    } else {
-                        // A QoS 0 subscriber asked for at-most-once: handing it over is delivery.
-                        let client = self.identity.name.clone();
-                        self.delivered.push((client, id));
-                    }
-                }
+    /// Encodes one publish from the mailbox.
+    pub(super) fn outgoing(&mut self, ctx: &FrontEnd, out: Outgoing) -> Result<(), End> {
+        // Only a delivery on one of this connection's own streams is reported back as
+        // delivered; a tap or a link frame is not custody of this client's.
+        let id = (!out.tap && !self.streams.is_empty())
+            .then(|| envelope_id(&out.payload))
+            .flatten();
+        if out.qos == 0 {
+            self.codec
+                .publish(&out.topic, &out.payload, 0, 0, &mut self.wbuf);
+            if let Some(id) = id {
+                // A QoS 0 subscriber asked for at-most-once: handing it over is delivery.
+                self.delivered.push((self.identity.name.clone(), id));
             }
-            Notification::Unschedule => {
-                self.link_rx
-                    .wake()
-                    .await
-                    .map_err(|_| End::RouterDisconnect)?;
-            }
-            Notification::Disconnect(d, props) => {
-                self.taken_over = true;
-                if self.codec.version == Version::V5 {
-                    self.encode(Packet::Disconnect(d, props))?;
-                }
-                return Err(End::RouterDisconnect);
-            }
-            other => {
-                let packet: Option<Packet> = other.into();
-                if let Some(packet) = packet {
-                    let packet = self.patch_suback(packet);
-                    self.encode(packet)?;
-                }
-            }
+            return Ok(());
         }
+        if self.inflight.len() >= MAX_INFLIGHT {
+            if out.tap {
+                bump(&ctx.metrics.taps_dropped);
+                return Ok(());
+            }
+            // Windows keep a well-behaved client far below this: one that acknowledges
+            // nothing is dropped, and the journal keeps its deliveries for the next connection.
+            warn!(identity = %self.identity.name, client = %self.client_id, "connection dropped: {MAX_INFLIGHT} deliveries unacknowledged");
+            bump(&ctx.metrics.slow_consumers);
+            return Err(End::SlowConsumer);
+        }
+        let pkid = self.next_pkid();
+        self.inflight.insert(pkid, id);
+        self.codec
+            .publish(&out.topic, &out.payload, 1, pkid, &mut self.wbuf);
         Ok(())
     }
 
-    /// Puts the ACL's refusals back into a SUBACK from the router.
-    pub(super) fn patch_suback(&mut self, packet: Packet) -> Packet {
-        let Packet::SubAck(mut ack, props) = packet else {
-            return packet;
-        };
-        if let Some(codes) = self.denied.remove(&ack.pkid) {
-            let mut granted = ack.return_codes.into_iter();
-            ack.return_codes = codes
-                .into_iter()
-                .map(|c| {
-                    c.unwrap_or_else(|| granted.next().unwrap_or(SubscribeReasonCode::Failure))
-                })
-                .collect();
+    /// The next packet id not in flight (1..=65535; 0 is not a packet id).
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.last_pkid) {
+                return self.last_pkid;
+            }
         }
-        Packet::SubAck(ack, props)
     }
 }
 
