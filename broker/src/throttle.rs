@@ -1,8 +1,10 @@
 //! Slowing down password guessing.
 //!
-//! Every failed login counts against the source address and against the identity it named,
-//! and so does every attempt still being checked (so that forty guesses sent at once do not
-//! all pass as "the first"). After a few free failures, attempts on a key are checked only in
+//! Every failed login counts against the source address and against the identity it named.
+//! Against the identity, so does every attempt still being checked (so that forty guesses at
+//! one password sent at once do not all pass as "the first"). Against the address it does not:
+//! thousands of phones behind one carrier NAT, or a whole ward's tablets behind a hospital's,
+//! reconnect at once after a restart, and their logins in progress are not failures. After a few free failures, attempts on a key are checked only in
 //! slots spaced by a delay that doubles per failure up to a cap (4 s by default, so about one
 //! guess per 4 s per identity however many connections try in parallel). An attempt whose slot
 //! would lie further ahead than the cap is refused at once, unchecked, rather than queued
@@ -46,12 +48,25 @@ enum Key {
 
 #[derive(Debug)]
 struct Record {
+    /// Whether attempts in progress count as failures (an identity, not an address).
+    per_name: bool,
     failures: u32,
     /// Attempts admitted and not yet decided; they count as failures until they are.
     in_flight: u32,
     /// The earliest time the next attempt on this key may be checked.
     next_at: Instant,
     last_seen: Instant,
+}
+
+impl Record {
+    /// What the delay is computed from.
+    fn counted(&self) -> u32 {
+        if self.per_name {
+            self.failures.saturating_add(self.in_flight)
+        } else {
+            self.failures
+        }
+    }
 }
 
 /// An attempt refused unchecked: its key's slots are reserved further ahead than the cap.
@@ -100,7 +115,7 @@ impl LoginThrottle {
         let mut slot = now;
         for key in &keys {
             if let Some(r) = self.records.get(key) {
-                if !Self::delay(&settings, r.failures + r.in_flight).is_zero() {
+                if !Self::delay(&settings, r.counted()).is_zero() {
                     slot = slot.max(r.next_at);
                 }
             }
@@ -109,13 +124,15 @@ impl LoginThrottle {
             return Err(Throttled);
         }
         for key in keys {
+            let per_name = matches!(key, Key::Name(_));
             let r = self.records.entry(key).or_insert(Record {
+                per_name,
                 failures: 0,
                 in_flight: 0,
                 next_at: now,
                 last_seen: now,
             });
-            let delay = Self::delay(&settings, r.failures + r.in_flight);
+            let delay = Self::delay(&settings, r.counted());
             r.in_flight = r.in_flight.saturating_add(1);
             r.last_seen = now;
             if !delay.is_zero() {
@@ -129,7 +146,9 @@ impl LoginThrottle {
     pub fn failed(&mut self, addr: IpAddr, name: &str, now: Instant) -> u32 {
         let mut worst = 0;
         for key in [Key::Addr(addr), Key::Name(name.to_string())] {
+            let per_name = matches!(key, Key::Name(_));
             let r = self.records.entry(key).or_insert(Record {
+                per_name,
                 failures: 0,
                 in_flight: 1,
                 next_at: now,
@@ -198,6 +217,24 @@ mod tests {
         }
         t.succeeded(ip, "a");
         assert_eq!(t.admit(ip, "a", now), Ok(Duration::ZERO));
+    }
+
+    /// A reconnect storm behind one NAT: logins in progress from one address are not failures.
+    #[test]
+    fn many_logins_at_once_from_one_address_are_not_delayed() {
+        let mut t = LoginThrottle::new(ThrottleSettings::default());
+        let nat: IpAddr = "100.64.0.1".parse().unwrap();
+        let now = Instant::now();
+        for i in 0..5000 {
+            assert_eq!(t.admit(nat, &format!("pt-{i}"), now), Ok(Duration::ZERO));
+        }
+        // ... but failures from it still are: the next attempt reserves a slot further on,
+        // and the one after waits for it.
+        for i in 0..5 {
+            t.failed(nat, &format!("pt-{i}"), now);
+        }
+        assert_eq!(t.admit(nat, "pt-x", now), Ok(Duration::ZERO));
+        assert!(t.admit(nat, "pt-y", now).unwrap() > Duration::ZERO);
     }
 
     /// The outside probe's attack: many attempts on one identity at the same instant, none
