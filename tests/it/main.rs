@@ -17,6 +17,7 @@ mod http_limits;
 mod http_links;
 mod links;
 mod priority;
+mod push;
 mod receipts;
 mod routing;
 mod schemathesis;
