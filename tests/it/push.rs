@@ -52,7 +52,7 @@ async fn a_push_to_many_recipients_reaches_each_once_in_order_per_sender() {
         }
     }
     let mut received: Vec<BTreeMap<String, Vec<u64>>> = vec![BTreeMap::new(); RECIPIENTS];
-    let mut note = |by_sender: &mut BTreeMap<String, Vec<u64>>, m: &Msg| {
+    let note = |by_sender: &mut BTreeMap<String, Vec<u64>>, m: &Msg| {
         let from = m.json["from"]["client"].as_str().unwrap_or("?").to_string();
         let n = m.json["params"]["n"].as_u64().expect("params.n");
         by_sender.entry(from).or_default().push(n);
