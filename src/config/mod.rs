@@ -6,6 +6,8 @@
 //! config means the same thing whatever directory the node is started from.
 
 mod file;
+pub mod reload;
+pub mod tokens;
 
 pub use file::*;
 
@@ -255,7 +257,9 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         return Err("link.dead_after_ms: must be longer than link.ping_every_ms".into());
     }
     let services = services(file.services)?;
+    let token_keys = tokens::keys(&file.token_keys, base)?;
     Ok(NodeConfig {
+        tokens: Arc::new(medlink_broker::token::TokenKeys::new(&id, token_keys)),
         services,
         id,
         data_dir,

@@ -25,4 +25,5 @@ mod sdk_http;
 mod sdk_recovery;
 mod security;
 mod services;
+mod tokens;
 mod trust;
