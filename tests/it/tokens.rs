@@ -246,6 +246,13 @@ fn http_bearer_tokens_post_long_poll_and_stream() {
         b"",
     );
     assert_eq!(r.json()["messages"], json!([]));
+    // The SDK's HTTP transport sends its password as HTTP Basic: a token works there too.
+    let (status, page) = get_json(http, "/v1/inbox?wait=0", Some(("pt-2001", token.as_str())));
+    assert_eq!(
+        (status, page["messages"].clone()),
+        (200, json!([])),
+        "{page}"
+    );
     // POST as the patient: stamped with the token's identity.
     let r = bearer(
         http,
