@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use medlink_broker::identity::valid_name;
+use medlink_broker::identity::{plain_name, valid_name};
 use medlink_broker::token::{mint_hs256, Claims, MIN_SECRET_LEN};
 
 use crate::config::tokens::{loose_mode, read_secret};
@@ -52,9 +52,9 @@ fn mint(args: &TokenArgs) -> Result<String, String> {
     if args.kid.is_empty() {
         return Err("--kid: give the key id of the [[token_key]]".into());
     }
-    if !valid_name(&args.sub) {
+    if !valid_name(&args.sub) || !plain_name(&args.sub) {
         return Err(format!(
-            "--sub: '{}' must be 1-128 characters without + # / or control characters",
+            "--sub: '{}' must be 1-128 characters of A-Z a-z 0-9 . _ - @, not starting with '$'",
             args.sub.escape_debug()
         ));
     }

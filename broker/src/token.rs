@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 pub use medlink_wire::token::{mint_hs256, now_s, Algorithm, Claims, Hs256Minter};
 
-use crate::identity::{valid_name, Role};
+use crate::identity::{plain_name, valid_name, Role};
 
 /// Clock skew allowed on `exp` and `nbf`, seconds: a phone whose clock is a little off still
 /// logs in, and a token is honoured at most this long past its expiry.
@@ -441,9 +441,10 @@ impl KeySet {
             .map_err(|e| classify(e.kind()))?
             .claims;
         let refused = |why: String| Err(Refusal::Refused(why));
-        if !valid_name(&claims.sub) {
+        // The rule for new identities (`medlink passwd add`): a token creates one on the spot.
+        if !valid_name(&claims.sub) || !plain_name(&claims.sub) {
             return refused(format!(
-                "sub '{}' is not a valid identity name",
+                "sub '{}' is not a valid identity name (A-Z a-z 0-9 . _ - @, not starting with $)",
                 claims.sub.escape_debug()
             ));
         }

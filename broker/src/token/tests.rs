@@ -185,6 +185,17 @@ fn subjects_roles_and_node() {
     assert!(
         matches!(with("pt", serde_json::json!({"sub": "pt-1/x"})), Err(Refusal::Refused(w)) if w.contains("valid identity"))
     );
+    // New identities follow `medlink passwd`'s rule: no look-alikes, nothing posing as the node.
+    for odd in ["pt-b\u{43e}b", "pt-a b"] {
+        let r = with("pt", serde_json::json!({ "sub": odd }));
+        assert!(matches!(r, Err(Refusal::Refused(_))), "{odd}: {r:?}");
+    }
+    let any = set(vec![hs_key("any", "*", &[Role::Client])]);
+    let t = hs(Some("any"), claims("$medlink"));
+    assert!(matches!(
+        any.verify(t.as_bytes(), NODE),
+        Err(Refusal::Refused(_))
+    ));
     assert!(
         matches!(with("pt", serde_json::json!({"role": "admin"})), Err(Refusal::Refused(w)) if w.contains("role"))
     );
