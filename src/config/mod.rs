@@ -4,6 +4,9 @@
 //! Unknown keys are errors (a typo must not silently fall back to a default), and every error
 //! names the file and the key. Relative paths resolve against the file's directory, so a
 //! config means the same thing whatever directory the node is started from.
+//!
+//! The file is read once at start, except its `[[token_key]]` sections (`tokens`), which
+//! `reload` re-reads while the node runs (every second, and on SIGHUP).
 
 mod file;
 pub mod reload;
