@@ -10,11 +10,14 @@
 //! The credentials file is re-read when it changes (checked at most once a second, on login),
 //! so `medlink passwd` takes effect without restarting the node.
 //!
-//! Device tokens (`token.rs`) take another path: when token keys are configured and the
-//! password is shaped like a JWT, the signature is checked on the spot, in microseconds, with
-//! neither argon2 nor its semaphore, so a reconnect storm of thousands of phones is readmitted
-//! at once. A refused token counts against the failed-login throttle like a wrong password; a
-//! valid one never waits on it.
+//! Device tokens (`token.rs`) take another path: a password shaped like a JWT is checked
+//! against the token keys on the spot, in microseconds, with neither argon2 nor its semaphore,
+//! so a reconnect storm of thousands of phones is readmitted at once. A refused token counts
+//! against the failed-login throttle like a wrong password; a valid one never waits on it.
+//! Without keys such a password is refused at once, not checked as a password: phones whose
+//! key was removed (or that dial a node without keys) must not queue behind argon2 and starve
+//! the clinics' password logins. No real password has that shape (three base64url segments,
+//! the first a JSON object with `alg`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -213,12 +216,10 @@ impl Authenticator {
     ) -> Result<Identity, LoginError> {
         if let Some(token) = password.filter(|p| looks_like_token(p)) {
             let keys = self.tokens.current();
-            if !keys.is_empty() {
-                return self
-                    .token_login(addr, username, token, &keys)
-                    .await
-                    .map_err(LoginError::from);
-            }
+            return self
+                .token_login(addr, username, token, &keys)
+                .await
+                .map_err(LoginError::from);
         }
         let credentials = self.credentials();
         let name = match (username, certificate) {
@@ -564,7 +565,7 @@ mod tests {
         assert_eq!(c.bad_signature.load(Ordering::Relaxed), 6);
         assert_eq!(c.refused.load(Ordering::Relaxed), 2);
         drop(_slots);
-        // Without keys a JWT-shaped password is just a (wrong) password.
+        // Without keys a JWT-shaped password is refused at once, without an argon2 slot.
         let plain = Authenticator::new(
             CredentialSource::Fixed(Credentials::from(&f)),
             ThrottleSettings::default(),
@@ -572,12 +573,18 @@ mod tests {
         )
         .unwrap();
         let t = token("clinic");
-        assert_eq!(
-            plain
-                .login(ip, Some("clinic"), Some(t.as_bytes()), None)
-                .await,
-            Err(LoginError::BadCredentials)
-        );
+        let held = plain
+            .verify_slots
+            .acquire_many(VERIFY_SLOTS as u32)
+            .await
+            .unwrap();
+        let refused = tokio::time::timeout(
+            quick,
+            plain.login(ip, Some("clinic"), Some(t.as_bytes()), None),
+        )
+        .await;
+        assert_eq!(refused, Ok(Err(LoginError::BadCredentials)));
+        drop(held);
         assert!(plain
             .login(ip, Some("clinic"), Some(b"pw"), None)
             .await

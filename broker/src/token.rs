@@ -336,7 +336,7 @@ fn header_of(token: &[u8]) -> Option<RawHeader> {
 }
 
 /// Whether `password` is shaped like a JWT (see `header_of`); decides whether a login with
-/// a password takes the token path (only when keys are configured).
+/// a password takes the token path (refused outright when no keys are configured).
 pub fn looks_like_token(password: &[u8]) -> bool {
     header_of(password).is_some()
 }
