@@ -7,6 +7,7 @@
 //! - `medlink send | request | listen ...` use the SDK from a shell.
 //! - `medlink certs ...` issues a development CA and certificates.
 //! - `medlink passwd --file FILE ...` manages identities in a credentials file.
+//! - `medlink token --key-file F --kid K --sub NAME` mints an HS256 device token.
 
 mod certs;
 mod cli_client;
@@ -14,6 +15,7 @@ mod config;
 mod demo;
 mod logging;
 mod passwd;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +105,8 @@ enum Command {
     Certs(certs::CertsArgs),
     /// Add, rotate, remove or list identities in a credentials file.
     Passwd(passwd::PasswdArgs),
+    /// Mint an HS256 device token with a `[[token_key]]` secret (prints it).
+    Token(token::TokenArgs),
 }
 
 /// Sets up logging to stderr: MEDLINK_LOG's filter, else `default`.
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Certs(args) => return certs::run(args),
         Command::Passwd(args) => return passwd::run(args),
+        Command::Token(args) => return token::run(args),
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -166,7 +171,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(run_node(cfg))
+            runtime.block_on(run_node(cfg, &config))
         }
         Command::Audit {
             data_dir,
@@ -225,16 +230,19 @@ fn main() -> ExitCode {
         Command::Send(args) => runtime.block_on(cli_client::send(args)),
         Command::Request(args) => runtime.block_on(cli_client::request(args)),
         Command::Listen(args) => runtime.block_on(cli_client::listen(args)),
-        Command::Certs(_) | Command::Passwd(_) => unreachable!("handled before the runtime starts"),
+        Command::Certs(_) | Command::Passwd(_) | Command::Token(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 
-async fn run_node(cfg: medlink_bridge::node::NodeConfig) -> ExitCode {
+async fn run_node(cfg: medlink_bridge::node::NodeConfig, config: &std::path::Path) -> ExitCode {
     // A file-size limit (RLIMIT_FSIZE) or a full filesystem must make journal writes fail
     // (no acknowledgement, HTTP 503), not kill the node: SIGXFSZ's default action is to
     // terminate, so it is caught and ignored for the node's lifetime.
     #[cfg(unix)]
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25));
+    let tokens = cfg.tokens.clone();
     let node = match Node::start(cfg).await {
         Ok(n) => n,
         Err(e) => {
@@ -243,11 +251,14 @@ async fn run_node(cfg: medlink_bridge::node::NodeConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Token keys follow the config file while the node runs (and on SIGHUP).
+    let reload = config::reload::spawn(config, tokens);
     for (kind, addr) in &node.bound {
         info!(?kind, %addr, "ready");
     }
     wait_for_stop_signal().await;
     info!("stop requested; shutting down cleanly");
+    reload.abort();
     node.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use medlink_bridge::envelope::valid_node_id;
-use medlink_broker::identity::{hash_password, valid_name};
+use medlink_broker::identity::{hash_password, plain_name, valid_name};
 use medlink_broker::{CredentialsFile, Role};
 use rand::Rng;
 
@@ -152,16 +152,6 @@ fn apply(args: PasswdArgs) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The names `passwd add` gives out: plain ASCII, so a name reads the same in a log, a topic
-/// and an operator's terminal. (Logins accept any name a credentials file holds; this keeps new
-/// ones unambiguous.)
-fn plain_name(name: &str) -> bool {
-    !name.starts_with('$')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
 }
 
 fn save(file: &CredentialsFile, path: &std::path::Path) -> Result<(), String> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use medlink_broker::rate::RateLimiter;
 use medlink_broker::throttle::ThrottleSettings;
+use medlink_broker::token::TokenKeys;
 use medlink_broker::{
     Authenticator, BrokerHandle, BrokerMetrics, ConnectionBudget, CredentialSource, Fanout,
     FrontEndSettings, ListenerKind, ListenerSpec, RateSettings, Role,
@@ -51,6 +52,8 @@ pub struct NodeConfig {
     pub parent_tls: Option<Arc<rustls::ClientConfig>>,
     /// Identities that may connect here.
     pub credentials: CredentialSource,
+    /// Device-token keys (`[[token_key]]`), shared with whatever reloads them.
+    pub tokens: Arc<TokenKeys>,
     /// Server TLS settings for `tls`/`wss` listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Most concurrent connections of one identity.
@@ -216,7 +219,8 @@ impl Node {
                 cfg.throttle,
                 broker_metrics.clone(),
             )
-            .map_err(NodeError::Credentials)?,
+            .map_err(NodeError::Credentials)?
+            .with_tokens(cfg.tokens.clone()),
         );
         let credentials = auth.credentials();
         let topology = Topology {
@@ -232,6 +236,7 @@ impl Node {
                 .map(str::to_string)
                 .collect(),
             services: cfg.services.iter().map(|g| g.name.clone()).collect(),
+            token_clients: cfg.tokens.current().client_subjects(),
         };
         for g in &cfg.services {
             if topology.clients.contains(&g.name) {

@@ -4,9 +4,16 @@
 //! here if the target is this node, go down to the child whose id prefixes the target, and
 //! otherwise go up. A message climbs to the lowest common ancestor and descends, so routes are
 //! loop-free by construction.
+//!
+//! A client of this node is a `client` identity of the credentials file, or any name that a
+//! configured token key may vouch for as a client (its `subjects`, e.g. `pt-*`): patients with
+//! device tokens have no line anywhere, yet a command to `pt-12345` must wait in that patient's
+//! queue (like a command to an offline known client) instead of failing as unknown. Service
+//! groups are looked up before the token patterns, so a broad pattern (`*`) never hides one.
 
 use std::collections::BTreeSet;
 
+use medlink_broker::token::{KeySet, Subjects};
 use medlink_broker::{Credentials, Role};
 use tracing::warn;
 
@@ -51,6 +58,9 @@ pub struct Topology {
     pub clients: BTreeSet<String>,
     /// Service groups declared at this node (addressed like clients).
     pub services: BTreeSet<String>,
+    /// Names the token keys may vouch for as clients: routable here without a credentials
+    /// line.
+    pub token_clients: Vec<Subjects>,
 }
 
 /// Whether `node` is `ancestor` or lies below it.
@@ -62,10 +72,12 @@ pub fn within(ancestor: &str, node: &str) -> bool {
 }
 
 impl Topology {
-    /// Takes this node's client list from `credentials` (clients added or removed there
-    /// become (un)routable). New child nodes need a restart, since their links carry journal
-    /// state created at start: they are only warned about.
-    pub fn learn(&mut self, credentials: &Credentials) {
+    /// Takes this node's client list from `credentials` and the client patterns of the token
+    /// `keys` (clients added or removed there become (un)routable). New child nodes need a
+    /// restart, since their links carry journal state created at start: they are only warned
+    /// about.
+    pub fn learn(&mut self, credentials: &Credentials, keys: &KeySet) {
+        self.token_clients = keys.client_subjects();
         self.clients = credentials
             .names_with_role(Role::Client)
             .map(str::to_string)
@@ -91,6 +103,8 @@ impl Topology {
                 NextHop::Local(env.to.client.clone())
             } else if self.services.contains(&env.to.client) && env.kind == Kind::Cmd {
                 NextHop::Service(env.to.client.clone())
+            } else if self.token_clients.iter().any(|s| s.matches(&env.to.client)) {
+                NextHop::Local(env.to.client.clone())
             } else {
                 NextHop::Unroutable(format!(
                     "no client '{}' at node '{}'",
@@ -133,6 +147,7 @@ mod tests {
             children: children.iter().map(|s| s.to_string()).collect(),
             clients: ["a".to_string()].into_iter().collect(),
             services: ["svc".to_string()].into_iter().collect(),
+            token_clients: Vec::new(),
         }
     }
 
@@ -168,5 +183,26 @@ mod tests {
         let mut e = env("js.nj", "a");
         e.via_root = true;
         assert_eq!(t.next_hop(&e), NextHop::Up);
+    }
+
+    #[test]
+    fn names_a_token_key_vouches_for_are_local_clients() {
+        let mut t = topo("js.nj", true, &[]);
+        t.token_clients = vec!["pt-*".parse().unwrap(), "*".parse().unwrap()];
+        assert_eq!(
+            t.next_hop(&env("js.nj", "pt-12345")),
+            NextHop::Local("pt-12345".into())
+        );
+        // A service keeps its name even under a pattern that covers everything.
+        let mut svc = env("js.nj", "svc");
+        svc.kind = Kind::Cmd;
+        assert_eq!(t.next_hop(&svc), NextHop::Service("svc".into()));
+        // Patterns speak for this node's names only.
+        assert_eq!(t.next_hop(&env("js.sz", "pt-1")), NextHop::Up);
+        t.token_clients = vec!["pt-*".parse().unwrap()];
+        assert!(matches!(
+            t.next_hop(&env("js.nj", "dr-1")),
+            NextHop::Unroutable(_)
+        ));
     }
 }

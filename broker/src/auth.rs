@@ -9,6 +9,15 @@
 //!
 //! The credentials file is re-read when it changes (checked at most once a second, on login),
 //! so `medlink passwd` takes effect without restarting the node.
+//!
+//! Device tokens (`token.rs`) take another path: a password shaped like a JWT is checked
+//! against the token keys on the spot, in microseconds, with neither argon2 nor its semaphore,
+//! so a reconnect storm of thousands of phones is readmitted at once. A refused token counts
+//! against the failed-login throttle like a wrong password; a valid one never waits on it.
+//! Without keys such a password is refused at once, not checked as a password: phones whose
+//! key was removed (or that dial a node without keys) must not queue behind argon2 and starve
+//! the clinics' password logins. No real password has that shape (three base64url segments,
+//! the first a JSON object with `alg`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,6 +37,7 @@ use crate::identity::{
 };
 use crate::metrics::{bump, BrokerMetrics};
 use crate::throttle::{LoginThrottle, ThrottleSettings, Throttled};
+use crate::token::{looks_like_token, unverified_subject, KeySet, Refusal, TokenKeys};
 
 /// Where the identities come from.
 #[derive(Debug, Clone)]
@@ -60,6 +70,25 @@ pub struct Authenticator {
     verify_slots: Semaphore,
     throttle: Mutex<LoginThrottle>,
     metrics: Arc<BrokerMetrics>,
+    tokens: Arc<TokenKeys>,
+}
+
+/// Why a device token did not log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLoginError {
+    /// Too many recent failures from this address or on this name; not checked.
+    Throttled,
+    /// Checked and refused.
+    Refused(Refusal),
+}
+
+impl From<TokenLoginError> for LoginError {
+    fn from(e: TokenLoginError) -> LoginError {
+        match e {
+            TokenLoginError::Throttled => LoginError::Throttled,
+            TokenLoginError::Refused(_) => LoginError::BadCredentials,
+        }
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -99,7 +128,19 @@ impl Authenticator {
             verify_slots: Semaphore::new(VERIFY_SLOTS),
             throttle: Mutex::new(LoginThrottle::new(throttle)),
             metrics,
+            tokens: Arc::new(TokenKeys::none()),
         })
+    }
+
+    /// Accepts device tokens signed by `tokens` (shared with whatever reloads them).
+    pub fn with_tokens(mut self, tokens: Arc<TokenKeys>) -> Authenticator {
+        self.tokens = tokens;
+        self
+    }
+
+    /// The token keys (routing asks them which names a command may wait for).
+    pub fn tokens(&self) -> &Arc<TokenKeys> {
+        &self.tokens
     }
 
     /// The identities as currently loaded.
@@ -112,9 +153,11 @@ impl Authenticator {
             .clone()
     }
 
-    /// Increases every time the credentials file is reloaded.
+    /// Increases every time the credentials file or the token keys are reloaded.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.generation
+            .load(Ordering::Acquire)
+            .wrapping_add(self.tokens.generation())
     }
 
     /// Re-reads the credentials file if it changed (looked at once a second at most). A file
@@ -171,6 +214,13 @@ impl Authenticator {
         password: Option<&[u8]>,
         certificate: Option<&str>,
     ) -> Result<Identity, LoginError> {
+        if let Some(token) = password.filter(|p| looks_like_token(p)) {
+            let keys = self.tokens.current();
+            return self
+                .token_login(addr, username, token, &keys)
+                .await
+                .map_err(LoginError::from);
+        }
         let credentials = self.credentials();
         let name = match (username, certificate) {
             (Some(u), _) if !u.is_empty() => u,
@@ -227,6 +277,88 @@ impl Authenticator {
             let failures = self.lock_throttle().failed(addr, name, Instant::now());
             warn!(identity = name, %addr, failures, "login failed");
             Err(LoginError::BadCredentials)
+        }
+    }
+
+    /// Logs in with a device token (an HTTP `Authorization: Bearer`); refused when no keys
+    /// are configured.
+    pub async fn login_token(
+        &self,
+        addr: IpAddr,
+        token: &[u8],
+    ) -> Result<Identity, TokenLoginError> {
+        let keys = self.tokens.current();
+        self.token_login(addr, None, token, &keys).await
+    }
+
+    /// Verifies `token` (an MQTT username, when given, must be its `sub`). Never argon2:
+    /// a valid token is admitted at once, without consulting the throttle; a refused one is
+    /// counted there and answered only in its slot, as a wrong password would be.
+    async fn token_login(
+        &self,
+        addr: IpAddr,
+        username: Option<&str>,
+        token: &[u8],
+        keys: &KeySet,
+    ) -> Result<Identity, TokenLoginError> {
+        let verdict = keys.verify(token, self.tokens.node_id()).and_then(|v| {
+            if let Some(user) = username.filter(|u| !u.is_empty() && *u != v.name) {
+                return Err(Refusal::Refused(format!(
+                    "username '{}' is not the token's sub '{}'",
+                    user.escape_debug(),
+                    v.name
+                )));
+            }
+            // A name the credentials file gives another role cannot be taken by a token: a
+            // client token for a child node's id would otherwise pass for it in logs and
+            // connection counts.
+            match self.credentials().role(&v.name) {
+                Some(listed) if listed != v.role => Err(Refusal::Refused(format!(
+                    "'{}' is a {listed} in the credentials file, the token says {}",
+                    v.name, v.role
+                ))),
+                _ => Ok(v),
+            }
+        });
+        match verdict {
+            Ok(v) => {
+                self.metrics.token_logins.count("ok");
+                debug!(identity = %v.name, kid = %v.kid, %addr, "token login");
+                Ok(Identity {
+                    name: v.name,
+                    role: v.role,
+                })
+            }
+            Err(refusal) => {
+                self.metrics.token_logins.count(refusal.label());
+                bump(&self.metrics.login_failures);
+                let name = username
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_string)
+                    .or_else(|| unverified_subject(token))
+                    .unwrap_or_else(|| "$token".to_string());
+                let wait = match self.lock_throttle().admit(addr, &name, Instant::now()) {
+                    Ok(wait) => wait,
+                    Err(Throttled) => {
+                        bump(&self.metrics.login_throttled);
+                        debug!(identity = %name.escape_debug(), %addr, "token refused unchecked: too many recent failures");
+                        return Err(TokenLoginError::Throttled);
+                    }
+                };
+                if !wait.is_zero() {
+                    bump(&self.metrics.login_throttled);
+                    tokio::time::sleep(wait).await;
+                }
+                let failures = self.lock_throttle().failed(addr, &name, Instant::now());
+                // An expired token is the device's to renew; the other refusals may mean a
+                // key was rotated without the issuer knowing, or an attack.
+                if refusal == Refusal::Expired {
+                    info!(identity = %name.escape_debug(), %addr, failures, reason = %refusal, "token refused");
+                } else {
+                    warn!(identity = %name.escape_debug(), %addr, failures, reason = %refusal.to_string().escape_debug(), "token refused");
+                }
+                Err(TokenLoginError::Refused(refusal))
+            }
         }
     }
 
@@ -355,5 +487,107 @@ mod tests {
         assert!(ok.is_ok(), "{ok:?}");
         assert_eq!(auth.credentials().role("js.a"), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn tokens_skip_argon2_and_refusals_meet_the_throttle() {
+        use crate::token::{mint_hs256, Claims, KeySet, TokenKey, TokenKeys};
+        const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+        let mut f = file_with("clinic", Role::Client, "pw");
+        f.upsert("js.a", Role::Node, None);
+        let metrics = Arc::new(BrokerMetrics::default());
+        let keys = KeySet::new(vec![TokenKey::hs256(
+            "k",
+            SECRET,
+            "*".parse().unwrap(),
+            vec![Role::Client],
+        )
+        .unwrap()])
+        .unwrap();
+        let auth = Authenticator::new(
+            CredentialSource::Fixed(Credentials::from(&f)),
+            ThrottleSettings::default(),
+            metrics.clone(),
+        )
+        .unwrap()
+        .with_tokens(Arc::new(TokenKeys::new("js", keys)));
+        let ip: IpAddr = "10.1.1.1".parse().unwrap();
+        let token = |sub: &str| mint_hs256(SECRET, "k", &Claims::new(sub, 60)).unwrap();
+        // Both argon2 slots taken: a token login must not need one.
+        let _slots = auth
+            .verify_slots
+            .acquire_many(VERIFY_SLOTS as u32)
+            .await
+            .unwrap();
+        let quick = Duration::from_millis(200);
+        let t = token("pt-1");
+        let ok = tokio::time::timeout(quick, auth.login(ip, None, Some(t.as_bytes()), None))
+            .await
+            .expect("no argon2 slot needed");
+        assert_eq!(
+            ok,
+            Ok(Identity {
+                name: "pt-1".into(),
+                role: Role::Client
+            })
+        );
+        let same = auth.login(ip, Some("pt-1"), Some(t.as_bytes()), None).await;
+        assert!(same.is_ok());
+        let other = auth.login(ip, Some("pt-2"), Some(t.as_bytes()), None).await;
+        assert_eq!(
+            other,
+            Err(LoginError::BadCredentials),
+            "username must be the sub"
+        );
+        // A child node's name cannot be taken by a client token.
+        let t = token("js.a");
+        assert_eq!(
+            auth.login(ip, None, Some(t.as_bytes()), None).await,
+            Err(LoginError::BadCredentials)
+        );
+        // Failed tokens fill the throttle: later failures wait or are refused unchecked…
+        let bad = mint_hs256(
+            b"another-secret-another-secret-xx",
+            "k",
+            &Claims::new("pt-9", 60),
+        )
+        .unwrap();
+        for _ in 0..6 {
+            let _ = auth.login(ip, None, Some(bad.as_bytes()), None).await;
+        }
+        assert!(metrics.login_throttled.load(Ordering::Relaxed) > 0);
+        // …but a valid token from the same address is never slowed.
+        let t = token("pt-1");
+        let ok = tokio::time::timeout(quick, auth.login_token(ip, t.as_bytes())).await;
+        assert!(matches!(ok, Ok(Ok(_))), "{ok:?}");
+        let c = &metrics.token_logins;
+        assert_eq!(c.ok.load(Ordering::Relaxed), 3);
+        assert_eq!(c.bad_signature.load(Ordering::Relaxed), 6);
+        assert_eq!(c.refused.load(Ordering::Relaxed), 2);
+        drop(_slots);
+        // Without keys a JWT-shaped password is refused at once, without an argon2 slot.
+        let plain = Authenticator::new(
+            CredentialSource::Fixed(Credentials::from(&f)),
+            ThrottleSettings::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let t = token("clinic");
+        let held = plain
+            .verify_slots
+            .acquire_many(VERIFY_SLOTS as u32)
+            .await
+            .unwrap();
+        let refused = tokio::time::timeout(
+            quick,
+            plain.login(ip, Some("clinic"), Some(t.as_bytes()), None),
+        )
+        .await;
+        assert_eq!(refused, Ok(Err(LoginError::BadCredentials)));
+        drop(held);
+        assert!(plain
+            .login(ip, Some("clinic"), Some(b"pw"), None)
+            .await
+            .is_ok());
     }
 }

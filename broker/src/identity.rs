@@ -274,6 +274,18 @@ impl Credentials {
     }
 }
 
+/// The names new identities get (`medlink passwd add`, and a device token's `sub`): plain
+/// ASCII (`A-Z a-z 0-9 . _ - @`), not starting with `$` (the node's own sender, `$medlink`),
+/// so a name reads the same in a log, a topic and an operator's terminal, and a look-alike
+/// from another script cannot pass for an existing identity. (Logins accept any name a
+/// credentials file holds; this keeps new ones unambiguous.)
+pub fn plain_name(name: &str) -> bool {
+    !name.starts_with('$')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
 /// Identity and client-id names: non-empty, no MQTT wildcards, no topic separator.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod rate;
 pub mod throttle;
 pub mod tls;
+pub mod token;
 mod transport;
 
 pub use acl::{AclPolicy, PublishClass};

@@ -40,6 +40,59 @@ pub struct BrokerMetrics {
     pub handshake_timeouts: AtomicU64,
     /// TLS handshakes that failed (plain text on a TLS port, unknown CA, ...).
     pub tls_failures: AtomicU64,
+    /// Device-token logins by result, over MQTT and HTTP.
+    pub token_logins: TokenLogins,
+}
+
+/// `medlink_token_logins_total{result=…}`: device-token logins, one counter per result
+/// (refused tokens also count in `medlink_login_failures_total`).
+#[derive(Debug, Default)]
+pub struct TokenLogins {
+    /// Verified and admitted.
+    pub ok: AtomicU64,
+    /// Past `exp` (plus the leeway).
+    pub expired: AtomicU64,
+    /// The signature did not verify, or the `alg` was not the key's.
+    pub bad_signature: AtomicU64,
+    /// No configured key has the token's `kid`.
+    pub unknown_kid: AtomicU64,
+    /// Signed correctly, but claiming what the key or this node does not allow.
+    pub refused: AtomicU64,
+}
+
+impl TokenLogins {
+    /// Counts one login whose result label is `result` (see `token::Refusal::label`).
+    pub fn count(&self, result: &str) {
+        let counter = match result {
+            "ok" => &self.ok,
+            "expired" => &self.expired,
+            "bad_signature" => &self.bad_signature,
+            "unknown_kid" => &self.unknown_kid,
+            _ => &self.refused,
+        };
+        bump(counter);
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "medlink_token_logins_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} device-token logins by result\n# TYPE {name} counter"
+        );
+        for (result, v) in [
+            ("ok", &self.ok),
+            ("expired", &self.expired),
+            ("bad_signature", &self.bad_signature),
+            ("unknown_kid", &self.unknown_kid),
+            ("refused", &self.refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{result=\"{result}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// Adds one to a counter.
@@ -141,5 +194,6 @@ impl BrokerMetrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
+        self.token_logins.render(out);
     }
 }

@@ -9,7 +9,8 @@ use medlink_bridge::http::TransportChoice;
 use medlink_bridge::journal::Durability;
 use medlink_bridge::link::out::LinkTuning;
 use medlink_bridge::route::Policy;
-use medlink_broker::ListenerKind;
+use medlink_broker::token::KeyAlg;
+use medlink_broker::{ListenerKind, Role};
 use serde::Deserialize;
 
 /// The whole file.
@@ -46,6 +47,40 @@ pub struct File {
     /// Service groups served at this node.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSection>,
+    /// Keys that sign device tokens; re-read while the node runs (`config/reload.rs`).
+    #[serde(default, rename = "token_key")]
+    pub token_keys: Vec<TokenKeySection>,
+}
+
+/// `[[token_key]]`: a key that device tokens may be signed with, and what its tokens may
+/// claim. Exactly one of `secret_file` (HS256) and `public_key_file` (ES256, EdDSA).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeySection {
+    /// The key id tokens name in their header's `kid`.
+    pub kid: String,
+    /// `HS256`, `ES256` or `EdDSA`.
+    pub alg: KeyAlg,
+    /// HS256: the shared secret (the file's bytes, a trailing newline trimmed; at least 32
+    /// bytes). Readable by the node's user only.
+    pub secret_file: Option<PathBuf>,
+    /// ES256 / EdDSA: the issuer's PEM public key (never a private key).
+    pub public_key_file: Option<PathBuf>,
+    /// Names its tokens may log in as: one name, or a prefix and a trailing `*` (default `*`,
+    /// every name). Client names matching it are routable at this node.
+    #[serde(default = "default_subjects")]
+    pub subjects: String,
+    /// Roles its tokens may claim (default `["client"]`); `node` and `admin` only if listed.
+    #[serde(default = "default_token_roles")]
+    pub roles: Vec<Role>,
+}
+
+fn default_subjects() -> String {
+    "*".into()
+}
+
+fn default_token_roles() -> Vec<Role> {
+    vec![Role::Client]
 }
 
 /// `[[service]]`: a name commands can be addressed to, served by any one of its members.

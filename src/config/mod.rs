@@ -4,8 +4,13 @@
 //! Unknown keys are errors (a typo must not silently fall back to a default), and every error
 //! names the file and the key. Relative paths resolve against the file's directory, so a
 //! config means the same thing whatever directory the node is started from.
+//!
+//! The file is read once at start, except its `[[token_key]]` sections (`tokens`), which
+//! `reload` re-reads while the node runs (every second, and on SIGHUP).
 
 mod file;
+pub mod reload;
+pub mod tokens;
 
 pub use file::*;
 
@@ -253,7 +258,9 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         return Err("link.dead_after_ms: must be longer than link.ping_every_ms".into());
     }
     let services = services(file.services)?;
+    let token_keys = tokens::keys(&file.token_keys, base)?;
     Ok(NodeConfig {
+        tokens: Arc::new(medlink_broker::token::TokenKeys::new(&id, token_keys)),
         services,
         id,
         data_dir,

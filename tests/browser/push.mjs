@@ -1,7 +1,8 @@
 // Drives Debian's chromium (playwright-core, no browser download) for tests/browser.rs.
 //
-// Protocol: argv[2] is JSON {url, identity, password, tabs, chromium}. The script opens `tabs`
-// tabs of the page signed in through the URL fragment and prints JSON lines on stdout:
+// Protocol: argv[2] is JSON {url, identity, password, tabs, chromium}, or {url, token, tabs,
+// chromium} to sign in with a device token. The script opens `tabs` tabs of the page signed in
+// through the URL fragment and prints JSON lines on stdout:
 //   {"event":"ready", "tabs":N, "urls":[...]}            every tab shows "connected"
 //   {"event":"seen", "tab":i, "id", "arrived", "latency_ms", "since_send_ms", "count",
 //    "ids", "call_id", "call_ticket", "state"}           per tab, for each "expect"
@@ -32,8 +33,8 @@ async function main() {
   });
   const context = await browser.newContext();
   const pages = [];
-  const frag = '#identity=' + encodeURIComponent(cfg.identity) +
-    '&password=' + encodeURIComponent(cfg.password);
+  const frag = cfg.token ? '#token=' + encodeURIComponent(cfg.token)
+    : '#identity=' + encodeURIComponent(cfg.identity) + '&password=' + encodeURIComponent(cfg.password);
   for (let tab = 0; tab < (cfg.tabs ?? 2); tab++) {
     const page = await context.newPage();
     page.on('console', (m) => {

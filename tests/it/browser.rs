@@ -103,14 +103,16 @@ struct Browser {
 }
 
 impl Browser {
-    fn launch(url: &str) -> Browser {
-        let cfg = json!({
+    /// Two tabs of `url` signed in with `login` (`{identity, password}` or `{token}`).
+    fn launch(url: &str, login: Value) -> Browser {
+        let mut cfg = json!({
             "url": url,
-            "identity": PATIENT,
-            "password": PASSWORD,
             "tabs": 2,
             "chromium": chromium_path(),
         });
+        for (k, v) in login.as_object().expect("a login object") {
+            cfg[k] = v.clone();
+        }
         let mut child = Command::new("node")
             .arg(browser_dir().join("push.mjs"))
             .arg(cfg.to_string())
@@ -318,7 +320,10 @@ fn queue_calls_reach_two_tabs_of_one_patient_once_and_in_time() {
         "a fresh nonce per response"
     );
 
-    let mut browser = Browser::launch(&format!("http://127.0.0.1:{county}/push"));
+    let mut browser = Browser::launch(
+        &format!("http://127.0.0.1:{county}/push"),
+        json!({"identity": PATIENT, "password": PASSWORD}),
+    );
     let ready = browser.next("ready", 60);
     println!("both tabs connected: {ready}");
     for url in ready["urls"].as_array().expect("urls") {
@@ -500,5 +505,77 @@ fn a_device_that_was_offline_still_gets_what_another_device_acknowledged() {
     assert!(
         read_events(&mut new_tab, 1, 2).is_empty(),
         "a new device replayed what was acknowledged"
+    );
+}
+
+/// A patient with no line in the credentials file signs in on `/push` with a device token in
+/// the URL fragment (as a hospital app opening the page would): both tabs get each call once,
+/// in order, and the token never stays in the address bar.
+#[test]
+fn a_device_token_signs_in_on_the_push_page() {
+    if !browser_available() {
+        return;
+    }
+    let mut t = Tree::new(&[spec(COUNTY, None, &[SENDER])]);
+    let key = t.dir.path().join("hosp.key");
+    std::fs::write(&key, "a-hospital-secret-of-at-least-32-bytes\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let cfg = t.node(COUNTY).config.clone();
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + &format!(
+            "\n[[token_key]]\nkid = \"hosp\"\nalg = \"HS256\"\nsecret_file = \"{}\"\nsubjects = \"patient-*\"\n",
+            key.display()
+        );
+    std::fs::write(&cfg, text).unwrap();
+    t.node(COUNTY).start();
+    let port = t.node(COUNTY).http_port;
+    let (code, token, err) = medlink(&[
+        "token",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--kid",
+        "hosp",
+        "--sub",
+        PATIENT,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    let mut browser = Browser::launch(
+        &format!("http://127.0.0.1:{port}/push"),
+        json!({ "token": token }),
+    );
+    let ready = browser.next("ready", 60);
+    for url in ready["urls"].as_array().expect("urls") {
+        let url = url.as_str().unwrap_or_default();
+        assert!(
+            !url.contains(&token),
+            "the token is removed from the address bar: {url}"
+        );
+    }
+    let first = send_call(port, "call-t1", "T001", "Room 1");
+    expect_everywhere(&mut browser, "call-t1", first, None);
+    let second = send_call(port, "call-t2", "T002", "Room 2");
+    let views = expect_everywhere(&mut browser, "call-t2", second, None);
+    for v in &views {
+        assert_eq!(
+            v["ids"],
+            json!(["call-t1", "call-t2"]),
+            "once each, in order: {v}"
+        );
+    }
+    assert!(
+        browser.complaints.is_empty(),
+        "the page complained: {:?}",
+        browser.complaints
+    );
+    assert!(
+        t.node(COUNTY)
+            .metric("medlink_token_logins_total{result=\"ok\"}")
+            >= 2.0,
+        "both tabs logged in by token"
     );
 }

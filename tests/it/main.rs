@@ -26,4 +26,5 @@ mod sdk_http;
 mod sdk_recovery;
 mod security;
 mod services;
+mod tokens;
 mod trust;

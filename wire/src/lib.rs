@@ -15,6 +15,7 @@
 //! - [`backoff`]: the reconnect [`Backoff`].
 //! - `probe` and `http` (feature `client`): whether an MQTT address answers again, and the
 //!   HTTP client of the HTTP transport.
+//! - `token` (feature `token`): the claims of a device token, and minting one (HS256).
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,8 @@ pub mod priority;
 pub mod probe;
 pub mod receipt;
 pub mod submission;
+#[cfg(feature = "token")]
+pub mod token;
 pub mod topics;
 pub mod transport;
 

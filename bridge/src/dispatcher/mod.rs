@@ -443,7 +443,8 @@ impl State {
         }
     }
 
-    /// Picks up clients added to or removed from the credentials file.
+    /// Picks up clients added to or removed from the credentials file, and token keys added,
+    /// changed or removed (their client patterns are routable names).
     fn refresh_clients(&mut self) {
         let Some(directory) = &self.cfg.directory else {
             return;
@@ -452,7 +453,8 @@ impl State {
         let generation = directory.generation();
         if generation != self.directory_generation {
             self.directory_generation = generation;
-            self.cfg.topology.learn(&directory.credentials());
+            let keys = directory.tokens().current();
+            self.cfg.topology.learn(&directory.credentials(), &keys);
         }
     }
 

@@ -1,6 +1,12 @@
 //! Who an HTTP request is: HTTP Basic credentials (the same identities and passwords as MQTT),
-//! or the verified client certificate of an HTTPS connection. Failed attempts go through the
-//! same throttle as MQTT logins.
+//! a device token (`Authorization: Bearer <JWT>`, checked against the node's token keys as an
+//! MQTT token password is), or the verified client certificate of an HTTPS connection. Failed
+//! attempts go through the same throttle as MQTT logins.
+//!
+//! Every endpoint that takes a login goes through [`Caller`], so a token works on all of them:
+//! POST, long-polls, acknowledgements, the event stream `/v1/stream` (and so `/push`). A
+//! refused token is answered 401 with the API's JSON error body and
+//! `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +15,9 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use base64::Engine;
+use medlink_broker::auth::TokenLoginError;
 use medlink_broker::identity::LoginError;
+use medlink_broker::token::Refusal;
 use medlink_broker::{Identity, Role};
 
 use super::error::ApiError;
@@ -68,12 +76,16 @@ async fn identify(
                 .to_str()
                 .map_err(|_| ApiError::unauthorized("Authorization header is not text"))?;
             // Auth schemes are case-insensitive (RFC 9110 §11.1): `basic` is `Basic`.
-            let encoded = value
-                .split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-                .map(|(_, rest)| rest)
+            let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return bearer(state, ip, rest.trim()).await;
+            }
+            let encoded = Some(rest)
+                .filter(|_| scheme.eq_ignore_ascii_case("basic"))
                 .ok_or_else(|| {
-                    ApiError::unauthorized("only HTTP Basic authentication is supported")
+                    ApiError::unauthorized(
+                        "use HTTP Basic, a Bearer device token, or a client certificate",
+                    )
                 })?;
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
@@ -90,7 +102,7 @@ async fn identify(
     let cert = certificate.and_then(|c| c.0.as_deref());
     if user.is_none() && cert.is_none() {
         return Err(ApiError::unauthorized(
-            "credentials required (HTTP Basic, or a client certificate)",
+            "credentials required (HTTP Basic, a Bearer device token, or a client certificate)",
         ));
     }
     let identity = state
@@ -111,4 +123,25 @@ async fn identify(
             _ => ApiError::unauthorized("bad username, password or certificate"),
         })?;
     Ok(identity)
+}
+
+/// Authenticates a request by its device token.
+async fn bearer(state: &ApiState, ip: std::net::IpAddr, token: &str) -> Result<Identity, ApiError> {
+    state
+        .auth
+        .login_token(ip, token.as_bytes())
+        .await
+        .map_err(|e| match e {
+            TokenLoginError::Throttled => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "too many recent login attempts for this identity or address; retry later",
+            ),
+            // The device may renew an expired token by itself; other causes are in the node's
+            // log, not told to whoever holds the token.
+            TokenLoginError::Refused(Refusal::Expired) => {
+                ApiError::invalid_token("the device token expired")
+            }
+            TokenLoginError::Refused(_) => ApiError::invalid_token("the device token was refused"),
+        })
 }

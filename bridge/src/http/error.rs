@@ -21,6 +21,9 @@ pub struct ApiError {
     /// Ids of the batch's messages that were accepted before the failure (never resend those).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accepted: Vec<String>,
+    /// A 401 for a refused Bearer token challenges with `Bearer`, not `Basic`.
+    #[serde(skip)]
+    bearer: bool,
 }
 
 impl ApiError {
@@ -32,6 +35,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             accepted: Vec::new(),
+            bearer: false,
         }
     }
 
@@ -57,6 +61,15 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 401 `unauthorized` for a refused device token, with
+    /// `WWW-Authenticate: Bearer error="invalid_token"`.
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        ApiError {
+            bearer: true,
+            ..Self::unauthorized(message)
+        }
+    }
+
     /// 403 `forbidden`.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
@@ -71,6 +84,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
+        let bearer = self.bearer;
         let body = serde_json::to_vec(&self).expect("errors always serialise");
         let mut resp = (status, body).into_response();
         let headers = resp.headers_mut();
@@ -79,6 +93,12 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/json"),
         );
         match status {
+            StatusCode::UNAUTHORIZED if bearer => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
             StatusCode::UNAUTHORIZED => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,

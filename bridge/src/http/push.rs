@@ -3,8 +3,8 @@
 //! (no CDN, no external files: it works on an isolated hospital network).
 //!
 //! The page is one HTML document with an inline style sheet and script. It reads the caller's
-//! inbox from `GET /v1/stream` with `fetch()` and HTTP Basic credentials (a browser's
-//! `EventSource` cannot send an `Authorization` header), parses the server-sent events itself,
+//! inbox from `GET /v1/stream` with `fetch()` and HTTP Basic credentials or a device token as
+//! `Authorization: Bearer` (a browser's `EventSource` cannot send an `Authorization` header), parses the server-sent events itself,
 //! reconnects with backoff sending `Last-Event-ID`, and shows each message once (by envelope
 //! id). A `queue.call` (`params.ticket`, `params.room`, `params.name`) is shown large.
 //!
@@ -59,9 +59,10 @@ pub fn render(node: &str, nonce: &str) -> (String, String) {
 }
 
 /// `GET /push`: the page. It needs no authentication — it is public and holds no data; the
-/// stream it reads (`/v1/stream`) is authenticated with the identity and password the person
-/// types in, or that a kiosk passes in the URL fragment (`/push#identity=…&password=…`), which
-/// browsers never send to the server.
+/// stream it reads (`/v1/stream`) is authenticated with the identity and password, or the
+/// device token, the person types in, or that a kiosk or a phone app passes in the URL
+/// fragment (`/push#identity=…&password=…`, `/push#token=…`), which browsers never send to the
+/// server. Never in the query string: URLs reach access logs and proxies.
 pub async fn page(State(state): State<Arc<ApiState>>) -> Response {
     let nonce = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 18]>());
     let (html, csp) = render(&state.node_id, &nonce);

@@ -488,7 +488,13 @@ impl App {
 
     /// Connects over TLS, trusting `ca`.
     pub async fn connect_tls(node: &str, name: &str, port: u16, ca: &Path) -> App {
-        Self::connect_with(node, name, name, port, true, Some(ca)).await
+        Self::connect_with(node, name, name, port, true, Some(ca), PASSWORD).await
+    }
+
+    /// Connects as `name` with a device token as the password, subscribed to its inbox and
+    /// receipts.
+    pub async fn connect_token(node: &str, name: &str, token: &str, port: u16) -> App {
+        Self::connect_with(node, name, name, port, true, None, token).await
     }
 
     pub async fn connect_as(
@@ -498,7 +504,7 @@ impl App {
         port: u16,
         subscribe: bool,
     ) -> App {
-        Self::connect_with(node, name, client_id, port, subscribe, None).await
+        Self::connect_with(node, name, client_id, port, subscribe, None, PASSWORD).await
     }
 
     async fn connect_with(
@@ -508,6 +514,7 @@ impl App {
         port: u16,
         subscribe: bool,
         ca: Option<&Path>,
+        password: &str,
     ) -> App {
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
         if let Some(ca) = ca {
@@ -516,7 +523,7 @@ impl App {
                 rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
             ));
         }
-        opts.set_credentials(name, PASSWORD)
+        opts.set_credentials(name, password)
             .set_keep_alive(Duration::from_secs(10))
             .set_clean_session(true)
             .set_inflight(500)
