@@ -30,6 +30,12 @@ impl Router {
         Router(fanout)
     }
 
+    /// Lets `conn`'s stream subscription on `topic` receive: the node has opened the stream for
+    /// it (and rewinds the stream, so what it missed comes now).
+    pub fn activate(&mut self, topic: &str, conn: medlink_broker::ConnId) {
+        self.0.activate(topic, conn);
+    }
+
     /// Publishes `payload` on `topic` to whoever subscribed now. Whatever reached nobody
     /// stays in the journal and is sent again when its reader comes back.
     pub fn publish(&mut self, topic: &str, payload: impl Into<Bytes>) {

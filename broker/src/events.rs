@@ -87,6 +87,9 @@ pub enum Inbound {
         conn: ConnId,
         /// Which stream.
         stream: Stream,
+        /// The connection read the stream through a `$share/` group, so its deliveries did not
+        /// also go to the identity's other connections.
+        shared: bool,
     },
     /// A client acknowledged (PUBACK) the command with this envelope id.
     Delivered {

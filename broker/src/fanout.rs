@@ -87,12 +87,27 @@ impl Mailbox {
     }
 }
 
+/// What a subscription is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubKind {
+    /// One of the connection's own delivery streams (a client's commands or receipts).
+    Stream,
+    /// A child node's link.
+    Link,
+    /// Watching (an admin's): bounded by dropping.
+    Tap,
+}
+
 /// One connection's subscription to a filter.
 #[derive(Debug, Clone)]
 struct Sub {
     conn: ConnId,
     qos: u8,
     tap: bool,
+    /// A stream subscription receives only once the node has opened the stream for it
+    /// ([`Fanout::activate`]); until then the stream's rewind, not this subscription, brings it
+    /// what is pending, so nothing arrives twice.
+    active: bool,
     mailbox: Arc<Mailbox>,
 }
 
@@ -127,9 +142,12 @@ impl Subscribers {
                 }
             },
         };
-        // Subscribing again replaces the subscription (MQTT 3.1.1 §3.8.4).
+        // Subscribing again replaces the subscription (MQTT 3.1.1 §3.8.4), and keeps it open.
         match members.iter_mut().find(|s| s.conn == sub.conn) {
-            Some(existing) => *existing = sub,
+            Some(existing) => {
+                let active = existing.active || sub.active;
+                *existing = Sub { active, ..sub };
+            }
             None => members.push(sub),
         }
     }
@@ -153,6 +171,15 @@ impl Subscribers {
         self.plain.is_empty() && self.groups.is_empty()
     }
 
+    fn activate(&mut self, conn: ConnId) {
+        let groups = self.groups.iter_mut().flat_map(|g| g.members.iter_mut());
+        for s in self.plain.iter_mut().chain(groups) {
+            if s.conn == conn {
+                s.active = true;
+            }
+        }
+    }
+
     /// Hands the publish to every plain subscriber and one member of each group.
     fn deliver(&mut self, topic: &Bytes, payload: &Bytes, metrics: &BrokerMetrics) -> usize {
         let mut handed = 0;
@@ -169,12 +196,18 @@ impl Subscribers {
                 bump(&metrics.taps_dropped);
             }
         };
-        for s in &self.plain {
+        for s in self.plain.iter().filter(|s| s.active) {
             give(s);
         }
         for g in &mut self.groups {
-            g.next = (g.next + 1) % g.members.len();
-            give(&g.members[g.next]);
+            let len = g.members.len();
+            if let Some(i) = (1..=len)
+                .map(|k| (g.next + k) % len)
+                .find(|i| g.members[*i].active)
+            {
+                g.next = i;
+                give(&g.members[i]);
+            }
         }
         handed
     }
@@ -233,21 +266,23 @@ impl Fanout {
 
     /// Subscribes `conn` to `filter` (possibly `$share/<group>/…`), delivering at `qos` (capped
     /// at 1) into `mailbox`. A `tap` is a subscription for watching, not one of the connection's
-    /// own streams: its backlog is bounded by dropping ([`TAP_BACKLOG`]). The caller has
-    /// checked the ACL and [`valid_filter`].
+    /// own streams: its backlog is bounded by dropping ([`TAP_BACKLOG`]). A `stream`
+    /// subscription receives nothing until [`Fanout::activate`]. The caller has checked the ACL
+    /// and [`valid_filter`].
     pub fn subscribe(
         &self,
         filter: &str,
         conn: ConnId,
         qos: u8,
-        tap: bool,
+        kind: SubKind,
         mailbox: &Arc<Mailbox>,
     ) {
         let (group, plain) = split_share(filter);
         let sub = Sub {
             conn,
             qos: qos.min(1),
-            tap,
+            tap: kind == SubKind::Tap,
+            active: kind != SubKind::Stream,
             mailbox: mailbox.clone(),
         };
         let mut table = self.lock();
@@ -266,6 +301,14 @@ impl Fanout {
                 .entry(plain.to_string())
                 .or_default()
                 .add(group, sub);
+        }
+    }
+
+    /// The node opened the stream on `topic` for `conn`: its subscriptions there receive from
+    /// now on.
+    pub fn activate(&self, topic: &str, conn: ConnId) {
+        if let Some(subs) = self.lock().exact.get_mut(topic) {
+            subs.activate(conn);
         }
     }
 
@@ -333,10 +376,10 @@ mod tests {
     fn exact_wildcard_and_shared_subscribers_each_get_what_they_asked_for() {
         let f = Fanout::new(Arc::default());
         let [a, b, c, tap]: [Arc<Mailbox>; 4] = Default::default();
-        f.subscribe("org/js/a/cmd", 1, 2, false, &a);
-        f.subscribe("$share/g/org/js/b/cmd", 2, 1, false, &b);
-        f.subscribe("$share/g/org/js/b/cmd", 3, 0, false, &c);
-        f.subscribe("org/+/+/cmd", 4, 1, true, &tap);
+        f.subscribe("org/js/a/cmd", 1, 2, SubKind::Link, &a);
+        f.subscribe("$share/g/org/js/b/cmd", 2, 1, SubKind::Link, &b);
+        f.subscribe("$share/g/org/js/b/cmd", 3, 0, SubKind::Link, &c);
+        f.subscribe("org/+/+/cmd", 4, 1, SubKind::Tap, &tap);
         assert_eq!(f.publish("org/js/a/cmd", Bytes::from_static(b"1")), 2);
         assert_eq!(
             topics(&a),
@@ -361,8 +404,9 @@ mod tests {
     fn a_tap_that_does_not_read_loses_taps_not_streams() {
         let f = Fanout::new(Arc::default());
         let slow: Arc<Mailbox> = Default::default();
-        f.subscribe("org/#", 1, 1, true, &slow);
-        f.subscribe("org/js/me/cmd", 1, 1, false, &slow);
+        f.subscribe("org/#", 1, 1, SubKind::Tap, &slow);
+        f.subscribe("org/js/me/cmd", 1, 1, SubKind::Stream, &slow);
+        f.activate("org/js/me/cmd", 1);
         for _ in 0..TAP_BACKLOG + 10 {
             f.publish("org/js/other/cmd", Bytes::new());
         }
@@ -374,6 +418,29 @@ mod tests {
         );
         // its own stream still gets through (the tap's copy of it is dropped)
         assert_eq!(f.publish("org/js/me/cmd", Bytes::new()), 1);
+    }
+
+    #[test]
+    fn a_stream_subscription_receives_only_once_opened_and_stays_open_when_renewed() {
+        let f = Fanout::new(Arc::default());
+        let m: Arc<Mailbox> = Default::default();
+        f.subscribe("org/js/a/cmd", 7, 1, SubKind::Stream, &m);
+        assert_eq!(f.publish("org/js/a/cmd", Bytes::new()), 0, "not opened yet");
+        f.activate("org/js/a/cmd", 7);
+        assert_eq!(f.publish("org/js/a/cmd", Bytes::new()), 1);
+        f.subscribe("org/js/a/cmd", 7, 1, SubKind::Stream, &m);
+        assert_eq!(
+            f.publish("org/js/a/cmd", Bytes::new()),
+            1,
+            "a renewed subscription stays open"
+        );
+        // a shared group skips members not opened yet
+        f.subscribe("$share/g/org/js/b/cmd", 8, 1, SubKind::Stream, &m);
+        f.subscribe("$share/g/org/js/b/cmd", 9, 1, SubKind::Stream, &m);
+        f.activate("org/js/b/cmd", 9);
+        for _ in 0..3 {
+            assert_eq!(f.publish("org/js/b/cmd", Bytes::new()), 1);
+        }
     }
 
     #[test]

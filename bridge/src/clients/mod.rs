@@ -42,6 +42,26 @@ const ACK_LOOKUP: [(Stream, Priority); 6] = [
     (Stream::Receipts, Priority::Bulk),
 ];
 
+/// What happened to a connection's stream subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// It subscribed.
+    Opened,
+    /// It unsubscribed or went away; `shared`: it read through a `$share/` group.
+    Closed {
+        /// Its deliveries went to it alone.
+        shared: bool,
+    },
+}
+
+/// The topic `client` of node `me` reads `stream` on.
+pub fn stream_topic(me: &str, client: &str, stream: Stream) -> String {
+    match stream {
+        Stream::Commands => inbox_topic(me, client),
+        Stream::Receipts => receipt_topic(me, client),
+    }
+}
+
 /// The journal target of one of `client`'s streams.
 pub fn target(client: &str, stream: Stream) -> Target {
     match stream {
@@ -101,17 +121,21 @@ impl Clients {
         None
     }
 
-    /// A connection opened or closed one of `client`'s streams. Either way, everything not yet
-    /// acknowledged goes (again) to every open connection: a new device gets what is pending,
-    /// and nothing waits on a connection that died. Repeats carry the same id.
+    /// A connection opened or closed one of `client`'s streams. On open, everything not yet
+    /// acknowledged goes (again) to every open connection: a new device gets what is pending.
+    /// On close nothing is sent again while other connections stay: whatever was in flight on
+    /// the closed one went to them too (directly, or by the rewind when they opened), and
+    /// sending it again would only give them duplicates; unless the closed one read through a
+    /// `$share/` group, whose deliveries went to it alone. Repeats carry the same id.
     pub fn stream_changed(
         &mut self,
         tx: &mut Txn,
         client: &str,
         conn: ConnId,
         stream: Stream,
-        open: bool,
+        change: Change,
     ) -> rusqlite::Result<()> {
+        let open = change == Change::Opened;
         for dest in Dest::lanes(target(client, stream)) {
             if !open && !self.streams.contains_key(&dest) {
                 continue;
@@ -123,8 +147,10 @@ impl Clients {
             } else {
                 out.conns.remove(&conn);
             }
-            out.rewind(floor);
-            self.wake.insert(dest);
+            if open || out.conns.is_empty() || change == (Change::Closed { shared: true }) {
+                out.rewind(floor);
+                self.wake.insert(dest);
+            }
         }
         Ok(())
     }
@@ -255,8 +281,8 @@ impl Clients {
     /// Publishes queued envelopes of `dest` into the client's inbox or receipt topic.
     fn deliver(&mut self, pass: &mut SendPass, dest: &Dest) -> rusqlite::Result<()> {
         let topic = match dest.target() {
-            Target::Commands(client) => inbox_topic(&self.me, client),
-            Target::Receipts(client) => receipt_topic(&self.me, client),
+            Target::Commands(client) => stream_topic(&self.me, client, Stream::Commands),
+            Target::Receipts(client) => stream_topic(&self.me, client, Stream::Receipts),
             _ => return Ok(()),
         };
         let Some(stream) = self.streams.get_mut(dest) else {

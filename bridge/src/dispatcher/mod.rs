@@ -15,7 +15,7 @@ use medlink_broker::{Accept, Authenticator, Inbound};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::clients::{Clients, Cursor};
+use crate::clients::{stream_topic, Change, Clients, Cursor};
 use crate::envelope::{
     now_ms, Address, Envelope, Hop, Kind, Limits, ReceiptStatus, Submission, MAX_HOPS,
 };
@@ -265,16 +265,23 @@ impl State {
                 client,
                 conn,
                 stream,
-            } => self
-                .clients
-                .stream_changed(tx, &client, conn, stream, true)?,
+            } => {
+                let topic = stream_topic(&self.cfg.topology.me, &client, stream);
+                // Opened before the rewind: what it missed comes by the rewind, the rest by
+                // the subscription, nothing twice.
+                self.router.activate(&topic, conn);
+                self.clients
+                    .stream_changed(tx, &client, conn, stream, Change::Opened)?
+            }
             Inbound::InboxClosed {
                 client,
                 conn,
                 stream,
-            } => self
-                .clients
-                .stream_changed(tx, &client, conn, stream, false)?,
+                shared,
+            } => {
+                self.clients
+                    .stream_changed(tx, &client, conn, stream, Change::Closed { shared })?
+            }
             Inbound::Delivered { client, id } => {
                 if let Some(body) = self.clients.delivered(&client, &id) {
                     self.delivered_notice(tx, &body, now)?;

@@ -13,7 +13,7 @@ use crate::acl::{link_down_topic, stream_of, strip_share, PublishClass};
 use crate::codec::Version;
 use crate::connect::End;
 use crate::events::{Accept, Inbound, Stream};
-use crate::fanout::valid_filter;
+use crate::fanout::{valid_filter, SubKind};
 use crate::metrics::bump;
 use crate::rate::RateVerdict;
 
@@ -208,9 +208,18 @@ impl Session {
                 _ => QoS::AtLeastOnce,
             };
             // Anything but the connection's own streams and link is a watcher's tap.
-            let tap = stream.is_none() && !child;
+            let kind = match (stream, child) {
+                (Some(_), _) => SubKind::Stream,
+                (None, true) => SubKind::Link,
+                (None, false) => SubKind::Tap,
+            };
             ctx.fanout
-                .subscribe(&filter.path, self.conn, qos as u8, tap, &self.mailbox);
+                .subscribe(&filter.path, self.conn, qos as u8, kind, &self.mailbox);
+            if let (Some(s), true) = (stream, filter.path.starts_with("$share/")) {
+                if !self.shared_streams.contains(&s) {
+                    self.shared_streams.push(s);
+                }
+            }
             if !self.filters.contains(&filter.path) {
                 self.filters.push(filter.path);
             }

@@ -81,8 +81,12 @@ pub async fn run(
         Err(e) => e,
     };
     debug!(%peer, conn, client = %session.client_id, reason = %end, "connection closed");
-    // Best effort: a v5 DISCONNECT carrying the reason may be waiting in the buffer.
-    let _ = session.flush(&ctx, &mut transport).await;
+    // Best effort: a v5 DISCONNECT carrying the reason may be waiting in the buffer. Not to a
+    // stalled or broken socket: that would only hold the close (and the rewind that hands the
+    // client's deliveries to its other connections) for another write timeout.
+    if !matches!(end, End::SlowConsumer | End::Io(_)) {
+        let _ = session.flush(&ctx, &mut transport).await;
+    }
     session.close(&ctx, &end).await;
     transport.close().await;
 }
@@ -115,6 +119,8 @@ struct Session {
     last_pkid: u16,
     /// Streams this connection has subscribed (commands, receipts).
     streams: Vec<Stream>,
+    /// Streams it subscribed through a `$share/` group.
+    shared_streams: Vec<Stream>,
     child_open: bool,
     /// QoS 0 deliveries to report once written.
     delivered: Vec<(String, String)>,
@@ -223,6 +229,7 @@ impl Session {
             inflight: HashMap::new(),
             last_pkid: 0,
             streams: Vec::new(),
+            shared_streams: Vec::new(),
             child_open: false,
             delivered: Vec::new(),
             kicked,
@@ -361,6 +368,7 @@ impl Session {
                 client: self.identity.name.clone(),
                 conn: self.conn,
                 stream,
+                shared: self.shared_streams.contains(&stream),
             })
             .await;
     }
