@@ -96,7 +96,8 @@ pub async fn serve(
             };
             let handshake = async {
                 if !starts_with_tls(&tcp).await? {
-                    refuse_plain_http(tcp).await;
+                    // Boxed: its 4 KB buffer would otherwise be part of every connection's task.
+                    Box::pin(refuse_plain_http(tcp)).await;
                     return Ok(None);
                 }
                 acceptor.accept(tcp).await.map(Some)
