@@ -35,6 +35,15 @@ use crate::router::Router;
 use crate::services::ServiceGroup;
 use crate::stats::Stats;
 
+/// How often the WAL is checkpointed into the database. Each checkpoint ends in an fsync, and
+/// on ext4 a commit's WAL write can wait for it: that, not the dispatcher, is what sets the
+/// 4-tier p99 when all four nodes share one disk (measured at 1,000 commands/s: rounds take
+/// 0.14 ms at p50 and 0.75 ms at p99, but single commits stall 20-130 ms during checkpoints;
+/// p50/p99 1.9/3.8 ms with the journals on tmpfs). Checkpointing every 100 ms gave p99 67 ms,
+/// every 500 ms 26 ms, every 10 s 137 ms (longer, rarer stalls): 500 ms stays. BENCHMARKS.md
+/// has the figures and the next steps.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
 /// Everything a node needs to run (built from the TOML file by the `medlink` binary).
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -207,7 +216,7 @@ impl Node {
                 source,
             })?;
         let checkpointer =
-            Journal::spawn_checkpointer(&path, Duration::from_millis(500), cfg.wal_idle_truncate)
+            Journal::spawn_checkpointer(&path, CHECKPOINT_EVERY, cfg.wal_idle_truncate)
                 .map_err(|source| NodeError::Journal {
                 path: path.clone(),
                 source,
