@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use medlink_bench::{http, mqtt, rtt};
+use medlink_bench::{http, mqtt, push, rtt};
 
 #[derive(Parser)]
 #[command(
@@ -37,14 +37,24 @@ enum Command {
     Http(http::HttpArgs),
     /// Time request -> reply round trips across a medlink tree (SDK) or MQTT brokers.
     Rtt(rtt::RttArgs),
+    /// Push one command to each of N connected recipients and time the last delivery.
+    Push(push::PushArgs),
+    /// One load process of `push` (spawned by it).
+    #[command(hide = true)]
+    PushLoad(push::load::LoadArgs),
+    /// Write the push bench's credentials file (cheap argon2id hashes: bench only).
+    #[command(hide = true)]
+    PushCreds(push::creds::CredsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match cli.command {
+        // A load process is one thread: several run beside the node on two cores.
+        Command::PushLoad(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("medlink-bench: cannot start the async runtime: {e}");
@@ -57,6 +67,18 @@ fn main() -> ExitCode {
             Command::Http(http::HttpArgs::Polls(args)) => run_polls(&args).await,
             Command::Http(http::HttpArgs::Latency(args)) => run_latency(&args).await,
             Command::Rtt(args) => run_rtt(&args).await,
+            Command::Push(args) => run_push(&args).await,
+            Command::PushLoad(args) => match push::load::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed("push-load", e),
+            },
+            Command::PushCreds(args) => match push::creds::write(&args) {
+                Ok(n) => {
+                    eprintln!("# {n} identities written to {}", args.out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failed("push-creds", e),
+            },
         }
     })
 }
@@ -94,6 +116,22 @@ async fn run_rtt(args: &rtt::RttArgs) -> ExitCode {
             verdict(r.clean())
         }
         Err(e) => failed("rtt", e),
+    }
+}
+
+async fn run_push(args: &push::PushArgs) -> ExitCode {
+    // Flag combinations clap cannot check are bad flags too (exit 2), not a failed run.
+    if let Err(e) = args.validate() {
+        eprintln!("medlink-bench push: {e}");
+        return ExitCode::from(2);
+    }
+    match push::run(args).await {
+        Ok(r) => {
+            println!("{}", serde_json::to_string(&r).expect("reports serialise"));
+            println!("{}", r.summary());
+            verdict(r.clean())
+        }
+        Err(e) => failed("push", e),
     }
 }
 
