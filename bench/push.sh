@@ -210,13 +210,13 @@ for n in sizes:
     print(f"| {n:,} | " + " | ".join(cells) + " |")
 
 print("\n## Every run\n")
-print("| run | N | connect s | RSS before / idle / after MB | send s | last delivery s | p50 ms | p99 ms | delivered | lost | dup | foreign | disconnects |")
+print("| run | N | connect s | RSS before / idle / after MB | send s | last delivery s | p50 ms | p99 ms | delivered | lost | dup | misrouted | disconnects |")
 print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 mb = lambda k: "?" if k is None else f"{k / 1024:.0f}"
 for r in rows:
     print(f'| {series(r)} | {r["recipients"]:,} | {r["connect_s"]:.1f} | {mb(r["rss_before_kb"])} / {mb(r["rss_idle_kb"])} / {mb(r["rss_after_kb"])} | '
           f'{r["send_s"]:.2f} | {fmt(r["time_to_last_s"], ".2f")} | {r["p50_ms"] or 0:.1f} | {r["p99_ms"] or 0:.1f} | '
-          f'{r["delivered"]:,} | {r["lost"]} | {r["duplicated"]} | {r["foreign"]} | {r["disconnects"]} |')
+          f'{r["delivered"]:,} | {r["lost"]} | {r["duplicated"]} | {r["misrouted"]} | {r["disconnects"]} |')
 
 storms = [r for r in rows if r.get("storm")]
 if storms:

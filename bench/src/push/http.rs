@@ -301,18 +301,16 @@ pub(super) async fn poll_session(ctx: &Ctx, life: &mut Life) -> Result<(), Strin
     let auth = ctx.login(&identity).map(|l| l.authorization);
     let mut c = HttpConn::new(ctx.connect(idx, addr).await?);
     let mut stop = ctx.stop.clone();
-    let mut admitted = false;
+    // The first poll answers at once: the recipient is admitted (and its connect slot freed)
+    // only once the node has accepted the connection and logged it in, as for MQTT and SSE.
+    let mut wait = 0;
     loop {
         // Polling with the cursor of the last answer acknowledges what it carried.
         let path = match &life.cursor {
-            Some(cur) => format!("/v1/inbox?wait={}&max=100&cursor={cur}", ctx.target.poll_wait),
-            None => format!("/v1/inbox?wait={}&max=100", ctx.target.poll_wait),
+            Some(cur) => format!("/v1/inbox?wait={wait}&max=100&cursor={cur}"),
+            None => format!("/v1/inbox?wait={wait}&max=100"),
         };
         c.request("GET", &path, auth.as_deref(), "", b"").await?;
-        if !admitted {
-            admitted = true;
-            life.admitted(ctx);
-        }
         let head = tokio::select! {
             h = c.head() => h?,
             _ = stop.changed() => return Ok(()),
@@ -332,6 +330,10 @@ pub(super) async fn poll_session(ctx: &Ctx, life: &mut Life) -> Result<(), Strin
         }
         if let Some(cur) = page["cursor"].as_str() {
             life.cursor = Some(cur.to_string());
+        }
+        if wait == 0 {
+            wait = ctx.target.poll_wait;
+            life.admitted(ctx);
         }
         if head.close {
             c = HttpConn::new(ctx.connect(idx, addr).await?);

@@ -30,7 +30,7 @@ pub struct LoadArgs {
     /// One past the last recipient index held by this process.
     #[arg(long)]
     pub to: usize,
-    /// The run's nonce: payloads carrying another are counted as foreign.
+    /// The run's nonce: payloads carrying another are counted as stale.
     #[arg(long)]
     pub run: String,
 }
@@ -57,6 +57,8 @@ pub(super) struct Ctx {
     pub stop: watch::Receiver<bool>,
     /// SSE acknowledgements: (Authorization, cursor), sent by a few shared connections.
     pub acks: Option<mpsc::UnboundedSender<(Arc<str>, String)>>,
+    /// First-connect failures logged so far.
+    pub logged: std::sync::atomic::AtomicUsize,
 }
 
 impl Ctx {
@@ -174,7 +176,7 @@ impl Life {
 }
 
 /// Connect attempts of a recipient before the run gives up on it.
-const FIRST_CONNECT_ATTEMPTS: u32 = 10;
+const FIRST_CONNECT_ATTEMPTS: u32 = 20;
 
 /// One recipient: sessions until `stop`, reconnecting when a session ends.
 async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
@@ -202,7 +204,15 @@ async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
                 ctx.send(Event::Fatal(format!("{}: {why}", ctx.identity(idx))));
                 return;
             }
-            Duration::from_millis(200 * u64::from(life.attempt))
+            // A few per process, so that a systematic refusal shows without flooding.
+            if ctx.logged.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+                eprintln!(
+                    "medlink-bench push-load: {} (attempt {}): {why}",
+                    ctx.identity(idx),
+                    life.attempt
+                );
+            }
+            Duration::from_millis((200 * u64::from(life.attempt)).min(2_000))
         } else {
             if life.attempt == 1 {
                 ctx.send(Event::Down(why));
@@ -322,6 +332,7 @@ pub async fn run(args: LoadArgs) -> Result<(), String> {
         events: events_tx,
         stop: stop_rx,
         acks,
+        logged: Default::default(),
     });
     let count = args.to.saturating_sub(args.from);
     let report = tokio::spawn(reporter(events_rx, count, started));

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One arrival: recipient index, the sender's sequence number from the payload (−1 when the
-/// payload was not from this run or could not be read), arrival time in CLOCK_REALTIME µs,
+/// payload carries another run's nonce or none), arrival time in CLOCK_REALTIME µs,
 /// and the envelope id (empty for plain MQTT).
 pub type Arrival = (u32, i64, u64, String);
 
@@ -15,7 +15,8 @@ pub type Arrival = (u32, i64, u64, String);
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Report {
     /// Every recipient of this process is connected and subscribed (MQTT: SUBACK; SSE:
-    /// the stream's response head; long-poll: the first poll written).
+    /// the stream's response head; long-poll: the answer to a first poll that does not wait;
+    /// the long-poll itself follows at once).
     Ready {
         /// Recipients ready.
         connected: usize,

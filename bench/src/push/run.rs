@@ -79,8 +79,11 @@ pub struct PushReport {
     pub lost: usize,
     /// Deliveries of a command a recipient already had.
     pub duplicated: usize,
-    /// Deliveries of something this run did not send to that recipient.
-    pub foreign: usize,
+    /// Deliveries of this run's command to the wrong recipient, or with the wrong id.
+    pub misrouted: usize,
+    /// Deliveries of commands from an earlier run (left in the journal of a node that was not
+    /// started afresh): reported, not a failure of this run.
+    pub stale: usize,
     /// The run stopped waiting at `--deadline`.
     pub deadline_hit: bool,
     /// Recipient connections lost during the run (outside the storm).
@@ -94,9 +97,9 @@ pub struct PushReport {
 }
 
 impl PushReport {
-    /// Everything arrived, once each, and nothing foreign.
+    /// Everything arrived, once each, and at the right recipient.
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.foreign == 0
+        self.lost == 0 && self.duplicated == 0 && self.misrouted == 0
     }
 
     /// The human summary line.
@@ -121,8 +124,15 @@ impl PushReport {
             None => s += "NOT all delivered by the deadline",
         }
         s += &format!(
-            " (p50 {:.1} ms, p99 {:.1} ms); delivered {}, lost {}, duplicated {}, foreign {}, disconnects {}",
-            self.p50_ms, self.p99_ms, self.delivered, self.lost, self.duplicated, self.foreign, self.disconnects
+            " (p50 {:.1} ms, p99 {:.1} ms); delivered {}, lost {}, duplicated {}, misrouted {}, stale {}, disconnects {}",
+            self.p50_ms,
+            self.p99_ms,
+            self.delivered,
+            self.lost,
+            self.duplicated,
+            self.misrouted,
+            self.stale,
+            self.disconnects
         );
         if let Some(st) = &self.storm {
             s += &format!(
@@ -197,7 +207,8 @@ struct Tally {
     first: Vec<u64>,
     delivered: usize,
     duplicated: usize,
-    foreign: usize,
+    misrouted: usize,
+    stale: usize,
     disconnects: u64,
     up: Vec<u64>,
     readmitted: usize,
@@ -213,8 +224,10 @@ impl Tally {
                 for (idx, seq, at, id) in a {
                     let i = idx as usize;
                     let expected_id = format!("p{}-{}", self.run, i);
-                    if seq != i as i64 || (self.medlink && id != expected_id) {
-                        self.foreign += 1;
+                    if seq < 0 {
+                        self.stale += 1;
+                    } else if seq != i as i64 || (self.medlink && id != expected_id) {
+                        self.misrouted += 1;
                     } else if self.first[i] == 0 {
                         self.first[i] = at;
                         self.delivered += 1;
@@ -310,7 +323,7 @@ pub async fn run(args: &PushArgs) -> Result<PushReport, String> {
     args.validate()?;
     proto::raise_nofile();
     let n = args.recipients;
-    // A run's nonce: commands of an earlier run still queued somewhere count as foreign.
+    // A run's nonce: commands of an earlier run still queued somewhere count as stale.
     let run = format!("{:x}", now_us() % (1 << 40));
     let mut tally = Tally {
         run: run.clone(),
@@ -318,7 +331,8 @@ pub async fn run(args: &PushArgs) -> Result<PushReport, String> {
         first: vec![0; n],
         delivered: 0,
         duplicated: 0,
-        foreign: 0,
+        misrouted: 0,
+        stale: 0,
         disconnects: 0,
         up: vec![0; n],
         readmitted: 0,
@@ -431,14 +445,14 @@ async fn measure(
         delivered: tally.delivered,
         lost: n - tally.delivered,
         duplicated: tally.duplicated,
-        foreign: tally.foreign,
+        misrouted: tally.misrouted,
+        stale: tally.stale,
         deadline_hit: tally.delivered < n,
         disconnects: tally.disconnects,
         load_cpu_s: 0.0,
         load_rss_kb: 0,
         storm: None,
     };
-    eprintln!("{}", report.summary());
     if !args.storm {
         return Ok((report, true));
     }
