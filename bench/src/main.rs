@@ -210,6 +210,117 @@ mod tests {
         }
     }
 
+    fn push(args: &[&str]) -> Result<push::PushArgs, clap::Error> {
+        let all = ["medlink-bench", "push"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(all)?.command {
+            Command::Push(p) => Ok(p),
+            _ => panic!("push parses as push"),
+        }
+    }
+
+    #[test]
+    fn bad_push_flags_are_refused_naming_the_flag() {
+        let base = [
+            "--node",
+            "pb",
+            "--http",
+            "127.0.0.1:1",
+            "--mqtt",
+            "127.0.0.1:2",
+        ];
+        let cases: [(&[&str], &str); 6] = [
+            (&["-n", "0"], "--recipients"),
+            (&["--procs", "0"], "--procs"),
+            (&["--batch", "1001"], "--batch"),
+            (&["--transport", "pigeon"], "--transport"),
+            (&["--broker", "nats"], "--broker"),
+            (&["--storm"], "--restart-cmd"),
+        ];
+        for (extra, flag) in cases {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            let e = push(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} is refused"));
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+        // Rules across flags are checked before anything connects, naming the flags.
+        let cross: [(&[&str], &str); 5] = [
+            (
+                &[
+                    "--broker",
+                    "mosquitto",
+                    "--transport",
+                    "sse",
+                    "--mqtt",
+                    "h:1",
+                ],
+                "--transport",
+            ),
+            (&["--node", "pb", "--http", "h:1"], "--mqtt"),
+            (&["--http", "h:1", "--mqtt", "h:2"], "--node"),
+            (
+                &[
+                    "--node",
+                    "pb",
+                    "--http",
+                    "h:1",
+                    "--transport",
+                    "sse",
+                    "--storm",
+                    "--restart-cmd",
+                    "true",
+                ],
+                "--storm",
+            ),
+            (
+                &[
+                    "--node", "pb", "--http", "h:1", "--mqtt", "h:2", "-n", "2", "--procs", "3",
+                ],
+                "--procs",
+            ),
+        ];
+        for (args, flag) in cross {
+            let e = push(args)
+                .expect("parses")
+                .validate()
+                .expect_err("is refused");
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        assert!(push(&base).expect("parses").validate().is_ok());
+    }
+
+    #[test]
+    fn a_load_process_gets_the_coordinators_target() {
+        let p = push(&[
+            "--transport",
+            "sse",
+            "--node",
+            "pb",
+            "--http",
+            "127.0.0.1:1",
+            "--one-source",
+            "--keepalive",
+            "30",
+            "--password",
+            "pw",
+        ])
+        .expect("parses");
+        let all = ["medlink-bench", "push-load"]
+            .into_iter()
+            .map(String::from)
+            .chain(p.target.to_args())
+            .chain(["--from", "0", "--to", "5", "--run", "r"].map(String::from));
+        let Command::PushLoad(l) = Cli::try_parse_from(all).expect("parses").command else {
+            panic!("push-load parses as push-load");
+        };
+        // The coordinator's default login mode is passed on explicitly.
+        let mut expected = p.target.clone();
+        expected.auth.auth = Some(p.target.auth_mode());
+        assert_eq!(format!("{:?}", l.target), format!("{expected:?}"));
+    }
+
     #[test]
     fn rtt_defaults_match_the_command_line() {
         let Command::Rtt(parsed) =

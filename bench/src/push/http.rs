@@ -341,12 +341,15 @@ pub(super) async fn poll_session(ctx: &Ctx, life: &mut Life) -> Result<(), Strin
     }
 }
 
+/// An SSE acknowledgement to send: the recipient's `Authorization` value and its cursor.
+pub(super) type AckJob = (Arc<str>, String);
+
 /// Sends the SSE acknowledgements queued by this process's streams, over one keep-alive
 /// connection (from its own loopback source address, `source`), reopened when it fails.
 pub(super) async fn ack_worker(
     addr: Option<SocketAddr>,
     source: Option<Ipv4Addr>,
-    jobs: Arc<Mutex<mpsc::UnboundedReceiver<(Arc<str>, String)>>>,
+    jobs: Arc<Mutex<mpsc::UnboundedReceiver<AckJob>>>,
 ) {
     let Some(addr) = addr else { return };
     let mut conn: Option<HttpConn> = None;

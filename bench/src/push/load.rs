@@ -56,7 +56,7 @@ pub(super) struct Ctx {
     pub events: mpsc::UnboundedSender<Event>,
     pub stop: watch::Receiver<bool>,
     /// SSE acknowledgements: (Authorization, cursor), sent by a few shared connections.
-    pub acks: Option<mpsc::UnboundedSender<(Arc<str>, String)>>,
+    pub acks: Option<mpsc::UnboundedSender<super::http::AckJob>>,
     /// First-connect failures logged so far.
     pub logged: std::sync::atomic::AtomicUsize,
 }
@@ -135,7 +135,11 @@ impl Ctx {
             Some(s) if ours => s,
             _ => -1,
         };
-        let id = v.get("id").and_then(|i| i.as_str()).unwrap_or("").to_string();
+        let id = v
+            .get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or("")
+            .to_string();
         (idx, seq, at, id)
     }
 
@@ -205,7 +209,11 @@ async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
                 return;
             }
             // A few per process, so that a systematic refusal shows without flooding.
-            if ctx.logged.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+            if ctx
+                .logged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                < 5
+            {
                 eprintln!(
                     "medlink-bench push-load: {} (attempt {}): {why}",
                     ctx.identity(idx),
@@ -305,10 +313,7 @@ pub async fn run(args: LoadArgs) -> Result<(), String> {
     let t = &args.target;
     let mqtt = resolve(&t.mqtt, "mqtt")?;
     let http = resolve(&t.http, "http")?;
-    let loopback = [mqtt, http]
-        .iter()
-        .flatten()
-        .all(|a| a.ip().is_loopback());
+    let loopback = [mqtt, http].iter().flatten().all(|a| a.ip().is_loopback());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let acks = (t.transport == Transport::Sse).then(|| {
@@ -369,7 +374,10 @@ pub async fn run(args: LoadArgs) -> Result<(), String> {
         cpu_s: proto::cpu_seconds(),
         rss_kb: proto::rss_kb("self").unwrap_or(0),
     };
-    println!("{}", serde_json::to_string(&done).expect("reports serialise"));
+    println!(
+        "{}",
+        serde_json::to_string(&done).expect("reports serialise")
+    );
     Ok(())
 }
 

@@ -129,7 +129,9 @@ impl Target {
                     return Err("--node is required with --broker medlink".into());
                 }
                 if self.http.is_none() {
-                    return Err("--http is required with --broker medlink (the sender posts there)".into());
+                    return Err(
+                        "--http is required with --broker medlink (the sender posts there)".into(),
+                    );
                 }
             }
         }

@@ -393,8 +393,7 @@ async fn measure(
     let sent = send_all(args, run).await?;
     let send_s = (now_us() - sent.started[0]) as f64 / 1e6;
     let deadline = Instant::now()
-        + Duration::from_secs(args.deadline)
-            .saturating_sub(Duration::from_secs_f64(send_s));
+        + Duration::from_secs(args.deadline).saturating_sub(Duration::from_secs_f64(send_s));
     let mut grace_until = None;
     loop {
         let until = grace_until.unwrap_or(deadline).min(deadline);
@@ -464,7 +463,11 @@ async fn measure(
 
 /// Restarts the node with `--restart-cmd` while every recipient is connected, and waits
 /// until each one has connected and subscribed again.
-async fn storm(args: &PushArgs, loads: &mut Loads, tally: &mut Tally) -> Result<StormReport, String> {
+async fn storm(
+    args: &PushArgs,
+    loads: &mut Loads,
+    tally: &mut Tally,
+) -> Result<StormReport, String> {
     let n = args.recipients;
     let cmd = args.restart_cmd.as_deref().unwrap_or_default();
     let t0 = now_us();
@@ -523,4 +526,59 @@ async fn storm(args: &PushArgs, loads: &mut Loads, tally: &mut Tally) -> Result<
         readmit_after_listening_s: listening.zip(last).map(|(l, u)| secs(u, l)),
         p50_after_listening_s: listening.map(|_| after.ms(0.5) / 1000.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(n: usize) -> Tally {
+        Tally {
+            run: "r".into(),
+            medlink: true,
+            first: vec![0; n],
+            delivered: 0,
+            duplicated: 0,
+            misrouted: 0,
+            stale: 0,
+            disconnects: 0,
+            up: vec![0; n],
+            readmitted: 0,
+            storm_from: None,
+            done: (0.0, 0, 0),
+        }
+    }
+
+    #[test]
+    fn each_delivery_is_counted_once_at_its_recipient() {
+        let mut t = tally(4);
+        let a = vec![
+            (0, 0, 10, "pr-0".to_string()),
+            (1, 1, 11, "pr-1".into()),
+            (1, 1, 12, "pr-1".into()),  // a repeat
+            (2, 3, 13, "pr-3".into()),  // recipient 3's command at recipient 2
+            (2, 2, 14, "other".into()), // the right number under another id
+            (3, -1, 15, "pq-3".into()), // an earlier run's
+        ];
+        t.take(Report::Arrivals { a }).unwrap();
+        assert_eq!(
+            (t.delivered, t.duplicated, t.misrouted, t.stale),
+            (2, 1, 2, 1)
+        );
+        assert_eq!(t.first[..2], [10, 11], "the first arrival is the one timed");
+        assert!(t.take(Report::Fatal { error: "x".into() }).is_err());
+    }
+
+    #[test]
+    fn the_storm_counts_readmissions_after_the_restart_only() {
+        let mut t = tally(2);
+        t.take(Report::Up { a: vec![(0, 5)] }).unwrap();
+        assert_eq!(t.readmitted, 0, "before the storm");
+        t.storm_from = Some(10);
+        t.take(Report::Up {
+            a: vec![(0, 9), (1, 12), (1, 13)],
+        })
+        .unwrap();
+        assert_eq!((t.readmitted, t.up[1]), (1, 12));
+    }
 }

@@ -46,8 +46,8 @@ pub(super) async fn send_all(args: &PushArgs, run: &str) -> Result<Sent, String>
                 auth: Some(auth::AuthMode::Password),
                 password: pass.to_string(),
             };
-            let login = auth::login(&sender, auth::AuthMode::Password, user)
-                .map(|l| l.authorization);
+            let login =
+                auth::login(&sender, auth::AuthMode::Password, user).map(|l| l.authorization);
             let node = t.node.as_deref().unwrap_or_default();
             let mut conn = HttpConn::open(addr, None).await?;
             for b in 0..n.div_ceil(args.batch) {
@@ -106,7 +106,12 @@ pub(super) async fn send_all(args: &PushArgs, run: &str) -> Result<Sent, String>
                 }
                 let payload = format!(r#"{{"run":"{run}","seq":{i}}}"#);
                 client
-                    .publish(super::plain_topic(i), rumqttc::QoS::AtLeastOnce, false, payload)
+                    .publish(
+                        super::plain_topic(i),
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        payload,
+                    )
                     .await
                     .map_err(|e| format!("publish: {e}"))?;
             }
