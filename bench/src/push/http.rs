@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::load::{Ctx, Event, Life};
 
-/// A response head must come within this (long-polls excepted: they wait on the node).
-const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// A response head must come within this (long-polls and the sender's POSTs excepted).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 /// A response's status line and the headers that frame its body.
 #[derive(Debug, Clone, Copy)]
@@ -180,18 +180,19 @@ impl HttpConn {
         Ok((size > 0).then_some(data))
     }
 
-    /// One request and its whole response.
+    /// One request and its whole response, whose head must come `within`.
     pub async fn exchange(
         &mut self,
         method: &str,
         path: &str,
         authorization: Option<&str>,
         body: &[u8],
+        within: Duration,
     ) -> Result<(Head, Bytes), String> {
         self.request(method, path, authorization, "", body).await?;
-        let head = tokio::time::timeout(ANSWER_WITHIN, self.head())
+        let head = tokio::time::timeout(within, self.head())
             .await
-            .map_err(|_| format!("{method} {path}: no answer within 30 s"))??;
+            .map_err(|_| format!("{method} {path}: no answer within {} s", within.as_secs()))??;
         let body = self.body(&head).await?;
         Ok((head, body))
     }
@@ -366,7 +367,13 @@ pub(super) async fn ack_worker(
                 continue;
             };
             match c
-                .exchange("POST", "/v1/inbox/ack", Some(&auth), body.as_bytes())
+                .exchange(
+                    "POST",
+                    "/v1/inbox/ack",
+                    Some(&auth),
+                    body.as_bytes(),
+                    ANSWER_WITHIN,
+                )
                 .await
             {
                 Ok((h, _)) if h.status == 200 && !h.close => break,

@@ -39,7 +39,7 @@ pub struct LoadArgs {
 pub(super) enum Event {
     Ready,
     Arrival(Arrival),
-    Up(u32, u64),
+    Up(u32, u64, u64),
     Down(String),
     Fatal(String),
 }
@@ -155,6 +155,8 @@ pub(super) struct Life {
     first: bool,
     attempt: u32,
     permit: Option<OwnedSemaphorePermit>,
+    /// CLOCK_REALTIME µs at which the current connection attempt started.
+    attempt_started: u64,
     /// Where the recipient stands in its HTTP stream (SSE `Last-Event-ID`, long-poll
     /// cursor), kept across reconnects.
     pub cursor: Option<String>,
@@ -172,7 +174,7 @@ impl Life {
             self.first = false;
             ctx.send(Event::Ready);
         } else {
-            ctx.send(Event::Up(self.idx, proto::now_us()));
+            ctx.send(Event::Up(self.idx, self.attempt_started, proto::now_us()));
         }
         self.attempt = 0;
         self.permit = None;
@@ -189,6 +191,7 @@ async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
         first: true,
         attempt: 0,
         permit: slots.acquire_owned().await.ok(),
+        attempt_started: 0,
         cursor: None,
     };
     let mut stop = ctx.stop.clone();
@@ -196,6 +199,7 @@ async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
         if *stop.borrow() {
             return;
         }
+        life.attempt_started = proto::now_us();
         let ended = match ctx.target.transport {
             Transport::Mqtt => super::mqtt::session(&ctx, &mut life).await,
             Transport::Sse => super::http::sse_session(&ctx, &mut life).await,
@@ -225,7 +229,7 @@ async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
             if life.attempt == 1 {
                 ctx.send(Event::Down(why));
             }
-            backoff(idx, life.attempt)
+            backoff(idx, life.attempt, ctx.target.reconnect_cap_ms)
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
@@ -234,10 +238,11 @@ async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
     }
 }
 
-/// A device's reconnect delay, as the SDK does it: 100 ms doubling to 5 s, plus up to half
-/// again at random, so that a crowd that lost its node together does not return together.
-fn backoff(idx: u32, attempt: u32) -> Duration {
-    let base = (100u64 << attempt.saturating_sub(1).min(6)).min(5_000);
+/// A device's reconnect delay, as the SDK does it: 100 ms doubling to `cap_ms` (the SDK's is
+/// 5 s), plus up to half again at random, so that a crowd that lost its node together does
+/// not return together.
+fn backoff(idx: u32, attempt: u32, cap_ms: u64) -> Duration {
+    let base = (100u64 << attempt.saturating_sub(1).min(16)).min(cap_ms.max(1));
     let nanos = Instant::now().elapsed().as_nanos() as u64 ^ proto::now_us();
     let mut x = (u64::from(idx) << 32) ^ u64::from(attempt) ^ nanos;
     x ^= x << 13;
@@ -268,7 +273,7 @@ async fn reporter(mut events: mpsc::UnboundedReceiver<Event>, count: usize, star
                     }
                 }
                 Event::Arrival(a) => arrivals.push(a),
-                Event::Up(i, t) => ups.push((i, t)),
+                Event::Up(i, s, t) => ups.push((i, s, t)),
                 Event::Down(why) => down = (down.0 + 1, why),
                 Event::Fatal(error) => lines.push(Report::Fatal { error }),
             }
@@ -387,9 +392,9 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_a_cap_with_jitter() {
-        for attempt in 1..12 {
-            let d = backoff(7, attempt).as_millis() as u64;
-            let base = (100u64 << (attempt - 1).min(6)).min(5_000);
+        for attempt in 1..40 {
+            let d = backoff(7, attempt, 5_000).as_millis() as u64;
+            let base = (100u64 << (attempt - 1).min(16)).min(5_000);
             assert!(d >= base && d <= base + base / 2, "{attempt}: {d}");
         }
     }

@@ -95,6 +95,10 @@ pub struct Target {
     /// SYNs at once overflow it, and the dropped ones wait out 1 s, 3 s TCP retransmits.
     #[arg(long, default_value_t = 24, value_parser = crate::positive)]
     pub connect_concurrency: usize,
+    /// Longest reconnect delay of a recipient that lost its connection, ms (it starts at
+    /// 100 ms and doubles, plus up to half again at random; the SDK's cap is 5 s).
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconnect_cap_ms: u64,
     /// SSE: connections per load process that carry the acknowledgements.
     #[arg(long, default_value_t = 4, value_parser = crate::positive)]
     pub ack_conns: usize,
@@ -162,6 +166,8 @@ impl Target {
             self.connect_concurrency.to_string(),
             "--ack-conns".into(),
             self.ack_conns.to_string(),
+            "--reconnect-cap-ms".into(),
+            self.reconnect_cap_ms.to_string(),
         ];
         for (flag, v) in [
             ("--mqtt", &self.mqtt),

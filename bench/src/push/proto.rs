@@ -28,11 +28,12 @@ pub enum Report {
         /// The arrivals.
         a: Vec<Arrival>,
     },
-    /// Recipients that were admitted again after losing their connection (index, CLOCK_REALTIME
-    /// µs when the re-subscription was confirmed): the reconnect storm's figures.
+    /// Recipients that were admitted again after losing their connection: the reconnect
+    /// storm's figures.
     Up {
-        /// The re-admissions.
-        a: Vec<(u32, u64)>,
+        /// Index, CLOCK_REALTIME µs at which the successful attempt started (its TCP connect),
+        /// and at which its re-subscription was confirmed.
+        a: Vec<(u32, u64, u64)>,
     },
     /// Connections lost since the previous line (the recipient reconnects by itself).
     Down {

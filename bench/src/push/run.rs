@@ -34,6 +34,13 @@ pub struct StormReport {
     pub readmit_after_listening_s: Option<f64>,
     /// Median of the re-admissions, seconds after the new node listened.
     pub p50_after_listening_s: Option<f64>,
+    /// The node's side of each re-admission, without the device's backoff: from the start of
+    /// the successful attempt (or the node's listening, if later) to the SUBACK; median, ms.
+    pub admit_p50_ms: f64,
+    /// The same, 99th percentile.
+    pub admit_p99_ms: f64,
+    /// The same, slowest.
+    pub admit_max_ms: f64,
 }
 
 /// What one run measured: printed as one JSON line (the field names are what `bench/push.sh`
@@ -136,11 +143,13 @@ impl PushReport {
         );
         if let Some(st) = &self.storm {
             s += &format!(
-                "; storm: {}/{} readmitted, last {} s after the new node listened",
+                "; storm: {}/{} readmitted, last {} s after the new node listened (admission p50 {:.0} ms, p99 {:.0} ms)",
                 st.readmitted,
                 st.recipients,
                 st.readmit_after_listening_s
-                    .map_or("?".into(), |t| format!("{t:.2}"))
+                    .map_or("?".into(), |t| format!("{t:.2}")),
+                st.admit_p50_ms,
+                st.admit_p99_ms,
             );
         }
         s
@@ -211,6 +220,8 @@ struct Tally {
     stale: usize,
     disconnects: u64,
     up: Vec<u64>,
+    /// When each re-admission's successful attempt started.
+    up_tried: Vec<u64>,
     readmitted: usize,
     storm_from: Option<u64>,
     done: (f64, u64, usize),
@@ -237,10 +248,11 @@ impl Tally {
                 }
             }
             Report::Up { a } => {
-                for (idx, at) in a {
+                for (idx, tried, at) in a {
                     let i = idx as usize;
                     if self.storm_from.is_some_and(|t0| at > t0) && self.up[i] == 0 {
                         self.up[i] = at;
+                        self.up_tried[i] = tried;
                         self.readmitted += 1;
                     }
                 }
@@ -335,6 +347,7 @@ pub async fn run(args: &PushArgs) -> Result<PushReport, String> {
         stale: 0,
         disconnects: 0,
         up: vec![0; n],
+        up_tried: vec![0; n],
         readmitted: 0,
         storm_from: None,
         done: (0.0, 0, 0),
@@ -510,9 +523,12 @@ async fn storm(
         None
     };
     let mut after = Latencies::with_capacity(tally.readmitted);
+    let mut admit = Latencies::with_capacity(tally.readmitted);
     let last = tally.up.iter().copied().max().filter(|&t| t > 0);
-    if let Some(l) = listening {
-        for &u in tally.up.iter().filter(|&&u| u > 0) {
+    for (&u, &tried) in tally.up.iter().zip(&tally.up_tried).filter(|(&u, _)| u > 0) {
+        let from = listening.map_or(tried, |l| tried.max(l));
+        admit.push_nanos(u.saturating_sub(from) * 1000);
+        if let Some(l) = listening {
             after.push_nanos(u.saturating_sub(l) * 1000);
         }
     }
@@ -525,6 +541,9 @@ async fn storm(
         last_readmitted_s: last.map(|l| secs(l, t0)),
         readmit_after_listening_s: listening.zip(last).map(|(l, u)| secs(u, l)),
         p50_after_listening_s: listening.map(|_| after.ms(0.5) / 1000.0),
+        admit_p50_ms: admit.ms(0.5),
+        admit_p99_ms: admit.ms(0.99),
+        admit_max_ms: admit.ms(1.0),
     })
 }
 
@@ -543,6 +562,7 @@ mod tests {
             stale: 0,
             disconnects: 0,
             up: vec![0; n],
+            up_tried: vec![0; n],
             readmitted: 0,
             storm_from: None,
             done: (0.0, 0, 0),
@@ -572,13 +592,13 @@ mod tests {
     #[test]
     fn the_storm_counts_readmissions_after_the_restart_only() {
         let mut t = tally(2);
-        t.take(Report::Up { a: vec![(0, 5)] }).unwrap();
+        t.take(Report::Up { a: vec![(0, 4, 5)] }).unwrap();
         assert_eq!(t.readmitted, 0, "before the storm");
         t.storm_from = Some(10);
         t.take(Report::Up {
-            a: vec![(0, 9), (1, 12), (1, 13)],
+            a: vec![(0, 8, 9), (1, 11, 12), (1, 12, 13)],
         })
         .unwrap();
-        assert_eq!((t.readmitted, t.up[1]), (1, 12));
+        assert_eq!((t.readmitted, t.up[1], t.up_tried[1]), (1, 12, 11));
     }
 }

@@ -21,7 +21,10 @@ pub(super) struct Sent {
 pub(super) async fn polls_open(metrics: &str) -> Option<u64> {
     let addr = tokio::net::lookup_host(metrics).await.ok()?.next()?;
     let mut c = HttpConn::open(addr, None).await.ok()?;
-    let (_, body) = c.exchange("GET", "/metrics", None, b"").await.ok()?;
+    let (_, body) = c
+        .exchange("GET", "/metrics", None, b"", super::http::ANSWER_WITHIN)
+        .await
+        .ok()?;
     String::from_utf8_lossy(&body).lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == "medlink_http_polls_open").then(|| v.trim().parse::<f64>().ok().map(|f| f as u64))?
@@ -50,6 +53,10 @@ pub(super) async fn send_all(args: &PushArgs, run: &str) -> Result<Sent, String>
                 auth::login(&sender, auth::AuthMode::Password, user).map(|l| l.authorization);
             let node = t.node.as_deref().unwrap_or_default();
             let mut conn = HttpConn::open(addr, None).await?;
+            // A 202 comes only after the commit, and a node whose delivery path is behind may
+            // take long to commit: waiting (rather than giving up and posting again) keeps the
+            // load what the run says it is.
+            let patience = Duration::from_secs(args.deadline);
             for b in 0..n.div_ceil(args.batch) {
                 let items: Vec<String> = (b * args.batch..((b + 1) * args.batch).min(n))
                     .map(|i| {
@@ -65,7 +72,13 @@ pub(super) async fn send_all(args: &PushArgs, run: &str) -> Result<Sent, String>
                 let mut tries = 0;
                 loop {
                     let got = conn
-                        .exchange("POST", "/v1/messages", login.as_deref(), body.as_bytes())
+                        .exchange(
+                            "POST",
+                            "/v1/messages",
+                            login.as_deref(),
+                            body.as_bytes(),
+                            patience,
+                        )
                         .await;
                     match got {
                         Ok((h, _)) if h.status == 202 => break,
