@@ -7,6 +7,8 @@
 //!   (`medlink-bench http`).
 //! - [`rtt`]: request → reply round trips through the SDK or over any MQTT brokers
 //!   (`medlink-bench rtt`).
+//! - [`push`]: one command to each of N connected recipients, from several load processes
+//!   (`medlink-bench push`, issue "Scale").
 //! - [`latency`]: the percentile definition every tool reports with.
 //! - [`mqtt_client`]: the raw MQTT client the MQTT tools drive brokers with.
 //!
@@ -19,6 +21,7 @@ pub mod http;
 pub mod latency;
 pub mod mqtt;
 pub mod mqtt_client;
+pub mod push;
 pub mod rtt;
 
 /// A clap value parser for counts that must be at least 1, so `-n 0` is refused with the

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use medlink_bench::{http, mqtt, rtt};
+use medlink_bench::{http, mqtt, push, rtt};
 
 #[derive(Parser)]
 #[command(
@@ -37,14 +37,24 @@ enum Command {
     Http(http::HttpArgs),
     /// Time request -> reply round trips across a medlink tree (SDK) or MQTT brokers.
     Rtt(rtt::RttArgs),
+    /// Push one command to each of N connected recipients and time the last delivery.
+    Push(push::PushArgs),
+    /// One load process of `push` (spawned by it).
+    #[command(hide = true)]
+    PushLoad(push::load::LoadArgs),
+    /// Write the push bench's credentials file (cheap argon2id hashes: bench only).
+    #[command(hide = true)]
+    PushCreds(push::creds::CredsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match cli.command {
+        // A load process is one thread: several run beside the node on two cores.
+        Command::PushLoad(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("medlink-bench: cannot start the async runtime: {e}");
@@ -57,6 +67,18 @@ fn main() -> ExitCode {
             Command::Http(http::HttpArgs::Polls(args)) => run_polls(&args).await,
             Command::Http(http::HttpArgs::Latency(args)) => run_latency(&args).await,
             Command::Rtt(args) => run_rtt(&args).await,
+            Command::Push(args) => run_push(&args).await,
+            Command::PushLoad(args) => match push::load::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed("push-load", e),
+            },
+            Command::PushCreds(args) => match push::creds::write(&args) {
+                Ok(n) => {
+                    eprintln!("# {n} identities written to {}", args.out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failed("push-creds", e),
+            },
         }
     })
 }
@@ -94,6 +116,22 @@ async fn run_rtt(args: &rtt::RttArgs) -> ExitCode {
             verdict(r.clean())
         }
         Err(e) => failed("rtt", e),
+    }
+}
+
+async fn run_push(args: &push::PushArgs) -> ExitCode {
+    // Flag combinations clap cannot check are bad flags too (exit 2), not a failed run.
+    if let Err(e) = args.validate() {
+        eprintln!("medlink-bench push: {e}");
+        return ExitCode::from(2);
+    }
+    match push::run(args).await {
+        Ok(r) => {
+            println!("{}", serde_json::to_string(&r).expect("reports serialise"));
+            println!("{}", r.summary());
+            verdict(r.clean())
+        }
+        Err(e) => failed("push", e),
     }
 }
 
@@ -170,6 +208,117 @@ mod tests {
             };
             assert!(e.to_string().contains(long), "{args:?}: {e}");
         }
+    }
+
+    fn push(args: &[&str]) -> Result<push::PushArgs, clap::Error> {
+        let all = ["medlink-bench", "push"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(all)?.command {
+            Command::Push(p) => Ok(p),
+            _ => panic!("push parses as push"),
+        }
+    }
+
+    #[test]
+    fn bad_push_flags_are_refused_naming_the_flag() {
+        let base = [
+            "--node",
+            "pb",
+            "--http",
+            "127.0.0.1:1",
+            "--mqtt",
+            "127.0.0.1:2",
+        ];
+        let cases: [(&[&str], &str); 6] = [
+            (&["-n", "0"], "--recipients"),
+            (&["--procs", "0"], "--procs"),
+            (&["--batch", "1001"], "--batch"),
+            (&["--transport", "pigeon"], "--transport"),
+            (&["--broker", "nats"], "--broker"),
+            (&["--storm"], "--restart-cmd"),
+        ];
+        for (extra, flag) in cases {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            let e = push(&args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} is refused"));
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+        // Rules across flags are checked before anything connects, naming the flags.
+        let cross: [(&[&str], &str); 5] = [
+            (
+                &[
+                    "--broker",
+                    "mosquitto",
+                    "--transport",
+                    "sse",
+                    "--mqtt",
+                    "h:1",
+                ],
+                "--transport",
+            ),
+            (&["--node", "pb", "--http", "h:1"], "--mqtt"),
+            (&["--http", "h:1", "--mqtt", "h:2"], "--node"),
+            (
+                &[
+                    "--node",
+                    "pb",
+                    "--http",
+                    "h:1",
+                    "--transport",
+                    "sse",
+                    "--storm",
+                    "--restart-cmd",
+                    "true",
+                ],
+                "--storm",
+            ),
+            (
+                &[
+                    "--node", "pb", "--http", "h:1", "--mqtt", "h:2", "-n", "2", "--procs", "3",
+                ],
+                "--procs",
+            ),
+        ];
+        for (args, flag) in cross {
+            let e = push(args)
+                .expect("parses")
+                .validate()
+                .expect_err("is refused");
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        assert!(push(&base).expect("parses").validate().is_ok());
+    }
+
+    #[test]
+    fn a_load_process_gets_the_coordinators_target() {
+        let p = push(&[
+            "--transport",
+            "sse",
+            "--node",
+            "pb",
+            "--http",
+            "127.0.0.1:1",
+            "--one-source",
+            "--keepalive",
+            "30",
+            "--password",
+            "pw",
+        ])
+        .expect("parses");
+        let all = ["medlink-bench", "push-load"]
+            .into_iter()
+            .map(String::from)
+            .chain(p.target.to_args())
+            .chain(["--from", "0", "--to", "5", "--run", "r"].map(String::from));
+        let Command::PushLoad(l) = Cli::try_parse_from(all).expect("parses").command else {
+            panic!("push-load parses as push-load");
+        };
+        // The coordinator's default login mode is passed on explicitly.
+        let mut expected = p.target.clone();
+        expected.auth.auth = Some(p.target.auth_mode());
+        assert_eq!(format!("{:?}", l.target), format!("{expected:?}"));
     }
 
     #[test]
