@@ -139,6 +139,12 @@ fn init_logs(json: bool, default: &str) {
     }
 }
 
+/// mimalloc rather than glibc's allocator: the dispatcher allocates and frees many small buffers
+/// per command, and glibc spent a tenth of its time consolidating them (`malloc_consolidate`)
+/// in a push to 19,000 recipients (BENCHMARKS.md, "Push to many recipients").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

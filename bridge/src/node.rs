@@ -216,11 +216,12 @@ impl Node {
                 source,
             })?;
         let checkpointer =
-            Journal::spawn_checkpointer(&path, CHECKPOINT_EVERY, cfg.wal_idle_truncate)
-                .map_err(|source| NodeError::Journal {
-                path: path.clone(),
-                source,
-            })?;
+            Journal::spawn_checkpointer(&path, CHECKPOINT_EVERY, cfg.wal_idle_truncate).map_err(
+                |source| NodeError::Journal {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
         let broker_metrics = Arc::new(BrokerMetrics::default());
         let auth = Arc::new(
             Authenticator::new(

@@ -252,11 +252,9 @@ fn decode_row(blob: Vec<u8>) -> Result<Vec<Queued>> {
 }
 
 fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u64> {
-    let min: Option<i64> = conn.query_row(
-        "SELECT min(first_lseq) FROM queue WHERE dest = ?1",
-        [dest],
-        |r| r.get(0),
-    )?;
+    let min: Option<i64> = conn
+        .prepare_cached("SELECT min(first_lseq) FROM queue WHERE dest = ?1")?
+        .query_row([dest], |r| r.get(0))?;
     Ok(min
         .map(|m| m as u64)
         .unwrap_or_else(|| next.get(dest).copied().unwrap_or(1)))
