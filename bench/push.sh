@@ -16,7 +16,7 @@
 # Each run starts a fresh node (empty journal) or a fresh mosquitto, so runs do not share
 # state. The load tool is `medlink-bench push` (bench/src/push/): it spawns PROCS load
 # processes holding the recipients, reads the broker's RSS from /proc, posts the commands
-# (`POST /v1/messages`, 1,000 per request, one sender) or publishes them (mosquitto, one
+# (`POST /v1/messages`, 1,000 per request, one sender, one request at a time unless `--in-flight`) or publishes them (mosquitto, one
 # publisher, QoS 1), and checks every delivery: lost or duplicated -> exit 3.
 #
 # BENCH-ONLY CREDENTIALS: the recipients' credentials file holds *cheap* argon2id hashes

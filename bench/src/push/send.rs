@@ -8,6 +8,45 @@ use super::http::HttpConn;
 use super::proto::now_us;
 use super::{auth, Broker, PushArgs};
 
+/// POSTs one batch until the node answers 202 (the ids are the sender's own, so a retried
+/// batch is accepted once); three retries.
+async fn post(
+    conn: &mut HttpConn,
+    addr: std::net::SocketAddr,
+    login: Option<&str>,
+    body: &str,
+    patience: Duration,
+) -> Result<(), String> {
+    let mut tries = 0;
+    loop {
+        let got = conn
+            .exchange("POST", "/v1/messages", login, body.as_bytes(), patience)
+            .await;
+        match got {
+            Ok((h, _)) if h.status == 202 => return Ok(()),
+            Ok((h, b)) if tries < 3 => eprintln!(
+                "medlink-bench push: POST answered {}: {}; retrying",
+                h.status,
+                String::from_utf8_lossy(&b)
+            ),
+            Err(e) if tries < 3 => {
+                eprintln!("medlink-bench push: POST: {e}; retrying");
+                *conn = HttpConn::open(addr, None).await?;
+            }
+            Ok((h, b)) => {
+                return Err(format!(
+                    "POST /v1/messages answered {}: {}",
+                    h.status,
+                    String::from_utf8_lossy(&b)
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+        tries += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// What was sent.
 pub(super) struct Sent {
     /// CLOCK_REALTIME µs at which each batch's POST (mosquitto: its first publish) started.
@@ -52,58 +91,44 @@ pub(super) async fn send_all(args: &PushArgs, run: &str) -> Result<Sent, String>
             let login =
                 auth::login(&sender, auth::AuthMode::Password, user).map(|l| l.authorization);
             let node = t.node.as_deref().unwrap_or_default();
-            let mut conn = HttpConn::open(addr, None).await?;
             // A 202 comes only after the commit, and a node whose delivery path is behind may
             // take long to commit: waiting (rather than giving up and posting again) keeps the
             // load what the run says it is.
             let patience = Duration::from_secs(args.deadline);
-            for b in 0..n.div_ceil(args.batch) {
-                let items: Vec<String> = (b * args.batch..((b + 1) * args.batch).min(n))
-                    .map(|i| {
-                        format!(
-                            r#"{{"id":"p{run}-{i}","to":{{"node":"{node}","client":"{}"}},"cmd":"push.notify","params":{{"run":"{run}","seq":{i}}}}}"#,
-                            super::identity(&t.prefix, i)
-                        )
-                    })
-                    .collect();
-                let body = format!("[{}]", items.join(","));
-                started.push(now_us());
-                // The ids are the sender's own, so a retried batch is accepted once.
-                let mut tries = 0;
+            let batches = n.div_ceil(args.batch);
+            let bodies: Vec<String> = (0..batches)
+                .map(|b| {
+                    let items: Vec<String> = (b * args.batch..((b + 1) * args.batch).min(n))
+                        .map(|i| {
+                            format!(
+                                r#"{{"id":"p{run}-{i}","to":{{"node":"{node}","client":"{}"}},"cmd":"push.notify","params":{{"run":"{run}","seq":{i}}}}}"#,
+                                super::identity(&t.prefix, i)
+                            )
+                        })
+                        .collect();
+                    format!("[{}]", items.join(","))
+                })
+                .collect();
+            // `--in-flight` connections take batches in turn, as a hospital backend with a
+            // small pool would; each waits for its 202 before its next batch.
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let times = std::sync::Mutex::new(vec![0u64; batches]);
+            let poster = |_| async {
+                let mut conn = HttpConn::open(addr, None).await?;
                 loop {
-                    let got = conn
-                        .exchange(
-                            "POST",
-                            "/v1/messages",
-                            login.as_deref(),
-                            body.as_bytes(),
-                            patience,
-                        )
-                        .await;
-                    match got {
-                        Ok((h, _)) if h.status == 202 => break,
-                        Ok((h, b)) if tries < 3 => eprintln!(
-                            "medlink-bench push: POST answered {}: {}; retrying",
-                            h.status,
-                            String::from_utf8_lossy(&b)
-                        ),
-                        Err(e) if tries < 3 => {
-                            eprintln!("medlink-bench push: POST: {e}; retrying");
-                            conn = HttpConn::open(addr, None).await?;
-                        }
-                        Ok((h, b)) => {
-                            return Err(format!(
-                                "POST /v1/messages answered {}: {}",
-                                h.status,
-                                String::from_utf8_lossy(&b)
-                            ))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(body) = bodies.get(b) else {
+                        return Ok::<(), String>(());
+                    };
+                    times.lock().expect("not poisoned")[b] = now_us();
+                    post(&mut conn, addr, login.as_deref(), body, patience).await?;
                 }
+            };
+            let posters: Vec<_> = (0..args.in_flight.min(batches)).map(poster).collect();
+            for result in futures_util::future::join_all(posters).await {
+                result?;
             }
+            started = times.into_inner().expect("not poisoned");
         }
         Broker::Mosquitto => {
             let ep = crate::mqtt_client::Endpoint {
