@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Mutex};
 
-use super::load::{Ctx, Event, Life};
+use super::recipient::{AckJob, Ctx, Event, Life};
 
 /// A response head must come within this (long-polls and the sender's POSTs excepted).
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
@@ -341,9 +341,6 @@ pub(super) async fn poll_session(ctx: &Ctx, life: &mut Life) -> Result<(), Strin
         }
     }
 }
-
-/// An SSE acknowledgement to send: the recipient's `Authorization` value and its cursor.
-pub(super) type AckJob = (Arc<str>, String);
 
 /// Sends the SSE acknowledgements queued by this process's streams, over one keep-alive
 /// connection (from its own loopback source address, `source`), reopened when it fails.

@@ -25,6 +25,7 @@ mod http;
 pub mod load;
 mod mqtt;
 pub mod proto;
+mod recipient;
 mod run;
 mod send;
 

@@ -8,7 +8,7 @@ use rumqttc::{ConnectReturnCode, Packet, QoS, SubscribeReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 
-use super::load::{Ctx, Event, Life};
+use super::recipient::{Ctx, Event, Life};
 
 /// Largest packet a recipient accepts (an inbox delivery is well under this).
 const MAX_PACKET: usize = 1 << 20;
