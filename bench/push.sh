@@ -6,6 +6,7 @@
 #   bench/push.sh                                # 1,000 / 5,000 / 10,000 / 19,000, every transport
 #   SIZES="1000 5000" TRANSPORTS="mqtt mosquitto" bench/push.sh
 #   STORM=1 bench/push.sh                        # also restart the node (and mosquitto) with N
+#   AUTH=token STORM=1 bench/push.sh             # medlink recipients log in with device tokens
 #                                                # recipients connected: time to re-admit them all
 #
 # Environment: SIZES, TRANSPORTS (mqtt sse longpoll mosquitto), PROCS (load processes, 4),
@@ -33,6 +34,8 @@ TRANSPORTS=${TRANSPORTS:-mqtt sse longpoll mosquitto}
 PROCS=${PROCS:-4}
 DEADLINE=${DEADLINE:-600}
 STORM=${STORM:-0}
+# password: cheap argon2 hashes (below); token: a JWT per recipient from a [[token_key]].
+AUTH=${AUTH:-password}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN="$TARGET/release/medlink"
@@ -90,6 +93,19 @@ rate_per_second = 0         # one sender posts N commands within seconds
 max_connections = 19400
 connect_timeout_ms = 30000  # thousands of CONNECTs queue on two cores at the start
 CONF
+AUTH_ARGS=()
+if [ "$AUTH" = token ]; then
+    # The phones' way in: a device token per recipient, no line of its own needed.
+    (umask 077; head -c 48 /dev/urandom | base64 -w0 > "$WORK/token.key")
+    cat >> "$WORK/node.toml" <<CONF
+[[token_key]]
+kid = "bench"
+alg = "HS256"
+secret_file = "$WORK/token.key"
+subjects = "pt-*"
+CONF
+    AUTH_ARGS=(--auth token --token-secret-file "$WORK/token.key" --kid bench)
+fi
 
 cat > "$WORK/mosquitto.conf" <<CONF
 listener ${MOSQ##*:} 127.0.0.1
@@ -148,7 +164,7 @@ for t in $TRANSPORTS; do
             port=$MOSQ
         else
             kind=node
-            args=(--broker medlink --transport "$t" --node pb --mqtt "$ML_MQTT" --http "$ML_HTTP" --metrics "$ML_METRICS")
+            args=(--broker medlink --transport "$t" --node pb --mqtt "$ML_MQTT" --http "$ML_HTTP" --metrics "$ML_METRICS" "${AUTH_ARGS[@]}")
             port=$ML_MQTT
         fi
         pid=$("$WORK/start.sh" "$kind")

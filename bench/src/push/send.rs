@@ -84,10 +84,7 @@ pub(super) async fn send_all(args: &PushArgs, run: &str) -> Result<Sent, String>
                 .next()
                 .ok_or("--http: no address")?;
             let (user, pass) = args.sender.split_once(':').unwrap_or_default();
-            let sender = auth::AuthArgs {
-                auth: Some(auth::AuthMode::Password),
-                password: pass.to_string(),
-            };
+            let sender = auth::AuthArgs::password(pass);
             let login =
                 auth::login(&sender, auth::AuthMode::Password, user).map(|l| l.authorization);
             let node = t.node.as_deref().unwrap_or_default();
