@@ -39,7 +39,7 @@ pub struct LoadArgs {
 pub(super) enum Event {
     Ready,
     Arrival(Arrival),
-    Up(u32, u64, u64),
+    Up(u32, u64, u64, u64),
     Down(String),
     Fatal(String),
 }
@@ -157,6 +157,8 @@ pub(super) struct Life {
     permit: Option<OwnedSemaphorePermit>,
     /// CLOCK_REALTIME µs at which the current connection attempt started.
     attempt_started: u64,
+    /// CLOCK_REALTIME µs at which its TCP connection was established.
+    connected_at: u64,
     /// Where the recipient stands in its HTTP stream (SSE `Last-Event-ID`, long-poll
     /// cursor), kept across reconnects.
     pub cursor: Option<String>,
@@ -168,13 +170,27 @@ impl Life {
         self.idx
     }
 
+    /// Recipient `idx`'s TCP connection for this attempt, timed: the storm tells the wait for
+    /// the node's accept (and the kernel's backlog) apart from the protocol's handshake.
+    pub async fn connect(&mut self, ctx: &Ctx, to: SocketAddr) -> Result<TcpStream, String> {
+        let stream = ctx.connect(self.idx, to).await?;
+        self.connected_at = proto::now_us();
+        Ok(stream)
+    }
+
     /// The recipient is connected and subscribed: ready the first time, re-admitted later.
     pub fn admitted(&mut self, ctx: &Ctx) {
         if self.first {
             self.first = false;
             ctx.send(Event::Ready);
         } else {
-            ctx.send(Event::Up(self.idx, self.attempt_started, proto::now_us()));
+            let now = proto::now_us();
+            ctx.send(Event::Up(
+                self.idx,
+                self.attempt_started,
+                self.connected_at,
+                now,
+            ));
         }
         self.attempt = 0;
         self.permit = None;
@@ -192,6 +208,7 @@ async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
         attempt: 0,
         permit: slots.acquire_owned().await.ok(),
         attempt_started: 0,
+        connected_at: 0,
         cursor: None,
     };
     let mut stop = ctx.stop.clone();
@@ -273,7 +290,7 @@ async fn reporter(mut events: mpsc::UnboundedReceiver<Event>, count: usize, star
                     }
                 }
                 Event::Arrival(a) => arrivals.push(a),
-                Event::Up(i, s, t) => ups.push((i, s, t)),
+                Event::Up(i, s, c, t) => ups.push((i, s, c, t)),
                 Event::Down(why) => down = (down.0 + 1, why),
                 Event::Fatal(error) => lines.push(Report::Fatal { error }),
             }

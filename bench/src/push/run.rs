@@ -41,6 +41,16 @@ pub struct StormReport {
     pub admit_p99_ms: f64,
     /// The same, slowest.
     pub admit_max_ms: f64,
+    /// Of admission, the TCP connect (the wait for the node's accept, SYN retransmits after
+    /// a full listen backlog included); median, ms.
+    pub tcp_p50_ms: f64,
+    /// The same, 99th percentile.
+    pub tcp_p99_ms: f64,
+    /// Of admission, the protocol: from the established connection to the SUBACK (CONNECT,
+    /// login, CONNACK, SUBSCRIBE); median, ms.
+    pub handshake_p50_ms: f64,
+    /// The same, 99th percentile.
+    pub handshake_p99_ms: f64,
 }
 
 /// What one run measured: printed as one JSON line (the field names are what `bench/push.sh`
@@ -220,8 +230,9 @@ struct Tally {
     stale: usize,
     disconnects: u64,
     up: Vec<u64>,
-    /// When each re-admission's successful attempt started.
-    up_tried: Vec<u64>,
+    /// When each re-admission's successful attempt started, and when its TCP connection was
+    /// established.
+    up_tried: Vec<(u64, u64)>,
     readmitted: usize,
     storm_from: Option<u64>,
     done: (f64, u64, usize),
@@ -248,11 +259,11 @@ impl Tally {
                 }
             }
             Report::Up { a } => {
-                for (idx, tried, at) in a {
+                for (idx, tried, connected, at) in a {
                     let i = idx as usize;
                     if self.storm_from.is_some_and(|t0| at > t0) && self.up[i] == 0 {
                         self.up[i] = at;
-                        self.up_tried[i] = tried;
+                        self.up_tried[i] = (tried, connected);
                         self.readmitted += 1;
                     }
                 }
@@ -347,7 +358,7 @@ pub async fn run(args: &PushArgs) -> Result<PushReport, String> {
         stale: 0,
         disconnects: 0,
         up: vec![0; n],
-        up_tried: vec![0; n],
+        up_tried: vec![(0, 0); n],
         readmitted: 0,
         storm_from: None,
         done: (0.0, 0, 0),
@@ -524,10 +535,13 @@ async fn storm(
     };
     let mut after = Latencies::with_capacity(tally.readmitted);
     let mut admit = Latencies::with_capacity(tally.readmitted);
+    let (mut tcp, mut handshake) = (admit.clone(), admit.clone());
     let last = tally.up.iter().copied().max().filter(|&t| t > 0);
-    for (&u, &tried) in tally.up.iter().zip(&tally.up_tried).filter(|(&u, _)| u > 0) {
+    for (&u, &(tried, connected)) in tally.up.iter().zip(&tally.up_tried).filter(|(&u, _)| u > 0) {
         let from = listening.map_or(tried, |l| tried.max(l));
         admit.push_nanos(u.saturating_sub(from) * 1000);
+        tcp.push_nanos(connected.saturating_sub(from) * 1000);
+        handshake.push_nanos(u.saturating_sub(connected.max(from)) * 1000);
         if let Some(l) = listening {
             after.push_nanos(u.saturating_sub(l) * 1000);
         }
@@ -544,6 +558,10 @@ async fn storm(
         admit_p50_ms: admit.ms(0.5),
         admit_p99_ms: admit.ms(0.99),
         admit_max_ms: admit.ms(1.0),
+        tcp_p50_ms: tcp.ms(0.5),
+        tcp_p99_ms: tcp.ms(0.99),
+        handshake_p50_ms: handshake.ms(0.5),
+        handshake_p99_ms: handshake.ms(0.99),
     })
 }
 
@@ -562,7 +580,7 @@ mod tests {
             stale: 0,
             disconnects: 0,
             up: vec![0; n],
-            up_tried: vec![0; n],
+            up_tried: vec![(0, 0); n],
             readmitted: 0,
             storm_from: None,
             done: (0.0, 0, 0),
@@ -592,13 +610,16 @@ mod tests {
     #[test]
     fn the_storm_counts_readmissions_after_the_restart_only() {
         let mut t = tally(2);
-        t.take(Report::Up { a: vec![(0, 4, 5)] }).unwrap();
+        t.take(Report::Up {
+            a: vec![(0, 3, 4, 5)],
+        })
+        .unwrap();
         assert_eq!(t.readmitted, 0, "before the storm");
         t.storm_from = Some(10);
         t.take(Report::Up {
-            a: vec![(0, 8, 9), (1, 11, 12), (1, 12, 13)],
+            a: vec![(0, 7, 8, 9), (1, 10, 11, 12), (1, 11, 12, 13)],
         })
         .unwrap();
-        assert_eq!((t.readmitted, t.up[1], t.up_tried[1]), (1, 12, 11));
+        assert_eq!((t.readmitted, t.up[1], t.up_tried[1]), (1, 12, (10, 11)));
     }
 }
