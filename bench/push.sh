@@ -11,7 +11,9 @@
 # Environment: SIZES, TRANSPORTS (mqtt sse longpoll mosquitto), PROCS (load processes, 4),
 # DEADLINE (s after the first POST; what has not arrived by then is reported lost, 600:
 # the current code needs ~270 s at 19,000 over MQTT),
-# STORM=1, SKIP_BUILD=1 (use the binaries as built), RESULTS=file (keep the JSON lines).
+# STORM=1, NO_PUSH=1 (connect, measure memory and the storm, send nothing: a storm costs a minute
+# instead of the push's minutes), SKIP_BUILD=1 (use the binaries as built), RESULTS=file (keep the
+# JSON lines).
 #
 # Each run starts a fresh node (empty journal) or a fresh mosquitto, so runs do not share
 # state. The load tool is `medlink-bench push` (bench/src/push/): it spawns PROCS load
@@ -154,14 +156,15 @@ for t in $TRANSPORTS; do
         pid=$("$WORK/start.sh" "$kind")
         wait_port "$port" || { tail -20 "$WORK/$kind.log" >&2; exit 1; }
         sleep 2 # let the fresh process settle before its RSS is read
-        storm=()
+        extra=()
+        [ "${NO_PUSH:-0}" = 1 ] && extra+=(--no-push)
         if [ "$STORM" = 1 ] && { [ "$t" = mqtt ] || [ "$t" = mosquitto ]; }; then
-            storm=(--storm --restart-cmd "$WORK/restart.sh $kind")
+            extra+=(--storm --restart-cmd "$WORK/restart.sh $kind")
         fi
         echo "# $t, N = $n" >&2
         rc=0
         nice -n 5 "$BENCH" push "${args[@]}" -n "$n" --procs "$PROCS" --node-pid "$pid" \
-            --deadline "$DEADLINE" --label "$t-$n" "${storm[@]}" > "$WORK/run.out" || rc=$?
+            --deadline "$DEADLINE" --label "$t-$n" "${extra[@]}" > "$WORK/run.out" || rc=$?
         grep '^{' "$WORK/run.out" >> "$RESULTS" || echo "# $t N=$n: no result (exit $rc)" >&2
         grep '^#' "$WORK/run.out" >&2 || true
         [ "$rc" = 0 ] || STATUS=$rc
@@ -193,6 +196,8 @@ for n in sizes:
         r = by.get((s, n))
         if r is None:
             cells.append("")
+        elif not r.get("pushed", True):
+            cells.append("not sent")
         elif r["time_to_last_s"] is None:
             cells.append(f'{r["delivered"]:,} of {n:,} by the deadline')
         else:

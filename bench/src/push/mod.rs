@@ -222,6 +222,10 @@ pub struct PushArgs {
     /// arrived as lost.
     #[arg(long, default_value_t = 300)]
     pub deadline: u64,
+    /// Connect the recipients and measure memory (and `--storm`), but send nothing: a storm
+    /// measured without the push before it.
+    #[arg(long)]
+    pub no_push: bool,
     /// Seconds to keep listening after the last recipient got its command, to catch
     /// duplicates.
     #[arg(long, default_value_t = 1.0)]

@@ -79,6 +79,8 @@ pub struct PushReport {
     pub rss_after_kb: Option<u64>,
     /// (idle − before) / recipients, bytes.
     pub bytes_per_conn: Option<f64>,
+    /// Whether commands were sent (not with `--no-push`).
+    pub pushed: bool,
     /// Seconds the sender spent posting (or publishing) every command.
     pub send_s: f64,
     /// Seconds from the first POST until the last recipient had its command (absent when
@@ -138,6 +140,7 @@ impl PushReport {
         );
         match self.time_to_last_s {
             Some(t) => s += &format!("last delivery {t:.3} s after the first send"),
+            None if !self.pushed => s += "nothing sent (--no-push)",
             None => s += "NOT all delivered by the deadline",
         }
         s += &format!(
@@ -414,12 +417,18 @@ async fn measure(
         }
     }
     let rss_idle = settled_rss(args.node_pid, args.settle).await;
-    let sent = send_all(args, run).await?;
-    let send_s = (now_us() - sent.started[0]) as f64 / 1e6;
+    let sent = match args.no_push {
+        true => None,
+        false => Some(send_all(args, run).await?),
+    };
+    let started = sent.as_ref().map_or(&[][..], |s| &s.started[..]);
+    let send_s = started
+        .first()
+        .map_or(0.0, |&t| (now_us() - t) as f64 / 1e6);
     let deadline = Instant::now()
         + Duration::from_secs(args.deadline).saturating_sub(Duration::from_secs_f64(send_s));
     let mut grace_until = None;
-    loop {
+    while sent.is_some() {
         let until = grace_until.unwrap_or(deadline).min(deadline);
         match loads.next(until).await {
             Some((_, Some(r))) => tally.take(r)?,
@@ -435,7 +444,7 @@ async fn measure(
     let mut last = 0;
     for (i, &at) in tally.first.iter().enumerate() {
         if at > 0 {
-            let from = sent.started[i / args.batch];
+            let from = started[i / args.batch];
             lat.push_nanos(at.saturating_sub(from) * 1000);
             last = last.max(at);
         }
@@ -460,17 +469,22 @@ async fn measure(
         rss_after_kb: rss_after,
         bytes_per_conn,
         send_s,
-        time_to_last_s: (tally.delivered == n)
-            .then(|| last.saturating_sub(sent.started[0]) as f64 / 1e6),
+        pushed: sent.is_some(),
+        time_to_last_s: (sent.is_some() && tally.delivered == n)
+            .then(|| last.saturating_sub(started[0]) as f64 / 1e6),
         p50_ms: lat.ms(0.5),
         p99_ms: lat.ms(0.99),
         max_ms: lat.ms(1.0),
         delivered: tally.delivered,
-        lost: n - tally.delivered,
+        lost: if sent.is_some() {
+            n - tally.delivered
+        } else {
+            0
+        },
         duplicated: tally.duplicated,
         misrouted: tally.misrouted,
         stale: tally.stale,
-        deadline_hit: tally.delivered < n,
+        deadline_hit: sent.is_some() && tally.delivered < n,
         disconnects: tally.disconnects,
         load_cpu_s: 0.0,
         load_rss_kb: 0,
