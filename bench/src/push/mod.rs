@@ -26,8 +26,10 @@ mod mqtt;
 pub mod proto;
 mod run;
 mod send;
+mod storm;
 
-pub use run::{run, PushReport, StormReport};
+pub use run::{run, PushReport};
+pub use storm::StormReport;
 
 /// The broker under test.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
