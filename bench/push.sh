@@ -12,7 +12,9 @@
 # Environment: SIZES, TRANSPORTS (mqtt sse longpoll mosquitto), PROCS (load processes, 4),
 # DEADLINE (s after the first POST; what has not arrived by then is reported lost, 600:
 # the current code needs ~270 s at 19,000 over MQTT),
-# STORM=1, SKIP_BUILD=1 (use the binaries as built), RESULTS=file (keep the JSON lines).
+# STORM=1, NO_PUSH=1 (connect, measure memory and the storm, send nothing: a storm costs a minute
+# instead of the push's minutes), SKIP_BUILD=1 (use the binaries as built), RESULTS=file (keep the
+# JSON lines).
 #
 # Each run starts a fresh node (empty journal) or a fresh mosquitto, so runs do not share
 # state. The load tool is `medlink-bench push` (bench/src/push/): it spawns PROCS load
@@ -170,14 +172,15 @@ for t in $TRANSPORTS; do
         pid=$("$WORK/start.sh" "$kind")
         wait_port "$port" || { tail -20 "$WORK/$kind.log" >&2; exit 1; }
         sleep 2 # let the fresh process settle before its RSS is read
-        storm=()
+        extra=()
+        [ "${NO_PUSH:-0}" = 1 ] && extra+=(--no-push)
         if [ "$STORM" = 1 ] && { [ "$t" = mqtt ] || [ "$t" = mosquitto ]; }; then
-            storm=(--storm --restart-cmd "$WORK/restart.sh $kind")
+            extra+=(--storm --restart-cmd "$WORK/restart.sh $kind")
         fi
         echo "# $t, N = $n" >&2
         rc=0
         nice -n 5 "$BENCH" push "${args[@]}" -n "$n" --procs "$PROCS" --node-pid "$pid" \
-            --deadline "$DEADLINE" --label "$t-$n" "${storm[@]}" > "$WORK/run.out" || rc=$?
+            --deadline "$DEADLINE" --label "$t-$n" "${extra[@]}" > "$WORK/run.out" || rc=$?
         grep '^{' "$WORK/run.out" >> "$RESULTS" || echo "# $t N=$n: no result (exit $rc)" >&2
         grep '^#' "$WORK/run.out" >&2 || true
         [ "$rc" = 0 ] || STATUS=$rc
@@ -209,6 +212,8 @@ for n in sizes:
         r = by.get((s, n))
         if r is None:
             cells.append("")
+        elif not r.get("pushed", True):
+            cells.append("not sent")
         elif r["time_to_last_s"] is None:
             cells.append(f'{r["delivered"]:,} of {n:,} by the deadline')
         else:
@@ -241,13 +246,15 @@ if storms:
     print("Devices reconnect as the SDK does (100 ms doubling to a 5 s cap, plus up to half again at random),")
     print("so the time after listening includes their backoff; admission is the node's side alone: from the")
     print("start of a device's successful attempt (or the node's listening, if later) to its SUBACK.\n")
-    print("| run | N | restart s | listening after s | all re-admitted after listening s | p50 s | admission p50 / p99 / max ms | re-admitted |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    print("| run | N | restart s | listening after s | all re-admitted after listening s | p50 s | admission p50 / p99 / max ms | of which TCP p50 / p99 ms | of which CONNECT..SUBACK p50 / p99 ms | re-admitted |")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|---:|")
     for r in storms:
         s = r["storm"]
         print(f'| {series(r)} | {r["recipients"]:,} | {s["restart_cmd_s"]:.2f} | {fmt(s["listening_s"], ".2f")} | '
               f'{fmt(s["readmit_after_listening_s"], ".2f")} | {fmt(s["p50_after_listening_s"], ".2f")} | '
-              f'{s["admit_p50_ms"] or 0:.0f} / {s["admit_p99_ms"] or 0:.0f} / {s["admit_max_ms"] or 0:.0f} | {s["readmitted"]:,} of {s["recipients"]:,} |')
+              f'{s["admit_p50_ms"] or 0:.0f} / {s["admit_p99_ms"] or 0:.0f} / {s["admit_max_ms"] or 0:.0f} | '
+              f'{s.get("tcp_p50_ms") or 0:.0f} / {s.get("tcp_p99_ms") or 0:.0f} | {s.get("handshake_p50_ms") or 0:.0f} / {s.get("handshake_p99_ms") or 0:.0f} | '
+              f'{s["readmitted"]:,} of {s["recipients"]:,} |')
 
 def fit(points):
     """Least squares y = a + b x; returns a, b, R²."""

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Samples collected by a bench run.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Latencies {
     nanos: Vec<u64>,
     sorted: bool,

@@ -245,7 +245,7 @@ pub(super) async fn sse_session(ctx: &Ctx, life: &mut Life) -> Result<(), String
     let addr = ctx.http.ok_or("no --http address")?;
     let identity = ctx.identity(idx);
     let auth: Option<Arc<str>> = ctx.login(&identity).map(|l| l.authorization.into());
-    let mut c = HttpConn::new(ctx.connect(idx, addr).await?);
+    let mut c = HttpConn::new(life.connect(ctx, addr).await?);
     // A reconnect resumes after what it had (and so acknowledges it), as browsers do.
     let extra = life
         .cursor
@@ -300,7 +300,7 @@ pub(super) async fn poll_session(ctx: &Ctx, life: &mut Life) -> Result<(), Strin
     let addr = ctx.http.ok_or("no --http address")?;
     let identity = ctx.identity(idx);
     let auth = ctx.login(&identity).map(|l| l.authorization);
-    let mut c = HttpConn::new(ctx.connect(idx, addr).await?);
+    let mut c = HttpConn::new(life.connect(ctx, addr).await?);
     let mut stop = ctx.stop.clone();
     // The first poll answers at once: the recipient is admitted (and its connect slot freed)
     // only once the node has accepted the connection and logged it in, as for MQTT and SSE.

@@ -45,6 +45,7 @@ async fn recipient(ctx: Arc<Ctx>, idx: u32, slots: Arc<Semaphore>) {
         attempt: 0,
         permit: slots.acquire_owned().await.ok(),
         attempt_started: 0,
+        connected_at: 0,
         cursor: None,
     };
     let mut stop = ctx.stop.clone();
@@ -126,7 +127,7 @@ async fn reporter(mut events: mpsc::UnboundedReceiver<Event>, count: usize, star
                     }
                 }
                 Event::Arrival(a) => arrivals.push(a),
-                Event::Up(i, s, t) => ups.push((i, s, t)),
+                Event::Up(i, s, c, t) => ups.push((i, s, c, t)),
                 Event::Down(why) => down = (down.0 + 1, why),
                 Event::Fatal(error) => lines.push(Report::Fatal { error }),
             }

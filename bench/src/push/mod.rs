@@ -28,8 +28,10 @@ pub mod proto;
 mod recipient;
 mod run;
 mod send;
+mod storm;
 
-pub use run::{run, PushReport, StormReport};
+pub use run::{run, PushReport};
+pub use storm::StormReport;
 
 /// The broker under test.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +230,10 @@ pub struct PushArgs {
     /// arrived as lost.
     #[arg(long, default_value_t = 300)]
     pub deadline: u64,
+    /// Connect the recipients and measure memory (and `--storm`), but send nothing: a storm
+    /// measured without the push before it.
+    #[arg(long)]
+    pub no_push: bool,
     /// Seconds to keep listening after the last recipient got its command, to catch
     /// duplicates.
     #[arg(long, default_value_t = 1.0)]

@@ -44,7 +44,7 @@ pub(super) async fn session(ctx: &Ctx, life: &mut Life) -> Result<(), String> {
     let idx = life.idx();
     let addr = ctx.mqtt.ok_or("no --mqtt address")?;
     let identity = ctx.identity(idx);
-    let (mut rd, mut wr) = ctx.connect(idx, addr).await?.into_split();
+    let (mut rd, mut wr) = life.connect(ctx, addr).await?.into_split();
     let mut out = BytesMut::with_capacity(128);
     let mut connect = rumqttc::Connect::new(identity.clone());
     connect.keep_alive = ctx.target.keepalive;

@@ -31,9 +31,10 @@ pub enum Report {
     /// Recipients that were admitted again after losing their connection: the reconnect
     /// storm's figures.
     Up {
-        /// Index, CLOCK_REALTIME µs at which the successful attempt started (its TCP connect),
-        /// and at which its re-subscription was confirmed.
-        a: Vec<(u32, u64, u64)>,
+        /// Index, then CLOCK_REALTIME µs at which the successful attempt started (its TCP
+        /// connect), at which the TCP connection was established, and at which the
+        /// re-subscription was confirmed.
+        a: Vec<(u32, u64, u64, u64)>,
     },
     /// Connections lost since the previous line (the recipient reconnects by itself).
     Down {

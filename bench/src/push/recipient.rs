@@ -21,7 +21,7 @@ pub(super) type AckJob = (Arc<str>, String);
 pub(super) enum Event {
     Ready,
     Arrival(Arrival),
-    Up(u32, u64, u64),
+    Up(u32, u64, u64, u64),
     Down(String),
     Fatal(String),
 }
@@ -139,6 +139,8 @@ pub(super) struct Life {
     pub(super) permit: Option<OwnedSemaphorePermit>,
     /// CLOCK_REALTIME µs at which the current connection attempt started.
     pub(super) attempt_started: u64,
+    /// CLOCK_REALTIME µs at which its TCP connection was established.
+    pub(super) connected_at: u64,
     /// Where the recipient stands in its HTTP stream (SSE `Last-Event-ID`, long-poll
     /// cursor), kept across reconnects.
     pub cursor: Option<String>,
@@ -150,13 +152,27 @@ impl Life {
         self.idx
     }
 
+    /// Recipient `idx`'s TCP connection for this attempt, timed: the storm tells the wait for
+    /// the node's accept (and the kernel's backlog) apart from the protocol's handshake.
+    pub async fn connect(&mut self, ctx: &Ctx, to: SocketAddr) -> Result<TcpStream, String> {
+        let stream = ctx.connect(self.idx, to).await?;
+        self.connected_at = proto::now_us();
+        Ok(stream)
+    }
+
     /// The recipient is connected and subscribed: ready the first time, re-admitted later.
     pub fn admitted(&mut self, ctx: &Ctx) {
         if self.first {
             self.first = false;
             ctx.send(Event::Ready);
         } else {
-            ctx.send(Event::Up(self.idx, self.attempt_started, proto::now_us()));
+            let now = proto::now_us();
+            ctx.send(Event::Up(
+                self.idx,
+                self.attempt_started,
+                self.connected_at,
+                now,
+            ));
         }
         self.attempt = 0;
         self.permit = None;

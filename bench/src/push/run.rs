@@ -13,35 +13,9 @@ use tokio::sync::mpsc;
 
 use super::proto::{self, now_us, Report};
 use super::send::{polls_open, send_all};
+use super::storm::{storm, StormReport};
 use super::{Broker, PushArgs, Transport};
 use crate::latency::Latencies;
-
-/// What the reconnect storm measured (`--storm`).
-#[derive(Serialize, Debug, Clone)]
-pub struct StormReport {
-    /// Recipients connected when the node was restarted.
-    pub recipients: usize,
-    /// Recipients connected and subscribed again before `--storm-deadline`.
-    pub readmitted: usize,
-    /// Seconds the restart command took.
-    pub restart_cmd_s: f64,
-    /// Seconds from the restart command's start until the new node accepted a connection.
-    pub listening_s: Option<f64>,
-    /// Seconds from the restart command's start to the last re-admission.
-    pub last_readmitted_s: Option<f64>,
-    /// Seconds from the new node's first accepted connection to the last re-admission: the
-    /// storm as the node sees it (the clients' reconnect backoff included).
-    pub readmit_after_listening_s: Option<f64>,
-    /// Median of the re-admissions, seconds after the new node listened.
-    pub p50_after_listening_s: Option<f64>,
-    /// The node's side of each re-admission, without the device's backoff: from the start of
-    /// the successful attempt (or the node's listening, if later) to the SUBACK; median, ms.
-    pub admit_p50_ms: f64,
-    /// The same, 99th percentile.
-    pub admit_p99_ms: f64,
-    /// The same, slowest.
-    pub admit_max_ms: f64,
-}
 
 /// What one run measured: printed as one JSON line (the field names are what `bench/push.sh`
 /// reads) and a `#` summary.
@@ -69,6 +43,8 @@ pub struct PushReport {
     pub rss_after_kb: Option<u64>,
     /// (idle − before) / recipients, bytes.
     pub bytes_per_conn: Option<f64>,
+    /// Whether commands were sent (not with `--no-push`).
+    pub pushed: bool,
     /// Seconds the sender spent posting (or publishing) every command.
     pub send_s: f64,
     /// Seconds from the first POST until the last recipient had its command (absent when
@@ -128,6 +104,7 @@ impl PushReport {
         );
         match self.time_to_last_s {
             Some(t) => s += &format!("last delivery {t:.3} s after the first send"),
+            None if !self.pushed => s += "nothing sent (--no-push)",
             None => s += "NOT all delivered by the deadline",
         }
         s += &format!(
@@ -157,7 +134,7 @@ impl PushReport {
 }
 
 /// The load processes and their reports (index of the process, line; `None` at its EOF).
-struct Loads {
+pub(super) struct Loads {
     stdins: Vec<ChildStdin>,
     children: Vec<Child>,
     reports: mpsc::UnboundedReceiver<(usize, Option<Report>)>,
@@ -210,26 +187,27 @@ fn spawn_loads(args: &PushArgs, run: &str) -> Result<Loads, String> {
 }
 
 /// What the arrivals so far add up to.
-struct Tally {
-    run: String,
-    medlink: bool,
-    first: Vec<u64>,
-    delivered: usize,
-    duplicated: usize,
-    misrouted: usize,
-    stale: usize,
-    disconnects: u64,
-    up: Vec<u64>,
-    /// When each re-admission's successful attempt started.
-    up_tried: Vec<u64>,
-    readmitted: usize,
-    storm_from: Option<u64>,
-    done: (f64, u64, usize),
+pub(super) struct Tally {
+    pub(super) run: String,
+    pub(super) medlink: bool,
+    pub(super) first: Vec<u64>,
+    pub(super) delivered: usize,
+    pub(super) duplicated: usize,
+    pub(super) misrouted: usize,
+    pub(super) stale: usize,
+    pub(super) disconnects: u64,
+    pub(super) up: Vec<u64>,
+    /// When each re-admission's successful attempt started, and when its TCP connection was
+    /// established.
+    pub(super) up_tried: Vec<(u64, u64)>,
+    pub(super) readmitted: usize,
+    pub(super) storm_from: Option<u64>,
+    pub(super) done: (f64, u64, usize),
 }
 
 impl Tally {
     /// Takes one report in; `Err` for a load process that cannot go on.
-    fn take(&mut self, report: Report) -> Result<(), String> {
+    pub(super) fn take(&mut self, report: Report) -> Result<(), String> {
         match report {
             Report::Arrivals { a } => {
                 for (idx, seq, at, id) in a {
@@ -248,11 +226,11 @@ impl Tally {
                 }
             }
             Report::Up { a } => {
-                for (idx, tried, at) in a {
+                for (idx, tried, connected, at) in a {
                     let i = idx as usize;
                     if self.storm_from.is_some_and(|t0| at > t0) && self.up[i] == 0 {
                         self.up[i] = at;
-                        self.up_tried[i] = tried;
+                        self.up_tried[i] = (tried, connected);
                         self.readmitted += 1;
                     }
                 }
@@ -277,7 +255,7 @@ impl Tally {
 
 impl Loads {
     /// The next report, or `None` at `until`.
-    async fn next(&mut self, until: Instant) -> Option<(usize, Option<Report>)> {
+    pub(super) async fn next(&mut self, until: Instant) -> Option<(usize, Option<Report>)> {
         tokio::time::timeout_at(until.into(), self.reports.recv())
             .await
             .ok()
@@ -347,7 +325,7 @@ pub async fn run(args: &PushArgs) -> Result<PushReport, String> {
         stale: 0,
         disconnects: 0,
         up: vec![0; n],
-        up_tried: vec![0; n],
+        up_tried: vec![(0, 0); n],
         readmitted: 0,
         storm_from: None,
         done: (0.0, 0, 0),
@@ -403,12 +381,18 @@ async fn measure(
         }
     }
     let rss_idle = settled_rss(args.node_pid, args.settle).await;
-    let sent = send_all(args, run).await?;
-    let send_s = (now_us() - sent.started[0]) as f64 / 1e6;
+    let sent = match args.no_push {
+        true => None,
+        false => Some(send_all(args, run).await?),
+    };
+    let started = sent.as_ref().map_or(&[][..], |s| &s.started[..]);
+    let send_s = started
+        .first()
+        .map_or(0.0, |&t| (now_us() - t) as f64 / 1e6);
     let deadline = Instant::now()
         + Duration::from_secs(args.deadline).saturating_sub(Duration::from_secs_f64(send_s));
     let mut grace_until = None;
-    loop {
+    while sent.is_some() {
         let until = grace_until.unwrap_or(deadline).min(deadline);
         match loads.next(until).await {
             Some((_, Some(r))) => tally.take(r)?,
@@ -424,7 +408,7 @@ async fn measure(
     let mut last = 0;
     for (i, &at) in tally.first.iter().enumerate() {
         if at > 0 {
-            let from = sent.started[i / args.batch];
+            let from = started[i / args.batch];
             lat.push_nanos(at.saturating_sub(from) * 1000);
             last = last.max(at);
         }
@@ -449,17 +433,22 @@ async fn measure(
         rss_after_kb: rss_after,
         bytes_per_conn,
         send_s,
-        time_to_last_s: (tally.delivered == n)
-            .then(|| last.saturating_sub(sent.started[0]) as f64 / 1e6),
+        pushed: sent.is_some(),
+        time_to_last_s: (sent.is_some() && tally.delivered == n)
+            .then(|| last.saturating_sub(started[0]) as f64 / 1e6),
         p50_ms: lat.ms(0.5),
         p99_ms: lat.ms(0.99),
         max_ms: lat.ms(1.0),
         delivered: tally.delivered,
-        lost: n - tally.delivered,
+        lost: if sent.is_some() {
+            n - tally.delivered
+        } else {
+            0
+        },
         duplicated: tally.duplicated,
         misrouted: tally.misrouted,
         stale: tally.stale,
-        deadline_hit: tally.delivered < n,
+        deadline_hit: sent.is_some() && tally.delivered < n,
         disconnects: tally.disconnects,
         load_cpu_s: 0.0,
         load_rss_kb: 0,
@@ -472,79 +461,6 @@ async fn measure(
     let ok = storm.readmitted == n;
     report.storm = Some(storm);
     Ok((report, ok))
-}
-
-/// Restarts the node with `--restart-cmd` while every recipient is connected, and waits
-/// until each one has connected and subscribed again.
-async fn storm(
-    args: &PushArgs,
-    loads: &mut Loads,
-    tally: &mut Tally,
-) -> Result<StormReport, String> {
-    let n = args.recipients;
-    let cmd = args.restart_cmd.as_deref().unwrap_or_default();
-    let t0 = now_us();
-    tally.storm_from = Some(t0);
-    eprintln!("# storm: restarting the node with `{cmd}`");
-    let out = Command::new("sh")
-        .args(["-c", cmd])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .map_err(|e| format!("--restart-cmd: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("--restart-cmd exited with {}", out.status));
-    }
-    let restart_cmd_s = (now_us() - t0) as f64 / 1e6;
-    let until = Instant::now() + Duration::from_secs(args.storm_deadline);
-    // The new node listens once a connection is accepted (the old one is gone: the command
-    // waited for it). Reports go on arriving meanwhile.
-    let addr = args.target.mqtt.clone().unwrap_or_default();
-    let probe = tokio::spawn(async move {
-        loop {
-            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                return now_us();
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
-    while tally.readmitted < n {
-        match loads.next(until).await {
-            Some((_, Some(r))) => tally.take(r)?,
-            Some((p, None)) => return Err(format!("load process {p} ended during the storm")),
-            None => break,
-        }
-    }
-    let listening = if probe.is_finished() {
-        probe.await.ok()
-    } else {
-        probe.abort();
-        None
-    };
-    let mut after = Latencies::with_capacity(tally.readmitted);
-    let mut admit = Latencies::with_capacity(tally.readmitted);
-    let last = tally.up.iter().copied().max().filter(|&t| t > 0);
-    for (&u, &tried) in tally.up.iter().zip(&tally.up_tried).filter(|(&u, _)| u > 0) {
-        let from = listening.map_or(tried, |l| tried.max(l));
-        admit.push_nanos(u.saturating_sub(from) * 1000);
-        if let Some(l) = listening {
-            after.push_nanos(u.saturating_sub(l) * 1000);
-        }
-    }
-    let secs = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e6;
-    Ok(StormReport {
-        recipients: n,
-        readmitted: tally.readmitted,
-        restart_cmd_s,
-        listening_s: listening.map(|l| secs(l, t0)),
-        last_readmitted_s: last.map(|l| secs(l, t0)),
-        readmit_after_listening_s: listening.zip(last).map(|(l, u)| secs(u, l)),
-        p50_after_listening_s: listening.map(|_| after.ms(0.5) / 1000.0),
-        admit_p50_ms: admit.ms(0.5),
-        admit_p99_ms: admit.ms(0.99),
-        admit_max_ms: admit.ms(1.0),
-    })
 }
 
 #[cfg(test)]
@@ -562,7 +478,7 @@ mod tests {
             stale: 0,
             disconnects: 0,
             up: vec![0; n],
-            up_tried: vec![0; n],
+            up_tried: vec![(0, 0); n],
             readmitted: 0,
             storm_from: None,
             done: (0.0, 0, 0),
@@ -592,13 +508,16 @@ mod tests {
     #[test]
     fn the_storm_counts_readmissions_after_the_restart_only() {
         let mut t = tally(2);
-        t.take(Report::Up { a: vec![(0, 4, 5)] }).unwrap();
+        t.take(Report::Up {
+            a: vec![(0, 3, 4, 5)],
+        })
+        .unwrap();
         assert_eq!(t.readmitted, 0, "before the storm");
         t.storm_from = Some(10);
         t.take(Report::Up {
-            a: vec![(0, 8, 9), (1, 11, 12), (1, 12, 13)],
+            a: vec![(0, 7, 8, 9), (1, 10, 11, 12), (1, 11, 12, 13)],
         })
         .unwrap();
-        assert_eq!((t.readmitted, t.up[1], t.up_tried[1]), (1, 12, 11));
+        assert_eq!((t.readmitted, t.up[1], t.up_tried[1]), (1, 12, (10, 11)));
     }
 }
