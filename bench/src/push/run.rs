@@ -206,6 +206,25 @@ pub(super) struct Tally {
 }
 
 impl Tally {
+    /// Nothing counted yet, for `n` recipients of run `run`.
+    pub(super) fn new(n: usize, run: String, medlink: bool) -> Tally {
+        Tally {
+            run,
+            medlink,
+            first: vec![0; n],
+            delivered: 0,
+            duplicated: 0,
+            misrouted: 0,
+            stale: 0,
+            disconnects: 0,
+            up: vec![0; n],
+            up_tried: vec![(0, 0); n],
+            readmitted: 0,
+            storm_from: None,
+            done: (0.0, 0, 0),
+        }
+    }
+
     /// Takes one report in; `Err` for a load process that cannot go on.
     pub(super) fn take(&mut self, report: Report) -> Result<(), String> {
         match report {
@@ -315,21 +334,7 @@ pub async fn run(args: &PushArgs) -> Result<PushReport, String> {
     let n = args.recipients;
     // A run's nonce: commands of an earlier run still queued somewhere count as stale.
     let run = format!("{:x}", now_us() % (1 << 40));
-    let mut tally = Tally {
-        run: run.clone(),
-        medlink: args.target.broker == Broker::Medlink,
-        first: vec![0; n],
-        delivered: 0,
-        duplicated: 0,
-        misrouted: 0,
-        stale: 0,
-        disconnects: 0,
-        up: vec![0; n],
-        up_tried: vec![(0, 0); n],
-        readmitted: 0,
-        storm_from: None,
-        done: (0.0, 0, 0),
-    };
+    let mut tally = Tally::new(n, run.clone(), args.target.broker == Broker::Medlink);
     let rss_before = rss(args.node_pid);
     let spawned = Instant::now();
     let mut loads = spawn_loads(args, &run)?;
@@ -468,21 +473,7 @@ mod tests {
     use super::*;
 
     fn tally(n: usize) -> Tally {
-        Tally {
-            run: "r".into(),
-            medlink: true,
-            first: vec![0; n],
-            delivered: 0,
-            duplicated: 0,
-            misrouted: 0,
-            stale: 0,
-            disconnects: 0,
-            up: vec![0; n],
-            up_tried: vec![(0, 0); n],
-            readmitted: 0,
-            storm_from: None,
-            done: (0.0, 0, 0),
-        }
+        Tally::new(n, "r".into(), true)
     }
 
     #[test]
