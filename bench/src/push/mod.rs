@@ -23,6 +23,7 @@ pub mod auth;
 pub mod creds;
 mod http;
 pub mod load;
+mod loads;
 mod mqtt;
 pub mod proto;
 mod recipient;

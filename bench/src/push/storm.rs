@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::process::Command;
 
+use super::loads::{Loads, Tally};
 use super::proto::now_us;
-use super::run::{Loads, Tally};
 use super::PushArgs;
 use crate::latency::Latencies;
 
