@@ -36,6 +36,8 @@ pub use auth::{Authenticator, CredentialSource};
 pub use events::{Accept, ConnId, Inbound, Stream};
 pub use fanout::Fanout;
 pub use identity::{Credentials, CredentialsFile, Identity, Role};
-pub use listener::{BrokerHandle, ConnectionBudget, FrontEndSettings, ListenerKind, ListenerSpec};
+pub use listener::{
+    listen, BrokerHandle, ConnectionBudget, FrontEndSettings, ListenerKind, ListenerSpec,
+};
 pub use metrics::BrokerMetrics;
 pub use rate::RateSettings;

@@ -106,6 +106,24 @@ impl FrontEndSettings {
     }
 }
 
+/// How many connections may wait for `accept` in the kernel. mio's default of 128 made a
+/// reconnect storm of thousands of devices lose SYNs, and each lost SYN costs the device a
+/// 1 s, then 3 s retry; the kernel caps this at `net.core.somaxconn` (4,096 on current Linux).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds and listens on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` does), so that a restarted node can take its port back at once.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The running broker front-end.
 pub struct BrokerHandle {
     /// Bound addresses, in the order of the specs.
@@ -120,7 +138,7 @@ impl BrokerHandle {
     pub async fn bind(specs: &[ListenerSpec]) -> std::io::Result<Vec<(ListenerKind, TcpListener)>> {
         let mut bound = Vec::with_capacity(specs.len());
         for spec in specs {
-            let listener = TcpListener::bind(spec.addr).await.map_err(|e| {
+            let listener = listen(spec.addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", spec.addr))
             })?;
             bound.push((spec.kind, listener));

@@ -57,8 +57,7 @@ impl HttpLimits {
 
 /// Binds an HTTP port; the error names `what` it was for and the address.
 pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+    medlink_broker::listen(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("{what}: cannot listen on {addr}: {e}")))
 }
 
