@@ -122,7 +122,7 @@ pub fn serve(
         .route("/healthz", get(|| async { "ok\n" }));
     info!(addr = %bound, https = tls.is_some(), "metrics endpoint listening");
     let task = tokio::spawn(crate::http::serve::serve(
-        listener, app, tls, limits, shutdown,
+        listener, app, None, tls, limits, shutdown,
     ));
     Ok((bound, task))
 }

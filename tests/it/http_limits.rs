@@ -309,3 +309,127 @@ fn plain_http_on_the_https_port_is_told_to_use_https() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["code"], "tls_required", "{}", r.headers);
 }
+
+/// Reads one response with a `content-length` body from a kept-alive connection.
+fn one_response(s: &mut TcpStream) -> (u16, Value) {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).expect("a response head"),
+            1,
+            "closed early"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap_or_else(|| panic!("no content-length in {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).unwrap();
+    (status, serde_json::from_slice(&body).expect("a JSON body"))
+}
+
+/// Long-polls and event streams are served apart from hyper (`bridge/src/http/waiting.rs`).
+/// One keep-alive connection still mixes them with other requests, pipelined or not, in
+/// order; a client that leaves in the middle of a wait gives its stream slot back at once;
+/// and a bad login on a long-poll gets the same JSON 401 as anywhere else.
+#[test]
+fn waiting_and_other_requests_share_a_keep_alive_connection() {
+    let mut tree = node_with("max_connections_per_identity = 1");
+    let port = tree.node("js").http_port;
+    let auth = |who: &str| {
+        format!(
+            "Authorization: Basic {}\r\n",
+            common::http::basic(who, PASSWORD)
+        )
+    };
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let poll = |after: &str| {
+        format!(
+            "GET /v1/inbox?wait=0{after} HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            auth("pat")
+        )
+    };
+    s.write_all(poll("").as_bytes()).unwrap();
+    let (status, first) = one_response(&mut s);
+    assert_eq!((status, &first["messages"]), (200, &json!([])), "{first}");
+    // A POST on the same connection (hyper's from here on), then a long-poll again.
+    let body = json!({"to": {"node": "js", "client": "pat"}, "cmd": "keep", "params": {"n": 1}})
+        .to_string();
+    write!(
+        s,
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\n{}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        auth("other"),
+        body.len()
+    )
+    .unwrap();
+    assert_eq!(one_response(&mut s).0, 202);
+    s.write_all(poll("").as_bytes()).unwrap();
+    let (status, page) = one_response(&mut s);
+    assert_eq!((status, common::http::ns(&page)), (200, vec![1]), "{page}");
+    // Pipelined: a long-poll and a transport question in one write, answered in order, on a
+    // fresh connection (so the long-poll is served without hyper).
+    let mut p = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let cursor = page["cursor"].as_str().unwrap();
+    write!(
+        p,
+        "{}GET /v1/transport HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        poll(&format!("&cursor={cursor}")),
+        auth("pat")
+    )
+    .unwrap();
+    let (status, empty) = one_response(&mut p);
+    assert_eq!((status, &empty["messages"]), (200, &json!([])), "{empty}");
+    let (status, transport) = one_response(&mut p);
+    assert_eq!(status, 200, "{transport}");
+    assert_eq!(transport["identity"], "pat", "{transport}");
+    drop((s, p));
+    // A long wait whose client leaves: the one slot of `pat` is free again at once.
+    let mut waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    waiting
+        .write_all(
+            format!(
+                "GET /v1/inbox?wait=100 HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                auth("pat")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, busy) = get_json(port, "/v1/inbox", PAT);
+    assert_eq!(
+        (status, busy["code"].as_str()),
+        (429, Some("too_many_streams")),
+        "{busy}"
+    );
+    drop(waiting);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = get_json(port, "/v1/inbox", PAT).0;
+        if status != 429 || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status, 200,
+        "the slot of a client that left was not given back"
+    );
+    // A wrong password on a long-poll and on an event stream: the API's JSON 401.
+    for path in ["/v1/inbox?wait=5", "/v1/stream"] {
+        let r = call(port, "GET", path, Some(("pat", "wrong")), b"");
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{path}"
+        );
+    }
+}

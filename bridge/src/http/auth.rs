@@ -54,9 +54,17 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
         let certificate = parts.extensions.get::<PeerCertificate>().cloned();
-        identify(state, &parts.headers, peer.as_ref(), certificate.as_ref())
-            .await
-            .map(Caller)
+        // Boxed: a handler's future is as large as its largest state, and a login's state
+        // (token decoding, the throttle) would otherwise stay reserved in every long-poll for
+        // its whole wait.
+        Box::pin(identify(
+            state,
+            &parts.headers,
+            peer.as_ref(),
+            certificate.as_ref(),
+        ))
+        .await
+        .map(Caller)
     }
 }
 

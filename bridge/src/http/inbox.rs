@@ -116,7 +116,9 @@ async fn poll(
         wait: !wait.is_zero(),
         reply: tx,
     };
-    state.hand_over(item).await?;
+    // Boxed: a long-poll's future is held for its whole wait, and should not keep room for
+    // the hand-over (the request and the channel's send) that is over before the wait begins.
+    Box::pin(state.hand_over(item)).await?;
     let _open = state.metrics.poll_opened();
     // Without a wait the dispatcher answers at once (empty or not); the limit is a safety net.
     let limit = if wait.is_zero() {
@@ -158,7 +160,8 @@ fn page(page: &Page) -> Response {
         .into_response()
 }
 
-async fn read_stream(
+/// A long-poll of `stream` for `caller` (`GET /v1/inbox` and `/v1/receipts`).
+pub(super) async fn read_stream(
     state: Arc<ApiState>,
     caller: Caller,
     q: PollQuery,

@@ -16,6 +16,7 @@ pub mod push;
 pub mod serve;
 pub mod slots;
 pub mod transport;
+mod waiting;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -255,7 +256,14 @@ pub fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
     info!(addr = %bound, https = tls.is_some(), "HTTP API listening");
-    let app = router(state);
-    let task = tokio::spawn(serve::serve(listener, app, tls, limits, shutdown));
+    let app = router(state.clone());
+    let task = tokio::spawn(serve::serve(
+        listener,
+        app,
+        Some(state),
+        tls,
+        limits,
+        shutdown,
+    ));
     Ok((bound, task))
 }

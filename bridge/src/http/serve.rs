@@ -31,6 +31,8 @@ use tokio::time::Sleep;
 use tracing::debug;
 
 use crate::http::auth::PeerCertificate;
+use crate::http::waiting;
+use crate::http::ApiState;
 
 /// The bounds every HTTP connection of the node lives within.
 #[derive(Debug, Clone)]
@@ -66,10 +68,12 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true; with `tls`, every connection must
-/// complete a TLS handshake first.
+/// complete a TLS handshake first. With `api`, the node's API, its long-polls and event
+/// streams are served without hyper (`waiting.rs`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    api: Option<Arc<ApiState>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: HttpLimits,
     mut shutdown: watch::Receiver<bool>,
@@ -81,7 +85,7 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => return,
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let apps = (app.clone(), api.clone());
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -90,17 +94,19 @@ pub async fn serve(
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor else {
                 let io = Deadline::new(tcp, limits.write_timeout);
-                connection(io, peer, PeerCertificate(None), app, &limits, shutdown).await;
+                connection(io, peer, PeerCertificate(None), apps, &limits, shutdown).await;
                 return;
             };
-            let handshake = async {
+            // Boxed, as the TLS connection below: the task of a plain connection is sized by
+            // what it holds while it waits, and a TLS session is many times that.
+            let handshake = Box::pin(async {
                 if !starts_with_tls(&tcp).await? {
                     // Boxed: its 4 KB buffer would otherwise be part of every connection's task.
                     Box::pin(refuse_plain_http(tcp)).await;
                     return Ok(None);
                 }
                 acceptor.accept(tcp).await.map(Some)
-            };
+            });
             let stream = match tokio::time::timeout(limits.header_timeout, handshake).await {
                 Ok(Ok(Some(s))) => s,
                 Ok(Ok(None)) => return,
@@ -118,22 +124,61 @@ pub async fn serve(
                     .and_then(medlink_broker::tls::common_name),
             );
             let io = Deadline::new(stream, limits.write_timeout);
-            connection(io, peer, certificate, app, &limits, shutdown).await;
+            Box::pin(connection(io, peer, certificate, apps, &limits, shutdown)).await;
         });
     }
 }
 
-/// Serves one connection's requests until it closes, times out, or the node stops.
+/// Serves one connection's requests until it closes, times out, or the node stops: waiting
+/// requests without hyper (see `waiting.rs`), everything from the first other request on with
+/// hyper.
 async fn connection<S>(
-    io: Deadline<S>,
+    mut io: Deadline<S>,
     peer: SocketAddr,
     certificate: PeerCertificate,
+    (app, api): (Router, Option<Arc<ApiState>>),
+    limits: &HttpLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let who = waiting::Peer {
+        addr: peer,
+        certificate,
+    };
+    let mut read = Vec::new();
+    if let Some(api) = &api {
+        let apps = (&app, api);
+        match waiting::serve(&mut io, &who, apps, limits.header_timeout, &mut shutdown).await {
+            waiting::Handover::Hyper(bytes) => read = bytes,
+            waiting::Handover::Done => return,
+        }
+    }
+    // Boxed: hyper's connection state is not part of the task of a connection that only waits.
+    Box::pin(with_hyper(
+        waiting::Prefixed::new(read, io),
+        who,
+        app,
+        limits,
+        shutdown,
+    ))
+    .await;
+}
+
+/// Serves the rest of a connection with hyper.
+async fn with_hyper<S>(
+    io: waiting::Prefixed<Deadline<S>>,
+    who: waiting::Peer,
     app: Router,
     limits: &HttpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let waiting::Peer {
+        addr: peer,
+        certificate,
+    } = who;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(certificate.clone());
