@@ -158,7 +158,9 @@ pub async fn run(args: &PushArgs) -> Result<PushReport, String> {
     // A run's nonce: commands of an earlier run still queued somewhere count as stale.
     let run = format!("{:x}", now_us() % (1 << 40));
     let mut tally = Tally::new(n, run.clone(), args.target.broker == Broker::Medlink);
-    let rss_before = rss(args.node_pid);
+    // Settled, as the idle figure is: a node that has just parsed a large credentials file
+    // gives memory back for a few seconds after it listens.
+    let rss_before = settled_rss(args.node_pid, args.settle).await;
     let spawned = Instant::now();
     let mut loads = spawn_loads(args, &run)?;
     let result = measure(args, &run, &mut loads, &mut tally, spawned, rss_before).await;
