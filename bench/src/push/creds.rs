@@ -19,8 +19,9 @@ pub struct CredsArgs {
     /// The credentials file to write (replaced).
     #[arg(long)]
     pub out: PathBuf,
-    /// Recipients: `<prefix>00001` … `<prefix><count>`, role `client`.
-    #[arg(long, value_parser = crate::positive)]
+    /// Recipients: `<prefix>00001` … `<prefix><count>`, role `client` (0: none, for
+    /// recipients that log in with device tokens).
+    #[arg(long)]
     pub count: usize,
     /// Identity prefix of the recipients.
     #[arg(long, default_value = "pt-")]
