@@ -3,49 +3,20 @@
 close; repeated. Prints node RSS after each connect and each disconnect, to see whether memory
 comes back.
 
-usage: cycle_probe.py BIN N CYCLES
+usage: cycle_probe.py BIN N CYCLES [--distinct]
 """
 import asyncio, json, os, struct, subprocess, sys, tempfile, time, base64, http.client
 
 BIN, N = sys.argv[1], int(sys.argv[2])
 DISTINCT = "--distinct" in sys.argv  # each cycle new identities
 TOTAL = N * (int(sys.argv[3]) if DISTINCT else 1)
-from argon2 import PasswordHasher, Type
+import probe_node
 
-ph = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
-work = tempfile.mkdtemp(prefix="cycle.")
-h = ph.hash("pw")
-with open(f"{work}/creds.toml", "w") as f:
-    f.write('[[identity]]\nname = "sender"\nrole = "client"\npassword_hash = "%s"\n' % h)
-    for i in range(TOTAL):
-        f.write('[[identity]]\nname = "pt-%05d"\nrole = "client"\npassword_hash = "%s"\n' % (i, h))
-os.chmod(f"{work}/creds.toml", 0o600)
-with open(f"{work}/node.toml", "w") as f:
-    f.write(f"""[node]
-id = "hb"
-data_dir = "{work}/data"
-credentials = "{work}/creds.toml"
-[[listener]]
-kind = "tcp"
-addr = "127.0.0.1:19961"
-[http]
-addr = "127.0.0.1:19962"
-[metrics]
-addr = "127.0.0.1:19963"
-[limits]
-rate_per_second = 0
-max_connections = 19990
-""")
-import resource
-resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-node = subprocess.Popen([BIN, "node", "--config", f"{work}/node.toml"], stderr=open(f"{work}/node.log", "w"),
-                        env={**os.environ, "MEDLINK_LOG": "warn"})
+node, work = probe_node.start(BIN, TOTAL, 19961, "cycle.")
 
 
 def rss(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1])
+    return probe_node.rss_kb(pid)
 
 
 def enc_str(s):
@@ -97,11 +68,7 @@ async def one(i):
 
 
 async def main():
-    for _ in range(100):
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", 19963); c.request("GET", "/healthz"); c.getresponse().read(); break
-        except OSError:
-            await asyncio.sleep(0.2)
+    probe_node.wait_ready(19963)
     await asyncio.sleep(2)
     print(f"start: {rss(node.pid)//1024} MB", flush=True)
     for cycle in range(CYCLES):
