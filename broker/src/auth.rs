@@ -227,6 +227,7 @@ impl Authenticator {
             (_, Some(cn)) => cn,
             _ => {
                 bump(&self.metrics.login_failures);
+                warn!(%addr, reason = "no username and no client certificate", "login failed");
                 return Err(LoginError::BadCredentials);
             }
         };
@@ -257,13 +258,24 @@ impl Authenticator {
             tokio::time::sleep(wait).await;
         }
         let password = password.unwrap_or_default();
-        let ok = match (role, credentials.password_hash(name)) {
-            (Some(_), Some(hash)) => self.check(name, hash, password).await,
-            _ => {
+        // Why, for the operator's log only: the client is told nothing more than "refused".
+        let (ok, reason) = match (role, credentials.password_hash(name)) {
+            (Some(_), Some(hash)) => (self.check(name, hash, password).await, "wrong password"),
+            (Some(_), None) => {
+                self.check_dummy(password).await;
+                let reason = match certificate {
+                    Some(_) => "client certificate names another identity",
+                    None => {
+                        "the identity logs in by client certificate only, and none was presented"
+                    }
+                };
+                (false, reason)
+            }
+            (None, _) => {
                 // Unknown names cost as much as wrong passwords, so timing does not tell
                 // which identities exist.
                 self.check_dummy(password).await;
-                false
+                (false, "unknown identity")
             }
         };
         if ok {
@@ -275,7 +287,7 @@ impl Authenticator {
         } else {
             bump(&self.metrics.login_failures);
             let failures = self.lock_throttle().failed(addr, name, Instant::now());
-            warn!(identity = name, %addr, failures, "login failed");
+            warn!(identity = name, %addr, failures, reason, "login failed");
             Err(LoginError::BadCredentials)
         }
     }

@@ -40,4 +40,40 @@ pub struct FrontEnd {
     /// §3.1.4). Keyed by identity too, so nobody can kick another identity's connection by
     /// reusing its client id.
     pub sessions: SessionRegistry,
+    /// When a refused client certificate was last logged at WARN.
+    pub certificate_warned: WarnEvery,
+}
+
+/// A WARN that an operator must see once, but that a stranger's connections must not be able
+/// to repeat into every line of the log: at most one per period, the others at DEBUG.
+#[derive(Debug)]
+pub struct WarnEvery {
+    period: Duration,
+    start: std::time::Instant,
+    /// Milliseconds after `start` of the last WARN, plus one (0: never).
+    last: AtomicU64,
+}
+
+impl WarnEvery {
+    /// At most one per `period`.
+    pub fn new(period: Duration) -> Self {
+        WarnEvery {
+            period,
+            start: std::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this one is logged at WARN (and the next ones of the period are not).
+    pub fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let period = self.period.as_millis() as u64;
+        (last == 0 || now >= last + period)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }

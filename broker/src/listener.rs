@@ -18,7 +18,7 @@ use crate::auth::Authenticator;
 use crate::connection;
 use crate::events::Inbound;
 use crate::fanout::Fanout;
-use crate::frontend::FrontEnd;
+use crate::frontend::{FrontEnd, WarnEvery};
 use crate::metrics::{bump, BrokerMetrics};
 use crate::rate::{RateLimiter, RateSettings};
 use crate::tls::common_name;
@@ -177,6 +177,7 @@ impl BrokerHandle {
             next_conn: AtomicU64::new(1),
             shutdown: shutdown_rx,
             sessions: Default::default(),
+            certificate_warned: WarnEvery::new(Duration::from_secs(60)),
         });
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
@@ -279,6 +280,10 @@ async fn serve(ctx: Arc<FrontEnd>, kind: ListenerKind, stream: TcpStream, peer: 
     bump(&ctx.metrics.connections_total);
     let opened = match tokio::time::timeout(ctx.connect_timeout, open(&ctx, kind, stream)).await {
         Ok(Ok(v)) => v,
+        Ok(Err(e)) if refused_certificate(&e) && ctx.certificate_warned.due() => {
+            warn!(%peer, ?kind, error = %e, "TLS handshake failed: the client's certificate was refused (not issued by [tls] client_ca, or expired); more within a minute are logged at debug");
+            return;
+        }
         Ok(Err(e)) => {
             debug!(%peer, ?kind, error = %e, "handshake failed");
             return;
@@ -294,6 +299,13 @@ async fn serve(ctx: Arc<FrontEnd>, kind: ListenerKind, stream: TcpStream, peer: 
     ctx.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
     connection::run(ctx.clone(), transport, peer, conn, certificate).await;
     ctx.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Whether a handshake failed because this node refused the client's certificate.
+fn refused_certificate(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)))
 }
 
 /// Runs the TLS and WebSocket handshakes the listener kind asks for; returns the transport

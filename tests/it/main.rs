@@ -15,6 +15,7 @@ mod hostile;
 mod http;
 mod http_limits;
 mod http_links;
+mod link_health;
 mod links;
 mod priority;
 mod push;

@@ -447,18 +447,6 @@ fn failed_tokens_are_throttled_and_valid_ones_never_wait() {
     );
 }
 
-/// Polls `f` every 100 ms for up to `secs`; true once it holds.
-fn within(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_by_editing_the_config_while_the_node_runs() {
     let mut t = node_with_keys(|t| {

@@ -217,8 +217,16 @@ impl State {
         match item {
             Input::Broker(event) => self.broker_event(tx, event, now, out),
             Input::Http(request) => self.http_request(tx, request, now, out),
-            Input::Parent(ParentEvent::Connected { http }) => {
-                self.links.parent_connected(http);
+            Input::Parent(ParentEvent::Connected { http, down_for }) => {
+                let waiting = match down_for {
+                    Some(_) => Dest::lanes(Target::Up)
+                        .iter()
+                        .map(|lane| tx.queued(lane))
+                        .sum::<rusqlite::Result<u64>>()?,
+                    None => 0,
+                };
+                self.links
+                    .parent_connected(http, down_for.map(|d| (d, waiting)));
                 Ok(())
             }
             Input::Parent(ParentEvent::Disconnected) => {

@@ -187,6 +187,19 @@ impl Txn<'_> {
         Ok(rest.len() < before)
     }
 
+    /// About how many envelopes are queued for `dest`: the entries of its segments, counting
+    /// those of a partly acknowledged or rewritten segment that are gone. For operators' logs.
+    pub fn queued(&mut self, dest: &Dest) -> Result<u64> {
+        self.flush_pending()?;
+        let n: i64 = self
+            .tx
+            .prepare_cached(
+                "SELECT coalesce(sum(last_lseq - first_lseq + 1), 0) FROM queue WHERE dest = ?1",
+            )?
+            .query_row([dest.as_str()], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
     /// How far `dest` is acknowledged by its next hop or client.
     pub fn acked(&self, dest: &Dest) -> Result<u64> {
         let dest = dest.as_str();

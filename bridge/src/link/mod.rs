@@ -16,7 +16,7 @@ pub mod out;
 pub mod uplink;
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use medlink_broker::{Accept, ConnId};
@@ -121,9 +121,17 @@ impl Links {
     }
 
     /// The uplink reached the parent.
-    pub fn parent_connected(&mut self, http: bool) {
+    pub fn parent_connected(&mut self, http: bool, outage: Option<(Duration, u64)>) {
         if let Some(up) = self.up.as_mut() {
-            info!(http, "parent link up");
+            match outage {
+                Some((down, waiting)) => info!(
+                    http,
+                    down_for_s = format!("{:.1}", down.as_secs_f64()),
+                    waiting,
+                    "parent link up again; sending what waited"
+                ),
+                None => info!(http, "parent link up"),
+            }
             up.open();
             self.stats.set_parent_up(true);
             self.stats.set_parent_http(http);

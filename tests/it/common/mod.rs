@@ -455,6 +455,18 @@ fn tail(s: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Polls `f` every 100 ms for up to `secs`; true once it holds.
+pub fn within(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 pub fn spec(id: &str, parent: Option<&str>, clients: &[&str]) -> NodeSpec {
     NodeSpec {
         id: id.into(),

@@ -17,6 +17,7 @@ use tracing::{debug, info};
 
 use medlink_wire::http::POLL_WAIT_S;
 
+use super::health::Cause;
 use super::parent::{Channels, Ended, ParentAddr, ParentEvent, UplinkConfig};
 
 /// How often the preferred (MQTT) address is probed while on HTTP.
@@ -28,13 +29,13 @@ struct Down<'a> {
     frames: Vec<&'a RawValue>,
 }
 
-fn client(cfg: &UplinkConfig) -> Result<reqwest::Client, String> {
+fn client(cfg: &UplinkConfig) -> Result<reqwest::Client, Cause> {
     let tls = match &cfg.tls {
         Some(c) => (**c).clone(),
         None => medlink_broker::tls::client_config_trusting_nothing(),
     };
     medlink_wire::http::client(tls, Duration::from_secs(5))
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(|e| Cause::Other(format!("cannot build the HTTP client: {e}")))
 }
 
 fn authed(req: reqwest::RequestBuilder, cfg: &UplinkConfig) -> reqwest::RequestBuilder {
@@ -44,8 +45,8 @@ fn authed(req: reqwest::RequestBuilder, cfg: &UplinkConfig) -> reqwest::RequestB
     }
 }
 
-fn refused(status: reqwest::StatusCode, body: &str) -> String {
-    format!("parent answered {status}: {}", body.trim())
+fn refused(status: reqwest::StatusCode, body: &str) -> Cause {
+    Cause::of_status(status, body)
 }
 
 async fn poll_down(
@@ -53,17 +54,18 @@ async fn poll_down(
     url: &str,
     cfg: &UplinkConfig,
     wait: u64,
-) -> Result<Vec<Bytes>, String> {
+) -> Result<Vec<Bytes>, Cause> {
     let resp = authed(client.get(url).query(&[("wait", wait)]), cfg)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Cause::of(&e))?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let body = resp.bytes().await.map_err(|e| Cause::of(&e))?;
     if !status.is_success() {
         return Err(refused(status, &String::from_utf8_lossy(&body)));
     }
-    let down: Down = serde_json::from_slice(&body).map_err(|e| format!("bad down poll: {e}"))?;
+    let down: Down =
+        serde_json::from_slice(&body).map_err(|e| Cause::Other(format!("bad down poll: {e}")))?;
     Ok(down
         .frames
         .iter()
@@ -76,13 +78,13 @@ async fn post_up(
     url: &str,
     cfg: &UplinkConfig,
     frame: Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), Cause> {
     let resp = authed(client.post(url), cfg)
         .header("content-type", "application/json")
         .body(frame)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Cause::of(&e))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
@@ -138,9 +140,13 @@ pub(crate) async fn session(
     match poll_down(&client, &down_url, cfg, 0).await {
         Ok(frames) => {
             info!(parent = %base, "connected to parent (HTTP)");
+            let down_for = ch.health.up();
             if ch
                 .events
-                .send(ParentEvent::Connected { http: true })
+                .send(ParentEvent::Connected {
+                    http: true,
+                    down_for,
+                })
                 .await
                 .is_err()
             {
@@ -181,7 +187,7 @@ pub(crate) async fn session(
                 }
             }
             Some(()) = ch.reconnect.recv() => {
-                return Ended::Lost { connected: true, reason: "link stalled".into() };
+                return Ended::Lost { connected: true, reason: Cause::Stalled };
             }
             _ = probe.tick(), if preferred.is_some() => {
                 // Back when it answers the way a broker waits for CONNECT.

@@ -10,6 +10,7 @@
 //! dispatcher's go-back-N window. `parent.rs` holds what the sessions share (addresses,
 //! settings, events, how a session ended), so they depend on it and not on this file.
 
+mod health;
 mod http;
 mod mqtt;
 mod parent;
@@ -71,6 +72,7 @@ async fn run(
     let (mut index, told_http) = first_address(&cfg).await;
     let mut failures = 0u32;
     let mut mqtt_failed = false;
+    let mut health = health::Health::default();
     loop {
         let addr = &cfg.parents[index % n];
         // While on HTTP, an MQTT address listed before it is where the link wants to be,
@@ -90,6 +92,7 @@ async fn run(
             frames: &mut frames,
             reconnect: &mut reconnect,
             shutdown: &mut shutdown,
+            health: &mut health,
         };
         let ended = match addr {
             ParentAddr::Http { url } => http::session(&cfg, url, preferred, &mut ch).await,
@@ -116,7 +119,7 @@ async fn run(
                 connected: true,
                 reason,
             } => {
-                warn!(parent = %addr, reason = %reason, "parent link lost");
+                health.lost(addr, &reason);
                 if events.send(ParentEvent::Disconnected).await.is_err() {
                     return;
                 }
@@ -126,7 +129,7 @@ async fn run(
                 connected: false,
                 reason,
             } => {
-                debug!(parent = %addr, reason = %reason, "parent not reachable");
+                health.failed(addr, &reason);
                 mqtt_failed = !addr.is_http();
                 // Fail over to the next address after a failed attempt.
                 index += 1;

@@ -7,6 +7,7 @@ use medlink_wire::topics::{link_down_topic, link_up_topic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use tracing::{debug, info};
 
+use super::health::Cause;
 use super::parent::{Channels, Ended, ParentAddr, ParentEvent, UplinkConfig};
 
 fn options(cfg: &UplinkConfig, addr: &ParentAddr) -> MqttOptions {
@@ -44,6 +45,18 @@ fn options(cfg: &UplinkConfig, addr: &ParentAddr) -> MqttOptions {
     opts
 }
 
+/// Why an MQTT session could not be had: the CONNACK's refusal, or what the error chain says.
+fn cause(e: &rumqttc::ConnectionError) -> Cause {
+    use rumqttc::ConnectReturnCode as Code;
+    match e {
+        rumqttc::ConnectionError::ConnectionRefused(
+            Code::BadUserNamePassword | Code::NotAuthorized,
+        ) => Cause::LoginRefused,
+        rumqttc::ConnectionError::NetworkTimeout => Cause::Timeout,
+        other => Cause::of(other),
+    }
+}
+
 /// One MQTT session with the parent at `addr`.
 pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Channels<'_>) -> Ended {
     let up_topic = link_up_topic(&cfg.node_id);
@@ -77,14 +90,12 @@ pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Chan
             Some(ev) = events.next() => match ev {
                 Ok(Event::Incoming(Packet::SubAck(ack))) if !subscribed => {
                     if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                        return Ended::Lost {
-                            connected: false,
-                            reason: "the parent refused the link subscription (is this node a known child there?)".into(),
-                        };
+                        return Ended::Lost { connected: false, reason: Cause::NotAChild };
                     }
                     subscribed = true;
                     info!(parent = %addr, "connected to parent");
-                    if ch.events.send(ParentEvent::Connected { http: false }).await.is_err() {
+                    let down_for = ch.health.up();
+                    if ch.events.send(ParentEvent::Connected { http: false, down_for }).await.is_err() {
                         return Ended::Shutdown;
                     }
                 }
@@ -94,7 +105,7 @@ pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Chan
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return Ended::Lost { connected: subscribed, reason: e.to_string() },
+                Err(e) => return Ended::Lost { connected: subscribed, reason: cause(&e) },
             },
             Some(frame) = ch.frames.recv(), if subscribed => {
                 if let Err(e) = client.try_publish(&up_topic, QoS::AtLeastOnce, false, frame) {
@@ -102,7 +113,7 @@ pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Chan
                 }
             }
             Some(()) = ch.reconnect.recv() => {
-                return Ended::Lost { connected: subscribed, reason: "link stalled".into() };
+                return Ended::Lost { connected: subscribed, reason: Cause::Stalled };
             }
             _ = ch.shutdown.changed() => {
                 let _ = client.try_disconnect();

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use medlink_wire::Transport;
 use tokio::sync::{mpsc, watch};
 
+use super::health::{Cause, Health};
+
 /// How to reach one address of the parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParentAddr {
@@ -125,6 +127,8 @@ pub enum ParentEvent {
     Connected {
         /// The link runs over HTTP.
         http: bool,
+        /// How long the link had been down, when this ends an outage.
+        down_for: Option<Duration>,
     },
     /// The connection ended.
     Disconnected,
@@ -150,6 +154,8 @@ pub(crate) struct Channels<'a> {
     pub(crate) frames: &'a mut mpsc::UnboundedReceiver<Vec<u8>>,
     pub(crate) reconnect: &'a mut mpsc::UnboundedReceiver<()>,
     pub(crate) shutdown: &'a mut watch::Receiver<bool>,
+    /// The link's health, told when a session is up.
+    pub(crate) health: &'a mut Health,
 }
 
 /// How a session ended.
@@ -157,7 +163,7 @@ pub(crate) enum Ended {
     /// The node is stopping (or the dispatcher is gone).
     Shutdown,
     /// The connection failed or was lost; `connected` if it had been up.
-    Lost { connected: bool, reason: String },
+    Lost { connected: bool, reason: Cause },
     /// On the HTTP fallback, the preferred MQTT address answers again.
     Preferred,
 }

@@ -1,0 +1,128 @@
+//! A child says why its link to the parent is down, and the parent says why it refused the
+//! child (issue "Operators see and fix what is stuck", part 1): a wrong password, a closed
+//! port and a certificate from another CA each give their own WARN at the child, repeated with
+//! backoff rather than at every retry, and the recovery is logged with how long the link was
+//! down and how many commands waited.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::http::{post_json, Login};
+use common::*;
+use serde_json::json;
+
+/// Lines of `log` that contain every one of `parts`.
+fn lines_with(log: &str, parts: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .count()
+}
+
+#[test]
+fn a_refused_login_is_named_at_the_child_and_at_the_parent() {
+    let mut t = Tree::new(&[spec("js", None, &[]), spec("js.k", Some("js"), &[])]);
+    let pw = t.dir.path().join("js.k.link-password");
+    std::fs::write(&pw, "not-the-password\n").unwrap();
+    t.node("js").start();
+    t.node("js.k").start();
+    assert!(
+        within(15, || lines_with(
+            &t.node("js.k").log_text(),
+            &["WARN", "parent link down", "login refused"]
+        ) > 0),
+        "the child did not say its login was refused:\n{}",
+        t.node("js.k").log_text()
+    );
+    assert!(
+        within(5, || lines_with(
+            &t.node("js").log_text(),
+            &["WARN", "login failed", "js.k", "wrong password"]
+        ) > 0),
+        "the parent did not say which identity failed and why:\n{}",
+        t.node("js").log_text()
+    );
+}
+
+#[test]
+fn a_closed_port_is_named_repeated_with_backoff_and_the_recovery_counts_what_waited() {
+    let mut t = Tree::new(&[
+        spec("js", None, &["doc"]),
+        spec("js.k", Some("js"), &["nurse"]),
+    ]);
+    // The parent is not running: its port is closed.
+    t.node("js.k").start();
+    let port = t.node("js.k").http_port;
+    let nurse: Login = Some(("nurse", PASSWORD));
+    for n in 0..3 {
+        let (status, body) = post_json(
+            port,
+            "/v1/messages",
+            nurse,
+            &json!({"to": {"node": "js", "client": "doc"}, "cmd": "wait", "params": {"n": n}}),
+        );
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(
+        within(15, || lines_with(
+            &t.node("js.k").log_text(),
+            &["WARN", "parent link down", "connection refused"]
+        ) > 0),
+        "the child did not say the port is closed:\n{}",
+        t.node("js.k").log_text()
+    );
+    // Several seconds of retries (100 ms doubling) are said once, not at every attempt.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = t.node("js.k").log_text();
+    let warned = lines_with(&log, &["parent link down"]);
+    assert!(
+        (1..=2).contains(&warned),
+        "{warned} WARNs in the first seconds of an outage; expected one (then backoff):\n{log}"
+    );
+    t.node("js").start();
+    assert!(
+        within(20, || lines_with(
+            &t.node("js.k").log_text(),
+            &["parent link up again", "waiting=3"]
+        ) > 0),
+        "the recovery did not say how many commands waited:\n{}",
+        t.node("js.k").log_text()
+    );
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_named_at_both_ends() {
+    let mut t = Tree::new_tls(&[spec("js", None, &[]), spec("js.k", Some("js"), &[])]);
+    let other = t.dir.path().join("other");
+    let (code, _, err) = medlink(&["certs", "--dir", other.to_str().unwrap(), "js.k"]);
+    assert_eq!(code, 0, "{err}");
+    let cfg = t.node("js.k").config.clone();
+    let certs = t.dir.path().join("certs");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = ["crt", "key"].iter().fold(text, |text, ext| {
+        text.replace(
+            &format!("\"{}/js.k.{ext}\"", certs.display()),
+            &format!("\"{}/js.k.{ext}\"", other.display()),
+        )
+    });
+    // js.k now presents a certificate with its own name, from a CA the parent does not know.
+    std::fs::write(&cfg, text).unwrap();
+    t.node("js").start();
+    t.node("js.k").start();
+    assert!(
+        within(15, || lines_with(
+            &t.node("js.k").log_text(),
+            &["WARN", "parent link down", "certificate refused"]
+        ) > 0),
+        "the child did not say its certificate was refused:\n{}",
+        t.node("js.k").log_text()
+    );
+    assert!(
+        within(5, || lines_with(
+            &t.node("js").log_text(),
+            &["WARN", "client's certificate was refused"]
+        ) > 0),
+        "the parent did not say it refused a client certificate:\n{}",
+        t.node("js").log_text()
+    );
+}
