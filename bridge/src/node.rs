@@ -101,6 +101,9 @@ pub struct NodeConfig {
     pub tuning: LinkTuning,
     /// Service groups declared at this node.
     pub services: Vec<ServiceGroup>,
+    /// What the configuration check found that will not work although the node can start
+    /// (see the binary's `config/preflight.rs`); each is logged at WARN when the node starts.
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -206,6 +209,9 @@ impl Ports {
 impl Node {
     /// Opens the journal and starts everything.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        for warning in &cfg.warnings {
+            tracing::warn!("configuration: {warning}");
+        }
         let data_dir = DataDir::open(&cfg.data_dir)?;
         let ports = Ports::bind(&cfg).await.map_err(NodeError::Listen)?;
         let path = data_dir.journal()?;

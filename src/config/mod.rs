@@ -9,6 +9,7 @@
 //! `reload` re-reads while the node runs (every second, and on SIGHUP).
 
 mod file;
+pub mod preflight;
 pub mod reload;
 pub mod tokens;
 
@@ -151,12 +152,19 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         None => (Vec::new(), None, None),
         Some(p) => parent(p, base)?,
     };
+    let mut warnings = Vec::new();
+    let client_ca = file.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let credentials = match &file.node.credentials {
         Some(path) => {
             let path = base.join(path);
             // Loaded here too so a bad file is a configuration error at start.
-            medlink_broker::CredentialsFile::load(&path)
+            let loaded = medlink_broker::CredentialsFile::load(&path)
                 .map_err(|e| format!("node.credentials: {e}"))?;
+            warnings.extend(preflight::credentials(
+                &loaded,
+                &path.display().to_string(),
+                client_ca,
+            ));
             CredentialSource::File(path)
         }
         None => CredentialSource::Fixed(Default::default()),
@@ -214,7 +222,14 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         (TransportChoice::Http, &t.http_url, "http_url"),
     ] {
         if let Some(u) = url {
-            url::Url::parse(u).map_err(|e| format!("transport.{key}: '{u}' is not a URL ({e})"))?;
+            let parsed = url::Url::parse(u)
+                .map_err(|e| format!("transport.{key}: '{u}' is not a URL ({e})"))?;
+            warnings.extend(preflight::transport_url(
+                choice,
+                &parsed,
+                &listeners,
+                http.as_ref(),
+            ));
             urls.insert(choice, u.clone());
         }
     }
@@ -260,6 +275,7 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
     let services = services(file.services)?;
     let token_keys = tokens::keys(&file.token_keys, base)?;
     Ok(NodeConfig {
+        warnings,
         tokens: Arc::new(medlink_broker::token::TokenKeys::new(&id, token_keys)),
         services,
         id,

@@ -126,3 +126,39 @@ fn a_certificate_from_another_ca_is_named_at_both_ends() {
         t.node("js").log_text()
     );
 }
+
+#[test]
+fn configurations_that_cannot_work_are_said_at_start() {
+    let mut t = Tree::new_tls(&[spec("js", None, &[]), spec("js.k", Some("js"), &[])]);
+    // The parent checks no client certificates, yet js.k may log in by certificate only; and
+    // it advertises a WebSocket URL that none of its listeners serves.
+    let cfg = t.node("js").config.clone();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("client_ca"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        &cfg,
+        text + "\n[transport]\nws_url = \"wss://city.example/mqtt\"\n",
+    )
+    .unwrap();
+    // The child's credentials file holds nobody.
+    std::fs::write(&t.node("js.k").credentials, "").unwrap();
+    t.node("js").start();
+    t.node("js.k").start();
+    let parent = t.node("js").log_text();
+    for said in [
+        "tls.client_ca: not set, yet one child node may log in by client certificate only (js.k)",
+        "transport.ws_url",
+    ] {
+        assert_eq!(lines_with(&parent, &["WARN", said]), 1, "{said}:\n{parent}");
+    }
+    let child = t.node("js.k").log_text();
+    assert_eq!(
+        lines_with(&child, &["WARN", "holds no identities"]),
+        1,
+        "{child}"
+    );
+}
