@@ -162,3 +162,57 @@ fn configurations_that_cannot_work_are_said_at_start() {
         "{child}"
     );
 }
+
+/// A parent that accepts the connection and then says nothing (the fault proxy frozen) is a
+/// timeout; a site proxy that refuses the tunnel is the proxy's refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_parent_and_a_refusing_proxy_are_named() {
+    use common::proxy::{ConnectProxy, Mode, Proxy};
+    let mut t = Tree::new_tls(&[
+        spec("js", None, &[]),
+        spec("js.a", Some("js"), &[]),
+        spec("js.b", Some("js"), &[]),
+    ]);
+    t.node("js").start();
+    // js.a dials the parent through a proxy that holds every byte.
+    let parent = std::net::SocketAddr::from(([127, 0, 0, 1], t.node("js").port));
+    let silent = Proxy::start(parent).await;
+    silent.set(Mode::Freeze);
+    t.set_parent_addresses("js.a", &[format!("mqtts://localhost:{}", silent.port)]);
+    // js.b dials over HTTPS through a site proxy, to a port where nothing listens.
+    let site = ConnectProxy::start().await;
+    t.set_parent_addresses("js.b", &[format!("https://localhost:{}", free_port())]);
+    let b = t.node("js.b");
+    b.env.push((
+        "HTTPS_PROXY".into(),
+        format!("http://127.0.0.1:{}", site.port),
+    ));
+    b.env.push(("NO_PROXY".into(), String::new()));
+    t.node("js.a").start();
+    t.node("js.b").start();
+    let said = |t: &mut Tree, node: &str, parts: &[&str]| {
+        let parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        within(20, || {
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            lines_with(&t.node(node).log_text(), &parts) > 0
+        })
+    };
+    assert!(
+        said(
+            &mut t,
+            "js.a",
+            &["WARN", "parent link down", "no answer in time"]
+        ),
+        "{}",
+        t.node("js.a").log_text()
+    );
+    assert!(
+        said(
+            &mut t,
+            "js.b",
+            &["WARN", "parent link down", "the proxy refused"]
+        ),
+        "{}",
+        t.node("js.b").log_text()
+    );
+}

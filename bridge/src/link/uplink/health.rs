@@ -87,9 +87,21 @@ impl Cause {
             }
             next = e.source();
         }
-        let text = error.to_string();
+        // The whole chain, as reqwest's own message ("error sending request") says little.
+        let mut text = error.to_string();
+        let mut next = error.source();
+        while let Some(e) = next {
+            let part = e.to_string();
+            if !text.contains(&part) {
+                text = format!("{text}: {part}");
+            }
+            next = e.source();
+        }
         let lower = text.to_ascii_lowercase();
-        if lower.contains("certificate") || lower.contains("unknownissuer") {
+        if lower.contains("tunnel") || lower.contains("proxy") {
+            // reqwest: "unsuccessful tunnel" when the proxy answers CONNECT with an error.
+            Cause::Proxy(text)
+        } else if lower.contains("certificate") || lower.contains("unknownissuer") {
             Cause::Certificate(text)
         } else if lower.contains("timeout") || lower.contains("timed out") {
             Cause::Timeout
