@@ -145,12 +145,7 @@ async fn an_https_link_works_through_the_sites_proxy() {
     let proxy = ConnectProxy::start().await;
     let https = tree.node("js").http_port;
     tree.set_parent_addresses("js.a", &[format!("https://localhost:{https}")]);
-    let child = tree.node("js.a");
-    child.env.push((
-        "HTTPS_PROXY".into(),
-        format!("http://127.0.0.1:{}", proxy.port),
-    ));
-    child.env.push(("NO_PROXY".into(), String::new()));
+    tree.node("js.a").behind_proxy(proxy.port);
     tree.node("js").start();
     tree.node("js.a").start();
     let ca = tree.ca();

@@ -19,6 +19,17 @@ fn lines_with(log: &str, parts: &[&str]) -> usize {
         .count()
 }
 
+/// Waits up to `secs` for a line of `node`'s log with every one of `parts`; fails the test,
+/// with the log, if none comes.
+fn expect_said(t: &mut Tree, node: &str, parts: &[&str], secs: u64) {
+    let said = within(secs, || lines_with(&t.node(node).log_text(), parts) > 0);
+    assert!(
+        said,
+        "{node} logged no line with {parts:?}:\n{}",
+        t.node(node).log_text()
+    );
+}
+
 #[test]
 fn a_refused_login_is_named_at_the_child_and_at_the_parent() {
     let mut t = Tree::new(&[spec("js", None, &[]), spec("js.k", Some("js"), &[])]);
@@ -26,21 +37,17 @@ fn a_refused_login_is_named_at_the_child_and_at_the_parent() {
     std::fs::write(&pw, "not-the-password\n").unwrap();
     t.node("js").start();
     t.node("js.k").start();
-    assert!(
-        within(15, || lines_with(
-            &t.node("js.k").log_text(),
-            &["WARN", "parent link down", "login refused"]
-        ) > 0),
-        "the child did not say its login was refused:\n{}",
-        t.node("js.k").log_text()
+    expect_said(
+        &mut t,
+        "js.k",
+        &["WARN", "parent link down", "login refused"],
+        15,
     );
-    assert!(
-        within(5, || lines_with(
-            &t.node("js").log_text(),
-            &["WARN", "login failed", "js.k", "wrong password"]
-        ) > 0),
-        "the parent did not say which identity failed and why:\n{}",
-        t.node("js").log_text()
+    expect_said(
+        &mut t,
+        "js",
+        &["WARN", "login failed", "js.k", "wrong password"],
+        5,
     );
 }
 
@@ -63,13 +70,11 @@ fn a_closed_port_is_named_repeated_with_backoff_and_the_recovery_counts_what_wai
         );
         assert_eq!(status, 202, "{body}");
     }
-    assert!(
-        within(15, || lines_with(
-            &t.node("js.k").log_text(),
-            &["WARN", "parent link down", "connection refused"]
-        ) > 0),
-        "the child did not say the port is closed:\n{}",
-        t.node("js.k").log_text()
+    expect_said(
+        &mut t,
+        "js.k",
+        &["WARN", "parent link down", "connection refused"],
+        15,
     );
     // Several seconds of retries (100 ms doubling) are said once, not at every attempt.
     std::thread::sleep(Duration::from_secs(5));
@@ -80,50 +85,27 @@ fn a_closed_port_is_named_repeated_with_backoff_and_the_recovery_counts_what_wai
         "{warned} WARNs in the first seconds of an outage; expected one (then backoff):\n{log}"
     );
     t.node("js").start();
-    assert!(
-        within(20, || lines_with(
-            &t.node("js.k").log_text(),
-            &["parent link up again", "waiting=3"]
-        ) > 0),
-        "the recovery did not say how many commands waited:\n{}",
-        t.node("js.k").log_text()
-    );
+    expect_said(&mut t, "js.k", &["parent link up again", "waiting=3"], 20);
 }
 
 #[test]
 fn a_certificate_from_another_ca_is_named_at_both_ends() {
     let mut t = Tree::new_tls(&[spec("js", None, &[]), spec("js.k", Some("js"), &[])]);
-    let other = t.dir.path().join("other");
-    let (code, _, err) = medlink(&["certs", "--dir", other.to_str().unwrap(), "js.k"]);
-    assert_eq!(code, 0, "{err}");
-    let cfg = t.node("js.k").config.clone();
-    let certs = t.dir.path().join("certs");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let text = ["crt", "key"].iter().fold(text, |text, ext| {
-        text.replace(
-            &format!("\"{}/js.k.{ext}\"", certs.display()),
-            &format!("\"{}/js.k.{ext}\"", other.display()),
-        )
-    });
-    // js.k now presents a certificate with its own name, from a CA the parent does not know.
-    std::fs::write(&cfg, text).unwrap();
+    // js.k presents a certificate with its own name, from a CA the parent does not know.
+    t.give_foreign_certificate("js.k");
     t.node("js").start();
     t.node("js.k").start();
-    assert!(
-        within(15, || lines_with(
-            &t.node("js.k").log_text(),
-            &["WARN", "parent link down", "certificate refused"]
-        ) > 0),
-        "the child did not say its certificate was refused:\n{}",
-        t.node("js.k").log_text()
+    expect_said(
+        &mut t,
+        "js.k",
+        &["WARN", "parent link down", "certificate refused"],
+        15,
     );
-    assert!(
-        within(5, || lines_with(
-            &t.node("js").log_text(),
-            &["WARN", "client's certificate was refused"]
-        ) > 0),
-        "the parent did not say it refused a client certificate:\n{}",
-        t.node("js").log_text()
+    expect_said(
+        &mut t,
+        "js",
+        &["WARN", "client's certificate was refused"],
+        5,
     );
 }
 
@@ -190,29 +172,16 @@ async fn a_silent_parent_and_a_refusing_proxy_are_named() {
     b.env.push(("NO_PROXY".into(), String::new()));
     t.node("js.a").start();
     t.node("js.b").start();
-    let said = |t: &mut Tree, node: &str, parts: &[&str]| {
-        let parts: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
-        within(20, || {
-            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-            lines_with(&t.node(node).log_text(), &parts) > 0
-        })
-    };
-    assert!(
-        said(
-            &mut t,
-            "js.a",
-            &["WARN", "parent link down", "no answer in time"]
-        ),
-        "{}",
-        t.node("js.a").log_text()
+    expect_said(
+        &mut t,
+        "js.a",
+        &["WARN", "parent link down", "no answer in time"],
+        20,
     );
-    assert!(
-        said(
-            &mut t,
-            "js.b",
-            &["WARN", "parent link down", "the proxy refused"]
-        ),
-        "{}",
-        t.node("js.b").log_text()
+    expect_said(
+        &mut t,
+        "js.b",
+        &["WARN", "parent link down", "the proxy refused"],
+        20,
     );
 }

@@ -373,23 +373,8 @@ fn clear_text_on_a_tls_port_and_a_foreign_ca_are_refused() {
 #[test]
 fn a_child_with_a_certificate_from_another_ca_cannot_link() {
     let mut t = Tree::new_tls(&[spec("js", None, &[]), spec("js.k", Some("js"), &[])]);
-    let other = t.dir.path().join("other");
-    let (code, _, err) = medlink(&["certs", "--dir", other.to_str().unwrap(), "js.k"]);
-    assert_eq!(code, 0, "{err}");
     // The child presents a certificate with the right name from the wrong CA.
-    let cfg = t.node("js.k").config.clone();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let certs = t.dir.path().join("certs");
-    let text = text
-        .replace(
-            &format!("cert = \"{}/js.k.crt\"", certs.display()),
-            &format!("cert = \"{}/js.k.crt\"", other.display()),
-        )
-        .replace(
-            &format!("key = \"{}/js.k.key\"", certs.display()),
-            &format!("key = \"{}/js.k.key\"", other.display()),
-        );
-    std::fs::write(&cfg, text).unwrap();
+    t.give_foreign_certificate("js.k");
     t.node("js").start();
     t.node("js.k").start();
     std::thread::sleep(Duration::from_secs(3));

@@ -182,6 +182,13 @@ impl NodeProc {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Makes the node reach HTTPS only through the forward proxy on `port` (`HTTPS_PROXY`).
+    pub fn behind_proxy(&mut self, port: u16) {
+        self.env
+            .push(("HTTPS_PROXY".into(), format!("http://127.0.0.1:{port}")));
+        self.env.push(("NO_PROXY".into(), String::new()));
+    }
+
     pub fn url(&self) -> String {
         let scheme = if self.tls { "mqtts" } else { "mqtt" };
         format!("{scheme}://127.0.0.1:{}", self.port)
@@ -381,6 +388,29 @@ impl Tree {
             );
         }
         Tree { dir, nodes }
+    }
+
+    /// Gives TLS node `id` a certificate with its own name from another CA (one this tree's
+    /// nodes do not trust), for its listeners and its link alike.
+    pub fn give_foreign_certificate(&mut self, id: &str) {
+        let other = self.dir.path().join("other");
+        let (code, _, err) = medlink(&[
+            "certs",
+            "--dir",
+            other.to_str().expect("utf-8 temp path"),
+            id,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let certs = self.dir.path().join("certs");
+        let cfg = self.node(id).config.clone();
+        let text = std::fs::read_to_string(&cfg).expect("read config");
+        let text = ["crt", "key"].iter().fold(text, |text, ext| {
+            text.replace(
+                &format!("\"{}/{id}.{ext}\"", certs.display()),
+                &format!("\"{}/{id}.{ext}\"", other.display()),
+            )
+        });
+        std::fs::write(&cfg, text).expect("write config");
     }
 
     /// Writes configs and starts every node.
