@@ -26,6 +26,27 @@ pub struct Sources {
     pub stats: Stats,
     /// The HTTP API, if served.
     pub http: Option<Arc<HttpMetrics>>,
+    /// The journal's database file (its `-wal` and `-shm` files lie beside it).
+    pub journal: std::path::PathBuf,
+}
+
+/// Bytes the journal takes on disk, its WAL and shared-memory files included.
+fn journal_bytes(journal: &std::path::Path) -> u64 {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut name = journal.as_os_str().to_owned();
+            name.push(suffix);
+            std::fs::metadata(name).ok()
+        })
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Bytes free for an unprivileged writer on the file system that holds `path`.
+fn disk_free_bytes(path: &std::path::Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(path).ok()?;
+    Some(fs.f_bavail.saturating_mul(fs.f_frsize))
 }
 
 /// Renders every metric of the node.
@@ -87,6 +108,19 @@ pub fn render(sources: &Sources) -> String {
         "# HELP {name} times the link to the parent went silent for dead_after and was redialled\n# TYPE {name} counter\n{name} {}",
         s.parent_stalls
     );
+    let name = "medlink_journal_bytes";
+    let _ = writeln!(
+        out,
+        "# HELP {name} bytes of the custody journal on disk, WAL included\n# TYPE {name} gauge\n{name} {}",
+        journal_bytes(&sources.journal)
+    );
+    if let Some(free) = disk_free_bytes(&sources.journal) {
+        let name = "medlink_disk_free_bytes";
+        let _ = writeln!(
+            out,
+            "# HELP {name} bytes free on the file system that holds the journal\n# TYPE {name} gauge\n{name} {free}"
+        );
+    }
     let name = "medlink_parent_link_up";
     let _ = writeln!(
         out,

@@ -384,6 +384,7 @@ impl Node {
                         broker: broker_metrics.clone(),
                         stats: stats.clone(),
                         http: http_state.as_ref().map(|s| s.metrics.clone()),
+                        journal: path.clone(),
                     },
                     shutdown_rx.clone(),
                 )

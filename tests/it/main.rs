@@ -17,6 +17,7 @@ mod http_limits;
 mod http_links;
 mod link_health;
 mod links;
+mod ops_metrics;
 mod priority;
 mod push;
 mod receipts;
