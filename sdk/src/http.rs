@@ -316,11 +316,9 @@ async fn reachable(url: &str) -> bool {
     };
     let (Some(host), Some(port)) = (
         parsed.host_str(),
-        parsed.port_or_known_default().or(match parsed.scheme() {
-            "mqtt" | "tcp" => Some(1883),
-            "mqtts" | "ssl" => Some(8883),
-            _ => None,
-        }),
+        parsed
+            .port()
+            .or_else(|| medlink_wire::default_port(parsed.scheme())),
     ) else {
         return false;
     };

@@ -49,22 +49,23 @@ fn options(core: &Core, url: &str) -> Result<MqttOptions, String> {
         Ok(TlsConfiguration::Rustls(config))
     };
     let id = core.client_id.clone();
+    let port = parsed
+        .port()
+        .or_else(|| medlink_wire::default_port(parsed.scheme()))
+        .unwrap_or_default();
     let (mut opts, transport) = match parsed.scheme() {
-        "mqtt" | "tcp" => (
-            MqttOptions::new(id, host, parsed.port().unwrap_or(1883)),
-            None,
-        ),
+        "mqtt" | "tcp" => (MqttOptions::new(id, host, port), None),
         "mqtts" | "ssl" => (
-            MqttOptions::new(id, host, parsed.port().unwrap_or(8883)),
+            MqttOptions::new(id, host, port),
             Some(rumqttc::Transport::tls_with_config(tls()?)),
         ),
         // rumqttc takes the whole URL as the "host" for WebSocket.
         "ws" => (
-            MqttOptions::new(id, url, parsed.port().unwrap_or(80)),
+            MqttOptions::new(id, url, port),
             Some(rumqttc::Transport::Ws),
         ),
         "wss" => (
-            MqttOptions::new(id, url, parsed.port().unwrap_or(443)),
+            MqttOptions::new(id, url, port),
             Some(rumqttc::Transport::wss_with_config(tls()?)),
         ),
         other => return Err(format!("'{url}': scheme '{other}' is not MQTT")),

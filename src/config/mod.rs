@@ -413,14 +413,15 @@ pub fn parse_parent(addr: &str) -> Result<ParentAddr, String> {
         .host_str()
         .ok_or_else(|| format!("'{addr}' has no host"))?
         .to_string();
+    let port = url
+        .port()
+        .or_else(|| medlink_wire::default_port(url.scheme()))
+        .unwrap_or_default();
     match url.scheme() {
-        "mqtt" | "tcp" => Ok(ParentAddr::Tcp {
-            host,
-            port: url.port().unwrap_or(1883),
-        }),
+        "mqtt" | "tcp" => Ok(ParentAddr::Tcp { host, port }),
         "ws" => Ok(ParentAddr::Ws {
             url: addr.to_string(),
-            port: url.port().unwrap_or(80),
+            port,
         }),
         "mqtts" | "ssl" => {
             if !tls::valid_server_name(&host) {
@@ -428,14 +429,11 @@ pub fn parse_parent(addr: &str) -> Result<ParentAddr, String> {
                     "'{addr}': '{host}' cannot be checked against a certificate"
                 ));
             }
-            Ok(ParentAddr::Tls {
-                host,
-                port: url.port().unwrap_or(8883),
-            })
+            Ok(ParentAddr::Tls { host, port })
         }
         "wss" => Ok(ParentAddr::Wss {
             url: addr.to_string(),
-            port: url.port().unwrap_or(443),
+            port,
         }),
         "http" | "https" => Ok(ParentAddr::Http {
             url: addr.trim_end_matches('/').to_string(),

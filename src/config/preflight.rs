@@ -74,11 +74,7 @@ pub fn transport_url(
             "{key}: '{url}' is advertised, but this node has no {what}: callers told to use it will fail"
         ));
     }
-    let port = url.port().or(match scheme {
-        "mqtt" | "tcp" => Some(1883),
-        "mqtts" | "ssl" => Some(8883),
-        _ => url.port_or_known_default(),
-    })?;
+    let port = url.port().or_else(|| medlink_wire::default_port(scheme))?;
     (!ports.contains(&port)).then(|| {
         format!(
             "{key}: '{url}' names port {port}, but {what} listens on {ports:?}; fine only if a \

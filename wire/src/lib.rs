@@ -50,4 +50,4 @@ pub use error::FieldError;
 pub use priority::{Priority, UnknownPriority, LANES};
 pub use receipt::{Receipt, ReceiptStatus, RECEIPT_SENDER, RECEIPT_TTL_MS};
 pub use submission::{json_depth, Limits, Submission, MAX_CMD, MAX_PARAMS_DEPTH};
-pub use transport::{Transport, TransportAnswer, UnknownTransport};
+pub use transport::{default_port, Transport, TransportAnswer, UnknownTransport};

@@ -22,6 +22,18 @@ crate::names::wire_names!(Transport, UnknownTransport, "transport" {
     Http => "http",
 });
 
+/// The port a node URL of `scheme` means when it names none: MQTT's 1883 and 8883 (which URL
+/// parsers do not know), and the web's 80 and 443. `None` for a scheme medlink does not speak.
+pub fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "mqtt" | "tcp" => Some(1883),
+        "mqtts" | "ssl" => Some(8883),
+        "ws" | "http" => Some(80),
+        "wss" | "https" => Some(443),
+        _ => None,
+    }
+}
+
 /// The answer to `GET /v1/transport`: `{"identity", "transport", "url"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransportAnswer {
