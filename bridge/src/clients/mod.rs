@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use crate::envelope::Priority;
 use crate::journal::{Dest, Target, Txn};
 use crate::router::SendPass;
-use crate::stats::Stats;
+use crate::stats::DeliveredBy;
 pub use page::{Cursor, Delivery, Page};
 use polls::Polls;
 use stream::StreamOut;
@@ -73,11 +73,10 @@ pub fn target(client: &str, stream: Stream) -> Target {
 /// Every client stream of this node, and its readers.
 pub struct Clients {
     me: String,
-    stats: Stats,
     /// Stream lanes with a reader now or since this process started.
     streams: HashMap<Dest, StreamOut>,
-    /// Lanes whose acknowledgements moved this round.
-    touched: HashSet<Dest>,
+    /// Lanes whose acknowledgements moved this round, and by which transport.
+    touched: HashMap<Dest, DeliveredBy>,
     /// Lanes that may have something to publish: something was queued, acknowledged (the
     /// window opened) or rewound since the last pump. The pump looks only at these, so its
     /// cost follows what changed, not how many clients are connected.
@@ -89,12 +88,11 @@ pub struct Clients {
 
 impl Clients {
     /// The clients of node `me`.
-    pub fn new(me: &str, stats: Stats) -> Clients {
+    pub fn new(me: &str) -> Clients {
         Clients {
             me: me.to_string(),
-            stats,
             streams: HashMap::new(),
-            touched: HashSet::new(),
+            touched: HashMap::new(),
             wake: HashSet::new(),
             settled: Vec::new(),
             polls: Polls::default(),
@@ -112,9 +110,8 @@ impl Clients {
             };
             if out.acknowledged(id) {
                 let notice = out.take_notice(id);
-                self.stats.delivered();
                 self.wake.insert(dest.clone());
-                self.touched.insert(dest);
+                self.touched.insert(dest, DeliveredBy::Mqtt);
                 return notice;
             }
         }
@@ -217,7 +214,7 @@ impl Clients {
             point.0[lane] = upto.max(out.acked());
             if moved {
                 self.wake.insert(dest.clone());
-                self.touched.insert(dest.clone());
+                self.touched.insert(dest.clone(), DeliveredBy::Http);
             }
             notices.extend(self.polls.acknowledged(dest, upto));
         }
@@ -226,9 +223,9 @@ impl Clients {
 
     /// Persists how far each touched lane is acknowledged and drops what is below.
     pub fn settle(&mut self, tx: &mut Txn) -> rusqlite::Result<()> {
-        for dest in std::mem::take(&mut self.touched) {
+        for (dest, by) in std::mem::take(&mut self.touched) {
             if let Some(upto) = self.streams.get(&dest).and_then(StreamOut::unsettled_ack) {
-                tx.acknowledge(&dest, upto)?;
+                tx.acknowledge(&dest, upto, by)?;
                 self.settled.push((dest, upto));
             }
         }

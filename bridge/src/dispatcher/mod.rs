@@ -103,7 +103,7 @@ impl Dispatcher {
     /// Prepares a dispatcher over an opened journal.
     pub fn new(
         cfg: DispatcherConfig,
-        journal: Journal,
+        mut journal: Journal,
         router: Router,
         inputs: Inputs,
         uplink: Option<UplinkHandle>,
@@ -111,7 +111,13 @@ impl Dispatcher {
     ) -> rusqlite::Result<Dispatcher> {
         let links = Links::new(&cfg.topology, cfg.tuning, &journal, uplink, stats.clone())?;
         let services = Services::new(&cfg.topology.me, &cfg.services, &journal)?;
-        let clients = Clients::new(&cfg.topology.me, stats.clone());
+        let clients = Clients::new(&cfg.topology.me);
+        let members = cfg
+            .services
+            .iter()
+            .flat_map(|g| g.members.iter().map(|m| (m.clone(), g.name.clone())))
+            .collect();
+        journal.report_to(stats.clone(), members);
         Ok(Dispatcher {
             journal,
             state: State {

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::Queued;
+use crate::stats::DeliveredBy;
 
 /// Most rows and bytes kept in memory per destination; beyond that, sending reads SQLite.
 const HOT_LIMIT: usize = 64 * 1024;
@@ -17,16 +18,20 @@ pub(super) struct Hot {
     pub(super) bytes: usize,
 }
 
-/// A change to apply to the hot tails once the transaction commits.
+/// A change to apply to the hot tails (and the backlog) once the transaction commits.
 pub(super) enum HotChange {
-    Insert(String, Queued),
-    RemoveThrough(String, u64),
+    /// A row queued for a destination, with its envelope's `created_at`.
+    Insert(String, Queued, u64),
+    /// A destination acknowledged through a sequence, and who took it (`None`: not a
+    /// delivery, e.g. a rewrite).
+    RemoveThrough(String, u64, Option<DeliveredBy>),
+    /// One row dropped (expired, moved to another service member).
     Remove(String, u64),
 }
 
 pub(super) fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
     match change {
-        HotChange::Insert(dest, row) => {
+        HotChange::Insert(dest, row, _) => {
             let h = hot.entry(dest).or_insert_with(|| Hot {
                 floor: row.lseq,
                 rows: BTreeMap::new(),
@@ -47,7 +52,7 @@ pub(super) fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
                 }
             }
         }
-        HotChange::RemoveThrough(dest, upto) => {
+        HotChange::RemoveThrough(dest, upto, _) => {
             if let Some(h) = hot.get_mut(&dest) {
                 let kept = h.rows.split_off(&upto.saturating_add(1));
                 h.bytes -= h.rows.values().map(|q| q.body.len()).sum::<usize>();

@@ -9,6 +9,7 @@
 //! The journal is owned by the dispatcher thread; all writes of one dispatcher round share one
 //! transaction (group commit), so durability costs one WAL append per round, not per message.
 
+mod backlog;
 mod checkpoint;
 mod dest;
 mod hot;
@@ -21,6 +22,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::envelope::Priority;
 
 pub use checkpoint::Checkpointer;
 pub use dest::{Dest, Peer, Target, UnknownDest};
@@ -75,6 +78,10 @@ pub struct Journal {
     /// Persisted end of the reserved block per destination.
     reserved: HashMap<String, u64>,
     hot: HashMap<String, Hot>,
+    /// What waits per queue, counted in memory for `/metrics` and the console.
+    backlog: backlog::Backlog,
+    /// Where commits report queue gauges and deliveries (none in tools reading a journal).
+    stats: Option<crate::stats::Stats>,
     epoch: u64,
     /// Recently decoded segments: (dest, first_lseq) → entries, most recent last.
     segments: std::cell::RefCell<Vec<CachedSegment>>,
@@ -145,11 +152,14 @@ impl Journal {
         let epoch = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
             r.get::<_, i64>(0)
         })? as u64;
+        let backlog = backlog::Backlog::load(&conn)?;
         Ok(Journal {
             conn,
             next,
             reserved,
             hot: HashMap::new(),
+            backlog,
+            stats: None,
             epoch,
             segments: Default::default(),
         })
@@ -161,6 +171,30 @@ impl Journal {
         tx.execute("DELETE FROM owner", [])?;
         tx.execute("INSERT INTO owner(node) VALUES (?1)", [node])?;
         tx.commit()
+    }
+
+    /// Reports queue gauges and deliveries to `stats` from now on (each commit reports what it
+    /// moved); what waits already is reported at once. `members` maps each service member to
+    /// its service, whose group its commands are counted in.
+    pub fn report_to(&mut self, stats: crate::stats::Stats, members: HashMap<String, String>) {
+        self.backlog.set_members(members);
+        self.backlog.report_all(&stats);
+        self.stats = Some(stats);
+    }
+
+    /// Up to `n` queues of `group`'s `lane` whose first in line is oldest, oldest first:
+    /// (queue, the `created_at` of its first in line, how many wait there).
+    pub fn oldest_queues(
+        &self,
+        group: &crate::stats::QueueGroup,
+        lane: Priority,
+        n: usize,
+    ) -> Vec<(Dest, u64, usize)> {
+        self.backlog
+            .oldest(&(group.clone(), lane), n)
+            .into_iter()
+            .filter_map(|(d, c, k)| Some((d.parse().ok()?, c, k)))
+            .collect()
     }
 
     /// This journal's epoch (random, fixed for the journal's life).

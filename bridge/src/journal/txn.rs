@@ -6,10 +6,12 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use rusqlite::{params, OptionalExtension, Transaction};
 
+use super::backlog::Backlog;
 use super::dest::{link_in_key, Dest, Peer};
 use super::hot::{apply, Hot, HotChange};
 use super::{acked, decode_row, floor, CachedSegment, Journal, Queued, Result, SEQ_BLOCK};
-use crate::envelope::{Envelope, Priority};
+use crate::envelope::{now_ms, Envelope, Priority};
+use crate::stats::{DeliveredBy, Stats};
 
 impl Journal {
     /// Starts a group transaction.
@@ -19,6 +21,8 @@ impl Journal {
             next: &mut self.next,
             reserved: &mut self.reserved,
             hot: &mut self.hot,
+            backlog: &mut self.backlog,
+            stats: self.stats.as_ref(),
             changes: Vec::new(),
             dirty: HashSet::new(),
             pending: HashMap::new(),
@@ -33,6 +37,9 @@ pub struct Txn<'a> {
     next: &'a mut HashMap<String, u64>,
     reserved: &'a mut HashMap<String, u64>,
     hot: &'a mut HashMap<String, Hot>,
+    backlog: &'a mut Backlog,
+    /// Where the backlog reports after the commit, if anywhere.
+    stats: Option<&'a Stats>,
     changes: Vec<HotChange>,
     dirty: HashSet<String>,
     /// Envelopes queued in this transaction, by destination, written as segments.
@@ -106,7 +113,7 @@ impl Txn<'_> {
             .or_default()
             .push(entry.clone());
         self.changes
-            .push(HotChange::Insert(dest.to_string(), entry));
+            .push(HotChange::Insert(dest.to_string(), entry, env.created_at));
         Ok(lseq)
     }
 
@@ -141,9 +148,13 @@ impl Txn<'_> {
 
     /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
     pub fn remove_through(&mut self, dest: &Dest, upto: u64) -> Result<usize> {
+        self.forget_through(dest, upto, None)
+    }
+
+    fn forget_through(&mut self, dest: &Dest, upto: u64, by: Option<DeliveredBy>) -> Result<usize> {
         let dest = dest.as_str();
         self.changes
-            .push(HotChange::RemoveThrough(dest.to_string(), upto));
+            .push(HotChange::RemoveThrough(dest.to_string(), upto, by));
         self.flush_pending()?;
         // A segment only partly acknowledged stays until the rest is: after a restart its
         // acknowledged part is sent again and the receiver drops it by sequence number.
@@ -206,11 +217,11 @@ impl Txn<'_> {
         acked(&self.tx, dest)
     }
 
-    /// Forgets `dest` up to `upto` and stores that it is acknowledged that far. Entries of a
-    /// partly acknowledged segment stay on disk; the stored point tells readers (and the
-    /// expiry sweep) to skip them.
-    pub fn acknowledge(&mut self, dest: &Dest, upto: u64) -> Result<()> {
-        self.remove_through(dest, upto)?;
+    /// Forgets `dest` up to `upto`, taken by `by`, and stores that it is acknowledged that
+    /// far. Entries of a partly acknowledged segment stay on disk; the stored point tells
+    /// readers (and the expiry sweep) to skip them.
+    pub fn acknowledge(&mut self, dest: &Dest, upto: u64, by: DeliveredBy) -> Result<()> {
+        self.forget_through(dest, upto, Some(by))?;
         let dest = dest.as_str();
         self.tx
             .prepare_cached(
@@ -309,26 +320,42 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Commits the group.
+    /// Commits the group. A failure is counted (`medlink_journal_commit_failures_total`).
     pub fn commit(mut self) -> Result<()> {
-        self.flush_pending()?;
-        {
-            let mut stmt = self.tx.prepare_cached(
-                "INSERT INTO seq(dest, next) VALUES (?1, ?2)
-                 ON CONFLICT(dest) DO UPDATE SET next = excluded.next",
-            )?;
-            for dest in &self.dirty {
-                let end = self.next[dest] + SEQ_BLOCK;
-                stmt.execute(params![dest, end as i64])?;
+        let stats = self.stats;
+        let failed = |e| {
+            if let Some(stats) = stats {
+                stats.commit_failed();
             }
-        }
-        self.tx.commit()?;
+            e
+        };
+        self.flush_pending().map_err(failed)?;
+        self.write_reservations().map_err(failed)?;
+        self.tx.commit().map_err(failed)?;
         for dest in self.dirty {
             let end = self.next[&dest] + SEQ_BLOCK;
             self.reserved.insert(dest, end);
         }
+        let now = now_ms();
         for change in self.changes {
+            self.backlog.apply(&change, now);
             apply(self.hot, change);
+        }
+        if let Some(stats) = self.stats {
+            self.backlog.report(stats);
+        }
+        Ok(())
+    }
+
+    /// Stores the end of a new block of sequence numbers for each destination that needs one.
+    fn write_reservations(&self) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO seq(dest, next) VALUES (?1, ?2)
+             ON CONFLICT(dest) DO UPDATE SET next = excluded.next",
+        )?;
+        for dest in &self.dirty {
+            let end = self.next[dest] + SEQ_BLOCK;
+            stmt.execute(params![dest, end as i64])?;
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use crate::envelope::{now_ms, Envelope, Priority};
 use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::route::{within, Topology};
 use crate::router::{Router, SendPass};
-use crate::stats::Stats;
+use crate::stats::{DeliveredBy, Stats};
 use frame::{Frame, InOrder, Numbered};
 use mailbox::Mailboxes;
 use out::{Lane, LinkOut, LinkTuning};
@@ -46,6 +46,18 @@ enum Via {
 struct Child {
     out: LinkOut,
     via: Option<Via>,
+    /// When anything was last heard from it (Unix ms; this process's start until then).
+    heard_at: u64,
+    /// What `/metrics` reports of it, written in the round's timers.
+    gauge: std::sync::Arc<crate::stats::ChildGauge>,
+}
+
+impl Child {
+    /// A frame or a poll came from it.
+    fn heard(&mut self) {
+        self.out.last_heard = Instant::now();
+        self.heard_at = now_ms();
+    }
 }
 
 /// What one frame from a peer brought.
@@ -84,10 +96,18 @@ impl Links {
         } else {
             None
         };
+        stats.set_has_parent(topology.has_parent);
+        let gauges = stats.register_children(&topology.children);
         let mut children = HashMap::new();
-        for child in &topology.children {
+        for (child, gauge) in gauges {
             let out = LinkOut::new(Target::Down(child.clone()), journal)?;
-            children.insert(child.clone(), Child { out, via: None });
+            let c = Child {
+                out,
+                via: None,
+                heard_at: now_ms(),
+                gauge,
+            };
+            children.insert(child, c);
         }
         Ok(Links {
             tuning,
@@ -160,7 +180,7 @@ impl Links {
             warn!(child, "frame from a node that is not configured as a child");
             return Ok((Accept::NotAuthorized, Received::default()));
         };
-        c.out.last_heard = Instant::now();
+        c.heard();
         if !c.out.online && c.via.is_some() {
             c.out.open();
         }
@@ -209,12 +229,18 @@ impl Links {
                 if let Some(link) = self.out_mut(&peer) {
                     let lane = link.lane_mut(lane);
                     if lane.ack(upto) {
-                        tx.acknowledge(&lane.dest, upto)?;
+                        tx.acknowledge(&lane.dest, upto, DeliveredBy::Link)?;
                     }
                 }
             }
             Frame::Ping { at } => received.answer = Some((peer, Frame::Pong { at }.to_bytes())),
-            Frame::Pong { .. } => {}
+            Frame::Pong { at } => {
+                // Our own ping's time, echoed: the round trip (clock steps aside).
+                if peer == Peer::Parent {
+                    let rtt = now_ms().saturating_sub(at);
+                    self.stats.set_rtt(Duration::from_millis(rtt.max(1)));
+                }
+            }
         }
         Ok(received)
     }
@@ -294,7 +320,7 @@ impl Links {
             let _ = reply.send(None);
             return;
         };
-        c.out.last_heard = Instant::now();
+        c.heard();
         if c.via != Some(Via::Http) {
             info!(child, "child link up (HTTP)");
             c.via = Some(Via::Http);
@@ -357,6 +383,8 @@ impl Links {
                 c.out.online = false;
             }
             c.out.maybe_go_back(&tuning);
+            let via = c.via.filter(|_| c.out.online).map(|v| v == Via::Http);
+            c.gauge.set(via, c.heard_at);
         }
     }
 
