@@ -11,6 +11,7 @@ command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux) # the descriptor-exhaustion test
 command -v curl >/dev/null 2>&1 || need+=(curl)            # the HTTPS metrics test
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # checks and unit-tests conf/alerts.yml
 # tests/schemathesis.rs makes a virtualenv (python3 -m venv) and pip-installs schemathesis.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # The browser test (tests/browser.rs): Debian's chromium, driven from Node.js. A Node.js from

@@ -12,6 +12,7 @@
 mod certs;
 mod cli_client;
 mod config;
+mod deadletters;
 mod demo;
 mod logging;
 mod passwd;
@@ -101,6 +102,8 @@ enum Command {
     Request(cli_client::RequestArgs),
     /// Print incoming commands and receipts as JSON lines (optionally replying).
     Listen(cli_client::ListenArgs),
+    /// List, re-send or purge a node's dead letters, or show its operator log (admins).
+    Deadletters(deadletters::DeadLettersArgs),
     /// Create a development CA and certificates for nodes and clients.
     Certs(certs::CertsArgs),
     /// Add, rotate, remove or list identities in a credentials file.
@@ -236,6 +239,7 @@ fn main() -> ExitCode {
         Command::Send(args) => runtime.block_on(cli_client::send(args)),
         Command::Request(args) => runtime.block_on(cli_client::request(args)),
         Command::Listen(args) => runtime.block_on(cli_client::listen(args)),
+        Command::Deadletters(args) => runtime.block_on(deadletters::run(args)),
         Command::Certs(_) | Command::Passwd(_) | Command::Token(_) => {
             unreachable!("handled before the runtime starts")
         }

@@ -169,6 +169,16 @@ fn render_operations(stats: &Stats, out: &mut String) {
         stats.commit_failures()
     );
 
+    family(
+        out,
+        "medlink_deadletters_total",
+        "counter",
+        "commands that ended failed, expired or rejected here and were kept as dead letters",
+    );
+    for (reason, n) in stats.dead_letter_counts() {
+        let _ = writeln!(out, "medlink_deadletters_total{{reason=\"{reason}\"}} {n}");
+    }
+
     let children: Vec<_> = stats.children().collect();
     if !children.is_empty() {
         family(

@@ -87,6 +87,8 @@ pub struct NodeConfig {
     pub policy: Policy,
     /// Audit every routed envelope (always on at the root).
     pub audit: bool,
+    /// How long dead letters are kept after their command ended.
+    pub dead_letter_retention: Duration,
     /// Commit durability.
     pub durability: Durability,
     /// Truncate the WAL after this long without writes.
@@ -291,6 +293,7 @@ impl Node {
         let dispatcher = Dispatcher::new(
             DispatcherConfig {
                 audit: cfg.audit || !topology.has_parent,
+                dead_letter_retention: cfg.dead_letter_retention,
                 topology,
                 policy: cfg.policy,
                 limits: cfg.limits,

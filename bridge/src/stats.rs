@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::envelope::Priority;
+use medlink_wire::DeadReason;
 
 /// Who took a command off this node's hands: a local client (by transport) or the next tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,6 +166,8 @@ struct Inner {
     /// The last heartbeat round trip to the parent, in microseconds.
     rtt_us: AtomicU64,
     commit_failures: AtomicU64,
+    /// Dead letters kept, by [`DeadReason`] (failed, expired, rejected).
+    dead_letters: [AtomicU64; 3],
     delivered_by: [AtomicU64; DeliveredBy::ALL.len()],
     latency: Histogram,
     /// Changed groups are written after each round; groups never seen are absent.
@@ -227,6 +230,17 @@ impl Stats {
             .rtt_us
             .store(rtt.as_micros() as u64, Ordering::Relaxed);
     }
+    pub(crate) fn dead_letters(&self, kept: [u64; 3]) {
+        for (counter, n) in self.0.dead_letters.iter().zip(kept) {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Dead letters kept since the start, per reason.
+    pub fn dead_letter_counts(&self) -> [(DeadReason, u64); 3] {
+        DeadReason::ALL.map(|r| (r, self.0.dead_letters[r as usize].load(Ordering::Relaxed)))
+    }
+
     pub(crate) fn commit_failed(&self) {
         self.0.commit_failures.fetch_add(1, Ordering::Relaxed);
     }

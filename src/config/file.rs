@@ -151,6 +151,10 @@ pub struct NodeSection {
     /// Audit every routed command here too (the root always audits).
     #[serde(default)]
     pub audit: bool,
+    /// How long a command that ended failed, expired or rejected here is kept as a dead
+    /// letter, seconds (default 30 days).
+    #[serde(default = "default_dead_letter_retention_s")]
+    pub dead_letter_retention_s: u64,
     /// `process` (default: survives kill -9) or `power` (fsync every group commit).
     #[serde(default)]
     pub durability: Durability,
@@ -162,6 +166,10 @@ pub struct NodeSection {
     /// The credentials file (argon2id hashes, managed by `medlink passwd`). Without it no
     /// identity can log in.
     pub credentials: Option<PathBuf>,
+}
+
+fn default_dead_letter_retention_s() -> u64 {
+    30 * 24 * 3600
 }
 
 fn default_wal_idle_truncate_ms() -> u64 {

@@ -300,6 +300,7 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         transport,
         policy: file.node.policy,
         audit: file.node.audit,
+        dead_letter_retention: Duration::from_secs(file.node.dead_letter_retention_s),
         durability: file.node.durability,
         wal_idle_truncate: Duration::from_millis(file.node.wal_idle_truncate_ms),
         limits: Limits {

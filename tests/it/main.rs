@@ -5,11 +5,13 @@
 mod common;
 mod sdk_support;
 
+mod alerts;
 mod broker;
 mod browser;
 mod cli;
 mod custody;
 mod data_dir;
+mod deadletters;
 mod devices;
 mod hostile;
 mod http;

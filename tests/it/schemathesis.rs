@@ -97,18 +97,24 @@ const DEFAULT_SEED: &str = "20261129";
 fn the_node_does_what_its_openapi_document_says() {
     let st = schemathesis();
     let seed = std::env::var("MEDLINK_SCHEMATHESIS_SEED").unwrap_or_else(|_| DEFAULT_SEED.into());
-    // The client's operations as c1; the link operations as the child node js.t1, the only
-    // kind of identity they serve. Both runs at once, each against a node of its own, so that
+    // The client's operations as c1; the link operations as the child node js.t1, and the
+    // operators' as the admin ops: the only kinds of identity they serve. All runs at once, each against a node of its own, so that
     // a crash found by one cannot hide what the other finds. (schemathesis itself runs one
     // worker: its threads trip a CPython 3.11 bug in `ast.parse`.)
     let runs = [
         Run {
             name: "client",
             identity: "c1",
-            filter: &["--exclude-path-regex", "^/v1/link/"],
-            // Every operation but the two links and GET /v1/openapi.json, which schemathesis
-            // leaves out as the document it reads.
+            filter: &["--exclude-path-regex", "^/v1/(link/|deadletters|operator/)"],
+            // Every operation but the two links, the four operators' ones and
+            // GET /v1/openapi.json, which schemathesis leaves out as the document it reads.
             operations: 8,
+        },
+        Run {
+            name: "operator",
+            identity: "ops",
+            filter: &["--include-path-regex", "^/v1/(deadletters|operator/)"],
+            operations: 4,
         },
         Run {
             name: "link",

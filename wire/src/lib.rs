@@ -13,6 +13,7 @@
 //! - [`cursor`]: the HTTP stream position [`Cursor`] and the long-poll [`Page`].
 //! - [`transport`]: [`Transport`] and the `GET /v1/transport` answer.
 //! - [`backoff`]: the reconnect [`Backoff`].
+//! - [`operator`]: dead letters, re-sends and the operator log, as the API answers them.
 //! - `probe` and `http` (feature `client`): whether an MQTT address answers again, and the
 //!   HTTP client of the HTTP transport.
 //! - `token` (feature `token`): the claims of a device token, and minting one (HS256).
@@ -27,6 +28,7 @@ pub mod error;
 #[cfg(feature = "client")]
 pub mod http;
 mod names;
+pub mod operator;
 pub mod priority;
 #[cfg(feature = "client")]
 pub mod probe;
@@ -47,6 +49,10 @@ pub use envelope::{
     now_ms, Envelope, Hop, Kind, Params, ReceiptKind, UnknownReceiptKind, MAX_HOPS,
 };
 pub use error::FieldError;
+pub use operator::{
+    check_limit, DeadLetter, DeadLetterIds, DeadLetterQuery, DeadReason, OperatorAction, Outcome,
+    UnknownDeadReason, MAX_LISTED,
+};
 pub use priority::{Priority, UnknownPriority, LANES};
 pub use receipt::{Receipt, ReceiptStatus, RECEIPT_SENDER, RECEIPT_TTL_MS};
 pub use submission::{json_depth, Limits, Submission, MAX_CMD, MAX_PARAMS_DEPTH};

@@ -29,6 +29,8 @@ impl State {
             }
         }
         self.clients.prune();
+        let retention = self.cfg.dead_letter_retention.as_millis() as u64;
+        tx.prune_dead_letters(now.saturating_sub(retention))?;
         if self.last_prune.elapsed() >= Duration::from_secs(60) {
             self.last_prune = Instant::now();
             tx.prune_accepted(now.saturating_sub(IDEMPOTENCY_WINDOW_MS), now)?;

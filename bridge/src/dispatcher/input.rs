@@ -66,6 +66,8 @@ pub enum Request {
         /// Where to send the verdict.
         reply: oneshot::Sender<Accept>,
     },
+    /// An operator's request (dead letters, re-sends, the operator log).
+    Operator(super::operator::OperatorRequest),
     /// A child node linked over HTTP asks for the frames waiting for it (a long-poll). The
     /// reply is `None` if it is not a child of this node.
     LinkPoll {

@@ -30,10 +30,12 @@ use crate::stats::Stats;
 
 mod expiry;
 mod input;
+mod operator;
 mod receipts;
 
 use input::Input;
 pub use input::{Inputs, Request};
+pub use operator::{Answer, Operation, OperatorRequest};
 
 /// How long a client-chosen id is remembered for idempotent resends.
 const IDEMPOTENCY_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -47,6 +49,8 @@ pub struct DispatcherConfig {
     pub policy: Policy,
     /// Record every routed envelope in the audit table (always on at the root).
     pub audit: bool,
+    /// How long dead letters are kept after their command ended.
+    pub dead_letter_retention: Duration,
     /// Submission limits.
     pub limits: Limits,
     /// Link tuning.
@@ -66,6 +70,8 @@ struct Outbox {
     frames: Vec<(Peer, Vec<u8>)>,
     /// HTTP acknowledgements.
     acks: Vec<(oneshot::Sender<Cursor>, Cursor)>,
+    /// Answers to operators.
+    operator: Vec<(oneshot::Sender<Answer>, Answer)>,
 }
 
 impl Outbox {
@@ -362,6 +368,7 @@ impl State {
                 out.reply(reply, verdict);
             }
             Request::LinkPoll { child, reply } => self.links.child_poll(&child, reply),
+            Request::Operator(req) => out.operator.push(self.operate(tx, req, now)?),
         }
         Ok(())
     }
@@ -494,6 +501,7 @@ impl State {
             client: client.to_string(),
         };
         let rid = self.next_id();
+        self.keep_rejected(tx, client, payload, reason, (&rid, now))?;
         let receipt = Envelope::rejection(self.me(), &sender, payload, reason, rid);
         self.accept(tx, receipt, now)
     }
@@ -564,6 +572,9 @@ impl State {
         }
         for (reply, point) in out.acks {
             let _ = reply.send(point);
+        }
+        for (reply, answer) in out.operator {
+            let _ = reply.send(answer);
         }
         for (peer, frame) in out.frames {
             self.links.send(&mut self.router, &peer, frame);

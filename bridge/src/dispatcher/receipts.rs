@@ -55,6 +55,7 @@ impl State {
         }
         info!(id = %env.id, status = %status, reason = why, "command not deliverable");
         self.stats.refused();
+        self.keep_dead(tx, env, &status, why, now)?;
         self.send_receipt(tx, env, status, why, now)
     }
 

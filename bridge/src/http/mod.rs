@@ -12,6 +12,7 @@ pub mod error;
 pub mod inbox;
 pub mod link;
 pub mod messages;
+pub mod operator;
 pub mod push;
 pub mod serve;
 pub mod slots;
@@ -53,6 +54,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/transport"),
     ("post", "/v1/link/up"),
     ("get", "/v1/link/down"),
+    ("get", "/v1/deadletters"),
+    ("post", "/v1/deadletters/resend"),
+    ("post", "/v1/deadletters/purge"),
+    ("get", "/v1/operator/log"),
     ("get", "/v1/openapi.json"),
     ("get", "/push"),
 ];
@@ -208,6 +213,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/transport", get(transport::decide))
         .route("/v1/link/up", post(link::up))
         .route("/v1/link/down", get(link::down))
+        .route("/v1/deadletters", get(operator::list))
+        .route("/v1/deadletters/resend", post(operator::resend))
+        .route("/v1/deadletters/purge", post(operator::purge))
+        .route("/v1/operator/log", get(operator::log))
         .route("/v1/openapi.json", get(openapi))
         .route("/push", get(push::page))
         .fallback(not_found)

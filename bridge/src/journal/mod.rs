@@ -11,6 +11,7 @@
 
 mod backlog;
 mod checkpoint;
+mod deadletters;
 mod dest;
 mod hot;
 mod schema;
@@ -26,6 +27,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::envelope::Priority;
 
 pub use checkpoint::Checkpointer;
+pub use deadletters::{Dead, Ended, Resendable};
 pub use dest::{Dest, Peer, Target, UnknownDest};
 pub use segment::Queued;
 pub use txn::Txn;

@@ -49,6 +49,33 @@ CREATE TABLE IF NOT EXISTS audit(
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 CREATE INDEX IF NOT EXISTS audit_id ON audit(id);
+-- Commands that ended here failed, expired or rejected, kept for operators to look at and
+-- re-send (dead letters), until `deadletter_retention_s` after they ended. `envelope` is the
+-- envelope JSON, or for a rejected submission the bytes the client sent.
+CREATE TABLE IF NOT EXISTS deadletter(
+    id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    from_node TEXT NOT NULL,
+    from_client TEXT NOT NULL,
+    to_node TEXT NOT NULL,
+    to_client TEXT NOT NULL,
+    cmd TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    resent_as TEXT,
+    resent_by TEXT
+);
+CREATE INDEX IF NOT EXISTS deadletter_at ON deadletter(at);
+-- What operators did (reveal, re-send, purge), newest last; kept like the audit table.
+CREATE TABLE IF NOT EXISTS operator_log(
+    at INTEGER NOT NULL,
+    operator TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS operator_log_at ON operator_log(at);
 -- The node this journal belongs to (for tools reading it, like `medlink trace`).
 CREATE TABLE IF NOT EXISTS owner(node TEXT NOT NULL);
 ";

@@ -18,6 +18,7 @@ impl Journal {
     pub fn begin(&mut self) -> Result<Txn<'_>> {
         Ok(Txn {
             tx: self.conn.transaction()?,
+            dead: [0; 3],
             next: &mut self.next,
             reserved: &mut self.reserved,
             hot: &mut self.hot,
@@ -33,7 +34,9 @@ impl Journal {
 
 /// One group transaction. Dropping it without [`Txn::commit`] rolls everything back.
 pub struct Txn<'a> {
-    tx: Transaction<'a>,
+    pub(super) tx: Transaction<'a>,
+    /// Dead letters kept in this transaction, by [`medlink_wire::DeadReason`].
+    pub(super) dead: [u64; 3],
     next: &'a mut HashMap<String, u64>,
     reserved: &'a mut HashMap<String, u64>,
     hot: &'a mut HashMap<String, Hot>,
@@ -343,6 +346,7 @@ impl Txn<'_> {
         }
         if let Some(stats) = self.stats {
             self.backlog.report(stats);
+            stats.dead_letters(self.dead);
         }
         Ok(())
     }
