@@ -12,6 +12,7 @@ command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v prlimit >/dev/null 2>&1 || need+=(util-linux) # the descriptor-exhaustion test
 command -v curl >/dev/null 2>&1 || need+=(curl)            # the HTTPS metrics test
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # checks and unit-tests conf/alerts.yml
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies the packaged unit
 # tests/schemathesis.rs makes a virtualenv (python3 -m venv) and pip-installs schemathesis.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # The browser test (tests/browser.rs): Debian's chromium, driven from Node.js. A Node.js from
@@ -34,6 +35,12 @@ fi
 if [ ! -f tests/browser/node_modules/.package-lock.json ] ||
     [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# cargo-deb for the package test (tests/it/package.rs), pinned: the test packages the debug
+# build with `--profile dev`, which newer releases may refuse.
+if ! cargo deb --version 2>/dev/null | grep -q '3\.8\.0'; then
+    cargo install cargo-deb --locked --version 3.8.0
 fi
 
 # rustfmt and clippy ship with rustup's default profile; add them where a minimal one was used.

@@ -261,13 +261,20 @@ async fn run_node(cfg: medlink_bridge::node::NodeConfig, config: &std::path::Pat
             return ExitCode::FAILURE;
         }
     };
-    // Token keys follow the config file while the node runs (and on SIGHUP).
-    let reload = config::reload::spawn(config, tokens);
+    // Token keys follow the config file while the node runs; SIGHUP also re-reads the
+    // credentials.
+    let reload = config::reload::spawn(config, tokens, node.auth.clone());
     for (kind, addr) in &node.bound {
         info!(?kind, %addr, "ready");
     }
+    // Under systemd (Type=notify): the listeners are bound and the journal is open. Outside
+    // systemd NOTIFY_SOCKET is unset and this does nothing.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not tell systemd the node is ready");
+    }
     wait_for_stop_signal().await;
     info!("stop requested; shutting down cleanly");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     reload.abort();
     node.shutdown().await;
     ExitCode::SUCCESS

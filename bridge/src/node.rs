@@ -173,6 +173,8 @@ pub struct Node {
     pub stats: Stats,
     /// Front-end counters.
     pub broker_metrics: Arc<BrokerMetrics>,
+    /// Logins (the credentials file and token keys in force).
+    pub auth: Arc<Authenticator>,
     broker: Option<BrokerHandle>,
     shutdown: watch::Sender<bool>,
     dispatcher: Option<std::thread::JoinHandle<()>>,
@@ -240,6 +242,7 @@ impl Node {
             .map_err(NodeError::Credentials)?
             .with_tokens(cfg.tokens.clone()),
         );
+        let auth_handle = auth.clone();
         let credentials = auth.credentials();
         let topology = Topology {
             me: cfg.id.clone(),
@@ -403,6 +406,7 @@ impl Node {
             http_addr,
             stats,
             broker_metrics,
+            auth: auth_handle,
             broker: Some(broker),
             shutdown,
             dispatcher: Some(thread),

@@ -163,10 +163,20 @@ impl Authenticator {
     /// Re-reads the credentials file if it changed (looked at once a second at most). A file
     /// that fails to parse is logged and the previous identities stay in force.
     pub fn refresh(&self) {
+        self.reload(false)
+    }
+
+    /// Re-reads the credentials file now, changed or not (SIGHUP: an operator fixed its
+    /// owner or mode, which changes neither its time nor its size).
+    pub fn reload_now(&self) {
+        self.reload(true)
+    }
+
+    fn reload(&self, forced: bool) {
         let CredentialSource::File(path) = &self.source else {
             return;
         };
-        {
+        if !forced {
             let loaded = self
                 .loaded
                 .read()
@@ -179,12 +189,12 @@ impl Authenticator {
             .loaded
             .write()
             .expect("credentials lock is never held across a panic");
-        if loaded.checked_at.elapsed() < RELOAD_CHECK {
+        if !forced && loaded.checked_at.elapsed() < RELOAD_CHECK {
             return;
         }
         loaded.checked_at = Instant::now();
         let stamp = file_stamp(path);
-        if stamp == loaded.stamp {
+        if !forced && stamp == loaded.stamp {
             return;
         }
         match CredentialsFile::load(path) {

@@ -121,7 +121,9 @@ impl CredentialsFile {
         Ok(file)
     }
 
-    /// Writes the file atomically (temporary file, fsync, rename) with mode 0600.
+    /// Writes the file atomically (temporary file, fsync, rename) with mode 0600. A file that
+    /// is replaced keeps its owner and group: root running `medlink passwd` on a service's
+    /// credentials leaves them readable by the service user.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let body = toml::to_string(self).map_err(std::io::Error::other)?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
@@ -132,6 +134,12 @@ impl CredentialsFile {
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
             let mut f = opts.open(&tmp)?;
+            #[cfg(unix)]
+            if let Ok(old) = std::fs::metadata(path) {
+                use std::os::unix::fs::MetadataExt;
+                // Only root may give a file away; anyone else writes their own file anyway.
+                let _ = std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid()));
+            }
             f.write_all(FILE_HEADER.as_bytes())?;
             f.write_all(body.as_bytes())?;
             f.sync_all()?;
@@ -333,5 +341,26 @@ mod tests {
         for bad in ["", "a/b", "a+", "#", "a\nb"] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_keeps_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        let mut f = CredentialsFile::default();
+        f.upsert("clinic", Role::Client, Some(hash_password("pw")));
+        f.save(&path).unwrap();
+        // Give it to another user, as a package gives it to the service's user. Only root
+        // can; the tests run as root here and in CI.
+        let me = std::fs::metadata(&path).unwrap().uid();
+        assert_eq!(me, 0, "this test needs root (to give the file away)");
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        f.upsert("lab", Role::Client, Some(hash_password("pw2")));
+        f.save(&path).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        assert_eq!(m.mode() & 0o777, 0o600);
     }
 }

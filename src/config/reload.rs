@@ -1,5 +1,7 @@
 //! Re-reading the token keys while the node runs, so that adding, rotating or removing a
 //! `[[token_key]]` needs no restart (a removed key's tokens are refused within a second).
+//! SIGHUP (`systemctl reload medlink`) also re-reads the credentials file at once, whether or
+//! not it looks changed (the authenticator otherwise notices changes of time or size).
 //!
 //! Once a second, and at once on SIGHUP, the config file and the key files it names are read
 //! again; when any of them changed, the file is parsed (with the same types and
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medlink_broker::token::TokenKeys;
+use medlink_broker::Authenticator;
 use tracing::{info, warn};
 
 use super::{tokens, File};
@@ -36,6 +39,8 @@ pub struct Reloader {
     path: PathBuf,
     base: PathBuf,
     tokens: Arc<TokenKeys>,
+    /// The node's logins, whose credentials file SIGHUP re-reads.
+    auth: Option<Arc<Authenticator>>,
     /// Everything but `token_key` as the node started with it.
     started_with: Option<toml::Table>,
     seen: Seen,
@@ -51,6 +56,7 @@ impl Reloader {
             path: path.to_path_buf(),
             base,
             tokens,
+            auth: None,
             started_with: None,
             seen: Seen::default(),
             reported: None,
@@ -168,10 +174,16 @@ impl Reloader {
                 false
             };
             if forced {
-                info!("SIGHUP: re-reading the token keys");
+                info!("SIGHUP: re-reading the credentials and the token keys");
             }
             // Reading a few small files; on the blocking pool so a slow disk stalls no worker.
+            let auth = self.auth.clone();
             let (r, _) = match tokio::task::spawn_blocking(move || {
+                if forced {
+                    if let Some(auth) = auth {
+                        auth.reload_now();
+                    }
+                }
                 let changed = self.check(forced);
                 (self, changed)
             })
@@ -204,8 +216,14 @@ fn differing(a: &toml::Table, b: &toml::Table) -> Vec<String> {
 }
 
 /// Starts reloading the token keys of the node configured by `path`.
-pub fn spawn(path: &Path, tokens: Arc<TokenKeys>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(Reloader::new(path, tokens).run())
+pub fn spawn(
+    path: &Path,
+    tokens: Arc<TokenKeys>,
+    auth: Arc<Authenticator>,
+) -> tokio::task::JoinHandle<()> {
+    let mut reloader = Reloader::new(path, tokens);
+    reloader.auth = Some(auth);
+    tokio::spawn(reloader.run())
 }
 
 #[cfg(test)]
