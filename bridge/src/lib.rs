@@ -18,6 +18,7 @@
 
 pub mod audit;
 pub mod clients;
+pub mod console;
 pub mod datadir;
 pub mod dispatcher;
 pub mod envelope;

@@ -31,7 +31,7 @@ pub struct Sources {
 }
 
 /// Bytes the journal takes on disk, its WAL and shared-memory files included.
-fn journal_bytes(journal: &std::path::Path) -> u64 {
+pub(crate) fn journal_bytes(journal: &std::path::Path) -> u64 {
     ["", "-wal", "-shm"]
         .iter()
         .filter_map(|suffix| {
@@ -44,7 +44,7 @@ fn journal_bytes(journal: &std::path::Path) -> u64 {
 }
 
 /// Bytes free for an unprivileged writer on the file system that holds `path`.
-fn disk_free_bytes(path: &std::path::Path) -> Option<u64> {
+pub(crate) fn disk_free_bytes(path: &std::path::Path) -> Option<u64> {
     let fs = rustix::fs::statvfs(path).ok()?;
     Some(fs.f_bavail.saturating_mul(fs.f_frsize))
 }

@@ -293,6 +293,19 @@ impl Node {
             (Some(handle), Some(task))
         };
         let stats = Stats::default();
+        // The console's agent: this node's summary up the tree, questions down it.
+        let (agent, console, console_notes) = crate::console::Agent::new(
+            crate::console::status::Sources {
+                node: cfg.id.clone(),
+                stats: stats.clone(),
+                broker: broker_metrics.clone(),
+                journal: path.clone(),
+                started_at: crate::envelope::now_ms(),
+            },
+            topology.children.iter().cloned().collect(),
+            uplink.clone(),
+            http_tx.clone(),
+        );
         let dispatcher = Dispatcher::new(
             DispatcherConfig {
                 audit: cfg.audit || !topology.has_parent,
@@ -313,6 +326,7 @@ impl Node {
             },
             uplink,
             stats.clone(),
+            Some(console_notes),
         )
         .map_err(|source| NodeError::Journal {
             path: path.clone(),
@@ -339,18 +353,22 @@ impl Node {
             .map_err(|e| NodeError::Dispatcher(format!("cannot start its thread: {e}")))?;
         let rate = Arc::new(RateLimiter::new(cfg.rate));
         let http_state = cfg.http.as_ref().map(|_| {
-            Arc::new(ApiState::new(
-                &cfg.id,
-                auth.clone(),
-                rate.clone(),
-                broker_metrics.clone(),
-                http_tx,
-                cfg.limits,
-                cfg.http.as_ref().map_or(Duration::ZERO, |h| h.max_wait),
-                cfg.transport.clone(),
-                cfg.max_connections_per_identity,
-            ))
+            Arc::new(
+                ApiState::new(
+                    &cfg.id,
+                    auth.clone(),
+                    rate.clone(),
+                    broker_metrics.clone(),
+                    http_tx,
+                    cfg.limits,
+                    cfg.http.as_ref().map_or(Duration::ZERO, |h| h.max_wait),
+                    cfg.transport.clone(),
+                    cfg.max_connections_per_identity,
+                )
+                .with_console(console.clone(), cfg.http.as_ref().is_some_and(|h| h.tls)),
+            )
         });
+        tokio::spawn(agent.run(shutdown_rx.clone()));
         let budget = ConnectionBudget::new(cfg.max_connections);
         let http_limits = HttpLimits {
             budget: budget.clone(),

@@ -29,13 +29,13 @@ const PATIENT: &str = "patient-a017";
 /// The promise the page makes: shown this soon after the sender has custody.
 const BUDGET_MS: i64 = 1000;
 
-fn chromium_path() -> PathBuf {
+pub(crate) fn chromium_path() -> PathBuf {
     std::env::var_os("MEDLINK_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }
 
-fn browser_dir() -> PathBuf {
+pub(crate) fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
@@ -69,7 +69,7 @@ fn in_ci() -> bool {
 }
 
 /// True if the test can run; panics in CI when it cannot; otherwise says loudly why not.
-fn browser_available() -> bool {
+pub(crate) fn browser_available() -> bool {
     let missing = missing_prerequisites();
     if missing.is_empty() {
         return true;

@@ -9,6 +9,7 @@ mod alerts;
 mod broker;
 mod browser;
 mod cli;
+mod console;
 mod custody;
 mod data_dir;
 mod deadletters;

@@ -66,6 +66,13 @@ pub enum Request {
         /// Where to send the verdict.
         reply: oneshot::Sender<Accept>,
     },
+    /// The console's agent sends `frame` (a question) down to child `child`.
+    LinkSend {
+        /// The child node.
+        child: String,
+        /// The frame.
+        frame: Vec<u8>,
+    },
     /// An operator's request (dead letters, re-sends, the operator log).
     Operator(super::operator::OperatorRequest),
     /// A child node linked over HTTP asks for the frames waiting for it (a long-poll). The

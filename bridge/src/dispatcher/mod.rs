@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medlink_broker::{Accept, Authenticator, Inbound};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::clients::{stream_topic, Change, Clients, Cursor};
@@ -114,8 +114,10 @@ impl Dispatcher {
         inputs: Inputs,
         uplink: Option<UplinkHandle>,
         stats: Stats,
+        console: Option<mpsc::UnboundedSender<crate::console::Note>>,
     ) -> rusqlite::Result<Dispatcher> {
-        let links = Links::new(&cfg.topology, cfg.tuning, &journal, uplink, stats.clone())?;
+        let mut links = Links::new(&cfg.topology, cfg.tuning, &journal, uplink, stats.clone())?;
+        links.console = console;
         let services = Services::new(&cfg.topology.me, &cfg.services, &journal)?;
         let clients = Clients::new(&cfg.topology.me);
         let members = cfg
@@ -369,6 +371,7 @@ impl State {
             }
             Request::LinkPoll { child, reply } => self.links.child_poll(&child, reply),
             Request::Operator(req) => out.operator.push(self.operate(tx, req, now)?),
+            Request::LinkSend { child, frame } => out.frames.push((Peer::Child(child), frame)),
         }
         Ok(())
     }

@@ -26,6 +26,16 @@ pub enum Operation {
         /// Most lines.
         limit: usize,
     },
+    /// The queues whose first in line is oldest, per group and lane, with their first
+    /// commands (params left out).
+    Queues,
+    /// One waiting command, params included; written in the operator log.
+    Reveal {
+        /// The journal queue it waits in.
+        queue: String,
+        /// Its id.
+        id: String,
+    },
 }
 
 /// The dispatcher's answer to an [`Operation`].
@@ -37,6 +47,8 @@ pub enum Answer {
     Outcomes(Vec<Outcome>),
     /// Operator log lines, newest first.
     Log(Vec<OperatorAction>),
+    /// A JSON answer (queues, a revealed command); `Err` says why there is none.
+    Json(Result<serde_json::Value, String>),
 }
 
 /// An operator's request, with who asks and where the answer goes (after the commit).
@@ -124,6 +136,10 @@ impl State {
         let answer = match req.op {
             Operation::DeadLetters(q) => Answer::DeadLetters(tx.dead_letters(&q, self.me())?),
             Operation::Log { limit } => Answer::Log(tx.operator_log(limit)?),
+            Operation::Queues => Answer::Json(Ok(self.queues(tx)?)),
+            Operation::Reveal { queue, id } => {
+                Answer::Json(self.reveal(tx, &queue, &id, &operator, now)?)
+            }
             Operation::Resend(ids) => {
                 let mut outcomes = Vec::with_capacity(ids.len());
                 for id in ids {
@@ -222,6 +238,80 @@ impl State {
             resent_as: Some(new_id),
             error: None,
         })
+    }
+}
+
+/// Queues shown per group and lane, and commands shown per queue.
+const SHOWN_QUEUES: usize = 10;
+const SHOWN_COMMANDS: usize = 5;
+/// How far into a queue a reveal looks for its command.
+const REVEAL_DEPTH: usize = 10_000;
+
+/// What an operator sees of a waiting command before revealing it: no params.
+fn summary(body: &[u8]) -> serde_json::Value {
+    match Envelope::parse(body) {
+        Ok(e) => serde_json::json!({
+            "id": e.id, "from": e.from, "to": e.to, "cmd": e.cmd, "priority": e.priority,
+            "created_at": e.created_at, "expires_at": e.expires_at, "hops": e.hops,
+        }),
+        Err(e) => serde_json::json!({ "error": format!("unreadable envelope: {e}") }),
+    }
+}
+
+impl State {
+    /// Per group and lane that has something waiting: the queues whose first in line is
+    /// oldest, and their first commands.
+    fn queues(&self, tx: &Txn) -> rusqlite::Result<serde_json::Value> {
+        let mut groups = Vec::new();
+        for ((group, lane), gauge) in self.stats.queues() {
+            if gauge.depth == 0 {
+                continue;
+            }
+            let mut queues = Vec::new();
+            for (dest, created, waiting) in tx.oldest_queues(&group, lane, SHOWN_QUEUES) {
+                let first: Vec<_> = tx
+                    .peek(&dest, SHOWN_COMMANDS)?
+                    .iter()
+                    .map(|q| summary(&q.body))
+                    .collect();
+                queues.push(serde_json::json!({
+                    "queue": dest.to_string(), "waiting": waiting,
+                    "oldest_created": created, "first": first,
+                }));
+            }
+            groups.push(serde_json::json!({
+                "dest": group.to_string(), "lane": lane, "depth": gauge.depth,
+                "oldest_created": gauge.oldest_created, "queues": queues,
+            }));
+        }
+        Ok(serde_json::json!({ "groups": groups }))
+    }
+
+    /// Command `id` waiting in `queue`, params included; the operator log records who looked.
+    fn reveal(
+        &mut self,
+        tx: &mut Txn,
+        queue: &str,
+        id: &str,
+        operator: &str,
+        now: u64,
+    ) -> rusqlite::Result<Result<serde_json::Value, String>> {
+        let Ok(dest) = queue.parse::<crate::journal::Dest>() else {
+            return Ok(Err(format!("no queue {queue:?}")));
+        };
+        let found = tx
+            .peek(&dest, REVEAL_DEPTH)?
+            .into_iter()
+            .find(|q| q.id == id);
+        let Some(row) = found else {
+            return Ok(Err(format!(
+                "{id} no longer waits in {queue} at {}",
+                self.me()
+            )));
+        };
+        tx.log_operator(&action(now, operator, "reveal", id, format!("in {queue}")))?;
+        info!(operator, id, queue, "waiting command revealed");
+        Ok(serde_json::from_slice(&row.body).map_err(|e| e.to_string()))
     }
 }
 

@@ -21,9 +21,10 @@ pub struct ApiError {
     /// Ids of the batch's messages that were accepted before the failure (never resend those).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accepted: Vec<String>,
-    /// A 401 for a refused Bearer token challenges with `Bearer`, not `Basic`.
+    /// What a 401 challenges with: `Basic` unless said otherwise (a refused Bearer token,
+    /// the console's session).
     #[serde(skip)]
-    bearer: bool,
+    challenge: &'static str,
 }
 
 impl ApiError {
@@ -35,7 +36,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             accepted: Vec::new(),
-            bearer: false,
+            challenge: "Basic realm=\"medlink\"",
         }
     }
 
@@ -65,7 +66,16 @@ impl ApiError {
     /// `WWW-Authenticate: Bearer error="invalid_token"`.
     pub fn invalid_token(message: impl Into<String>) -> Self {
         ApiError {
-            bearer: true,
+            challenge: "Bearer error=\"invalid_token\"",
+            ..Self::unauthorized(message)
+        }
+    }
+
+    /// 401 `unauthorized` for the console: its challenge names the login page, so a
+    /// browser's `fetch` never raises a password dialog.
+    pub fn console_login(message: impl Into<String>) -> Self {
+        ApiError {
+            challenge: "Session realm=\"medlink console\", login=\"/console\"",
             ..Self::unauthorized(message)
         }
     }
@@ -84,7 +94,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
-        let bearer = self.bearer;
+        let challenge = self.challenge;
         let body = serde_json::to_vec(&self).expect("errors always serialise");
         let mut resp = (status, body).into_response();
         let headers = resp.headers_mut();
@@ -93,16 +103,10 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/json"),
         );
         match status {
-            StatusCode::UNAUTHORIZED if bearer => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-            }
             StatusCode::UNAUTHORIZED => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"medlink\""),
+                    HeaderValue::from_static(challenge),
                 );
             }
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {

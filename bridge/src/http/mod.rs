@@ -8,6 +8,7 @@
 //! in `bridge/openapi.json`, served at `/v1/openapi.json`; a test keeps the two in step.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod inbox;
 pub mod link;
@@ -42,8 +43,9 @@ pub use transport::{TransportChoice, TransportPolicy};
 /// The OpenAPI 3 document of this API.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
-/// Every route: (method, path). The router is built from the same handlers; a test checks
-/// that this list and the OpenAPI document agree.
+/// Every route of the API: (method, path). The router is built from the same handlers; a
+/// test checks that this list and the OpenAPI document agree. The operators' web console
+/// (`/console…`, see `console.rs`) is a page and its own endpoints, not part of the API.
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/messages"),
     ("get", "/v1/inbox"),
@@ -135,6 +137,12 @@ pub struct ApiState {
     pub metrics: Arc<HttpMetrics>,
     /// Open long-polls and event streams per identity.
     pub streams: slots::StreamSlots,
+    /// The operators' console (`/console`).
+    pub console: Option<Arc<crate::console::Console>>,
+    /// Logged-in console sessions.
+    pub sessions: console::Sessions,
+    /// Console cookies are `Secure` (the API is served over HTTPS).
+    pub console_secure: bool,
     ids: Mutex<ulid::Generator>,
 }
 
@@ -163,8 +171,18 @@ impl ApiState {
             transport,
             metrics: Arc::default(),
             streams: slots::StreamSlots::new(max_streams_per_identity),
+            console: None,
+            sessions: console::Sessions::default(),
+            console_secure: false,
             ids: Mutex::new(ulid::Generator::new()),
         }
+    }
+
+    /// Serves the operators' console from `console`; `https`: its cookies are `Secure`.
+    pub fn with_console(mut self, console: Arc<crate::console::Console>, https: bool) -> Self {
+        self.console = Some(console);
+        self.console_secure = https;
+        self
     }
 
     /// Hands an item to the dispatcher; 503 if the node is shutting down.
@@ -219,6 +237,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/operator/log", get(operator::log))
         .route("/v1/openapi.json", get(openapi))
         .route("/push", get(push::page))
+        .route("/console", get(console::page))
+        .route("/console/login", post(console::login))
+        .route("/console/logout", post(console::logout))
+        .route("/console/api/tree", get(console::tree))
+        .route("/console/api/events", get(console::events))
+        .route("/console/api/ask", post(console::ask))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(move |resp: Response| {
@@ -238,11 +262,13 @@ fn count(metrics: &HttpMetrics, resp: Response) -> Response {
         _ => &metrics.responses_5xx,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+    // Our own answers: JSON, event streams, and the console's pages and redirects.
+    let ours = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes().starts_with(b"application/json")
             || v.as_bytes().starts_with(b"text/event-stream")
+            || v.as_bytes().starts_with(b"text/html")
     });
-    if status.is_success() || is_json {
+    if status.is_success() || status.is_redirection() || ours {
         return resp;
     }
     let (code, message) = match status {

@@ -25,7 +25,7 @@ use super::ApiState;
 const PAGE: &str = include_str!("push.html");
 
 /// Escapes text for an HTML attribute value.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

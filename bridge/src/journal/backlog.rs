@@ -125,13 +125,14 @@ impl Backlog {
         match change {
             HotChange::Insert(dest, row, created) => self.insert(dest, row.lseq, *created),
             HotChange::RemoveThrough(dest, upto, by) => {
+                let group = self.queues.get(dest.as_str()).map(|w| w.group.0.clone());
                 let gone = self.remove_where(dest, |w| {
                     let n = w.partition_point(|(l, _)| *l <= *upto);
                     w.drain(..n).map(|(_, c)| c).collect()
                 });
-                if let Some(by) = by {
+                if let (Some(by), Some(group)) = (by, group) {
                     if !gone.is_empty() {
-                        self.record_delivery(dest, *by, &gone, now);
+                        self.record_delivery(&group, *by, &gone, now);
                     }
                 }
             }
@@ -201,17 +202,14 @@ impl Backlog {
         gone
     }
 
-    fn record_delivery(&mut self, dest: &str, by: DeliveredBy, created: &[u64], now: u64) {
+    fn record_delivery(&mut self, group: &QueueGroup, by: DeliveredBy, created: &[u64], now: u64) {
         // Only commands count (receipt streams are acknowledged the same way); the
         // end-to-end latency is taken where the recipient took the command.
-        let (commands, last_hop) = match dest.parse::<Dest>().map(|d| d.target().clone()) {
-            Ok(Target::Commands(_)) => (true, true),
-            Ok(Target::Up | Target::Down(_)) => (true, false),
-            _ => (false, false),
+        let last_hop = match group {
+            QueueGroup::Clients | QueueGroup::Service(_) => true,
+            QueueGroup::Parent | QueueGroup::Child(_) => false,
+            QueueGroup::Receipts => return,
         };
-        if !commands {
-            return;
-        }
         let tally = self.delivered.entry(by).or_default();
         tally.0 += created.len() as u64;
         if last_hop {

@@ -24,8 +24,6 @@ use std::path::Path;
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::envelope::Priority;
-
 pub use checkpoint::Checkpointer;
 pub use deadletters::{Dead, Ended, Resendable};
 pub use dest::{Dest, Peer, Target, UnknownDest};
@@ -182,21 +180,6 @@ impl Journal {
         self.backlog.set_members(members);
         self.backlog.report_all(&stats);
         self.stats = Some(stats);
-    }
-
-    /// Up to `n` queues of `group`'s `lane` whose first in line is oldest, oldest first:
-    /// (queue, the `created_at` of its first in line, how many wait there).
-    pub fn oldest_queues(
-        &self,
-        group: &crate::stats::QueueGroup,
-        lane: Priority,
-        n: usize,
-    ) -> Vec<(Dest, u64, usize)> {
-        self.backlog
-            .oldest(&(group.clone(), lane), n)
-            .into_iter()
-            .filter_map(|(d, c, k)| Some((d.parse().ok()?, c, k)))
-            .collect()
     }
 
     /// This journal's epoch (random, fixed for the journal's life).

@@ -323,6 +323,43 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Up to `n` queues of `group`'s `lane` whose first in line is oldest, oldest first:
+    /// (queue, the `created_at` of its first in line, how many wait there).
+    pub fn oldest_queues(
+        &self,
+        group: &crate::stats::QueueGroup,
+        lane: Priority,
+        n: usize,
+    ) -> Vec<(Dest, u64, usize)> {
+        self.backlog
+            .oldest(&(group.clone(), lane), n)
+            .into_iter()
+            .filter_map(|(d, c, k)| Some((d.parse().ok()?, c, k)))
+            .collect()
+    }
+
+    /// The first `n` committed envelopes waiting in `dest`, in order (for operators; reads
+    /// SQLite, not the hot tail).
+    pub fn peek(&self, dest: &Dest, n: usize) -> Result<Vec<Queued>> {
+        let floor = acked(&self.tx, dest.as_str())?;
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT entries FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
+        )?;
+        let mut rows = stmt.query(params![dest.as_str(), floor as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            for entry in decode_row(row.get(0)?)? {
+                if entry.lseq > floor {
+                    out.push(entry);
+                    if out.len() >= n {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Commits the group. A failure is counted (`medlink_journal_commit_failures_total`).
     pub fn commit(mut self) -> Result<()> {
         let stats = self.stats;

@@ -67,6 +67,36 @@ pub enum Frame<'a> {
         /// The ping's `at`.
         at: u64,
     },
+    /// Up: the status summary of one node of the sender's subtree (its own, or one relayed
+    /// from below), for the console. Best effort, never journaled: the next one replaces it.
+    Status {
+        /// The node it describes.
+        node: String,
+        /// Its summary (`console::status::NodeStatus`).
+        #[serde(borrow)]
+        s: &'a RawValue,
+    },
+    /// Down: an operator's question for node `to` (or `*`: every node of the subtree), to be
+    /// answered within `budget_ms`.
+    Ask {
+        /// The asker's number for it, echoed in the answer.
+        qid: u64,
+        /// The node asked, or `*`.
+        to: String,
+        /// How long the asker waits, ms (each hop passes on less).
+        budget_ms: u64,
+        /// The question (`console::ask::Op`).
+        #[serde(borrow)]
+        op: &'a RawValue,
+    },
+    /// Up: the answer to an `ask`.
+    Answer {
+        /// The ask's `qid`.
+        qid: u64,
+        /// The answers, one per node that answered (`console::ask::Reply`).
+        #[serde(borrow)]
+        a: &'a RawValue,
+    },
 }
 
 /// Flat wire form used for decoding: serde's internally tagged enums buffer their content,
@@ -82,6 +112,16 @@ struct Wire<'a> {
     upto: Option<u64>,
     lane: Option<Priority>,
     at: Option<u64>,
+    node: Option<String>,
+    #[serde(borrow)]
+    s: Option<&'a RawValue>,
+    qid: Option<u64>,
+    to: Option<String>,
+    budget_ms: Option<u64>,
+    #[serde(borrow)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow)]
+    a: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +131,9 @@ enum WireKind {
     Ack,
     Ping,
     Pong,
+    Status,
+    Ask,
+    Answer,
 }
 
 impl<'a> Frame<'a> {
@@ -114,6 +157,20 @@ impl<'a> Frame<'a> {
             },
             WireKind::Pong => Frame::Pong {
                 at: need(w.at, "at")?,
+            },
+            WireKind::Status => Frame::Status {
+                node: w.node.ok_or("missing field `node`")?,
+                s: w.s.ok_or("missing field `s`")?,
+            },
+            WireKind::Ask => Frame::Ask {
+                qid: need(w.qid, "qid")?,
+                to: w.to.ok_or("missing field `to`")?,
+                budget_ms: need(w.budget_ms, "budget_ms")?,
+                op: w.op.ok_or("missing field `op`")?,
+            },
+            WireKind::Answer => Frame::Answer {
+                qid: need(w.qid, "qid")?,
+                a: w.a.ok_or("missing field `a`")?,
             },
         })
     }

@@ -23,6 +23,7 @@ use medlink_broker::{Accept, ConnId};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use crate::console::Note;
 use crate::envelope::{now_ms, Envelope, Priority};
 use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::route::{within, Topology};
@@ -80,6 +81,8 @@ pub struct Links {
     /// Positions of incoming lanes, read from the journal on first use.
     inbound: HashMap<(Peer, Priority), InOrder>,
     mailboxes: Mailboxes,
+    /// Where console frames (summaries, questions, answers) go.
+    pub console: Option<tokio::sync::mpsc::UnboundedSender<Note>>,
 }
 
 impl Links {
@@ -117,6 +120,7 @@ impl Links {
             children,
             inbound: HashMap::new(),
             mailboxes: Mailboxes::default(),
+            console: None,
         })
     }
 
@@ -234,6 +238,36 @@ impl Links {
                 }
             }
             Frame::Ping { at } => received.answer = Some((peer, Frame::Pong { at }.to_bytes())),
+            Frame::Status { node, s } => match &peer {
+                Peer::Child(child) => self.to_console(Note::Status {
+                    child: child.clone(),
+                    node,
+                    body: s.to_owned(),
+                }),
+                Peer::Parent => debug!("status summary from the parent ignored"),
+            },
+            Frame::Ask {
+                qid,
+                to,
+                budget_ms,
+                op,
+            } => match &peer {
+                Peer::Parent => self.to_console(Note::Ask {
+                    qid,
+                    to,
+                    budget_ms,
+                    op: op.to_owned(),
+                }),
+                Peer::Child(child) => warn!(child, "question from a child ignored"),
+            },
+            Frame::Answer { qid, a } => match &peer {
+                Peer::Child(child) => self.to_console(Note::Answer {
+                    child: child.clone(),
+                    qid,
+                    body: a.to_owned(),
+                }),
+                Peer::Parent => debug!("answer from the parent ignored"),
+            },
             Frame::Pong { at } => {
                 // Our own ping's time, echoed: the round trip (clock steps aside).
                 if peer == Peer::Parent {
@@ -309,6 +343,12 @@ impl Links {
         match peer {
             Peer::Parent => true,
             Peer::Child(child) => within(child, &env.from.node),
+        }
+    }
+
+    fn to_console(&self, note: Note) {
+        if let Some(console) = &self.console {
+            let _ = console.send(note);
         }
     }
 
