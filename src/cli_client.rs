@@ -102,6 +102,19 @@ pub struct ListenArgs {
     reply_with: Option<String>,
 }
 
+/// The password from `file` (its first line), or else from `MEDLINK_PASSWORD`; never from
+/// the command line, where `ps` would show it.
+pub fn read_password(file: Option<&std::path::Path>) -> Result<String, String> {
+    match file {
+        Some(f) => Ok(std::fs::read_to_string(f)
+            .map_err(|e| format!("--password-file {}: {e}", f.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string()),
+        None => std::env::var("MEDLINK_PASSWORD")
+            .map_err(|_| "give --password-file or set MEDLINK_PASSWORD".to_string()),
+    }
+}
+
 fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
     eprintln!("medlink {what}: {e}");
     ExitCode::FAILURE
@@ -113,14 +126,7 @@ async fn connect(
     args: &ConnectArgs,
     replies_only: bool,
 ) -> Result<(Client, medlink_sdk::Inbox), String> {
-    let password = match &args.password_file {
-        Some(f) => std::fs::read_to_string(f)
-            .map_err(|e| format!("--password-file {}: {e}", f.display()))?
-            .trim_end_matches(['\n', '\r'])
-            .to_string(),
-        None => std::env::var("MEDLINK_PASSWORD")
-            .map_err(|_| "give --password-file or set MEDLINK_PASSWORD".to_string())?,
-    };
+    let password = read_password(args.password_file.as_deref())?;
     Client::connect(Options {
         url: args.url.clone(),
         node: args.node.clone(),

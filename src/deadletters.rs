@@ -52,17 +52,6 @@ pub struct DeadLettersArgs {
     json: bool,
 }
 
-fn password(file: &Option<PathBuf>) -> Result<String, String> {
-    match file {
-        Some(f) => Ok(std::fs::read_to_string(f)
-            .map_err(|e| format!("--password-file {}: {e}", f.display()))?
-            .trim_end_matches(['\n', '\r'])
-            .to_string()),
-        None => std::env::var("MEDLINK_PASSWORD")
-            .map_err(|_| "give --password-file or set MEDLINK_PASSWORD".to_string()),
-    }
-}
-
 /// Runs the command; exit 0 when every action was done.
 pub async fn run(args: DeadLettersArgs) -> ExitCode {
     match run_inner(&args).await {
@@ -76,7 +65,7 @@ pub async fn run(args: DeadLettersArgs) -> ExitCode {
 }
 
 async fn run_inner(args: &DeadLettersArgs) -> Result<bool, String> {
-    let password = password(&args.password_file)?;
+    let password = crate::cli_client::read_password(args.password_file.as_deref())?;
     let tls = match &args.ca {
         Some(ca) => medlink_broker::tls::client_config(ca, None)?,
         None => medlink_broker::tls::client_config_trusting_nothing(),

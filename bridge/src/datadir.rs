@@ -131,6 +131,25 @@ fn private(path: &Path, mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bytes the journal takes on disk, its WAL and shared-memory files included.
+pub fn journal_bytes(journal: &std::path::Path) -> u64 {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut name = journal.as_os_str().to_owned();
+            name.push(suffix);
+            std::fs::metadata(name).ok()
+        })
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Bytes free for an unprivileged writer on the file system that holds `path`.
+pub fn disk_free_bytes(path: &std::path::Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(path).ok()?;
+    Some(fs.f_bavail.saturating_mul(fs.f_frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

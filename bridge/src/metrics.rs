@@ -30,25 +30,6 @@ pub struct Sources {
     pub journal: std::path::PathBuf,
 }
 
-/// Bytes the journal takes on disk, its WAL and shared-memory files included.
-pub(crate) fn journal_bytes(journal: &std::path::Path) -> u64 {
-    ["", "-wal", "-shm"]
-        .iter()
-        .filter_map(|suffix| {
-            let mut name = journal.as_os_str().to_owned();
-            name.push(suffix);
-            std::fs::metadata(name).ok()
-        })
-        .map(|m| m.len())
-        .sum()
-}
-
-/// Bytes free for an unprivileged writer on the file system that holds `path`.
-pub(crate) fn disk_free_bytes(path: &std::path::Path) -> Option<u64> {
-    let fs = rustix::fs::statvfs(path).ok()?;
-    Some(fs.f_bavail.saturating_mul(fs.f_frsize))
-}
-
 /// Renders every metric of the node.
 pub fn render(sources: &Sources) -> String {
     let mut out = String::with_capacity(4096);
@@ -107,9 +88,9 @@ pub fn render(sources: &Sources) -> String {
     let _ = writeln!(
         out,
         "# HELP {name} bytes of the custody journal on disk, WAL included\n# TYPE {name} gauge\n{name} {}",
-        journal_bytes(&sources.journal)
+        crate::datadir::journal_bytes(&sources.journal)
     );
-    if let Some(free) = disk_free_bytes(&sources.journal) {
+    if let Some(free) = crate::datadir::disk_free_bytes(&sources.journal) {
         let name = "medlink_disk_free_bytes";
         let _ = writeln!(
             out,

@@ -69,6 +69,39 @@ fn in_ci() -> bool {
 }
 
 /// True if the test can run; panics in CI when it cannot; otherwise says loudly why not.
+/// Starts `tests/browser/<script>` under Node.js with `cfg` as its argument; returns the
+/// process, its stdin, and its stdout's JSON lines (other lines are printed).
+pub(crate) fn spawn_script(
+    script: &str,
+    cfg: &Value,
+) -> (Child, ChildStdin, mpsc::Receiver<Value>) {
+    let mut child = Command::new("node")
+        .arg(browser_dir().join(script))
+        .arg(cfg.to_string())
+        .current_dir(browser_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn node tests/browser/{script}: {e}"));
+    let stdin = child.stdin.take().expect("stdin was piped");
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            match serde_json::from_str::<Value>(&line) {
+                Ok(v) => {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => eprintln!("browser script: {line}"),
+            }
+        }
+    });
+    (child, stdin, lines)
+}
+
 pub(crate) fn browser_available() -> bool {
     let missing = missing_prerequisites();
     if missing.is_empty() {
@@ -113,30 +146,7 @@ impl Browser {
         for (k, v) in login.as_object().expect("a login object") {
             cfg[k] = v.clone();
         }
-        let mut child = Command::new("node")
-            .arg(browser_dir().join("push.mjs"))
-            .arg(cfg.to_string())
-            .current_dir(browser_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn node tests/browser/push.mjs");
-        let stdin = child.stdin.take().expect("stdin was piped");
-        let stdout = child.stdout.take().expect("stdout was piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(v) => {
-                        if tx.send(v).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => eprintln!("browser script: {line}"),
-                }
-            }
-        });
+        let (child, stdin, lines) = spawn_script("push.mjs", &cfg);
         Browser {
             child,
             stdin,

@@ -8,12 +8,12 @@
 //! its path down to the township; a dead letter at the county is re-sent from the root's
 //! console and delivered once, and the re-send is in the county's operator log.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::browser::{browser_available, browser_dir, chromium_path};
+use crate::browser::{browser_available, chromium_path, spawn_script};
 use crate::common;
 use common::http::{get_json, post_json, read, send, Login};
 use common::proxy::{Mode, Proxy};
@@ -34,30 +34,8 @@ struct Page {
 
 impl Page {
     fn open() -> Page {
-        let cfg = json!({ "chromium": chromium_path() });
-        let mut child = Command::new("node")
-            .arg(browser_dir().join("console.mjs"))
-            .arg(cfg.to_string())
-            .current_dir(browser_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node runs console.mjs");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(v) if v.get("event").is_some() => eprintln!("page: {v}"),
-                    Ok(v) => {
-                        let _ = tx.send(v);
-                    }
-                    Err(_) => eprintln!("console.mjs: {line}"),
-                }
-            }
-        });
+        let (child, stdin, lines) =
+            spawn_script("console.mjs", &json!({ "chromium": chromium_path() }));
         Page {
             child,
             stdin,
@@ -65,11 +43,19 @@ impl Page {
         }
     }
 
+    /// Sends `cmd`; returns its answer (the page's complaints on the way are printed).
     fn run(&mut self, cmd: Value) -> Value {
         writeln!(self.stdin, "{cmd}").expect("write to console.mjs");
-        self.lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no answer from the browser to {cmd}"))
+        loop {
+            let v = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no answer from the browser to {cmd}"));
+            if v.get("event").is_none() {
+                return v;
+            }
+            eprintln!("page: {v}");
+        }
     }
 
     fn goto(&mut self, url: &str) -> u64 {

@@ -133,8 +133,8 @@ impl NodeStatus {
             delivered: count(DeliveredBy::Mqtt) + count(DeliveredBy::Http),
             forwarded: count(DeliveredBy::Link),
             dead_letters: src.stats.dead_letter_counts().iter().map(|(_, n)| n).sum(),
-            journal_bytes: crate::metrics::journal_bytes(&src.journal),
-            disk_free_bytes: crate::metrics::disk_free_bytes(&src.journal),
+            journal_bytes: crate::datadir::journal_bytes(&src.journal),
+            disk_free_bytes: crate::datadir::disk_free_bytes(&src.journal),
         }
     }
 

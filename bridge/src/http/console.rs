@@ -29,7 +29,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use futures_util::stream::{self, Stream};
 use medlink_broker::Role;
 use serde::Deserialize;
@@ -128,34 +127,21 @@ fn console(state: &ApiState) -> Result<&Arc<Console>, ApiError> {
         .ok_or_else(|| ApiError::unavailable("this node serves no console"))
 }
 
-/// An HTML page with a fresh nonce for its inline script and style.
+/// An HTML page with a fresh nonce for its inline script and style; `message` fills the
+/// page's one variable text (the operator's name, or why the login failed).
 fn html(status: StatusCode, template: &str, state: &ApiState, message: &str) -> Response {
-    let nonce = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 18]>());
+    let nonce = super::push::nonce();
     let body = template
         .replace("{{NODE}}", &super::push::escape(&state.node_id))
         .replace("{{MESSAGE}}", &super::push::escape(message))
         .replace("{{NONCE}}", &nonce);
+    // As /push's, but the login form may post to this origin.
     let csp = format!(
         "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
          connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; \
          frame-ancestors 'none'"
     );
-    let mut resp = (status, body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&csp) {
-        h.insert(header::CONTENT_SECURITY_POLICY, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    resp
+    super::push::html_response(status, body, &csp)
 }
 
 /// `GET /console`: the console for an admin, the login page for anyone else.

@@ -64,16 +64,27 @@ pub fn render(node: &str, nonce: &str) -> (String, String) {
 /// fragment (`/push#identity=…&password=…`, `/push#token=…`), which browsers never send to the
 /// server. Never in the query string: URLs reach access logs and proxies.
 pub async fn page(State(state): State<Arc<ApiState>>) -> Response {
-    let nonce = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 18]>());
+    let nonce = nonce();
     let (html, csp) = render(&state.node_id, &nonce);
-    let mut resp = (StatusCode::OK, html).into_response();
+    html_response(StatusCode::OK, html, &csp)
+}
+
+/// A fresh random nonce for one response's inline script and style.
+pub(crate) fn nonce() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 18]>())
+}
+
+/// An HTML page served by the node (`/push`, `/console`): its policy `csp`, never cached,
+/// never framed, no referrer, its own browsing-context group.
+pub(crate) fn html_response(status: StatusCode, html: String, csp: &str) -> Response {
+    let mut resp = (status, html).into_response();
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     // The nonce is base64 and the rest is fixed text, so the header value is always valid.
-    if let Ok(value) = HeaderValue::from_str(&csp) {
+    if let Ok(value) = HeaderValue::from_str(csp) {
         headers.insert(header::CONTENT_SECURITY_POLICY, value);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
