@@ -270,9 +270,41 @@ async fn the_console_shows_the_live_tree_follows_a_command_and_resends_a_dead_le
         eprintln!("county queue {depth} shown {waited} ms after the sends");
     });
 
-    // The 3 s command expires at the county: a dead letter there, seen from the root.
+    // The county's queues, seen from the root: the oldest first, params hidden until an
+    // operator reveals them (which the county's operator log records).
+    let first = queued[0].clone();
+    let shot_dir = t.dir.path().to_path_buf();
     p(&mut |pg| {
         pg.click("tr[data-node=\"js.nj.gulou\"]");
+        pg.click("#load-queues");
+        let row = format!("#queues tr[data-id=\"{first}\"]");
+        pg.wait(
+            "the county's queue",
+            &format!("!!document.querySelector('{row}')"),
+            15,
+        );
+        let shown = pg.eval(&format!("document.querySelector('{row}').innerText"));
+        assert!(
+            !shown.as_str().unwrap().contains("\"n\""),
+            "params hidden: {shown}"
+        );
+        pg.click(&format!("{row} button.reveal"));
+        let (params, _) = pg.wait(
+            "the revealed params",
+            &format!("(document.querySelector('{row} pre') || {{}}).textContent"),
+            15,
+        );
+        let params: Value = serde_json::from_str(params.as_str().unwrap()).unwrap();
+        assert_eq!(params, json!({"n": 1}));
+        // A picture of it (README), kept where MEDLINK_CONSOLE_SCREENSHOT says.
+        let shot = std::env::var("MEDLINK_CONSOLE_SCREENSHOT")
+            .unwrap_or_else(|_| shot_dir.join("console.png").display().to_string());
+        let r = pg.run(json!({"cmd": "screenshot", "path": shot}));
+        assert_eq!(r["ok"], true, "{r}");
+    });
+
+    // The 3 s command expires at the county: a dead letter there, seen from the root.
+    p(&mut |pg| {
         let js = format!(
             "(async () => {{ document.getElementById('load-dead').click(); await new Promise(r => setTimeout(r, 500)); return !!document.querySelector('#dead-letters tr[data-id=\"{expiring}\"] button.resend'); }})()"
         );
@@ -312,24 +344,25 @@ async fn the_console_shows_the_live_tree_follows_a_command_and_resends_a_dead_le
         "a re-send is a new command"
     );
 
-    // The county's operator log names the root's operator.
+    // The county's operator log names the root's operator, for the reveal and the re-send.
     p(&mut |pg| {
         pg.click("#load-log");
-        let (who, _) = pg.wait(
+        let (log, _) = pg.wait(
             "the re-send in the county's log",
-            "[...document.querySelectorAll('#operator-log tr')].map(r => r.innerText).find(t => t.includes('resend'))",
+            "[...document.querySelectorAll('#operator-log tr')].map(r => r.innerText).join('\\n')",
             10,
         );
-        assert!(who.as_str().unwrap().contains("ops@js"), "{who}");
-    });
-
-    // A picture of it, for the README (kept where MEDLINK_CONSOLE_SCREENSHOT says).
-    let shot = std::env::var("MEDLINK_CONSOLE_SCREENSHOT")
-        .unwrap_or_else(|_| t.dir.path().join("console.png").display().to_string());
-    p(&mut |pg| {
-        pg.click("#load-queues");
-        std::thread::sleep(Duration::from_millis(500));
-        let r = pg.run(json!({"cmd": "screenshot", "path": shot}));
-        assert_eq!(r["ok"], true, "{r}");
+        let log = log.as_str().unwrap().to_string();
+        let line = |action: &str| log.lines().find(|l| l.contains(action)).map(str::to_string);
+        let resend = line("resend").unwrap_or_else(|| panic!("no resend in {log}"));
+        assert!(
+            resend.contains("ops@js") && resend.contains(&expiring),
+            "{resend}"
+        );
+        let reveal = line("reveal").unwrap_or_else(|| panic!("no reveal in {log}"));
+        assert!(
+            reveal.contains("ops@js") && reveal.contains(&first),
+            "{reveal}"
+        );
     });
 }
