@@ -30,6 +30,10 @@ pub struct DemoArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// After the consultation, keep the tree running (until Ctrl-C) to look at it in the
+    /// operators' console.
+    #[arg(long)]
+    stay: bool,
 }
 
 const TIERS: [&str; 4] = ["province", "city", "county", "township"];
@@ -81,6 +85,21 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         },
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
     };
+    if outcome.is_ok() && args.stay {
+        let ca = args.conf_dir.join("dev/certs/ca.crt");
+        println!(
+            "\nthe tree keeps running; the province's console: https://localhost:18840/console\n\
+             (admin identity ops, password dev-ops-readonly; the development CA is {}).\n\
+             Every node serves its own: city 18841, county 18842, township 18843. Ctrl-C stops them.",
+            ca.display()
+        );
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+        }
+    }
     for n in nodes.iter_mut() {
         n.stop().await;
     }
