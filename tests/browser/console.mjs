@@ -31,6 +31,8 @@ page.on('console', (m) => {
   if (m.type() === 'error') out({ event: 'console', text: m.text() });
 });
 page.on('pageerror', (e) => out({ event: 'pageerror', text: String(e) }));
+// The operator says yes to the page's confirmations (e.g. purging a dead letter).
+page.on('dialog', (d) => d.accept());
 
 const evaluate = (js) => page.evaluate((src) => (0, eval)(src), js);
 

@@ -5,8 +5,9 @@
 //! At the root's console: an unauthenticated visitor gets the login page and no data; an
 //! admin sees all four nodes; cutting the township's link marks it stale within seconds and
 //! the commands for it pile up on the county's row; a command's id searched at the root shows
-//! its path down to the township; a dead letter at the county is re-sent from the root's
-//! console and delivered once, and the re-send is in the county's operator log.
+//! its path down to the township; a waiting command's params are revealed; a dead letter at
+//! the county is re-sent from the root's console and delivered once, then purged; and the
+//! county's operator log has all three actions, by the root's operator.
 
 use std::io::Write;
 use std::process::{Child, ChildStdin};
@@ -344,7 +345,23 @@ async fn the_console_shows_the_live_tree_follows_a_command_and_resends_a_dead_le
         "a re-send is a new command"
     );
 
-    // The county's operator log names the root's operator, for the reveal and the re-send.
+    // Purged from the root's console once dealt with.
+    p(&mut |pg| {
+        let row = format!("#dead-letters tr[data-id=\"{expiring}\"]");
+        let js = format!(
+            "(async () => {{ document.getElementById('load-dead').click(); await new Promise(r => setTimeout(r, 500)); return !!document.querySelector('{row} button.purge'); }})()"
+        );
+        pg.wait("the dead letter listed again", &js, 10);
+        pg.click(&format!("{row} button.purge"));
+        pg.wait(
+            "purged",
+            &format!("document.querySelector('{row}').innerText.includes('purged')"),
+            10,
+        );
+    });
+
+    // The county's operator log names the root's operator, for the reveal, the re-send and
+    // the purge.
     p(&mut |pg| {
         pg.click("#load-log");
         let (log, _) = pg.wait(

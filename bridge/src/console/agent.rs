@@ -403,6 +403,9 @@ impl Local {
             Op::Resend { ids, operator } => {
                 return self.operate(operator, Operation::Resend(ids)).await
             }
+            Op::Purge { ids, operator } => {
+                return self.operate(operator, Operation::Purge(ids)).await
+            }
             Op::Log => Operation::Log { limit: 100 },
         };
         self.operate("console".into(), operation).await

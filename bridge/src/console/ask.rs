@@ -54,6 +54,13 @@ pub enum Op {
         /// Who asks.
         operator: String,
     },
+    /// Forget dead letters.
+    Purge {
+        /// Their ids.
+        ids: Vec<String>,
+        /// Who asks.
+        operator: String,
+    },
     /// The operator log.
     Log,
 }

@@ -4,7 +4,7 @@
 //! - [`status`]: one node's summary (links, queues, clients, counters, version, uptime).
 //! - [`tree`]: the summaries of the subtree, and which nodes are stale.
 //! - [`ask`]: the questions ([`ask::Op`]: journey, queues, reveal, dead letters, re-send,
-//!   operator log) and answers ([`ask::Reply`]).
+//!   purge, operator log) and answers ([`ask::Reply`]).
 //! - [`agent`]: the task that makes this node's summary, keeps the tree, relays summaries up,
 //!   and routes questions down and answers up.
 //!

@@ -291,7 +291,9 @@ pub async fn ask(
     // Who acts is this console's operator, whatever the page says.
     let acting = format!("{name}@{}", console.me);
     match &mut op {
-        Op::Reveal { operator, .. } | Op::Resend { operator, .. } => *operator = acting,
+        Op::Reveal { operator, .. } | Op::Resend { operator, .. } | Op::Purge { operator, .. } => {
+            *operator = acting
+        }
         _ => {}
     }
     let (reply, rx) = oneshot::channel();
