@@ -22,6 +22,7 @@ pub mod console;
 pub mod datadir;
 pub mod dispatcher;
 pub mod envelope;
+pub mod files;
 pub mod http;
 pub mod journal;
 pub mod link;

@@ -89,6 +89,8 @@ pub struct NodeConfig {
     pub audit: bool,
     /// How long dead letters are kept after their command ended.
     pub dead_letter_retention: Duration,
+    /// Limits of the file store (`<data dir>/files`).
+    pub files: crate::files::FileLimits,
     /// Commit durability.
     pub durability: Durability,
     /// Truncate the WAL after this long without writes.
@@ -351,6 +353,10 @@ impl Node {
                 }
             })
             .map_err(|e| NodeError::Dispatcher(format!("cannot start its thread: {e}")))?;
+        let files = Arc::new(
+            crate::files::FileStore::open(&cfg.data_dir.join("files"), cfg.files)
+                .map_err(|e| NodeError::Dispatcher(format!("file store: {e}")))?,
+        );
         let rate = Arc::new(RateLimiter::new(cfg.rate));
         let http_state = cfg.http.as_ref().map(|_| {
             Arc::new(
@@ -365,7 +371,8 @@ impl Node {
                     cfg.transport.clone(),
                     cfg.max_connections_per_identity,
                 )
-                .with_console(console.clone(), cfg.http.as_ref().is_some_and(|h| h.tls)),
+                .with_console(console.clone(), cfg.http.as_ref().is_some_and(|h| h.tls))
+                .with_files(files.clone()),
             )
         });
         tokio::spawn(agent.run(shutdown_rx.clone()));

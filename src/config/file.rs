@@ -47,6 +47,9 @@ pub struct File {
     /// Service groups served at this node.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSection>,
+    /// The file store.
+    #[serde(default)]
+    pub files: FilesSection,
     /// Keys that sign device tokens; re-read while the node runs (`config/reload.rs`).
     #[serde(default, rename = "token_key")]
     pub token_keys: Vec<TokenKeySection>,
@@ -81,6 +84,25 @@ fn default_subjects() -> String {
 
 fn default_token_roles() -> Vec<Role> {
     vec![Role::Client]
+}
+
+/// `[files]`: the node's file store (under the data directory, `files/`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesSection {
+    /// The largest file, bytes (default 4 GiB).
+    pub max_file_bytes: u64,
+    /// The most the store may hold, bytes, uploads in progress included (default 100 GiB).
+    pub quota_bytes: u64,
+}
+
+impl Default for FilesSection {
+    fn default() -> Self {
+        FilesSection {
+            max_file_bytes: 4 << 30,
+            quota_bytes: 100 << 30,
+        }
+    }
 }
 
 /// `[[service]]`: a name commands can be addressed to, served by any one of its members.

@@ -301,6 +301,10 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         policy: file.node.policy,
         audit: file.node.audit,
         dead_letter_retention: Duration::from_secs(file.node.dead_letter_retention_s),
+        files: medlink_bridge::files::FileLimits {
+            max_file: file.files.max_file_bytes,
+            quota: file.files.quota_bytes,
+        },
         durability: file.node.durability,
         wal_idle_truncate: Duration::from_millis(file.node.wal_idle_truncate_ms),
         limits: Limits {

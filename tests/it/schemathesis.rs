@@ -11,12 +11,12 @@
 
 use crate::common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::http::*;
+use common::venv::{spawn_logged, venv, wait_bounded};
 use common::*;
 use serde_json::{json, Value};
 
@@ -299,106 +299,14 @@ fn clipped(text: &str) -> String {
         .join("\n")
 }
 
-/// Starts `cmd` with its stdout and stderr in `log`.
-fn spawn_logged(cmd: &mut Command, log: &Path) -> std::process::Child {
-    let out = File::create(log).expect("create log");
-    let err = out.try_clone().expect("clone log handle");
-    cmd.stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-/// Waits for `child` at most `limit`; kills it after that (`None`).
-fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Runs `cmd` to completion within `limit`; panics with `what` and its output otherwise.
-fn run_step(cmd: &mut Command, log: &Path, what: &str) {
-    let child = spawn_logged(cmd, log);
-    let status = wait_bounded(child, RUN_LIMIT);
-    if status.is_some_and(|s| s.success()) {
-        return;
-    }
-    let output = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = output.lines().rev().take(30).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    panic!(
-        "{what}: {}\n{}",
-        status.map_or(format!("not done within {RUN_LIMIT:?}"), |s| s.to_string()),
-        tail.join("\n")
-    );
-}
-
 /// The `st` command of a virtualenv with the pinned schemathesis, made on first use.
 fn schemathesis() -> PathBuf {
-    let python = Command::new("python3")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|e| panic!("python3 is needed to run schemathesis: {e}"));
-    // FNV-1a of what the virtualenv holds: a new pin or Python makes a new one.
-    let key = format!("{python}\n{REQUIREMENTS}")
-        .bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("schemathesis-{key:016x}"));
-    let st = venv.join("bin").join("st");
-    let done = venv.join(".installed");
-    if done.exists() && st.exists() {
-        return st;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    std::fs::create_dir_all(venv.parent().expect("target/tmp")).expect("create target/tmp");
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("schemathesis-install.log");
-    run_step(
-        Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        &log,
-        "`python3 -m venv` failed (on Debian: apt install python3-venv)",
-    );
-    let requirements = venv.join("requirements.txt");
-    std::fs::write(&requirements, REQUIREMENTS).expect("write requirements.txt");
-    run_step(
-        Command::new(venv.join("bin").join("python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-            ])
-            .args([
-                "--progress-bar",
-                "off",
-                "--retries",
-                "2",
-                "--timeout",
-                "30",
-                "-r",
-            ])
-            .arg(&requirements),
-        &log,
-        "could not install schemathesis from PyPI into a virtualenv (this test needs PyPI \
-         once per pinned version; CI has it)",
-    );
+    let st = venv("schemathesis", REQUIREMENTS, RUN_LIMIT)
+        .join("bin")
+        .join("st");
     assert!(
         st.exists(),
         "pip installed schemathesis but there is no {st:?}"
     );
-    File::create(&done).expect("mark the virtualenv complete");
     st
 }

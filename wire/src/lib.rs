@@ -9,6 +9,7 @@
 //! - [`receipt`]: [`ReceiptKind`], [`ReceiptStatus`], [`Receipt`]; how receipts are built and
 //!   read.
 //! - [`error`]: [`FieldError`], a refusal that names the field.
+//! - [`file`]: [`FileRef`], a content-addressed file (the upload's answer).
 //! - [`topics`]: the MQTT topic names.
 //! - [`cursor`]: the HTTP stream position [`Cursor`] and the long-poll [`Page`].
 //! - [`transport`]: [`Transport`] and the `GET /v1/transport` answer.
@@ -25,6 +26,7 @@ pub mod backoff;
 pub mod cursor;
 pub mod envelope;
 pub mod error;
+pub mod file;
 #[cfg(feature = "client")]
 pub mod http;
 mod names;
@@ -49,6 +51,7 @@ pub use envelope::{
     now_ms, Envelope, Hop, Kind, Params, ReceiptKind, UnknownReceiptKind, MAX_HOPS,
 };
 pub use error::FieldError;
+pub use file::{valid_sha256, FileRef};
 pub use operator::{
     check_limit, DeadLetter, DeadLetterIds, DeadLetterQuery, DeadReason, OperatorAction, Outcome,
     UnknownDeadReason, MAX_LISTED,

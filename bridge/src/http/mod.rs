@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod files;
 pub mod inbox;
 pub mod link;
 pub mod messages;
@@ -60,6 +61,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/deadletters/resend"),
     ("post", "/v1/deadletters/purge"),
     ("get", "/v1/operator/log"),
+    ("options", "/v1/files"),
+    ("post", "/v1/files"),
+    ("head", "/v1/files/uploads/{id}"),
+    ("patch", "/v1/files/uploads/{id}"),
+    ("get", "/v1/files/uploads/{id}"),
+    ("delete", "/v1/files/uploads/{id}"),
+    ("get", "/v1/files/{sha256}"),
     ("get", "/v1/openapi.json"),
     ("get", "/push"),
 ];
@@ -137,6 +145,8 @@ pub struct ApiState {
     pub metrics: Arc<HttpMetrics>,
     /// Open long-polls and event streams per identity.
     pub streams: slots::StreamSlots,
+    /// The file store (`/v1/files`).
+    pub files: Option<Arc<crate::files::FileStore>>,
     /// The operators' console (`/console`).
     pub console: Option<Arc<crate::console::Console>>,
     /// Logged-in console sessions.
@@ -171,11 +181,18 @@ impl ApiState {
             transport,
             metrics: Arc::default(),
             streams: slots::StreamSlots::new(max_streams_per_identity),
+            files: None,
             console: None,
             sessions: console::Sessions::default(),
             console_secure: false,
             ids: Mutex::new(ulid::Generator::new()),
         }
+    }
+
+    /// Serves uploads and downloads from `files`.
+    pub fn with_files(mut self, files: Arc<crate::files::FileStore>) -> Self {
+        self.files = Some(files);
+        self
     }
 
     /// Serves the operators' console from `console`; `https`: its cookies are `Secure`.
@@ -235,6 +252,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/deadletters/resend", post(operator::resend))
         .route("/v1/deadletters/purge", post(operator::purge))
         .route("/v1/operator/log", get(operator::log))
+        .route("/v1/files", post(files::create).options(files::options))
+        .route(
+            "/v1/files/uploads/:id",
+            get(files::reference)
+                .head(files::offset)
+                .delete(files::cancel)
+                // An upload's chunks are streamed to disk, never held: no body limit here
+                // (the declared Upload-Length and the store's limits bound them).
+                .patch(files::append)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/files/:sha256", get(files::download))
         .route("/v1/openapi.json", get(openapi))
         .route("/push", get(push::page))
         .route("/console", get(console::page))

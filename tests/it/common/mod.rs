@@ -11,6 +11,7 @@
 pub mod http;
 pub mod proxy;
 pub mod raw;
+pub mod venv;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;

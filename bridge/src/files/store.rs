@@ -1,0 +1,540 @@
+//! [`FileStore`]: content-addressed files and resumable uploads on the local file system.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use medlink_wire::{valid_sha256, FileRef};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// The checksum a tus client sent with a chunk (`Upload-Checksum`): tus requires `sha1`;
+/// `sha256` is taken too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// SHA-1 of the chunk.
+    Sha1([u8; 20]),
+    /// SHA-256 of the chunk.
+    Sha256([u8; 32]),
+}
+
+/// A running checksum of a chunk.
+enum Running {
+    None,
+    Sha1(sha1::Sha1),
+    Sha256(Sha256),
+}
+
+impl Running {
+    fn new(c: Option<Checksum>) -> Running {
+        match c {
+            None => Running::None,
+            Some(Checksum::Sha1(_)) => Running::Sha1(sha1::Sha1::new()),
+            Some(Checksum::Sha256(_)) => Running::Sha256(Sha256::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Running::None => {}
+            Running::Sha1(h) => h.update(bytes),
+            Running::Sha256(h) => h.update(bytes),
+        }
+    }
+
+    /// Whether the bytes seen match `expected`.
+    fn matches(self, expected: Option<Checksum>) -> bool {
+        match (self, expected) {
+            (Running::Sha1(h), Some(Checksum::Sha1(e))) => h.finalize().as_slice() == e,
+            (Running::Sha256(h), Some(Checksum::Sha256(e))) => h.finalize().as_slice() == e,
+            (Running::None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Size limits of a store.
+#[derive(Debug, Clone, Copy)]
+pub struct FileLimits {
+    /// The largest file, bytes.
+    pub max_file: u64,
+    /// The most bytes the store may hold, files and uploads in progress together.
+    pub quota: u64,
+}
+
+/// Why a store refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Larger than `max_file`.
+    #[error("the file is larger than this node's limit of {0} bytes")]
+    TooLarge(u64),
+    /// The quota would be exceeded.
+    #[error("the file store is full: {used} of {quota} bytes in use")]
+    Quota {
+        /// Bytes in use.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// No such upload (or not the caller's) or file.
+    #[error("no such upload or file")]
+    NotFound,
+    /// The bytes sent do not start where the upload stands.
+    #[error("the upload is at offset {0}")]
+    Offset(u64),
+    /// Another request is writing this upload.
+    #[error("another request is writing this upload")]
+    Busy,
+    /// A chunk's checksum did not match; the chunk was dropped.
+    #[error("the chunk's checksum does not match its bytes; it was not stored")]
+    Checksum,
+    /// The whole file's SHA-256 is not the one declared; the upload was dropped.
+    #[error("the file's SHA-256 is {got}, not the declared {expected}; the upload was dropped")]
+    Mismatch {
+        /// Declared at creation.
+        expected: String,
+        /// Computed from the bytes.
+        got: String,
+    },
+    /// More bytes than the declared length.
+    #[error("more bytes than the upload's declared length {0}")]
+    TooLong(u64),
+    /// A bad declaration.
+    #[error("{0}")]
+    Invalid(String),
+    /// The disk failed or is full: nothing already stored is lost.
+    #[error("the file store could not write: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What is known of an upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// The identity that created it (only it may continue or read it).
+    pub owner: String,
+    /// Its declared length.
+    pub length: u64,
+    /// The file's name, for people.
+    #[serde(default)]
+    pub name: String,
+    /// Its media type.
+    #[serde(default)]
+    pub media_type: String,
+    /// The SHA-256 the uploader declared, checked at the end.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The file, once complete.
+    #[serde(default)]
+    pub done: Option<FileRef>,
+}
+
+/// The file store of one node.
+pub struct FileStore {
+    root: PathBuf,
+    limits: FileLimits,
+    /// Bytes of stored files plus the declared lengths of uploads in progress.
+    used: AtomicU64,
+    /// Uploads a PATCH is writing now.
+    busy: Mutex<HashSet<String>>,
+}
+
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+fn valid_upload_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl FileStore {
+    /// Opens (creating) the store under `root`; counts what it holds.
+    pub fn open(root: &Path, limits: FileLimits) -> std::io::Result<FileStore> {
+        private_dir(&root.join("objects"))?;
+        private_dir(&root.join("uploads"))?;
+        let mut used = 0u64;
+        for shard in std::fs::read_dir(root.join("objects"))? {
+            for entry in std::fs::read_dir(shard?.path())? {
+                let entry = entry?;
+                if valid_sha256(&entry.file_name().to_string_lossy()) {
+                    used += entry.metadata()?.len();
+                }
+            }
+        }
+        let store = FileStore {
+            root: root.to_path_buf(),
+            limits,
+            used: AtomicU64::new(used),
+            busy: Mutex::new(HashSet::new()),
+        };
+        for entry in std::fs::read_dir(root.join("uploads"))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".json") {
+                if let Ok(info) = store.info(id) {
+                    if info.done.is_none() {
+                        used += info.length;
+                    }
+                }
+            }
+        }
+        store.used.store(used, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> FileLimits {
+        self.limits
+    }
+
+    fn part(&self, id: &str) -> PathBuf {
+        self.root.join("uploads").join(format!("{id}.part"))
+    }
+
+    fn meta(&self, id: &str) -> PathBuf {
+        self.root.join("uploads").join(format!("{id}.json"))
+    }
+
+    /// Where file `sha256` lives.
+    pub fn object(&self, sha256: &str) -> PathBuf {
+        self.root.join("objects").join(&sha256[..2]).join(sha256)
+    }
+
+    /// Reserves `length` bytes of the quota.
+    fn reserve(&self, length: u64) -> Result<(), FileError> {
+        let quota = self.limits.quota;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + length <= quota).then_some(used + length)
+            })
+            .map(|_| ())
+            .map_err(|used| FileError::Quota { used, quota })
+    }
+
+    fn release(&self, length: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(length))
+            });
+    }
+
+    fn write_info(&self, id: &str, info: &UploadInfo) -> std::io::Result<()> {
+        let tmp = self.meta(id).with_extension("json.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(
+            &mut f,
+            &serde_json::to_vec(info).map_err(std::io::Error::other)?,
+        )?;
+        f.sync_all()?;
+        std::fs::rename(tmp, self.meta(id))
+    }
+
+    /// Starts an upload of `length` bytes for `owner`; returns its id.
+    pub fn create(
+        &self,
+        owner: &str,
+        length: u64,
+        mut info: UploadInfo,
+    ) -> Result<String, FileError> {
+        if length > self.limits.max_file {
+            return Err(FileError::TooLarge(self.limits.max_file));
+        }
+        if let Some(sha) = &info.sha256 {
+            if !valid_sha256(sha) {
+                return Err(FileError::Invalid("sha256: 64 lowercase hex digits".into()));
+            }
+        }
+        self.reserve(length)?;
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        info.owner = owner.to_string();
+        info.length = length;
+        info.done = None;
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.part(&id))
+            .and_then(|_| self.write_info(&id, &info));
+        if let Err(e) = made {
+            self.release(length);
+            let _ = std::fs::remove_file(self.part(&id));
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    /// Upload `id` as stored.
+    pub fn info(&self, id: &str) -> Result<UploadInfo, FileError> {
+        if !valid_upload_id(id) {
+            return Err(FileError::NotFound);
+        }
+        let bytes = std::fs::read(self.meta(id)).map_err(|_| FileError::NotFound)?;
+        serde_json::from_slice(&bytes).map_err(|_| FileError::NotFound)
+    }
+
+    /// Upload `id` of `owner` and how far it is.
+    pub fn status(&self, id: &str, owner: &str) -> Result<(UploadInfo, u64), FileError> {
+        let info = self.info(id)?;
+        if info.owner != owner {
+            return Err(FileError::NotFound);
+        }
+        let offset = match &info.done {
+            Some(_) => info.length,
+            None => std::fs::metadata(self.part(id))
+                .map_err(|_| FileError::NotFound)?
+                .len(),
+        };
+        Ok((info, offset))
+    }
+
+    /// Appends `body` to upload `id` of `owner`, which must start at `offset`. With
+    /// `checksum` (the SHA-256 of the chunk), a chunk that does not match is dropped. Returns
+    /// the new offset, and the file once the upload is complete.
+    pub async fn append(
+        &self,
+        (id, owner): (&str, &str),
+        offset: u64,
+        body: impl Stream<Item = Result<Bytes, std::io::Error>>,
+        checksum: Option<Checksum>,
+    ) -> Result<(u64, Option<FileRef>), FileError> {
+        let (info, at) = self.status(id, owner)?;
+        if info.done.is_some() || offset != at {
+            return Err(FileError::Offset(at));
+        }
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+        {
+            return Err(FileError::Busy);
+        }
+        let written = self.write_chunk(id, &info, at, body, checksum).await;
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let end = written?;
+        if end < info.length {
+            return Ok((end, None));
+        }
+        let file = self.finish(id, info).await?;
+        Ok((end, Some(file)))
+    }
+
+    async fn write_chunk(
+        &self,
+        id: &str,
+        info: &UploadInfo,
+        at: u64,
+        body: impl Stream<Item = Result<Bytes, std::io::Error>>,
+        checksum: Option<Checksum>,
+    ) -> Result<u64, FileError> {
+        let path = self.part(id);
+        let mut file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .await?;
+        let mut hasher = Running::new(checksum);
+        let mut end = at;
+        let mut body = std::pin::pin!(body);
+        let outcome: Result<(), FileError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                end += chunk.len() as u64;
+                if end > info.length {
+                    return Err(FileError::TooLong(info.length));
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+            }
+            if !hasher.matches(checksum) {
+                return Err(FileError::Checksum);
+            }
+            file.flush().await?;
+            file.sync_data().await?;
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(end),
+            // A refused chunk leaves nothing behind; a broken connection keeps what arrived
+            // (the client resumes from there).
+            Err(e @ (FileError::Checksum | FileError::TooLong(_))) => {
+                file.set_len(at).await?;
+                Err(e)
+            }
+            Err(FileError::Io(e)) if e.kind() != std::io::ErrorKind::StorageFull => {
+                let _ = file.sync_data().await;
+                Err(FileError::Io(e))
+            }
+            Err(e) => {
+                file.set_len(at).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The upload is complete: its SHA-256 is computed (and checked against the declared
+    /// one), and it becomes the file of that name, unless that file is already stored.
+    async fn finish(&self, id: &str, mut info: UploadInfo) -> Result<FileRef, FileError> {
+        let part = self.part(id);
+        let hashed = part.clone();
+        let sha = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut f = std::fs::File::open(hashed)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok(hex::encode(hasher.finalize()))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if let Some(expected) = info.sha256.clone().filter(|e| *e != sha) {
+            self.drop_upload(id, &info);
+            return Err(FileError::Mismatch { expected, got: sha });
+        }
+        let object = self.object(&sha);
+        private_dir(object.parent().expect("objects live in a shard"))?;
+        if object.exists() {
+            // Stored once: the upload's bytes go, and so does its reservation.
+            let _ = std::fs::remove_file(&part);
+            self.release(info.length);
+        } else {
+            std::fs::rename(&part, &object)?;
+        }
+        let mut who = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(object.with_extension("who"))?;
+        std::io::Write::write_all(&mut who, format!("{}\n", info.owner).as_bytes())?;
+        let file = FileRef {
+            sha256: sha,
+            size: info.length,
+            name: info.name.clone(),
+            media_type: info.media_type.clone(),
+        };
+        info.done = Some(file.clone());
+        self.write_info(id, &info)?;
+        Ok(file)
+    }
+
+    fn drop_upload(&self, id: &str, info: &UploadInfo) {
+        let _ = std::fs::remove_file(self.part(id));
+        let _ = std::fs::remove_file(self.meta(id));
+        if info.done.is_none() {
+            self.release(info.length);
+        }
+    }
+
+    /// Cancels upload `id` of `owner` (tus termination).
+    pub fn cancel(&self, id: &str, owner: &str) -> Result<(), FileError> {
+        let (info, _) = self.status(id, owner)?;
+        self.drop_upload(id, &info);
+        Ok(())
+    }
+
+    /// Whether `identity` uploaded file `sha256`.
+    pub fn uploaded_by(&self, sha256: &str, identity: &str) -> bool {
+        valid_sha256(sha256)
+            && std::fs::read_to_string(self.object(sha256).with_extension("who"))
+                .is_ok_and(|who| who.lines().any(|l| l == identity))
+    }
+
+    /// File `sha256` and its size, if stored.
+    pub fn open_file(&self, sha256: &str) -> Result<(std::fs::File, u64), FileError> {
+        if !valid_sha256(sha256) {
+            return Err(FileError::NotFound);
+        }
+        let f = std::fs::File::open(self.object(sha256)).map_err(|_| FileError::NotFound)?;
+        let size = f.metadata()?.len();
+        Ok((f, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> UploadInfo {
+        UploadInfo {
+            owner: String::new(),
+            length: 0,
+            name: "scan.dcm".into(),
+            media_type: "application/dicom".into(),
+            sha256: None,
+            done: None,
+        }
+    }
+
+    async fn upload(
+        store: &FileStore,
+        who: &str,
+        bytes: &'static [u8],
+    ) -> Result<FileRef, FileError> {
+        let id = store.create(who, bytes.len() as u64, info())?;
+        let body = futures_util::stream::iter([Ok(Bytes::from_static(bytes))]);
+        let (_, file) = store.append((&id, who), 0, body, None).await?;
+        Ok(file.expect("complete"))
+    }
+
+    #[tokio::test]
+    async fn the_same_file_is_stored_once_and_the_quota_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for two uploads in progress: a duplicate holds its reservation until its
+        // bytes are known to be a file already stored.
+        let limits = FileLimits {
+            max_file: 200,
+            quota: 250,
+        };
+        let store = FileStore::open(dir.path(), limits).unwrap();
+        let a = upload(&store, "clinic", &[7u8; 100]).await.unwrap();
+        let b = upload(&store, "lab", &[7u8; 100]).await.unwrap();
+        assert_eq!(a.sha256, b.sha256);
+        assert_eq!(store.used.load(Ordering::Relaxed), 100, "stored once");
+        assert!(store.uploaded_by(&a.sha256, "clinic") && store.uploaded_by(&a.sha256, "lab"));
+        assert!(!store.uploaded_by(&a.sha256, "stranger"));
+        // 100 + 160 > 250: refused before a byte is sent; 201 > max_file too.
+        assert!(matches!(
+            store.create("x", 160, info()),
+            Err(FileError::Quota { .. })
+        ));
+        assert!(matches!(
+            store.create("x", 201, info()),
+            Err(FileError::TooLarge(200))
+        ));
+        // A reopened store counts what it holds, uploads in progress included.
+        let pending = store.create("x", 40, info()).unwrap();
+        drop(store);
+        let store = FileStore::open(dir.path(), limits).unwrap();
+        assert_eq!(store.used.load(Ordering::Relaxed), 140);
+        store.cancel(&pending, "x").unwrap();
+        assert_eq!(store.used.load(Ordering::Relaxed), 100);
+        // Another identity cannot see or touch someone's upload.
+        let id = store.create("clinic", 10, info()).unwrap();
+        assert!(matches!(store.status(&id, "lab"), Err(FileError::NotFound)));
+        assert!(matches!(
+            store.info("../../etc/passwd"),
+            Err(FileError::NotFound)
+        ));
+    }
+}

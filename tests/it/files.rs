@@ -1,0 +1,269 @@
+//! The file store's uploads and downloads (issue "Files", parts 1 and 2): the tus 1.0
+//! protocol with a real independent client (`tuspy` from PyPI), resumed after a kill -9 of
+//! the node from the offset it had reached; the SHA-256 verified; a wrong chunk checksum and a
+//! wrong declared hash refused; downloads by hash with `Range`; strangers refused.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common;
+use common::http::{get_json, read, send, Login};
+use common::venv::venv;
+use common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const TUSPY: &str = "tuspy==1.1.0\n";
+const MB: u64 = 1 << 20;
+
+/// Uploads (or resumes, given `resume`) `path` with tuspy, up to `stop_at` bytes (0: all);
+/// returns the upload's URL, the offset it started from, and where it ended.
+const SCRIPT: &str = r#"
+import sys, json, base64
+from tusclient import client
+url, user, pw, path, chunk, stop_at, resume, sha = sys.argv[1:9]
+auth = 'Basic ' + base64.b64encode(f'{user}:{pw}'.encode()).decode()
+c = client.TusClient(url, headers={'Authorization': auth})
+kw = dict(chunk_size=int(chunk), upload_checksum=True,
+          metadata={'filename': 'ct-series.bin', 'filetype': 'application/octet-stream', 'sha256': sha})
+up = c.uploader(path, url=resume, **kw) if resume else c.uploader(path, **kw)
+start = up.offset
+up.upload(stop_at=int(stop_at) or None)
+print(json.dumps({'url': up.url, 'start': start, 'offset': up.offset}))
+"#;
+
+fn tuspy(args: &[String]) -> Value {
+    let python = venv("tuspy", TUSPY, Duration::from_secs(300)).join("bin/python");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "tuspy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tuspy prints JSON")
+}
+
+/// `n` bytes that do not compress or repeat (a scan would not).
+fn scan(n: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn header(reply: &common::http::Reply, name: &str) -> Option<String> {
+    reply.header(name)
+}
+
+#[test]
+fn a_tus_upload_resumes_after_a_kill_and_the_file_is_verified_and_served_by_range() {
+    let mut t = Tree::start(&[spec("js", None, &["clinic", "stranger"])]);
+    let port = t.node("js").http_port;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = scan(100 * MB);
+    let sha = hex(&Sha256::digest(&bytes));
+    let path: PathBuf = dir.path().join("ct-series.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/files");
+    let args = |stop_at: u64, resume: &str| -> Vec<String> {
+        vec![
+            url.clone(),
+            "clinic".into(),
+            PASSWORD.into(),
+            path.display().to_string(),
+            (8 * MB).to_string(),
+            stop_at.to_string(),
+            resume.into(),
+            sha.clone(),
+        ]
+    };
+
+    // Half of it, then the node is killed.
+    let first = tuspy(&args(50 * MB, ""));
+    let upload = first["url"].as_str().expect("url").to_string();
+    let reached = first["offset"].as_u64().unwrap();
+    assert!((50 * MB..100 * MB).contains(&reached), "{first}");
+    t.node("js").kill9();
+    t.node("js").start();
+
+    // The node still knows how far it got; tuspy resumes from there, not from 0.
+    let clinic: Login = Some(("clinic", PASSWORD));
+    let tus = [("Tus-Resumable", "1.0.0")];
+    let head = read(send(port, "HEAD", &path_of(&upload), clinic, &tus, b""));
+    assert_eq!(head.status, 200);
+    assert_eq!(header(&head, "upload-offset"), Some(reached.to_string()));
+    let second = tuspy(&args(0, &upload));
+    assert_eq!(second["start"].as_u64(), Some(reached), "{second}");
+    assert_eq!(second["offset"].as_u64(), Some(100 * MB));
+
+    // The reference, verified against the declared hash.
+    let (status, file) = get_json(port, &path_of(&upload), clinic);
+    assert_eq!(status, 200, "{file}");
+    assert_eq!(file["sha256"], sha.as_str());
+    assert_eq!(file["size"], 100 * MB);
+    assert_eq!(file["name"], "ct-series.bin");
+
+    // Downloads: whole, and a range; a stranger is refused, an unknown hash is not found.
+    let whole = read(send(
+        port,
+        "GET",
+        &format!("/v1/files/{sha}"),
+        clinic,
+        &[],
+        b"",
+    ));
+    assert_eq!(whole.status, 200);
+    assert_eq!(hex(&Sha256::digest(&whole.body)), sha);
+    let part = read(send(
+        port,
+        "GET",
+        &format!("/v1/files/{sha}"),
+        clinic,
+        &[("Range", "bytes=1000-1999")],
+        b"",
+    ));
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, bytes[1000..2000]);
+    assert_eq!(
+        header(&part, "content-range").as_deref(),
+        Some(format!("bytes 1000-1999/{}", 100 * MB).as_str())
+    );
+    let stranger: Login = Some(("stranger", PASSWORD));
+    let (status, body) = get_json(port, &format!("/v1/files/{sha}"), stranger);
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    let ops: Login = Some(("ops", PASSWORD));
+    let (status, _) = get_json(port, &format!("/v1/files/{}", "0".repeat(64)), ops);
+    assert_eq!(status, 404);
+}
+
+fn path_of(url: &str) -> String {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map_or(url.to_string(), |(_, p)| format!("/{p}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates an upload of `body` and returns its path.
+fn create(port: u16, login: Login, length: u64, metadata: &str) -> common::http::Reply {
+    let len = length.to_string();
+    let mut headers = vec![("Tus-Resumable", "1.0.0"), ("Upload-Length", len.as_str())];
+    if !metadata.is_empty() {
+        headers.push(("Upload-Metadata", metadata));
+    }
+    read(send(port, "POST", "/v1/files", login, &headers, b""))
+}
+
+#[test]
+fn wrong_checksums_offsets_and_sizes_are_refused_and_nothing_is_kept() {
+    let mut t = Tree::start(&[spec("js", None, &["clinic"])]);
+    let port = t.node("js").http_port;
+    let clinic: Login = Some(("clinic", PASSWORD));
+    let body = b"report page 1".to_vec();
+    let patch = |at: &str, upload: &str, extra: &[(&str, &str)], bytes: &[u8]| {
+        let mut headers = vec![
+            ("Tus-Resumable", "1.0.0"),
+            ("Content-Type", "application/offset+octet-stream"),
+            ("Upload-Offset", at),
+        ];
+        headers.extend_from_slice(extra);
+        read(send(port, "PATCH", upload, clinic, &headers, bytes))
+    };
+
+    // A chunk whose checksum does not match is not stored.
+    let made = create(port, clinic, body.len() as u64, "");
+    assert_eq!(made.status, 201);
+    let upload = made.header("location").expect("Location");
+    let wrong = base64_of(&[0u8; 20]);
+    let refused = patch(
+        "0",
+        &upload,
+        &[("Upload-Checksum", &format!("sha1 {wrong}"))],
+        &body,
+    );
+    assert_eq!(
+        refused.status,
+        460,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let head = read(send(
+        port,
+        "HEAD",
+        &upload,
+        clinic,
+        &[("Tus-Resumable", "1.0.0")],
+        b"",
+    ));
+    assert_eq!(head.header("upload-offset").as_deref(), Some("0"));
+    // At a wrong offset: 409. Then right, in two chunks.
+    assert_eq!(patch("5", &upload, &[], &body[5..]).status, 409);
+    assert_eq!(patch("0", &upload, &[], &body[..5]).status, 204);
+    let done = patch("5", &upload, &[], &body[5..]);
+    assert_eq!(done.status, 204);
+    assert_eq!(done.header("upload-offset").as_deref(), Some("13"));
+
+    // A file whose bytes are not the declared SHA-256: refused, and the upload is gone.
+    let zeros = base64_of("0".repeat(64).as_bytes());
+    let made = create(port, clinic, body.len() as u64, &format!("sha256 {zeros}"));
+    let upload = made.header("location").expect("Location");
+    let refused = patch("0", &upload, &[], &body);
+    assert_eq!(refused.status, 460);
+    let head = read(send(
+        port,
+        "HEAD",
+        &upload,
+        clinic,
+        &[("Tus-Resumable", "1.0.0")],
+        b"",
+    ));
+    assert_eq!(head.status, 404);
+
+    // Too large for the node; not tus; no length: each named.
+    let too_large = create(port, clinic, 5 << 30, "");
+    assert_eq!(too_large.status, 413);
+    let no_tus = read(send(
+        port,
+        "POST",
+        "/v1/files",
+        clinic,
+        &[("Upload-Length", "10")],
+        b"",
+    ));
+    assert_eq!(
+        (no_tus.status, no_tus.json()["field"].as_str()),
+        (412, Some("Tus-Resumable"))
+    );
+    let no_len = read(send(
+        port,
+        "POST",
+        "/v1/files",
+        clinic,
+        &[("Tus-Resumable", "1.0.0")],
+        b"",
+    ));
+    assert_eq!(
+        (no_len.status, no_len.json()["field"].as_str()),
+        (400, Some("Upload-Length"))
+    );
+    // Without credentials: 401, as everywhere.
+    assert_eq!(create(port, None, 10, "").status, 401);
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
