@@ -256,3 +256,52 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[test]
+fn a_full_disk_refuses_the_upload_clearly_and_it_resumes_once_there_is_room() {
+    let mut t = Tree::start(&[spec("js", None, &["clinic"])]);
+    let port = t.node("js").http_port;
+    let clinic: Login = Some(("clinic", PASSWORD));
+    let bytes = scan(4 * MB);
+    let made = create(port, clinic, bytes.len() as u64, "");
+    let upload = made.header("location").expect("Location");
+    // The disk "fills up" at 1 MiB per file for the node's process.
+    let pid = t.node("js").pid().unwrap().to_string();
+    let limit = |v: &str| {
+        let ok = Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--fsize={v}")])
+            .status()
+            .expect("prlimit runs (util-linux)")
+            .success();
+        assert!(ok, "prlimit --fsize={v}");
+    };
+    limit(&format!("{}:unlimited", MB));
+    let headers = [
+        ("Tus-Resumable", "1.0.0"),
+        ("Content-Type", "application/offset+octet-stream"),
+        ("Upload-Offset", "0"),
+    ];
+    let full = read(send(port, "PATCH", &upload, clinic, &headers, &bytes));
+    limit("unlimited:unlimited");
+    assert_eq!(full.status, 507, "{}", String::from_utf8_lossy(&full.body));
+    assert_eq!(full.json()["code"], "store_full");
+    assert!(
+        t.node("js").is_running(),
+        "a full disk does not kill the node"
+    );
+    // What arrived is kept; the rest follows from there.
+    let tus = [("Tus-Resumable", "1.0.0")];
+    let head = read(send(port, "HEAD", &upload, clinic, &tus, b""));
+    let at: usize = head.header("upload-offset").unwrap().parse().unwrap();
+    assert!(at <= MB as usize, "at most the limit was written: {at}");
+    let at_text = at.to_string();
+    let rest = [
+        ("Tus-Resumable", "1.0.0"),
+        ("Content-Type", "application/offset+octet-stream"),
+        ("Upload-Offset", at_text.as_str()),
+    ];
+    let done = read(send(port, "PATCH", &upload, clinic, &rest, &bytes[at..]));
+    assert_eq!(done.status, 204, "{}", String::from_utf8_lossy(&done.body));
+    let sha = hex(&Sha256::digest(&bytes));
+    assert_eq!(done.header("medlink-file-sha256"), Some(sha));
+}
