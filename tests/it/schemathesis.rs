@@ -105,9 +105,14 @@ fn the_node_does_what_its_openapi_document_says() {
         Run {
             name: "client",
             identity: "c1",
-            filter: &["--exclude-path-regex", "^/v1/(link/|deadletters|operator/)"],
-            // Every operation but the two links, the four operators' ones and
-            // GET /v1/openapi.json, which schemathesis leaves out as the document it reads.
+            filter: &[
+                "--exclude-path-regex",
+                "^/v1/(link/|deadletters|operator/|files)",
+            ],
+            // Every operation but the two links, the four operators' ones, the file store's
+            // (tus is driven by headers and an octet-stream body schemathesis cannot make;
+            // tuspy and tests/it/files.rs drive it) and GET /v1/openapi.json, which
+            // schemathesis leaves out as the document it reads.
             operations: 8,
         },
         Run {
