@@ -73,6 +73,7 @@ impl SendArgs {
             ttl: self.ttl.map(Duration::from_secs),
             receipts,
             id: self.id.clone(),
+            files: Vec::new(),
         }
     }
 }

@@ -294,6 +294,10 @@ impl Node {
             );
             (Some(handle), Some(task))
         };
+        let files = Arc::new(
+            crate::files::FileStore::open(&cfg.data_dir.join("files"), cfg.files)
+                .map_err(|e| NodeError::Dispatcher(format!("file store: {e}")))?,
+        );
         let stats = Stats::default();
         // The console's agent: this node's summary up the tree, questions down it.
         let (agent, console, console_notes) = crate::console::Agent::new(
@@ -312,6 +316,7 @@ impl Node {
             DispatcherConfig {
                 audit: cfg.audit || !topology.has_parent,
                 dead_letter_retention: cfg.dead_letter_retention,
+                files: Some(files.clone()),
                 topology,
                 policy: cfg.policy,
                 limits: cfg.limits,
@@ -353,10 +358,6 @@ impl Node {
                 }
             })
             .map_err(|e| NodeError::Dispatcher(format!("cannot start its thread: {e}")))?;
-        let files = Arc::new(
-            crate::files::FileStore::open(&cfg.data_dir.join("files"), cfg.files)
-                .map_err(|e| NodeError::Dispatcher(format!("file store: {e}")))?,
-        );
         let rate = Arc::new(RateLimiter::new(cfg.rate));
         let http_state = cfg.http.as_ref().map(|_| {
             Arc::new(

@@ -76,6 +76,7 @@ mod tests {
             expires_at: None,
             priority: Default::default(),
             receipts: Vec::new(),
+            files: Vec::new(),
             hops: 0,
             via_root: false,
             trail: Vec::new(),

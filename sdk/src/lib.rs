@@ -107,7 +107,7 @@
 //! # }
 //! ```
 //!
-//! Options of one send (priority, time to live, receipts wanted, a chosen id):
+//! Options of one send (priority, time to live, receipts wanted, a chosen id, file references):
 //!
 //! ```
 //! use medlink_sdk::{Priority, ReceiptKind, SendOptions};
@@ -118,6 +118,7 @@
 //!     ttl: Some(Duration::from_secs(600)),
 //!     receipts: vec![ReceiptKind::Delivered],
 //!     id: Some("stroke-alert-0042".into()),
+//!     ..SendOptions::default()
 //! };
 //! assert_ne!(urgent, SendOptions::default());
 //! ```
@@ -140,7 +141,7 @@ mod tls;
 pub use client::{Client, Handlers, Inbox};
 /// The transport a client is using: MQTT over TCP or TLS, MQTT over WebSocket, or the node's
 /// HTTP API.
-pub use medlink_wire::Transport;
+pub use medlink_wire::{FileRef, Transport};
 pub use message::{
     Address, Hop, Kind, Message, MessageId, Priority, Receipt, ReceiptKind, ReceiptStatus,
 };

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use medlink_wire::Submission;
+use medlink_wire::{FileRef, Submission};
 use serde_json::Value;
 
 use crate::message::{Address, MessageId, Priority, ReceiptKind};
@@ -83,6 +83,8 @@ pub struct SendOptions {
     /// The id to use (1–64 of `A-Z a-z 0-9 - _ . :`), e.g. derived from a business key so a
     /// resend after an application crash is recognised by the node. Default: a new ULID.
     pub id: Option<MessageId>,
+    /// Files the command refers to, uploaded to the node's file store first (`/v1/files`).
+    pub files: Vec<FileRef>,
 }
 
 impl SendOptions {
@@ -113,6 +115,7 @@ impl SendOptions {
             expires_at: None,
             priority: (self.priority != Priority::Normal).then_some(self.priority),
             receipts: self.receipts.clone(),
+            files: self.files.clone(),
         };
         serde_json::to_vec(&body).unwrap_or_else(|e| {
             unreachable!("a submission of strings and a JSON value always serialises: {e}")
@@ -139,6 +142,7 @@ mod tests {
             ttl: Some(Duration::from_secs(2)),
             receipts: vec![ReceiptKind::Delivered, ReceiptKind::Replied],
             id: None,
+            files: Vec::new(),
         };
         let body = opts.submission("x2", &to, "c", &Value::Null, Some(("r", None)));
         // The bytes the node has always been sent, in this order.

@@ -305,3 +305,93 @@ fn a_full_disk_refuses_the_upload_clearly_and_it_resumes_once_there_is_room() {
     let sha = hex(&Sha256::digest(&bytes));
     assert_eq!(done.header("medlink-file-sha256"), Some(sha));
 }
+
+/// Uploads `bytes` as `who` in one PATCH; returns the file reference.
+fn upload_small(port: u16, who: Login, bytes: &[u8]) -> Value {
+    let made = create(
+        port,
+        who,
+        bytes.len() as u64,
+        &format!("filename {}", base64_of(b"report.pdf")),
+    );
+    assert_eq!(made.status, 201);
+    let upload = made.header("location").expect("Location");
+    let headers = [
+        ("Tus-Resumable", "1.0.0"),
+        ("Content-Type", "application/offset+octet-stream"),
+        ("Upload-Offset", "0"),
+    ];
+    assert_eq!(
+        read(send(port, "PATCH", &upload, who, &headers, bytes)).status,
+        204
+    );
+    let (status, file) = get_json(port, &upload, who);
+    assert_eq!(status, 200, "{file}");
+    file
+}
+
+#[test]
+fn a_command_carries_its_file_references_and_its_recipient_may_read_the_file() {
+    let mut t = Tree::start(&[
+        spec("js", None, &["doc", "other"]),
+        spec("js.a", Some("js"), &["clinic"]),
+    ]);
+    let port = t.node("js").http_port;
+    let doc: Login = Some(("doc", PASSWORD));
+    let other: Login = Some(("other", PASSWORD));
+    let report = b"%PDF-1.7 discharge summary".to_vec();
+    let file = upload_small(port, doc, &report);
+    let sha = file["sha256"].as_str().unwrap().to_string();
+    // The doctor at the city sends the report to the clinic below, and to a colleague here.
+    let send_to = |node: &str, client: &str| {
+        let body = serde_json::json!({"to": {"node": node, "client": client}, "cmd": "report", "files": [file]});
+        let (status, answer) = common::http::post_json(port, "/v1/messages", doc, &body);
+        assert_eq!(status, 202, "{answer}");
+    };
+    let before = read(send(
+        port,
+        "GET",
+        &format!("/v1/files/{sha}"),
+        other,
+        &[],
+        b"",
+    ));
+    assert_eq!(
+        before.status, 403,
+        "not his before a command refers him to it"
+    );
+    send_to("js.a", "clinic");
+    send_to("js", "other");
+    // The clinic's command carries the reference unchanged across the tier.
+    let clinic: Login = Some(("clinic", PASSWORD));
+    let (_, page) = get_json(t.node("js.a").http_port, "/v1/inbox?wait=10", clinic);
+    assert_eq!(
+        page["messages"][0]["files"],
+        serde_json::json!([file]),
+        "{page}"
+    );
+    // The colleague here may read it now.
+    let (_, page) = get_json(port, "/v1/inbox?wait=10", other);
+    assert_eq!(page["messages"][0]["files"][0]["sha256"], sha.as_str());
+    let got = read(send(
+        port,
+        "GET",
+        &format!("/v1/files/{sha}"),
+        other,
+        &[],
+        b"",
+    ));
+    assert_eq!((got.status, got.body), (200, report));
+    // A reference that is not one is refused, naming the field.
+    let bad = serde_json::json!({"to": {"node": "js", "client": "other"}, "cmd": "report",
+        "files": [{"sha256": "not-a-hash", "size": 1}]});
+    let (status, answer) = common::http::post_json(port, "/v1/messages", doc, &bad);
+    assert_eq!(status, 400);
+    assert!(
+        answer["field"]
+            .as_str()
+            .unwrap()
+            .ends_with("files[0].sha256"),
+        "{answer}"
+    );
+}

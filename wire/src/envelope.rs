@@ -122,6 +122,9 @@ pub struct Envelope<P> {
     /// Positive receipts the sender asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub receipts: Vec<ReceiptKind>,
+    /// Files the command refers to (each uploaded to the file store first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::file::FileRef>,
     /// Nodes that took custody so far, the delivering node included.
     #[serde(default)]
     pub hops: u8,
@@ -157,6 +160,7 @@ impl<P> Envelope<P> {
             expires_at: None,
             priority: Priority::Normal,
             receipts: Vec::new(),
+            files: Vec::new(),
             hops: 0,
             via_root: false,
             trail: Vec::new(),

@@ -51,7 +51,7 @@ pub use envelope::{
     now_ms, Envelope, Hop, Kind, Params, ReceiptKind, UnknownReceiptKind, MAX_HOPS,
 };
 pub use error::FieldError;
-pub use file::{valid_sha256, FileRef};
+pub use file::{valid_sha256, FileRef, MAX_FILES};
 pub use operator::{
     check_limit, DeadLetter, DeadLetterIds, DeadLetterQuery, DeadReason, OperatorAction, Outcome,
     UnknownDeadReason, MAX_LISTED,

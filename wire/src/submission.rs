@@ -10,6 +10,7 @@ use crate::address::{check_node_id, valid_client, valid_id, Address, MessageId, 
 use crate::envelope::ReceiptKind;
 use crate::envelope::{now_ms, Envelope, Params};
 use crate::error::FieldError;
+use crate::file::{FileRef, MAX_FILES};
 use crate::priority::Priority;
 
 /// Deepest nesting of arrays and objects allowed in `params` (the array or object that
@@ -63,6 +64,9 @@ pub struct Submission<P> {
     /// Positive receipts the sender wants (`accepted`, `delivered`, `replied`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub receipts: Vec<ReceiptKind>,
+    /// Files the command refers to (uploaded first; at most [`MAX_FILES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRef>,
 }
 
 /// A `priority` key that is present must name a class (`Option`'s own rule would take `null`).
@@ -174,6 +178,17 @@ impl<P> Submission<P> {
                 return Err(FieldError::new("as_service", "must be a service name"));
             }
         }
+        if self.files.len() > MAX_FILES {
+            return Err(FieldError::new(
+                "files",
+                format!("at most {MAX_FILES} files per command"),
+            ));
+        }
+        for (i, file) in self.files.iter().enumerate() {
+            if let Err((field, problem)) = file.check() {
+                return Err(FieldError::new(&format!("files[{i}].{field}"), problem));
+            }
+        }
         Ok(())
     }
 }
@@ -204,6 +219,7 @@ impl<P: Params> Submission<P> {
                 .or(self.ttl_ms.map(|t| created_at.saturating_add(t))),
             priority: self.priority.unwrap_or_default(),
             receipts: self.receipts,
+            files: self.files,
             ..Envelope::new(id, sender, self.to, self.cmd, params, created_at)
         })
     }
@@ -364,6 +380,34 @@ mod tests {
     }
 
     #[test]
+    fn file_references_are_checked_field_by_field() {
+        let sha = "ab".repeat(32);
+        let with = |files: &str| {
+            let body =
+                format!(r#"{{"to":{{"node":"js","client":"b"}},"cmd":"c","files":{files}}}"#);
+            Submission::parse(body.as_bytes(), Limits { max_payload: 16384 })
+        };
+        let good = format!(
+            r#"[{{"sha256":"{sha}","size":5,"name":"r.pdf","media_type":"application/pdf"}}]"#
+        );
+        let env = with(&good)
+            .unwrap()
+            .into_envelope(sender(), "i".into())
+            .unwrap();
+        assert_eq!(env.files.len(), 1);
+        assert_eq!(env.files[0].sha256, sha);
+        let e = with(r#"[{"sha256":"nope","size":5}]"#).unwrap_err();
+        assert_eq!(e.field, "files[0].sha256", "{e}");
+        let e = with(&format!(r#"[{{"sha256":"{sha}","size":5,"path":"/etc"}}]"#)).unwrap_err();
+        assert_eq!(e.field, "files[0].path", "{e}");
+        let many = format!(
+            "[{}]",
+            vec![format!(r#"{{"sha256":"{sha}","size":1}}"#); 33].join(",")
+        );
+        assert_eq!(with(&many).unwrap_err().field, "files");
+    }
+
+    #[test]
     fn what_a_writer_leaves_out_the_node_reads_as_default() {
         let params = Value::Null;
         let s = Submission {
@@ -378,6 +422,7 @@ mod tests {
             expires_at: None,
             priority: None,
             receipts: Vec::new(),
+            files: Vec::new(),
         };
         let body = serde_json::to_vec(&s).unwrap();
         assert_eq!(

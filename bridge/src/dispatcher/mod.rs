@@ -52,6 +52,8 @@ pub struct DispatcherConfig {
     pub audit: bool,
     /// How long dead letters are kept after their command ended.
     pub dead_letter_retention: Duration,
+    /// The file store, where a command's recipients are granted its files.
+    pub files: Option<Arc<crate::files::FileStore>>,
     /// Submission limits.
     pub limits: Limits,
     /// Link tuning.
@@ -561,9 +563,26 @@ impl State {
                 tx.enqueue(&dest, &env, body)?;
                 self.clients.enqueued(&dest);
                 match target {
-                    Target::Commands(client) => self.expect_reply(tx, client, &env, now),
+                    Target::Commands(client) => {
+                        self.grant_files(client, &env);
+                        self.expect_reply(tx, client, &env, now)
+                    }
                     _ => Ok(()),
                 }
+            }
+        }
+    }
+
+    /// A command for local `client` refers to files: it may read them here. (Written before
+    /// the round commits: a round that fails leaves a grant for a command not taken, which
+    /// only lets the recipient read what its sender meant it to.)
+    fn grant_files(&self, client: &str, env: &Envelope) {
+        let Some(files) = &self.cfg.files else {
+            return;
+        };
+        for file in &env.files {
+            if let Err(e) = files.grant(&file.sha256, client) {
+                warn!(client, sha256 = %file.sha256, error = %e, "could not record who may read a file");
             }
         }
     }

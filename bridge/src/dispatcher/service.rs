@@ -42,6 +42,7 @@ impl State {
         let dest = Dest::new(Target::Commands(member.to_string()), env.priority);
         let lseq = tx.enqueue(&dest, env, body.clone())?;
         self.clients.enqueued(&dest);
+        self.grant_files(member, env);
         self.expect_reply(tx, member, env, now)?;
         self.services
             .assigned(&env.id, (service, member), (dest, lseq), body);

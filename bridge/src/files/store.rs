@@ -135,6 +135,7 @@ pub struct UploadInfo {
 }
 
 /// The file store of one node.
+#[derive(Debug)]
 pub struct FileStore {
     root: PathBuf,
     limits: FileLimits,
@@ -453,8 +454,24 @@ impl FileStore {
         Ok(())
     }
 
-    /// Whether `identity` uploaded file `sha256`.
-    pub fn uploaded_by(&self, sha256: &str, identity: &str) -> bool {
+    /// Lets `identity` read file `sha256` (a command for it refers to the file), whether or
+    /// not the file is here yet.
+    pub fn grant(&self, sha256: &str, identity: &str) -> std::io::Result<()> {
+        if !valid_sha256(sha256) || self.may_read(sha256, identity) {
+            return Ok(());
+        }
+        let who = self.object(sha256).with_extension("who");
+        private_dir(who.parent().expect("objects live in a shard"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(who)?;
+        std::io::Write::write_all(&mut f, format!("{identity}\n").as_bytes())
+    }
+
+    /// Whether `identity` uploaded file `sha256` or was sent a command that refers to it.
+    pub fn may_read(&self, sha256: &str, identity: &str) -> bool {
         valid_sha256(sha256)
             && std::fs::read_to_string(self.object(sha256).with_extension("who"))
                 .is_ok_and(|who| who.lines().any(|l| l == identity))
@@ -511,8 +528,10 @@ mod tests {
         let b = upload(&store, "lab", &[7u8; 100]).await.unwrap();
         assert_eq!(a.sha256, b.sha256);
         assert_eq!(store.used.load(Ordering::Relaxed), 100, "stored once");
-        assert!(store.uploaded_by(&a.sha256, "clinic") && store.uploaded_by(&a.sha256, "lab"));
-        assert!(!store.uploaded_by(&a.sha256, "stranger"));
+        assert!(store.may_read(&a.sha256, "clinic") && store.may_read(&a.sha256, "lab"));
+        assert!(!store.may_read(&a.sha256, "stranger"));
+        store.grant(&a.sha256, "stranger").unwrap();
+        assert!(store.may_read(&a.sha256, "stranger"));
         // 100 + 160 > 250: refused before a byte is sent; 201 > max_file too.
         assert!(matches!(
             store.create("x", 160, info()),

@@ -14,7 +14,8 @@
 //! - `GET /v1/files/uploads/<id>`: the file reference `{sha256, size, name, media_type}` once
 //!   complete (409 with the offset before).
 //! - `DELETE /v1/files/uploads/<id>`: cancels.
-//! - `GET /v1/files/<sha256>`: the file, for its uploaders and admins (`Range` honoured).
+//! - `GET /v1/files/<sha256>`: the file, for its uploaders, the recipients of commands at this
+//!   node that refer to it, and admins (`Range` honoured).
 
 use std::io::SeekFrom;
 use std::sync::Arc;
@@ -346,7 +347,8 @@ fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ApiError>
     Ok(Some((first, last)))
 }
 
-/// `GET /v1/files/<sha256>`: the file (its uploaders and admins), streamed.
+/// `GET /v1/files/<sha256>`: the file (its uploaders, its commands' recipients here, and
+/// admins), streamed.
 pub async fn download(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -355,7 +357,7 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let files = store(&state)?;
     let who = caller.0;
-    if who.role != Role::Admin && !files.uploaded_by(&sha256, &who.name) {
+    if who.role != Role::Admin && !files.may_read(&sha256, &who.name) {
         // The same answer whether or not the file exists: a stranger learns nothing.
         return Err(ApiError::forbidden("this file is not yours to read"));
     }
