@@ -348,14 +348,17 @@ fn a_command_carries_its_file_references_and_its_recipient_may_read_the_file() {
         let (status, answer) = common::http::post_json(port, "/v1/messages", doc, &body);
         assert_eq!(status, 202, "{answer}");
     };
-    let before = read(send(
-        port,
-        "GET",
-        &format!("/v1/files/{sha}"),
-        other,
-        &[],
-        b"",
-    ));
+    let fetch = || {
+        read(send(
+            port,
+            "GET",
+            &format!("/v1/files/{sha}"),
+            other,
+            &[],
+            b"",
+        ))
+    };
+    let before = fetch();
     assert_eq!(
         before.status, 403,
         "not his before a command refers him to it"
@@ -373,14 +376,7 @@ fn a_command_carries_its_file_references_and_its_recipient_may_read_the_file() {
     // The colleague here may read it now.
     let (_, page) = get_json(port, "/v1/inbox?wait=10", other);
     assert_eq!(page["messages"][0]["files"][0]["sha256"], sha.as_str());
-    let got = read(send(
-        port,
-        "GET",
-        &format!("/v1/files/{sha}"),
-        other,
-        &[],
-        b"",
-    ));
+    let got = fetch();
     assert_eq!((got.status, got.body), (200, report));
     // A reference that is not one is refused, naming the field.
     let bad = serde_json::json!({"to": {"node": "js", "client": "other"}, "cmd": "report",
