@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common;
-use common::http::{get_json, read, send, Login};
+use common::http::{get_json, read, send, Login, Reply};
 use common::venv::venv;
 use common::*;
 use serde_json::Value;
@@ -99,10 +99,9 @@ fn a_tus_upload_resumes_after_a_kill_and_the_file_is_verified_and_served_by_rang
 
     // The node still knows how far it got; tuspy resumes from there, not from 0.
     let clinic: Login = Some(("clinic", PASSWORD));
-    let tus = [("Tus-Resumable", "1.0.0")];
-    let head = read(send(port, "HEAD", &path_of(&upload), clinic, &tus, b""));
-    assert_eq!(head.status, 200);
-    assert_eq!(header(&head, "upload-offset"), Some(reached.to_string()));
+    let at = head(port, clinic, &path_of(&upload));
+    assert_eq!(at.status, 200);
+    assert_eq!(header(&at, "upload-offset"), Some(reached.to_string()));
     let second = tuspy(&args(0, &upload));
     assert_eq!(second["start"].as_u64(), Some(reached), "{second}");
     assert_eq!(second["offset"].as_u64(), Some(100 * MB));
@@ -147,6 +146,36 @@ fn a_tus_upload_resumes_after_a_kill_and_the_file_is_verified_and_served_by_rang
     assert_eq!(status, 404);
 }
 
+/// `HEAD` of an upload: how far it is.
+fn head(port: u16, who: Login, upload: &str) -> Reply {
+    read(send(
+        port,
+        "HEAD",
+        upload,
+        who,
+        &[("Tus-Resumable", "1.0.0")],
+        b"",
+    ))
+}
+
+/// `PATCH` of `bytes` at `offset` to an upload, with `extra` headers.
+fn patch(
+    port: u16,
+    who: Login,
+    (upload, offset): (&str, usize),
+    extra: &[(&str, &str)],
+    bytes: &[u8],
+) -> Reply {
+    let offset = offset.to_string();
+    let mut headers = vec![
+        ("Tus-Resumable", "1.0.0"),
+        ("Content-Type", "application/offset+octet-stream"),
+        ("Upload-Offset", offset.as_str()),
+    ];
+    headers.extend_from_slice(extra);
+    read(send(port, "PATCH", upload, who, &headers, bytes))
+}
+
 fn path_of(url: &str) -> String {
     url.split_once("://")
         .and_then(|(_, rest)| rest.split_once('/'))
@@ -173,14 +202,8 @@ fn wrong_checksums_offsets_and_sizes_are_refused_and_nothing_is_kept() {
     let port = t.node("js").http_port;
     let clinic: Login = Some(("clinic", PASSWORD));
     let body = b"report page 1".to_vec();
-    let patch = |at: &str, upload: &str, extra: &[(&str, &str)], bytes: &[u8]| {
-        let mut headers = vec![
-            ("Tus-Resumable", "1.0.0"),
-            ("Content-Type", "application/offset+octet-stream"),
-            ("Upload-Offset", at),
-        ];
-        headers.extend_from_slice(extra);
-        read(send(port, "PATCH", upload, clinic, &headers, bytes))
+    let patch = |at: usize, upload: &str, extra: &[(&str, &str)], bytes: &[u8]| {
+        patch(port, clinic, (upload, at), extra, bytes)
     };
 
     // A chunk whose checksum does not match is not stored.
@@ -189,7 +212,7 @@ fn wrong_checksums_offsets_and_sizes_are_refused_and_nothing_is_kept() {
     let upload = made.header("location").expect("Location");
     let wrong = base64_of(&[0u8; 20]);
     let refused = patch(
-        "0",
+        0,
         &upload,
         &[("Upload-Checksum", &format!("sha1 {wrong}"))],
         &body,
@@ -200,19 +223,12 @@ fn wrong_checksums_offsets_and_sizes_are_refused_and_nothing_is_kept() {
         "{}",
         String::from_utf8_lossy(&refused.body)
     );
-    let head = read(send(
-        port,
-        "HEAD",
-        &upload,
-        clinic,
-        &[("Tus-Resumable", "1.0.0")],
-        b"",
-    ));
-    assert_eq!(head.header("upload-offset").as_deref(), Some("0"));
+    let at = head(port, clinic, &upload);
+    assert_eq!(at.header("upload-offset").as_deref(), Some("0"));
     // At a wrong offset: 409. Then right, in two chunks.
-    assert_eq!(patch("5", &upload, &[], &body[5..]).status, 409);
-    assert_eq!(patch("0", &upload, &[], &body[..5]).status, 204);
-    let done = patch("5", &upload, &[], &body[5..]);
+    assert_eq!(patch(5, &upload, &[], &body[5..]).status, 409);
+    assert_eq!(patch(0, &upload, &[], &body[..5]).status, 204);
+    let done = patch(5, &upload, &[], &body[5..]);
     assert_eq!(done.status, 204);
     assert_eq!(done.header("upload-offset").as_deref(), Some("13"));
 
@@ -220,17 +236,9 @@ fn wrong_checksums_offsets_and_sizes_are_refused_and_nothing_is_kept() {
     let zeros = base64_of("0".repeat(64).as_bytes());
     let made = create(port, clinic, body.len() as u64, &format!("sha256 {zeros}"));
     let upload = made.header("location").expect("Location");
-    let refused = patch("0", &upload, &[], &body);
+    let refused = patch(0, &upload, &[], &body);
     assert_eq!(refused.status, 460);
-    let head = read(send(
-        port,
-        "HEAD",
-        &upload,
-        clinic,
-        &[("Tus-Resumable", "1.0.0")],
-        b"",
-    ));
-    assert_eq!(head.status, 404);
+    assert_eq!(head(port, clinic, &upload).status, 404);
 
     // Too large for the node; not tus; no length: each named.
     let too_large = create(port, clinic, 5 << 30, "");
@@ -276,12 +284,7 @@ fn a_full_disk_refuses_the_upload_clearly_and_it_resumes_once_there_is_room() {
         assert!(ok, "prlimit --fsize={v}");
     };
     limit(&format!("{}:unlimited", MB));
-    let headers = [
-        ("Tus-Resumable", "1.0.0"),
-        ("Content-Type", "application/offset+octet-stream"),
-        ("Upload-Offset", "0"),
-    ];
-    let full = read(send(port, "PATCH", &upload, clinic, &headers, &bytes));
+    let full = patch(port, clinic, (&upload, 0), &[], &bytes);
     limit("unlimited:unlimited");
     assert_eq!(full.status, 507, "{}", String::from_utf8_lossy(&full.body));
     assert_eq!(full.json()["code"], "store_full");
@@ -290,17 +293,13 @@ fn a_full_disk_refuses_the_upload_clearly_and_it_resumes_once_there_is_room() {
         "a full disk does not kill the node"
     );
     // What arrived is kept; the rest follows from there.
-    let tus = [("Tus-Resumable", "1.0.0")];
-    let head = read(send(port, "HEAD", &upload, clinic, &tus, b""));
-    let at: usize = head.header("upload-offset").unwrap().parse().unwrap();
+    let at: usize = head(port, clinic, &upload)
+        .header("upload-offset")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(at <= MB as usize, "at most the limit was written: {at}");
-    let at_text = at.to_string();
-    let rest = [
-        ("Tus-Resumable", "1.0.0"),
-        ("Content-Type", "application/offset+octet-stream"),
-        ("Upload-Offset", at_text.as_str()),
-    ];
-    let done = read(send(port, "PATCH", &upload, clinic, &rest, &bytes[at..]));
+    let done = patch(port, clinic, (&upload, at), &[], &bytes[at..]);
     assert_eq!(done.status, 204, "{}", String::from_utf8_lossy(&done.body));
     let sha = hex(&Sha256::digest(&bytes));
     assert_eq!(done.header("medlink-file-sha256"), Some(sha));
@@ -316,15 +315,7 @@ fn upload_small(port: u16, who: Login, bytes: &[u8]) -> Value {
     );
     assert_eq!(made.status, 201);
     let upload = made.header("location").expect("Location");
-    let headers = [
-        ("Tus-Resumable", "1.0.0"),
-        ("Content-Type", "application/offset+octet-stream"),
-        ("Upload-Offset", "0"),
-    ];
-    assert_eq!(
-        read(send(port, "PATCH", &upload, who, &headers, bytes)).status,
-        204
-    );
+    assert_eq!(patch(port, who, (&upload, 0), &[], bytes).status, 204);
     let (status, file) = get_json(port, &upload, who);
     assert_eq!(status, 200, "{file}");
     file

@@ -17,7 +17,7 @@ use super::status::{NodeStatus, Sources};
 use super::tree::TreeView;
 use super::{Console, Note, Question};
 use crate::audit::{self, AuditQuery};
-use crate::dispatcher::{Answer, Operation, OperatorRequest, Request};
+use crate::dispatcher::{Operation, OperatorRequest, Request};
 use crate::envelope::now_ms;
 use crate::link::frame::Frame;
 use crate::link::uplink::UplinkHandle;
@@ -425,23 +425,13 @@ impl Local {
     }
 
     async fn operate(&self, operator: String, op: Operation) -> Result<Value, String> {
-        let (reply, rx) = oneshot::channel();
-        let req = OperatorRequest {
-            operator,
-            op,
-            reply,
-        };
+        let (req, rx) = OperatorRequest::new(operator, op);
         self.dispatcher
             .send(Request::Operator(req))
             .await
             .map_err(|_| "the node is shutting down".to_string())?;
-        let answer = rx.await.map_err(|_| "not committed; retry".to_string())?;
-        let value = match answer {
-            Answer::DeadLetters(d) => json!({ "deadletters": d }),
-            Answer::Outcomes(o) => json!({ "outcomes": o }),
-            Answer::Log(l) => json!({ "log": l }),
-            Answer::Json(j) => j?,
-        };
-        Ok(value)
+        rx.await
+            .map_err(|_| "not committed; retry".to_string())?
+            .into_json()
     }
 }

@@ -51,6 +51,19 @@ pub enum Answer {
     Json(Result<serde_json::Value, String>),
 }
 
+impl Answer {
+    /// The answer as the API and the console give it: `{"deadletters": …}`, `{"outcomes": …}`,
+    /// `{"log": …}`, or the JSON itself; `Err` says why there is none.
+    pub fn into_json(self) -> Result<serde_json::Value, String> {
+        Ok(match self {
+            Answer::DeadLetters(d) => serde_json::json!({ "deadletters": d }),
+            Answer::Outcomes(o) => serde_json::json!({ "outcomes": o }),
+            Answer::Log(l) => serde_json::json!({ "log": l }),
+            Answer::Json(j) => j?,
+        })
+    }
+}
+
 /// An operator's request, with who asks and where the answer goes (after the commit).
 #[derive(Debug)]
 pub struct OperatorRequest {
@@ -60,6 +73,19 @@ pub struct OperatorRequest {
     pub op: Operation,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Answer>,
+}
+
+impl OperatorRequest {
+    /// `operator` asks for `op`; the answer comes on the receiver, after the commit.
+    pub fn new(operator: String, op: Operation) -> (OperatorRequest, oneshot::Receiver<Answer>) {
+        let (reply, rx) = oneshot::channel();
+        let req = OperatorRequest {
+            operator,
+            op,
+            reply,
+        };
+        (req, rx)
+    }
 }
 
 /// The dead-letter reason of a negative receipt's status.

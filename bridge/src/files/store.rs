@@ -114,7 +114,7 @@ pub enum FileError {
 }
 
 /// What is known of an upload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UploadInfo {
     /// The identity that created it (only it may continue or read it).
     pub owner: String,
@@ -494,12 +494,9 @@ mod tests {
 
     fn info() -> UploadInfo {
         UploadInfo {
-            owner: String::new(),
-            length: 0,
             name: "scan.dcm".into(),
             media_type: "application/dicom".into(),
-            sha256: None,
-            done: None,
+            ..UploadInfo::default()
         }
     }
 

@@ -114,14 +114,7 @@ fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// `Upload-Metadata`: comma-separated `key base64value` pairs.
 fn metadata(headers: &HeaderMap) -> Result<UploadInfo, ApiError> {
-    let mut info = UploadInfo {
-        owner: String::new(),
-        length: 0,
-        name: String::new(),
-        media_type: String::new(),
-        sha256: None,
-        done: None,
-    };
+    let mut info = UploadInfo::default();
     let Some(raw) = headers.get("upload-metadata") else {
         return Ok(info);
     };

@@ -10,25 +10,22 @@ use axum::Json;
 use medlink_broker::Role;
 use medlink_wire::{DeadLetterIds, DeadLetterQuery, MAX_LISTED};
 use serde::Deserialize;
-use tokio::sync::oneshot;
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
-use crate::dispatcher::{Answer, Operation, OperatorRequest, Request};
+use crate::dispatcher::{Operation, OperatorRequest, Request};
 
-/// Hands `op` to the dispatcher as `caller` (who must be an admin) and waits for the answer.
-async fn operate(state: &ApiState, caller: Caller, op: Operation) -> Result<Answer, ApiError> {
+/// Hands `op` to the dispatcher as `caller` (who must be an admin); answers with its JSON.
+async fn operate(state: &ApiState, caller: Caller, op: Operation) -> Result<Response, ApiError> {
     let who = caller.require(Role::Admin)?;
-    let (reply, rx) = oneshot::channel();
-    let req = OperatorRequest {
-        operator: who.name,
-        op,
-        reply,
-    };
+    let (req, rx) = OperatorRequest::new(who.name, op);
     state.hand_over(Request::Operator(req)).await?;
-    rx.await
-        .map_err(|_| ApiError::unavailable("the request was not committed; retry"))
+    let answer = rx
+        .await
+        .map_err(|_| ApiError::unavailable("the request was not committed; retry"))?;
+    let json = answer.into_json().map_err(ApiError::unavailable)?;
+    Ok(Json(json).into_response())
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -44,12 +41,7 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     q.check().map_err(refused)?;
-    match operate(&state, caller, Operation::DeadLetters(q)).await? {
-        Answer::DeadLetters(dead) => {
-            Ok(Json(serde_json::json!({ "deadletters": dead })).into_response())
-        }
-        other => Err(unexpected(other)),
-    }
+    operate(&state, caller, Operation::DeadLetters(q)).await
 }
 
 /// The ids of a re-send or purge body, at most [`MAX_LISTED`].
@@ -63,15 +55,6 @@ fn ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
     Ok(ids.ids)
 }
 
-async fn act(state: &ApiState, caller: Caller, op: Operation) -> Result<Response, ApiError> {
-    match operate(state, caller, op).await? {
-        Answer::Outcomes(outcomes) => {
-            Ok(Json(serde_json::json!({ "outcomes": outcomes })).into_response())
-        }
-        other => Err(unexpected(other)),
-    }
-}
-
 /// `POST /v1/deadletters/resend` `{"ids": [...]}`: each becomes a new command (a new id)
 /// from its original sender, linked to the dead letter and written in the operator log.
 pub async fn resend(
@@ -80,7 +63,7 @@ pub async fn resend(
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
     let ids = ids(&body)?;
-    act(&state, caller, Operation::Resend(ids)).await
+    operate(&state, caller, Operation::Resend(ids)).await
 }
 
 /// `POST /v1/deadletters/purge` `{"ids": [...]}`: forgets them (written in the operator log).
@@ -90,7 +73,7 @@ pub async fn purge(
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
     let ids = ids(&body)?;
-    act(&state, caller, Operation::Purge(ids)).await
+    operate(&state, caller, Operation::Purge(ids)).await
 }
 
 /// Query of `GET /v1/operator/log`.
@@ -110,20 +93,9 @@ pub async fn log(
     let limit = query(q)?.limit;
     medlink_wire::check_limit(limit).map_err(refused)?;
     let limit = limit.unwrap_or(100);
-    match operate(&state, caller, Operation::Log { limit }).await? {
-        Answer::Log(lines) => Ok(Json(serde_json::json!({ "log": lines })).into_response()),
-        other => Err(unexpected(other)),
-    }
+    operate(&state, caller, Operation::Log { limit }).await
 }
 
 fn refused(e: medlink_wire::FieldError) -> ApiError {
     ApiError::malformed(format!("{}: {}", e.field, e.problem)).field(e.field)
-}
-
-fn unexpected(answer: Answer) -> ApiError {
-    tracing::error!(
-        ?answer,
-        "dispatcher answered an operator request with the wrong kind"
-    );
-    ApiError::unavailable("unexpected answer")
 }
