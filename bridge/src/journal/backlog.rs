@@ -57,6 +57,22 @@ fn created_at(body: &[u8], fallback: u64) -> u64 {
     serde_json::from_slice::<Created>(body).map_or(fallback, |c| c.created_at)
 }
 
+/// `key`'s group, made on first use. The key is cloned only then: a child's or a service's
+/// key holds a name, and this runs for every envelope queued or acknowledged.
+fn group_mut<'a>(groups: &'a mut HashMap<GroupKey, Group>, key: &GroupKey) -> &'a mut Group {
+    if !groups.contains_key(key) {
+        groups.insert(key.clone(), Group::default());
+    }
+    groups.get_mut(key).expect("present or inserted above")
+}
+
+/// Marks `key` as moved this round (cloning it only the first time).
+fn mark(dirty: &mut HashSet<GroupKey>, key: &GroupKey) {
+    if !dirty.contains(key) {
+        dirty.insert(key.clone());
+    }
+}
+
 impl Backlog {
     /// Counts what the journal at `conn` holds (entries at or below a queue's acknowledged
     /// point are gone, even where their segment is still on disk).
@@ -160,13 +176,13 @@ impl Backlog {
             .queues
             .get_mut(dest)
             .expect("present or inserted above");
-        let group = self.groups.entry(w.group.clone()).or_default();
+        let group = group_mut(&mut self.groups, &w.group);
         if w.entries.is_empty() {
             group.fronts.insert((created, dest.to_string()));
         }
         w.entries.push_back((lseq, created));
         group.depth += 1;
-        self.dirty.insert(w.group.clone());
+        mark(&mut self.dirty, &w.group);
     }
 
     /// Removes what `take` drains from `dest`'s entries, keeping its group's first-in-line
@@ -184,7 +200,7 @@ impl Backlog {
         if gone.is_empty() {
             return gone;
         }
-        let group = self.groups.entry(w.group.clone()).or_default();
+        let group = group_mut(&mut self.groups, &w.group);
         group.depth = group.depth.saturating_sub(gone.len() as u64);
         let new_front = w.entries.front().map(|(_, c)| *c);
         if new_front != front {
@@ -195,7 +211,7 @@ impl Backlog {
                 group.fronts.insert((c, dest.to_string()));
             }
         }
-        self.dirty.insert(w.group.clone());
+        mark(&mut self.dirty, &w.group);
         if w.entries.is_empty() {
             self.queues.remove(dest);
         }
