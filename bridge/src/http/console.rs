@@ -55,7 +55,7 @@ pub struct Sessions(Mutex<HashMap<String, (String, Instant)>>);
 
 impl Sessions {
     fn open(&self, operator: &str) -> String {
-        let token = hex(&rand::random::<[u8; 32]>());
+        let token = hex::encode(rand::random::<[u8; 32]>());
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         map.retain(|_, (_, until)| *until > now);
@@ -76,10 +76,6 @@ impl Sessions {
             .unwrap_or_else(|p| p.into_inner())
             .remove(token);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
