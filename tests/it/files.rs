@@ -72,7 +72,7 @@ fn a_tus_upload_resumes_after_a_kill_and_the_file_is_verified_and_served_by_rang
     let port = t.node("js").http_port;
     let dir = tempfile::tempdir().unwrap();
     let bytes = scan(100 * MB);
-    let sha = hex(&Sha256::digest(&bytes));
+    let sha = hex::encode(Sha256::digest(&bytes));
     let path: PathBuf = dir.path().join("ct-series.bin");
     std::fs::write(&path, &bytes).unwrap();
     let url = format!("http://127.0.0.1:{port}/v1/files");
@@ -123,7 +123,7 @@ fn a_tus_upload_resumes_after_a_kill_and_the_file_is_verified_and_served_by_rang
         b"",
     ));
     assert_eq!(whole.status, 200);
-    assert_eq!(hex(&Sha256::digest(&whole.body)), sha);
+    assert_eq!(hex::encode(Sha256::digest(&whole.body)), sha);
     let part = read(send(
         port,
         "GET",
@@ -180,10 +180,6 @@ fn path_of(url: &str) -> String {
     url.split_once("://")
         .and_then(|(_, rest)| rest.split_once('/'))
         .map_or(url.to_string(), |(_, p)| format!("/{p}"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Creates an upload of `body` and returns its path.
@@ -301,7 +297,7 @@ fn a_full_disk_refuses_the_upload_clearly_and_it_resumes_once_there_is_room() {
     assert!(at <= MB as usize, "at most the limit was written: {at}");
     let done = patch(port, clinic, (&upload, at), &[], &bytes[at..]);
     assert_eq!(done.status, 204, "{}", String::from_utf8_lossy(&done.body));
-    let sha = hex(&Sha256::digest(&bytes));
+    let sha = hex::encode(Sha256::digest(&bytes));
     assert_eq!(done.header("medlink-file-sha256"), Some(sha));
 }
 
