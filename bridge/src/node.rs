@@ -91,6 +91,11 @@ pub struct NodeConfig {
     pub dead_letter_retention: Duration,
     /// Limits of the file store (`<data dir>/files`).
     pub files: crate::files::FileLimits,
+    /// The parent's HTTP API, where files move (`[parent] files_url`; by default the first
+    /// `http(s)://` parent address).
+    pub parent_files_url: Option<String>,
+    /// Most bytes a second file transfers to and from the parent may use (`None`: no cap).
+    pub parent_files_max_rate: Option<u64>,
     /// Commit durability.
     pub durability: Durability,
     /// Truncate the WAL after this long without writes.
@@ -298,6 +303,34 @@ impl Node {
             crate::files::FileStore::open(&cfg.data_dir.join("files"), cfg.files)
                 .map_err(|e| NodeError::Dispatcher(format!("file store: {e}")))?,
         );
+        let (files_ready_tx, files_ready_rx) = mpsc::unbounded_channel();
+        let mover = {
+            let parent = (!cfg.parents.is_empty())
+                .then(|| {
+                    let url = cfg.parent_files_url.clone().or_else(|| {
+                        cfg.parents.iter().find_map(|p| match p {
+                            ParentAddr::Http { url } => Some(url.clone()),
+                            _ => None,
+                        })
+                    });
+                    let tls = match &cfg.parent_tls {
+                        Some(c) => (**c).clone(),
+                        None => medlink_broker::tls::client_config_trusting_nothing(),
+                    };
+                    crate::files::ParentStore::new(
+                        url,
+                        cfg.id.clone(),
+                        cfg.parent_password.clone(),
+                        tls,
+                        cfg.parent_files_max_rate,
+                    )
+                })
+                .transpose()
+                .map_err(|e| NodeError::Dispatcher(format!("file transfer client: {e}")))?;
+            let (mover, held) = crate::files::Mover::new(files.clone(), parent, files_ready_tx);
+            tokio::spawn(mover.run(shutdown_rx.clone()));
+            held
+        };
         let stats = Stats::default();
         // The console's agent: this node's summary up the tree, questions down it.
         let (agent, console, console_notes) = crate::console::Agent::new(
@@ -317,6 +350,7 @@ impl Node {
                 audit: cfg.audit || !topology.has_parent,
                 dead_letter_retention: cfg.dead_letter_retention,
                 files: Some(files.clone()),
+                mover: Some(mover),
                 topology,
                 policy: cfg.policy,
                 limits: cfg.limits,
@@ -330,6 +364,7 @@ impl Node {
                 broker: inbound_rx,
                 http: http_rx,
                 parent: parent_rx,
+                files: files_ready_rx,
             },
             uplink,
             stats.clone(),

@@ -93,6 +93,8 @@ pub enum QueueGroup {
     Clients,
     /// Every local client's receipt stream.
     Receipts,
+    /// Commands waiting for their files (`files_pending`).
+    Files,
 }
 
 impl std::fmt::Display for QueueGroup {
@@ -103,6 +105,7 @@ impl std::fmt::Display for QueueGroup {
             QueueGroup::Service(s) => write!(f, "service:{s}"),
             QueueGroup::Clients => f.write_str("clients"),
             QueueGroup::Receipts => f.write_str("receipts"),
+            QueueGroup::Files => f.write_str("files"),
         }
     }
 }

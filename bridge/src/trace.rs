@@ -152,7 +152,13 @@ pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<
                 hop: u32::from(env.hops),
                 step: Step::Waiting,
                 node: label.to_string(),
-                what: format!("waiting in {dest} (not yet acknowledged by the next hop)"),
+                what: match dest.parse::<Dest>().map(|d| d.target().clone()) {
+                    Ok(Target::Files) => format!(
+                        "files_pending: held in {dest} until its {} file(s) are here and, going up, at the parent",
+                        env.files.len()
+                    ),
+                    _ => format!("waiting in {dest} (not yet acknowledged by the next hop)"),
+                },
                 from_trail: false,
             });
         }

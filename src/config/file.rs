@@ -242,6 +242,14 @@ pub struct ParentSection {
     /// Allow clear-text addresses to hosts other than loopback.
     #[serde(default)]
     pub insecure: bool,
+    /// The parent's HTTP API (`https://host:port`), where files referred to by commands move;
+    /// by default the first `https://` (or `http://`) address above.
+    #[serde(default)]
+    pub files_url: Option<String>,
+    /// Most bytes a second those file transfers may use, up and down together (0: no cap).
+    /// Commands travel on the link itself and overtake them at any rate.
+    #[serde(default)]
+    pub files_max_rate: u64,
 }
 
 /// `[limits]`

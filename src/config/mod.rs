@@ -148,8 +148,8 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             addr: "127.0.0.1:1883".parse().expect("a valid literal address"),
         });
     }
-    let (parents, parent_password, parent_tls) = match file.parent {
-        None => (Vec::new(), None, None),
+    let parent = match file.parent {
+        None => ParentParts::default(),
         Some(p) => parent(p, base)?,
     };
     let mut warnings = Vec::new();
@@ -281,9 +281,11 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         id,
         data_dir,
         listeners,
-        parents,
-        parent_password,
-        parent_tls,
+        parents: parent.addresses,
+        parent_password: parent.password,
+        parent_tls: parent.tls,
+        parent_files_url: parent.files_url,
+        parent_files_max_rate: parent.files_max_rate,
         credentials,
         tls,
         max_connections_per_identity: l.max_connections_per_identity,
@@ -325,17 +327,17 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
 
 /// The `[parent]` section: addresses, password, TLS client settings.
 #[allow(clippy::type_complexity)]
-fn parent(
-    p: ParentSection,
-    base: &Path,
-) -> Result<
-    (
-        Vec<ParentAddr>,
-        Option<String>,
-        Option<Arc<rustls::ClientConfig>>,
-    ),
-    String,
-> {
+/// `[parent]`, checked: how to reach the parent.
+#[derive(Default)]
+struct ParentParts {
+    addresses: Vec<ParentAddr>,
+    password: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    files_url: Option<String>,
+    files_max_rate: Option<u64>,
+}
+
+fn parent(p: ParentSection, base: &Path) -> Result<ParentParts, String> {
     if p.addresses.is_empty() {
         return Err(
             "parent.addresses: give at least one address, or remove [parent] at the root".into(),
@@ -390,7 +392,31 @@ fn parent(
                 .into(),
         );
     }
-    Ok((parents, password, tls))
+    let files_url = match &p.files_url {
+        None => None,
+        Some(u) => match parse_parent(u) {
+            Ok(ParentAddr::Http { url }) => {
+                if !url.starts_with("https:")
+                    && !p.insecure
+                    && !is_loopback_host(&ParentAddr::Http { url: url.clone() })
+                {
+                    return Err(format!(
+                        "parent.files_url: '{u}' is clear text to another host; use https://, or set parent.insecure = true"
+                    ));
+                }
+                Some(url)
+            }
+            Ok(_) => return Err(format!("parent.files_url: '{u}' is not an http(s):// URL")),
+            Err(e) => return Err(format!("parent.files_url: {e}")),
+        },
+    };
+    Ok(ParentParts {
+        addresses: parents,
+        password,
+        tls,
+        files_url,
+        files_max_rate: (p.files_max_rate > 0).then_some(p.files_max_rate),
+    })
 }
 
 fn is_loopback_host(addr: &ParentAddr) -> bool {

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common;
-use common::http::{get_json, read, send, Login, Reply};
+use common::http::{get_json, read, send, Login};
+use common::tus::{base64_of, create, head, patch, scan, upload_small};
 use common::venv::venv;
 use common::*;
 use serde_json::Value;
@@ -47,19 +48,6 @@ fn tuspy(args: &[String]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("tuspy prints JSON")
-}
-
-/// `n` bytes that do not compress or repeat (a scan would not).
-fn scan(n: u64) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn header(reply: &common::http::Reply, name: &str) -> Option<String> {
@@ -146,50 +134,10 @@ fn a_tus_upload_resumes_after_a_kill_and_the_file_is_verified_and_served_by_rang
     assert_eq!(status, 404);
 }
 
-/// `HEAD` of an upload: how far it is.
-fn head(port: u16, who: Login, upload: &str) -> Reply {
-    read(send(
-        port,
-        "HEAD",
-        upload,
-        who,
-        &[("Tus-Resumable", "1.0.0")],
-        b"",
-    ))
-}
-
-/// `PATCH` of `bytes` at `offset` to an upload, with `extra` headers.
-fn patch(
-    port: u16,
-    who: Login,
-    (upload, offset): (&str, usize),
-    extra: &[(&str, &str)],
-    bytes: &[u8],
-) -> Reply {
-    let offset = offset.to_string();
-    let mut headers = vec![
-        ("Tus-Resumable", "1.0.0"),
-        ("Content-Type", "application/offset+octet-stream"),
-        ("Upload-Offset", offset.as_str()),
-    ];
-    headers.extend_from_slice(extra);
-    read(send(port, "PATCH", upload, who, &headers, bytes))
-}
-
 fn path_of(url: &str) -> String {
     url.split_once("://")
         .and_then(|(_, rest)| rest.split_once('/'))
         .map_or(url.to_string(), |(_, p)| format!("/{p}"))
-}
-
-/// Creates an upload of `body` and returns its path.
-fn create(port: u16, login: Login, length: u64, metadata: &str) -> common::http::Reply {
-    let len = length.to_string();
-    let mut headers = vec![("Tus-Resumable", "1.0.0"), ("Upload-Length", len.as_str())];
-    if !metadata.is_empty() {
-        headers.push(("Upload-Metadata", metadata));
-    }
-    read(send(port, "POST", "/v1/files", login, &headers, b""))
 }
 
 #[test]
@@ -256,11 +204,6 @@ fn wrong_checksums_offsets_and_sizes_are_refused_and_nothing_is_kept() {
     assert_eq!(create(port, None, 10, "").status, 401);
 }
 
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 #[test]
 fn a_full_disk_refuses_the_upload_clearly_and_it_resumes_once_there_is_room() {
     let mut t = Tree::start(&[spec("js", None, &["clinic"])]);
@@ -299,22 +242,6 @@ fn a_full_disk_refuses_the_upload_clearly_and_it_resumes_once_there_is_room() {
     assert_eq!(done.status, 204, "{}", String::from_utf8_lossy(&done.body));
     let sha = hex::encode(Sha256::digest(&bytes));
     assert_eq!(done.header("medlink-file-sha256"), Some(sha));
-}
-
-/// Uploads `bytes` as `who` in one PATCH; returns the file reference.
-fn upload_small(port: u16, who: Login, bytes: &[u8]) -> Value {
-    let made = create(
-        port,
-        who,
-        bytes.len() as u64,
-        &format!("filename {}", base64_of(b"report.pdf")),
-    );
-    assert_eq!(made.status, 201);
-    let upload = made.header("location").expect("Location");
-    assert_eq!(patch(port, who, (&upload, 0), &[], bytes).status, 204);
-    let (status, file) = get_json(port, &upload, who);
-    assert_eq!(status, 200, "{file}");
-    file
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub enum ReceiptStatus {
     Rejected,
     /// No route to the target.
     Failed,
+    /// A node holds the command until the files it refers to are there (asked for with
+    /// [`ReceiptKind::Delivered`]); it moves on by itself once they are.
+    FilesPending,
     /// A status this version does not know yet (a newer node).
     Other(String),
 }
@@ -47,6 +50,7 @@ impl ReceiptStatus {
             "expired" => ReceiptStatus::Expired,
             "rejected" => ReceiptStatus::Rejected,
             "failed" => ReceiptStatus::Failed,
+            "files_pending" => ReceiptStatus::FilesPending,
             other => ReceiptStatus::Other(other.to_string()),
         }
     }
@@ -60,6 +64,7 @@ impl ReceiptStatus {
             ReceiptStatus::Expired => "expired",
             ReceiptStatus::Rejected => "rejected",
             ReceiptStatus::Failed => "failed",
+            ReceiptStatus::FilesPending => "files_pending",
             ReceiptStatus::Other(s) => s,
         }
     }

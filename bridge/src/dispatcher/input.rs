@@ -90,6 +90,7 @@ pub(super) enum Input {
     Broker(Inbound),
     Http(Request),
     Parent(ParentEvent),
+    Files(crate::files::Ready),
 }
 
 /// Most items handled in one round (one transaction).
@@ -103,6 +104,8 @@ pub struct Inputs {
     pub http: mpsc::Receiver<Request>,
     /// The uplink's events.
     pub parent: mpsc::Receiver<ParentEvent>,
+    /// Held commands whose files arrived (from the file mover).
+    pub files: mpsc::UnboundedReceiver<crate::files::Ready>,
 }
 
 impl Inputs {
@@ -118,6 +121,7 @@ impl Inputs {
             Some(i) = self.broker.recv() => items.push(Input::Broker(i)),
             Some(r) = self.http.recv() => items.push(Input::Http(r)),
             Some(p) = self.parent.recv() => items.push(Input::Parent(p)),
+            Some(f) = self.files.recv() => items.push(Input::Files(f)),
             _ = tick.tick() => {}
             _ = shutdown.changed() => return None,
         }
@@ -138,6 +142,9 @@ impl Inputs {
                 Ok(p) => items.push(Input::Parent(p)),
                 Err(_) => break,
             }
+        }
+        while let Ok(f) = self.files.try_recv() {
+            items.push(Input::Files(f));
         }
         Some(items)
     }

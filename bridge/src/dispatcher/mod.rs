@@ -29,6 +29,7 @@ use crate::services::{ServiceGroup, Services};
 use crate::stats::Stats;
 
 mod expiry;
+mod files;
 mod input;
 mod operator;
 mod receipts;
@@ -54,6 +55,8 @@ pub struct DispatcherConfig {
     pub dead_letter_retention: Duration,
     /// The file store, where a command's recipients are granted its files.
     pub files: Option<Arc<crate::files::FileStore>>,
+    /// The task moving the files of held commands (`files_pending`).
+    pub mover: Option<mpsc::UnboundedSender<crate::files::Held>>,
     /// Submission limits.
     pub limits: Limits,
     /// Link tuning.
@@ -129,6 +132,11 @@ impl Dispatcher {
             .flat_map(|g| g.members.iter().map(|m| (m.clone(), g.name.clone())))
             .collect();
         journal.report_to(stats.clone(), members);
+        if let Some(mover) = &cfg.mover {
+            for held in files::held_commands(&journal, &cfg.topology)? {
+                let _ = mover.send(held);
+            }
+        }
         Ok(Dispatcher {
             journal,
             state: State {
@@ -254,6 +262,7 @@ impl State {
                 let received = self.links.parent_frame(tx, &bytes)?;
                 self.received(tx, received, now, out)
             }
+            Input::Files(ready) => self.files_ready(tx, ready, now),
         }
     }
 
@@ -522,41 +531,53 @@ impl State {
         if !self.cfg.topology.has_parent {
             env.via_root = false;
         }
-        let hop = if env.hops > MAX_HOPS {
-            NextHop::Unroutable(format!("hop limit of {MAX_HOPS} exceeded"))
-        } else if env.expired(now) {
-            NextHop::Unroutable("expired".into())
-        } else {
-            self.cfg.topology.next_hop(&env)
-        };
-        let target = match hop {
-            NextHop::Local(client) if env.kind == Kind::Receipt => Ok(Target::Receipts(client)),
-            NextHop::Local(client) => Ok(Target::Commands(client)),
-            NextHop::Down(child) => Ok(Target::Down(child)),
-            NextHop::Up => Ok(Target::Up),
-            NextHop::Service(name) => Ok(Target::Service(name)),
-            NextHop::Unroutable(why) => Err(why),
-        };
-        let dest = target.map(|t| Dest::new(t, env.priority));
+        let dest = self.route(&env, now);
         if self.cfg.audit {
             let decision = match &dest {
                 Ok(d) => d.to_string(),
-                Err(why) => format!("refused: {why}"),
+                Err((_, why)) => format!("refused: {why}"),
             };
             tx.audit(&env, now, &decision)?;
         }
-        let dest = match dest {
-            Ok(dest) => dest,
-            Err(why) => {
-                let status = if why == "expired" {
-                    ReceiptStatus::Expired
-                } else {
-                    ReceiptStatus::Failed
-                };
-                return self.refuse(tx, &env, status, &why, now);
-            }
+        match dest {
+            Ok(dest) => self.place(tx, env, dest, now, true),
+            Err((status, why)) => self.refuse(tx, &env, status, &why, now),
+        }
+    }
+
+    /// Where `env` goes from here, or why it goes nowhere.
+    fn route(&self, env: &Envelope, now: u64) -> Result<Dest, (ReceiptStatus, String)> {
+        let hop = if env.hops > MAX_HOPS {
+            NextHop::Unroutable(format!("hop limit of {MAX_HOPS} exceeded"))
+        } else if env.expired(now) {
+            return Err((ReceiptStatus::Expired, "expired".into()));
+        } else {
+            self.cfg.topology.next_hop(env)
         };
+        let target = match hop {
+            NextHop::Local(client) if env.kind == Kind::Receipt => Target::Receipts(client),
+            NextHop::Local(client) => Target::Commands(client),
+            NextHop::Down(child) => Target::Down(child),
+            NextHop::Up => Target::Up,
+            NextHop::Service(name) => Target::Service(name),
+            NextHop::Unroutable(why) => return Err((ReceiptStatus::Failed, why)),
+        };
+        Ok(Dest::new(target, env.priority))
+    }
+
+    /// Queues `env` for `dest`, unless (`may_hold`) it must wait for its files first.
+    fn place(
+        &mut self,
+        tx: &mut Txn,
+        env: Envelope,
+        dest: Dest,
+        now: u64,
+        may_hold: bool,
+    ) -> rusqlite::Result<()> {
         let body = env.to_bytes().into();
+        if may_hold && self.hold_for_files(tx, &env, &dest, &body, now)? {
+            return Ok(());
+        }
         match dest.target() {
             Target::Service(service) => self.route_to_service(tx, service, &env, body, now),
             target => {
@@ -567,22 +588,13 @@ impl State {
                         self.grant_files(client, &env);
                         self.expect_reply(tx, client, &env, now)
                     }
+                    // The child fetches the files from here.
+                    Target::Down(child) => {
+                        self.grant_files(child, &env);
+                        Ok(())
+                    }
                     _ => Ok(()),
                 }
-            }
-        }
-    }
-
-    /// A command for local `client` refers to files: it may read them here. (Written before
-    /// the round commits: a round that fails leaves a grant for a command not taken, which
-    /// only lets the recipient read what its sender meant it to.)
-    fn grant_files(&self, client: &str, env: &Envelope) {
-        let Some(files) = &self.cfg.files else {
-            return;
-        };
-        for file in &env.files {
-            if let Err(e) = files.grant(&file.sha256, client) {
-                warn!(client, sha256 = %file.sha256, error = %e, "could not record who may read a file");
             }
         }
     }

@@ -3,6 +3,9 @@
 //!
 //! - [`store`]: [`FileStore`], the files and uploads on disk, with the size limit and the
 //!   quota.
+//! - [`remote`]: [`ParentStore`], the parent's store over HTTP: pushed up, fetched down.
+//! - [`mover`]: [`Mover`], the task that moves the files of held commands (`files_pending`)
+//!   and tells the dispatcher when a command may go on.
 //!
 //! Layout under the store's directory (0700, files 0600: they hold patient data):
 //!
@@ -17,6 +20,30 @@
 //! An upload survives a restart: its offset is the length of its `.part`, synced at the end of
 //! every PATCH. The HTTP side (tus 1.0) is `http/files.rs`.
 
+pub mod mover;
+pub mod remote;
 pub mod store;
 
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::io::AsyncReadExt;
+
+pub use mover::{Held, Mover, Ready};
+pub use remote::{ParentStore, TransferError};
 pub use store::{Checksum, FileError, FileLimits, FileStore, UploadInfo};
+
+/// `reader` as a stream of chunks of up to 256 KiB (a download's body, an upload's).
+pub(crate) fn chunks(
+    reader: impl tokio::io::AsyncRead + Unpin + Send,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures_util::stream::unfold(
+        (reader, vec![0u8; 256 * 1024]),
+        |(mut r, mut buf)| async move {
+            match r.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => Some((Ok(Bytes::copy_from_slice(&buf[..n])), (r, buf))),
+                Err(e) => Some((Err(e), (r, buf))),
+            }
+        },
+    )
+}

@@ -244,8 +244,53 @@ impl FileStore {
     }
 
     /// Starts an upload of `length` bytes for `owner`; returns its id.
-    pub fn create(
+    pub fn create(&self, owner: &str, length: u64, info: UploadInfo) -> Result<String, FileError> {
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        self.create_as(&id, owner, length, info)
+    }
+
+    /// The upload of file `info.sha256` (declared) by `owner`, named by the two so that asking
+    /// again finds it: a node sending a file to another resumes where it stopped, even after
+    /// either restarted. If the file is already stored, the upload is complete at once; this
+    /// is for nodes only (the caller checks), since it proves no possession of the bytes.
+    pub fn create_keyed(
         &self,
+        owner: &str,
+        length: u64,
+        info: UploadInfo,
+    ) -> Result<String, FileError> {
+        let Some(sha) = info.sha256.clone().filter(|s| valid_sha256(s)) else {
+            return Err(FileError::Invalid("sha256: 64 lowercase hex digits".into()));
+        };
+        let id = hex::encode(&Sha256::digest(format!("{owner}\n{sha}"))[..16]);
+        if let Ok(known) = self.info(&id) {
+            if known.owner == owner && known.length == length {
+                return Ok(id);
+            }
+            self.drop_upload(&id, &known);
+        }
+        if self.size_of(&sha) == Some(length) {
+            let file = FileRef {
+                sha256: sha,
+                size: length,
+                name: info.name.clone(),
+                media_type: info.media_type.clone(),
+            };
+            let done = UploadInfo {
+                owner: owner.to_string(),
+                length,
+                done: Some(file),
+                ..info
+            };
+            self.write_info(&id, &done)?;
+            return Ok(id);
+        }
+        self.create_as(&id, owner, length, info)
+    }
+
+    fn create_as(
+        &self,
+        id: &str,
         owner: &str,
         length: u64,
         mut info: UploadInfo,
@@ -259,7 +304,6 @@ impl FileStore {
             }
         }
         self.reserve(length)?;
-        let id = hex::encode(rand::random::<[u8; 16]>());
         info.owner = owner.to_string();
         info.length = length;
         info.done = None;
@@ -267,14 +311,22 @@ impl FileStore {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(self.part(&id))
-            .and_then(|_| self.write_info(&id, &info));
+            .open(self.part(id))
+            .and_then(|_| self.write_info(id, &info));
         if let Err(e) = made {
             self.release(length);
-            let _ = std::fs::remove_file(self.part(&id));
+            let _ = std::fs::remove_file(self.part(id));
             return Err(e.into());
         }
-        Ok(id)
+        Ok(id.to_string())
+    }
+
+    /// The size of file `sha256`, if it is stored here.
+    pub fn size_of(&self, sha256: &str) -> Option<u64> {
+        if !valid_sha256(sha256) {
+            return None;
+        }
+        std::fs::metadata(self.object(sha256)).ok().map(|m| m.len())
     }
 
     /// Upload `id` as stored.
@@ -422,12 +474,11 @@ impl FileStore {
         } else {
             std::fs::rename(&part, &object)?;
         }
-        let mut who = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(object.with_extension("who"))?;
-        std::io::Write::write_all(&mut who, format!("{}\n", info.owner).as_bytes())?;
+        // `^parent` (a file fetched from the parent) is nobody: readers here are granted by
+        // the commands that refer to the file.
+        if !info.owner.starts_with('^') {
+            self.grant(&sha, &info.owner)?;
+        }
         let file = FileRef {
             sha256: sha,
             size: info.length,

@@ -5,7 +5,8 @@
 //! - `OPTIONS /v1/files`: what this server supports.
 //! - `POST /v1/files` (`Upload-Length`, `Upload-Metadata`: `filename` or `name`, `filetype`
 //!   or `media_type`, and optionally `sha256`, the hex SHA-256 the whole file must have):
-//!   201, `Location: /v1/files/uploads/<id>`.
+//!   201, `Location: /v1/files/uploads/<id>`. A child node declaring `sha256` gets the same
+//!   upload back when it asks again (it resumes), already complete if the file is here.
 //! - `HEAD /v1/files/uploads/<id>`: `Upload-Offset`, `Upload-Length`.
 //! - `PATCH /v1/files/uploads/<id>` (`application/offset+octet-stream`, `Upload-Offset`,
 //!   optional `Upload-Checksum: sha1 <base64>` or `sha256 <base64>`): 204 and the new `Upload-Offset`; 409 at a
@@ -173,7 +174,13 @@ pub async fn create(
             .field("Upload-Length")
     })?;
     let info = metadata(&headers)?;
-    let id = files.create(&caller.0.name, length, info)?;
+    // A child node sending a file that a command refers to names it by its hash: asking
+    // again resumes its upload, and a file already here needs no bytes (`files/remote.rs`).
+    let id = if caller.0.role == Role::Node && info.sha256.is_some() {
+        files.create_keyed(&caller.0.name, length, info)?
+    } else {
+        files.create(&caller.0.name, length, info)?
+    };
     let mut resp = StatusCode::CREATED.into_response();
     let location = format!("/v1/files/uploads/{id}");
     resp.headers_mut().insert(
@@ -362,19 +369,7 @@ pub async fn download(
     file.seek(SeekFrom::Start(first))
         .await
         .map_err(FileError::Io)?;
-    let stream = futures_util::stream::unfold(
-        (file.take(len), vec![0u8; 256 * 1024]),
-        |(mut f, mut buf)| async move {
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => Some((
-                    Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&buf[..n])),
-                    (f, buf),
-                )),
-                Err(e) => Some((Err(e), (f, buf))),
-            }
-        },
-    );
+    let stream = crate::files::chunks(file.take(len));
     let status = if span.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {

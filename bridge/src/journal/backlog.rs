@@ -131,6 +131,7 @@ impl Backlog {
                 None => QueueGroup::Clients,
             },
             Target::Receipts(_) => QueueGroup::Receipts,
+            Target::Files => QueueGroup::Files,
             Target::Service(_) => return None,
         };
         Some((group, dest.lane()))
@@ -224,7 +225,7 @@ impl Backlog {
         let last_hop = match group {
             QueueGroup::Clients | QueueGroup::Service(_) => true,
             QueueGroup::Parent | QueueGroup::Child(_) => false,
-            QueueGroup::Receipts => return,
+            QueueGroup::Receipts | QueueGroup::Files => return,
         };
         let tally = self.delivered.entry(by).or_default();
         tally.0 += created.len() as u64;

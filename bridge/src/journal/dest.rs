@@ -12,6 +12,7 @@
 //! | client `a`'s commands | `local:a` | `local:a#urgent`, … |
 //! | client `a`'s receipts | `receipts:a` | `receipts:a#urgent`, … |
 //! | service `s` (audit only) | `service:s` | — |
+//! | commands waiting for their files | `files` | `files#urgent`, `files#bulk` |
 //!
 //! `#` occurs in neither node ids nor client names, so names never collide, and the normal
 //! lane keeps the plain name that journals written before lanes existed use.
@@ -38,6 +39,9 @@ pub enum Target {
     /// A service group: commands to it are queued in one member's command stream, so this
     /// names a routing decision (in the audit table), never a queue.
     Service(String),
+    /// Commands held at this node until the files they refer to are here (and, for a command
+    /// going up, at the parent): `files_pending` (`dispatcher/files.rs`).
+    Files,
 }
 
 /// One queue in the journal: a target and its priority lane. Its name is rendered once, at
@@ -94,6 +98,7 @@ fn render(target: &Target, lane: Priority) -> String {
         Target::Commands(client) => format!("local:{client}"),
         Target::Receipts(client) => format!("receipts:{client}"),
         Target::Service(service) => format!("service:{service}"),
+        Target::Files => "files".to_string(),
     };
     name.push_str(lane_suffix(lane));
     name
@@ -157,6 +162,7 @@ impl FromStr for Dest {
         let named = |name: &str| (!name.is_empty()).then(|| name.to_string());
         let target = match base.split_once(':') {
             None if base == "up" => Target::Up,
+            None if base == "files" => Target::Files,
             Some(("down", child)) => Target::Down(named(child).ok_or_else(unknown)?),
             Some(("local", client)) => Target::Commands(named(client).ok_or_else(unknown)?),
             Some(("receipts", client)) => Target::Receipts(named(client).ok_or_else(unknown)?),
@@ -218,6 +224,7 @@ mod tests {
                 Dest::new(Target::Service("radiology".into()), Priority::Normal),
                 "service:radiology",
             ),
+            (Dest::new(Target::Files, Priority::Urgent), "files#urgent"),
         ];
         let urgent_service = Dest::new(Target::Service("s".into()), Priority::Urgent);
         assert_eq!(urgent_service.to_string(), "service:s");

@@ -181,6 +181,19 @@ impl Txn<'_> {
         if single > 0 {
             return Ok(true);
         }
+        Ok(self.cut(dest, lseq)?.is_some())
+    }
+
+    /// Takes one envelope of `dest` out by sequence: it is forgotten there, and returned.
+    pub fn take(&mut self, dest: &Dest, lseq: u64) -> Result<Option<Queued>> {
+        let dest = dest.as_str();
+        self.flush_pending()?;
+        self.changes.push(HotChange::Remove(dest.to_string(), lseq));
+        self.cut(dest, lseq)
+    }
+
+    /// Rewrites the segment of `dest` holding `lseq` without it; returns the entry.
+    fn cut(&mut self, dest: &str, lseq: u64) -> Result<Option<Queued>> {
         let found = self
             .tx
             .prepare_cached(
@@ -190,15 +203,14 @@ impl Txn<'_> {
             .query_row(params![dest, lseq as i64], |r| r.get::<_, Vec<u8>>(0))
             .optional()?;
         let Some(blob) = found else {
-            return Ok(false);
+            return Ok(None);
         };
         // The rewrite keeps the segment's key when the first entry stays: forget cached copies.
         self.segments.borrow_mut().clear();
-        let entries = decode_row(blob)?;
-        let before = entries.len();
-        let rest: Vec<Queued> = entries.into_iter().filter(|e| e.lseq != lseq).collect();
+        let (taken, rest): (Vec<Queued>, Vec<Queued>) =
+            decode_row(blob)?.into_iter().partition(|e| e.lseq == lseq);
         self.insert_segment(dest, &rest)?;
-        Ok(rest.len() < before)
+        Ok(taken.into_iter().next())
     }
 
     /// About how many envelopes are queued for `dest`: the entries of its segments, counting

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod proxy;
 pub mod raw;
+pub mod tus;
 pub mod venv;
 
 use std::collections::{BTreeMap, HashSet};
@@ -330,15 +331,17 @@ impl Tree {
                 if tls {
                     let c = certs.display();
                     toml += &format!(
-                        "\n[parent]\naddresses = [\"mqtts://127.0.0.1:{pport}\"]\nca = \"{c}/ca.crt\"\ncert = \"{c}/{id}.crt\"\nkey = \"{c}/{id}.key\"\n",
-                        id = spec.id
+                        "\n[parent]\naddresses = [\"mqtts://127.0.0.1:{pport}\"]\nca = \"{c}/ca.crt\"\ncert = \"{c}/{id}.crt\"\nkey = \"{c}/{id}.key\"\nfiles_url = \"https://127.0.0.1:{phttp}\"\n",
+                        id = spec.id,
+                        phttp = nodes[parent].http_port
                     );
                 } else {
                     let pw = dir.path().join(format!("{}.link-password", spec.id));
                     std::fs::write(&pw, format!("{PASSWORD}\n")).expect("write password file");
                     toml += &format!(
-                        "\n[parent]\naddresses = [\"mqtt://127.0.0.1:{pport}\"]\npassword_file = \"{}\"\n",
-                        pw.display()
+                        "\n[parent]\naddresses = [\"mqtt://127.0.0.1:{pport}\"]\npassword_file = \"{}\"\nfiles_url = \"http://127.0.0.1:{}\"\n",
+                        pw.display(),
+                        nodes[parent].http_port
                     );
                 }
             }
@@ -454,6 +457,19 @@ impl Tree {
             list.join(", "),
             &text[end..]
         );
+        std::fs::write(&cfg, text).expect("write config");
+    }
+
+    /// Sets `key = value` (TOML) in `child`'s `[parent]`, the last section of its config
+    /// (before the child starts).
+    pub fn set_parent_key(&mut self, child: &str, key: &str, value: &str) {
+        let cfg = self.node(child).config.clone();
+        let text = std::fs::read_to_string(&cfg).expect("read config");
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} = ")))
+            .collect();
+        let text = format!("{}\n{key} = {value}\n", kept.join("\n"));
         std::fs::write(&cfg, text).expect("write config");
     }
 
