@@ -1,4 +1,4 @@
-//! `medlink send`, `medlink request`, `medlink listen`: the SDK from a shell, for scripts and
+//! `medlink send`, `medlink request`, `medlink listen`, `medlink fetch`: the SDK from a shell, for scripts and
 //! for trying a tree by hand. Messages are printed as JSON lines; the password comes from a
 //! file or the `MEDLINK_PASSWORD` environment variable, never from the command line (where
 //! `ps` would show it).
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use medlink_sdk::{Address, Client, Options, Priority, ReceiptKind, SendOptions};
+use medlink_sdk::{Address, Client, FileRef, Files, Options, Priority, ReceiptKind, SendOptions};
 
 /// How to connect (shared by the three commands).
 #[derive(clap::Args, Debug)]
@@ -28,6 +28,24 @@ pub struct ConnectArgs {
     /// CA certificate for `mqtts://` and `https://`.
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// The node's HTTP API for files (`https://host:port`), when `--url` is an MQTT URL.
+    #[arg(long)]
+    files_url: Option<String>,
+}
+
+impl ConnectArgs {
+    fn options(&self, replies_only: bool) -> Result<Options, String> {
+        Ok(Options {
+            url: self.url.clone(),
+            node: self.node.clone(),
+            identity: self.identity.clone(),
+            password: read_password(self.password_file.as_deref())?,
+            ca: self.ca.clone(),
+            replies_only,
+            files_url: self.files_url.clone(),
+            ..Default::default()
+        })
+    }
 }
 
 /// What to send.
@@ -56,11 +74,18 @@ pub struct SendArgs {
     /// An id of your own (resending it is accepted once).
     #[arg(long)]
     id: Option<String>,
+    /// A file to upload first and refer to in the command (repeatable).
+    #[arg(long = "file")]
+    files: Vec<PathBuf>,
+    /// The media type of the files (e.g. application/dicom).
+    #[arg(long, default_value = "application/octet-stream")]
+    media_type: String,
 }
 
 impl SendArgs {
-    /// The send options the flags describe (the value parsers above admit only known names).
-    fn options(&self) -> SendOptions {
+    /// The send options the flags describe (the value parsers above admit only known names),
+    /// with `files` uploaded.
+    fn options(&self, files: Vec<FileRef>) -> SendOptions {
         // The names are the wire's own spellings (`Priority`/`ReceiptKind` parse them).
         let priority: Priority = self.priority.parse().unwrap_or_default();
         let receipts = self
@@ -73,8 +98,101 @@ impl SendArgs {
             ttl: self.ttl.map(Duration::from_secs),
             receipts,
             id: self.id.clone(),
-            files: Vec::new(),
+            files,
         }
+    }
+
+    /// Uploads `--file`s, each with a progress bar on a terminal.
+    async fn upload(&self) -> Result<Vec<FileRef>, String> {
+        if self.files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files = Files::new(&self.connect.options(true)?).map_err(|e| e.to_string())?;
+        let mut refs = Vec::new();
+        for path in &self.files {
+            let bar = progress(&format!("upload {}", path.display()));
+            let file = files
+                .upload_path(path, &self.media_type, |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await
+                .map_err(|e| format!("--file {}: {e}", path.display()))?;
+            bar.finish_and_clear();
+            refs.push(file);
+        }
+        Ok(refs)
+    }
+}
+
+/// A byte-counting progress bar on stderr (drawn only on a terminal).
+fn progress(label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
+/// What to fetch.
+#[derive(clap::Args, Debug)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The file reference as a command carries it (JSON: sha256, size, name, media_type).
+    #[arg(long = "ref", conflicts_with_all = ["sha256", "size"])]
+    file_ref: Option<String>,
+    /// The file's SHA-256 (with --size).
+    #[arg(long, requires = "size")]
+    sha256: Option<String>,
+    /// Its size in bytes.
+    #[arg(long, requires = "sha256")]
+    size: Option<u64>,
+    /// Where to write it; a partial download there (`<out>.part`) is continued.
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+/// `medlink fetch`: downloads a file from the node's store, resuming, checking its SHA-256.
+pub async fn fetch(args: FetchArgs) -> ExitCode {
+    let run = async {
+        let file: FileRef = match (&args.file_ref, &args.sha256, args.size) {
+            (Some(json), _, _) => serde_json::from_str(json)
+                .map_err(|e| format!("--ref: not a file reference ({e})"))?,
+            (None, Some(sha), Some(size)) => FileRef {
+                sha256: sha.to_ascii_lowercase(),
+                size,
+                name: String::new(),
+                media_type: String::new(),
+            },
+            _ => return Err("give --ref, or --sha256 and --size".to_string()),
+        };
+        if !medlink_sdk::valid_sha256(&file.sha256) {
+            return Err("--sha256: 64 hex digits".to_string());
+        }
+        let files = Files::new(&args.connect.options(true)?).map_err(|e| e.to_string())?;
+        let bar = progress(&format!("fetch {}", args.out.display()));
+        files
+            .download_path(&file, &args.out, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        bar.finish_and_clear();
+        Ok(file)
+    };
+    match run.await {
+        Ok(file) => {
+            println!("{} {}", file.sha256, args.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("fetch", e),
     }
 }
 
@@ -127,18 +245,9 @@ async fn connect(
     args: &ConnectArgs,
     replies_only: bool,
 ) -> Result<(Client, medlink_sdk::Inbox), String> {
-    let password = read_password(args.password_file.as_deref())?;
-    Client::connect(Options {
-        url: args.url.clone(),
-        node: args.node.clone(),
-        identity: args.identity.clone(),
-        password,
-        ca: args.ca.clone(),
-        replies_only,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())
+    Client::connect(args.options(replies_only)?)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn target(to: &str) -> Result<Address, String> {
@@ -157,9 +266,10 @@ pub async fn send(args: SendArgs) -> ExitCode {
     let run = async {
         let to = target(&args.to)?;
         let p = params(&args.params, "--params")?;
+        let files = args.upload().await?;
         let (client, _inbox) = connect(&args.connect, true).await?;
         client
-            .send_with(&to, &args.cmd, p, args.options())
+            .send_with(&to, &args.cmd, p, args.options(files))
             .await
             .map_err(|e| e.to_string())
     };
@@ -182,10 +292,11 @@ pub async fn request(args: RequestArgs) -> ExitCode {
     let run = async {
         let to = target(&args.to)?;
         let p = params(&args.params, "--params")?;
+        let files = args.upload().await?;
         let (client, _inbox) = connect(&args.connect, true).await?;
         let timeout = Duration::from_secs(timeout);
         client
-            .request_with(&to, &args.cmd, p, timeout, args.options())
+            .request_with(&to, &args.cmd, p, timeout, args.options(files))
             .await
             .map_err(|e| e.to_string())
     };

@@ -102,6 +102,8 @@ enum Command {
     Request(cli_client::RequestArgs),
     /// Print incoming commands and receipts as JSON lines (optionally replying).
     Listen(cli_client::ListenArgs),
+    /// Download a file a command refers to from the node's store (resumable, checked).
+    Fetch(cli_client::FetchArgs),
     /// List, re-send or purge a node's dead letters, or show its operator log (admins).
     Deadletters(deadletters::DeadLettersArgs),
     /// Create a development CA and certificates for nodes and clients.
@@ -237,6 +239,7 @@ fn main() -> ExitCode {
             runtime.block_on(demo::run(args))
         }
         Command::Send(args) => runtime.block_on(cli_client::send(args)),
+        Command::Fetch(args) => runtime.block_on(cli_client::fetch(args)),
         Command::Request(args) => runtime.block_on(cli_client::request(args)),
         Command::Listen(args) => runtime.block_on(cli_client::listen(args)),
         Command::Deadletters(args) => runtime.block_on(deadletters::run(args)),

@@ -128,6 +128,7 @@
 mod client;
 mod dedup;
 mod driver;
+mod files;
 mod handover;
 mod http;
 mod message;
@@ -139,9 +140,10 @@ mod session;
 mod tls;
 
 pub use client::{Client, Handlers, Inbox};
+pub use files::Files;
 /// The transport a client is using: MQTT over TCP or TLS, MQTT over WebSocket, or the node's
 /// HTTP API.
-pub use medlink_wire::{FileRef, Transport};
+pub use medlink_wire::{valid_sha256, FileRef, Transport};
 pub use message::{
     Address, Hop, Kind, Message, MessageId, Priority, Receipt, ReceiptKind, ReceiptStatus,
 };
@@ -177,4 +179,7 @@ pub enum Error {
     /// The client was closed (or its connection task ended).
     #[error("the client is closed")]
     Closed,
+    /// An upload or download failed (the node's reason, or a SHA-256 that did not match).
+    #[error("file transfer: {0}")]
+    Files(String),
 }

@@ -52,6 +52,9 @@ pub struct Options {
     /// short-lived senders (`medlink send`, scripts) that are not one of those devices: a
     /// client that reads nothing must not take anything.
     pub replies_only: bool,
+    /// The node's HTTP API for files ([`Files`](crate::Files)), when `url` is not it (an
+    /// `mqtt(s)://` URL): `https://host:port`.
+    pub files_url: Option<String>,
 }
 
 impl std::fmt::Debug for Options {
@@ -66,6 +69,7 @@ impl std::fmt::Debug for Options {
             .field("outbox", &self.outbox)
             .field("connect_timeout", &self.connect_timeout)
             .field("replies_only", &self.replies_only)
+            .field("files_url", &self.files_url)
             .finish()
     }
 }

@@ -350,3 +350,155 @@ async fn commands_of_every_priority_overtake_a_large_transfer_on_a_capped_link()
     assert!(hosp.recv(2).await.is_none(), "a command came twice");
     let _ = county;
 }
+
+/// `medlink <verb>` as `who` at `node` over its HTTP API, the password in the environment.
+fn cli(verb: &str, port: u16, node: &str, who: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .arg(verb)
+        .args([
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--node",
+            node,
+            "--identity",
+            who,
+        ])
+        .args(args)
+        .env("MEDLINK_PASSWORD", PASSWORD)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("medlink runs")
+}
+
+#[test]
+fn the_cli_sends_a_file_with_its_command_and_the_recipient_fetches_it_resuming_a_partial_copy() {
+    let t = Tree::start(&[
+        spec(CITY, None, &["hosp"]),
+        spec(COUNTY, Some(CITY), &["clinic"]),
+    ]);
+    let city = t.nodes[CITY].http_port;
+    let county = t.nodes[COUNTY].http_port;
+    let dir = tempfile::tempdir().unwrap();
+    let scan_path = dir.path().join("ct.bin");
+    let bytes = scan(9 * MB + 5);
+    let sha = hex::encode(Sha256::digest(&bytes));
+    std::fs::write(&scan_path, &bytes).unwrap();
+
+    let sent = cli(
+        "send",
+        county,
+        COUNTY,
+        "clinic",
+        &[
+            "--to",
+            &format!("{CITY}/hosp"),
+            "--cmd",
+            "consult.ct",
+            "--params",
+            r#"{"patient":"p-2"}"#,
+            "--file",
+            scan_path.to_str().unwrap(),
+            "--media-type",
+            "application/dicom",
+        ],
+    );
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let id = String::from_utf8_lossy(&sent.stdout).trim().to_string();
+
+    let heard = cli("listen", city, CITY, "hosp", &["--count", "1"]);
+    assert!(
+        heard.status.success(),
+        "{}",
+        String::from_utf8_lossy(&heard.stderr)
+    );
+    let cmd: Value = serde_json::from_slice(&heard.stdout).expect("one JSON line");
+    assert_eq!(cmd["id"], id.as_str());
+    let file = &cmd["files"][0];
+    assert_eq!(
+        (
+            file["sha256"].as_str(),
+            file["size"].as_u64(),
+            file["name"].as_str(),
+            file["media_type"].as_str()
+        ),
+        (
+            Some(sha.as_str()),
+            Some(bytes.len() as u64),
+            Some("ct.bin"),
+            Some("application/dicom")
+        )
+    );
+
+    // A partial copy is continued from its length (Range), then checked.
+    let out = dir.path().join("received.bin");
+    let part = dir.path().join("received.bin.part");
+    std::fs::write(&part, &bytes[..3 * MB as usize]).unwrap();
+    let reference = file.to_string();
+    let fetched = cli(
+        "fetch",
+        city,
+        CITY,
+        "hosp",
+        &["--ref", &reference, "--out", out.to_str().unwrap()],
+    );
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert!(!part.exists());
+    // A damaged partial copy is found out by the hash, dropped, and fetched whole next time.
+    let mut damaged = bytes[..MB as usize].to_vec();
+    damaged[100] ^= 0xff;
+    std::fs::write(&part, &damaged).unwrap();
+    let args = [
+        "--sha256",
+        sha.as_str(),
+        "--size",
+        &bytes.len().to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    std::fs::remove_file(&out).unwrap();
+    let bad = cli("fetch", city, CITY, "hosp", &args);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("SHA-256"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(!out.exists() && !part.exists());
+    let again = cli("fetch", city, CITY, "hosp", &args);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    // A stranger's fetch is refused with the node's reason.
+    let stranger = cli(
+        "fetch",
+        county,
+        COUNTY,
+        "clinic",
+        &[
+            "--sha256",
+            &"0".repeat(64),
+            "--size",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(!stranger.status.success());
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
+}
