@@ -91,6 +91,8 @@ pub struct NodeConfig {
     pub dead_letter_retention: Duration,
     /// Limits of the file store (`<data dir>/files`).
     pub files: crate::files::FileLimits,
+    /// How long a file is kept after a command last used it here.
+    pub files_retention: Duration,
     /// The parent's HTTP API, where files move (`[parent] files_url`; by default the first
     /// `http(s)://` parent address).
     pub parent_files_url: Option<String>,
@@ -302,6 +304,10 @@ impl Node {
         let files = Arc::new(
             crate::files::FileStore::open(&cfg.data_dir.join("files"), cfg.files)
                 .map_err(|e| NodeError::Dispatcher(format!("file store: {e}")))?,
+        );
+        tokio::spawn(
+            crate::files::Retention::new(files.clone(), path.clone(), cfg.files_retention)
+                .run(shutdown_rx.clone()),
         );
         let (files_ready_tx, files_ready_rx) = mpsc::unbounded_channel();
         let mover = {

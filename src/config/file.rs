@@ -94,6 +94,9 @@ pub struct FilesSection {
     pub max_file_bytes: u64,
     /// The most the store may hold, bytes, uploads in progress included (default 100 GiB).
     pub quota_bytes: u64,
+    /// How long a file is kept after a command last used it here, seconds (default 30 days).
+    /// A file a waiting command names is kept however long it waits.
+    pub retention_s: u64,
 }
 
 impl Default for FilesSection {
@@ -101,6 +104,7 @@ impl Default for FilesSection {
         FilesSection {
             max_file_bytes: 4 << 30,
             quota_bytes: 100 << 30,
+            retention_s: 30 * 24 * 3600,
         }
     }
 }

@@ -307,6 +307,7 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             max_file: file.files.max_file_bytes,
             quota: file.files.quota_bytes,
         },
+        files_retention: Duration::from_secs(file.files.retention_s),
         durability: file.node.durability,
         wal_idle_truncate: Duration::from_millis(file.node.wal_idle_truncate_ms),
         limits: Limits {

@@ -247,7 +247,7 @@ fn a_full_disk_refuses_the_upload_clearly_and_it_resumes_once_there_is_room() {
 #[test]
 fn a_command_carries_its_file_references_and_its_recipient_may_read_the_file() {
     let mut t = Tree::start(&[
-        spec("js", None, &["doc", "other"]),
+        spec("js", None, &["doc", "other", "thief"]),
         spec("js.a", Some("js"), &["clinic"]),
     ]);
     let port = t.node("js").http_port;
@@ -291,7 +291,28 @@ fn a_command_carries_its_file_references_and_its_recipient_may_read_the_file() {
     let (_, page) = get_json(port, "/v1/inbox?wait=10", other);
     assert_eq!(page["messages"][0]["files"][0]["sha256"], sha.as_str());
     let got = fetch();
-    assert_eq!((got.status, got.body), (200, report));
+    assert_eq!((got.status, got.body), (200, report.clone()));
+    // A file the sender may not send (another's upload, known only by its hash) or that is
+    // not at the sender's node is refused, naming the field: nobody grants himself a file.
+    let stolen = serde_json::json!({"to": {"node": "js", "client": "other"}, "cmd": "report",
+        "files": [{"sha256": sha, "size": report.len()}]});
+    let thief: Login = Some(("thief", PASSWORD));
+    let (status, answer) = common::http::post_json(port, "/v1/messages", thief, &stolen);
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("files[0].sha256")),
+        "{answer}"
+    );
+    let second = upload_small(port, doc, b"%PDF-1.7 second opinion");
+    let elsewhere = serde_json::json!({"to": {"node": "js", "client": "doc"}, "cmd": "report",
+        "files": [second]});
+    let (status, answer) =
+        common::http::post_json(t.node("js.a").http_port, "/v1/messages", clinic, &elsewhere);
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("files[0].sha256")),
+        "{answer}"
+    );
     // A reference that is not one is refused, naming the field.
     let bad = serde_json::json!({"to": {"node": "js", "client": "other"}, "cmd": "report",
         "files": [{"sha256": "not-a-hash", "size": 1}]});

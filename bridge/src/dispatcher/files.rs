@@ -101,6 +101,31 @@ impl State {
         }
     }
 
+    /// A client's command names a file that is not here, or not the client's to send (it
+    /// neither uploaded it nor was sent it): the refusal, naming the field. Otherwise anyone
+    /// who learnt a file's hash could grant himself the file by sending it to himself.
+    pub(super) fn file_not_sendable(&self, client: &str, env: &Envelope) -> Option<String> {
+        let store = self.cfg.files.as_ref()?;
+        let (i, f) = env.files.iter().enumerate().find(|(_, f)| {
+            store.size_of(&f.sha256) != Some(f.size) || !store.may_read(&f.sha256, client)
+        })?;
+        Some(format!(
+            "files[{i}].sha256: no file {} of {} bytes that {client} may send is in the file store of {}; upload it here first",
+            f.sha256,
+            f.size,
+            self.me()
+        ))
+    }
+
+    /// A command that refers to files passes this node: their retention starts again.
+    pub(super) fn touch_files(&self, env: &Envelope) {
+        if let Some(store) = &self.cfg.files {
+            for f in &env.files {
+                store.touch(&f.sha256);
+            }
+        }
+    }
+
     /// A command queued for `reader` (a local client, a service member, or a child node that
     /// will fetch them) refers to files: `reader` may read them here. (Written before the
     /// round commits: a round that fails leaves a grant for a command not taken, which only

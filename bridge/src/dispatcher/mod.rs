@@ -459,6 +459,14 @@ impl State {
                 self.reject(tx, client, payload, &reason, now)?;
                 Ok(Accept::Rejected(reason))
             }
+            Ok((_, env))
+                if !env.files.is_empty() && self.file_not_sendable(client, &env).is_some() =>
+            {
+                let reason = self.file_not_sendable(client, &env).unwrap_or_default();
+                warn!(client, reason = %reason.escape_debug(), "command rejected");
+                self.reject(tx, client, payload, &reason, now)?;
+                Ok(Accept::Rejected(reason))
+            }
             Ok((chosen, mut env)) => {
                 if strict {
                     if let NextHop::Unroutable(why) = self.cfg.topology.next_hop(&env) {
@@ -575,6 +583,9 @@ impl State {
         may_hold: bool,
     ) -> rusqlite::Result<()> {
         let body = env.to_bytes().into();
+        if !env.files.is_empty() {
+            self.touch_files(&env);
+        }
         if may_hold && self.hold_for_files(tx, &env, &dest, &body, now)? {
             return Ok(());
         }

@@ -4,6 +4,7 @@
 //! - [`store`]: [`FileStore`], the files and uploads on disk, with the size limit and the
 //!   quota.
 //! - [`remote`]: [`ParentStore`], the parent's store over HTTP: pushed up, fetched down.
+//! - [`retention`]: [`Retention`], the hourly sweep of files no command needs any more.
 //! - [`mover`]: [`Mover`], the task that moves the files of held commands (`files_pending`)
 //!   and tells the dispatcher when a command may go on.
 //!
@@ -22,6 +23,7 @@
 
 pub mod mover;
 pub mod remote;
+pub mod retention;
 pub mod store;
 
 use bytes::Bytes;
@@ -30,6 +32,7 @@ use tokio::io::AsyncReadExt;
 
 pub use mover::{Held, Mover, Ready};
 pub use remote::{ParentStore, TransferError};
+pub use retention::Retention;
 pub use store::{Checksum, FileError, FileLimits, FileStore, UploadInfo};
 
 /// `reader` as a stream of chunks of up to 256 KiB (a download's body, an upload's).

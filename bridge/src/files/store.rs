@@ -521,6 +521,84 @@ impl FileStore {
         std::io::Write::write_all(&mut f, format!("{identity}\n").as_bytes())
     }
 
+    /// A command that refers to file `sha256` passed this node: its retention starts again
+    /// (the time of its `.who`, which exists once anyone may read the file or it was used).
+    pub fn touch(&self, sha256: &str) {
+        if !valid_sha256(sha256) {
+            return;
+        }
+        let who = self.object(sha256).with_extension("who");
+        let touched = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&who)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::warn!(sha256, error = %e, "could not record that a file was used");
+        }
+    }
+
+    /// Every stored file and when a command last used it (or it was stored).
+    pub(super) fn stored(&self) -> Vec<(String, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let Ok(shards) = std::fs::read_dir(self.root.join("objects")) else {
+            return out;
+        };
+        for entry in shards
+            .flatten()
+            .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !valid_sha256(&name) {
+                continue;
+            }
+            let used = [entry.path().with_extension("who"), entry.path()]
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .max();
+            if let Some(used) = used {
+                out.push((name, used));
+            }
+        }
+        out
+    }
+
+    /// Deletes file `sha256` (retention ended); returns its size.
+    pub(super) fn delete(&self, sha256: &str) -> std::io::Result<u64> {
+        let object = self.object(sha256);
+        let size = std::fs::metadata(&object)?.len();
+        std::fs::remove_file(&object)?;
+        let _ = std::fs::remove_file(object.with_extension("who"));
+        self.release(size);
+        Ok(size)
+    }
+
+    /// Drops uploads not written to since `before` (abandoned); returns how many.
+    pub(super) fn drop_abandoned(&self, before: std::time::SystemTime) -> usize {
+        let mut n = 0;
+        let Ok(dir) = std::fs::read_dir(self.root.join("uploads")) else {
+            return 0;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let last = [self.part(id), self.meta(id)]
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .max();
+            if last.is_some_and(|t| t < before) {
+                if let Ok(info) = self.info(id) {
+                    self.drop_upload(id, &info);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Whether `identity` uploaded file `sha256` or was sent a command that refers to it.
     pub fn may_read(&self, sha256: &str, identity: &str) -> bool {
         valid_sha256(sha256)

@@ -146,7 +146,19 @@ async fn submit(
             Accept::Unroutable(why) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_target", why).field(at("to"))
             }
-            Accept::Rejected(why) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", why),
+            Accept::Rejected(why) => {
+                // The dispatcher's refusals start with the field at fault (`files[0].sha256: …`).
+                let field = why
+                    .split_once(": ")
+                    .map(|(f, _)| f)
+                    .filter(|f| !f.is_empty() && !f.contains(' '))
+                    .map(at);
+                let e = ApiError::new(StatusCode::BAD_REQUEST, "invalid", why.clone());
+                match field {
+                    Some(f) => e.field(f),
+                    None => e,
+                }
+            }
             Accept::NotAuthorized => ApiError::forbidden("not allowed to send"),
             Accept::RateLimited => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
