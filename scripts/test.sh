@@ -43,6 +43,13 @@ if ! cargo deb --version 2>/dev/null | grep -q '3\.8\.0'; then
     cargo install cargo-deb --locked --version 3.8.0
 fi
 
+# s3s-fs, an S3-compatible server that checks signatures and presigned URLs' expiry (moto
+# checks neither), for the shared-bucket tests (tests/it/file_store_s3.rs). Pinned: later
+# releases need a newer rustc.
+if ! s3s-fs --version 2>/dev/null | grep -q '0\.14\.1'; then
+    cargo install s3s-fs --locked --version 0.14.1 --features binary
+fi
+
 # rustfmt and clippy ship with rustup's default profile; add them where a minimal one was used.
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add rustfmt clippy

@@ -151,6 +151,10 @@ fn init_logs(json: bool, default: &str) {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // The S3 client (object_store) brings rustls's ring backend beside aws-lc-rs; with both,
+    // rustls picks no default, and reqwest clients that take the default would get ring. Every
+    // TLS configuration medlink builds names aws-lc-rs; this makes the rest use it too.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Certs(args) => return certs::run(args),

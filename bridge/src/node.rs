@@ -93,6 +93,8 @@ pub struct NodeConfig {
     pub files: crate::files::FileLimits,
     /// How long a file is kept after a command last used it here.
     pub files_retention: Duration,
+    /// The bucket holding the files, when not the data directory (`[files.s3]`).
+    pub files_s3: Option<crate::files::S3Settings>,
     /// The parent's HTTP API, where files move (`[parent] files_url`; by default the first
     /// `http(s)://` parent address).
     pub parent_files_url: Option<String>,
@@ -301,10 +303,14 @@ impl Node {
             );
             (Some(handle), Some(task))
         };
-        let files = Arc::new(
-            crate::files::FileStore::open(&cfg.data_dir.join("files"), cfg.files)
-                .map_err(|e| NodeError::Dispatcher(format!("file store: {e}")))?,
-        );
+        let mut store = crate::files::FileStore::open(&cfg.data_dir.join("files"), cfg.files)
+            .map_err(|e| NodeError::Dispatcher(format!("file store: {e}")))?;
+        if let Some(s3) = &cfg.files_s3 {
+            let bucket = crate::files::S3::new(s3)
+                .map_err(|e| NodeError::Dispatcher(format!("files.s3: {e}")))?;
+            store = store.with_remote(bucket);
+        }
+        let files = Arc::new(store);
         tokio::spawn(
             crate::files::Retention::new(files.clone(), path.clone(), cfg.files_retention)
                 .run(shutdown_rx.clone()),

@@ -97,6 +97,48 @@ pub struct FilesSection {
     /// How long a file is kept after a command last used it here, seconds (default 30 days).
     /// A file a waiting command names is kept however long it waits.
     pub retention_s: u64,
+    /// Keep the files in an S3-compatible bucket instead of the data directory.
+    pub s3: Option<S3Section>,
+}
+
+/// `[files.s3]`: an S3-compatible object store for the files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// `https://host:port` of the service; absent: AWS itself.
+    pub endpoint: Option<String>,
+    /// The bucket.
+    pub bucket: String,
+    /// Its region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Key prefix of the files. Nodes given the same bucket and prefix share their files and
+    /// copy nothing between them.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Access key id (with `secret_access_key_file`); absent: the environment's
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub access_key_id: Option<String>,
+    /// File holding the secret access key (readable by the service user only).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Longest validity of a presigned download URL, seconds (default 15 minutes).
+    #[serde(default = "default_presign_ttl")]
+    pub presign_ttl_s: u64,
+    /// Allow a clear-text `http://` endpoint on another host.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_prefix() -> String {
+    "medlink-files".into()
+}
+
+fn default_presign_ttl() -> u64 {
+    900
 }
 
 impl Default for FilesSection {
@@ -105,6 +147,7 @@ impl Default for FilesSection {
             max_file_bytes: 4 << 30,
             quota_bytes: 100 << 30,
             retention_s: 30 * 24 * 3600,
+            s3: None,
         }
     }
 }

@@ -148,6 +148,7 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             addr: "127.0.0.1:1883".parse().expect("a valid literal address"),
         });
     }
+    let files_s3 = file.files.s3.as_ref().map(|s| s3(s, base)).transpose()?;
     let parent = match file.parent {
         None => ParentParts::default(),
         Some(p) => parent(p, base)?,
@@ -308,6 +309,7 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
             quota: file.files.quota_bytes,
         },
         files_retention: Duration::from_secs(file.files.retention_s),
+        files_s3,
         durability: file.node.durability,
         wal_idle_truncate: Duration::from_millis(file.node.wal_idle_truncate_ms),
         limits: Limits {
@@ -328,6 +330,58 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
 
 /// The `[parent]` section: addresses, password, TLS client settings.
 #[allow(clippy::type_complexity)]
+/// `[files.s3]`, checked.
+fn s3(s: &S3Section, base: &Path) -> Result<medlink_bridge::files::S3Settings, String> {
+    if let Some(endpoint) = &s.endpoint {
+        let url = url::Url::parse(endpoint)
+            .map_err(|e| format!("files.s3.endpoint: '{endpoint}' is not a URL ({e})"))?;
+        let loopback = url.host_str().is_some_and(|h| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback || s.insecure => {}
+            "http" => {
+                return Err(format!(
+                    "files.s3.endpoint: '{endpoint}' is clear text to another host; use https://, or set files.s3.insecure = true"
+                ))
+            }
+            other => return Err(format!("files.s3.endpoint: scheme '{other}' (use https://)")),
+        }
+    }
+    if s.bucket.is_empty() {
+        return Err("files.s3.bucket: empty".into());
+    }
+    let credentials = match (&s.access_key_id, &s.secret_access_key_file) {
+        (Some(id), Some(file)) => {
+            let path = base.join(file);
+            let secret = std::fs::read_to_string(&path)
+                .map_err(|e| format!("files.s3.secret_access_key_file: {}: {e}", path.display()))?;
+            Some((id.clone(), secret.trim().to_string()))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(
+                "files.s3.access_key_id: give it with secret_access_key_file, or neither (the environment's AWS_* then)"
+                    .into(),
+            )
+        }
+    };
+    if s.presign_ttl_s == 0 || s.presign_ttl_s > 7 * 24 * 3600 {
+        return Err("files.s3.presign_ttl_s: 1..=604800 (S3 presigns for at most 7 days)".into());
+    }
+    Ok(medlink_bridge::files::S3Settings {
+        endpoint: s.endpoint.clone(),
+        bucket: s.bucket.clone(),
+        region: s.region.clone(),
+        prefix: s.prefix.clone(),
+        credentials,
+        presign_ttl: Duration::from_secs(s.presign_ttl_s),
+    })
+}
+
 /// `[parent]`, checked: how to reach the parent.
 #[derive(Default)]
 struct ParentParts {

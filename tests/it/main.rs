@@ -14,6 +14,7 @@ mod custody;
 mod data_dir;
 mod deadletters;
 mod devices;
+mod file_store_s3;
 mod file_transfer;
 mod files;
 mod hostile;

@@ -4,6 +4,7 @@
 //! - [`store`]: [`FileStore`], the files and uploads on disk, with the size limit and the
 //!   quota.
 //! - [`remote`]: [`ParentStore`], the parent's store over HTTP: pushed up, fetched down.
+//! - [`s3`]: [`S3`], the files in an S3-compatible bucket instead of this disk.
 //! - [`retention`]: [`Retention`], the hourly sweep of files no command needs any more.
 //! - [`mover`]: [`Mover`], the task that moves the files of held commands (`files_pending`)
 //!   and tells the dispatcher when a command may go on.
@@ -24,6 +25,7 @@
 pub mod mover;
 pub mod remote;
 pub mod retention;
+pub mod s3;
 pub mod store;
 
 use bytes::Bytes;
@@ -33,6 +35,7 @@ use tokio::io::AsyncReadExt;
 pub use mover::{Held, Mover, Ready};
 pub use remote::{ParentStore, TransferError};
 pub use retention::Retention;
+pub use s3::{S3Settings, S3};
 pub use store::{Checksum, FileError, FileLimits, FileStore, UploadInfo};
 
 /// `reader` as a stream of chunks of up to 256 KiB (a download's body, an upload's).

@@ -7,7 +7,6 @@
 //! This is the link's bulk channel: its own HTTP connection, never the link's, paced to
 //! `[parent] files_max_rate`, so commands of every priority overtake it.
 
-use std::io::SeekFrom;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -15,7 +14,6 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use medlink_wire::FileRef;
 use reqwest::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::store::{FileError, FileStore, UploadInfo};
 
@@ -147,11 +145,7 @@ impl ParentStore {
         let from = at;
         while at < file.size {
             let len = PATCH_BYTES.min(file.size - at);
-            let mut f = tokio::fs::File::open(store.object(&file.sha256))
-                .await
-                .map_err(FileError::Io)?;
-            f.seek(SeekFrom::Start(at)).await.map_err(FileError::Io)?;
-            let body = self.pace(super::chunks(f.take(len)));
+            let body = self.pace(store.stream(&file.sha256, at, len).await?);
             let sent = self
                 .authed(self.client.patch(&upload))
                 .header("upload-offset", at)

@@ -143,6 +143,8 @@ pub struct FileStore {
     used: AtomicU64,
     /// Uploads a PATCH is writing now.
     busy: Mutex<HashSet<String>>,
+    /// The bucket that holds the files, when not this disk (`[files.s3]`).
+    remote: Option<super::s3::S3>,
 }
 
 fn private_dir(path: &Path) -> std::io::Result<()> {
@@ -150,6 +152,11 @@ fn private_dir(path: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(path)
+}
+
+/// The size a bucket marker records.
+fn marked_size(marker: &Path) -> Option<u64> {
+    std::fs::read_to_string(marker).ok()?.trim().parse().ok()
 }
 
 fn valid_upload_id(id: &str) -> bool {
@@ -165,8 +172,11 @@ impl FileStore {
         for shard in std::fs::read_dir(root.join("objects"))? {
             for entry in std::fs::read_dir(shard?.path())? {
                 let entry = entry?;
-                if valid_sha256(&entry.file_name().to_string_lossy()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if valid_sha256(&name) {
                     used += entry.metadata()?.len();
+                } else if name.strip_suffix(".s3").is_some_and(valid_sha256) {
+                    used += marked_size(&entry.path()).unwrap_or(0);
                 }
             }
         }
@@ -175,6 +185,7 @@ impl FileStore {
             limits,
             used: AtomicU64::new(used),
             busy: Mutex::new(HashSet::new()),
+            remote: None,
         };
         for entry in std::fs::read_dir(root.join("uploads"))? {
             let name = entry?.file_name().to_string_lossy().into_owned();
@@ -193,6 +204,76 @@ impl FileStore {
     /// The limits in force.
     pub fn limits(&self) -> FileLimits {
         self.limits
+    }
+
+    /// The same store with its files in the bucket `remote` (uploads in progress stay here).
+    pub fn with_remote(mut self, remote: super::s3::S3) -> FileStore {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// The bucket holding the files, if not this disk.
+    pub fn remote(&self) -> Option<&super::s3::S3> {
+        self.remote.as_ref()
+    }
+
+    /// The marker saying file `sha256` is in the bucket (its size, as text).
+    fn marker(&self, sha256: &str) -> PathBuf {
+        self.object(sha256).with_extension("s3")
+    }
+
+    fn mark(&self, sha256: &str, size: u64) -> std::io::Result<()> {
+        let marker = self.marker(sha256);
+        private_dir(marker.parent().expect("objects live in a shard"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&marker)?;
+        std::io::Write::write_all(&mut f, size.to_string().as_bytes())?;
+        f.sync_all()
+    }
+
+    /// Whether file `sha256` of `size` bytes is stored: here, or (asked of it) in the bucket,
+    /// which another node sharing it may have filled; then it is recorded here, and nothing
+    /// needs copying.
+    pub async fn probe(&self, sha256: &str, size: u64) -> std::io::Result<bool> {
+        if self.size_of(sha256) == Some(size) {
+            return Ok(true);
+        }
+        let Some(remote) = &self.remote else {
+            return Ok(false);
+        };
+        if remote.size_of(sha256).await? != Some(size) {
+            return Ok(false);
+        }
+        self.mark(sha256, size)?;
+        self.used.fetch_add(size, Ordering::AcqRel);
+        Ok(true)
+    }
+
+    /// `len` bytes of file `sha256` from `first`, streamed from this disk or the bucket.
+    pub async fn stream(
+        &self,
+        sha256: &str,
+        first: u64,
+        len: u64,
+    ) -> Result<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>, FileError> {
+        use tokio::io::AsyncSeekExt;
+        if !valid_sha256(sha256) {
+            return Err(FileError::NotFound);
+        }
+        match tokio::fs::File::open(self.object(sha256)).await {
+            Ok(mut f) => {
+                f.seek(std::io::SeekFrom::Start(first)).await?;
+                Ok(super::chunks(tokio::io::AsyncReadExt::take(f, len)).boxed())
+            }
+            Err(_) => match (&self.remote, self.size_of(sha256)) {
+                (Some(remote), Some(_)) => Ok(remote.get(sha256, first, len).await?),
+                _ => Err(FileError::NotFound),
+            },
+        }
     }
 
     fn part(&self, id: &str) -> PathBuf {
@@ -326,7 +407,10 @@ impl FileStore {
         if !valid_sha256(sha256) {
             return None;
         }
-        std::fs::metadata(self.object(sha256)).ok().map(|m| m.len())
+        std::fs::metadata(self.object(sha256))
+            .ok()
+            .map(|m| m.len())
+            .or_else(|| marked_size(&self.marker(sha256)))
     }
 
     /// Upload `id` as stored.
@@ -467,10 +551,17 @@ impl FileStore {
         }
         let object = self.object(&sha);
         private_dir(object.parent().expect("objects live in a shard"))?;
-        if object.exists() {
+        if self.size_of(&sha).is_some() {
             // Stored once: the upload's bytes go, and so does its reservation.
             let _ = std::fs::remove_file(&part);
             self.release(info.length);
+        } else if let Some(remote) = &self.remote {
+            // The bucket may have it from a node sharing it; otherwise it is sent there.
+            if remote.size_of(&sha).await? != Some(info.length) {
+                remote.put_file(&sha, &part).await?;
+            }
+            self.mark(&sha, info.length)?;
+            let _ = std::fs::remove_file(&part);
         } else {
             std::fs::rename(&part, &object)?;
         }
@@ -550,6 +641,7 @@ impl FileStore {
             .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
         {
             let name = entry.file_name().to_string_lossy().into_owned();
+            let name = name.strip_suffix(".s3").unwrap_or(&name).to_string();
             if !valid_sha256(&name) {
                 continue;
             }
@@ -564,11 +656,16 @@ impl FileStore {
         out
     }
 
-    /// Deletes file `sha256` (retention ended); returns its size.
+    /// Deletes file `sha256` (retention ended); returns its size. A file in a bucket is only
+    /// forgotten here: the bucket's lifecycle rules delete objects (`s3.rs`).
     pub(super) fn delete(&self, sha256: &str) -> std::io::Result<u64> {
         let object = self.object(sha256);
-        let size = std::fs::metadata(&object)?.len();
-        std::fs::remove_file(&object)?;
+        let size = self.size_of(sha256).unwrap_or(0);
+        match std::fs::remove_file(&object) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let _ = std::fs::remove_file(self.marker(sha256));
         let _ = std::fs::remove_file(object.with_extension("who"));
         self.release(size);
         Ok(size)
@@ -604,16 +701,6 @@ impl FileStore {
         valid_sha256(sha256)
             && std::fs::read_to_string(self.object(sha256).with_extension("who"))
                 .is_ok_and(|who| who.lines().any(|l| l == identity))
-    }
-
-    /// File `sha256` and its size, if stored.
-    pub fn open_file(&self, sha256: &str) -> Result<(std::fs::File, u64), FileError> {
-        if !valid_sha256(sha256) {
-            return Err(FileError::NotFound);
-        }
-        let f = std::fs::File::open(self.object(sha256)).map_err(|_| FileError::NotFound)?;
-        let size = f.metadata()?.len();
-        Ok((f, size))
     }
 }
 

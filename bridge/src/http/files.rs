@@ -17,8 +17,10 @@
 //! - `DELETE /v1/files/uploads/<id>`: cancels.
 //! - `GET /v1/files/<sha256>`: the file, for its uploaders, the recipients of commands at this
 //!   node that refer to it, and admins (`Range` honoured).
+//! - `GET /v1/files/<sha256>/url` (`?ttl_s=` to shorten it): for the same readers, when the
+//!   files are in a bucket, a presigned URL that downloads this one file without credentials
+//!   until it expires (`{url, expires_at}`); it names one object and cannot be widened.
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -29,7 +31,6 @@ use axum::Json;
 use base64::Engine;
 use futures_util::TryStreamExt;
 use medlink_broker::Role;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -177,6 +178,10 @@ pub async fn create(
     // A child node sending a file that a command refers to names it by its hash: asking
     // again resumes its upload, and a file already here needs no bytes (`files/remote.rs`).
     let id = if caller.0.role == Role::Node && info.sha256.is_some() {
+        // A bucket shared with the child may hold it already: then nothing is sent.
+        if let Some(sha) = &info.sha256 {
+            files.probe(sha, length).await.map_err(FileError::Io)?;
+        }
         files.create_keyed(&caller.0.name, length, info)?
     } else {
         files.create(&caller.0.name, length, info)?
@@ -347,6 +352,42 @@ fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ApiError>
     Ok(Some((first, last)))
 }
 
+/// Query of `GET /v1/files/<sha256>/url`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlQuery {
+    /// Seconds the URL stays valid (at most `[files.s3] presign_ttl_s`).
+    ttl_s: Option<u64>,
+}
+
+/// `GET /v1/files/<sha256>/url`: a presigned download URL (files in a bucket only).
+pub async fn presigned(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(sha256): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<UrlQuery>,
+) -> Result<Response, ApiError> {
+    let files = store(&state)?;
+    let who = caller.0;
+    if who.role != Role::Admin && !files.may_read(&sha256, &who.name) {
+        return Err(ApiError::forbidden("this file is not yours to read"));
+    }
+    files.size_of(&sha256).ok_or(FileError::NotFound)?;
+    let Some(bucket) = files.remote() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_presigned_url",
+            format!("this node keeps its files on its own disk: download from /v1/files/{sha256}"),
+        ));
+    };
+    let ttl =
+        std::time::Duration::from_secs(q.ttl_s.unwrap_or(u64::MAX).max(1)).min(bucket.presign_ttl);
+    let url = bucket.presign(&sha256, ttl).await.map_err(FileError::Io)?;
+    let expires_at = crate::envelope::now_ms() + ttl.as_millis() as u64;
+    tracing::info!(reader = %who.name, sha256, ttl_s = ttl.as_secs(), "presigned download URL handed out");
+    Ok(Json(serde_json::json!({"url": url.as_str(), "expires_at": expires_at})).into_response())
+}
+
 /// `GET /v1/files/<sha256>`: the file (its uploaders, its commands' recipients here, and
 /// admins), streamed.
 pub async fn download(
@@ -361,15 +402,11 @@ pub async fn download(
         // The same answer whether or not the file exists: a stranger learns nothing.
         return Err(ApiError::forbidden("this file is not yours to read"));
     }
-    let (file, size) = files.open_file(&sha256)?;
+    let size = files.size_of(&sha256).ok_or(FileError::NotFound)?;
     let span = range(&headers, size)?;
     let (first, last) = span.unwrap_or((0, size.saturating_sub(1)));
     let len = if size == 0 { 0 } else { last - first + 1 };
-    let mut file = tokio::fs::File::from_std(file);
-    file.seek(SeekFrom::Start(first))
-        .await
-        .map_err(FileError::Io)?;
-    let stream = crate::files::chunks(file.take(len));
+    let stream = files.stream(&sha256, first, len).await?;
     let status = if span.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {

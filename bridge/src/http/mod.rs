@@ -68,6 +68,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/files/uploads/{id}"),
     ("delete", "/v1/files/uploads/{id}"),
     ("get", "/v1/files/{sha256}"),
+    ("get", "/v1/files/{sha256}/url"),
     ("get", "/v1/openapi.json"),
     ("get", "/push"),
 ];
@@ -264,6 +265,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/files/:sha256", get(files::download))
+        .route("/v1/files/:sha256/url", get(files::presigned))
         .route("/v1/openapi.json", get(openapi))
         .route("/push", get(push::page))
         .route("/console", get(console::page))
