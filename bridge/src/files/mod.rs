@@ -1,8 +1,9 @@
 //! The node's file store, independent of the journal: content-addressed files (by SHA-256,
 //! stored once however often they are sent) and the resumable uploads that create them.
 //!
-//! - [`store`]: [`FileStore`], the files and uploads on disk, with the size limit and the
-//!   quota.
+//! - [`store`]: [`FileStore`], the files on disk (or in a bucket) and who may read them, the
+//!   size limit and the quota.
+//! - [`upload`]: uploads into the store (tus creation, appends with checksums, completion).
 //! - [`remote`]: [`ParentStore`], the parent's store over HTTP: pushed up, fetched down.
 //! - [`s3`]: [`S3`], the files in an S3-compatible bucket instead of this disk.
 //! - [`retention`]: [`Retention`], the hourly sweep of files no command needs any more.
@@ -27,6 +28,7 @@ pub mod remote;
 pub mod retention;
 pub mod s3;
 pub mod store;
+pub mod upload;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -36,7 +38,8 @@ pub use mover::{Held, Mover, Ready};
 pub use remote::{ParentStore, TransferError};
 pub use retention::Retention;
 pub use s3::{S3Settings, S3};
-pub use store::{Checksum, FileError, FileLimits, FileStore, UploadInfo};
+pub use store::{FileError, FileLimits, FileStore, UploadInfo};
+pub use upload::Checksum;
 
 /// `reader` as a stream of chunks of up to 256 KiB (a download's body, an upload's).
 pub(crate) fn chunks(
