@@ -535,6 +535,13 @@ mod tests {
     use super::*;
     use medlink_bridge::route::Policy;
 
+    fn parse_err(r: Result<NodeConfig, String>) -> String {
+        match r {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        }
+    }
+
     fn parse(text: &str) -> Result<NodeConfig, String> {
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
         build(file, Path::new("/etc/medlink"), None)
@@ -548,6 +555,54 @@ mod tests {
         assert!(c.parents.is_empty());
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.policy, Policy::Shortest);
+    }
+
+    #[test]
+    fn file_store_settings_are_checked_and_name_the_key() {
+        let c = parse("[node]\nid = \"js\"\n").unwrap();
+        assert!(c.files_s3.is_none());
+        assert_eq!(c.files_retention, Duration::from_secs(30 * 24 * 3600));
+        let e = parse("[node]\nid = \"js\"\n[files.s3]\nbucket = \"b\"\nregion_name = \"x\"\n")
+            .unwrap_err();
+        assert!(e.contains("region_name"), "{e}");
+        let e = parse(
+            "[node]\nid = \"js\"\n[files.s3]\nbucket = \"b\"\nendpoint = \"http://10.0.0.9:9000\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("files.s3.endpoint"), "{e}");
+        let e = parse("[node]\nid = \"js\"\n[files.s3]\nbucket = \"b\"\naccess_key_id = \"k\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("files.s3.access_key_id"), "{e}");
+        let c = parse(
+            "[node]\nid = \"js\"\n[files.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let s3 = c.files_s3.unwrap();
+        assert_eq!(
+            (s3.prefix.as_str(), s3.region.as_str()),
+            ("medlink-files", "us-east-1")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let parent = |files_url: &str| {
+            parse(&format!(
+                "[node]\nid = \"js.a\"\n[parent]\naddresses = [\"mqtt://127.0.0.1:1\"]\npassword_file = \"{}\"\nfiles_url = \"{files_url}\"\n",
+                pw.display()
+            ))
+        };
+        let e = parse_err(parent("mqtt://127.0.0.1:2"));
+        assert!(e.starts_with("parent.files_url"), "{e}");
+        let e = parse_err(parent("http://10.1.1.1:8443"));
+        assert!(
+            e.starts_with("parent.files_url") && e.contains("clear text"),
+            "{e}"
+        );
+        let c = parent("https://city.example:8443").unwrap();
+        assert_eq!(
+            c.parent_files_url.as_deref(),
+            Some("https://city.example:8443")
+        );
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct FileStore {
     pub(super) busy: Mutex<HashSet<String>>,
     /// The bucket that holds the files, when not this disk (`[files.s3]`).
     pub(super) remote: Option<super::s3::S3>,
+    /// Uploads' running SHA-256 and the offset it covers (lost on restart: then the file is
+    /// read again at completion).
+    pub(super) running: Mutex<std::collections::HashMap<String, (u64, sha2::Sha256)>>,
 }
 
 pub(super) fn private_dir(path: &Path) -> std::io::Result<()> {
@@ -138,6 +141,7 @@ impl FileStore {
             used: AtomicU64::new(used),
             busy: Mutex::new(HashSet::new()),
             remote: None,
+            running: Mutex::new(std::collections::HashMap::new()),
         };
         for entry in std::fs::read_dir(root.join("uploads"))? {
             let name = entry?.file_name().to_string_lossy().into_owned();

@@ -205,11 +205,16 @@ impl FileStore {
         checksum: Option<Checksum>,
     ) -> Result<u64, FileError> {
         let path = self.part(id);
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .await?;
+        // Writes of 1 MiB: each write is a hop to the blocking pool.
+        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut hasher = Running::new(checksum);
+        // The whole file's SHA-256, carried from the previous chunk of this upload when it
+        // ended where this one starts (in this process), so completion need not read it again.
+        let mut whole = self.take_running(id, at);
         let mut end = at;
         let mut body = std::pin::pin!(body);
         let outcome: Result<(), FileError> = async {
@@ -220,18 +225,31 @@ impl FileStore {
                     return Err(FileError::TooLong(info.length));
                 }
                 hasher.update(&chunk);
+                if let Some(w) = whole.as_mut() {
+                    w.update(&chunk);
+                }
                 file.write_all(&chunk).await?;
             }
             if !hasher.matches(checksum) {
                 return Err(FileError::Checksum);
             }
             file.flush().await?;
-            file.sync_data().await?;
+            file.get_ref().sync_data().await?;
             Ok(())
         }
         .await;
+        if outcome.is_err() {
+            // What arrived before the failure is kept (a refused chunk is cut off below).
+            let _ = file.flush().await;
+        }
+        let file = file.into_inner();
         match outcome {
-            Ok(()) => Ok(end),
+            Ok(()) => {
+                if let Some(w) = whole {
+                    self.keep_running(id, end, w);
+                }
+                Ok(end)
+            }
             // A refused chunk leaves nothing behind; a broken connection keeps what arrived
             // (the client resumes from there).
             Err(e @ (FileError::Checksum | FileError::TooLong(_))) => {
@@ -254,7 +272,11 @@ impl FileStore {
     async fn finish(&self, id: &str, mut info: UploadInfo) -> Result<FileRef, FileError> {
         let part = self.part(id);
         let hashed = part.clone();
+        let carried = self.take_running(id, info.length);
         let sha = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            if let Some(whole) = carried {
+                return Ok(hex::encode(whole.finalize()));
+            }
             let mut f = std::fs::File::open(hashed)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
@@ -305,7 +327,25 @@ impl FileStore {
         Ok(file)
     }
 
+    /// The running SHA-256 of upload `id` if it stands at `at` (a new one at 0).
+    fn take_running(&self, id: &str, at: u64) -> Option<Sha256> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.remove(id) {
+            Some((offset, h)) if offset == at => Some(h),
+            _ if at == 0 => Some(Sha256::new()),
+            _ => None,
+        }
+    }
+
+    fn keep_running(&self, id: &str, at: u64, hasher: Sha256) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), (at, hasher));
+    }
+
     pub(super) fn drop_upload(&self, id: &str, info: &UploadInfo) {
+        self.take_running(id, u64::MAX);
         let _ = std::fs::remove_file(self.part(id));
         let _ = std::fs::remove_file(self.meta(id));
         if info.done.is_none() {
