@@ -170,11 +170,7 @@ impl Files {
                 }
                 Err(Retry::No(e)) => return Err(e),
                 Err(Retry::Yes(e)) => {
-                    attempt += 1;
-                    if attempt >= ATTEMPTS {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                    attempt = again(attempt, e).await?;
                     at = self.offset(&upload).await.unwrap_or(at);
                 }
             }
@@ -348,13 +344,7 @@ impl Files {
             match outcome {
                 Ok(()) => attempt = 0,
                 Err(Retry::No(e)) => return Err(e),
-                Err(Retry::Yes(e)) => {
-                    attempt += 1;
-                    if attempt >= ATTEMPTS {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-                }
+                Err(Retry::Yes(e)) => attempt = again(attempt, e).await?,
             }
         }
         writer.flush().await.map_err(failed)?;
@@ -373,6 +363,17 @@ impl Files {
 enum Retry {
     Yes(Error),
     No(Error),
+}
+
+/// After failed attempt number `attempt + 1` (error `e`): waits before the next one (0.5 s
+/// doubling), or gives up with `e` after [`ATTEMPTS`].
+async fn again(attempt: u32, e: Error) -> Result<u32, Error> {
+    let attempt = attempt + 1;
+    if attempt >= ATTEMPTS {
+        return Err(e);
+    }
+    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+    Ok(attempt)
 }
 
 /// The SHA-256 (hex) and length of what `reader` holds from where it stands.

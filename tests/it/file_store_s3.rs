@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common;
-use common::http::{get_json, post_json, read, send, Login};
-use common::tus::{scan, upload};
+use common::http::{get_json, post_json, read, Login};
+use common::tus::{download, scan, upload};
 use common::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -173,14 +173,7 @@ fn two_nodes_on_one_bucket_copy_nothing_and_the_recipient_downloads_by_a_presign
         String::from_utf8_lossy(&widened.body)
     );
     // Through the node too, by Range, streamed from the bucket.
-    let part = read(send(
-        city,
-        "GET",
-        &format!("/v1/files/{sha}"),
-        hosp,
-        &[("Range", "bytes=100-199")],
-        b"",
-    ));
+    let part = download(city, hosp, &sha, Some("100-199"));
     assert_eq!((part.status, &part.body[..]), (206, &bytes[100..200]));
     // Strangers get no URL.
     let (status, refused) = get_json(city, &format!("/v1/files/{sha}/url"), visitor);

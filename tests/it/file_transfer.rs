@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common;
-use common::http::{get_json, post_json, read, send, Login};
+use common::http::{get_json, post_json, Login};
 use common::proxy::{Mode, Proxy};
-use common::tus::{scan, upload};
+use common::tus::{download, scan, upload};
 use common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -89,14 +89,7 @@ fn receipts_until(port: u16, who: Login, id: &str, last: &str) -> Vec<String> {
 
 /// `GET /v1/files/<sha>` with `Range: bytes=<range>`.
 fn ranged(port: u16, who: Login, sha: &str, range: &str) -> Vec<u8> {
-    let r = read(send(
-        port,
-        "GET",
-        &format!("/v1/files/{sha}"),
-        who,
-        &[("Range", &format!("bytes={range}"))],
-        b"",
-    ));
+    let r = download(port, who, sha, Some(range));
     assert_eq!(r.status, 206, "{}", String::from_utf8_lossy(&r.body));
     r.body
 }
@@ -252,25 +245,11 @@ fn a_report_goes_down_to_the_clinic_which_fetches_it_and_only_its_recipient_read
     let third = got_ids.iter().position(|i| *i == ids[2]).unwrap();
     assert!(first < third, "{got_ids:?}");
     // The report is at the township's node when its command is: the clinic reads it there.
-    let whole = read(send(
-        township,
-        "GET",
-        &format!("/v1/files/{sha}"),
-        clinic,
-        &[],
-        b"",
-    ));
+    let whole = download(township, clinic, &sha, None);
     assert_eq!(whole.status, 200);
     assert_eq!(hex::encode(Sha256::digest(&whole.body)), sha);
     // Nobody else at the township may.
-    let other = read(send(
-        township,
-        "GET",
-        &format!("/v1/files/{sha}"),
-        visitor,
-        &[],
-        b"",
-    ));
+    let other = download(township, visitor, &sha, None);
     assert_eq!(other.status, 403);
     assert_eq!(other.json()["code"], "forbidden", "a JSON error");
     // The county kept a copy on the way and fetched it once.

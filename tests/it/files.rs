@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::common;
 use common::http::{get_json, read, send, Login};
-use common::tus::{base64_of, create, head, patch, scan, upload_small};
+use common::tus::{base64_of, create, download, head, patch, scan, upload_small};
 use common::venv::venv;
 use common::*;
 use serde_json::Value;
@@ -102,24 +102,10 @@ fn a_tus_upload_resumes_after_a_kill_and_the_file_is_verified_and_served_by_rang
     assert_eq!(file["name"], "ct-series.bin");
 
     // Downloads: whole, and a range; a stranger is refused, an unknown hash is not found.
-    let whole = read(send(
-        port,
-        "GET",
-        &format!("/v1/files/{sha}"),
-        clinic,
-        &[],
-        b"",
-    ));
+    let whole = download(port, clinic, &sha, None);
     assert_eq!(whole.status, 200);
     assert_eq!(hex::encode(Sha256::digest(&whole.body)), sha);
-    let part = read(send(
-        port,
-        "GET",
-        &format!("/v1/files/{sha}"),
-        clinic,
-        &[("Range", "bytes=1000-1999")],
-        b"",
-    ));
+    let part = download(port, clinic, &sha, Some("1000-1999"));
     assert_eq!(part.status, 206);
     assert_eq!(part.body, bytes[1000..2000]);
     assert_eq!(
@@ -262,16 +248,7 @@ fn a_command_carries_its_file_references_and_its_recipient_may_read_the_file() {
         let (status, answer) = common::http::post_json(port, "/v1/messages", doc, &body);
         assert_eq!(status, 202, "{answer}");
     };
-    let fetch = || {
-        read(send(
-            port,
-            "GET",
-            &format!("/v1/files/{sha}"),
-            other,
-            &[],
-            b"",
-        ))
-    };
+    let fetch = || download(port, other, &sha, None);
     let before = fetch();
     assert_eq!(
         before.status, 403,
@@ -325,4 +302,27 @@ fn a_command_carries_its_file_references_and_its_recipient_may_read_the_file() {
             .ends_with("files[0].sha256"),
         "{answer}"
     );
+}
+
+#[test]
+fn a_full_quota_refuses_a_new_upload_clearly_and_keeps_what_it_holds() {
+    let mut t = Tree::new(&[spec("js", None, &["clinic"])]);
+    let cfg = t.node("js").config.clone();
+    let text = std::fs::read_to_string(&cfg).unwrap() + "\n[files]\nquota_bytes = 100\n";
+    std::fs::write(&cfg, text).unwrap();
+    t.node("js").start();
+    let port = t.node("js").http_port;
+    let clinic: Login = Some(("clinic", PASSWORD));
+    let first = scan(60);
+    let file = upload_small(port, clinic, &first);
+    // 60 + 60 > 100: refused before a byte is sent, saying why.
+    let refused = create(port, clinic, 60, "");
+    assert_eq!(refused.status, 507);
+    let body = refused.json();
+    assert_eq!(body["code"], "store_full", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("100"), "{body}");
+    // What the store holds is untouched.
+    let sha = file["sha256"].as_str().unwrap();
+    let got = download(port, clinic, sha, None);
+    assert_eq!((got.status, got.body), (200, first));
 }

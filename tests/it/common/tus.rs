@@ -105,3 +105,17 @@ pub fn upload(port: u16, who: Login, name: &str, bytes: &[u8]) -> Value {
     assert_eq!(file["sha256"], sha.as_str());
     file
 }
+
+/// `GET /v1/files/<sha>` as `who`, with `Range: bytes=<range>` if given.
+pub fn download(port: u16, who: Login, sha: &str, range: Option<&str>) -> Reply {
+    let range = range.map(|r| format!("bytes={r}"));
+    let headers: Vec<(&str, &str)> = range.iter().map(|r| ("Range", r.as_str())).collect();
+    read(send(
+        port,
+        "GET",
+        &format!("/v1/files/{sha}"),
+        who,
+        &headers,
+        b"",
+    ))
+}
