@@ -52,7 +52,10 @@ for i in 0 1 2 3; do
     id=${IDS[$i]}
     creds="$WORK/ml$i.credentials.toml"
     [ "$i" -lt 3 ] && echo "link-password" | "$BIN" passwd --file "$creds" add "${IDS[$((i + 1))]}" --role node --password-stdin 2> /dev/null
-    [ "$i" -eq 0 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add sink --role client --password-stdin 2> /dev/null
+    # `sink` takes the latency run's commands, `archive` the files' (one reader per stream).
+    for who in sink archive; do
+        [ "$i" -eq 0 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add "$who" --role client --password-stdin 2> /dev/null
+    done
     [ "$i" -eq 3 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add source --role client --password-stdin 2> /dev/null
     {
         printf '[node]\nid = "%s"\ndata_dir = "%s"\ncredentials = "%s"\n' "$id" "$WORK/ml$i" "$creds"
@@ -72,7 +75,7 @@ for i in 0 1 2 3; do wait_port "${ML[$i]}"; wait_port "${MH[$i]}"; done
 sleep 1
 
 SRC=(-u source:bench-password)
-SINK=(-u sink:bench-password)
+SINK=(-u archive:bench-password)
 make_file() { head -c $((SIZE_MB << 20)) /dev/urandom > "$1"; sha256sum "$1" | cut -d' ' -f1; }
 
 # Uploads $1 to the bottom node in one PATCH; prints the file reference.
@@ -91,11 +94,11 @@ upload() {
 # Sends a command referring to file reference $1; prints its id.
 send_with() {
     curl -sS -f "${SRC[@]}" -H 'Content-Type: application/json' "http://127.0.0.1:${MH[3]}/v1/messages" \
-        -d "{\"to\":{\"node\":\"b\",\"client\":\"sink\"},\"cmd\":\"consult.ct\",\"files\":[$1]}" |
+        -d "{\"to\":{\"node\":\"b\",\"client\":\"archive\"},\"cmd\":\"consult.ct\",\"files\":[$1]}" |
         sed -n 's/.*"id":"\([^"]*\)".*/\1/p'
 }
 
-# Waits until the root's sink has command $1 (reads its inbox from cursor $CURSOR on).
+# Waits until the root's archive client has command $1 (reads its inbox from cursor $CURSOR on).
 CURSOR=""
 wait_for() {
     while :; do
