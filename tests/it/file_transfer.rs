@@ -332,21 +332,99 @@ async fn commands_of_every_priority_overtake_a_large_transfer_on_a_capped_link()
 
 /// `medlink <verb>` as `who` at `node` over its HTTP API, the password in the environment.
 fn cli(verb: &str, port: u16, node: &str, who: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(BIN)
-        .arg(verb)
-        .args([
-            "--url",
-            &format!("http://127.0.0.1:{port}"),
-            "--node",
-            node,
-            "--identity",
-            who,
-        ])
-        .args(args)
+    cli_at(
+        verb,
+        &format!("http://127.0.0.1:{port}"),
+        None,
+        (node, who),
+        args,
+    )
+}
+
+/// The same at `url`, trusting `ca` for HTTPS.
+fn cli_at(
+    verb: &str,
+    url: &str,
+    ca: Option<&Path>,
+    (node, who): (&str, &str),
+    args: &[&str],
+) -> std::process::Output {
+    let mut c = std::process::Command::new(BIN);
+    c.arg(verb)
+        .args(["--url", url, "--node", node, "--identity", who]);
+    if let Some(ca) = ca {
+        c.arg("--ca").arg(ca);
+    }
+    c.args(args)
         .env("MEDLINK_PASSWORD", PASSWORD)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("medlink runs")
+}
+
+#[test]
+fn files_move_over_a_tls_tree_where_the_child_logs_in_by_certificate() {
+    let mut t = Tree::new_tls(&[
+        spec(CITY, None, &["hosp"]),
+        spec(COUNTY, Some(CITY), &["clinic"]),
+    ]);
+    for id in [CITY, COUNTY] {
+        t.node(id).start();
+    }
+    let ca = t.ca();
+    let city = format!("https://127.0.0.1:{}", t.node(CITY).http_port);
+    let county = format!("https://127.0.0.1:{}", t.node(COUNTY).http_port);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.bin");
+    let bytes = scan(2 * MB + 9);
+    std::fs::write(&path, &bytes).unwrap();
+    let sent = cli_at(
+        "send",
+        &county,
+        Some(&ca),
+        (COUNTY, "clinic"),
+        &[
+            "--to",
+            &format!("{CITY}/hosp"),
+            "--cmd",
+            "consult.echo",
+            "--file",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let heard = cli_at(
+        "listen",
+        &city,
+        Some(&ca),
+        (CITY, "hosp"),
+        &["--count", "1"],
+    );
+    assert!(
+        heard.status.success(),
+        "{}",
+        String::from_utf8_lossy(&heard.stderr)
+    );
+    let cmd: Value = serde_json::from_slice(&heard.stdout).expect("one JSON line");
+    let out = dir.path().join("got.bin");
+    let reference = cmd["files"][0].to_string();
+    let fetched = cli_at(
+        "fetch",
+        &city,
+        Some(&ca),
+        (CITY, "hosp"),
+        &["--ref", &reference, "--out", out.to_str().unwrap()],
+    );
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
 }
 
 #[test]
