@@ -134,7 +134,8 @@ impl Files {
             .seek(std::io::SeekFrom::Start(0))
             .await
             .map_err(failed)?;
-        let (sha, size) = hash(&mut reader).await?;
+        let (hasher, size) = hash(&mut reader).await?;
+        let sha = hex::encode(hasher.finalize());
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let metadata = format!(
             "filename {},filetype {},sha256 {}",
@@ -249,8 +250,10 @@ impl Files {
     where
         W: AsyncWrite + Unpin + Send,
     {
-        self.download_from(file, writer, (0, Sha256::new()), progress)
-            .await
+        let got = self
+            .download_from(file, writer, (0, Sha256::new()), progress)
+            .await?;
+        matches(file, &got)
     }
 
     /// Downloads `file` to `path`, continuing a partial download already there (`path` with
@@ -271,29 +274,19 @@ impl Files {
             .open(&part)
             .await
             .map_err(|e| failed(format!("{}: {e}", part.display())))?;
-        let (mut have, mut hasher) = (0u64, Sha256::new());
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).await.map_err(failed)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            have += n as u64;
-        }
+        let (mut hasher, mut have) = hash(&mut f).await?;
         if have > file.size {
             f.set_len(0).await.map_err(failed)?;
             (have, hasher) = (0, Sha256::new());
         }
-        let outcome = self
+        let got = self
             .download_from(file, &mut f, (have, hasher), progress)
-            .await;
-        if let Err(Error::Files(e)) = &outcome {
-            if e.contains("SHA-256") {
-                let _ = tokio::fs::remove_file(&part).await;
-            }
+            .await?;
+        if let Err(e) = matches(file, &got) {
+            // Damaged bytes are not worth continuing from.
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
         }
-        outcome?;
         tokio::fs::rename(&part, path)
             .await
             .map_err(|e| failed(format!("{}: {e}", path.display())))
@@ -305,7 +298,7 @@ impl Files {
         writer: &mut W,
         (mut at, mut hasher): (u64, Sha256),
         mut progress: impl FnMut(u64, u64) + Send,
-    ) -> Result<(), Error>
+    ) -> Result<String, Error>
     where
         W: AsyncWrite + Unpin + Send,
     {
@@ -348,15 +341,19 @@ impl Files {
             }
         }
         writer.flush().await.map_err(failed)?;
-        let got = hex::encode(hasher.finalize());
-        if got != file.sha256 {
-            return Err(Error::Files(format!(
-                "the download's SHA-256 is {got}, not {}",
-                file.sha256
-            )));
-        }
-        Ok(())
+        Ok(hex::encode(hasher.finalize()))
     }
+}
+
+/// Whether `got` (hex) is `file`'s SHA-256.
+fn matches(file: &FileRef, got: &str) -> Result<(), Error> {
+    if got != file.sha256 {
+        return Err(Error::Files(format!(
+            "the download's SHA-256 is {got}, not {}",
+            file.sha256
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a failed step is worth another try.
@@ -376,8 +373,8 @@ async fn again(attempt: u32, e: Error) -> Result<u32, Error> {
     Ok(attempt)
 }
 
-/// The SHA-256 (hex) and length of what `reader` holds from where it stands.
-async fn hash<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(String, u64), Error> {
+/// The running SHA-256 and length of what `reader` holds from where it stands.
+async fn hash<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(Sha256, u64), Error> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -389,5 +386,5 @@ async fn hash<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(String, u64), Err
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok((hasher, size))
 }

@@ -330,6 +330,15 @@ async fn commands_of_every_priority_overtake_a_large_transfer_on_a_capped_link()
     let _ = county;
 }
 
+/// Asserts `out` (a `medlink` run) succeeded, showing its stderr if not.
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `medlink <verb>` as `who` at `node` over its HTTP API, the password in the environment.
 fn cli(verb: &str, port: u16, node: &str, who: &str, args: &[&str]) -> std::process::Output {
     cli_at(
@@ -392,11 +401,7 @@ fn files_move_over_a_tls_tree_where_the_child_logs_in_by_certificate() {
             path.to_str().unwrap(),
         ],
     );
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    succeeded(&sent);
     let heard = cli_at(
         "listen",
         &city,
@@ -404,11 +409,7 @@ fn files_move_over_a_tls_tree_where_the_child_logs_in_by_certificate() {
         (CITY, "hosp"),
         &["--count", "1"],
     );
-    assert!(
-        heard.status.success(),
-        "{}",
-        String::from_utf8_lossy(&heard.stderr)
-    );
+    succeeded(&heard);
     let cmd: Value = serde_json::from_slice(&heard.stdout).expect("one JSON line");
     let out = dir.path().join("got.bin");
     let reference = cmd["files"][0].to_string();
@@ -419,11 +420,7 @@ fn files_move_over_a_tls_tree_where_the_child_logs_in_by_certificate() {
         (CITY, "hosp"),
         &["--ref", &reference, "--out", out.to_str().unwrap()],
     );
-    assert!(
-        fetched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fetched.stderr)
-    );
+    succeeded(&fetched);
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
 }
 
@@ -459,19 +456,11 @@ fn the_cli_sends_a_file_with_its_command_and_the_recipient_fetches_it_resuming_a
             "application/dicom",
         ],
     );
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
+    succeeded(&sent);
     let id = String::from_utf8_lossy(&sent.stdout).trim().to_string();
 
     let heard = cli("listen", city, CITY, "hosp", &["--count", "1"]);
-    assert!(
-        heard.status.success(),
-        "{}",
-        String::from_utf8_lossy(&heard.stderr)
-    );
+    succeeded(&heard);
     let cmd: Value = serde_json::from_slice(&heard.stdout).expect("one JSON line");
     assert_eq!(cmd["id"], id.as_str());
     let file = &cmd["files"][0];
@@ -502,11 +491,7 @@ fn the_cli_sends_a_file_with_its_command_and_the_recipient_fetches_it_resuming_a
         "hosp",
         &["--ref", &reference, "--out", out.to_str().unwrap()],
     );
-    assert!(
-        fetched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fetched.stderr)
-    );
+    succeeded(&fetched);
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     assert!(!part.exists());
     // A damaged partial copy is found out by the hash, dropped, and fetched whole next time.
@@ -531,11 +516,7 @@ fn the_cli_sends_a_file_with_its_command_and_the_recipient_fetches_it_resuming_a
     );
     assert!(!out.exists() && !part.exists());
     let again = cli("fetch", city, CITY, "hosp", &args);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    succeeded(&again);
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     // A stranger's fetch is refused with the node's reason.
     let stranger = cli(

@@ -437,32 +437,16 @@ impl State {
             let chosen = s.id.is_some();
             s.into_envelope(sender.clone(), id).map(|e| (chosen, e))
         });
+        // A valid submission the sender may still not make: acting as a service it is not a
+        // member of, or naming files it may not send.
+        let parsed = parsed
+            .map_err(|problem| problem.to_string())
+            .and_then(|(chosen, env)| match self.not_permitted(client, &env) {
+                Some(reason) => Err(reason),
+                None => Ok((chosen, env)),
+            });
         match parsed {
-            Err(problem) => {
-                warn!(client, error = %problem, "command rejected");
-                let reason = problem.to_string();
-                self.reject(tx, client, payload, &reason, now)?;
-                Ok(Accept::Rejected(reason))
-            }
-            Ok((_, env))
-                if env
-                    .as_service
-                    .as_deref()
-                    .is_some_and(|s| !self.services.is_member(s, client)) =>
-            {
-                let reason = format!(
-                    "as_service: {client} is not a member of service '{}' at {}",
-                    env.as_service.as_deref().unwrap_or_default(),
-                    self.me()
-                );
-                warn!(client, reason = %reason.escape_debug(), "command rejected");
-                self.reject(tx, client, payload, &reason, now)?;
-                Ok(Accept::Rejected(reason))
-            }
-            Ok((_, env))
-                if !env.files.is_empty() && self.file_not_sendable(client, &env).is_some() =>
-            {
-                let reason = self.file_not_sendable(client, &env).unwrap_or_default();
+            Err(reason) => {
                 warn!(client, reason = %reason.escape_debug(), "command rejected");
                 self.reject(tx, client, payload, &reason, now)?;
                 Ok(Accept::Rejected(reason))
@@ -492,6 +476,19 @@ impl State {
                 Ok(Accept::Committed)
             }
         }
+    }
+
+    /// Why `client` may not send `env` although it is valid, if it may not.
+    fn not_permitted(&self, client: &str, env: &Envelope) -> Option<String> {
+        if let Some(service) = env.as_service.as_deref() {
+            if !self.services.is_member(service, client) {
+                return Some(format!(
+                    "as_service: {client} is not a member of service '{service}' at {}",
+                    self.me()
+                ));
+            }
+        }
+        self.file_not_sendable(client, env)
     }
 
     /// Picks up clients added to or removed from the credentials file, and token keys added,

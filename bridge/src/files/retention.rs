@@ -131,9 +131,8 @@ mod tests {
         let journal = dir.path().join("journal.db");
         let mut j = Journal::open(&journal, Durability::Process).unwrap();
         let mut t = j.begin().unwrap();
-        let mut env = crate::envelope::test_envelope("c1", "a", "b");
+        let env = crate::envelope::test_envelope("c1", "a", "b");
         let body = format!(r#"{{"id":"c1","files":[{{"sha256":"{named}","size":33}}]}}"#);
-        env.id = "c1".into();
         t.enqueue(&Dest::new(Target::Up, Priority::Normal), &env, body.into())
             .unwrap();
         t.commit().unwrap();

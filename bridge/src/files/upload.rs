@@ -337,6 +337,13 @@ impl FileStore {
         }
     }
 
+    fn forget_running(&self, id: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
     fn keep_running(&self, id: &str, at: u64, hasher: Sha256) {
         self.running
             .lock()
@@ -345,7 +352,7 @@ impl FileStore {
     }
 
     pub(super) fn drop_upload(&self, id: &str, info: &UploadInfo) {
-        self.take_running(id, u64::MAX);
+        self.forget_running(id);
         let _ = std::fs::remove_file(self.part(id));
         let _ = std::fs::remove_file(self.meta(id));
         if info.done.is_none() {
