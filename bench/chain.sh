@@ -38,9 +38,11 @@ BENCH="$TARGET/release/medlink-bench"
 WORK=$(mktemp -d /tmp/medlink-chain.XXXXXX)
 PIDS=()
 
+MOUNTS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -107,6 +109,21 @@ for i in 0 1 2 3; do
     PIDS+=($!)
 done
 [ "$ONLY" = medlink ] || { for p in "${MQ[@]}"; do wait_port "$p"; done; sleep 1; } # bridges connect
+
+# NODE_DISKS=1 gives each medlink node a file system of its own (a 1 GiB ext4 image on a loop
+# device, needs root), as each tier has its own machine and disk in production. On one shared
+# file system a commit's write to its WAL can wait while another node's checkpoint is in fsync
+# (BENCHMARKS.md, "where its tail comes from"). The images still share this machine's one
+# physical disk.
+if [ "${NODE_DISKS:-0}" = 1 ] && [ "$ONLY" != mosquitto ]; then
+    for i in 0 1 2 3; do
+        mkdir -p "$WORK/ml$i"
+        truncate -s 1G "$WORK/ml$i.img"
+        mkfs.ext4 -q -F "$WORK/ml$i.img"
+        mount -o loop "$WORK/ml$i.img" "$WORK/ml$i"
+        MOUNTS+=("$WORK/ml$i")
+    done
+fi
 
 # ---- medlink chain: b (top) <- b.c <- b.c.d <- b.c.d.e (bottom) ----
 ML=(19911 19912 19913 19914)
@@ -231,7 +248,10 @@ MQ_RTT=(--req-url "$SCHEME://127.0.0.1:19904" --rep-url "$SCHEME://127.0.0.1:199
 ML_RTT=(--medlink --req-node b.c.d.e --rep-node b --req-pass bench-password --rep-pass bench-password "${CA_ARGS[@]}")
 ML_MQTT=(--req-url "$SCHEME://127.0.0.1:19914" --rep-url "$SCHEME://127.0.0.1:19911" --req-user source --rep-user sink)
 ML_HTTP=(--req-url "$HTTP_SCHEME://127.0.0.1:19924" --rep-url "$HTTP_SCHEME://127.0.0.1:19921" --req-user web-source --rep-user web-sink)
-for c in 1 32; do
+# RTT=0 skips the round trips (the one-in-flight mosquitto run alone takes about three minutes).
+RTT_CONC="1 32"
+[ "${RTT:-1}" = 0 ] && RTT_CONC=""
+for c in $RTT_CONC; do
     [ "$ONLY" = medlink ] || rtt "${MQ_RTT[@]}" -n "$RTT_N" -c "$c" --label "mosquitto-rtt-c$c"
     [ "$ONLY" = mosquitto ] || rtt "${ML_RTT[@]}" "${ML_MQTT[@]}" -n "$RTT_N" -c "$c" --label "medlink-rtt-mqtt-c$c"
     [ "$ONLY" = mosquitto ] || rtt "${ML_RTT[@]}" "${ML_HTTP[@]}" -n "$RTT_N" -c "$c" --label "medlink-rtt-http-c$c"
