@@ -91,13 +91,14 @@ impl Journal {
     /// Opens (creating if needed) the journal at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Journal> {
         let conn = Connection::open(path)?;
-        // A new journal gets 1 KiB pages (an existing one keeps its own). A commit writes each
+        // A new journal gets 2 KiB pages (an existing one keeps its own). A commit writes each
         // page it touched to the WAL in full, and a command touches about seven (its queue
-        // segment, indexes, audit, acknowledgements): at 1,000 commands/s the 4 KiB default
-        // wrote 14-23 KB per command per node, 1 KiB writes 7-9 KB, and the chain's p99 fell
-        // from 14-58 ms to 9-13 ms (BENCHMARKS.md, "4-tier latency"). Large batches lose a little
-        // throughput to deeper trees.
-        conn.pragma_update(None, "page_size", 1024)?;
+        // segment, indexes, audit, acknowledgements). At 1,000 commands/s the 4 KiB default
+        // wrote 14-23 KB per command per node and 2 KiB writes 8-15 KB, so checkpoints have less
+        // to sync and a WAL write waits less behind them: the chain's p99 fell from 24-49 ms to
+        // 12 ms. 1 KiB gave the same p99 but cost throughput in large batches, where each WAL
+        // frame costs two `pwrite`s (BENCHMARKS.md, "The journal's page size").
+        conn.pragma_update(None, "page_size", 2048)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match durability {
             Durability::Process => "NORMAL",
