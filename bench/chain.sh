@@ -111,9 +111,9 @@ done
 [ "$ONLY" = medlink ] || { for p in "${MQ[@]}"; do wait_port "$p"; done; sleep 1; } # bridges connect
 
 # NODE_DISKS=1 gives each medlink node a file system of its own (a 1 GiB ext4 image on a loop
-# device, needs root), as each tier has its own machine and disk in production. On one shared
-# file system a commit's write to its WAL can wait while another node's checkpoint is in fsync
-# (BENCHMARKS.md, "where its tail comes from"). The images still share this machine's one
+# device, needs root), as each tier has its own machine and disk in production. It showed that
+# the latency tail does not come from sharing one file system: a commit's WAL write waits on its
+# own WAL (BENCHMARKS.md, "The journal's page size"). The images still share this machine's one
 # physical disk.
 if [ "${NODE_DISKS:-0}" = 1 ] && [ "$ONLY" != mosquitto ]; then
     for i in 0 1 2 3; do

@@ -24,10 +24,10 @@ const WARM_HEAD: u64 = 8 * 1024 * 1024;
 /// Asks the kernel to bring the WAL's head back into the page cache, once a checkpoint has
 /// copied every frame. The next commit then rewinds the WAL and writes over its head, and its
 /// frames (a page plus 24 bytes) never fill whole file-system blocks: a block whose page the
-/// kernel evicted meanwhile must be read from disk inside that commit. On this VM a reclaimer
-/// (DAMON `pageout`) evicts pages idle for a few seconds, and those reads, queued behind
-/// checkpoint fsyncs, showed as 2-13 ms waits in the dispatcher's `write()` at the start of
-/// each burst. `WILLNEED` reads asynchronously and costs nothing for pages still cached.
+/// kernel evicted meanwhile must be read from disk inside that commit. On the test VM a
+/// reclaimer (DAMON `pageout`) evicts pages idle for a minute, as memory pressure does on any
+/// host, and those reads, queued behind checkpoint fsyncs, showed as 2-13 ms waits in the
+/// dispatcher's `write()`. `WILLNEED` reads asynchronously and costs nothing for cached pages.
 fn warm_head(wal: &Path, size: u64) {
     let Ok(file) = std::fs::File::open(wal) else {
         return;
