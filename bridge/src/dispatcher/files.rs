@@ -105,7 +105,7 @@ impl State {
     /// neither uploaded it nor was sent it): the refusal, naming the field. Otherwise anyone
     /// who learnt a file's hash could grant himself the file by sending it to himself.
     pub(super) fn file_not_sendable(&self, client: &str, env: &Envelope) -> Option<String> {
-        let store = self.cfg.files.as_ref().filter(|_| !env.files.is_empty())?;
+        let store = self.cfg.files.as_ref()?;
         let (i, f) = env.files.iter().enumerate().find(|(_, f)| {
             store.size_of(&f.sha256) != Some(f.size) || !store.may_read(&f.sha256, client)
         })?;

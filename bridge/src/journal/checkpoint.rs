@@ -111,6 +111,7 @@ impl Journal {
                         }
                     };
                     let (busy, frames, copied) = passive;
+                    // Again on every pass while idle: pages evicted meanwhile come back.
                     if busy == 0 && frames > 0 && frames == copied {
                         warm_head(&wal, size);
                     }
