@@ -8,8 +8,8 @@
 use serde_json::value::RawValue;
 
 pub use medlink_wire::{
-    check_node_id, json_depth, now_ms, valid_node_id, Address, FieldError, Hop, Kind, Limits,
-    Priority, ReceiptKind, ReceiptStatus, LANES, MAX_HOPS, MAX_NODE_ID, MAX_PARAMS_DEPTH,
+    check_node_id, json_depth, now_ms, valid_node_id, Address, FieldError, Head, Hop, Kind, Limits,
+    Priority, ReceiptKind, ReceiptStatus, Transit, LANES, MAX_HOPS, MAX_NODE_ID, MAX_PARAMS_DEPTH,
     RECEIPT_TTL_MS,
 };
 

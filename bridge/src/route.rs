@@ -17,7 +17,7 @@ use medlink_broker::token::{KeySet, Subjects};
 use medlink_broker::{Credentials, Role};
 use tracing::warn;
 
-use crate::envelope::{Envelope, Kind};
+use crate::envelope::{Head, Kind};
 
 /// How commands between clients of the same subtree travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -93,18 +93,18 @@ impl Topology {
     }
 
     /// Decides the next hop of `env`.
-    pub fn next_hop(&self, env: &Envelope) -> NextHop {
-        let target = &env.to.node;
+    pub fn next_hop(&self, env: &Head) -> NextHop {
+        let target = env.to.node;
         if env.via_root && self.has_parent {
             return NextHop::Up;
         }
-        if *target == self.me {
-            return if self.clients.contains(&env.to.client) {
-                NextHop::Local(env.to.client.clone())
-            } else if self.services.contains(&env.to.client) && env.kind == Kind::Cmd {
-                NextHop::Service(env.to.client.clone())
-            } else if self.token_clients.iter().any(|s| s.matches(&env.to.client)) {
-                NextHop::Local(env.to.client.clone())
+        if target == self.me {
+            return if self.clients.contains(env.to.client) {
+                NextHop::Local(env.to.client.to_string())
+            } else if self.services.contains(env.to.client) && env.kind == Kind::Cmd {
+                NextHop::Service(env.to.client.to_string())
+            } else if self.token_clients.iter().any(|s| s.matches(env.to.client)) {
+                NextHop::Local(env.to.client.to_string())
             } else {
                 NextHop::Unroutable(format!(
                     "no client '{}' at node '{}'",
@@ -154,35 +154,38 @@ mod tests {
     #[test]
     fn routes_up_down_and_local() {
         let t = topo("js.nj", true, &["js.nj.gl", "js.nj.xw.t9"]);
-        assert_eq!(t.next_hop(&env("js.nj", "a")), NextHop::Local("a".into()));
+        assert_eq!(
+            t.next_hop(&env("js.nj", "a").head()),
+            NextHop::Local("a".into())
+        );
         assert!(matches!(
-            t.next_hop(&env("js.nj", "zz")),
+            t.next_hop(&env("js.nj", "zz").head()),
             NextHop::Unroutable(_)
         ));
         assert_eq!(
-            t.next_hop(&env("js.nj.gl.t3", "a")),
+            t.next_hop(&env("js.nj.gl.t3", "a").head()),
             NextHop::Down("js.nj.gl".into())
         );
         // a skipped level: the child's id is two segments longer
         assert_eq!(
-            t.next_hop(&env("js.nj.xw.t9", "a")),
+            t.next_hop(&env("js.nj.xw.t9", "a").head()),
             NextHop::Down("js.nj.xw.t9".into())
         );
         assert!(matches!(
-            t.next_hop(&env("js.nj.qq", "a")),
+            t.next_hop(&env("js.nj.qq", "a").head()),
             NextHop::Unroutable(_)
         ));
-        assert_eq!(t.next_hop(&env("js.sz", "a")), NextHop::Up);
+        assert_eq!(t.next_hop(&env("js.sz", "a").head()), NextHop::Up);
         // prefix on a segment boundary only
-        assert_eq!(t.next_hop(&env("js.njx", "a")), NextHop::Up);
+        assert_eq!(t.next_hop(&env("js.njx", "a").head()), NextHop::Up);
         let root = topo("js", false, &["js.nj"]);
         assert!(matches!(
-            root.next_hop(&env("zj.hz", "a")),
+            root.next_hop(&env("zj.hz", "a").head()),
             NextHop::Unroutable(_)
         ));
         let mut e = env("js.nj", "a");
         e.via_root = true;
-        assert_eq!(t.next_hop(&e), NextHop::Up);
+        assert_eq!(t.next_hop(&e.head()), NextHop::Up);
     }
 
     #[test]
@@ -190,18 +193,18 @@ mod tests {
         let mut t = topo("js.nj", true, &[]);
         t.token_clients = vec!["pt-*".parse().unwrap(), "*".parse().unwrap()];
         assert_eq!(
-            t.next_hop(&env("js.nj", "pt-12345")),
+            t.next_hop(&env("js.nj", "pt-12345").head()),
             NextHop::Local("pt-12345".into())
         );
         // A service keeps its name even under a pattern that covers everything.
         let mut svc = env("js.nj", "svc");
         svc.kind = Kind::Cmd;
-        assert_eq!(t.next_hop(&svc), NextHop::Service("svc".into()));
+        assert_eq!(t.next_hop(&svc.head()), NextHop::Service("svc".into()));
         // Patterns speak for this node's names only.
-        assert_eq!(t.next_hop(&env("js.sz", "pt-1")), NextHop::Up);
+        assert_eq!(t.next_hop(&env("js.sz", "pt-1").head()), NextHop::Up);
         t.token_clients = vec!["pt-*".parse().unwrap()];
         assert!(matches!(
-            t.next_hop(&env("js.nj", "dr-1")),
+            t.next_hop(&env("js.nj", "dr-1").head()),
             NextHop::Unroutable(_)
         ));
     }

@@ -40,6 +40,33 @@ impl Address {
     }
 }
 
+impl Address {
+    /// The same address, borrowed.
+    pub fn borrowed(&self) -> AddressRef<'_> {
+        AddressRef {
+            node: &self.node,
+            client: &self.client,
+        }
+    }
+}
+
+/// A client at a node, borrowed: how an [`Envelope`](crate::Envelope)'s routing fields are
+/// read without copying them ([`Head`](crate::Head)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRef<'a> {
+    /// Dotted node id.
+    pub node: &'a str,
+    /// Client identity at that node.
+    pub client: &'a str,
+}
+
+impl std::fmt::Display for AddressRef<'_> {
+    /// `node/client`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.node, self.client)
+    }
+}
+
 impl std::fmt::Display for Address {
     /// `node/client`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

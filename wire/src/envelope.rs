@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::address::{Address, MessageId};
+use crate::address::{Address, AddressRef, MessageId};
 use crate::error::FieldError;
 use crate::priority::Priority;
 
@@ -164,6 +164,58 @@ impl<P> Envelope<P> {
             hops: 0,
             via_root: false,
             trail: Vec::new(),
+        }
+    }
+}
+
+/// The fields a node routes, audits and queues an envelope by, borrowed: from a parsed
+/// [`Envelope`] ([`Envelope::head`]) or straight from the bytes of one it passes on
+/// ([`Transit::head`](crate::Transit::head)), so both take the same decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head<'a> {
+    /// The message id.
+    pub id: &'a str,
+    /// Command or receipt.
+    pub kind: Kind,
+    /// Sender.
+    pub from: AddressRef<'a>,
+    /// Target.
+    pub to: AddressRef<'a>,
+    /// Command name.
+    pub cmd: &'a str,
+    /// Unix ms when the first node accepted it.
+    pub created_at: u64,
+    /// Unix ms after which it must not be delivered.
+    pub expires_at: Option<u64>,
+    /// Priority class.
+    pub priority: Priority,
+    /// Nodes that took custody so far.
+    pub hops: u8,
+    /// Still has to reach the root before descending.
+    pub via_root: bool,
+}
+
+impl Head<'_> {
+    /// Whether it has expired at `now` (Unix ms).
+    pub fn expired(&self, now: u64) -> bool {
+        matches!(self.expires_at, Some(e) if e <= now)
+    }
+}
+
+impl<P> Envelope<P> {
+    /// Its routing fields, borrowed.
+    pub fn head(&self) -> Head<'_> {
+        Head {
+            id: &self.id,
+            kind: self.kind,
+            from: self.from.borrowed(),
+            to: self.to.borrowed(),
+            cmd: &self.cmd,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            priority: self.priority,
+            hops: self.hops,
+            via_root: self.via_root,
         }
     }
 }

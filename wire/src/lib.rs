@@ -3,7 +3,9 @@
 //! depends on no medlink crate. `topics.md` describes the same contract in prose.
 //!
 //! - [`address`]: [`Address`], and the rules for node ids, client names and message ids.
-//! - [`envelope`]: [`Envelope`] (what travels and is delivered), [`Kind`], [`Hop`].
+//! - [`envelope`]: [`Envelope`] (what travels and is delivered), [`Kind`], [`Hop`], and
+//!   [`Head`], the fields a node routes by.
+//! - [`transit`]: [`Transit`], an envelope a node passes on: routing fields read, bytes kept.
 //! - [`submission`]: [`Submission`] (what a client sends) and the rules a node holds it to.
 //! - [`priority`]: [`Priority`] and its lanes.
 //! - [`receipt`]: [`ReceiptKind`], [`ReceiptStatus`], [`Receipt`]; how receipts are built and
@@ -39,16 +41,17 @@ pub mod submission;
 #[cfg(feature = "token")]
 pub mod token;
 pub mod topics;
+pub mod transit;
 pub mod transport;
 
 pub use address::{
-    check_node_id, valid_client, valid_id, valid_node_id, Address, MessageId, ID_RULE, MAX_CLIENT,
-    MAX_ID, MAX_NODE_ID,
+    check_node_id, valid_client, valid_id, valid_node_id, Address, AddressRef, MessageId, ID_RULE,
+    MAX_CLIENT, MAX_ID, MAX_NODE_ID,
 };
 pub use backoff::Backoff;
 pub use cursor::{BadCursor, Cursor, Page};
 pub use envelope::{
-    now_ms, Envelope, Hop, Kind, Params, ReceiptKind, UnknownReceiptKind, MAX_HOPS,
+    now_ms, Envelope, Head, Hop, Kind, Params, ReceiptKind, UnknownReceiptKind, MAX_HOPS,
 };
 pub use error::FieldError;
 pub use file::{valid_sha256, FileRef, MAX_FILES};
@@ -59,4 +62,5 @@ pub use operator::{
 pub use priority::{Priority, UnknownPriority, LANES};
 pub use receipt::{Receipt, ReceiptStatus, RECEIPT_SENDER, RECEIPT_TTL_MS};
 pub use submission::{json_depth, Limits, Submission, MAX_CMD, MAX_PARAMS_DEPTH};
+pub use transit::Transit;
 pub use transport::{default_port, Transport, TransportAnswer, UnknownTransport};

@@ -49,7 +49,7 @@ impl State {
             return Ok(false);
         }
         let held = Dest::new(Target::Files, env.priority);
-        let lseq = tx.enqueue(&held, env, body.clone())?;
+        let lseq = tx.enqueue(&held, &env.head(), body.clone())?;
         info!(id = %env.id, files = env.files.len(), missing, up, "command waits for its files");
         // The mover answers in a later round, after this one committed; were the commit to
         // fail, the answer would find nothing to release.
@@ -90,10 +90,10 @@ impl State {
                 return Ok(());
             }
         };
-        match self.route(&env, now) {
+        match self.route(&env.head(), now) {
             Ok(dest) => {
                 if self.cfg.audit {
-                    tx.audit(&env, now, &format!("{dest} (files here)"))?;
+                    tx.audit(&env.head(), now, &format!("{dest} (files here)"))?;
                 }
                 self.place(tx, env, dest, now, false)
             }
@@ -162,7 +162,7 @@ pub(super) fn held_commands(
                     lane: lane.lane(),
                     lseq: q.lseq,
                     id: env.id.clone(),
-                    up: topology.next_hop(&env) == NextHop::Up,
+                    up: topology.next_hop(&env.head()) == NextHop::Up,
                     files: env.files,
                 });
             }

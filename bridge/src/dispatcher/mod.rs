@@ -17,12 +17,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::clients::{stream_topic, Change, Clients, Cursor};
 use crate::envelope::{
-    now_ms, Address, Envelope, Hop, Kind, Limits, ReceiptStatus, Submission, MAX_HOPS,
+    now_ms, Address, Envelope, Head, Hop, Kind, Limits, ReceiptKind, ReceiptStatus, Submission,
+    Transit, MAX_HOPS,
 };
 use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::link::out::LinkTuning;
 use crate::link::uplink::{ParentEvent, UplinkHandle};
-use crate::link::{Links, Received};
+use crate::link::{Admitted, Links, Received};
 use crate::route::{NextHop, Policy, Topology};
 use crate::router::{Router, SendPass};
 use crate::services::{ServiceGroup, Services};
@@ -410,8 +411,11 @@ impl State {
         now: u64,
         out: &mut Outbox,
     ) -> rusqlite::Result<()> {
-        for env in received.admitted {
-            self.accept(tx, env, now)?;
+        for admitted in received.admitted {
+            match admitted {
+                Admitted::Transit(t) => self.pass_on(tx, t, now)?,
+                Admitted::Whole(env) => self.accept(tx, env, now)?,
+            }
         }
         out.frames.extend(received.answer);
         Ok(())
@@ -453,7 +457,7 @@ impl State {
             }
             Ok((chosen, mut env)) => {
                 if strict {
-                    if let NextHop::Unroutable(why) = self.cfg.topology.next_hop(&env) {
+                    if let NextHop::Unroutable(why) = self.cfg.topology.next_hop(&env.head()) {
                         return Ok(Accept::Unroutable(why));
                     }
                 }
@@ -536,13 +540,13 @@ impl State {
         if !self.cfg.topology.has_parent {
             env.via_root = false;
         }
-        let dest = self.route(&env, now);
+        let dest = self.route(&env.head(), now);
         if self.cfg.audit {
             let decision = match &dest {
                 Ok(d) => d.to_string(),
                 Err((_, why)) => format!("refused: {why}"),
             };
-            tx.audit(&env, now, &decision)?;
+            tx.audit(&env.head(), now, &decision)?;
         }
         match dest {
             Ok(dest) => self.place(tx, env, dest, now, true),
@@ -550,8 +554,43 @@ impl State {
         }
     }
 
+    /// Takes custody of an envelope a link brought, as bytes: when this node only stamps and
+    /// queues it (on to the next node, or to a local client's stream), the stamp is written
+    /// into a copy of the bytes and nothing else is parsed. Everything else (refusals,
+    /// services, replies to await, a root clearing `via_root`) goes through [`Self::accept`]
+    /// on the envelope parsed whole.
+    fn pass_on(&mut self, tx: &mut Txn, t: Transit, now: u64) -> rusqlite::Result<()> {
+        let mut head = t.head();
+        head.hops = head.hops.saturating_add(1);
+        let keeps_via_root = !head.via_root || self.cfg.topology.has_parent;
+        let dest = self.route(&head, now).ok().filter(|dest| {
+            keeps_via_root
+                && match dest.target() {
+                    Target::Up | Target::Down(_) | Target::Receipts(_) => true,
+                    Target::Commands(_) => !t.wants(ReceiptKind::Replied),
+                    Target::Service(_) | Target::Files => false,
+                }
+        });
+        let Some(dest) = dest else {
+            return match Envelope::parse(t.bytes()) {
+                Ok(env) => self.accept(tx, env, now),
+                Err(e) => {
+                    warn!(id = %head.id, error = %e, "malformed envelope on link dropped");
+                    Ok(())
+                }
+            };
+        };
+        if self.cfg.audit {
+            tx.audit(&head, now, &dest.to_string())?;
+        }
+        let body = t.stamp(self.me(), now).into();
+        tx.enqueue(&dest, &head, body)?;
+        self.clients.enqueued(&dest);
+        Ok(())
+    }
+
     /// Where `env` goes from here, or why it goes nowhere.
-    fn route(&self, env: &Envelope, now: u64) -> Result<Dest, (ReceiptStatus, String)> {
+    fn route(&self, env: &Head, now: u64) -> Result<Dest, (ReceiptStatus, String)> {
         let hop = if env.hops > MAX_HOPS {
             NextHop::Unroutable(format!("hop limit of {MAX_HOPS} exceeded"))
         } else if env.expired(now) {
@@ -589,7 +628,7 @@ impl State {
         match dest.target() {
             Target::Service(service) => self.route_to_service(tx, service, &env, body, now),
             target => {
-                tx.enqueue(&dest, &env, body)?;
+                tx.enqueue(&dest, &env.head(), body)?;
                 self.clients.enqueued(&dest);
                 match target {
                     Target::Commands(client) => {

@@ -40,7 +40,7 @@ impl State {
         now: u64,
     ) -> rusqlite::Result<()> {
         let dest = Dest::new(Target::Commands(member.to_string()), env.priority);
-        let lseq = tx.enqueue(&dest, env, body.clone())?;
+        let lseq = tx.enqueue(&dest, &env.head(), body.clone())?;
         self.clients.enqueued(&dest);
         self.grant_files(member, env);
         self.expect_reply(tx, member, env, now)?;

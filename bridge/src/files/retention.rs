@@ -133,8 +133,12 @@ mod tests {
         let mut t = j.begin().unwrap();
         let env = crate::envelope::test_envelope("c1", "a", "b");
         let body = format!(r#"{{"id":"c1","files":[{{"sha256":"{named}","size":33}}]}}"#);
-        t.enqueue(&Dest::new(Target::Up, Priority::Normal), &env, body.into())
-            .unwrap();
+        t.enqueue(
+            &Dest::new(Target::Up, Priority::Normal),
+            &env.head(),
+            body.into(),
+        )
+        .unwrap();
         t.commit().unwrap();
         let sweeper = Retention::new(store.clone(), journal, Duration::from_secs(3600));
         // Within retention: nothing goes.

@@ -48,7 +48,10 @@ CREATE TABLE IF NOT EXISTS audit(
     decision TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
-CREATE INDEX IF NOT EXISTS audit_id ON audit(id);
+-- No query looks audit rows up by id (`medlink trace` also matches receipt ids with LIKE, a
+-- scan in `at` order), and the root writes one row per command: an index on `id` cost it a
+-- B-tree insert per command for nothing. Journals that have it lose it.
+DROP INDEX IF EXISTS audit_id;
 -- Commands that ended here failed, expired or rejected, kept for operators to look at and
 -- re-send (dead letters), until `deadletter_retention_s` after they ended. `envelope` is the
 -- envelope JSON, or for a rejected submission the bytes the client sent.

@@ -10,13 +10,14 @@ fn hot_tail_matches_the_database() {
     let mut j = Journal::open(&path, Durability::Process).unwrap();
     let mut t = j.begin().unwrap();
     for i in 0..10 {
-        t.enqueue(&up(), &env(&i.to_string()), format!("b{i}").into())
+        t.enqueue(&up(), &env(&i.to_string()).head(), format!("b{i}").into())
             .unwrap();
     }
     t.commit().unwrap();
     // rolled back work never shows in the hot tail
     let mut t = j.begin().unwrap();
-    t.enqueue(&up(), &env("x"), "rolled back".into()).unwrap();
+    t.enqueue(&up(), &env("x").head(), "rolled back".into())
+        .unwrap();
     t.remove_through(&up(), 9).unwrap();
     drop(t);
     assert_eq!(j.read(&up(), 0, 100).unwrap().len(), 10);
@@ -77,15 +78,15 @@ fn sequences_survive_reopen_and_are_never_reused() {
     {
         let mut j = Journal::open(&path, Durability::Process).unwrap();
         let mut t = j.begin().unwrap();
-        assert_eq!(t.enqueue(&up(), &env("1"), "one".into()).unwrap(), 1);
-        assert_eq!(t.enqueue(&up(), &env("2"), "two".into()).unwrap(), 2);
+        assert_eq!(t.enqueue(&up(), &env("1").head(), "one".into()).unwrap(), 1);
+        assert_eq!(t.enqueue(&up(), &env("2").head(), "two".into()).unwrap(), 2);
         t.commit().unwrap();
         let mut t = j.begin().unwrap();
         t.remove_through(&up(), 2).unwrap();
         t.commit().unwrap();
         // an uncommitted transaction leaves nothing behind
         let mut t = j.begin().unwrap();
-        t.enqueue(&up(), &env("3"), "lost".into()).unwrap();
+        t.enqueue(&up(), &env("3").head(), "lost".into()).unwrap();
         drop(t);
     }
     let mut j = Journal::open(&path, Durability::Process).unwrap();
@@ -93,7 +94,7 @@ fn sequences_survive_reopen_and_are_never_reused() {
     let floor = j.floor(&up()).unwrap();
     assert!(floor >= 3, "{floor}");
     let mut t = j.begin().unwrap();
-    let lseq = t.enqueue(&up(), &env("3"), "three".into()).unwrap();
+    let lseq = t.enqueue(&up(), &env("3").head(), "three".into()).unwrap();
     assert!(lseq >= 3 && lseq == floor, "{lseq} {floor}");
     t.commit().unwrap();
     let rows = j.read(&up(), 0, 10).unwrap();

@@ -10,7 +10,7 @@ use super::backlog::Backlog;
 use super::dest::{link_in_key, Dest, Peer};
 use super::hot::{apply, Hot, HotChange};
 use super::{acked, decode_row, floor, CachedSegment, Journal, Queued, Result, SEQ_BLOCK};
-use crate::envelope::{now_ms, Envelope, Priority};
+use crate::envelope::{now_ms, Head, Priority};
 use crate::stats::{DeliveredBy, Stats};
 
 impl Journal {
@@ -97,7 +97,7 @@ impl Txn<'_> {
 
     /// Queues `body` for `dest`; returns its sequence number. The row is written at commit,
     /// together with everything else queued for `dest` in this transaction (one segment).
-    pub fn enqueue(&mut self, dest: &Dest, env: &Envelope, body: Bytes) -> Result<u64> {
+    pub fn enqueue(&mut self, dest: &Dest, env: &Head, body: Bytes) -> Result<u64> {
         let dest = dest.as_str();
         let slot = self.next.entry(dest.to_string()).or_insert(1);
         let lseq = *slot;
@@ -107,7 +107,7 @@ impl Txn<'_> {
         }
         let entry = Queued {
             lseq,
-            id: env.id.clone(),
+            id: env.id.to_string(),
             expires_at: env.expires_at,
             body,
         };
@@ -310,7 +310,7 @@ impl Txn<'_> {
     }
 
     /// Appends an audit record of a routing decision.
-    pub fn audit(&mut self, env: &Envelope, at: u64, decision: &str) -> Result<()> {
+    pub fn audit(&mut self, env: &Head, at: u64, decision: &str) -> Result<()> {
         let kind = match env.kind {
             crate::envelope::Kind::Cmd => "cmd",
             crate::envelope::Kind::Receipt => "receipt",

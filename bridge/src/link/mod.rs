@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::console::Note;
-use crate::envelope::{now_ms, Envelope, Priority};
+use crate::envelope::{now_ms, Envelope, Priority, Transit};
 use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::route::{within, Topology};
 use crate::router::{Router, SendPass};
@@ -61,12 +61,20 @@ impl Child {
     }
 }
 
+/// One envelope a link admitted.
+pub enum Admitted<'a> {
+    /// Read for its routing fields only, borrowed from the frame: most hops just stamp it.
+    Transit(Transit<'a>),
+    /// Parsed whole: it was not in a form that can be stamped in place.
+    Whole(Envelope),
+}
+
 /// What one frame from a peer brought.
 #[derive(Default)]
-pub struct Received {
+pub struct Received<'a> {
     /// Envelopes admitted in sequence order: the dispatcher takes custody of them in the
     /// transaction that also stores the new receive position.
-    pub admitted: Vec<Envelope>,
+    pub admitted: Vec<Admitted<'a>>,
     /// The frame to answer with (an ack or a pong) and who gets it, sent after the commit.
     pub answer: Option<(Peer, Vec<u8>)>,
 }
@@ -174,12 +182,12 @@ impl Links {
     }
 
     /// A frame from `child` (over MQTT or HTTP).
-    pub fn child_frame(
+    pub fn child_frame<'a>(
         &mut self,
         tx: &mut Txn,
         child: &str,
-        payload: &[u8],
-    ) -> rusqlite::Result<(Accept, Received)> {
+        payload: &'a [u8],
+    ) -> rusqlite::Result<(Accept, Received<'a>)> {
         let Some(c) = self.children.get_mut(child) else {
             warn!(child, "frame from a node that is not configured as a child");
             return Ok((Accept::NotAuthorized, Received::default()));
@@ -201,7 +209,11 @@ impl Links {
     }
 
     /// A frame from the parent.
-    pub fn parent_frame(&mut self, tx: &mut Txn, payload: &[u8]) -> rusqlite::Result<Received> {
+    pub fn parent_frame<'a>(
+        &mut self,
+        tx: &mut Txn,
+        payload: &'a [u8],
+    ) -> rusqlite::Result<Received<'a>> {
         let Some(up) = self.up.as_mut() else {
             return Ok(Received::default());
         };
@@ -216,7 +228,12 @@ impl Links {
     }
 
     /// Handles one parsed frame from `peer`, the same way for either direction.
-    fn frame(&mut self, tx: &mut Txn, peer: Peer, frame: Frame) -> rusqlite::Result<Received> {
+    fn frame<'a>(
+        &mut self,
+        tx: &mut Txn,
+        peer: Peer,
+        frame: Frame<'a>,
+    ) -> rusqlite::Result<Received<'a>> {
         let mut received = Received::default();
         match frame {
             Frame::Batch {
@@ -281,14 +298,14 @@ impl Links {
 
     /// Admits a batch from `peer` in sequence order and stores the new position; returns the
     /// cumulative ack.
-    fn receive_batch(
+    fn receive_batch<'a>(
         &mut self,
         tx: &mut Txn,
         peer: &Peer,
         lane: Priority,
         (epoch, floor): (u64, u64),
-        msgs: &[Numbered],
-        received: &mut Received,
+        msgs: &[Numbered<'a>],
+        received: &mut Received<'a>,
     ) -> rusqlite::Result<u64> {
         let key = (peer.clone(), lane);
         let mut order = match self.inbound.get(&key) {
@@ -309,24 +326,37 @@ impl Links {
         order.apply_floor(floor);
         for m in msgs {
             match order.admit(m.p, m.s) {
-                Some(true) => match Envelope::parse(m.e.get().as_bytes()) {
-                    Ok(env) if !self.may_send(peer, &env) => {
+                Some(true) => {
+                    let bytes = m.e.get().as_bytes();
+                    let admitted = match Transit::read(bytes) {
+                        Some(t) => Admitted::Transit(t),
+                        None => match Envelope::parse(bytes) {
+                            Ok(env) => Admitted::Whole(env),
+                            Err(e) => {
+                                warn!(peer = %peer, seq = m.s, error = %e, "malformed envelope on link dropped");
+                                continue;
+                            }
+                        },
+                    };
+                    let (id, from) = match &admitted {
+                        Admitted::Transit(t) => (t.head().id, t.head().from),
+                        Admitted::Whole(env) => (env.id.as_str(), env.from.borrowed()),
+                    };
+                    if self.may_send(peer, from.node) {
+                        received.admitted.push(admitted);
+                    } else {
                         // Everything a child sends up originated in its own subtree; a `from`
                         // outside it is a compromised or misconfigured node posing as someone
                         // else, so it is dropped (and acknowledged, so the link moves on).
                         self.stats.rejected();
                         error!(
                             peer = %peer,
-                            id = %env.id,
-                            from = %format!("{}/{}", env.from.node, env.from.client),
+                            id = %id,
+                            from = %from,
                             "envelope from a child claims a sender outside its subtree; dropped"
                         );
                     }
-                    Ok(env) => received.admitted.push(env),
-                    Err(e) => {
-                        warn!(peer = %peer, seq = m.s, error = %e, "malformed envelope on link dropped")
-                    }
-                },
+                }
                 Some(false) => {}
                 None => break,
             }
@@ -338,11 +368,12 @@ impl Links {
         Ok(order.last)
     }
 
-    /// Whether `peer` may hand over `env`: a child only what comes from its own subtree.
-    fn may_send(&self, peer: &Peer, env: &Envelope) -> bool {
+    /// Whether `peer` may hand over an envelope sent from node `from`: a child only what comes
+    /// from its own subtree.
+    fn may_send(&self, peer: &Peer, from: &str) -> bool {
         match peer {
             Peer::Parent => true,
-            Peer::Child(child) => within(child, &env.from.node),
+            Peer::Child(child) => within(child, from),
         }
     }
 
