@@ -37,22 +37,34 @@ impl Priority {
 impl<'de> Deserialize<'de> for Priority {
     /// Accepts the class names and, for older clients, the numbers 0–9 of the earlier scale
     /// (0 = routine, 9 = most urgent): 0–6 normal, 7–9 urgent. Bulk has no number, so nothing
-    /// that was routine before becomes bulk now.
+    /// that was routine before becomes bulk now. A visitor, not an untagged enum: every hop
+    /// reads a priority per envelope, and an untagged enum buffers the value first.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Priority, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Name(String),
-            Number(u64),
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Priority;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("urgent, normal or bulk (or 0..=9)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Priority, E> {
+                name.parse().map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Priority, E> {
+                match n {
+                    0..=6 => Ok(Priority::Normal),
+                    7..=9 => Ok(Priority::Urgent),
+                    n => Err(E::custom(format!(
+                        "priority {n} out of range: use urgent, normal or bulk (or 0..=9)"
+                    ))),
+                }
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Name(n) => n.parse().map_err(serde::de::Error::custom),
-            Raw::Number(0..=6) => Ok(Priority::Normal),
-            Raw::Number(7..=9) => Ok(Priority::Urgent),
-            Raw::Number(n) => Err(serde::de::Error::custom(format!(
-                "priority {n} out of range: use urgent, normal or bulk (or 0..=9)"
-            ))),
-        }
+
+        d.deserialize_any(Visitor)
     }
 }
 

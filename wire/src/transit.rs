@@ -106,7 +106,22 @@ impl<'a> Transit<'a> {
     /// malformed, has no `hops` or `trail` field yet, or refers to files (which a node checks
     /// on the parsed envelope).
     pub fn read(bytes: &'a [u8]) -> Option<Transit<'a>> {
-        let scan: Scan<'a> = serde_json::from_slice(bytes).ok()?;
+        Transit::stampable(bytes, serde_json::from_slice(bytes).ok()?)
+    }
+
+    /// Reads the envelope at the start of `bytes`, which go on after it (a link batch holds
+    /// envelopes one after the other), in one pass: how many bytes it takes, and the envelope
+    /// as [`Transit::read`] reads it. `None` when no envelope with the fields a hop reads
+    /// starts there.
+    pub fn read_prefix(bytes: &'a [u8]) -> Option<(usize, Option<Transit<'a>>)> {
+        let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Scan<'a>>();
+        let scan = stream.next()?.ok()?;
+        let len = stream.byte_offset();
+        Some((len, Transit::stampable(&bytes[..len], scan)))
+    }
+
+    /// `scan`, read from `bytes`, as a transit, if it can be stamped in place.
+    fn stampable(bytes: &'a [u8], scan: Scan<'a>) -> Option<Transit<'a>> {
         if scan.files.is_some_and(|f| f.get() != "[]") {
             return None;
         }
@@ -291,6 +306,21 @@ mod tests {
         }
         let no_files = format!(r#"{{{base},"hops":1,"trail":[],"files":[]}}"#);
         assert!(Transit::read(no_files.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn reads_an_envelope_that_more_bytes_follow() {
+        let framed = format!(r#"{WIRE}}},{{"p":1"#);
+        let (len, t) = Transit::read_prefix(framed.as_bytes()).unwrap();
+        assert_eq!(len, WIRE.len());
+        assert_eq!(t.unwrap().bytes(), WIRE.as_bytes());
+        let (len, t) = Transit::read_prefix(br#"{"id":"1","from":{"node":"a","client":"b"},"to":{"node":"a","client":"c"},"cmd":"x","created_at":1}]"#).unwrap();
+        assert!(
+            t.is_none() && len == 99,
+            "an envelope, but not one to stamp in place"
+        );
+        assert!(Transit::read_prefix(br#"{"id":1}}"#).is_none());
+        assert!(Transit::read_prefix(b"").is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::envelope::Priority;
+use crate::envelope::{Priority, Transit};
 
 fn is_normal(p: &Priority) -> bool {
     *p == Priority::Normal
@@ -213,6 +213,127 @@ pub fn encode_batch(
     out
 }
 
+/// One envelope of a batch as the receiver takes it: its link numbers, its bytes, and what a
+/// hop reads of it when that was read with the batch.
+pub struct Incoming<'a> {
+    /// The sender's previous sequence ([`Numbered::p`]).
+    pub p: u64,
+    /// Its sequence.
+    pub s: u64,
+    /// The envelope, verbatim.
+    pub bytes: &'a [u8],
+    /// Its routing fields, when [`read_batch`] read them in the same pass.
+    pub transit: Option<Transit<'a>>,
+}
+
+impl<'a> From<Numbered<'a>> for Incoming<'a> {
+    fn from(m: Numbered<'a>) -> Incoming<'a> {
+        Incoming {
+            p: m.p,
+            s: m.s,
+            bytes: m.e.get().as_bytes(),
+            transit: None,
+        }
+    }
+}
+
+/// A received batch: [`Frame::Batch`] with its envelopes as [`Incoming`].
+pub struct Batch<'a> {
+    /// The sender's journal epoch.
+    pub epoch: u64,
+    /// The lowest sequence the sender still holds.
+    pub floor: u64,
+    /// The priority lane.
+    pub lane: Priority,
+    /// Envelopes in sequence order.
+    pub msgs: Vec<Incoming<'a>>,
+}
+
+/// Reads a batch written by [`encode_batch`] in one pass: each envelope's end is where its
+/// routing fields were read ([`Transit::read_prefix`]), where [`Frame::parse`] would scan
+/// every envelope once to find its end and the hop would read it again. `None` for any
+/// other frame, or a batch in any other layout: [`Frame::parse`] reads those.
+pub fn read_batch(bytes: &[u8]) -> Option<Batch<'_>> {
+    let mut r = Reader { bytes, at: 0 };
+    r.expect(br#"{"t":"batch","epoch":"#)?;
+    let epoch = r.number()?;
+    r.expect(br#","floor":"#)?;
+    let floor = r.number()?;
+    let lane = if r.expect(br#","lane":""#).is_some() {
+        let end = r.at + r.rest().iter().position(|&b| b == b'"')?;
+        let lane = std::str::from_utf8(&bytes[r.at..end]).ok()?.parse().ok()?;
+        r.at = end + 1;
+        lane
+    } else {
+        Priority::Normal
+    };
+    r.expect(br#","msgs":["#)?;
+    let mut msgs = Vec::new();
+    if r.expect(b"]").is_none() {
+        loop {
+            r.expect(br#"{"p":"#)?;
+            let p = r.number()?;
+            r.expect(br#","s":"#)?;
+            let s = r.number()?;
+            r.expect(br#","e":"#)?;
+            let (len, transit) = Transit::read_prefix(r.rest())?;
+            msgs.push(Incoming {
+                p,
+                s,
+                bytes: &bytes[r.at..r.at + len],
+                transit,
+            });
+            r.at += len;
+            r.expect(b"}")?;
+            if r.expect(b",").is_none() {
+                r.expect(b"]")?;
+                break;
+            }
+        }
+    }
+    r.expect(b"}")?;
+    (r.at == bytes.len()).then_some(Batch {
+        epoch,
+        floor,
+        lane,
+        msgs,
+    })
+}
+
+/// A cursor over a frame in `encode_batch`'s layout.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn rest(&self) -> &'a [u8] {
+        &self.bytes[self.at..]
+    }
+
+    /// Steps over `literal` if the bytes go on with it.
+    fn expect(&mut self, literal: &[u8]) -> Option<()> {
+        self.rest()
+            .starts_with(literal)
+            .then(|| self.at += literal.len())
+    }
+
+    /// A decimal u64, as `write!` writes one.
+    fn number(&mut self) -> Option<u64> {
+        let digits = self
+            .rest()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let n = std::str::from_utf8(&self.rest()[..digits])
+            .ok()?
+            .parse()
+            .ok()?;
+        self.at += digits;
+        Some(n)
+    }
+}
+
 /// Receiver side of one link direction: which sequences to commit.
 #[derive(Debug, Clone, Copy)]
 pub struct InOrder {
@@ -311,6 +432,62 @@ mod tests {
             }
             _ => panic!("wrong frame"),
         }
+    }
+
+    #[test]
+    fn batches_read_in_one_pass_as_frame_parse_reads_them() {
+        let env = |id: &str, hops: u8| {
+            format!(
+                r#"{{"id":"{id}","kind":"cmd","from":{{"node":"a.b","client":"c"}},"to":{{"node":"a","client":"d"}},"cmd":"x","params":{{"s":"}}]\"{{"}},"created_at":1,"priority":"normal","hops":{hops},"trail":[{{"node":"a.b","at":1}}]}}"#
+            )
+        };
+        let rows: Vec<crate::journal::Queued> = [(3u64, env("m1", 1)), (5, env("m2", 1))]
+            .into_iter()
+            .map(|(lseq, body)| crate::journal::Queued {
+                lseq,
+                id: String::new(),
+                expires_at: None,
+                body: bytes::Bytes::from(body),
+            })
+            .collect();
+        for lane in Priority::ALL {
+            for rows in [&rows[..0], &rows[..1], &rows[..]] {
+                let bytes = encode_batch(77, lane, (2, 1), rows);
+                let fast = read_batch(&bytes).expect("encode_batch's layout");
+                let Ok(Frame::Batch {
+                    epoch,
+                    floor,
+                    lane: slow_lane,
+                    msgs,
+                }) = Frame::parse(&bytes)
+                else {
+                    panic!("not a batch")
+                };
+                assert_eq!(
+                    (fast.epoch, fast.floor, fast.lane),
+                    (epoch, floor, slow_lane)
+                );
+                assert_eq!(fast.msgs.len(), msgs.len());
+                for (f, m) in fast.msgs.iter().zip(&msgs) {
+                    assert_eq!((f.p, f.s, f.bytes), (m.p, m.s, m.e.get().as_bytes()));
+                    let t = f.transit.as_ref().expect("read with the batch");
+                    assert_eq!(t.bytes(), f.bytes);
+                }
+            }
+        }
+        let bytes = encode_batch(1, Priority::Normal, (1, 0), &rows);
+        for cut in [1, 10, bytes.len() / 2, bytes.len() - 1] {
+            assert!(read_batch(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(b' ');
+        assert!(
+            read_batch(&longer).is_none(),
+            "anything else goes to Frame::parse"
+        );
+        assert!(read_batch(br#"{"t":"ack","upto":3}"#).is_none());
+        let spaced = br#"{"t":"batch", "epoch":1,"floor":1,"msgs":[]}"#;
+        assert!(read_batch(spaced).is_none() && Frame::parse(spaced).is_ok());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::route::{within, Topology};
 use crate::router::{Router, SendPass};
 use crate::stats::{DeliveredBy, Stats};
-use frame::{Frame, InOrder, Numbered};
+use frame::{Batch, Frame, InOrder, Incoming};
 use mailbox::Mailboxes;
 use out::{Lane, LinkOut, LinkTuning};
 use uplink::UplinkHandle;
@@ -196,6 +196,10 @@ impl Links {
         if !c.out.online && c.via.is_some() {
             c.out.open();
         }
+        let peer = Peer::Child(child.to_string());
+        if let Some(batch) = frame::read_batch(payload) {
+            return Ok((Accept::Committed, self.batch(tx, peer, batch)?));
+        }
         let frame = match Frame::parse(payload) {
             Ok(f) => f,
             Err(e) => {
@@ -204,7 +208,7 @@ impl Links {
                 return Ok((verdict, Received::default()));
             }
         };
-        let received = self.frame(tx, Peer::Child(child.to_string()), frame)?;
+        let received = self.frame(tx, peer, frame)?;
         Ok((Accept::Committed, received))
     }
 
@@ -218,6 +222,9 @@ impl Links {
             return Ok(Received::default());
         };
         up.last_heard = Instant::now();
+        if let Some(batch) = frame::read_batch(payload) {
+            return self.batch(tx, Peer::Parent, batch);
+        }
         match Frame::parse(payload) {
             Ok(frame) => self.frame(tx, Peer::Parent, frame),
             Err(e) => {
@@ -242,9 +249,13 @@ impl Links {
                 lane,
                 msgs,
             } => {
-                let upto =
-                    self.receive_batch(tx, &peer, lane, (epoch, floor), &msgs, &mut received)?;
-                received.answer = Some((peer, Frame::Ack { upto, lane }.to_bytes()));
+                let batch = Batch {
+                    epoch,
+                    floor,
+                    lane,
+                    msgs: msgs.into_iter().map(Incoming::from).collect(),
+                };
+                return self.batch(tx, peer, batch);
             }
             Frame::Ack { upto, lane } => {
                 if let Some(link) = self.out_mut(&peer) {
@@ -296,41 +307,39 @@ impl Links {
         Ok(received)
     }
 
-    /// Admits a batch from `peer` in sequence order and stores the new position; returns the
-    /// cumulative ack.
-    fn receive_batch<'a>(
+    /// Admits a batch from `peer` in sequence order and stores the new position; answers with
+    /// the cumulative ack.
+    fn batch<'a>(
         &mut self,
         tx: &mut Txn,
-        peer: &Peer,
-        lane: Priority,
-        (epoch, floor): (u64, u64),
-        msgs: &[Numbered<'a>],
-        received: &mut Received<'a>,
-    ) -> rusqlite::Result<u64> {
+        peer: Peer,
+        batch: Batch<'a>,
+    ) -> rusqlite::Result<Received<'a>> {
+        let mut received = Received::default();
+        let lane = batch.lane;
         let key = (peer.clone(), lane);
         let mut order = match self.inbound.get(&key) {
             Some(o) => *o,
             None => {
-                let (last, epoch) = tx.link_in(peer, lane)?;
+                let (last, epoch) = tx.link_in(&peer, lane)?;
                 InOrder { last, epoch }
             }
         };
         let before = (order.last, order.epoch);
-        if order.epoch != epoch && before.1 != 0 {
+        if order.epoch != batch.epoch && before.1 != 0 {
             warn!(
                 peer = %peer,
                 "peer's journal was replaced (new epoch); its sequence starts again"
             );
         }
-        order.apply_epoch(epoch);
-        order.apply_floor(floor);
-        for m in msgs {
+        order.apply_epoch(batch.epoch);
+        order.apply_floor(batch.floor);
+        for m in batch.msgs {
             match order.admit(m.p, m.s) {
                 Some(true) => {
-                    let bytes = m.e.get().as_bytes();
-                    let admitted = match Transit::read(bytes) {
+                    let admitted = match m.transit.or_else(|| Transit::read(m.bytes)) {
                         Some(t) => Admitted::Transit(t),
-                        None => match Envelope::parse(bytes) {
+                        None => match Envelope::parse(m.bytes) {
                             Ok(env) => Admitted::Whole(env),
                             Err(e) => {
                                 warn!(peer = %peer, seq = m.s, error = %e, "malformed envelope on link dropped");
@@ -342,7 +351,7 @@ impl Links {
                         Admitted::Transit(t) => (t.head().id, t.head().from),
                         Admitted::Whole(env) => (env.id.as_str(), env.from.borrowed()),
                     };
-                    if self.may_send(peer, from.node) {
+                    if self.may_send(&peer, from.node) {
                         received.admitted.push(admitted);
                     } else {
                         // Everything a child sends up originated in its own subtree; a `from`
@@ -362,10 +371,12 @@ impl Links {
             }
         }
         if (order.last, order.epoch) != before {
-            tx.set_link_in((peer, lane), order.last, order.epoch)?;
+            tx.set_link_in((&peer, lane), order.last, order.epoch)?;
         }
         self.inbound.insert(key, order);
-        Ok(order.last)
+        let upto = order.last;
+        received.answer = Some((peer, Frame::Ack { upto, lane }.to_bytes()));
+        Ok(received)
     }
 
     /// Whether `peer` may hand over an envelope sent from node `from`: a child only what comes
