@@ -42,8 +42,9 @@ pub struct StreamOut {
 /// Whether `body` may ask for a `delivered` receipt (a cheap scan; the caller parses to be
 /// sure, since the word may also occur in params).
 pub fn may_want_delivered(body: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"\"delivered\"";
-    body.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+    static NEEDLE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"delivered\""));
+    NEEDLE.find(body).is_some()
 }
 
 impl StreamOut {

@@ -93,7 +93,7 @@ impl State {
         match self.route(&env.head(), now) {
             Ok(dest) => {
                 if self.cfg.audit {
-                    tx.audit(&env.head(), now, &format!("{dest} (files here)"))?;
+                    tx.audit(&env.head(), now, &format!("{dest} (files here)"));
                 }
                 self.place(tx, env, dest, now, false)
             }

@@ -546,7 +546,7 @@ impl State {
                 Ok(d) => d.to_string(),
                 Err((_, why)) => format!("refused: {why}"),
             };
-            tx.audit(&env.head(), now, &decision)?;
+            tx.audit(&env.head(), now, &decision);
         }
         match dest {
             Ok(dest) => self.place(tx, env, dest, now, true),
@@ -581,7 +581,7 @@ impl State {
             };
         };
         if self.cfg.audit {
-            tx.audit(&head, now, &dest.to_string())?;
+            tx.audit(&head, now, &dest.to_string());
         }
         let body = t.stamp(self.me(), now).into();
         tx.enqueue(&dest, &head, body)?;

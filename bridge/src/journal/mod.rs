@@ -9,6 +9,7 @@
 //! The journal is owned by the dispatcher thread; all writes of one dispatcher round share one
 //! transaction (group commit), so durability costs one WAL append per round, not per message.
 
+mod audit;
 mod backlog;
 mod checkpoint;
 mod deadletters;

@@ -28,6 +28,7 @@ impl Journal {
             dirty: HashSet::new(),
             pending: HashMap::new(),
             segments: &self.segments,
+            audits: Vec::new(),
         })
     }
 }
@@ -49,6 +50,8 @@ pub struct Txn<'a> {
     pending: HashMap<String, Vec<Queued>>,
     /// The journal's decoded-segment cache, emptied when a segment is rewritten.
     segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
+    /// Audit rows of this transaction, inserted at commit (`audit.rs`).
+    pub(super) audits: Vec<super::audit::AuditRow>,
 }
 
 impl Txn<'_> {
@@ -309,32 +312,6 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Appends an audit record of a routing decision.
-    pub fn audit(&mut self, env: &Head, at: u64, decision: &str) -> Result<()> {
-        let kind = match env.kind {
-            crate::envelope::Kind::Cmd => "cmd",
-            crate::envelope::Kind::Receipt => "receipt",
-        };
-        self.tx
-            .prepare_cached(
-                "INSERT INTO audit(at, id, kind, from_node, from_client, to_node, to_client, cmd, hops, decision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                at as i64,
-                env.id,
-                kind,
-                env.from.node,
-                env.from.client,
-                env.to.node,
-                env.to.client,
-                env.cmd,
-                env.hops,
-                decision
-            ])?;
-        Ok(())
-    }
-
     /// Up to `n` queues of `group`'s `lane` whose first in line is oldest, oldest first:
     /// (queue, the `created_at` of its first in line, how many wait there).
     pub fn oldest_queues(
@@ -382,6 +359,7 @@ impl Txn<'_> {
             e
         };
         self.flush_pending().map_err(failed)?;
+        self.flush_audit().map_err(failed)?;
         self.write_reservations().map_err(failed)?;
         self.tx.commit().map_err(failed)?;
         for dest in self.dirty {
