@@ -81,21 +81,26 @@ pub struct Limits {
     pub max_payload: usize,
 }
 
-/// How deeply arrays and objects nest in a valid JSON text (one pass, no recursion).
+/// How deeply arrays and objects nest in a valid JSON text (one pass, no recursion). Strings
+/// are skipped with `memchr` to their closing quote: params are mostly string bytes, and the
+/// first node checks the depth of every command's params.
 pub fn json_depth(json: &str) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in json.bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let bytes = json.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while let Some(&b) = bytes.get(i) {
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // `i` is on the opening quote or the byte after an escape's backslash.
+                let rest = bytes.get(i + 1..).unwrap_or_default();
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(k) if rest[k] == b'\\' => i += k + 2,
+                    Some(k) => {
+                        i += k + 1;
+                        break;
+                    }
+                    None => return deepest,
+                }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -103,6 +108,7 @@ pub fn json_depth(json: &str) -> usize {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     deepest
 }
@@ -324,6 +330,14 @@ mod tests {
         assert_eq!(e.field, "params", "{e}");
         // Brackets inside strings do not count.
         assert_eq!(json_depth(r#"{"a":"[[[[\"{{"}"#), 1);
+        assert_eq!(
+            json_depth(r#"{"a":"x\\","b":[[1]]}"#),
+            3,
+            "an escaped backslash ends no string"
+        );
+        assert_eq!(json_depth(r#"["\u005b[", {"k": "\\\"]"}, []]"#), 2);
+        assert_eq!(json_depth(r#"{"open": "never closed"#), 1);
+        assert_eq!(json_depth(r#"["ends in a backslash \"#), 1);
     }
 
     #[test]

@@ -164,8 +164,12 @@ impl Txn<'_> {
         self.flush_pending()?;
         // A segment only partly acknowledged stays until the rest is: after a restart its
         // acknowledged part is sent again and the receiver drops it by sequence number.
+        // `first_lseq <= ?2` bounds the walk of `queue_dest` to the segments that can go, not
+        // every segment still queued for `dest` (a backlog of thousands at a busy root).
         self.tx
-            .prepare_cached("DELETE FROM queue WHERE dest = ?1 AND last_lseq <= ?2")?
+            .prepare_cached(
+                "DELETE FROM queue WHERE dest = ?1 AND first_lseq <= ?2 AND last_lseq <= ?2",
+            )?
             .execute(params![dest, upto as i64])
     }
 
