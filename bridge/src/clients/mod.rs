@@ -110,7 +110,11 @@ impl Clients {
             };
             if out.acknowledged(id) {
                 let notice = out.take_notice(id);
-                self.wake.insert(dest.clone());
+                // One PUBACK per delivery: most find their lane woken already, so the key is
+                // cloned only when it is new.
+                if !self.wake.contains(&dest) {
+                    self.wake.insert(dest.clone());
+                }
                 self.touched.insert(dest, DeliveredBy::Mqtt);
                 return notice;
             }
