@@ -83,6 +83,9 @@ pub struct Clients {
     wake: HashSet<Dest>,
     /// Acknowledgement points written this round, taken over by the streams after commit.
     settled: Vec<(Dest, u64)>,
+    /// The lane each client's last PUBACK was for, tried first for its next one. One entry
+    /// per client that ever acknowledged here, like `streams`.
+    ack_hint: HashMap<String, Dest>,
     polls: Polls,
 }
 
@@ -95,6 +98,7 @@ impl Clients {
             touched: HashMap::new(),
             wake: HashSet::new(),
             settled: Vec::new(),
+            ack_hint: HashMap::new(),
             polls: Polls::default(),
         }
     }
@@ -103,6 +107,25 @@ impl Clients {
     /// was published from a lane's in-flight set; the journal is updated once per round, in
     /// [`Clients::settle`]. Returns the body if it may want a `delivered` receipt.
     pub fn delivered(&mut self, client: &str, id: &str) -> Option<Bytes> {
+        // One PUBACK per delivery, and nearly all are for the lane the client's previous one
+        // was for: try that lane first, without building (allocating) lane names.
+        if let Some(dest) = self.ack_hint.get(client) {
+            if let Some(out) = self.streams.get_mut(dest) {
+                if out.acknowledged(id) {
+                    let notice = out.take_notice(id);
+                    if !self.wake.contains(dest) {
+                        self.wake.insert(dest.clone());
+                    }
+                    match self.touched.get_mut(dest) {
+                        Some(by) => *by = DeliveredBy::Mqtt,
+                        None => {
+                            self.touched.insert(dest.clone(), DeliveredBy::Mqtt);
+                        }
+                    }
+                    return notice;
+                }
+            }
+        }
         for (stream, lane) in ACK_LOOKUP {
             let dest = Dest::new(target(client, stream), lane);
             let Some(out) = self.streams.get_mut(&dest) else {
@@ -110,12 +133,9 @@ impl Clients {
             };
             if out.acknowledged(id) {
                 let notice = out.take_notice(id);
-                // One PUBACK per delivery: most find their lane woken already, so the key is
-                // cloned only when it is new.
-                if !self.wake.contains(&dest) {
-                    self.wake.insert(dest.clone());
-                }
-                self.touched.insert(dest, DeliveredBy::Mqtt);
+                self.wake.insert(dest.clone());
+                self.touched.insert(dest.clone(), DeliveredBy::Mqtt);
+                self.ack_hint.insert(client.to_string(), dest);
                 return notice;
             }
         }

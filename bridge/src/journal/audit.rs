@@ -28,67 +28,88 @@ fn insert(rows: usize) -> String {
 static INSERT_CHUNK: LazyLock<String> = LazyLock::new(|| insert(CHUNK));
 static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert(1));
 
-/// One audit record, held until the commit.
+/// One audit record, held until the commit. Its strings live in [`AuditRows::text`], so a row
+/// costs no allocation of its own.
 pub(super) struct AuditRow {
     at: i64,
-    id: String,
     kind: &'static str,
-    from_node: String,
-    from_client: String,
-    to_node: String,
-    to_client: String,
-    cmd: String,
     hops: u8,
-    decision: String,
+    /// Where the row's strings start in the text.
+    start: usize,
+    /// Ends of id, from node, from client, to node, to client, cmd and decision in the text.
+    ends: [usize; 7],
+}
+
+/// The round's audit records.
+#[derive(Default)]
+pub(super) struct AuditRows {
+    rows: Vec<AuditRow>,
+    text: String,
+}
+
+impl AuditRows {
+    /// The `i`th string of `row`: id, from node, from client, to node, to client, cmd, decision.
+    fn field(&self, row: &AuditRow, i: usize) -> &str {
+        let start = if i == 0 { row.start } else { row.ends[i - 1] };
+        &self.text[start..row.ends[i]]
+    }
 }
 
 impl Txn<'_> {
     /// Records a routing decision about `env`, written at commit.
     pub fn audit(&mut self, env: &Head, at: u64, decision: &str) {
-        self.audits.push(AuditRow {
+        let a = &mut self.audits;
+        let start = a.text.len();
+        let mut ends = [0; 7];
+        for (end, s) in ends.iter_mut().zip([
+            env.id,
+            env.from.node,
+            env.from.client,
+            env.to.node,
+            env.to.client,
+            env.cmd,
+            decision,
+        ]) {
+            a.text.push_str(s);
+            *end = a.text.len();
+        }
+        a.rows.push(AuditRow {
             at: at as i64,
-            id: env.id.to_string(),
             kind: match env.kind {
                 Kind::Cmd => "cmd",
                 Kind::Receipt => "receipt",
             },
-            from_node: env.from.node.to_string(),
-            from_client: env.from.client.to_string(),
-            to_node: env.to.node.to_string(),
-            to_client: env.to.client.to_string(),
-            cmd: env.cmd.to_string(),
             hops: env.hops,
-            decision: decision.to_string(),
+            start,
+            ends,
         });
     }
 
     /// Inserts the round's audit rows.
     pub(super) fn flush_audit(&mut self) -> Result<()> {
-        let rows = std::mem::take(&mut self.audits);
-        let mut chunks = rows.chunks_exact(CHUNK);
+        let audits = std::mem::take(&mut self.audits);
+        let mut chunks = audits.rows.chunks_exact(CHUNK);
         for chunk in chunks.by_ref() {
-            self.insert_audit(&INSERT_CHUNK, chunk)?;
+            self.insert_audit(&INSERT_CHUNK, &audits, chunk)?;
         }
         for row in chunks.remainder() {
-            self.insert_audit(&INSERT_ONE, std::slice::from_ref(row))?;
+            self.insert_audit(&INSERT_ONE, &audits, std::slice::from_ref(row))?;
         }
         Ok(())
     }
 
-    fn insert_audit(&self, sql: &str, rows: &[AuditRow]) -> Result<()> {
+    fn insert_audit(&self, sql: &str, audits: &AuditRows, rows: &[AuditRow]) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(sql)?;
         for (i, r) in rows.iter().enumerate() {
             let at = i * COLUMNS;
             stmt.raw_bind_parameter(at + 1, r.at)?;
-            stmt.raw_bind_parameter(at + 2, &r.id)?;
+            stmt.raw_bind_parameter(at + 2, audits.field(r, 0))?;
             stmt.raw_bind_parameter(at + 3, r.kind)?;
-            stmt.raw_bind_parameter(at + 4, &r.from_node)?;
-            stmt.raw_bind_parameter(at + 5, &r.from_client)?;
-            stmt.raw_bind_parameter(at + 6, &r.to_node)?;
-            stmt.raw_bind_parameter(at + 7, &r.to_client)?;
-            stmt.raw_bind_parameter(at + 8, &r.cmd)?;
+            for f in 1..=5 {
+                stmt.raw_bind_parameter(at + 3 + f, audits.field(r, f))?;
+            }
             stmt.raw_bind_parameter(at + 9, r.hops)?;
-            stmt.raw_bind_parameter(at + 10, &r.decision)?;
+            stmt.raw_bind_parameter(at + 10, audits.field(r, 6))?;
         }
         stmt.raw_execute()?;
         Ok(())
@@ -118,19 +139,41 @@ mod tests {
         t.commit().unwrap();
         let mut stmt = j
             .conn
-            .prepare("SELECT at, id, decision FROM audit ORDER BY rowid")
+            .prepare(
+                "SELECT at, id, kind, from_node, from_client, to_node, to_client, cmd, hops, decision
+                 FROM audit ORDER BY rowid",
+            )
             .unwrap();
-        let rows: Vec<(i64, String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        let rows: Vec<Vec<String>> = stmt
+            .query_map([], |r| {
+                (0..10)
+                    .map(|c| {
+                        r.get::<_, rusqlite::types::Value>(c).map(|v| match v {
+                            rusqlite::types::Value::Integer(n) => n.to_string(),
+                            rusqlite::types::Value::Text(t) => t,
+                            other => format!("{other:?}"),
+                        })
+                    })
+                    .collect()
+            })
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(rows.len(), n);
-        for (i, (at, id, decision)) in rows.into_iter().enumerate() {
-            assert_eq!(
-                (at, id, decision),
-                (i as i64, format!("m{i}"), format!("local:b #{i}"))
-            );
+        for (i, row) in rows.into_iter().enumerate() {
+            let want = [
+                i.to_string(),
+                format!("m{i}"),
+                "cmd".into(),
+                "js.nj.t1".into(),
+                "a".into(),
+                "js".into(),
+                "b".into(),
+                "x".into(),
+                "0".into(),
+                format!("local:b #{i}"),
+            ];
+            assert_eq!(row, want);
         }
     }
 }

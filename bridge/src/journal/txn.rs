@@ -28,7 +28,7 @@ impl Journal {
             dirty: HashSet::new(),
             pending: HashMap::new(),
             segments: &self.segments,
-            audits: Vec::new(),
+            audits: Default::default(),
         })
     }
 }
@@ -51,7 +51,7 @@ pub struct Txn<'a> {
     /// The journal's decoded-segment cache, emptied when a segment is rewritten.
     segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
     /// Audit rows of this transaction, inserted at commit (`audit.rs`).
-    pub(super) audits: Vec<super::audit::AuditRow>,
+    pub(super) audits: super::audit::AuditRows,
 }
 
 impl Txn<'_> {
