@@ -222,7 +222,9 @@ pub struct Incoming<'a> {
     pub s: u64,
     /// The envelope, verbatim.
     pub bytes: &'a [u8],
-    /// Its routing fields, when [`read_batch`] read them in the same pass.
+    /// Its routing fields, when [`read_batch`] read them in the same pass. `None` when the
+    /// batch came through [`Frame::parse`], or the envelope cannot be stamped in place; the
+    /// receiver then tries [`Transit::read`] and falls back to parsing it whole.
     pub transit: Option<Transit<'a>>,
 }
 
