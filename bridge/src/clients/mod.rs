@@ -89,6 +89,35 @@ pub struct Clients {
     polls: Polls,
 }
 
+/// Acknowledges `id` on lane `dest` if it is in flight there: the lane is woken and marked
+/// for [`Clients::settle`] (its name cloned only when it is not marked yet). `None` when `id`
+/// is not in flight on `dest`; otherwise the body if it may want a `delivered` receipt.
+fn acknowledge_on(
+    (streams, wake, touched): (
+        &mut HashMap<Dest, StreamOut>,
+        &mut HashSet<Dest>,
+        &mut HashMap<Dest, DeliveredBy>,
+    ),
+    dest: &Dest,
+    id: &str,
+) -> Option<Option<Bytes>> {
+    let out = streams.get_mut(dest)?;
+    if !out.acknowledged(id) {
+        return None;
+    }
+    let notice = out.take_notice(id);
+    if !wake.contains(dest) {
+        wake.insert(dest.clone());
+    }
+    match touched.get_mut(dest) {
+        Some(by) => *by = DeliveredBy::Mqtt,
+        None => {
+            touched.insert(dest.clone(), DeliveredBy::Mqtt);
+        }
+    }
+    Some(notice)
+}
+
 impl Clients {
     /// The clients of node `me`.
     pub fn new(me: &str) -> Clients {
@@ -110,31 +139,15 @@ impl Clients {
         // One PUBACK per delivery, and nearly all are for the lane the client's previous one
         // was for: try that lane first, without building (allocating) lane names.
         if let Some(dest) = self.ack_hint.get(client) {
-            if let Some(out) = self.streams.get_mut(dest) {
-                if out.acknowledged(id) {
-                    let notice = out.take_notice(id);
-                    if !self.wake.contains(dest) {
-                        self.wake.insert(dest.clone());
-                    }
-                    match self.touched.get_mut(dest) {
-                        Some(by) => *by = DeliveredBy::Mqtt,
-                        None => {
-                            self.touched.insert(dest.clone(), DeliveredBy::Mqtt);
-                        }
-                    }
-                    return notice;
-                }
+            let lanes = (&mut self.streams, &mut self.wake, &mut self.touched);
+            if let Some(notice) = acknowledge_on(lanes, dest, id) {
+                return notice;
             }
         }
         for (stream, lane) in ACK_LOOKUP {
             let dest = Dest::new(target(client, stream), lane);
-            let Some(out) = self.streams.get_mut(&dest) else {
-                continue;
-            };
-            if out.acknowledged(id) {
-                let notice = out.take_notice(id);
-                self.wake.insert(dest.clone());
-                self.touched.insert(dest.clone(), DeliveredBy::Mqtt);
+            let lanes = (&mut self.streams, &mut self.wake, &mut self.touched);
+            if let Some(notice) = acknowledge_on(lanes, &dest, id) {
                 self.ack_hint.insert(client.to_string(), dest);
                 return notice;
             }

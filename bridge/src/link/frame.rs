@@ -222,9 +222,9 @@ pub struct Incoming<'a> {
     pub s: u64,
     /// The envelope, verbatim.
     pub bytes: &'a [u8],
-    /// Its routing fields, when [`read_batch`] read them in the same pass. `None` when the
-    /// batch came through [`Frame::parse`], or the envelope cannot be stamped in place; the
-    /// receiver then tries [`Transit::read`] and falls back to parsing it whole.
+    /// Its routing fields (read with the batch by [`read_batch`], or by [`Transit::read`]
+    /// after [`Frame::parse`]); `None` when it cannot be stamped in place, and the receiver
+    /// parses it whole.
     pub transit: Option<Transit<'a>>,
 }
 
@@ -234,7 +234,7 @@ impl<'a> From<Numbered<'a>> for Incoming<'a> {
             p: m.p,
             s: m.s,
             bytes: m.e.get().as_bytes(),
-            transit: None,
+            transit: Transit::read(m.e.get().as_bytes()),
         }
     }
 }

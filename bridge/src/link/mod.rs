@@ -337,7 +337,7 @@ impl Links {
         for m in batch.msgs {
             match order.admit(m.p, m.s) {
                 Some(true) => {
-                    let admitted = match m.transit.or_else(|| Transit::read(m.bytes)) {
+                    let admitted = match m.transit {
                         Some(t) => Admitted::Transit(t),
                         None => match Envelope::parse(m.bytes) {
                             Ok(env) => Admitted::Whole(env),
