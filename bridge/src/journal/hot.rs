@@ -6,9 +6,19 @@ use std::collections::{BTreeMap, HashMap};
 use super::Queued;
 use crate::stats::DeliveredBy;
 
-/// Most rows and bytes kept in memory per destination; beyond that, sending reads SQLite.
-const HOT_LIMIT: usize = 64 * 1024;
+/// Most memory the tail of one destination holds (bodies, ids and [`ROW_COST`] each); beyond
+/// that its oldest rows are let go, and sending reads them from SQLite. The bound is in bytes
+/// only: a row count of 65,536 let go of rows a 100,000-command burst at the root still
+/// needed (601-byte envelopes, a backlog of 59,000), so the drain read a sixth of it back.
 const HOT_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a row costs beyond its body and id: the `Queued` and its share of the B-tree.
+const ROW_COST: usize = 96;
+
+/// The memory `row` holds while hot.
+fn cost(row: &Queued) -> usize {
+    row.body.len() + row.id.len() + ROW_COST
+}
 /// The committed tail of one destination's queue, kept in memory so that sending does not
 /// read back what was just written. Every committed row with `lseq >= floor` is in `rows`.
 #[derive(Debug, Default)]
@@ -37,15 +47,15 @@ pub(super) fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
                 rows: BTreeMap::new(),
                 bytes: 0,
             });
-            h.bytes += row.body.len();
+            h.bytes += cost(&row);
             h.rows.insert(row.lseq, row);
-            if h.rows.len() > HOT_LIMIT || h.bytes > HOT_BYTES {
+            if h.bytes > HOT_BYTES {
                 // Keep the newest three quarters; older rows are read from SQLite again.
-                while h.rows.len() > HOT_LIMIT * 3 / 4 || h.bytes > HOT_BYTES * 3 / 4 {
+                while h.bytes > HOT_BYTES * 3 / 4 {
                     match h.rows.pop_first() {
                         Some((l, old)) => {
                             h.floor = l.saturating_add(1);
-                            h.bytes -= old.body.len();
+                            h.bytes -= cost(&old);
                         }
                         None => break,
                     }
@@ -55,14 +65,14 @@ pub(super) fn apply(hot: &mut HashMap<String, Hot>, change: HotChange) {
         HotChange::RemoveThrough(dest, upto, _) => {
             if let Some(h) = hot.get_mut(&dest) {
                 let kept = h.rows.split_off(&upto.saturating_add(1));
-                h.bytes -= h.rows.values().map(|q| q.body.len()).sum::<usize>();
+                h.bytes -= h.rows.values().map(cost).sum::<usize>();
                 h.rows = kept;
             }
         }
         HotChange::Remove(dest, lseq) => {
             if let Some(h) = hot.get_mut(&dest) {
                 if let Some(old) = h.rows.remove(&lseq) {
-                    h.bytes -= old.body.len();
+                    h.bytes -= cost(&old);
                 }
             }
         }
