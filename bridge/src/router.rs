@@ -41,4 +41,9 @@ impl Router {
     pub fn publish(&mut self, topic: &str, payload: impl Into<Bytes>) {
         self.0.publish(topic, payload.into());
     }
+
+    /// Publishes `payloads` on `topic`, in order, as [`Router::publish`] would one by one.
+    pub fn publish_all(&mut self, topic: &str, payloads: &[Bytes]) {
+        self.0.publish_all(topic, payloads);
+    }
 }

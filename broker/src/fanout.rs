@@ -340,15 +340,27 @@ impl Fanout {
     /// Hands `payload` on `topic` to every subscriber; returns how many got it. Whatever is
     /// not delivered stays in the journal (the sender's window sends it again).
     pub fn publish(&self, topic: &str, payload: Bytes) -> usize {
+        self.publish_all(topic, std::slice::from_ref(&payload))
+    }
+
+    /// Hands each of `payloads`, in order, on `topic` to every subscriber; returns how many
+    /// deliveries that made. A client stream's batch is one call: the topic is copied, the
+    /// table locked and its subscribers looked up once for the batch, not once per envelope.
+    pub fn publish_all(&self, topic: &str, payloads: &[Bytes]) -> usize {
         let topic_bytes = Bytes::copy_from_slice(topic.as_bytes());
         let mut table = self.lock();
+        let Table { exact, wildcard } = &mut *table;
+        let mut subs: Vec<&mut Subscribers> = exact.get_mut(topic).into_iter().collect();
+        subs.extend(
+            wildcard
+                .iter_mut()
+                .filter(|(filter, _)| matches(topic, filter))
+                .map(|(_, subs)| subs),
+        );
         let mut handed = 0;
-        if let Some(subs) = table.exact.get_mut(topic) {
-            handed += subs.deliver(&topic_bytes, &payload, &self.metrics);
-        }
-        for (filter, subs) in &mut table.wildcard {
-            if matches(topic, filter) {
-                handed += subs.deliver(&topic_bytes, &payload, &self.metrics);
+        for payload in payloads {
+            for s in subs.iter_mut() {
+                handed += s.deliver(&topic_bytes, payload, &self.metrics);
             }
         }
         handed

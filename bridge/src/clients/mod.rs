@@ -16,7 +16,7 @@ mod page;
 mod polls;
 pub mod stream;
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use bytes::Bytes;
 use medlink_broker::acl::{inbox_topic, receipt_topic};
@@ -323,13 +323,13 @@ impl Clients {
             return Ok(());
         };
         let rows = stream.next_batch(pass.journal, dest, pass.now, &mut pass.stale)?;
-        let keep = self.polls.has_readers(dest);
-        for row in rows {
-            if keep {
-                self.polls.keep(dest, &row);
+        if self.polls.has_readers(dest) {
+            for row in &rows {
+                self.polls.keep(dest, row);
             }
-            pass.router.publish(&topic, row.body);
         }
+        let bodies: Vec<Bytes> = rows.into_iter().map(|row| row.body).collect();
+        pass.router.publish_all(&topic, &bodies);
         Ok(())
     }
 

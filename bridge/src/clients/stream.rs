@@ -7,9 +7,13 @@
 //! tracked cumulatively, like a link: the journal stores "acknowledged up to N" per stream and
 //! drops whole segments below it, instead of deleting envelope by envelope.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
+// Per-delivery lookups by envelope id: foldhash, seeded per process, is several times cheaper
+// than SipHash here, and a client can only place its own window's ids (at most
+// `STREAM_WINDOW`) in these maps.
+use foldhash::{HashMap, HashSet};
 use medlink_broker::ConnId;
 
 #[cfg(doc)]
@@ -178,6 +182,9 @@ impl StreamOut {
 
     /// The body of acknowledged `id` if it may want a `delivered` receipt.
     pub fn take_notice(&mut self, id: &str) -> Option<Bytes> {
+        if self.notices.is_empty() {
+            return None;
+        }
         self.notices.remove(id)
     }
 

@@ -1,7 +1,9 @@
 //! The committed tail of each destination's queue, kept in memory so that sending does not
 //! read back what was just written. Changes are applied only after their transaction commits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use super::Queued;
 use crate::stats::DeliveredBy;

@@ -19,7 +19,7 @@ mod schema;
 pub mod segment;
 mod txn;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -185,7 +185,11 @@ impl Journal {
     /// Reports queue gauges and deliveries to `stats` from now on (each commit reports what it
     /// moved); what waits already is reported at once. `members` maps each service member to
     /// its service, whose group its commands are counted in.
-    pub fn report_to(&mut self, stats: crate::stats::Stats, members: HashMap<String, String>) {
+    pub fn report_to(
+        &mut self,
+        stats: crate::stats::Stats,
+        members: std::collections::HashMap<String, String>,
+    ) {
         self.backlog.set_members(members);
         self.backlog.report_all(&stats);
         self.stats = Some(stats);

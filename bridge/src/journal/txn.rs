@@ -1,7 +1,7 @@
 //! One group transaction over the journal: everything a dispatcher round changes, committed
 //! (and made durable) at once.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use bytes::Bytes;
 use rusqlite::{params, OptionalExtension, Transaction};
