@@ -148,6 +148,8 @@ for i in 0 1 2 3; do
         echo "id = \"$id\""
         echo "data_dir = \"$WORK/ml$i\""
         echo "credentials = \"$creds\""
+        # NODE_EXTRA: more lines for every node's [node] section (experiments).
+        [ -n "${NODE_EXTRA:-}" ] && echo "$NODE_EXTRA"
         echo "[limits]"
         echo "rate_per_second = 0"
         echo "[[listener]]"

@@ -91,12 +91,14 @@ pub enum Inbound {
         /// also go to the identity's other connections.
         shared: bool,
     },
-    /// A client acknowledged (PUBACK) the command with this envelope id.
+    /// A client acknowledged (PUBACK) the commands with these envelope ids, in the order it
+    /// acknowledged them. A connection reports every PUBACK of one read together, and before
+    /// any other event of its own, so they keep their place among its events.
     Delivered {
         /// Client identity.
         client: String,
-        /// Envelope id.
-        id: String,
+        /// Envelope ids.
+        ids: Vec<String>,
     },
     /// A child node subscribed to its down link.
     ChildOpen {

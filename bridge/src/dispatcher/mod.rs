@@ -317,9 +317,11 @@ impl State {
                 self.clients
                     .stream_changed(tx, &client, conn, stream, Change::Closed { shared })?
             }
-            Inbound::Delivered { client, id } => {
-                if let Some(body) = self.clients.delivered(&client, &id) {
-                    self.delivered_notice(tx, &body, now)?;
+            Inbound::Delivered { client, ids } => {
+                for id in ids {
+                    if let Some(body) = self.clients.delivered(&client, &id) {
+                        self.delivered_notice(tx, &body, now)?;
+                    }
                 }
             }
             Inbound::ChildOpen { child, conn } => self.links.child_open(&child, conn),

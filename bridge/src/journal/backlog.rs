@@ -9,7 +9,9 @@
 //! moved. The age reported is that of the command *first in line* (since its `created_at`):
 //! queues are first-in first-out per lane, so that is the one that has waited longest.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use rusqlite::Connection;
 
@@ -39,7 +41,7 @@ pub(super) struct Backlog {
     queues: HashMap<String, Waiting>,
     groups: HashMap<GroupKey, Group>,
     /// Client → the service it is a member of (its commands are reported under the service).
-    members: HashMap<String, String>,
+    members: std::collections::HashMap<String, String>,
     /// Groups moved since the last report.
     dirty: HashSet<GroupKey>,
     /// Deliveries since the last report: count and latencies (ms) per taker.
@@ -103,7 +105,7 @@ impl Backlog {
     }
 
     /// Reports the commands of `members`' streams under their service (client → service).
-    pub(super) fn set_members(&mut self, members: HashMap<String, String>) {
+    pub(super) fn set_members(&mut self, members: std::collections::HashMap<String, String>) {
         self.members = members;
         let names: Vec<String> = self.queues.keys().cloned().collect();
         for name in names {
@@ -343,7 +345,10 @@ mod tests {
         let mut b = Backlog::default();
         b.apply(&HotChange::Insert("local:m1".into(), row(1), 5), 10);
         b.apply(&HotChange::Insert("local:x".into(), row(1), 6), 10);
-        b.set_members(HashMap::from([("m1".to_string(), "triage".to_string())]));
+        b.set_members(std::collections::HashMap::from([(
+            "m1".to_string(),
+            "triage".to_string(),
+        )]));
         b.apply(&HotChange::Insert("local:m1".into(), row(2), 7), 10);
         let stats = Stats::default();
         b.report(&stats);

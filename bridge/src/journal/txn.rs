@@ -102,9 +102,17 @@ impl Txn<'_> {
     /// together with everything else queued for `dest` in this transaction (one segment).
     pub fn enqueue(&mut self, dest: &Dest, env: &Head, body: Bytes) -> Result<u64> {
         let dest = dest.as_str();
-        let slot = self.next.entry(dest.to_string()).or_insert(1);
-        let lseq = *slot;
-        *slot += 1;
+        // Looked up before `entry`, which would allocate the name for every envelope.
+        let lseq = match self.next.get_mut(dest) {
+            Some(slot) => {
+                *slot += 1;
+                *slot - 1
+            }
+            None => {
+                self.next.insert(dest.to_string(), 2);
+                1
+            }
+        };
         if lseq >= self.reserved.get(dest).copied().unwrap_or(0) {
             self.dirty.insert(dest.to_string());
         }
@@ -114,10 +122,12 @@ impl Txn<'_> {
             expires_at: env.expires_at,
             body,
         };
-        self.pending
-            .entry(dest.to_string())
-            .or_default()
-            .push(entry.clone());
+        match self.pending.get_mut(dest) {
+            Some(segment) => segment.push(entry.clone()),
+            None => {
+                self.pending.insert(dest.to_string(), vec![entry.clone()]);
+            }
+        }
         self.changes
             .push(HotChange::Insert(dest.to_string(), entry, env.created_at));
         Ok(lseq)

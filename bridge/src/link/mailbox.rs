@@ -5,7 +5,9 @@
 //! their own (the go-back-N window resends whatever is lost), so a bounded queue that drops
 //! its oldest frames is enough, and a restarted parent simply starts empty.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;

@@ -15,7 +15,7 @@ mod mailbox;
 pub mod out;
 pub mod uplink;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -26,6 +26,10 @@ impl Session {
         packet: Packet,
         header: Option<(u8, u16)>,
     ) -> Result<(), End> {
+        if !matches!(packet, Packet::PubAck(..)) {
+            // Whatever this packet makes the connection report comes after its acknowledgements.
+            self.report_acked(ctx).await;
+        }
         match packet {
             Packet::Publish(publish, props) => {
                 let (qos, pkid) = header.expect("a decoded PUBLISH has a complete header");
@@ -153,13 +157,7 @@ impl Session {
             Packet::PubAck(ack, _) => {
                 // An unknown packet id (acknowledged twice, or never sent) is ignored.
                 if let Some(Some(id)) = self.inflight.remove(&ack.pkid) {
-                    let _ = ctx
-                        .inbound
-                        .send(Inbound::Delivered {
-                            client: self.identity.name.clone(),
-                            id,
-                        })
-                        .await;
+                    self.acked.push(id);
                 }
             }
             Packet::PingReq(_) => self.encode(Packet::PingResp(PingResp))?,

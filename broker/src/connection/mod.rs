@@ -9,7 +9,9 @@
 //! Because every step here is owned by medlink, a reset in the middle of CONNECT only ends
 //! this task: nothing is left behind that could poison the listener for later clients.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +125,9 @@ struct Session {
     shared_streams: Vec<Stream>,
     child_open: bool,
     /// QoS 0 deliveries to report once written.
-    delivered: Vec<(String, String)>,
+    delivered: Vec<String>,
+    /// Envelope ids PUBACKed in the packets being read, reported together after them.
+    acked: Vec<String>,
     /// Fires when a newer connection with the same client id takes the session over.
     kicked: oneshot::Receiver<()>,
     /// The will, kept only when it targets the client's own outbox; submitted as a command
@@ -232,6 +236,7 @@ impl Session {
             shared_streams: Vec::new(),
             child_open: false,
             delivered: Vec::new(),
+            acked: Vec::new(),
             kicked,
             will,
         };
@@ -305,8 +310,28 @@ impl Session {
         }
     }
 
-    /// Handles every complete packet in `rbuf`.
+    /// Handles every complete packet in `rbuf`, then reports the PUBACKs among them at once.
     async fn drain_incoming(&mut self, ctx: &FrontEnd, rbuf: &mut BytesMut) -> Result<(), End> {
+        let handled = self.handle_complete(ctx, rbuf).await;
+        self.report_acked(ctx).await;
+        handled
+    }
+
+    /// Reports the PUBACKs received and not reported yet.
+    async fn report_acked(&mut self, ctx: &FrontEnd) {
+        if !self.acked.is_empty() {
+            let ids = std::mem::take(&mut self.acked);
+            self.report(ctx, ids).await;
+        }
+    }
+
+    /// Tells the dispatcher that this client has the envelopes `ids`.
+    async fn report(&self, ctx: &FrontEnd, ids: Vec<String>) {
+        let client = self.identity.name.clone();
+        let _ = ctx.inbound.send(Inbound::Delivered { client, ids }).await;
+    }
+
+    async fn handle_complete(&mut self, ctx: &FrontEnd, rbuf: &mut BytesMut) -> Result<(), End> {
         loop {
             let header = publish_header(rbuf);
             let packet = match self.codec.read(rbuf, ctx.max_packet_size) {
@@ -355,8 +380,9 @@ impl Session {
                 self.wbuf.clear();
             }
         }
-        for (client, id) in self.delivered.drain(..) {
-            let _ = ctx.inbound.send(Inbound::Delivered { client, id }).await;
+        if !self.delivered.is_empty() {
+            let ids = std::mem::take(&mut self.delivered);
+            self.report(ctx, ids).await;
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ impl Session {
                 .publish(&out.topic, &out.payload, 0, 0, &mut self.wbuf);
             if let Some(id) = id {
                 // A QoS 0 subscriber asked for at-most-once: handing it over is delivery.
-                self.delivered.push((self.identity.name.clone(), id));
+                self.delivered.push(id);
             }
             return Ok(());
         }
