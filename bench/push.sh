@@ -178,6 +178,8 @@ for t in $TRANSPORTS; do
         sleep 2 # let the fresh process settle before its RSS is read
         extra=()
         [ "${NO_PUSH:-0}" = 1 ] && extra+=(--no-push)
+        # IN_FLIGHT=k: the sender keeps k requests in flight (default one at a time).
+        [ -n "${IN_FLIGHT:-}" ] && [ "$kind" = node ] && extra+=(--in-flight "$IN_FLIGHT")
         if [ "$STORM" = 1 ] && { [ "$t" = mqtt ] || [ "$t" = mosquitto ]; }; then
             extra+=(--storm --restart-cmd "$WORK/restart.sh $kind")
         fi
