@@ -16,10 +16,11 @@
 //! map lookup. Wildcard filters, which only admins may use (watching `org/#`), are matched per
 //! publish: that list grows with the number of admin taps, never with clients.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use rumqttd::protocol::matches;
 use tokio::sync::Notify;
 

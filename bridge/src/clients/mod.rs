@@ -260,12 +260,20 @@ impl Clients {
 
     /// Persists how far each touched lane is acknowledged and drops what is below.
     pub fn settle(&mut self, tx: &mut Txn) -> rusqlite::Result<()> {
-        for (dest, by) in std::mem::take(&mut self.touched) {
-            if let Some(upto) = self.streams.get(&dest).and_then(StreamOut::unsettled_ack) {
-                tx.acknowledge(&dest, upto, by)?;
-                self.settled.push((dest, upto));
-            }
+        let streams = &self.streams;
+        let acks: Vec<(Dest, u64, DeliveredBy)> = std::mem::take(&mut self.touched)
+            .into_iter()
+            .filter_map(|(dest, by)| {
+                let upto = streams.get(&dest).and_then(StreamOut::unsettled_ack)?;
+                Some((dest, upto, by))
+            })
+            .collect();
+        if acks.is_empty() {
+            return Ok(());
         }
+        tx.acknowledge_all(&acks)?;
+        self.settled
+            .extend(acks.into_iter().map(|(dest, upto, _)| (dest, upto)));
         Ok(())
     }
 

@@ -1,32 +1,24 @@
 //! The audit trail in the journal: one row per routing decision (every command at the root,
 //! and at any node with `audit = true`), written with the round's transaction.
 //!
-//! Rows are gathered during the round and inserted at commit, [`CHUNK`] to a statement. At
+//! Rows are gathered during the round and inserted at commit, many to a statement. At
 //! the root one row per command is a large part of the dispatcher's work, and one statement
 //! per row paid SQLite's per-statement costs (and rusqlite's statement-cache lookup) every time.
 
 use std::sync::LazyLock;
 
+use super::multirow::MultiRow;
 use super::{Result, Txn};
 use crate::envelope::{Head, Kind};
 
-/// Rows per multi-row `INSERT`.
-const CHUNK: usize = 32;
-
-/// The columns, in the order each row binds them.
-const COLUMNS: usize = 10;
-
-/// `INSERT INTO audit(...) VALUES (...), ... ` for `rows` rows.
-fn insert(rows: usize) -> String {
-    let row = format!("({})", ["?"; COLUMNS].join(","));
-    format!(
-        "INSERT INTO audit(at, id, kind, from_node, from_client, to_node, to_client, cmd, hops, decision) VALUES {}",
-        vec![row; rows].join(",")
+/// `INSERT INTO audit(...)`, many rows a statement.
+static INSERT: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO audit(at, id, kind, from_node, from_client, to_node, to_client, cmd, hops, decision)",
+        10,
+        "",
     )
-}
-
-static INSERT_CHUNK: LazyLock<String> = LazyLock::new(|| insert(CHUNK));
-static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert(1));
+});
 
 /// One audit record, held until the commit. Its strings live in [`AuditRows::text`], so a row
 /// costs no allocation of its own.
@@ -88,37 +80,22 @@ impl Txn<'_> {
     /// Inserts the round's audit rows.
     pub(super) fn flush_audit(&mut self) -> Result<()> {
         let audits = std::mem::take(&mut self.audits);
-        let mut chunks = audits.rows.chunks_exact(CHUNK);
-        for chunk in chunks.by_ref() {
-            self.insert_audit(&INSERT_CHUNK, &audits, chunk)?;
-        }
-        for row in chunks.remainder() {
-            self.insert_audit(&INSERT_ONE, &audits, std::slice::from_ref(row))?;
-        }
-        Ok(())
-    }
-
-    fn insert_audit(&self, sql: &str, audits: &AuditRows, rows: &[AuditRow]) -> Result<()> {
-        let mut stmt = self.tx.prepare_cached(sql)?;
-        for (i, r) in rows.iter().enumerate() {
-            let at = i * COLUMNS;
-            stmt.raw_bind_parameter(at + 1, r.at)?;
-            stmt.raw_bind_parameter(at + 2, audits.field(r, 0))?;
-            stmt.raw_bind_parameter(at + 3, r.kind)?;
+        INSERT.run(&self.tx, &audits.rows, |stmt, at, r| {
+            stmt.raw_bind_parameter(at, r.at)?;
+            stmt.raw_bind_parameter(at + 1, audits.field(r, 0))?;
+            stmt.raw_bind_parameter(at + 2, r.kind)?;
             for f in 1..=5 {
-                stmt.raw_bind_parameter(at + 3 + f, audits.field(r, f))?;
+                stmt.raw_bind_parameter(at + 2 + f, audits.field(r, f))?;
             }
-            stmt.raw_bind_parameter(at + 9, r.hops)?;
-            stmt.raw_bind_parameter(at + 10, audits.field(r, 6))?;
-        }
-        stmt.raw_execute()?;
-        Ok(())
+            stmt.raw_bind_parameter(at + 8, r.hops)?;
+            stmt.raw_bind_parameter(at + 9, audits.field(r, 6))?;
+            Ok(())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::envelope::test_envelope;
     use crate::journal::Journal;
 
@@ -130,7 +107,7 @@ mod tests {
             crate::journal::Durability::Process,
         )
         .unwrap();
-        let n = CHUNK * 2 + 5;
+        let n = 32 * 2 + 5;
         let mut t = j.begin().unwrap();
         for i in 0..n {
             let env = test_envelope(&format!("m{i}"), "js", "b");

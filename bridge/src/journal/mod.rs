@@ -15,6 +15,7 @@ mod checkpoint;
 mod deadletters;
 mod dest;
 mod hot;
+mod multirow;
 mod schema;
 pub mod segment;
 mod txn;
@@ -109,6 +110,9 @@ impl Journal {
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB page cache
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // The dispatcher uses about 30 statements; rusqlite keeps 16 by default, and a round
+        // using more than that prepared some of them again every time.
+        conn.set_prepared_statement_cache_capacity(64);
         // Checkpoints run on a helper thread (see `spawn_checkpointer`), not inside commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // When the WAL is rewound after a full checkpoint, give the disk back beyond this.

@@ -1,6 +1,8 @@
 //! One group transaction over the journal: everything a dispatcher round changes, committed
 //! (and made durable) at once.
 
+use std::sync::LazyLock;
+
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use bytes::Bytes;
@@ -9,9 +11,40 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use super::backlog::Backlog;
 use super::dest::{link_in_key, Dest, Peer};
 use super::hot::{apply, Hot, HotChange};
+use super::multirow::MultiRow;
 use super::{acked, decode_row, floor, CachedSegment, Journal, Queued, Result, SEQ_BLOCK};
 use crate::envelope::{now_ms, Head, Priority};
 use crate::stats::{DeliveredBy, Stats};
+
+/// A queue row to insert: destination, first and last sequence, earliest expiry, entries.
+type SegmentRow<'e> = (&'e str, u64, u64, Option<u64>, Vec<u8>);
+
+/// Writes queue segments.
+static INSERT_SEGMENTS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO queue(dest, first_lseq, last_lseq, min_expiry, entries)",
+        5,
+        "",
+    )
+});
+
+/// Stores acknowledgement points; a point never moves back.
+static STORE_ACKED: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO acked(dest, upto)",
+        2,
+        "ON CONFLICT(dest) DO UPDATE SET upto = max(upto, excluded.upto)",
+    )
+});
+
+/// Stores the ends of sequence-number blocks.
+static STORE_RESERVATIONS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO seq(dest, next)",
+        2,
+        "ON CONFLICT(dest) DO UPDATE SET next = excluded.next",
+    )
+});
 
 impl Journal {
     /// Starts a group transaction.
@@ -133,33 +166,38 @@ impl Txn<'_> {
         Ok(lseq)
     }
 
-    fn insert_segment(&self, dest: &str, entries: &[Queued]) -> Result<()> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+    /// Writes the segments queued in this transaction, one per destination (a push to many
+    /// recipients writes many, several to a statement).
+    fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
             return Ok(());
-        };
-        let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
-        self.tx
-            .prepare_cached(
-                "INSERT INTO queue(dest, first_lseq, last_lseq, min_expiry, entries)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                dest,
-                first.lseq as i64,
-                last.lseq as i64,
-                min_expiry.map(|v| v as i64),
-                super::segment::encode(entries)
-            ])?;
-        Ok(())
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.insert_segments(pending.iter().map(|(d, e)| (d.as_str(), e.as_slice())))
     }
 
-    /// Writes the segments queued in this transaction, one per destination.
-    fn flush_pending(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        for (dest, entries) in &pending {
-            self.insert_segment(dest, entries)?;
-        }
-        Ok(())
+    /// Writes one segment per `(dest, entries)`, several to a statement (none for no entries).
+    fn insert_segments<'e>(
+        &self,
+        segments: impl Iterator<Item = (&'e str, &'e [Queued])>,
+    ) -> Result<()> {
+        let rows: Vec<SegmentRow> = segments
+            .filter_map(|(dest, entries)| {
+                let (first, last) = (entries.first()?, entries.last()?);
+                let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
+                let blob = super::segment::encode(entries);
+                Some((dest, first.lseq, last.lseq, min_expiry, blob))
+            })
+            .collect();
+        INSERT_SEGMENTS.run(&self.tx, &rows, |stmt, at, row| {
+            let (dest, first, last, min_expiry, blob) = row;
+            stmt.raw_bind_parameter(at, dest)?;
+            stmt.raw_bind_parameter(at + 1, *first as i64)?;
+            stmt.raw_bind_parameter(at + 2, *last as i64)?;
+            stmt.raw_bind_parameter(at + 3, min_expiry.map(|v| v as i64))?;
+            stmt.raw_bind_parameter(at + 4, blob)?;
+            Ok(())
+        })
     }
 
     /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
@@ -226,7 +264,7 @@ impl Txn<'_> {
         self.segments.borrow_mut().clear();
         let (taken, rest): (Vec<Queued>, Vec<Queued>) =
             decode_row(blob)?.into_iter().partition(|e| e.lseq == lseq);
-        self.insert_segment(dest, &rest)?;
+        self.insert_segments(std::iter::once((dest, rest.as_slice())))?;
         Ok(taken.into_iter().next())
     }
 
@@ -253,15 +291,20 @@ impl Txn<'_> {
     /// far. Entries of a partly acknowledged segment stay on disk; the stored point tells
     /// readers (and the expiry sweep) to skip them.
     pub fn acknowledge(&mut self, dest: &Dest, upto: u64, by: DeliveredBy) -> Result<()> {
-        self.forget_through(dest, upto, Some(by))?;
-        let dest = dest.as_str();
-        self.tx
-            .prepare_cached(
-                "INSERT INTO acked(dest, upto) VALUES (?1, ?2)
-                 ON CONFLICT(dest) DO UPDATE SET upto = max(upto, excluded.upto)",
-            )?
-            .execute(params![dest, upto as i64])?;
-        Ok(())
+        self.acknowledge_all(&[(dest.clone(), upto, by)])
+    }
+
+    /// [`Txn::acknowledge`] for many destinations at once (a round's acknowledged client
+    /// streams: one per recipient of a push), their points stored several to a statement.
+    pub fn acknowledge_all(&mut self, acks: &[(Dest, u64, DeliveredBy)]) -> Result<()> {
+        for (dest, upto, by) in acks {
+            self.forget_through(dest, *upto, Some(*by))?;
+        }
+        STORE_ACKED.run(&self.tx, acks, |stmt, at, (dest, upto, _)| {
+            stmt.raw_bind_parameter(at, dest.as_str())?;
+            stmt.raw_bind_parameter(at + 1, *upto as i64)?;
+            Ok(())
+        })
     }
 
     /// Records that the client-chosen id was accepted; false if it already was (a resend).
@@ -394,14 +437,15 @@ impl Txn<'_> {
 
     /// Stores the end of a new block of sequence numbers for each destination that needs one.
     fn write_reservations(&self) -> Result<()> {
-        let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO seq(dest, next) VALUES (?1, ?2)
-             ON CONFLICT(dest) DO UPDATE SET next = excluded.next",
-        )?;
-        for dest in &self.dirty {
-            let end = self.next[dest] + SEQ_BLOCK;
-            stmt.execute(params![dest, end as i64])?;
-        }
-        Ok(())
+        let ends: Vec<(&str, u64)> = self
+            .dirty
+            .iter()
+            .map(|dest| (dest.as_str(), self.next[dest] + SEQ_BLOCK))
+            .collect();
+        STORE_RESERVATIONS.run(&self.tx, &ends, |stmt, at, (dest, end)| {
+            stmt.raw_bind_parameter(at, dest)?;
+            stmt.raw_bind_parameter(at + 1, *end as i64)?;
+            Ok(())
+        })
     }
 }
