@@ -28,7 +28,7 @@ impl Session {
     ) -> Result<(), End> {
         if !matches!(packet, Packet::PubAck(..)) {
             // Whatever this packet makes the connection report comes after its acknowledgements.
-            self.report_acked(ctx).await;
+            super::report(ctx, &self.identity.name, &mut self.acked).await;
         }
         match packet {
             Packet::Publish(publish, props) => {

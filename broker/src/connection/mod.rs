@@ -313,24 +313,11 @@ impl Session {
     /// Handles every complete packet in `rbuf`, then reports the PUBACKs among them at once.
     async fn drain_incoming(&mut self, ctx: &FrontEnd, rbuf: &mut BytesMut) -> Result<(), End> {
         let handled = self.handle_complete(ctx, rbuf).await;
-        self.report_acked(ctx).await;
+        report(ctx, &self.identity.name, &mut self.acked).await;
         handled
     }
 
-    /// Reports the PUBACKs received and not reported yet.
-    async fn report_acked(&mut self, ctx: &FrontEnd) {
-        if !self.acked.is_empty() {
-            let ids = std::mem::take(&mut self.acked);
-            self.report(ctx, ids).await;
-        }
-    }
-
-    /// Tells the dispatcher that this client has the envelopes `ids`.
-    async fn report(&self, ctx: &FrontEnd, ids: Vec<String>) {
-        let client = self.identity.name.clone();
-        let _ = ctx.inbound.send(Inbound::Delivered { client, ids }).await;
-    }
-
+    /// Handles each complete packet in `rbuf`, in order.
     async fn handle_complete(&mut self, ctx: &FrontEnd, rbuf: &mut BytesMut) -> Result<(), End> {
         loop {
             let header = publish_header(rbuf);
@@ -380,10 +367,7 @@ impl Session {
                 self.wbuf.clear();
             }
         }
-        if !self.delivered.is_empty() {
-            let ids = std::mem::take(&mut self.delivered);
-            self.report(ctx, ids).await;
-        }
+        report(ctx, &self.identity.name, &mut self.delivered).await;
         Ok(())
     }
 
@@ -464,4 +448,15 @@ impl Session {
 async fn next_verdict(owed: &mut VecDeque<OwedAck>) -> Accept {
     let head = owed.front_mut().expect("select guard: owed is non-empty");
     (&mut head.verdict).await.unwrap_or(Accept::Unavailable)
+}
+
+/// Tells the dispatcher that `client` has the envelopes `ids` (nothing when there are none),
+/// and empties `ids`.
+pub(super) async fn report(ctx: &FrontEnd, client: &str, ids: &mut Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let ids = std::mem::take(ids);
+    let client = client.to_string();
+    let _ = ctx.inbound.send(Inbound::Delivered { client, ids }).await;
 }
