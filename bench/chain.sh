@@ -26,6 +26,7 @@
 set -euo pipefail
 
 # ONLY=medlink or ONLY=mosquitto runs one side; KEEP=1 leaves the chains running until Enter.
+# ROUNDS=k runs the throughput and latency pairs k times, alternating their order (below).
 N=${1:-100000}
 P=${2:-4}
 LAT_N=${LAT_N:-10000}
@@ -235,12 +236,32 @@ with_disk() { # label dirs... -- command...
 ML_DIRS=("$WORK/ml0" "$WORK/ml1" "$WORK/ml2" "$WORK/ml3")
 MQ_DIRS=("$WORK/mosq0" "$WORK/mosq1" "$WORK/mosq2" "$WORK/mosq3")
 
-echo "# throughput: $N messages x 256 B, $P publishers, QoS 1" >&2
-[ "$ONLY" = medlink ] || with_disk mosquitto-4-chain "${MQ_DIRS[@]}" -- mosq -n "$N" -s 256 -p "$P" --label mosquitto-4-chain
-[ "$ONLY" = mosquitto ] || with_disk medlink-4-tier "${ML_DIRS[@]}" -- med -n "$N" -s 256 -p "$P" --label medlink-4-tier
-echo "# latency: $LAT_N messages at 1000 msg/s" >&2
-mosq -n "$LAT_N" -s 256 -p 1 --rate 1000 --label mosquitto-4-chain-1k
-med -n "$LAT_N" -s 256 -p 1 --rate 1000 --label medlink-4-tier-1k
+# ROUNDS=k repeats the throughput and latency runs k times on the same two chains, the order
+# alternating (mosquitto first in odd rounds, medlink first in even ones): the host's speed drifts
+# from minute to minute, and pairs run back to back in both orders cancel most of that drift.
+# The summary then gives each round's ratio and the medians. Disk use is measured in round 1.
+ROUNDS=${ROUNDS:-1}
+for round in $(seq 1 "$ROUNDS"); do
+    echo "# round $round of $ROUNDS: throughput, $N messages x 256 B, $P publishers, QoS 1" >&2
+    mosq_thr() { mosq -n "$N" -s 256 -p "$P" --label mosquitto-4-chain; }
+    med_thr() { med -n "$N" -s 256 -p "$P" --label medlink-4-tier; }
+    if [ "$round" = 1 ]; then
+        [ "$ONLY" = medlink ] || with_disk mosquitto-4-chain "${MQ_DIRS[@]}" -- mosq_thr
+        [ "$ONLY" = mosquitto ] || with_disk medlink-4-tier "${ML_DIRS[@]}" -- med_thr
+    elif [ $((round % 2)) = 0 ]; then
+        med_thr; mosq_thr
+    else
+        mosq_thr; med_thr
+    fi
+    echo "# round $round of $ROUNDS: latency, $LAT_N messages at 1000 msg/s" >&2
+    if [ $((round % 2)) = 0 ]; then
+        med -n "$LAT_N" -s 256 -p 1 --rate 1000 --label medlink-4-tier-1k
+        mosq -n "$LAT_N" -s 256 -p 1 --rate 1000 --label mosquitto-4-chain-1k
+    else
+        mosq -n "$LAT_N" -s 256 -p 1 --rate 1000 --label mosquitto-4-chain-1k
+        med -n "$LAT_N" -s 256 -p 1 --rate 1000 --label medlink-4-tier-1k
+    fi
+done
 echo "# request -> reply round trips, bottom to top and back" >&2
 HTTP_SCHEME=http
 [ "$TLS" = 1 ] && HTTP_SCHEME=https
@@ -288,12 +309,28 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 rtts = [r for r in rows if "round_trips_s" in r]
 rows = [r for r in rows if "throughput_msg_s" in r]
-by = {r["label"]: r for r in rows}
+by = {}
 for r in rows:
+    by.setdefault(r["label"], []).append(r)
     print(f'| {r["label"]} | {r["throughput_msg_s"]:,.0f} | {r["p50_ms"]:.3f} | {r["p99_ms"]:.3f} | {r["p999_ms"]:.3f} | {r["lost"]} | {r["duplicates"]} | {r["out_of_order"]} |')
-m, q = by.get("medlink-4-tier"), by.get("mosquitto-4-chain")
-if m and q and q["throughput_msg_s"]:
-    print(f'\nthroughput ratio medlink / mosquitto: {m["throughput_msg_s"] / q["throughput_msg_s"]:.2f}x')
+def median(xs):
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+m, q = by.get("medlink-4-tier", []), by.get("mosquitto-4-chain", [])
+ml, ql = by.get("medlink-4-tier-1k", []), by.get("mosquitto-4-chain-1k", [])
+if len(m) == 1 and len(q) == 1 and q[0]["throughput_msg_s"]:
+    print(f'\nthroughput ratio medlink / mosquitto: {m[0]["throughput_msg_s"] / q[0]["throughput_msg_s"]:.2f}x')
+elif m and len(m) == len(q):
+    print("\n| round | medlink msg/s | mosquitto msg/s | ratio | medlink p50 / p99 at 1k/s | mosquitto p50 / p99 at 1k/s |")
+    print("|---:|---:|---:|---:|---|---|")
+    lat = lambda rs, i: f'{rs[i]["p50_ms"]:.2f} / {rs[i]["p99_ms"]:.2f} ms' if i < len(rs) else ""
+    ratios = [a["throughput_msg_s"] / b["throughput_msg_s"] for a, b in zip(m, q)]
+    for i, (a, b) in enumerate(zip(m, q)):
+        print(f'| {i + 1} | {a["throughput_msg_s"]:,.0f} | {b["throughput_msg_s"]:,.0f} | {ratios[i]:.2f}x | {lat(ml, i)} | {lat(ql, i)} |')
+    mm, qm = median([r["throughput_msg_s"] for r in m]), median([r["throughput_msg_s"] for r in q])
+    p = lambda rs, k: median([r[k] for r in rs]) if rs else float("nan")
+    print(f'| median | {mm:,.0f} | {qm:,.0f} | {median(ratios):.2f}x of ratios, {mm / qm:.2f}x of medians | '
+          f'{p(ml, "p50_ms"):.2f} / {p(ml, "p99_ms"):.2f} ms | {p(ql, "p50_ms"):.2f} / {p(ql, "p99_ms"):.2f} ms |')
 if rtts:
     print("\n| round trips | transport | in flight | per s | p50 ms | p99 ms | p99.9 ms | lost | dup |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
