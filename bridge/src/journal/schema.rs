@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS link_in(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- How far each destination is acknowledged by its next hop or client.
 CREATE TABLE IF NOT EXISTS acked(dest TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+-- Client-chosen ids accepted in the last week (idempotency). Rows are appended in `at` order;
+-- the prune relies on it instead of an index (txn.rs, `prune_accepted`).
 CREATE TABLE IF NOT EXISTS accepted(id TEXT PRIMARY KEY, at INTEGER NOT NULL);
 -- Commands delivered here whose sender wants a `replied` receipt: `<client>/<id>` → the
 -- command (without params), until its expiry or 7 days.
@@ -35,6 +37,8 @@ CREATE TABLE IF NOT EXISTS awaiting_reply(
     origin BLOB NOT NULL,
     until INTEGER NOT NULL
 );
+-- The minute's prune deletes by `until`; without this it read every row to find them.
+CREATE INDEX IF NOT EXISTS awaiting_reply_until ON awaiting_reply(until);
 CREATE TABLE IF NOT EXISTS audit(
     at INTEGER NOT NULL,
     id TEXT NOT NULL,

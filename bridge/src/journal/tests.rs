@@ -101,3 +101,44 @@ fn sequences_survive_reopen_and_are_never_reused() {
     assert_eq!(rows.len(), 1);
     assert_eq!(&rows[0].body[..], b"three");
 }
+
+#[test]
+fn idempotency_records_expire_oldest_first_without_reading_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(&dir.path().join("j.db"), Durability::Process).unwrap();
+    let mut t = j.begin().unwrap();
+    // Accepted at 10, 20, 30, then 15 (the clock was set back), then 40.
+    for (id, at) in [("a", 10), ("b", 20), ("c", 30), ("d", 15), ("e", 40)] {
+        assert!(t.first_acceptance(id, at).unwrap());
+    }
+    t.commit().unwrap();
+    let remaining = |j: &mut Journal| {
+        let t = j.begin().unwrap();
+        let ids: Vec<String> =
+            t.tx.prepare("SELECT id FROM accepted ORDER BY rowid")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+        ids
+    };
+    let mut prune = |j: &mut Journal, before: u64| {
+        let mut t = j.begin().unwrap();
+        let n = t.prune_accepted(before, 0).unwrap();
+        t.commit().unwrap();
+        n
+    };
+    assert_eq!(prune(&mut j, 5), 0);
+    assert_eq!(prune(&mut j, 25), 2);
+    assert_eq!(remaining(&mut j), ["c", "d", "e"]);
+    // "d" (15) is past its time but comes after "c" (30), which is not: it waits for "c".
+    assert_eq!(prune(&mut j, 20), 0);
+    assert_eq!(remaining(&mut j), ["c", "d", "e"]);
+    // Everything past its time: the table empties, and a resent id is new again.
+    assert_eq!(prune(&mut j, 100), 3);
+    assert!(remaining(&mut j).is_empty());
+    let mut t = j.begin().unwrap();
+    assert!(t.first_acceptance("a", 200).unwrap());
+    assert!(!t.first_acceptance("a", 201).unwrap());
+}

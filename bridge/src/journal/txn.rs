@@ -318,12 +318,22 @@ impl Txn<'_> {
 
     /// Drops idempotency records older than `before` and reply expectations past their
     /// time (Unix ms).
+    ///
+    /// `accepted` holds a week of ids (millions at a busy root) and has no index on `at`: a
+    /// `WHERE at < ?` scanned all of them, on the dispatcher, every minute (65 ms per 2 million
+    /// rows). Rows are appended in time order, so the expired ones are a prefix in rowid order:
+    /// the walk stops at the first record still in the window, and costs what it deletes. A
+    /// record written while the clock was set back waits until the records before it expire.
     pub fn prune_accepted(&mut self, before: u64, now: u64) -> Result<usize> {
         self.tx
             .prepare_cached("DELETE FROM awaiting_reply WHERE until < ?1")?
             .execute([now as i64])?;
         self.tx
-            .prepare_cached("DELETE FROM accepted WHERE at < ?1")?
+            .prepare_cached(
+                "DELETE FROM accepted WHERE rowid < coalesce(
+                    (SELECT rowid FROM accepted WHERE at >= ?1 ORDER BY rowid LIMIT 1),
+                    (SELECT max(rowid) + 1 FROM accepted))",
+            )?
             .execute([before as i64])
     }
 
