@@ -156,6 +156,27 @@ fn init_logs(json: bool, default: &str) {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Lets mimalloc give a worker thread's freed memory back when the worker goes idle, at most
+/// once a second per thread. mimalloc returns memory only from inside its own calls, and an idle
+/// thread makes none, so buffers the connections used while logging in stayed resident. With
+/// this, 10,000 idle connections cost 7.5-8.2 KB each over MQTT instead of 8.1-8.6, and 4.5 KB
+/// instead of 4.9 over SSE (BENCHMARKS.md, "Huge pages").
+fn collect_when_idle() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let now = Instant::now();
+    if LAST
+        .get()
+        .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+    {
+        return;
+    }
+    LAST.set(Some(now));
+    // SAFETY: `mi_collect` only walks this thread's heap and the shared arenas.
+    unsafe { libmimalloc_sys::mi_collect(false) };
+}
+
 fn main() -> ExitCode {
     // As `MIMALLOC_ALLOW_THP=0` would, which mimalloc reads only from the environment. A kernel
     // without the prctl leaves huge pages as they were: slower, not wrong.
@@ -173,6 +194,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(collect_when_idle)
         .build()
     {
         Ok(rt) => rt,
