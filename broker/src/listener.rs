@@ -278,7 +278,11 @@ impl ConnectionBudget {
 async fn serve(ctx: Arc<FrontEnd>, kind: ListenerKind, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     bump(&ctx.metrics.connections_total);
-    let opened = match tokio::time::timeout(ctx.connect_timeout, open(&ctx, kind, stream)).await {
+    // Boxed, as `connection::run` boxes its one-off steps: the TLS handshake's state is freed
+    // once it is done instead of staying in every connection's task.
+    let opened = match tokio::time::timeout(ctx.connect_timeout, Box::pin(open(&ctx, kind, stream)))
+        .await
+    {
         Ok(Ok(v)) => v,
         Ok(Err(e)) if refused_certificate(&e) && ctx.certificate_warned.due() => {
             warn!(%peer, ?kind, error = %e, "TLS handshake failed: the client's certificate was refused (not issued by [tls] client_ca, or expired); more within a minute are logged at debug");

@@ -123,7 +123,7 @@ fn idempotency_records_expire_oldest_first_without_reading_the_rest() {
                 .collect();
         ids
     };
-    let mut prune = |j: &mut Journal, before: u64| {
+    let prune = |j: &mut Journal, before: u64| {
         let mut t = j.begin().unwrap();
         let n = t.prune_accepted(before, 0).unwrap();
         t.commit().unwrap();

@@ -52,7 +52,10 @@ pub async fn run(
     certificate: Option<String>,
 ) {
     let mut rbuf = BytesMut::new();
-    let (codec, connect) = match handshake(&ctx, &mut transport, &mut rbuf).await {
+    // The steps that run once per connection are boxed: a task holds room for the largest
+    // future it may await, for the connection's whole life (ARCHITECTURE.md, "Memory per
+    // connection").
+    let (codec, connect) = match Box::pin(handshake(&ctx, &mut transport, &mut rbuf)).await {
         Ok(v) => v,
         Err(e) => {
             debug!(%peer, conn, reason = %e, "connection refused");
@@ -68,7 +71,7 @@ pub async fn run(
         (peer, certificate.as_deref()),
         conn,
     );
-    let mut session = match opened.await {
+    let mut session = match Box::pin(opened).await {
         Ok(s) => s,
         Err(e) => {
             info!(%peer, conn, reason = %e, "connect refused");
@@ -89,7 +92,7 @@ pub async fn run(
     if !matches!(end, End::SlowConsumer | End::Io(_)) {
         let _ = session.flush(&ctx, &mut transport).await;
     }
-    session.close(&ctx, &end).await;
+    Box::pin(session.close(&ctx, &end)).await;
     transport.close().await;
 }
 
@@ -255,8 +258,14 @@ impl Session {
         let mailbox = self.mailbox.clone();
         let mut streaming = false;
         loop {
-            if let Err(e) = self.drain_incoming(ctx, &mut rbuf).await {
-                return e;
+            // Boxed: handling packets (subscriptions, publishes to the node) is a 1.5 KB
+            // future, and inline it would make every idle connection's task that much larger
+            // (ARCHITECTURE.md, "Memory per connection"). One allocation per read that brought
+            // bytes, none per delivery.
+            if !rbuf.is_empty() || !self.acked.is_empty() {
+                if let Err(e) = Box::pin(self.drain_incoming(ctx, &mut rbuf)).await {
+                    return e;
+                }
             }
             // Idle, a connection keeps only a small read buffer: most of its life is waiting.
             if rbuf.is_empty() && !streaming && rbuf.capacity() > SMALL_READ {
