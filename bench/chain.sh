@@ -27,6 +27,7 @@ set -euo pipefail
 
 # ONLY=medlink or ONLY=mosquitto runs one side; KEEP=1 leaves the chains running until Enter.
 # ROUNDS=k runs the throughput and latency pairs k times, alternating their order (below).
+# NODE_LOG sets the nodes' MEDLINK_LOG (default warn); their logs are $WORK/ml<i>.log, kept while KEEP=1.
 N=${1:-100000}
 P=${2:-4}
 LAT_N=${LAT_N:-10000}
@@ -181,7 +182,7 @@ for i in 0 1 2 3; do
             fi
         fi
     } > "$WORK/ml$i.toml"
-    MEDLINK_LOG=warn "$BIN" node --config "$WORK/ml$i.toml" > "$WORK/ml$i.log" 2>&1 &
+    MEDLINK_LOG="${NODE_LOG:-warn}" "$BIN" node --config "$WORK/ml$i.toml" > "$WORK/ml$i.log" 2>&1 &
     PIDS+=($!)
 done
 if [ "$ONLY" != mosquitto ]; then
