@@ -207,6 +207,14 @@ impl Journal {
     /// Up to `limit` queued envelopes for `dest` with sequence above `after`, in order.
     pub fn read(&self, dest: &Dest, after: u64, limit: usize) -> Result<Vec<Queued>> {
         let dest = dest.as_str();
+        // Every number ever given to `dest` is below `next` (a destination never numbered has
+        // no entry): a lane that was never used, like most links' urgent and bulk lanes, costs
+        // no query in each round's pump.
+        match self.next.get(dest) {
+            None => return Ok(Vec::new()),
+            Some(&next) if after.saturating_add(1) >= next => return Ok(Vec::new()),
+            Some(_) => {}
+        }
         if let Some(hot) = self.hot.get(dest) {
             if after + 1 >= hot.floor {
                 return Ok(hot

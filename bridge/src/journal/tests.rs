@@ -142,3 +142,41 @@ fn idempotency_records_expire_oldest_first_without_reading_the_rest() {
     assert!(t.first_acceptance("a", 200).unwrap());
     assert!(!t.first_acceptance("a", 201).unwrap());
 }
+
+#[test]
+fn reads_of_destinations_never_numbered_or_read_to_the_end_are_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let other = Dest::new(Target::Commands("c1".into()), Priority::Urgent);
+    let mut j = Journal::open(&path, Durability::Process).unwrap();
+    assert!(j.read(&up(), 0, 10).unwrap().is_empty());
+    // Numbered in a transaction that rolled back: still nothing to read.
+    let mut t = j.begin().unwrap();
+    t.enqueue(&other, &env("gone").head(), "gone".into())
+        .unwrap();
+    drop(t);
+    assert!(j.read(&other, 0, 10).unwrap().is_empty());
+    let mut t = j.begin().unwrap();
+    for i in 0..3 {
+        t.enqueue(&up(), &env(&i.to_string()).head(), format!("b{i}").into())
+            .unwrap();
+    }
+    t.commit().unwrap();
+    let lseqs = |j: &Journal, dest: &Dest, after: u64| -> Vec<u64> {
+        j.read(dest, after, 10)
+            .unwrap()
+            .iter()
+            .map(|q| q.lseq)
+            .collect()
+    };
+    assert_eq!(lseqs(&j, &up(), 0), [1, 2, 3]);
+    assert_eq!(lseqs(&j, &up(), 2), [3]);
+    assert!(lseqs(&j, &up(), 3).is_empty());
+    // After a restart numbering resumes at the end of the reserved block; what is queued is
+    // read from SQLite, and the other destination still has nothing.
+    drop(j);
+    let j = Journal::open(&path, Durability::Process).unwrap();
+    assert_eq!(lseqs(&j, &up(), 0), [1, 2, 3]);
+    assert!(lseqs(&j, &up(), 3).is_empty());
+    assert!(lseqs(&j, &other, 0).is_empty());
+}
