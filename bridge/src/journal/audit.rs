@@ -107,7 +107,8 @@ mod tests {
             crate::journal::Durability::Process,
         )
         .unwrap();
-        let n = 32 * 2 + 5;
+        // Two full statements of the largest size, then the smaller ones for the rest.
+        let n = crate::journal::multirow::SIZES[0] * 2 + 5;
         let mut t = j.begin().unwrap();
         for i in 0..n {
             let env = test_envelope(&format!("m{i}"), "js", "b");

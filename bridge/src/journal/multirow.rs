@@ -11,7 +11,7 @@ use super::Result;
 
 /// Rows per statement, largest first: a round's rows go in as few statements as these make,
 /// with a handful of statement texts (each one prepared once and cached).
-const SIZES: [usize; 3] = [32, 8, 1];
+pub(super) const SIZES: [usize; 3] = [32, 8, 1];
 
 /// One multi-row statement, in each of the [`SIZES`].
 pub(super) struct MultiRow {

@@ -261,8 +261,8 @@ impl Session {
             // Boxed: handling packets (subscriptions, publishes to the node) is a 1.5 KB
             // future, and inline it would make every idle connection's task that much larger
             // (ARCHITECTURE.md, "Memory per connection"). One allocation per read that brought
-            // bytes, none per delivery.
-            if !rbuf.is_empty() || !self.acked.is_empty() {
+            // bytes, none per delivery. (`acked` is always empty here: a drain reports it.)
+            if !rbuf.is_empty() {
                 if let Err(e) = Box::pin(self.drain_incoming(ctx, &mut rbuf)).await {
                     return e;
                 }
