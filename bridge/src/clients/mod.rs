@@ -222,12 +222,12 @@ impl Clients {
         (max, wait): (usize, bool),
         reply: oneshot::Sender<Page>,
     ) -> rusqlite::Result<Vec<Bytes>> {
-        let lanes = Dest::lanes(target(client, stream));
         let mut notices = Vec::new();
         if let Some(after) = after.filter(|_| ack) {
             notices = self.http_ack(tx, client, stream, after)?.1;
         }
-        self.polls.park(lanes, after, (max, wait), reply);
+        let key = Dest::new(target(client, stream), Priority::Normal);
+        self.polls.park(key, after, (max, wait), reply);
         Ok(notices)
     }
 

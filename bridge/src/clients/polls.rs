@@ -16,7 +16,7 @@ use super::devices::RecentDeliveries;
 use super::page::{Cursor, Delivery, Page};
 use super::stream::may_want_delivered;
 use crate::envelope::{Priority, LANES};
-use crate::journal::{Dest, Journal, Queued};
+use crate::journal::{Dest, Journal, Queued, Target};
 
 /// A waiting long-poll.
 struct Waiter {
@@ -43,22 +43,31 @@ pub(super) struct Polls {
     notices: HashMap<Dest, BTreeMap<u64, Bytes>>,
     /// What the identity's other devices may still need.
     recent: RecentDeliveries,
-    /// Lanes that have been polled over HTTP (since this process started).
-    readers: HashSet<Dest>,
+    /// Streams that have been polled over HTTP (since this process started). A poll reads
+    /// every lane of its stream, so the stream stands for its lanes: one entry per client
+    /// rather than three `Dest`s (a hospital's 100,000 phones each have one).
+    readers: HashSet<Target>,
 }
 
 impl Polls {
-    /// Parks a poll of the stream whose lanes are `lanes`, answered after the commit.
+    /// Parks a poll of the stream whose normal lane is `key`, answered after the commit.
     pub(super) fn park(
         &mut self,
-        lanes: [Dest; LANES],
+        key: Dest,
         after: Option<Cursor>,
         (max, wait): (usize, bool),
         reply: oneshot::Sender<Page>,
     ) {
-        let key = lanes[Priority::Normal.lane()].clone();
-        self.readers.extend(lanes);
-        self.waiting.entry(key.clone()).or_default().push(Waiter {
+        if !self.readers.contains(key.target()) {
+            self.readers.insert(key.target().clone());
+        }
+        // Room for one: a stream almost always has a single poller (one phone), and a
+        // default `Vec` would take room for four.
+        let list = self
+            .waiting
+            .entry(key.clone())
+            .or_insert_with(|| Vec::with_capacity(1));
+        list.push(Waiter {
             after,
             max: max.max(1),
             wait,
@@ -98,7 +107,7 @@ impl Polls {
 
     /// Whether `dest` (a lane) has HTTP readers, so what it hands out is kept for them.
     pub(super) fn has_readers(&self, dest: &Dest) -> bool {
-        self.readers.contains(dest)
+        self.readers.contains(dest.target())
     }
 
     /// Keeps `row` of `dest` for the identity's other devices.
@@ -147,7 +156,7 @@ impl Polls {
             for (lane, dest) in lanes.iter().enumerate() {
                 points[lane] = acked(dest)?;
             }
-            let mut still = Vec::new();
+            let mut still = Vec::with_capacity(list.len());
             for w in list {
                 if w.reply.is_closed() {
                     continue;

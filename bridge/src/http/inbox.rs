@@ -6,6 +6,8 @@
 //! only up to what was actually handed out), then returns what comes after, urgent first; polling again with an old cursor returns again what was not acknowledged.
 //! So a response lost in transit, or a node restart, costs a repeat (same ids), never a loss.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,16 +15,17 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream as FutStream};
+use futures_util::{FutureExt, Stream as FutStream};
 use medlink_broker::{Role, Stream};
 
-use crate::clients::{Cursor, Delivery, Page};
+use crate::clients::{Cursor, Page};
 use crate::dispatcher::Request;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::poll::{Events, Polled};
 use super::ApiState;
 
 /// Most messages per poll.
@@ -96,49 +99,6 @@ fn number(
     }
 }
 
-/// Asks the dispatcher for the stream after `after`.
-async fn poll(
-    state: &ApiState,
-    client: &str,
-    stream: Stream,
-    after: Option<Cursor>,
-    ack: bool,
-    max: usize,
-    wait: Duration,
-) -> Result<Page, ApiError> {
-    let (tx, rx) = oneshot::channel();
-    let item = Request::Poll {
-        client: client.to_string(),
-        stream,
-        after,
-        ack,
-        max,
-        wait: !wait.is_zero(),
-        reply: tx,
-    };
-    // Boxed: a long-poll's future is held for its whole wait, and should not keep room for
-    // the hand-over (the request and the channel's send) that is over before the wait begins.
-    Box::pin(state.hand_over(item)).await?;
-    let _open = state.metrics.poll_opened();
-    // Without a wait the dispatcher answers at once (empty or not); the limit is a safety net.
-    let limit = if wait.is_zero() {
-        Duration::from_secs(5)
-    } else {
-        wait
-    };
-    match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(v)) => Ok(v),
-        // The dispatcher dropped the poll: a failed commit (the acknowledgement did not hold).
-        Ok(Err(_)) => Err(ApiError::unavailable(
-            "the node could not serve the poll; retry",
-        )),
-        Err(_) => Ok(Page {
-            cursor: after.unwrap_or_default(),
-            deliveries: Vec::new(),
-        }),
-    }
-}
-
 /// `{"cursor": N, "messages": [envelope, ...]}` without re-parsing the envelopes.
 fn page(page: &Page) -> Response {
     let (next, deliveries) = (page.cursor, &page.deliveries);
@@ -160,31 +120,53 @@ fn page(page: &Page) -> Response {
         .into_response()
 }
 
-/// A long-poll of `stream` for `caller` (`GET /v1/inbox` and `/v1/receipts`).
-pub(super) async fn read_stream(
+/// A long-poll of `stream` for `caller` (`GET /v1/inbox` and `/v1/receipts`): the caller and
+/// query are checked and the stream's slot taken here, and the wait is the future returned
+/// (boxed, so that whoever awaits it holds a pointer, not a second copy).
+pub(super) fn read_stream(
     state: Arc<ApiState>,
     caller: Caller,
     q: PollQuery,
     stream: Stream,
-) -> Result<Response, ApiError> {
-    let who = caller.require(Role::Client)?;
-    let cursor = parse_cursor(q.cursor.as_deref())?;
-    // A longer wait than the node allows is shortened to its `max_wait_s`, not refused: the
-    // client only learns sooner that nothing came.
-    let wait = number(&q.wait, "wait", 0, 0..=u64::MAX)?.min(state.max_wait.as_secs());
-    let max = number(&q.max, "max", 100, 1..=MAX_POLL as u64)? as usize;
-    let _slot = state.streams.open(&who.name)?;
-    let got = poll(
-        &state,
-        &who.name,
-        stream,
+) -> Result<Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>, ApiError> {
+    let PollArgs {
+        client,
         cursor,
-        cursor.is_some_and(|c| !c.is_start()),
         max,
-        Duration::from_secs(wait),
-    )
-    .await?;
-    Ok(page(&got))
+        wait,
+    } = PollArgs::new(&state, caller, q)?;
+    let slot = state.streams.open(&client)?;
+    let ack = cursor.is_some_and(|c| !c.is_start());
+    let polled = Polled::new(state, &client, stream, (cursor, ack), max, wait);
+    Ok(Box::pin(polled.map(move |got| {
+        drop(slot);
+        got.map(|got| page(&got))
+    })))
+}
+
+/// A long-poll's caller and query, checked.
+struct PollArgs {
+    client: String,
+    cursor: Option<Cursor>,
+    max: usize,
+    wait: Duration,
+}
+
+impl PollArgs {
+    fn new(state: &ApiState, caller: Caller, q: PollQuery) -> Result<PollArgs, ApiError> {
+        let who = caller.require(Role::Client)?;
+        let cursor = parse_cursor(q.cursor.as_deref())?;
+        // A longer wait than the node allows is shortened to its `max_wait_s`, not refused:
+        // the client only learns sooner that nothing came.
+        let wait = number(&q.wait, "wait", 0, 0..=u64::MAX)?.min(state.max_wait.as_secs());
+        let max = number(&q.max, "max", 100, 1..=MAX_POLL as u64)? as usize;
+        Ok(PollArgs {
+            client: who.name,
+            cursor,
+            max,
+            wait: Duration::from_secs(wait),
+        })
+    }
 }
 
 /// `GET /v1/inbox`.
@@ -193,7 +175,7 @@ pub async fn inbox(
     caller: Caller,
     Query(q): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
-    read_stream(state, caller, q, Stream::Commands).await
+    read_stream(state, caller, q, Stream::Commands)?.await
 }
 
 /// `GET /v1/receipts`.
@@ -202,7 +184,7 @@ pub async fn receipts(
     caller: Caller,
     Query(q): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
-    read_stream(state, caller, q, Stream::Receipts).await
+    read_stream(state, caller, q, Stream::Receipts)?.await
 }
 
 async fn ack_stream(
@@ -270,36 +252,6 @@ pub async fn events(
     };
     // Held for as long as the stream is open.
     let slot = state.streams.open(&who.name)?;
-    let client = who.name;
-    let events = stream::unfold(
-        (
-            state,
-            (client, slot),
-            cursor,
-            cursor.is_some_and(|c| !c.is_start()),
-            Vec::<Delivery>::new(),
-        ),
-        |(state, (client, slot), mut after, ack, mut queued)| async move {
-            loop {
-                if let Some(d) = (!queued.is_empty()).then(|| queued.remove(0)) {
-                    let event = Event::default()
-                        .id(d.cursor.to_string())
-                        .event("message")
-                        .data(String::from_utf8_lossy(&d.body));
-                    let next = (state, (client, slot), Some(d.cursor), false, queued);
-                    return Some((Ok(event), next));
-                }
-                let wait = Duration::from_secs(25);
-                match poll(&state, &client, Stream::Commands, after, ack, 100, wait).await {
-                    Ok(got) => {
-                        // Where a reader without a cursor now stands.
-                        after = Some(got.cursor);
-                        queued = got.deliveries;
-                    }
-                    Err(_) => return None,
-                }
-            }
-        },
-    );
+    let events = Events::new(state, who.name, slot, cursor);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -15,9 +15,11 @@ pub mod inbox;
 pub mod link;
 pub mod messages;
 pub mod operator;
+mod poll;
 pub mod push;
 pub mod serve;
 pub mod slots;
+mod stop;
 pub mod transport;
 mod waiting;
 
@@ -87,19 +89,19 @@ pub struct HttpMetrics {
 }
 
 /// Decrements the open-poll gauge when a poll ends, however it ends.
-pub struct PollGuard<'a>(&'a AtomicI64);
+pub struct PollGuard(Arc<HttpMetrics>);
 
-impl Drop for PollGuard<'_> {
+impl Drop for PollGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.polls_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl HttpMetrics {
     /// Counts an open poll until the guard drops.
-    pub fn poll_opened(&self) -> PollGuard<'_> {
+    pub fn poll_opened(self: &Arc<Self>) -> PollGuard {
         self.polls_open.fetch_add(1, Ordering::Relaxed);
-        PollGuard(&self.polls_open)
+        PollGuard(self.clone())
     }
 
     /// Prometheus text.

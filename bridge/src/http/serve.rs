@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use futures_util::FutureExt;
 use medlink_broker::ConnectionBudget;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,6 +32,7 @@ use tokio::time::Sleep;
 use tracing::debug;
 
 use crate::http::auth::PeerCertificate;
+use crate::http::stop::Stop;
 use crate::http::waiting;
 use crate::http::ApiState;
 
@@ -79,29 +81,59 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let stop = Stop::following(shutdown.clone());
     loop {
         let (permit, tcp, peer) = tokio::select! {
             accepted = limits.budget.accept(&listener) => accepted,
             _ = stopped(&mut shutdown) => return,
         };
-        let acceptor = acceptor.clone();
+        let _ = tcp.set_nodelay(true);
         let apps = (app.clone(), api.clone());
-        let limits = limits.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            // The connection's slot of the budget, held until this task ends, however it ends.
-            let _permit = permit;
-            let _ = tcp.set_nodelay(true);
-            let Some(acceptor) = acceptor else {
+        // Plain and TLS connections are tasks of different types, each only as large as its
+        // own future: a TLS session is many times what a plain connection holds.
+        match &acceptor {
+            None => {
                 let io = Deadline::new(tcp, limits.write_timeout);
-                connection(io, peer, PeerCertificate(None), apps, &limits, shutdown).await;
-                return;
-            };
-            // Boxed, as the TLS connection below: the task of a plain connection is sized by
-            // what it holds while it waits, and a TLS session is many times that.
+                let who = waiting::Peer {
+                    addr: peer,
+                    certificate: PeerCertificate(None),
+                };
+                let header_timeout = limits.header_timeout;
+                tokio::spawn(connection(
+                    io,
+                    who,
+                    apps,
+                    header_timeout,
+                    stop.clone(),
+                    permit,
+                ));
+            }
+            Some(acceptor) => {
+                let tls = over_tls(acceptor.clone(), tcp, peer, apps, limits.clone(), &stop);
+                tokio::spawn(tls.map(move |()| drop(permit)));
+            }
+        }
+    }
+}
+
+/// A connection on the HTTPS port: its TLS handshake (or a plain-HTTP refusal), then its
+/// requests.
+fn over_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    apps: (Router, Option<Arc<ApiState>>),
+    limits: HttpLimits,
+    stop: &Stop,
+) -> impl Future<Output = ()> + Send + 'static {
+    let stop = stop.clone();
+    async move {
+        // Boxed, and the stream named only inside the block: what the handshake and the
+        // stream's first binding hold is not kept beside the connection's own state.
+        let (io, certificate) = {
             let handshake = Box::pin(async {
                 if !starts_with_tls(&tcp).await? {
-                    // Boxed: its 4 KB buffer would otherwise be part of every connection's task.
+                    // Boxed: its 4 KB buffer would otherwise be part of every connection.
                     Box::pin(refuse_plain_http(tcp)).await;
                     return Ok(None);
                 }
@@ -123,46 +155,56 @@ pub async fn serve(
                     .and_then(|chain| chain.first())
                     .and_then(medlink_broker::tls::common_name),
             );
-            let io = Deadline::new(stream, limits.write_timeout);
-            Box::pin(connection(io, peer, certificate, apps, &limits, shutdown)).await;
-        });
+            (Deadline::new(stream, limits.write_timeout), certificate)
+        };
+        let who = waiting::Peer {
+            addr: peer,
+            certificate,
+        };
+        Box::pin(connection(io, who, apps, limits.header_timeout, stop, ())).await;
     }
 }
 
 /// Serves one connection's requests until it closes, times out, or the node stops: waiting
 /// requests without hyper (see `waiting.rs`), everything from the first other request on with
-/// hyper.
-async fn connection<S>(
+/// hyper. `slot` (the connection's share of the budget) is held until it ends, however it
+/// ends.
+///
+/// Not an `async fn`: that would hold its arguments twice, beside the locals they move into,
+/// and this future is the task of every plain HTTP connection (see `waiting::serve`).
+fn connection<S, Slot>(
     mut io: Deadline<S>,
-    peer: SocketAddr,
-    certificate: PeerCertificate,
+    who: waiting::Peer,
     (app, api): (Router, Option<Arc<ApiState>>),
-    limits: &HttpLimits,
-    mut shutdown: watch::Receiver<bool>,
-) where
+    header_timeout: Duration,
+    stop: Stop,
+    slot: Slot,
+) -> impl Future<Output = ()> + Send + 'static
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Slot: Send + 'static,
 {
-    let who = waiting::Peer {
-        addr: peer,
-        certificate,
-    };
-    let mut read = Vec::new();
-    if let Some(api) = &api {
-        let apps = (&app, api);
-        match waiting::serve(&mut io, &who, apps, limits.header_timeout, &mut shutdown).await {
-            waiting::Handover::Hyper(bytes) => read = bytes,
-            waiting::Handover::Done => return,
+    async move {
+        let mut read = Vec::new();
+        if let Some(api) = &api {
+            let served = waiting::serve(&mut io, &who, (&app, api), header_timeout, &stop).await;
+            match served {
+                waiting::Handover::Hyper(bytes) => read = bytes,
+                waiting::Handover::Done => return drop(slot),
+            }
         }
+        // Boxed: hyper's connection state is not part of the task of a connection that only
+        // waits.
+        let hyper = with_hyper(
+            waiting::Prefixed::new(read, io),
+            who,
+            app,
+            header_timeout,
+            stop,
+        );
+        Box::pin(hyper).await;
+        drop(slot);
     }
-    // Boxed: hyper's connection state is not part of the task of a connection that only waits.
-    Box::pin(with_hyper(
-        waiting::Prefixed::new(read, io),
-        who,
-        app,
-        limits,
-        shutdown,
-    ))
-    .await;
 }
 
 /// Serves the rest of a connection with hyper.
@@ -170,8 +212,8 @@ async fn with_hyper<S>(
     io: waiting::Prefixed<Deadline<S>>,
     who: waiting::Peer,
     app: Router,
-    limits: &HttpLimits,
-    mut shutdown: watch::Receiver<bool>,
+    header_timeout: Duration,
+    stop: Stop,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -194,7 +236,7 @@ async fn with_hyper<S>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(header_timeout);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -203,7 +245,7 @@ async fn with_hyper<S>(
                 debug!(%peer, error = %e, "http connection ended");
             }
         }
-        _ = stopped(&mut shutdown) => {
+        () = stop.stopped() => {
             // Let a request in progress finish its answer, briefly.
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;

@@ -32,10 +32,10 @@ use axum::Router;
 use http_body_util::BodyExt;
 use medlink_broker::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 
 use super::auth::{Caller, PeerCertificate};
 use super::inbox::{self, PollQuery};
+use super::stop::Stop;
 use super::ApiState;
 
 /// The paths served here (for `GET` only).
@@ -66,76 +66,117 @@ pub(super) struct Peer {
 /// Serves waiting requests on `io` until another kind of request comes (handed to hyper), or
 /// the connection ends. `header_timeout` bounds both the wait for a request and reading its
 /// head, as hyper's header timer does.
-pub(super) async fn serve<S>(
-    io: &mut S,
-    peer: &Peer,
-    (app, api): (&Router, &Arc<ApiState>),
+///
+/// Every waiting connection holds this future, so it is kept small on purpose. Each step that
+/// ends before a wait is boxed, and the functions a wait runs in return `async move` blocks
+/// rather than being `async fn`s: an `async fn` keeps its arguments' room beside the locals it
+/// moves them into, for its whole life (ARCHITECTURE.md, "Memory per connection").
+pub(super) fn serve<'a, S>(
+    io: &'a mut S,
+    peer: &'a Peer,
+    (app, api): (&'a Router, &'a Arc<ApiState>),
     header_timeout: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Handover
+    stop: &'a Stop,
+) -> impl Future<Output = Handover> + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = Vec::new();
-    loop {
-        // Boxed, as every state but the waits below: see `answer`.
-        let reading = Box::pin(tokio::time::timeout(
-            header_timeout,
-            read_head(io, &mut buf),
-        ));
-        let head = tokio::select! {
-            head = reading => head,
-            _ = shutdown.wait_for(|s| *s) => return Handover::Done,
-        };
-        let request = match head {
-            Ok(Ok(Head::Ours {
-                request,
-                len,
-                close,
-            })) => {
-                buf.drain(..len);
-                (request, close)
+    async move {
+        let mut buf = Vec::new();
+        loop {
+            let reading = Box::pin(tokio::time::timeout(
+                header_timeout,
+                read_head(io, &mut buf),
+            ));
+            let head = tokio::select! {
+                head = reading => head,
+                () = stop.stopped() => return Handover::Done,
+            };
+            let (request, close) = match head {
+                Ok(Ok(Head::Ours {
+                    request,
+                    len,
+                    close,
+                })) => {
+                    buf.drain(..len);
+                    (request, close)
+                }
+                Ok(Ok(Head::Other)) => return Handover::Hyper(buf),
+                Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return Handover::Done,
+            };
+            // The head's buffer is not kept through the wait unless the peer pipelined more.
+            if buf.is_empty() {
+                buf = Vec::new();
             }
-            Ok(Ok(Head::Other)) => return Handover::Hyper(buf),
-            Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return Handover::Done,
-        };
-        let (request, close) = request;
-        let mut request = *request;
-        request.extensions_mut().insert(ConnectInfo(peer.addr));
-        request.extensions_mut().insert(peer.certificate.clone());
-        // The head's buffer is not kept through the wait unless the peer pipelined more.
-        if buf.is_empty() {
-            buf = Vec::new();
-        }
-        // Boxed, both: the task of a connection is as large as its largest state, and it
-        // should be sized by what it holds while an event stream waits in `respond`, not by
-        // a request on its way through the router or a long-poll's wait.
-        let answer: Pin<Box<dyn Future<Output = Response<Body>> + Send>> = match long_poll(&request)
-        {
-            Some(stream) => {
-                let api = api.clone();
-                Box::pin(async move {
-                    let answer = direct(&api, request, stream).await;
-                    super::count(&api.metrics, answer)
-                })
-            }
-            None => Box::pin(async {
-                tower::ServiceExt::oneshot(app.clone(), request)
-                    .await
-                    .unwrap_or_else(|e: std::convert::Infallible| match e {})
-            }),
-        };
-        let response = tokio::select! {
-            response = answer => response,
-            () = peer_gone(io, &mut buf) => return Handover::Done,
-            _ = shutdown.wait_for(|s| *s) => return Handover::Done,
-        };
-        match respond(io, response, close, &mut buf, shutdown).await {
-            Ok(true) => continue,
-            Ok(false) | Err(_) => {
-                let _ = io.shutdown().await;
+            let answer = answer(request, peer, app, api);
+            let response = tokio::select! {
+                response = answer => response,
+                () = peer_gone(io, &mut buf) => return Handover::Done,
+                () = stop.stopped() => return Handover::Done,
+            };
+            // The response's parts are rendered, and dropped, outside this future.
+            let Ok((head, body, length)) = response_head(response, close) else {
+                return Handover::Done;
+            };
+            let sent = match length {
+                Some(n) => Box::pin(whole(io, head, body, n, close)).await,
+                None => match Box::pin(write_flush(io, head)).await {
+                    Ok(()) => stream_body(io, body, close, &mut buf, stop).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if !matches!(sent, Ok(true)) {
+                let _ = Box::pin(io.shutdown()).await;
                 return Handover::Done;
             }
+        }
+    }
+}
+
+/// The future that answers `request`, boxed. Built outside `serve` on purpose: a local that an
+/// async function borrows keeps its room in the function's state until its scope ends, and
+/// `serve`'s state is what every waiting connection holds. Here the request (about 230 bytes)
+/// and its box are gone before the wait begins.
+fn answer(
+    request: Box<Request<Body>>,
+    peer: &Peer,
+    app: &Router,
+    api: &Arc<ApiState>,
+) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+    let mut request = *request;
+    request.extensions_mut().insert(ConnectInfo(peer.addr));
+    request.extensions_mut().insert(peer.certificate.clone());
+    // Both boxed: the task of a connection is as large as its largest state, and it should be
+    // sized by what it holds while an event stream waits in `respond`, not by a request on its
+    // way through the router or a long-poll's wait.
+    match long_poll(&request) {
+        Some(stream) => {
+            let api = api.clone();
+            // Built here, so that the request is held by this box, which is gone before the
+            // wait, rather than by the future below, which lasts through it.
+            let extracting = Box::pin(extract(api.clone(), request));
+            Box::pin(async move {
+                // Plain statements, not one `match` on the awaits: a `match` keeps its
+                // scrutinee's room through every await in its arms.
+                let extracted = extracting.await;
+                let waiting = extracted.and_then(|(caller, query)| {
+                    inbox::read_stream(api.clone(), caller, query, stream)
+                        .map_err(IntoResponse::into_response)
+                });
+                let answer = match waiting {
+                    Ok(waiting) => waiting.await.unwrap_or_else(IntoResponse::into_response),
+                    Err(refused) => refused,
+                };
+                super::count(&api.metrics, answer)
+            })
+        }
+        None => {
+            let app = app.clone();
+            Box::pin(async move {
+                tower::ServiceExt::oneshot(app, request)
+                    .await
+                    .unwrap_or_else(|e: std::convert::Infallible| match e {})
+            })
         }
     }
 }
@@ -149,25 +190,21 @@ fn long_poll(request: &Request<Body>) -> Option<Stream> {
     }
 }
 
-/// A long-poll, answered by its handler without the router. The router's layers would stay
-/// allocated (about a kilobyte of boxed futures) for the whole wait; the event stream needs no
-/// such care, as its handler returns at once and only its body waits. The headers are gone
-/// before the wait begins.
-async fn direct(api: &Arc<ApiState>, request: Request<Body>, stream: Stream) -> Response<Body> {
+/// A long-poll's caller and query, extracted as its handler would (`inbox::inbox`), without
+/// the router: the router's layers would stay allocated (about a kilobyte of boxed futures) for
+/// the whole wait. The event stream needs no such care, as its handler returns at once and only
+/// its body waits.
+async fn extract(
+    api: Arc<ApiState>,
+    request: Request<Body>,
+) -> Result<(Caller, PollQuery), Response<Body>> {
     let (mut parts, _) = request.into_parts();
-    let caller = match Caller::from_request_parts(&mut parts, api).await {
-        Ok(caller) => caller,
-        Err(refused) => return refused.into_response(),
-    };
-    let query = match Query::<PollQuery>::from_request_parts(&mut parts, api).await {
-        Ok(Query(query)) => query,
-        Err(refused) => return refused.into_response(),
-    };
-    drop(parts);
-    match inbox::read_stream(api.clone(), caller, query, stream).await {
-        Ok(page) => page,
-        Err(refused) => refused.into_response(),
-    }
+    let caller = Caller::from_request_parts(&mut parts, &api)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let Query(query) =
+        Query::<PollQuery>::try_from_uri(&parts.uri).map_err(IntoResponse::into_response)?;
+    Ok((caller, query))
 }
 
 /// A parsed request head.
@@ -274,30 +311,28 @@ fn parse(buf: &[u8]) -> Parsed {
 /// Resolves when the peer closes (or its connection fails). Bytes it sends meanwhile (a
 /// pipelined request) are kept in `buf` for later, up to [`MAX_HEAD`]; beyond that it stops
 /// reading, and the kernel's buffers push back on the peer.
-async fn peer_gone<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) {
-    while buf.len() < MAX_HEAD {
-        let mut byte = [0u8; 1];
-        match io.read(&mut byte).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => buf.push(byte[0]),
+fn peer_gone<'a, S: AsyncRead + Unpin>(
+    io: &'a mut S,
+    buf: &'a mut Vec<u8>,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        while buf.len() < MAX_HEAD {
+            let mut byte = [0u8; 1];
+            match io.read(&mut byte).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => buf.push(byte[0]),
+            }
         }
+        std::future::pending::<()>().await
     }
-    std::future::pending::<()>().await
 }
 
-/// Writes `response`; its body in chunks as it comes when its length is not known (the event
-/// stream). Returns whether the connection may serve another request.
-async fn respond<S>(
-    io: &mut S,
+/// The status line and headers of `response`, its body, and the body's length if known.
+fn response_head(
     response: Response<Body>,
     close: bool,
-    buf: &mut Vec<u8>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> std::io::Result<bool>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (parts, mut body) = response.into_parts();
+) -> std::io::Result<(Vec<u8>, Body, Option<u64>)> {
+    let (parts, body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
     let mut head = Vec::with_capacity(256);
     write!(
@@ -321,43 +356,60 @@ where
         head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    // Not kept through an event stream's wait.
-    drop(parts);
-    if let Some(n) = length {
-        return Box::pin(whole(io, head, body, n, close)).await;
-    }
-    io.write_all(&head).await?;
-    io.flush().await?;
-    drop(head);
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = peer_gone(io, buf) => return Ok(false),
-            _ = shutdown.wait_for(|s| *s) => return Ok(false),
-        };
-        match frame {
-            None => {
-                io.write_all(b"0\r\n\r\n").await?;
-                io.flush().await?;
+    Ok((head, body, length))
+}
+
+/// Writes `body` in chunks as its frames come (an event stream), until it ends, the peer
+/// leaves or the node stops. Returns whether the connection may serve another request.
+fn stream_body<'a, S>(
+    io: &'a mut S,
+    mut body: Body,
+    close: bool,
+    buf: &'a mut Vec<u8>,
+    stop: &'a Stop,
+) -> impl Future<Output = std::io::Result<bool>> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async move {
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                () = peer_gone(io, buf) => return Ok(false),
+                () = stop.stopped() => return Ok(false),
+            };
+            let last = frame.is_none();
+            let chunk = match frame {
+                None => b"0\r\n\r\n".to_vec(),
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => chunk(&data),
+                    // Trailers (none are sent), or an empty frame.
+                    _ => continue,
+                },
+            };
+            // Boxed: a write is brief, and its state is not to be held through the waits.
+            Box::pin(write_flush(io, chunk)).await?;
+            if last {
                 return Ok(!close);
-            }
-            Some(Err(e)) => return Err(std::io::Error::other(e)),
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue; // trailers: none are sent
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                let mut chunk = Vec::with_capacity(data.len() + 16);
-                write!(chunk, "{:x}\r\n", data.len())?;
-                chunk.extend_from_slice(&data);
-                chunk.extend_from_slice(b"\r\n");
-                io.write_all(&chunk).await?;
-                io.flush().await?;
             }
         }
     }
+}
+
+/// Writes all of `bytes` and flushes.
+async fn write_flush<S: AsyncWrite + Unpin>(io: &mut S, bytes: Vec<u8>) -> std::io::Result<()> {
+    io.write_all(&bytes).await?;
+    io.flush().await
+}
+
+/// `data` framed as one chunk of a chunked body.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut chunk = Vec::with_capacity(data.len() + 16);
+    let _ = write!(chunk, "{:x}\r\n", data.len());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    chunk
 }
 
 /// Writes `head` and a body of `length` bytes that is all there already (a long-poll's page,
@@ -380,8 +432,7 @@ async fn whole<S: AsyncWrite + Unpin>(
         ));
     }
     head.extend_from_slice(&data);
-    io.write_all(&head).await?;
-    io.flush().await?;
+    write_flush(io, head).await?;
     Ok(!close)
 }
 
