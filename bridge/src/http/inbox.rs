@@ -120,15 +120,18 @@ fn page(page: &Page) -> Response {
         .into_response()
 }
 
+/// The wait of a long-poll, boxed so that whoever awaits it holds a pointer rather than a
+/// second copy.
+pub(super) type Waiting = Pin<Box<dyn Future<Output = Response> + Send>>;
+
 /// A long-poll of `stream` for `caller` (`GET /v1/inbox` and `/v1/receipts`): the caller and
-/// query are checked and the stream's slot taken here, and the wait is the future returned
-/// (boxed, so that whoever awaits it holds a pointer, not a second copy).
+/// query are checked and the stream's slot taken here, and the wait is the future returned.
 pub(super) fn read_stream(
     state: Arc<ApiState>,
     caller: Caller,
     q: PollQuery,
     stream: Stream,
-) -> Result<Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>, ApiError> {
+) -> Result<Waiting, ApiError> {
     let PollArgs {
         client,
         cursor,
@@ -140,7 +143,10 @@ pub(super) fn read_stream(
     let polled = Polled::new(state, &client, stream, (cursor, ack), max, wait);
     Ok(Box::pin(polled.map(move |got| {
         drop(slot);
-        got.map(|got| page(&got))
+        match got {
+            Ok(got) => page(&got),
+            Err(refused) => refused.into_response(),
+        }
     })))
 }
 
@@ -175,7 +181,7 @@ pub async fn inbox(
     caller: Caller,
     Query(q): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
-    read_stream(state, caller, q, Stream::Commands)?.await
+    Ok(read_stream(state, caller, q, Stream::Commands)?.await)
 }
 
 /// `GET /v1/receipts`.
@@ -184,7 +190,7 @@ pub async fn receipts(
     caller: Caller,
     Query(q): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
-    read_stream(state, caller, q, Stream::Receipts)?.await
+    Ok(read_stream(state, caller, q, Stream::Receipts)?.await)
 }
 
 async fn ack_stream(

@@ -172,6 +172,7 @@ fn over_tls(
 ///
 /// Not an `async fn`: that would hold its arguments twice, beside the locals they move into,
 /// and this future is the task of every plain HTTP connection (see `waiting::serve`).
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 fn connection<S, Slot>(
     mut io: Deadline<S>,
     who: waiting::Peer,

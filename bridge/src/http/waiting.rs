@@ -71,6 +71,7 @@ pub(super) struct Peer {
 /// ends before a wait is boxed, and the functions a wait runs in return `async move` blocks
 /// rather than being `async fn`s: an `async fn` keeps its arguments' room beside the locals it
 /// moves them into, for its whole life (ARCHITECTURE.md, "Memory per connection").
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 pub(super) fn serve<'a, S>(
     io: &'a mut S,
     peer: &'a Peer,
@@ -154,19 +155,10 @@ fn answer(
             let api = api.clone();
             // Built here, so that the request is held by this box, which is gone before the
             // wait, rather than by the future below, which lasts through it.
-            let extracting = Box::pin(extract(api.clone(), request));
+            let preparing = Box::pin(prepare_poll(api.clone(), request, stream));
             Box::pin(async move {
-                // Plain statements, not one `match` on the awaits: a `match` keeps its
-                // scrutinee's room through every await in its arms.
-                let extracted = extracting.await;
-                let waiting = extracted.and_then(|(caller, query)| {
-                    inbox::read_stream(api.clone(), caller, query, stream)
-                        .map_err(IntoResponse::into_response)
-                });
-                let answer = match waiting {
-                    Ok(waiting) => waiting.await.unwrap_or_else(IntoResponse::into_response),
-                    Err(refused) => refused,
-                };
+                let waiting = preparing.await;
+                let answer = waiting.await;
                 super::count(&api.metrics, answer)
             })
         }
@@ -190,21 +182,27 @@ fn long_poll(request: &Request<Body>) -> Option<Stream> {
     }
 }
 
-/// A long-poll's caller and query, extracted as its handler would (`inbox::inbox`), without
-/// the router: the router's layers would stay allocated (about a kilobyte of boxed futures) for
-/// the whole wait. The event stream needs no such care, as its handler returns at once and only
-/// its body waits.
-async fn extract(
+/// A long-poll's caller and query, extracted as its handler would (`inbox::inbox`) but
+/// without the router, whose layers would stay allocated (about a kilobyte of boxed futures)
+/// for the whole wait; then its wait. The event stream needs no such care, as its handler
+/// returns at once and only its body waits.
+async fn prepare_poll(
     api: Arc<ApiState>,
     request: Request<Body>,
-) -> Result<(Caller, PollQuery), Response<Body>> {
+    stream: Stream,
+) -> inbox::Waiting {
     let (mut parts, _) = request.into_parts();
-    let caller = Caller::from_request_parts(&mut parts, &api)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    let Query(query) =
-        Query::<PollQuery>::try_from_uri(&parts.uri).map_err(IntoResponse::into_response)?;
-    Ok((caller, query))
+    let refused =
+        |refused: Response<Body>| -> inbox::Waiting { Box::pin(std::future::ready(refused)) };
+    let caller = match Caller::from_request_parts(&mut parts, &api).await {
+        Ok(caller) => caller,
+        Err(e) => return refused(e.into_response()),
+    };
+    let query = match Query::<PollQuery>::try_from_uri(&parts.uri) {
+        Ok(Query(query)) => query,
+        Err(e) => return refused(e.into_response()),
+    };
+    inbox::read_stream(api, caller, query, stream).unwrap_or_else(|e| refused(e.into_response()))
 }
 
 /// A parsed request head.
@@ -311,6 +309,7 @@ fn parse(buf: &[u8]) -> Parsed {
 /// Resolves when the peer closes (or its connection fails). Bytes it sends meanwhile (a
 /// pipelined request) are kept in `buf` for later, up to [`MAX_HEAD`]; beyond that it stops
 /// reading, and the kernel's buffers push back on the peer.
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 fn peer_gone<'a, S: AsyncRead + Unpin>(
     io: &'a mut S,
     buf: &'a mut Vec<u8>,
@@ -361,6 +360,7 @@ fn response_head(
 
 /// Writes `body` in chunks as its frames come (an event stream), until it ends, the peer
 /// leaves or the node stops. Returns whether the connection may serve another request.
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 fn stream_body<'a, S>(
     io: &'a mut S,
     mut body: Body,
