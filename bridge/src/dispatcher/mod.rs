@@ -668,15 +668,18 @@ impl State {
     /// Sends whatever the windows allow on every link and to every connected client, then
     /// drops what was found expired on the way.
     fn pump(&mut self, journal: &mut Journal, now: u64) -> rusqlite::Result<()> {
-        let mut pass = SendPass {
-            journal,
-            router: &mut self.router,
-            now,
-            stale: Vec::new(),
-        };
-        self.links.pump(&mut pass)?;
-        self.clients.pump(&mut pass)?;
-        let stale = pass.stale;
+        let (links, clients, router) = (&mut self.links, &mut self.clients, &mut self.router);
+        let stale = journal.snapshot(|journal| {
+            let mut pass = SendPass {
+                journal,
+                router,
+                now,
+                stale: Vec::new(),
+            };
+            links.pump(&mut pass)?;
+            clients.pump(&mut pass)?;
+            Ok(pass.stale)
+        })?;
         if stale.is_empty() {
             return Ok(());
         }

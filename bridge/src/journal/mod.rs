@@ -274,6 +274,21 @@ impl Journal {
         floor(&self.conn, &self.next, dest)
     }
 
+    /// Runs `reads` in one read transaction: one snapshot of the journal, and one take of the
+    /// WAL's read lock instead of one per statement. Each take is an `fcntl` lock and unlock on
+    /// the shared-memory file, and the dispatcher's sending pass reads once per woken stream
+    /// (four statements per long-poll): 12 % of the dispatcher's time in a push to 19,000
+    /// long-polls went to those locks.
+    pub fn snapshot<T>(&self, reads: impl FnOnce(&Journal) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN")?;
+        let read = reads(self);
+        // A transaction that only read has nothing to write: this ends it and frees the lock.
+        let ended = self.conn.execute_batch("COMMIT");
+        let read = read?;
+        ended?;
+        Ok(read)
+    }
+
     /// How far `dest` is acknowledged by its next hop or client.
     pub fn acked(&self, dest: &Dest) -> Result<u64> {
         let dest = dest.as_str();

@@ -180,3 +180,21 @@ fn reads_of_destinations_never_numbered_or_read_to_the_end_are_empty() {
     assert!(lseqs(&j, &up(), 3).is_empty());
     assert!(lseqs(&j, &other, 0).is_empty());
 }
+
+#[test]
+fn a_snapshot_reads_what_was_committed_and_ends_even_when_a_read_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(&dir.path().join("j.db"), Durability::Process).unwrap();
+    let mut t = j.begin().unwrap();
+    t.enqueue(&up(), &env("a").head(), "a".into()).unwrap();
+    t.commit().unwrap();
+    let read = j.snapshot(|j| j.read(&up(), 0, 10)).unwrap();
+    assert_eq!(read.len(), 1);
+    // A failed read ends the transaction too: the next round can begin its own.
+    let failed: Result<()> = j.snapshot(|_| Err(rusqlite::Error::InvalidQuery));
+    assert!(failed.is_err());
+    let mut t = j.begin().expect("no read transaction left open");
+    t.enqueue(&up(), &env("b").head(), "b".into()).unwrap();
+    t.commit().unwrap();
+    assert_eq!(j.snapshot(|j| j.read(&up(), 0, 10)).unwrap().len(), 2);
+}
