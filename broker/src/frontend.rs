@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::acl::AclPolicy;
 use crate::auth::Authenticator;
@@ -35,7 +35,8 @@ pub struct FrontEnd {
     pub fanout: Arc<Fanout>,
     pub inbound: mpsc::Sender<Inbound>,
     pub next_conn: AtomicU64,
-    pub shutdown: watch::Receiver<bool>,
+    /// The node's stop, which every connection and listener waits for.
+    pub stop: crate::Stop,
     /// Live sessions by (identity, MQTT client id), for session takeover (MQTT 3.1.1
     /// §3.1.4). Keyed by identity too, so nobody can kick another identity's connection by
     /// reusing its client id.

@@ -26,6 +26,7 @@ pub mod identity;
 mod listener;
 pub mod metrics;
 pub mod rate;
+mod stop;
 pub mod throttle;
 pub mod tls;
 pub mod token;
@@ -41,3 +42,4 @@ pub use listener::{
 };
 pub use metrics::BrokerMetrics;
 pub use rate::RateSettings;
+pub use stop::{Stop, Stopped};

@@ -4,6 +4,7 @@
 //! all) back off exponentially instead of spinning and flooding the log, which is what
 //! rumqttd's own accept loop does.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -175,7 +176,7 @@ impl BrokerHandle {
             fanout,
             inbound,
             next_conn: AtomicU64::new(1),
-            shutdown: shutdown_rx,
+            stop: crate::Stop::following(shutdown_rx),
             sessions: Default::default(),
             certificate_warned: WarnEvery::new(Duration::from_secs(60)),
         });
@@ -214,17 +215,12 @@ async fn accept_loop(
     ctx: Arc<FrontEnd>,
     budget: ConnectionBudget,
 ) {
-    let mut shutdown = ctx.shutdown.clone();
     loop {
         let (permit, stream, peer) = tokio::select! {
             a = budget.accept(&listener) => a,
-            _ = shutdown.changed() => return,
+            () = ctx.stop.stopped() => return,
         };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            serve(ctx, kind, stream, peer).await;
-            drop(permit);
-        });
+        tokio::spawn(serve(ctx.clone(), kind, stream, peer, permit));
     }
 }
 
@@ -275,34 +271,48 @@ impl ConnectionBudget {
     }
 }
 
-async fn serve(ctx: Arc<FrontEnd>, kind: ListenerKind, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    bump(&ctx.metrics.connections_total);
-    // Boxed, as `connection::run` boxes its one-off steps: the TLS handshake's state is freed
-    // once it is done instead of staying in every connection's task.
-    let opened = match tokio::time::timeout(ctx.connect_timeout, Box::pin(open(&ctx, kind, stream)))
-        .await
-    {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) if refused_certificate(&e) && ctx.certificate_warned.due() => {
-            warn!(%peer, ?kind, error = %e, "TLS handshake failed: the client's certificate was refused (not issued by [tls] client_ca, or expired); more within a minute are logged at debug");
-            return;
-        }
-        Ok(Err(e)) => {
-            debug!(%peer, ?kind, error = %e, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            bump(&ctx.metrics.handshake_timeouts);
-            debug!(%peer, ?kind, "handshake timed out");
-            return;
-        }
-    };
-    let (transport, certificate) = opened;
-    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-    connection::run(ctx.clone(), transport, peer, conn, certificate).await;
-    ctx.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+/// One connection: its handshakes, then the MQTT session. `permit` (its slot of the budget)
+/// is held until it ends, however it ends.
+///
+/// Not an `async fn`, which would keep its arguments' room beside the locals it moves them
+/// into; this future is the task of every MQTT connection (ARCHITECTURE.md, "Memory per
+/// connection").
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+fn serve(
+    ctx: Arc<FrontEnd>,
+    kind: ListenerKind,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = stream.set_nodelay(true);
+        bump(&ctx.metrics.connections_total);
+        // Boxed, as `connection::run` boxes its one-off steps: the TLS handshake's state is
+        // freed once it is done instead of staying in every connection's task.
+        let opened = tokio::time::timeout(ctx.connect_timeout, Box::pin(open(&ctx, kind, stream)));
+        let (transport, certificate) = match opened.await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) if refused_certificate(&e) && ctx.certificate_warned.due() => {
+                warn!(%peer, ?kind, error = %e, "TLS handshake failed: the client's certificate was refused (not issued by [tls] client_ca, or expired); more within a minute are logged at debug");
+                return;
+            }
+            Ok(Err(e)) => {
+                debug!(%peer, ?kind, error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                bump(&ctx.metrics.handshake_timeouts);
+                debug!(%peer, ?kind, "handshake timed out");
+                return;
+            }
+        };
+        let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        connection::run(ctx.clone(), transport, peer, conn, certificate).await;
+        ctx.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+    }
 }
 
 /// Whether a handshake failed because this node refused the client's certificate.

@@ -19,7 +19,6 @@ mod poll;
 pub mod push;
 pub mod serve;
 pub mod slots;
-mod stop;
 pub mod transport;
 mod waiting;
 

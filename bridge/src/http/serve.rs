@@ -24,7 +24,7 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use futures_util::FutureExt;
-use medlink_broker::ConnectionBudget;
+use medlink_broker::{ConnectionBudget, Stop};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -32,7 +32,6 @@ use tokio::time::Sleep;
 use tracing::debug;
 
 use crate::http::auth::PeerCertificate;
-use crate::http::stop::Stop;
 use crate::http::waiting;
 use crate::http::ApiState;
 

@@ -30,12 +30,11 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Version};
 use axum::response::IntoResponse;
 use axum::Router;
 use http_body_util::BodyExt;
-use medlink_broker::Stream;
+use medlink_broker::{Stop, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::auth::{Caller, PeerCertificate};
 use super::inbox::{self, PollQuery};
-use super::stop::Stop;
 use super::ApiState;
 
 /// The paths served here (for `GET` only).

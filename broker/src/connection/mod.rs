@@ -44,55 +44,93 @@ struct OwedAck {
     verdict: oneshot::Receiver<Accept>,
 }
 
-pub async fn run(
+/// Serves one client connection from CONNECT to close.
+///
+/// Not an `async fn`, which would keep its arguments' room beside the locals it moves them
+/// into; and the steps before and after serving are boxed, so what the task holds while the
+/// connection waits is the session and its serve loop (ARCHITECTURE.md, "Memory per
+/// connection").
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+pub fn run(
     ctx: Arc<FrontEnd>,
     mut transport: Transport,
     peer: SocketAddr,
     conn: ConnId,
     certificate: Option<String>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        // Matched as a temporary: a named `Option` would keep its room beside the session.
+        let opened = open_session(&ctx, &mut transport, peer, conn, certificate);
+        let (mut session, rbuf) = match Box::pin(opened).await {
+            Some(admitted) => admitted,
+            None => return,
+        };
+        // From here on the session is registered (sessions, subscriptions): every exit path
+        // must go through `close`, or a dead connection would keep its slot and subscriptions.
+        let flushed = Box::pin(session.flush(&ctx, &mut transport)).await;
+        let end = match flushed {
+            Ok(()) => session.serve(&ctx, &mut transport, rbuf).await,
+            Err(e) => e,
+        };
+        Box::pin(close_session(
+            &ctx,
+            &mut transport,
+            session,
+            end,
+            peer,
+            conn,
+        ))
+        .await;
+    }
+}
+
+/// CONNECT, authentication and the session's registration; `None` (logged, the transport
+/// closed) if the client was refused or left.
+async fn open_session(
+    ctx: &FrontEnd,
+    transport: &mut Transport,
+    peer: SocketAddr,
+    conn: ConnId,
+    certificate: Option<String>,
+) -> Option<(Session, BytesMut)> {
     let mut rbuf = BytesMut::new();
-    // The steps that run once per connection are boxed: a task holds room for the largest
-    // future it may await, for the connection's whole life (ARCHITECTURE.md, "Memory per
-    // connection").
-    let (codec, connect) = match Box::pin(handshake(&ctx, &mut transport, &mut rbuf)).await {
+    let (codec, connect) = match handshake(ctx, transport, &mut rbuf).await {
         Ok(v) => v,
         Err(e) => {
             debug!(%peer, conn, reason = %e, "connection refused");
             transport.close().await;
-            return;
+            return None;
         }
     };
-    let opened = Session::open(
-        &ctx,
-        &mut transport,
-        codec,
-        connect,
-        (peer, certificate.as_deref()),
-        conn,
-    );
-    let mut session = match Box::pin(opened).await {
-        Ok(s) => s,
+    let peer_of = (peer, certificate.as_deref());
+    match Session::open(ctx, transport, codec, connect, peer_of, conn).await {
+        Ok(session) => Some((session, rbuf)),
         Err(e) => {
             info!(%peer, conn, reason = %e, "connect refused");
             transport.close().await;
-            return;
+            None
         }
-    };
-    // From here on the session is registered (sessions, subscriptions): every exit path must
-    // go through `close`, or a dead connection would keep its slot and subscriptions.
-    let end = match session.flush(&ctx, &mut transport).await {
-        Ok(()) => session.serve(&ctx, &mut transport, rbuf).await,
-        Err(e) => e,
-    };
+    }
+}
+
+/// Ends a registered session for `end`: the last bytes written where that still makes sense,
+/// then `Session::close` and the transport's.
+async fn close_session(
+    ctx: &FrontEnd,
+    transport: &mut Transport,
+    mut session: Session,
+    end: End,
+    peer: SocketAddr,
+    conn: ConnId,
+) {
     debug!(%peer, conn, client = %session.client_id, reason = %end, "connection closed");
     // Best effort: a v5 DISCONNECT carrying the reason may be waiting in the buffer. Not to a
     // stalled or broken socket: that would only hold the close (and the rewind that hands the
     // client's deliveries to its other connections) for another write timeout.
     if !matches!(end, End::SlowConsumer | End::Io(_)) {
-        let _ = session.flush(&ctx, &mut transport).await;
+        let _ = session.flush(ctx, transport).await;
     }
-    Box::pin(session.close(&ctx, &end)).await;
+    session.close(ctx, &end).await;
     transport.close().await;
 }
 
@@ -253,7 +291,6 @@ impl Session {
         transport: &mut Transport,
         mut rbuf: BytesMut,
     ) -> End {
-        let mut shutdown = ctx.shutdown.clone();
         let mut last_heard = Instant::now();
         let mailbox = self.mailbox.clone();
         let mut streaming = false;
@@ -314,7 +351,7 @@ impl Session {
                     let _ = self.flush(ctx, transport).await;
                     return End::TakenOver;
                 }
-                _ = shutdown.changed() => return End::Shutdown,
+                () = ctx.stop.stopped() => return End::Shutdown,
             }
         }
     }

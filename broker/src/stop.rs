@@ -1,8 +1,9 @@
-//! The node's stop, as the HTTP connections of one port wait for it.
+//! The node's stop, as its connections wait for it.
 //!
-//! Every waiting connection listens for the stop beside its wait. `watch::Receiver::wait_for`,
-//! the node's own signal, is a 144-byte future; [`Stopped`] is 72, and tens of thousands of
-//! connections hold one each.
+//! Every connection, MQTT or HTTP, listens for the stop beside whatever it waits for.
+//! `watch::Receiver::wait_for` on the node's own signal is a 144-byte future and `changed` 120;
+//! [`Stopped`] is 72, and tens of thousands of connections hold one each (ARCHITECTURE.md,
+//! "Memory per connection").
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use tokio::sync::{watch, Notify};
 
 /// Whether the node is stopping, shared by a port's connections.
 #[derive(Clone, Default)]
-pub(super) struct Stop(Arc<Inner>);
+pub struct Stop(Arc<Inner>);
 
 #[derive(Default)]
 struct Inner {
@@ -26,7 +27,7 @@ struct Inner {
 impl Stop {
     /// Follows the node's `shutdown` signal: the stop comes when it turns true (or its sender
     /// is gone).
-    pub(super) fn following(mut shutdown: watch::Receiver<bool>) -> Stop {
+    pub fn following(mut shutdown: watch::Receiver<bool>) -> Stop {
         let stop = Stop::default();
         let inner = stop.0.clone();
         tokio::spawn(async move {
@@ -38,7 +39,7 @@ impl Stop {
     }
 
     /// Resolves once the node stops.
-    pub(super) fn stopped(&self) -> Stopped<'_> {
+    pub fn stopped(&self) -> Stopped<'_> {
         Stopped {
             // Made before the flag is read: `notify_waiters` wakes every `Notified` that
             // exists when it is called, polled yet or not, so no stop falls between the two.
@@ -50,7 +51,7 @@ impl Stop {
 
 pin_project_lite::pin_project! {
     /// The future of [`Stop::stopped`].
-    pub(super) struct Stopped<'a> {
+    pub struct Stopped<'a> {
         #[pin]
         notified: Notified<'a>,
         stopping: &'a AtomicBool,
