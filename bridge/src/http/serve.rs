@@ -23,11 +23,10 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use futures_util::FutureExt;
 use medlink_broker::{ConnectionBudget, Stop};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 use tracing::debug;
 
@@ -108,24 +107,25 @@ pub async fn serve(
                 ));
             }
             Some(acceptor) => {
-                let tls = over_tls(acceptor.clone(), tcp, peer, apps, limits.clone(), &stop);
-                tokio::spawn(tls.map(move |()| drop(permit)));
+                let (acceptor, limits, stop) = (acceptor.clone(), limits.clone(), stop.clone());
+                tokio::spawn(over_tls(acceptor, tcp, peer, apps, limits, stop, permit));
             }
         }
     }
 }
 
 /// A connection on the HTTPS port: its TLS handshake (or a plain-HTTP refusal), then its
-/// requests.
+/// requests. `slot` is its share of the budget, held until it ends.
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
 fn over_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
     apps: (Router, Option<Arc<ApiState>>),
     limits: HttpLimits,
-    stop: &Stop,
+    stop: Stop,
+    slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let stop = stop.clone();
     async move {
         // Boxed, and the stream named only inside the block: what the handshake and the
         // stream's first binding hold is not kept beside the connection's own state.
@@ -160,7 +160,7 @@ fn over_tls(
             addr: peer,
             certificate,
         };
-        Box::pin(connection(io, who, apps, limits.header_timeout, stop, ())).await;
+        Box::pin(connection(io, who, apps, limits.header_timeout, stop, slot)).await;
     }
 }
 
@@ -172,17 +172,16 @@ fn over_tls(
 /// Not an `async fn`: that would hold its arguments twice, beside the locals they move into,
 /// and this future is the task of every plain HTTP connection (see `waiting::serve`).
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
-fn connection<S, Slot>(
+fn connection<S>(
     mut io: Deadline<S>,
     who: waiting::Peer,
     (app, api): (Router, Option<Arc<ApiState>>),
     header_timeout: Duration,
     stop: Stop,
-    slot: Slot,
+    slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Slot: Send + 'static,
 {
     async move {
         let mut read = Vec::new();
@@ -190,7 +189,8 @@ where
             let served = waiting::serve(&mut io, &who, (&app, api), header_timeout, &stop).await;
             match served {
                 waiting::Handover::Hyper(bytes) => read = bytes,
-                waiting::Handover::Done => return drop(slot),
+                // `slot` goes with the finished task.
+                waiting::Handover::Done => return,
             }
         }
         // Boxed: hyper's connection state is not part of the task of a connection that only

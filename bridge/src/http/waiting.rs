@@ -147,8 +147,8 @@ fn answer(
     request.extensions_mut().insert(ConnectInfo(peer.addr));
     request.extensions_mut().insert(peer.certificate.clone());
     // Both boxed: the task of a connection is as large as its largest state, and it should be
-    // sized by what it holds while an event stream waits in `respond`, not by a request on its
-    // way through the router or a long-poll's wait.
+    // sized by what it holds while an event stream waits in `stream_body`, not by a request on
+    // its way through the router or a long-poll's wait.
     match long_poll(&request) {
         Some(stream) => {
             let api = api.clone();
