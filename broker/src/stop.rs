@@ -91,6 +91,12 @@ mod tests {
             .expect("a waiter made after the stop resolves at once");
     }
 
+    #[test]
+    fn the_future_every_connection_holds_stays_small() {
+        let stopped = std::mem::size_of::<Stopped<'static>>();
+        assert!(stopped <= 80, "Stopped is {stopped} bytes");
+    }
+
     #[tokio::test]
     async fn a_dropped_signal_stops_too() {
         let (tx, rx) = watch::channel(false);

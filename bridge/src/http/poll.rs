@@ -201,3 +201,18 @@ impl FutStream for Events {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tens of thousands of these wait at once, one per phone or browser: a field or an inline
+    /// future added here costs that many times over (ARCHITECTURE.md, "Memory per connection").
+    #[test]
+    fn a_waiting_poll_and_an_event_stream_stay_small() {
+        let polled = std::mem::size_of::<Polled>();
+        assert!(polled <= 256, "Polled is {polled} bytes");
+        let events = std::mem::size_of::<Events>();
+        assert!(events <= 400, "Events is {events} bytes");
+    }
+}
