@@ -63,10 +63,6 @@ pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("{what}: cannot listen on {addr}: {e}")))
 }
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
 /// Serves `app` on `listener` until `shutdown` turns true; with `tls`, every connection must
 /// complete a TLS handshake first. With `api`, the node's API, its long-polls and event
 /// streams are served without hyper (`waiting.rs`).
@@ -76,14 +72,15 @@ pub async fn serve(
     api: Option<Arc<ApiState>>,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: HttpLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let stop = Stop::following(shutdown.clone());
+    // One signal for the accept loop and every connection it spawns.
+    let stop = Stop::following(shutdown);
     loop {
         let (permit, tcp, peer) = tokio::select! {
             accepted = limits.budget.accept(&listener) => accepted,
-            _ = stopped(&mut shutdown) => return,
+            () = stop.stopped() => return,
         };
         let _ = tcp.set_nodelay(true);
         let apps = (app.clone(), api.clone());

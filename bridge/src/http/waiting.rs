@@ -126,7 +126,7 @@ where
                 },
             };
             if !matches!(sent, Ok(true)) {
-                let _ = Box::pin(io.shutdown()).await;
+                let _ = io.shutdown().await;
                 return Handover::Done;
             }
         }
@@ -387,7 +387,8 @@ where
                     _ => continue,
                 },
             };
-            // Boxed: a write is brief, and its state is not to be held through the waits.
+            // Boxed: inline, the write's state would add 48 bytes to every waiting connection's
+            // task; an allocation per event is the cheaper side.
             Box::pin(write_flush(io, chunk)).await?;
             if last {
                 return Ok(!close);
