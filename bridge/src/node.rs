@@ -188,8 +188,8 @@ pub struct Node {
     pub auth: Arc<Authenticator>,
     broker: Option<BrokerHandle>,
     shutdown: watch::Sender<bool>,
+    /// The dispatcher's thread, which also runs the uplink and child nodes' connections.
     dispatcher: Option<std::thread::JoinHandle<()>>,
-    uplink: Option<tokio::task::JoinHandle<()>>,
     checkpointer: Option<crate::journal::Checkpointer>,
     // Last: the directory stays locked until everything above has closed.
     _data_dir: DataDir,
@@ -286,9 +286,19 @@ impl Node {
         let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
         let (http_tx, http_rx) = mpsc::channel(16 * 1024);
         let (parent_tx, parent_rx) = mpsc::channel(1024);
+        // The dispatcher's runtime is built here so that the uplink, and every child node's
+        // connection once it has logged in, run on the dispatcher's thread: a frame then
+        // crosses this node without waking another thread (ARCHITECTURE.md, "Threads and
+        // tasks").
+        let dispatcher_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| NodeError::Dispatcher(format!("cannot build its runtime: {e}")))?;
+        let links = dispatcher_rt.handle().clone();
         let (uplink, uplink_task) = if cfg.parents.is_empty() {
             (None, None)
         } else {
+            let _on_dispatcher = links.enter();
             let (handle, task) = uplink::spawn(
                 UplinkConfig {
                     node_id: cfg.id.clone(),
@@ -390,12 +400,16 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime can always be built");
+                let rt = dispatcher_rt;
                 let run = std::panic::AssertUnwindSafe(|| {
-                    rt.block_on(dispatcher.run(dispatcher_shutdown))
+                    rt.block_on(dispatcher.run(dispatcher_shutdown));
+                    // The uplink saw the same stop; it has a moment to say goodbye to the
+                    // parent before the runtime it runs on goes.
+                    if let Some(task) = uplink_task {
+                        rt.block_on(async {
+                            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+                        });
+                    }
                 });
                 if std::panic::catch_unwind(run).is_err() {
                     // Custody lives in the journal; a node without its dispatcher would only
@@ -438,6 +452,7 @@ impl Node {
             rate,
             write_timeout: cfg.write_timeout,
             connect_timeout: cfg.connect_timeout,
+            links: Some(links),
             ..FrontEndSettings::new(&cfg.id, auth, broker_metrics.clone())
         };
         let broker = BrokerHandle::start(ports.mqtt, settings, fanout, inbound_tx)
@@ -483,14 +498,13 @@ impl Node {
             broker: Some(broker),
             shutdown,
             dispatcher: Some(thread),
-            uplink: uplink_task,
             checkpointer: Some(checkpointer),
             _data_dir: data_dir,
         })
     }
 
     /// Stops accepting, closes connections, lets the dispatcher finish its round, closes
-    /// the uplink.
+    /// the uplink (on the dispatcher's thread, after the dispatcher).
     pub async fn shutdown(mut self) {
         if let Some(broker) = self.broker.take() {
             broker.stop().await;
@@ -503,9 +517,6 @@ impl Node {
         // the WAL and its close removes it.
         if let Some(checkpointer) = self.checkpointer.take() {
             let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
-        }
-        if let Some(task) = self.uplink.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
         info!("node stopped");
     }

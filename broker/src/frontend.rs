@@ -41,6 +41,10 @@ pub struct FrontEnd {
     /// §3.1.4). Keyed by identity too, so nobody can kick another identity's connection by
     /// reusing its client id.
     pub sessions: SessionRegistry,
+    /// Where a child node's connection is served once it has logged in: the dispatcher's
+    /// runtime, so that a link frame is read, taken into custody and passed on by one thread
+    /// (`None`: where it was accepted).
+    pub links: Option<tokio::runtime::Handle>,
     /// When a refused client certificate was last logged at WARN.
     pub certificate_warned: WarnEvery,
 }

@@ -23,7 +23,7 @@ use crate::frontend::{FrontEnd, WarnEvery};
 use crate::metrics::{bump, BrokerMetrics};
 use crate::rate::{RateLimiter, RateSettings};
 use crate::tls::common_name;
-use crate::transport::{Io, Transport};
+use crate::transport::{Io, Socket, Transport};
 
 /// Which MQTT transport a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -84,6 +84,10 @@ pub struct FrontEndSettings {
     /// How long a write to a client may stall before the client is dropped as a slow
     /// consumer.
     pub write_timeout: Duration,
+    /// The runtime that serves child nodes' connections after CONNECT (see
+    /// [`FrontEnd::links`](crate::frontend::FrontEnd)); `None` keeps them where they were
+    /// accepted.
+    pub links: Option<tokio::runtime::Handle>,
 }
 
 impl FrontEndSettings {
@@ -103,6 +107,7 @@ impl FrontEndSettings {
             })),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            links: None,
         }
     }
 }
@@ -173,6 +178,7 @@ impl BrokerHandle {
             max_packet_size: settings.max_packet_size,
             connect_timeout: settings.connect_timeout,
             write_timeout: settings.write_timeout,
+            links: settings.links.clone(),
             fanout,
             inbound,
             next_conn: AtomicU64::new(1),
@@ -308,10 +314,33 @@ fn serve(
             }
         };
         let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-        connection::run(ctx.clone(), transport, peer, conn, certificate).await;
-        ctx.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
+        let slot = Slot::open(permit, ctx.metrics.clone());
+        connection::run(ctx, transport, peer, conn, certificate, slot).await;
+    }
+}
+
+/// An open connection's place: its permit of the budget and its count in
+/// `connections_open`, both given back when the connection ends, on whichever runtime that is.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<BrokerMetrics>,
+}
+
+impl Slot {
+    fn open(permit: OwnedSemaphorePermit, metrics: Arc<BrokerMetrics>) -> Self {
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -334,13 +363,16 @@ async fn open(
             .tls
             .as_ref()
             .expect("TLS listeners are only started with a TLS configuration");
-        let tls = acceptor.accept(stream).await.inspect_err(|e| {
-            // A peer that closes before saying anything is a port probe, not a failed
-            // handshake (load balancers do this all day).
-            if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                bump(&ctx.metrics.tls_failures);
-            }
-        })?;
+        let tls = acceptor
+            .accept(Socket::new(stream))
+            .await
+            .inspect_err(|e| {
+                // A peer that closes before saying anything is a port probe, not a failed
+                // handshake (load balancers do this all day).
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    bump(&ctx.metrics.tls_failures);
+                }
+            })?;
         let cn = tls
             .get_ref()
             .1
@@ -349,7 +381,7 @@ async fn open(
             .and_then(common_name);
         (Box::new(tls), cn)
     } else {
-        (Box::new(stream), None)
+        (Box::new(Socket::new(stream)), None)
     };
     let transport = if kind.is_websocket() {
         Transport::websocket(io).await?

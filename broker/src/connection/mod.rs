@@ -31,6 +31,7 @@ use crate::events::{Accept, ConnId, Inbound, Stream};
 use crate::fanout::Mailbox;
 use crate::frontend::FrontEnd;
 use crate::identity::{Identity, Role};
+use crate::listener::Slot;
 use crate::metrics::bump;
 use crate::transport::Transport;
 
@@ -44,27 +45,65 @@ struct OwedAck {
     verdict: oneshot::Receiver<Accept>,
 }
 
-/// Serves one client connection from CONNECT to close.
+/// Serves one client connection from CONNECT to close; `slot` is given back when it ends.
+///
+/// A child node's connection moves to the dispatcher's runtime once it has logged in
+/// ([`FrontEnd::links`]): its link frames are then read, taken into custody and passed on
+/// without waking another thread.
 ///
 /// Not an `async fn`, which would keep its arguments' room beside the locals it moves them
 /// into; and the steps before and after serving are boxed, so what the task holds while the
 /// connection waits is the session and its serve loop (ARCHITECTURE.md, "Memory per
 /// connection").
 #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
-pub fn run(
+pub(crate) fn run(
     ctx: Arc<FrontEnd>,
     mut transport: Transport,
     peer: SocketAddr,
     conn: ConnId,
     certificate: Option<String>,
+    slot: Slot,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     async move {
         // Matched as a temporary: a named `Option` would keep its room beside the session.
         let opened = open_session(&ctx, &mut transport, peer, conn, certificate);
-        let (mut session, rbuf) = match Box::pin(opened).await {
+        let (session, rbuf) = match Box::pin(opened).await {
             Some(admitted) => admitted,
             None => return,
         };
+        let links = match &ctx.links {
+            Some(links) if session.identity.role == Role::Node => Some(links.clone()),
+            _ => None,
+        };
+        // A WebSocket link stays where it is: its stream cannot be taken out of the reactor.
+        if let Some((links, socket)) = links.and_then(|l| Some((l, transport.unregister()?))) {
+            links.spawn(async move {
+                if let Err(e) = transport.register(socket) {
+                    warn!(%peer, conn, client = %session.client_id, error = %e, "a child node's connection could not move to the dispatcher's thread; closed, it will dial again");
+                    Box::pin(close_session(&ctx, &mut transport, session, End::Io(e), peer, conn))
+                        .await;
+                    return;
+                }
+                serve(ctx, transport, session, rbuf, peer, conn, slot).await;
+            });
+            return;
+        }
+        serve(ctx, transport, session, rbuf, peer, conn, slot).await;
+    }
+}
+
+/// Serves a registered session until it ends, then closes it and gives `slot` back.
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+fn serve(
+    ctx: Arc<FrontEnd>,
+    mut transport: Transport,
+    mut session: Session,
+    rbuf: BytesMut,
+    peer: SocketAddr,
+    conn: ConnId,
+    slot: Slot,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
         // From here on the session is registered (sessions, subscriptions): every exit path
         // must go through `close`, or a dead connection would keep its slot and subscriptions.
         let flushed = Box::pin(session.flush(&ctx, &mut transport)).await;
@@ -81,6 +120,7 @@ pub fn run(
             conn,
         ))
         .await;
+        drop(slot);
     }
 }
 
