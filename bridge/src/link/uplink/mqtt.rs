@@ -57,6 +57,9 @@ fn cause(e: &rumqttc::ConnectionError) -> Cause {
     }
 }
 
+/// The QoS of link frames, up and down (see `session`).
+const LINK_QOS: QoS = QoS::AtMostOnce;
+
 /// One MQTT session with the parent at `addr`.
 pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Channels<'_>) -> Ended {
     let up_topic = link_up_topic(&cfg.node_id);
@@ -67,8 +70,11 @@ pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Chan
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(5);
     eventloop.set_network_options(net);
-    // Queued now, sent right after CONNACK.
-    let _ = client.try_subscribe(&down_topic, QoS::AtLeastOnce);
+    // Queued now, sent right after CONNACK. Frames travel at QoS 0 both ways: custody is the
+    // link's own (an `ack` frame after the receiver's commit, go-back-N resends after a lost
+    // connection), so a PUBACK per frame would only add a packet each way at every hop
+    // (ARCHITECTURE.md, "Custody rules").
+    let _ = client.try_subscribe(&down_topic, LINK_QOS);
     // `EventLoop::poll` must never be dropped half-way, yet `select!` drops whichever branch
     // loses. rumqttc gives a publish its packet id and records it in flight, or decodes a
     // publish from the parent, and only then writes the publish (or its PUBACK); that write
@@ -108,7 +114,7 @@ pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Chan
                 Err(e) => return Ended::Lost { connected: subscribed, reason: cause(&e) },
             },
             Some(frame) = ch.frames.recv(), if subscribed => {
-                if let Err(e) = client.try_publish(&up_topic, QoS::AtLeastOnce, false, frame) {
+                if let Err(e) = client.try_publish(&up_topic, LINK_QOS, false, frame) {
                     debug!(error = %e, "frame not queued; the window will resend it");
                 }
             }
