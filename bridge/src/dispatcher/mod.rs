@@ -162,6 +162,11 @@ impl Dispatcher {
         let mut last_sweep = Instant::now();
         loop {
             let Some(items) = self.inputs.next_round(&mut tick, &mut shutdown).await else {
+                if self.state.links.acks_waiting() {
+                    // Not needed for custody (the peers would skip the resends), but a node
+                    // stopped cleanly resends nothing.
+                    self.round(Vec::new(), false);
+                }
                 info!("dispatcher stopping");
                 return;
             };
@@ -183,10 +188,16 @@ impl Dispatcher {
         let state = &mut self.state;
         let result = (|| -> rusqlite::Result<()> {
             let mut tx = self.journal.begin()?;
+            // Peers' acknowledgements of earlier rounds: this transaction commits them
+            // (`link/acks.rs`).
+            state.links.write_acks(&mut tx)?;
             for item in items {
                 state.handle(&mut tx, item, now, &mut out)?;
             }
             if sweep {
+                // This round's too, or the sweep would take what they acknowledged for
+                // expired.
+                state.links.write_acks(&mut tx)?;
                 state.sweep_expired(&mut tx, now)?;
                 state.service_timers(&mut tx, now)?;
             }
@@ -202,6 +213,7 @@ impl Dispatcher {
             // again, and client streams publish again from their last committed point
             // (duplicates carry the same id).
             self.state.links.forget_inbound();
+            self.state.links.acks_failed();
             self.state.clients.commit_failed();
             return;
         }
@@ -651,6 +663,7 @@ impl State {
     /// Sends acknowledgements and replies held back until the commit.
     fn release(&mut self, out: Outbox) {
         self.clients.committed();
+        self.links.acks_committed();
         for (reply, verdict) in out.replies {
             let _ = reply.send(verdict);
         }

@@ -1,6 +1,7 @@
 //! The tier link: how custody moves between a node and its parent and children.
 //!
 //! - [`frame`]: the wire format of link frames, and in-order admission on the receiving side.
+//! - [`acks`]: peers' acknowledgements, written with the next transaction.
 //! - [`out`]: the sending side, a go-back-N window per priority lane over the journal.
 //! - [`mailbox`]: frames waiting for children that link over HTTP (they long-poll).
 //! - [`uplink`]: the child's own connection to its parent, over MQTT or HTTP.
@@ -10,6 +11,7 @@
 //! its round; [`Links`] answers with what it admitted, which the dispatcher takes custody of
 //! in the same transaction, and the frame to answer with, sent after the commit.
 
+mod acks;
 pub mod frame;
 mod mailbox;
 pub mod out;
@@ -28,7 +30,8 @@ use crate::envelope::{now_ms, Envelope, Priority, Transit};
 use crate::journal::{Dest, Journal, Peer, Target, Txn};
 use crate::route::{within, Topology};
 use crate::router::{Router, SendPass};
-use crate::stats::{DeliveredBy, Stats};
+use crate::stats::Stats;
+use acks::PendingAcks;
 use frame::{Batch, Frame, InOrder, Incoming};
 use mailbox::Mailboxes;
 use out::{Lane, LinkOut, LinkTuning};
@@ -89,6 +92,8 @@ pub struct Links {
     /// Positions of incoming lanes, read from the journal on first use.
     inbound: HashMap<(Peer, Priority), InOrder>,
     mailboxes: Mailboxes,
+    /// Peers' acknowledgements, applied in memory and written with the next transaction.
+    acks: PendingAcks,
     /// Where console frames (summaries, questions, answers) go.
     pub console: Option<tokio::sync::mpsc::UnboundedSender<Note>>,
 }
@@ -128,6 +133,7 @@ impl Links {
             children,
             inbound: HashMap::new(),
             mailboxes: Mailboxes::default(),
+            acks: PendingAcks::default(),
             console: None,
         })
     }
@@ -258,11 +264,15 @@ impl Links {
                 return self.batch(tx, peer, batch);
             }
             Frame::Ack { upto, lane } => {
+                let mut moved = None;
                 if let Some(link) = self.out_mut(&peer) {
                     let lane = link.lane_mut(lane);
                     if lane.ack(upto) {
-                        tx.acknowledge(&lane.dest, upto, DeliveredBy::Link)?;
+                        moved = Some(lane.dest.clone());
                     }
+                }
+                if let Some(dest) = moved {
+                    self.acks.note(dest, upto);
                 }
             }
             Frame::Ping { at } => received.answer = Some((peer, Frame::Pong { at }.to_bytes())),
@@ -509,6 +519,26 @@ impl Links {
     /// A commit failed: receive positions are read from the journal again.
     pub fn forget_inbound(&mut self) {
         self.inbound.clear();
+    }
+
+    /// Writes the acknowledgements received since the last transaction (`acks.rs`).
+    pub fn write_acks(&mut self, tx: &mut Txn) -> rusqlite::Result<()> {
+        self.acks.write(tx)
+    }
+
+    /// Whether acknowledgements wait to be written.
+    pub fn acks_waiting(&self) -> bool {
+        !self.acks.is_empty()
+    }
+
+    /// The round's transaction committed: the acknowledgements it wrote are on disk.
+    pub fn acks_committed(&mut self) {
+        self.acks.committed();
+    }
+
+    /// The round's transaction failed: the acknowledgements it wrote wait for the next one.
+    pub fn acks_failed(&mut self) {
+        self.acks.failed();
     }
 
     fn out_mut(&mut self, peer: &Peer) -> Option<&mut LinkOut> {
