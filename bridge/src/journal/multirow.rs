@@ -5,7 +5,7 @@
 //! row per command. One statement per row paid SQLite's per-statement costs (and rusqlite's
 //! statement-cache lookup) every time; grouped, they are paid once per [`SIZES`] rows.
 
-use rusqlite::{CachedStatement, Transaction};
+use rusqlite::{CachedStatement, Connection};
 
 use super::Result;
 
@@ -34,7 +34,7 @@ impl MultiRow {
     /// columns from the 1-based parameter index `first` on.
     pub(super) fn run<T>(
         &self,
-        tx: &Transaction,
+        tx: &Connection,
         items: &[T],
         mut bind: impl FnMut(&mut CachedStatement, usize, &T) -> Result<()>,
     ) -> Result<()> {
