@@ -286,19 +286,19 @@ impl Node {
         let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
         let (http_tx, http_rx) = mpsc::channel(16 * 1024);
         let (parent_tx, parent_rx) = mpsc::channel(1024);
-        // The dispatcher's runtime is built here so that the uplink, and every child node's
-        // connection once it has logged in, run on the dispatcher's thread: a frame then
-        // crosses this node without waking another thread (ARCHITECTURE.md, "Threads and
-        // tasks").
+        // The dispatcher's runtime is built here so that the uplink, and the connections of
+        // child nodes and of the clients in the credentials file once they have logged in,
+        // run on the dispatcher's thread: a command then crosses this node without waking
+        // another thread (ARCHITECTURE.md, "Threads and tasks").
         let dispatcher_rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| NodeError::Dispatcher(format!("cannot build its runtime: {e}")))?;
-        let links = dispatcher_rt.handle().clone();
+        let on_dispatcher = dispatcher_rt.handle().clone();
         let (uplink, uplink_task) = if cfg.parents.is_empty() {
             (None, None)
         } else {
-            let _on_dispatcher = links.enter();
+            let _on_dispatcher = on_dispatcher.enter();
             let (handle, task) = uplink::spawn(
                 UplinkConfig {
                     node_id: cfg.id.clone(),
@@ -452,7 +452,7 @@ impl Node {
             rate,
             write_timeout: cfg.write_timeout,
             connect_timeout: cfg.connect_timeout,
-            links: Some(links),
+            dispatcher: Some(on_dispatcher),
             ..FrontEndSettings::new(&cfg.id, auth, broker_metrics.clone())
         };
         let broker = BrokerHandle::start(ports.mqtt, settings, fanout, inbound_tx)

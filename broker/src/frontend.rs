@@ -13,6 +13,7 @@ use crate::acl::AclPolicy;
 use crate::auth::Authenticator;
 use crate::events::{ConnId, Inbound};
 use crate::fanout::Fanout;
+use crate::identity::{Identity, Role};
 use crate::metrics::BrokerMetrics;
 use crate::rate::RateLimiter;
 
@@ -41,12 +42,33 @@ pub struct FrontEnd {
     /// §3.1.4). Keyed by identity too, so nobody can kick another identity's connection by
     /// reusing its client id.
     pub sessions: SessionRegistry,
-    /// Where a child node's connection is served once it has logged in: the dispatcher's
-    /// runtime, so that a link frame is read, taken into custody and passed on by one thread
-    /// (`None`: where it was accepted).
-    pub links: Option<tokio::runtime::Handle>,
+    /// The dispatcher's runtime, where the connections of child nodes and of the clients in
+    /// the credentials file are served once they have logged in (`None`: every connection
+    /// stays where it was accepted). See [`FrontEnd::home`].
+    pub dispatcher: Option<tokio::runtime::Handle>,
     /// When a refused client certificate was last logged at WARN.
     pub certificate_warned: WarnEvery,
+}
+
+impl FrontEnd {
+    /// The runtime `who`'s connection moves to after CONNECT, if it moves.
+    ///
+    /// Child nodes and the systems listed in the credentials file (clinics, hospitals,
+    /// services: a few hundred at most, each carrying a steady flow of commands) move to the
+    /// dispatcher's thread, so that what they send is read, taken into custody and passed on
+    /// by one thread, and what they are sent is written by it, with no hand-off between
+    /// threads. Device-token holders (patients' phones, up to 100,000) and admins stay on the
+    /// workers: their TLS records and their number would take the dispatcher's time, and
+    /// their handshakes ran on the workers anyway. ARCHITECTURE.md, "Threads and tasks".
+    pub fn home(&self, who: &Identity) -> Option<tokio::runtime::Handle> {
+        let dispatcher = self.dispatcher.as_ref()?;
+        let moves = match who.role {
+            Role::Node => true,
+            Role::Client => self.auth.credentials().role(&who.name) == Some(Role::Client),
+            Role::Admin => false,
+        };
+        moves.then(|| dispatcher.clone())
+    }
 }
 
 /// A WARN that an operator must see once, but that a stranger's connections must not be able

@@ -84,10 +84,10 @@ pub struct FrontEndSettings {
     /// How long a write to a client may stall before the client is dropped as a slow
     /// consumer.
     pub write_timeout: Duration,
-    /// The runtime that serves child nodes' connections after CONNECT (see
-    /// [`FrontEnd::links`](crate::frontend::FrontEnd)); `None` keeps them where they were
-    /// accepted.
-    pub links: Option<tokio::runtime::Handle>,
+    /// The dispatcher's runtime, which serves the connections of child nodes and of the
+    /// clients in the credentials file after CONNECT; `None` keeps every connection where it
+    /// was accepted.
+    pub dispatcher: Option<tokio::runtime::Handle>,
 }
 
 impl FrontEndSettings {
@@ -107,7 +107,7 @@ impl FrontEndSettings {
             })),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
-            links: None,
+            dispatcher: None,
         }
     }
 }
@@ -178,7 +178,7 @@ impl BrokerHandle {
             max_packet_size: settings.max_packet_size,
             connect_timeout: settings.connect_timeout,
             write_timeout: settings.write_timeout,
-            links: settings.links.clone(),
+            dispatcher: settings.dispatcher.clone(),
             fanout,
             inbound,
             next_conn: AtomicU64::new(1),

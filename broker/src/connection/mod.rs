@@ -47,9 +47,9 @@ struct OwedAck {
 
 /// Serves one client connection from CONNECT to close; `slot` is given back when it ends.
 ///
-/// A child node's connection moves to the dispatcher's runtime once it has logged in
-/// ([`FrontEnd::links`]): its link frames are then read, taken into custody and passed on
-/// without waking another thread.
+/// Once logged in, a child node's or an institution's connection moves to the dispatcher's
+/// runtime ([`FrontEnd::home`]): what it sends is then taken into custody and passed on, and
+/// what it is sent written, without waking another thread.
 ///
 /// Not an `async fn`, which would keep its arguments' room beside the locals it moves them
 /// into; and the steps before and after serving are boxed, so what the task holds while the
@@ -71,15 +71,12 @@ pub(crate) fn run(
             Some(admitted) => admitted,
             None => return,
         };
-        let links = match &ctx.links {
-            Some(links) if session.identity.role == Role::Node => Some(links.clone()),
-            _ => None,
-        };
-        // A WebSocket link stays where it is: its stream cannot be taken out of the reactor.
-        if let Some((links, socket)) = links.and_then(|l| Some((l, transport.unregister()?))) {
-            links.spawn(async move {
+        // A WebSocket connection stays: its stream cannot be taken out of the reactor.
+        let home = ctx.home(&session.identity);
+        if let Some((home, socket)) = home.and_then(|h| Some((h, transport.unregister()?))) {
+            home.spawn(async move {
                 if let Err(e) = transport.register(socket) {
-                    warn!(%peer, conn, client = %session.client_id, error = %e, "a child node's connection could not move to the dispatcher's thread; closed, it will dial again");
+                    warn!(%peer, conn, client = %session.client_id, error = %e, "the connection could not move to the dispatcher's thread; closed, the client will connect again");
                     Box::pin(close_session(&ctx, &mut transport, session, End::Io(e), peer, conn))
                         .await;
                     return;
