@@ -71,8 +71,11 @@ pub struct DispatcherConfig {
 /// Output of a round, released only after the commit.
 #[derive(Default)]
 struct Outbox {
-    /// Verdicts on what carried custody (PUBACKs, HTTP 202s).
+    /// Verdicts on MQTT publishes that carried custody (PUBACKs), sent after the sending pass.
     replies: Vec<(oneshot::Sender<Accept>, Accept)>,
+    /// Verdicts on HTTP POSTs (202s), sent before it: an HTTP sender waits for its answer
+    /// before it posts again, so holding it through the pass would hold the sender too.
+    posted: Vec<(oneshot::Sender<Accept>, Accept)>,
     /// Link answers (acks, pongs).
     frames: Vec<(Peer, Vec<u8>)>,
     /// HTTP acknowledgements.
@@ -86,6 +89,13 @@ impl Outbox {
     fn reply(&mut self, reply: impl Into<Option<oneshot::Sender<Accept>>>, verdict: Accept) {
         if let Some(reply) = reply.into() {
             self.replies.push((reply, verdict));
+        }
+    }
+
+    /// Holds `verdict` for an HTTP POST until the commit.
+    fn answer_post(&mut self, reply: impl Into<Option<oneshot::Sender<Accept>>>, verdict: Accept) {
+        if let Some(reply) = reply.into() {
+            self.posted.push((reply, verdict));
         }
     }
 }
@@ -206,7 +216,7 @@ impl Dispatcher {
         })();
         if let Err(e) = result {
             error!(error = %e, "journal commit failed; nothing from this round is acknowledged");
-            for (reply, _) in out.replies {
+            for (reply, _) in out.replies.into_iter().chain(out.posted) {
                 let _ = reply.send(Accept::Unavailable);
             }
             // In-memory positions may be ahead of the journal: receive positions are read
@@ -220,6 +230,7 @@ impl Dispatcher {
         let t1 = t0.elapsed();
         self.state.clients.committed();
         self.state.links.acks_committed();
+        self.state.answer_requests(&mut out);
         self.state.links.timers();
         if let Err(e) = self.state.pump(&mut self.journal, now) {
             error!(error = %e, "journal read failed while sending");
@@ -363,7 +374,7 @@ impl State {
                 reply,
             } => {
                 let verdict = self.command(tx, &client, &payload, now, Some(id))?;
-                out.reply(reply, verdict);
+                out.answer_post(reply, verdict);
             }
             Request::Poll {
                 client,
@@ -400,7 +411,7 @@ impl State {
                 reply,
             } => {
                 let verdict = self.child_frame(tx, &child, &payload, now, out)?;
-                out.reply(reply, verdict);
+                out.answer_post(reply, verdict);
             }
             Request::LinkPoll { child, reply } => self.links.child_poll(&child, reply),
             Request::Operator(req) => out.operator.push(self.operate(tx, req, now)?),
@@ -666,16 +677,25 @@ impl State {
         }
     }
 
-    /// Sends acknowledgements and replies held back until the commit.
+    /// Answers the HTTP requests held back until the commit, before the sending pass: their
+    /// senders wait for these answers (a POST's 202, an ack's cursor, an operator's result)
+    /// before they go on, and their tasks run on the workers.
+    fn answer_requests(&mut self, out: &mut Outbox) {
+        for (reply, verdict) in out.posted.drain(..) {
+            let _ = reply.send(verdict);
+        }
+        for (reply, point) in out.acks.drain(..) {
+            let _ = reply.send(point);
+        }
+        for (reply, answer) in out.operator.drain(..) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Sends the PUBACKs and link answers held back until the commit, after the sending pass.
     fn release(&mut self, out: Outbox) {
         for (reply, verdict) in out.replies {
             let _ = reply.send(verdict);
-        }
-        for (reply, point) in out.acks {
-            let _ = reply.send(point);
-        }
-        for (reply, answer) in out.operator {
-            let _ = reply.send(answer);
         }
         for (peer, frame) in out.frames {
             self.links.send(&mut self.router, &peer, frame);
