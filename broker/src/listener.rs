@@ -324,6 +324,7 @@ fn serve(
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<BrokerMetrics>,
+    on_dispatcher: bool,
 }
 
 impl Slot {
@@ -332,7 +333,16 @@ impl Slot {
         Slot {
             _permit: permit,
             metrics,
+            on_dispatcher: false,
         }
+    }
+
+    /// The connection now runs on the dispatcher's thread; counted there until it ends.
+    pub(crate) fn moved_to_dispatcher(&mut self) {
+        self.on_dispatcher = true;
+        self.metrics
+            .connections_on_dispatcher
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -341,6 +351,11 @@ impl Drop for Slot {
         self.metrics
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
+        if self.on_dispatcher {
+            self.metrics
+                .connections_on_dispatcher
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

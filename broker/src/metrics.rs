@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 pub struct BrokerMetrics {
     /// Connections currently open (after the transport handshake).
     pub connections_open: AtomicI64,
+    /// Of those, served on the dispatcher's thread (child nodes, credentials-file clients).
+    pub connections_on_dispatcher: AtomicI64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
     /// Logins refused for a bad name, password or certificate.
@@ -104,11 +106,22 @@ impl BrokerMetrics {
     /// Appends the counters to `out` in the Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
         let open = self.connections_open.load(Ordering::Relaxed).max(0) as u64;
-        let gauge = [(
-            "medlink_connections_open",
-            "MQTT connections currently open",
-            open,
-        )];
+        let on_dispatcher = self
+            .connections_on_dispatcher
+            .load(Ordering::Relaxed)
+            .max(0) as u64;
+        let gauge = [
+            (
+                "medlink_connections_open",
+                "MQTT connections currently open",
+                open,
+            ),
+            (
+                "medlink_connections_on_dispatcher",
+                "MQTT connections served on the dispatcher's thread (child nodes, clients of the credentials file)",
+                on_dispatcher,
+            ),
+        ];
         let counters = [
             (
                 "medlink_connections_total",

@@ -133,6 +133,19 @@ async fn a_cut_link_comes_back_by_itself_and_the_child_fails_over_between_parent
         )),
         "{log}"
     );
+    // The child's link and the sink (in the credentials file) are served on the root's
+    // dispatcher thread; the connection the cut left behind is gone from the count.
+    let root = tree.node("js");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while root.metric("medlink_connections_on_dispatcher") != 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections on the dispatcher's thread: {} (open: {})",
+            root.metric("medlink_connections_on_dispatcher"),
+            root.metric("medlink_connections_open")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until `node`'s link to its parent is up.

@@ -162,6 +162,13 @@ async fn a_patient_with_a_token_gets_what_was_queued_before_it_ever_connected() 
     let mut patient = App::connect_token(NODE, "pt-1001", &token, port).await;
     let (seqs, receipts) = collect(&mut patient, N, 10).await;
     t.assert_stream_intact(&seqs, &receipts, N);
+    // `desk` is in the credentials file: its connection moved to the dispatcher's thread after
+    // CONNECT. The patient's, with a device token, stays on the workers.
+    assert_eq!(t.node(NODE).metric("medlink_connections_open"), 2.0);
+    assert_eq!(
+        t.node(NODE).metric("medlink_connections_on_dispatcher"),
+        1.0
+    );
     // What it sends is stamped with the token's identity.
     patient.send(NODE, "desk", "ack", json!({"s": 1})).await;
     let got = desk.expect_cmd(10).await;

@@ -62,7 +62,7 @@ pub(crate) fn run(
     peer: SocketAddr,
     conn: ConnId,
     certificate: Option<String>,
-    slot: Slot,
+    mut slot: Slot,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     async move {
         // Matched as a temporary: a named `Option` would keep its room beside the session.
@@ -81,6 +81,7 @@ pub(crate) fn run(
                         .await;
                     return;
                 }
+                slot.moved_to_dispatcher();
                 serve(ctx, transport, session, rbuf, peer, conn, slot).await;
             });
             return;
