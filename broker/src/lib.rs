@@ -26,6 +26,7 @@ pub mod identity;
 mod listener;
 pub mod metrics;
 pub mod rate;
+mod slot;
 mod stop;
 pub mod throttle;
 pub mod tls;

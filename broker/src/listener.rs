@@ -22,6 +22,7 @@ use crate::fanout::Fanout;
 use crate::frontend::{FrontEnd, WarnEvery};
 use crate::metrics::{bump, BrokerMetrics};
 use crate::rate::{RateLimiter, RateSettings};
+use crate::slot::Slot;
 use crate::tls::common_name;
 use crate::transport::{Io, Socket, Transport};
 
@@ -316,46 +317,6 @@ fn serve(
         let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
         let slot = Slot::open(permit, ctx.metrics.clone());
         connection::run(ctx, transport, peer, conn, certificate, slot).await;
-    }
-}
-
-/// An open connection's place: its permit of the budget and its count in
-/// `connections_open`, both given back when the connection ends, on whichever runtime that is.
-pub(crate) struct Slot {
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<BrokerMetrics>,
-    on_dispatcher: bool,
-}
-
-impl Slot {
-    fn open(permit: OwnedSemaphorePermit, metrics: Arc<BrokerMetrics>) -> Self {
-        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-        Slot {
-            _permit: permit,
-            metrics,
-            on_dispatcher: false,
-        }
-    }
-
-    /// The connection now runs on the dispatcher's thread; counted there until it ends.
-    pub(crate) fn moved_to_dispatcher(&mut self) {
-        self.on_dispatcher = true;
-        self.metrics
-            .connections_on_dispatcher
-            .fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.metrics
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
-        if self.on_dispatcher {
-            self.metrics
-                .connections_on_dispatcher
-                .fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 

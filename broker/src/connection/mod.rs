@@ -31,8 +31,8 @@ use crate::events::{Accept, ConnId, Inbound, Stream};
 use crate::fanout::Mailbox;
 use crate::frontend::FrontEnd;
 use crate::identity::{Identity, Role};
-use crate::listener::Slot;
 use crate::metrics::bump;
+use crate::slot::Slot;
 use crate::transport::Transport;
 
 mod inbound;
