@@ -62,13 +62,17 @@ impl Socket {
         Ok(())
     }
 
-    fn stream(&mut self) -> io::Result<Pin<&mut TcpStream>> {
-        match &mut self.0 {
-            Some(s) => Ok(Pin::new(s)),
-            None => Err(io::Error::new(
+    /// Polls the stream with `op`, or fails at once while it is moving.
+    fn poll<T>(
+        self: Pin<&mut Self>,
+        op: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match &mut self.get_mut().0 {
+            Some(s) => op(Pin::new(s)),
+            None => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the socket is moving to another runtime",
-            )),
+            ))),
         }
     }
 }
@@ -79,10 +83,7 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll(|s| s.poll_read(cx, buf))
     }
 }
 
@@ -92,10 +93,7 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll(|s| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -103,10 +101,7 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll(|s| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -114,17 +109,11 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll(|s| s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().stream() {
-            Ok(s) => s.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll(|s| s.poll_shutdown(cx))
     }
 }
 

@@ -172,7 +172,7 @@ impl Dispatcher {
         let mut last_sweep = Instant::now();
         loop {
             let Some(items) = self.inputs.next_round(&mut tick, &mut shutdown).await else {
-                if self.state.links.acks_waiting() {
+                if !self.state.links.acks.is_empty() {
                     // Not needed for custody (the peers would skip the resends), but a node
                     // stopped cleanly resends nothing.
                     self.round(Vec::new(), false);
@@ -200,14 +200,14 @@ impl Dispatcher {
             let mut tx = self.journal.begin()?;
             // Peers' acknowledgements of earlier rounds: this transaction commits them
             // (`link/acks.rs`).
-            state.links.write_acks(&mut tx)?;
+            state.links.acks.write(&mut tx)?;
             for item in items {
                 state.handle(&mut tx, item, now, &mut out)?;
             }
             if sweep {
                 // This round's too, or the sweep would take what they acknowledged for
                 // expired.
-                state.links.write_acks(&mut tx)?;
+                state.links.acks.write(&mut tx)?;
                 state.sweep_expired(&mut tx, now)?;
                 state.service_timers(&mut tx, now)?;
             }
@@ -223,13 +223,13 @@ impl Dispatcher {
             // again, and client streams publish again from their last committed point
             // (duplicates carry the same id).
             self.state.links.forget_inbound();
-            self.state.links.acks_failed();
+            self.state.links.acks.failed();
             self.state.clients.commit_failed();
             return;
         }
         let t1 = t0.elapsed();
         self.state.clients.committed();
-        self.state.links.acks_committed();
+        self.state.links.acks.committed();
         self.state.answer_requests(&mut out);
         self.state.links.timers();
         if let Err(e) = self.state.pump(&mut self.journal, now) {

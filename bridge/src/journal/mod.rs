@@ -280,14 +280,10 @@ impl Journal {
     /// (four statements per long-poll): 12 % of the dispatcher's time in a push to 19,000
     /// long-polls went to those locks.
     pub fn snapshot<T>(&self, reads: impl FnOnce(&Journal) -> Result<T>) -> Result<T> {
-        // Cached statements: this runs every round, and `execute_batch` parses its text anew.
-        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        // A transaction that only reads: its commit writes nothing, it ends it and frees the lock.
+        let tx = txn::CachedTx::begin(&self.conn)?;
         let read = reads(self);
-        // A transaction that only read has nothing to write: this ends it and frees the lock.
-        let ended = self
-            .conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut commit| commit.execute([]));
+        let ended = tx.commit();
         let read = read?;
         ended?;
         Ok(read)

@@ -46,25 +46,26 @@ static STORE_RESERVATIONS: LazyLock<MultiRow> = LazyLock::new(|| {
     )
 });
 
-/// A write transaction begun and committed with cached statements. `Connection::transaction`
-/// runs `BEGIN` and `COMMIT` through `execute_batch`, which parses the text anew, and a round
-/// runs both: 2 % of a middle node's dispatcher at 1,000 commands a second. Dropped before
-/// [`WriteTx::commit`] (or after a failed one), it rolls back.
-pub(super) struct WriteTx<'a>(&'a Connection);
+/// A transaction begun and committed with cached statements: a round's write transaction and
+/// its sending pass's read one ([`Journal::snapshot`]). `Connection::transaction` runs `BEGIN`
+/// and `COMMIT` through `execute_batch`, which parses the text anew, and every round runs both:
+/// 2 % of a middle node's dispatcher at 1,000 commands a second. Dropped before
+/// [`CachedTx::commit`] (or after a failed one), it rolls back.
+pub(super) struct CachedTx<'a>(&'a Connection);
 
-impl<'a> WriteTx<'a> {
-    fn begin(conn: &'a Connection) -> Result<Self> {
+impl<'a> CachedTx<'a> {
+    pub(super) fn begin(conn: &'a Connection) -> Result<Self> {
         conn.prepare_cached("BEGIN")?.execute([])?;
-        Ok(WriteTx(conn))
+        Ok(CachedTx(conn))
     }
 
-    fn commit(self) -> Result<()> {
+    pub(super) fn commit(self) -> Result<()> {
         self.0.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     }
 }
 
-impl std::ops::Deref for WriteTx<'_> {
+impl std::ops::Deref for CachedTx<'_> {
     type Target = Connection;
 
     fn deref(&self) -> &Connection {
@@ -72,7 +73,7 @@ impl std::ops::Deref for WriteTx<'_> {
     }
 }
 
-impl Drop for WriteTx<'_> {
+impl Drop for CachedTx<'_> {
     fn drop(&mut self) {
         if !self.0.is_autocommit() {
             let rolled_back = self
@@ -90,7 +91,7 @@ impl Journal {
     /// Starts a group transaction.
     pub fn begin(&mut self) -> Result<Txn<'_>> {
         Ok(Txn {
-            tx: WriteTx::begin(&self.conn)?,
+            tx: CachedTx::begin(&self.conn)?,
             dead: [0; 3],
             next: &mut self.next,
             reserved: &mut self.reserved,
@@ -108,7 +109,7 @@ impl Journal {
 
 /// One group transaction. Dropping it without [`Txn::commit`] rolls everything back.
 pub struct Txn<'a> {
-    pub(super) tx: WriteTx<'a>,
+    pub(super) tx: CachedTx<'a>,
     /// Dead letters kept in this transaction, by [`medlink_wire::DeadReason`].
     pub(super) dead: [u64; 3],
     next: &'a mut HashMap<String, u64>,

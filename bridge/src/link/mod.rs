@@ -11,7 +11,7 @@
 //! its round; [`Links`] answers with what it admitted, which the dispatcher takes custody of
 //! in the same transaction, and the frame to answer with, sent after the commit.
 
-mod acks;
+pub mod acks;
 pub mod frame;
 mod mailbox;
 pub mod out;
@@ -93,7 +93,7 @@ pub struct Links {
     inbound: HashMap<(Peer, Priority), InOrder>,
     mailboxes: Mailboxes,
     /// Peers' acknowledgements, applied in memory and written with the next transaction.
-    acks: PendingAcks,
+    pub acks: PendingAcks,
     /// Where console frames (summaries, questions, answers) go.
     pub console: Option<tokio::sync::mpsc::UnboundedSender<Note>>,
 }
@@ -519,26 +519,6 @@ impl Links {
     /// A commit failed: receive positions are read from the journal again.
     pub fn forget_inbound(&mut self) {
         self.inbound.clear();
-    }
-
-    /// Writes the acknowledgements received since the last transaction (`acks.rs`).
-    pub fn write_acks(&mut self, tx: &mut Txn) -> rusqlite::Result<()> {
-        self.acks.write(tx)
-    }
-
-    /// Whether acknowledgements wait to be written.
-    pub fn acks_waiting(&self) -> bool {
-        !self.acks.is_empty()
-    }
-
-    /// The round's transaction committed: the acknowledgements it wrote are on disk.
-    pub fn acks_committed(&mut self) {
-        self.acks.committed();
-    }
-
-    /// The round's transaction failed: the acknowledgements it wrote wait for the next one.
-    pub fn acks_failed(&mut self) {
-        self.acks.failed();
     }
 
     fn out_mut(&mut self, peer: &Peer) -> Option<&mut LinkOut> {
