@@ -28,6 +28,9 @@ set -euo pipefail
 # ONLY=medlink or ONLY=mosquitto runs one side; KEEP=1 leaves the chains running until Enter.
 # ROUNDS=k runs the throughput and latency pairs k times, alternating their order (below).
 # NODE_LOG sets the nodes' MEDLINK_LOG (default warn); their logs are $WORK/ml<i>.log, kept while KEEP=1.
+# HOPS=1 measures only the latency at 1,000 msg/s by the number of nodes crossed: the publisher
+# at the top tier (1 node), then one tier lower each time (2, 3, 4), the subscriber always at the
+# top; ROUNDS times, the order alternating. It shows what one more hop costs each chain.
 N=${1:-100000}
 P=${2:-4}
 LAT_N=${LAT_N:-10000}
@@ -145,6 +148,10 @@ for i in 0 1 2 3; do
     for who in source web-source; do
         [ "$i" -eq 3 ] && echo "bench-password" | "$BIN" passwd --file "$creds" add "$who" --role client --password-stdin 2> /dev/null
     done
+    # HOPS=1 publishes from every tier.
+    if [ "$i" -lt 3 ] && [ "${HOPS:-0}" = 1 ]; then
+        echo "bench-password" | "$BIN" passwd --file "$creds" add source --role client --password-stdin 2> /dev/null
+    fi
     {
         echo "[node]"
         echo "id = \"$id\""
@@ -236,6 +243,42 @@ with_disk() { # label dirs... -- command...
 }
 ML_DIRS=("$WORK/ml0" "$WORK/ml1" "$WORK/ml2" "$WORK/ml3")
 MQ_DIRS=("$WORK/mosq0" "$WORK/mosq1" "$WORK/mosq2" "$WORK/mosq3")
+
+if [ "${HOPS:-0}" = 1 ]; then
+    for round in $(seq 1 "${ROUNDS:-1}"); do
+        for t in 0 1 2 3; do
+            hops=$((t + 1))
+            echo "# round $round of ${ROUNDS:-1}: $LAT_N messages at 1000 msg/s through $hops node(s)" >&2
+            mq=(--pub-url "$SCHEME://127.0.0.1:${MQ[$t]}" --sub-url "$SCHEME://127.0.0.1:19901" "${CA_ARGS[@]}")
+            ml=(--medlink --pub-url "$SCHEME://127.0.0.1:${ML[$t]}" --sub-url "$SCHEME://127.0.0.1:19911" "${CA_ARGS[@]}"
+                --pub-node "${IDS[$t]}" --pub-user source --pub-pass bench-password
+                --sub-node b --sub-user sink --sub-pass bench-password)
+            hop_mq() { [ "$ONLY" = medlink ] || run "${mq[@]}" -n "$LAT_N" -s 256 -p 1 --rate 1000 --label "mosquitto-hops$hops"; }
+            hop_ml() { [ "$ONLY" = mosquitto ] || run "${ml[@]}" -n "$LAT_N" -s 256 -p 1 --rate 1000 --label "medlink-hops$hops"; }
+            if [ $((round % 2)) = 0 ]; then hop_ml; hop_mq; else hop_mq; hop_ml; fi
+        done
+    done
+    echo
+    echo "| nodes crossed | medlink p50 / p99 | mosquitto p50 / p99 | medlink lost / dup / out of order |"
+    echo "|---:|---|---|---|"
+    python3 - "$RESULTS" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def median(xs):
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2 if xs else float("nan")
+def pair(label):
+    rs = [r for r in rows if r["label"] == label]
+    return f'{median([r["p50_ms"] for r in rs]):.3f} / {median([r["p99_ms"] for r in rs]):.3f} ms', rs
+for hops in range(1, 5):
+    ml, mls = pair(f"medlink-hops{hops}")
+    mq, _ = pair(f"mosquitto-hops{hops}")
+    bad = " / ".join(str(sum(r[k] for r in mls)) for k in ("lost", "duplicates", "out_of_order"))
+    print(f"| {hops} | {ml} | {mq} | {bad} |")
+print(f"\nmedians of {len([r for r in rows if r['label'].endswith('hops1')]) // 2 or 1} round(s)")
+EOF
+    exit 0
+fi
 
 # ROUNDS=k repeats the throughput and latency runs k times on the same two chains, the order
 # alternating (mosquitto first in odd rounds, medlink first in even ones): the host's speed drifts
