@@ -275,7 +275,8 @@ for hops in range(1, 5):
     mq, _ = pair(f"mosquitto-hops{hops}")
     bad = " / ".join(str(sum(r[k] for r in mls)) for k in ("lost", "duplicates", "out_of_order"))
     print(f"| {hops} | {ml} | {mq} | {bad} |")
-print(f"\nmedians of {len([r for r in rows if r['label'].endswith('hops1')]) // 2 or 1} round(s)")
+rounds = max(len([r for r in rows if r["label"] == f"{side}-hops1"]) for side in ("medlink", "mosquitto"))
+print(f"\nmedians of {rounds} round(s)")
 EOF
     exit 0
 fi
