@@ -320,4 +320,4 @@ fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

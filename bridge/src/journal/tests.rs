@@ -27,20 +27,10 @@ fn hot_tail_matches_the_database() {
     t.commit().unwrap();
     // Readers always start above the acknowledged point (3 here); a segment that is only
     // partly acknowledged keeps its acknowledged entries on disk until the rest goes.
-    let hot: Vec<u64> = j
-        .read(&up(), 3, 100)
-        .unwrap()
-        .iter()
-        .map(|q| q.lseq)
-        .collect();
+    let hot = lseqs(&j, &up(), 3);
     drop(j);
     let cold = Journal::open(&path, Durability::Process).unwrap();
-    let db: Vec<u64> = cold
-        .read(&up(), 3, 100)
-        .unwrap()
-        .iter()
-        .map(|q| q.lseq)
-        .collect();
+    let db = lseqs(&cold, &up(), 3);
     assert_eq!(hot, db);
     assert_eq!(db, vec![4, 5, 7, 8, 9, 10]);
 }
@@ -63,12 +53,22 @@ fn a_journal_of_another_format_is_refused_with_a_clear_error() {
     Journal::open(&fresh, Durability::Process).unwrap();
 }
 
-fn up() -> Dest {
+/// The normal lane up, the destination most tests queue for.
+pub(crate) fn up() -> Dest {
     Dest::new(Target::Up, Priority::Normal)
 }
 
 fn env(id: &str) -> Envelope {
     crate::envelope::test_envelope(id, "a", "c")
+}
+
+/// The sequence numbers `j` would send for `dest` after `after` (at most 100).
+pub(crate) fn lseqs(j: &Journal, dest: &Dest, after: u64) -> Vec<u64> {
+    j.read(dest, after, 100)
+        .unwrap()
+        .iter()
+        .map(|q| q.lseq)
+        .collect()
 }
 
 #[test]
@@ -162,13 +162,6 @@ fn reads_of_destinations_never_numbered_or_read_to_the_end_are_empty() {
             .unwrap();
     }
     t.commit().unwrap();
-    let lseqs = |j: &Journal, dest: &Dest, after: u64| -> Vec<u64> {
-        j.read(dest, after, 10)
-            .unwrap()
-            .iter()
-            .map(|q| q.lseq)
-            .collect()
-    };
     assert_eq!(lseqs(&j, &up(), 0), [1, 2, 3]);
     assert_eq!(lseqs(&j, &up(), 2), [3]);
     assert!(lseqs(&j, &up(), 3).is_empty());

@@ -68,12 +68,8 @@ impl PendingAcks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Priority;
-    use crate::journal::{Durability, Journal, Target};
-
-    fn up() -> Dest {
-        Dest::new(Target::Up, Priority::Normal)
-    }
+    use crate::journal::tests::{lseqs, up};
+    use crate::journal::{Durability, Journal};
 
     fn journal_with(dir: &tempfile::TempDir, n: u64) -> Journal {
         let mut j = Journal::open(&dir.path().join("j.db"), Durability::Process).unwrap();
@@ -114,12 +110,6 @@ mod tests {
         acks.failed(); // nothing left to put back once committed
         assert!(acks.is_empty());
         assert_eq!(j.acked(&up()).unwrap(), 3);
-        let left: Vec<u64> = j
-            .read(&up(), 3, 10)
-            .unwrap()
-            .iter()
-            .map(|q| q.lseq)
-            .collect();
-        assert_eq!(left, [4, 5]);
+        assert_eq!(lseqs(&j, &up(), 3), [4, 5]);
     }
 }

@@ -176,24 +176,22 @@ impl App {
 
     /// Next command (not receipt) within `secs`, panicking with context if none.
     pub async fn expect_cmd(&mut self, secs: u64) -> Value {
-        loop {
-            let m = self.recv(secs).await.unwrap_or_else(|| {
-                panic!("{}@{}: no command within {secs} s", self.name, self.node)
-            });
-            if m.topic.ends_with("/cmd") {
-                return m.json;
-            }
-            eprintln!("{}: skipping {}: {}", self.name, m.topic, m.json);
-        }
+        self.expect_on("/cmd", "command", secs).await
     }
 
     /// Next receipt within `secs`.
     pub async fn expect_receipt(&mut self, secs: u64) -> Value {
+        self.expect_on("/receipt", "receipt", secs).await
+    }
+
+    /// Next message on a topic ending in `suffix` within `secs`, skipping (and logging) the
+    /// others; panics naming `what` if none comes.
+    async fn expect_on(&mut self, suffix: &str, what: &str, secs: u64) -> Value {
         loop {
             let m = self.recv(secs).await.unwrap_or_else(|| {
-                panic!("{}@{}: no receipt within {secs} s", self.name, self.node)
+                panic!("{}@{}: no {what} within {secs} s", self.name, self.node)
             });
-            if m.topic.ends_with("/receipt") {
+            if m.topic.ends_with(suffix) {
                 return m.json;
             }
             eprintln!("{}: skipping {}: {}", self.name, m.topic, m.json);
