@@ -30,7 +30,9 @@ set -euo pipefail
 # NODE_LOG sets the nodes' MEDLINK_LOG (default warn); their logs are $WORK/ml<i>.log, kept while KEEP=1.
 # HOPS=1 measures only the latency at 1,000 msg/s by the number of nodes crossed: the publisher
 # at the top tier (1 node), then one tier lower each time (2, 3, 4), the subscriber always at the
-# top; ROUNDS times, the order alternating. It shows what one more hop costs each chain.
+# top; ROUNDS times, the order alternating. It shows what one more hop costs each chain. Each
+# round also runs `medlink-bench floor` (bench/src/floor.rs) through as many relays: the leanest
+# hop that commits before passing on, and one that does not (FLOOR=0 leaves it out).
 N=${1:-100000}
 P=${2:-4}
 LAT_N=${LAT_N:-10000}
@@ -255,12 +257,19 @@ if [ "${HOPS:-0}" = 1 ]; then
                 --sub-node b --sub-user sink --sub-pass bench-password)
             hop_mq() { [ "$ONLY" = medlink ] || run "${mq[@]}" -n "$LAT_N" -s 256 -p 1 --rate 1000 --label "mosquitto-hops$hops"; }
             hop_ml() { [ "$ONLY" = mosquitto ] || run "${ml[@]}" -n "$LAT_N" -s 256 -p 1 --rate 1000 --label "medlink-hops$hops"; }
-            if [ $((round % 2)) = 0 ]; then hop_ml; hop_mq; else hop_mq; hop_ml; fi
+            # The floor of a custody hop (bench/src/floor.rs): the leanest relays, committing
+            # before they pass on, and not.
+            hop_floor() {
+                [ "${FLOOR:-1}" = 1 ] || return 0
+                "$BENCH" floor --hops "$hops" -n "$LAT_N" --commit --label "floor-commit-hops$hops" | tee -a "$RESULTS" | sed -n '2p' >&2
+                "$BENCH" floor --hops "$hops" -n "$LAT_N" --label "floor-pass-hops$hops" | tee -a "$RESULTS" | sed -n '2p' >&2
+            }
+            if [ $((round % 2)) = 0 ]; then hop_ml; hop_mq; hop_floor; else hop_floor; hop_mq; hop_ml; fi
         done
     done
     echo
-    echo "| nodes crossed | medlink p50 / p99 | mosquitto p50 / p99 | medlink lost / dup / out of order |"
-    echo "|---:|---|---|---|"
+    echo "| nodes crossed | medlink p50 / p99 | mosquitto p50 / p99 | floor, commit then pass on | floor, no commit | medlink lost / dup / out of order |"
+    echo "|---:|---|---|---|---|---|"
     python3 - "$RESULTS" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -273,8 +282,10 @@ def pair(label):
 for hops in range(1, 5):
     ml, mls = pair(f"medlink-hops{hops}")
     mq, _ = pair(f"mosquitto-hops{hops}")
-    bad = " / ".join(str(sum(r[k] for r in mls)) for k in ("lost", "duplicates", "out_of_order"))
-    print(f"| {hops} | {ml} | {mq} | {bad} |")
+    fc, fcs = pair(f"floor-commit-hops{hops}")
+    fp, fps = pair(f"floor-pass-hops{hops}")
+    bad = " / ".join(str(sum(r[k] for r in mls + fcs + fps)) for k in ("lost", "duplicates", "out_of_order"))
+    print(f"| {hops} | {ml} | {mq} | {fc} | {fp} | {bad} |")
 rounds = max(len([r for r in rows if r["label"] == f"{side}-hops1"]) for side in ("medlink", "mosquitto"))
 print(f"\nmedians of {rounds} round(s)")
 EOF

@@ -9,6 +9,8 @@
 //!   (`medlink-bench rtt`).
 //! - [`push`]: one command to each of N connected recipients, from several load processes
 //!   (`medlink-bench push`, issue "Scale").
+//! - [`floor`]: the latency floor of a custody hop, the leanest relays committing or not
+//!   (`medlink-bench floor`).
 //! - [`latency`]: the percentile definition every tool reports with.
 //! - [`mqtt_client`]: the raw MQTT client the MQTT tools drive brokers with.
 //!
@@ -17,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod floor;
 pub mod http;
 pub mod latency;
 pub mod mqtt;

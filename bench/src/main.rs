@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use medlink_bench::{http, mqtt, push, rtt};
+use medlink_bench::{floor, http, mqtt, push, rtt};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +39,11 @@ enum Command {
     Rtt(rtt::RttArgs),
     /// Push one command to each of N connected recipients and time the last delivery.
     Push(push::PushArgs),
+    /// The floor of a custody hop: a chain of the leanest relays, committing or not.
+    Floor(floor::FloorArgs),
+    /// One relay of `floor` (spawned by it).
+    #[command(hide = true)]
+    FloorRelay(floor::RelayArgs),
     /// One load process of `push` (spawned by it).
     #[command(hide = true)]
     PushLoad(push::load::LoadArgs),
@@ -51,7 +56,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut builder = match cli.command {
         // A load process is one thread: several run beside the node on two cores.
-        Command::PushLoad(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::PushLoad(_) | Command::FloorRelay(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = match builder.enable_all().build() {
@@ -71,6 +78,18 @@ fn main() -> ExitCode {
             Command::PushLoad(args) => match push::load::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => failed("push-load", e),
+            },
+            Command::Floor(args) => match floor::run(&args) {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string(&r).expect("reports serialise"));
+                    println!("{}", r.summary());
+                    verdict(r.clean())
+                }
+                Err(e) => failed("floor", e),
+            },
+            Command::FloorRelay(args) => match floor::relay(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed("floor-relay", e),
             },
             Command::PushCreds(args) => match push::creds::write(&args) {
                 Ok(n) => {
