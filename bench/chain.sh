@@ -40,10 +40,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # The node binary and the load tools (a crate of their own, outside the binary an operator
 # installs), built fresh so a run never measures stale code.
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN="$TARGET/release/medlink"
+# MEDLINK_BIN runs another build of the node (an A/B comparison against a copy of an older one).
+BIN="${MEDLINK_BIN:-$TARGET/release/medlink}"
 BENCH="$TARGET/release/medlink-bench"
-WORK=$(mktemp -d /tmp/medlink-chain.XXXXXX)
+WORK=$(mktemp -d "${CHAIN_TMP:-/tmp}/medlink-chain.XXXXXX")
 PIDS=()
+ML_PIDS=()
+MQ_PIDS=()
 
 MOUNTS=()
 cleanup() {
@@ -114,6 +117,7 @@ for i in 0 1 2 3; do
     } > "$dir/mosquitto.conf"
     mosquitto -c "$dir/mosquitto.conf" > "$dir/log" 2>&1 &
     PIDS+=($!)
+    MQ_PIDS+=($!)
 done
 [ "$ONLY" = medlink ] || { for p in "${MQ[@]}"; do wait_port "$p"; done; sleep 1; } # bridges connect
 
@@ -193,6 +197,7 @@ for i in 0 1 2 3; do
     } > "$WORK/ml$i.toml"
     MEDLINK_LOG="${NODE_LOG:-warn}" "$BIN" node --config "$WORK/ml$i.toml" > "$WORK/ml$i.log" 2>&1 &
     PIDS+=($!)
+    ML_PIDS+=($!)
 done
 if [ "$ONLY" != mosquitto ]; then
     for i in 0 1 2 3; do
@@ -207,7 +212,32 @@ ML_ARGS=(--medlink --pub-url "$SCHEME://127.0.0.1:19914" --sub-url "$SCHEME://12
     --sub-node b --sub-user sink --sub-pass bench-password)
 
 RESULTS="$WORK/results.jsonl"
-run() { "$BENCH" mqtt "$@" | tee -a "$RESULTS" | sed -n '2p' >&2; }
+# CPU time (ns) the processes $@ have used, all threads, from the scheduler's own count.
+cpu_ns() {
+    local t=0 p f ns
+    for p in "$@"; do
+        for f in /proc/"$p"/task/*/schedstat; do
+            read -r ns _ < "$f" 2> /dev/null && t=$((t + ns))
+        done
+    done
+    echo "$t"
+}
+# One load run; also records the CPU its chain (every broker or node of it) spent per message:
+# a steadier figure than a latency percentile, for what one message costs the chain.
+run() {
+    local label="" n=0 prev="" a pids before
+    for a in "$@"; do
+        [ "$prev" = --label ] && label=$a
+        [ "$prev" = -n ] && n=$a
+        prev=$a
+    done
+    case "$label" in mosquitto*) pids=("${MQ_PIDS[@]}") ;; *) pids=("${ML_PIDS[@]}") ;; esac
+    before=$(cpu_ns "${pids[@]}")
+    "$BENCH" mqtt "$@" | tee -a "$RESULTS" | sed -n '2p' >&2
+    local used=$(( $(cpu_ns "${pids[@]}") - before ))
+    echo "{\"cpu_label\":\"$label\",\"cpu_us_per_msg\":$(( used / 1000 / (n > 0 ? n : 1) ))}" >> "$RESULTS"
+    echo "#   CPU of the whole chain: $(( used / 1000 / (n > 0 ? n : 1) )) us per message" >&2
+}
 
 mosq() { [ "$ONLY" = medlink ] || run "${MOSQ_ARGS[@]}" "$@"; }
 med() { [ "$ONLY" = mosquitto ] || run "${ML_ARGS[@]}" "$@"; }
@@ -268,24 +298,28 @@ if [ "${HOPS:-0}" = 1 ]; then
         done
     done
     echo
-    echo "| nodes crossed | medlink p50 / p99 | mosquitto p50 / p99 | floor, commit then pass on | floor, no commit | medlink lost / dup / out of order |"
-    echo "|---:|---|---|---|---|---|"
+    echo "| nodes crossed | medlink p50 / p99 | mosquitto p50 / p99 | floor, commit then pass on | floor, no commit | CPU per message, medlink / mosquitto chain | medlink lost / dup / out of order |"
+    echo "|---:|---|---|---|---|---|---|"
     python3 - "$RESULTS" <<'EOF'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+rows = [r for r in lines if "label" in r]
+cpu = [r for r in lines if "cpu_label" in r]
 def median(xs):
     xs = sorted(xs)
     return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2 if xs else float("nan")
 def pair(label):
     rs = [r for r in rows if r["label"] == label]
     return f'{median([r["p50_ms"] for r in rs]):.3f} / {median([r["p99_ms"] for r in rs]):.3f} ms', rs
+def cpu_of(label):
+    return f'{median([r["cpu_us_per_msg"] for r in cpu if r["cpu_label"] == label]):.0f} us'
 for hops in range(1, 5):
     ml, mls = pair(f"medlink-hops{hops}")
     mq, _ = pair(f"mosquitto-hops{hops}")
     fc, fcs = pair(f"floor-commit-hops{hops}")
     fp, fps = pair(f"floor-pass-hops{hops}")
     bad = " / ".join(str(sum(r[k] for r in mls + fcs + fps)) for k in ("lost", "duplicates", "out_of_order"))
-    print(f"| {hops} | {ml} | {mq} | {fc} | {fp} | {bad} |")
+    print(f"| {hops} | {ml} | {mq} | {fc} | {fp} | {cpu_of(f'medlink-hops{hops}')} / {cpu_of(f'mosquitto-hops{hops}')} | {bad} |")
 rounds = max(len([r for r in rows if r["label"] == f"{side}-hops1"]) for side in ("medlink", "mosquitto"))
 print(f"\nmedians of {rounds} round(s)")
 EOF
@@ -387,6 +421,13 @@ elif m and len(m) == len(q):
     p = lambda rs, k: median([r[k] for r in rs]) if rs else float("nan")
     print(f'| median | {mm:,.0f} | {qm:,.0f} | {median(ratios):.2f}x of ratios, {mm / qm:.2f}x of medians | '
           f'{p(ml, "p50_ms"):.2f} / {p(ml, "p99_ms"):.2f} ms | {p(ql, "p50_ms"):.2f} / {p(ql, "p99_ms"):.2f} ms |')
+cpu = {}
+for r in [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]:
+    if "cpu_label" in r:
+        cpu.setdefault(r["cpu_label"], []).append(r["cpu_us_per_msg"])
+if cpu.get("medlink-4-tier-1k") and cpu.get("mosquitto-4-chain-1k"):
+    print(f'\nCPU per message at 1,000 msg/s, whole chain (median): medlink {median(cpu["medlink-4-tier-1k"]):.0f} us, '
+          f'mosquitto {median(cpu["mosquitto-4-chain-1k"]):.0f} us')
 if rtts:
     print("\n| round trips | transport | in flight | per s | p50 ms | p99 ms | p99.9 ms | lost | dup |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

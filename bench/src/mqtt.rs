@@ -71,6 +71,10 @@ pub struct MqttArgs {
     /// Label copied into the JSON result.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Also write every sample to this file, one line each: when it was sent and its latency
+    /// (both in microseconds), to see whether slow messages come at a period.
+    #[arg(long)]
+    pub samples: Option<std::path::PathBuf>,
 }
 
 /// What every message carries so the subscriber can check it.
@@ -229,6 +233,7 @@ pub async fn run(args: &MqttArgs) -> Result<MqttReport, String> {
     let mut highest: Vec<i64> = vec![-1; args.publishers];
     let (mut unique, mut dups, mut ooo, mut receipts) = (0usize, 0usize, 0usize, 0usize);
     let mut lat = Latencies::with_capacity(args.messages);
+    let mut trail: Vec<(u64, u64)> = Vec::new();
     let mut last_rx = epoch;
     let idle = Duration::from_secs(args.idle_timeout);
     while unique < args.messages {
@@ -257,6 +262,13 @@ pub async fn run(args: &MqttArgs) -> Result<MqttReport, String> {
         }
         highest[p] = highest[p].max(s as i64);
         lat.push_nanos(now.saturating_sub(probe.t));
+        if args.samples.is_some() {
+            trail.push((probe.t / 1000, now.saturating_sub(probe.t) / 1000));
+        }
+    }
+    if let Some(path) = &args.samples {
+        let text: String = trail.iter().map(|(t, l)| format!("{t} {l}\n")).collect();
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let mut keep = Vec::new();
     for h in handles {

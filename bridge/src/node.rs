@@ -102,8 +102,8 @@ pub struct NodeConfig {
     pub parent_files_max_rate: Option<u64>,
     /// Commit durability.
     pub durability: Durability,
-    /// Truncate the WAL after this long without writes.
-    pub wal_idle_truncate: Duration,
+    /// The WAL's reserved space, and when to give back what is beyond it.
+    pub wal: crate::journal::WalSpace,
     /// Submission limits.
     pub limits: Limits,
     /// Largest MQTT packet.
@@ -237,12 +237,12 @@ impl Node {
                 source,
             })?;
         let checkpointer =
-            Journal::spawn_checkpointer(&path, CHECKPOINT_EVERY, cfg.wal_idle_truncate).map_err(
-                |source| NodeError::Journal {
+            Journal::spawn_checkpointer(&path, CHECKPOINT_EVERY, cfg.wal).map_err(|source| {
+                NodeError::Journal {
                     path: path.clone(),
                     source,
-                },
-            )?;
+                }
+            })?;
         let broker_metrics = Arc::new(BrokerMetrics::default());
         let auth = Arc::new(
             Authenticator::new(

@@ -232,6 +232,12 @@ pub struct NodeSection {
     /// journal commits that show as latency spikes, so a busy node keeps its WAL allocated.
     #[serde(default = "default_wal_idle_truncate_ms")]
     pub wal_idle_truncate_ms: u64,
+    /// Disk reserved for the journal's WAL from the start, in MiB (default 128, at most 128;
+    /// 0: none). Written with zeros once, so that commits write over blocks the file system
+    /// already allocated instead of waiting for an allocation behind a checkpoint's `fsync`.
+    /// A WAL cut back when idle keeps this much.
+    #[serde(default = "default_wal_reserve_mb")]
+    pub wal_reserve_mb: u64,
     /// The credentials file (argon2id hashes, managed by `medlink passwd`). Without it no
     /// identity can log in.
     pub credentials: Option<PathBuf>,
@@ -243,6 +249,10 @@ fn default_dead_letter_retention_s() -> u64 {
 
 fn default_wal_idle_truncate_ms() -> u64 {
     30_000
+}
+
+fn default_wal_reserve_mb() -> u64 {
+    medlink_bridge::journal::WalSpace::default().reserve >> 20
 }
 
 /// `[[listener]]`

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use medlink_bridge::envelope::{check_node_id, Limits};
 use medlink_bridge::http::{TransportChoice, TransportPolicy};
+use medlink_bridge::journal::WalSpace;
 use medlink_bridge::link::out::LinkTuning;
 use medlink_bridge::link::uplink::ParentAddr;
 use medlink_bridge::node::{HttpSettings, NodeConfig};
@@ -266,6 +267,12 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
     if l.connect_timeout_ms == 0 {
         return Err("limits.connect_timeout_ms: must be positive".into());
     }
+    if file.node.wal_reserve_mb > WalSpace::MAX_RESERVE >> 20 {
+        return Err(format!(
+            "node.wal_reserve_mb: must be at most {} (the WAL is rewound past that)",
+            WalSpace::MAX_RESERVE >> 20
+        ));
+    }
     let k = &file.link;
     if k.batch == 0 || k.window == 0 {
         return Err("link.batch and link.window: must be positive".into());
@@ -311,7 +318,10 @@ pub fn build(file: File, base: &Path, data_dir: Option<&Path>) -> Result<NodeCon
         files_retention: Duration::from_secs(file.files.retention_s),
         files_s3,
         durability: file.node.durability,
-        wal_idle_truncate: Duration::from_millis(file.node.wal_idle_truncate_ms),
+        wal: WalSpace {
+            reserve: file.node.wal_reserve_mb << 20,
+            idle_truncate: Duration::from_millis(file.node.wal_idle_truncate_ms),
+        },
         limits: Limits {
             max_payload: l.max_payload,
         },
@@ -555,6 +565,7 @@ mod tests {
         assert!(c.parents.is_empty());
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.policy, Policy::Shortest);
+        assert_eq!(c.wal.reserve, 128 << 20);
     }
 
     #[test]
@@ -611,6 +622,8 @@ mod tests {
         assert!(e.contains("colour"), "{e}");
         let e = parse("[node]\nid = \"js..x\"\n").unwrap_err();
         assert!(e.starts_with("node.id"), "{e}");
+        let e = parse("[node]\nid = \"js\"\nwal_reserve_mb = 129\n").unwrap_err();
+        assert!(e.starts_with("node.wal_reserve_mb"), "{e}");
         let e = parse("[node]\nid = \"js\"\npolicy = \"fastest\"\n").unwrap_err();
         assert!(e.contains("fastest") && e.contains("policy"), "{e}");
         let e = parse("[node]\nid = \"js\"\n[[listener]]\nkind = \"tcp\"\naddr = \"nowhere\"\n")

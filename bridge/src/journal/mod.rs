@@ -26,7 +26,7 @@ use std::path::Path;
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use checkpoint::Checkpointer;
+pub use checkpoint::{Checkpointer, WalSpace};
 pub use deadletters::{Dead, Ended, Resendable};
 pub use dest::{Dest, Peer, Target, UnknownDest};
 pub use segment::Queued;
