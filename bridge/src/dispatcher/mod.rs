@@ -196,9 +196,12 @@ impl Dispatcher {
         let state = &mut self.state;
         let result = (|| -> rusqlite::Result<()> {
             let mut tx = self.journal.begin()?;
-            // Peers' acknowledgements of earlier rounds: this transaction commits them
+            // Peers' acknowledgements of earlier rounds, when this round has nothing else to
+            // do or they have waited long enough: a command never waits for them
             // (`link/acks.rs`).
-            state.links.acks.write(&mut tx)?;
+            if state.links.acks.due(n_items == 0) {
+                state.links.acks.write(&mut tx)?;
+            }
             for item in items {
                 state.handle(&mut tx, item, now, &mut out)?;
             }
