@@ -251,18 +251,19 @@ impl Tree {
             let credentials = dir.path().join(format!("{}.credentials.toml", spec.id));
             let (kind, ws_kind) = if tls { ("tls", "wss") } else { ("tcp", "ws") };
             let mut toml = format!(
-                "[node]\nid = \"{}\"\ndata_dir = \"{}\"\ncredentials = \"{}\"\n{}\n{}\n[[listener]]\nkind = \"{kind}\"\naddr = \"127.0.0.1:{port}\"\n\n[[listener]]\nkind = \"{ws_kind}\"\naddr = \"127.0.0.1:{ws_port}\"\n\n[link]\nresend_after_ms = 1000\nping_every_ms = 500\ndead_after_ms = 3000\n",
+                "[node]\nid = \"{}\"\ndata_dir = \"{}\"\ncredentials = \"{}\"\n{}{}\n\n[[listener]]\nkind = \"{kind}\"\naddr = \"127.0.0.1:{port}\"\n\n[[listener]]\nkind = \"{ws_kind}\"\naddr = \"127.0.0.1:{ws_port}\"\n\n[link]\nresend_after_ms = 1000\nping_every_ms = 500\ndead_after_ms = 3000\n",
                 spec.id,
                 data_dir.display(),
                 credentials.display(),
-                spec.extra,
-                // A small WAL reserve: the suite starts hundreds of nodes, and 128 MiB of zeros
-                // each is disk traffic no test needs. `data_dir.rs` tests the default's logic.
+                // A small WAL reserve, in `[node]` before `extra` (which may open other
+                // tables): the suite starts hundreds of nodes, and 128 MiB of zeros each is
+                // disk traffic no test needs. `data_dir.rs` tests the reserve itself.
                 if spec.extra.contains("wal_reserve_mb") {
                     ""
                 } else {
                     "wal_reserve_mb = 2\n"
-                }
+                },
+                spec.extra,
             );
             let limits = if spec.limits.contains("rate_per_second") {
                 spec.limits.clone()
