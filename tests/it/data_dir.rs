@@ -113,19 +113,7 @@ fn the_wal_is_truncated_when_idle_and_removed_at_a_clean_stop() {
     let mut tree = Tree::start(&[js]);
     let port = tree.node("js").http_port;
     let wal = tree.node("js").data_dir.join("journal.db-wal");
-    let pad = "p".repeat(250);
-    for batch in 0..20 {
-        let messages: Vec<_> = (0..100)
-            .map(|i| json!({"to": {"node": "js", "client": "pat"}, "cmd": "x", "params": {"n": batch * 100 + i, "pad": pad}}))
-            .collect();
-        let (status, body) = post_json(
-            port,
-            "/v1/messages",
-            Some(("sender", PASSWORD)),
-            &json!({ "messages": messages }),
-        );
-        assert_eq!(status, 202, "{body}");
-    }
+    post_numbered(port, 0, 2000, 250);
     let written = std::fs::metadata(&wal).map_or(0, |m| m.len());
     assert!(written > 0, "2,000 commands left no WAL to test with");
     let deadline = Instant::now() + Duration::from_secs(10);
