@@ -17,11 +17,13 @@
 //! checkpoint that runs while commits go on never copies everything and so never lets it
 //! rewind. Each of those appends allocated blocks, and waited behind the checkpoint's `fsync`
 //! for the inode's allocation lock: on the 4-node chain at 1,000 commands/s that was half the
-//! p99 (1.4 ms against 0.9 ms with the space reserved, and 0.8 ms on a RAM file system;
-//! BENCHMARKS.md, "The WAL's space, reserved"). `fallocate` is not enough: its blocks are
-//! marked unwritten, and the first write to each converts them, taking the same lock. The
-//! zeros are never read: SQLite reads the WAL only as far as its own frames are valid. A WAL
-//! cut back when idle keeps the reserve.
+//! p99 (1.3 ms against 0.7-0.8 ms with the space reserved, as on a RAM file system;
+//! BENCHMARKS.md, "The floor of a custody hop, the WAL's space reserved, …"). `fallocate` is
+//! not enough: its blocks are marked unwritten, and the first write to each converts them,
+//! taking the same lock. The zeros are never read: SQLite reads the WAL only as far as its own
+//! frames are valid. A WAL cut back when idle gets its reserve again; that holds the write lock
+//! while the zeros are written (tens of milliseconds on an SSD), which a command arriving just
+//! then waits for, once, after a long idle spell.
 
 use std::path::Path;
 use std::time::Duration;
