@@ -306,6 +306,9 @@ async fn demo(args: &DemoArgs, data: &Path, nodes: &mut Vec<NodeProcess>) -> Res
     println!("  (the same from a shell: medlink audit --data-dir <province data dir> --client {clinic_name})");
     println!();
     println!("the first request, hop by hop, from the four journals (medlink trace):");
+    // A node writes its peers' acknowledgements at its next idle moment, within 250 ms
+    // (`link/acks.rs`): until then its journal still holds what the next hop took.
+    tokio::time::sleep(medlink_bridge::link::acks::WRITE_WITHIN + Duration::from_millis(100)).await;
     let mut events = Vec::new();
     for tier in ["township", "county", "city", "province"] {
         let journal = data.join(tier).join("journal.db");
