@@ -235,7 +235,8 @@ pub struct NodeSection {
     /// Disk reserved for the journal's WAL from the start, in MiB (default 128, at most 128;
     /// 0: none). Written with zeros once, so that commits write over blocks the file system
     /// already allocated instead of waiting for an allocation behind a checkpoint's `fsync`.
-    /// A WAL cut back when idle keeps this much.
+    /// A WAL cut back when idle keeps this much. Not made (WARN) on a disk that cannot spare
+    /// twice as much.
     #[serde(default = "default_wal_reserve_mb")]
     pub wal_reserve_mb: u64,
     /// The credentials file (argon2id hashes, managed by `medlink passwd`). Without it no

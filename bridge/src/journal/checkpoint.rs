@@ -21,9 +21,10 @@
 //! BENCHMARKS.md, "The floor of a custody hop, the WAL's space reserved, …"). `fallocate` is
 //! not enough: its blocks are marked unwritten, and the first write to each converts them,
 //! taking the same lock. The zeros are never read: SQLite reads the WAL only as far as its own
-//! frames are valid. A WAL cut back when idle gets its reserve again; that holds the write lock
-//! while the zeros are written (tens of milliseconds on an SSD), which a command arriving just
-//! then waits for, once, after a long idle spell.
+//! frames are valid. A disk that cannot spare twice the reserve gets none (a WARN says so): a
+//! nearly full disk keeps taking commands. A WAL cut back when idle gets its reserve again;
+//! that holds the write lock while the zeros are written (tens of milliseconds on an SSD),
+//! which a command arriving just then waits for, once, after a long idle spell.
 
 use std::path::Path;
 use std::time::Duration;
@@ -58,9 +59,18 @@ impl Default for WalSpace {
     }
 }
 
+/// Whether a file system with `free` bytes available can spare `grow` more for the reserve:
+/// it must leave at least as much again, so that a nearly full disk goes on taking commands
+/// (without a reserve) instead of filling up with zeros.
+fn room_for(free: u64, grow: u64) -> bool {
+    free / 2 >= grow
+}
+
 /// Extends the WAL at `wal` to `bytes` with zeros, synced so its blocks are allocated now;
 /// returns how many bytes it added. `conn` holds the journal's write lock meanwhile, so no
 /// commit appends to the file while it grows (a commit that tries waits in its busy handler).
+/// A reserve that does not fit ([`room_for`]) is not made, and one that fails half-way is
+/// given back: SQLite never wrote past the old end.
 fn reserve(conn: &Connection, wal: &Path, bytes: u64) -> std::result::Result<u64, String> {
     use std::io::{Seek, SeekFrom, Write};
     if bytes == 0 {
@@ -75,16 +85,33 @@ fn reserve(conn: &Connection, wal: &Path, bytes: u64) -> std::result::Result<u64
         if len >= bytes {
             return Ok(0);
         }
-        file.seek(SeekFrom::Start(len))?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = len;
-        while at < bytes {
-            let n = (bytes - at).min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..n])?;
-            at += n as u64;
+        if let Some(free) = crate::datadir::disk_free_bytes(wal) {
+            if !room_for(free, bytes - len) {
+                return Err(std::io::Error::other(format!(
+                    "{} MiB free, too little to set {} MiB aside",
+                    free >> 20,
+                    (bytes - len) >> 20
+                )));
+            }
         }
-        file.sync_all()?;
-        Ok(bytes - len)
+        let mut fill = || -> std::io::Result<()> {
+            file.seek(SeekFrom::Start(len))?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = len;
+            while at < bytes {
+                let n = (bytes - at).min(zeros.len() as u64) as usize;
+                file.write_all(&zeros[..n])?;
+                at += n as u64;
+            }
+            file.sync_all()
+        };
+        match fill() {
+            Ok(()) => Ok(bytes - len),
+            Err(e) => {
+                let _ = file.set_len(len);
+                Err(e)
+            }
+        }
     })();
     let _ = conn.execute_batch("ROLLBACK");
     grown.map_err(|e| format!("{}: {e}", wal.display()))
@@ -234,5 +261,75 @@ impl Journal {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::tests::{lseqs, up};
+    use crate::journal::Durability;
+
+    fn wal_of(path: &Path) -> std::path::PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push("-wal");
+        p.into()
+    }
+
+    /// Whether another connection can take the journal's write lock at once.
+    fn lock_is_free(path: &Path) -> bool {
+        let other = Connection::open(path).unwrap();
+        let free = other.execute_batch("BEGIN IMMEDIATE").is_ok();
+        let _ = other.execute_batch("ROLLBACK");
+        free
+    }
+
+    #[test]
+    fn a_reserve_leaves_as_much_again_free() {
+        assert!(room_for(256 << 20, 128 << 20));
+        assert!(!room_for(255 << 20, 128 << 20));
+        assert!(room_for(0, 0));
+    }
+
+    /// Commits write over the reserved zeros instead of growing the file, and read back.
+    #[test]
+    fn commits_write_into_the_reserve_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut j = Journal::open(&path, Durability::Process).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let wal = wal_of(&path);
+        let before = std::fs::metadata(&wal).unwrap().len();
+        assert_eq!(reserve(&conn, &wal, 1 << 20).unwrap(), (1 << 20) - before);
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 1 << 20);
+        assert!(lock_is_free(&path), "the reserve kept the write lock");
+        let mut t = j.begin().unwrap();
+        for i in 1..=50u64 {
+            let env = crate::envelope::test_envelope(&i.to_string(), "a", "c");
+            t.enqueue(&up(), &env.head(), "body".into()).unwrap();
+        }
+        t.commit().unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 1 << 20);
+        assert_eq!(lseqs(&j, &up(), 0), (1..=50).collect::<Vec<u64>>());
+        assert_eq!(
+            reserve(&conn, &wal, 1 << 20).unwrap(),
+            0,
+            "already reserved"
+        );
+    }
+
+    /// A reserve that the disk cannot spare is not made, and the lock is let go.
+    #[test]
+    fn a_reserve_the_disk_cannot_spare_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let _j = Journal::open(&path, Durability::Process).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let wal = wal_of(&path);
+        let before = std::fs::metadata(&wal).unwrap().len();
+        let err = reserve(&conn, &wal, u64::MAX / 2).unwrap_err();
+        assert!(err.contains("too little"), "{err}");
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), before);
+        assert!(lock_is_free(&path));
     }
 }
