@@ -2,14 +2,17 @@
 //!
 //! Firewalls let sites dial out only, so the child always dials. This task tries the parent's
 //! addresses in turn with jittered exponential backoff and moves frames: what the dispatcher
-//! hands it goes up, what comes down goes to the dispatcher. Over MQTT (`mqtt.rs`, rumqttc) the
-//! frames travel on `link/<me>/up` and `link/<me>/down`; over HTTP see `http.rs`. Listing an
+//! hands it goes up, what comes down goes to the dispatcher. Over MQTT the frames travel on
+//! `link/<me>/up` and `link/<me>/down`: on TCP and TLS through `direct.rs`, where the
+//! dispatcher writes each frame to the socket itself; on WebSocket through rumqttc
+//! (`mqtt.rs`). Over HTTP see `http.rs`. Listing an
 //! MQTT address first and an HTTP one after it gives the fallback: when MQTT is unreachable
 //! the link moves to HTTP within seconds, and back as soon as MQTT answers again. The task
 //! keeps no custody of its own — a frame lost with a dying connection is resent by the
 //! dispatcher's go-back-N window. `parent.rs` holds what the sessions share (addresses,
 //! settings, events, how a session ended), so they depend on it and not on this file.
 
+mod direct;
 mod health;
 mod http;
 mod mqtt;
@@ -25,16 +28,26 @@ pub(crate) use parent::{Channels, Ended};
 pub use parent::{ParentAddr, ParentEvent, UplinkConfig};
 
 /// The dispatcher's handle on the uplink task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UplinkHandle {
     frames: mpsc::UnboundedSender<Vec<u8>>,
     reconnect: mpsc::UnboundedSender<()>,
+    direct: std::sync::Arc<direct::DirectLink>,
+}
+
+impl std::fmt::Debug for UplinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkHandle").finish_non_exhaustive()
+    }
 }
 
 impl UplinkHandle {
-    /// Queues a frame for the parent (dropped if the link is down; the window resends).
+    /// Sends a frame to the parent: written to the socket at once over a direct session, else
+    /// queued for the uplink task (dropped if the link is down; the window resends).
     pub fn send(&self, frame: Vec<u8>) {
-        let _ = self.frames.send(frame);
+        if !self.direct.send(&frame) {
+            let _ = self.frames.send(frame);
+        }
     }
 
     /// Drops the current connection and dials again (used when the link stalls).
@@ -51,11 +64,20 @@ pub fn spawn(
 ) -> (UplinkHandle, tokio::task::JoinHandle<()>) {
     let (frames_tx, frames_rx) = mpsc::unbounded_channel();
     let (reconnect_tx, reconnect_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(cfg, events, frames_rx, reconnect_rx, shutdown));
+    let direct = std::sync::Arc::new(direct::DirectLink::default());
+    let task = tokio::spawn(run(
+        cfg,
+        events,
+        frames_rx,
+        reconnect_rx,
+        shutdown,
+        direct.clone(),
+    ));
     (
         UplinkHandle {
             frames: frames_tx,
             reconnect: reconnect_tx,
+            direct,
         },
         task,
     )
@@ -67,6 +89,7 @@ async fn run(
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
     mut reconnect: mpsc::UnboundedReceiver<()>,
     mut shutdown: watch::Receiver<bool>,
+    direct: std::sync::Arc<direct::DirectLink>,
 ) {
     let n = cfg.parents.len();
     let (mut index, told_http) = first_address(&cfg).await;
@@ -96,7 +119,12 @@ async fn run(
         };
         let ended = match addr {
             ParentAddr::Http { url } => http::session(&cfg, url, preferred, &mut ch).await,
-            _ => mqtt::session(&cfg, addr, &mut ch).await,
+            ParentAddr::Tcp { .. } | ParentAddr::Tls { .. } => {
+                direct::session(&cfg, addr, &direct, &mut ch).await
+            }
+            ParentAddr::Ws { .. } | ParentAddr::Wss { .. } => {
+                mqtt::session(&cfg, addr, &mut ch).await
+            }
         };
         match ended {
             Ended::Shutdown => return,

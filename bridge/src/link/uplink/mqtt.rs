@@ -1,4 +1,5 @@
-//! The uplink over MQTT (rumqttc): `link/<me>/up` out, `link/<me>/down` in.
+//! The uplink over MQTT on WebSocket (rumqttc): `link/<me>/up` out, `link/<me>/down` in. TCP
+//! and TLS parents use `direct.rs`.
 
 use std::time::Duration;
 
@@ -11,32 +12,22 @@ use super::health::Cause;
 use super::parent::{Channels, Ended, ParentAddr, ParentEvent, UplinkConfig};
 
 fn options(cfg: &UplinkConfig, addr: &ParentAddr) -> MqttOptions {
-    let tls = || {
-        TlsConfiguration::Rustls(
-            cfg.tls
-                .clone()
-                .expect("configuration loading requires a CA for mqtts/wss parents"),
-        )
-    };
     let (mut opts, transport) = match addr {
-        ParentAddr::Tcp { host, port } => (MqttOptions::new(&cfg.node_id, host, *port), None),
-        ParentAddr::Ws { url, port } => (
-            MqttOptions::new(&cfg.node_id, url, *port),
-            Some(Transport::Ws),
-        ),
-        ParentAddr::Tls { host, port } => (
-            MqttOptions::new(&cfg.node_id, host, *port),
-            Some(Transport::tls_with_config(tls())),
-        ),
+        ParentAddr::Ws { url, port } => (MqttOptions::new(&cfg.node_id, url, *port), Transport::Ws),
         ParentAddr::Wss { url, port } => (
             MqttOptions::new(&cfg.node_id, url, *port),
-            Some(Transport::wss_with_config(tls())),
+            Transport::wss_with_config(TlsConfiguration::Rustls(
+                cfg.tls
+                    .clone()
+                    .expect("configuration loading requires a CA for wss parents"),
+            )),
         ),
+        ParentAddr::Tcp { .. } | ParentAddr::Tls { .. } => {
+            unreachable!("TCP and TLS addresses run uplink::direct sessions")
+        }
         ParentAddr::Http { .. } => unreachable!("HTTP addresses run uplink::http sessions"),
     };
-    if let Some(t) = transport {
-        opts.set_transport(t);
-    }
+    opts.set_transport(transport);
     opts.set_credentials(&cfg.node_id, cfg.password.as_deref().unwrap_or(""))
         .set_keep_alive(Duration::from_secs(5))
         .set_clean_session(true)
