@@ -328,8 +328,7 @@ pub(super) async fn session(
         link_up_topic(&cfg.node_id),
     );
     info!(parent = %addr, "connected to parent");
-    let down_for = ch.health.up();
-    let ended = run(addr, link, &mut reader, ch, down_for).await;
+    let ended = run(addr, link, &mut reader, ch).await;
     link.remove();
     ended
 }
@@ -339,21 +338,12 @@ async fn run(
     link: &Arc<DirectLink>,
     reader: &mut Reader,
     ch: &mut Channels<'_>,
-    down_for: Option<Duration>,
 ) -> Ended {
     let lost = |reason| Ended::Lost {
         connected: true,
         reason,
     };
-    if ch
-        .events
-        .send(ParentEvent::Connected {
-            http: false,
-            down_for,
-        })
-        .await
-        .is_err()
-    {
+    if !ch.connected(false).await {
         return Ended::Shutdown;
     }
     let mut ping = tokio::time::interval(Duration::from_secs(u64::from(KEEP_ALIVE)));

@@ -140,16 +140,7 @@ pub(crate) async fn session(
     match poll_down(&client, &down_url, cfg, 0).await {
         Ok(frames) => {
             info!(parent = %base, "connected to parent (HTTP)");
-            let down_for = ch.health.up();
-            if ch
-                .events
-                .send(ParentEvent::Connected {
-                    http: true,
-                    down_for,
-                })
-                .await
-                .is_err()
-            {
+            if !ch.connected(true).await {
                 return Ended::Shutdown;
             }
             for f in frames {

@@ -91,8 +91,7 @@ pub(super) async fn session(cfg: &UplinkConfig, addr: &ParentAddr, ch: &mut Chan
                     }
                     subscribed = true;
                     info!(parent = %addr, "connected to parent");
-                    let down_for = ch.health.up();
-                    if ch.events.send(ParentEvent::Connected { http: false, down_for }).await.is_err() {
+                    if !ch.connected(false).await {
                         return Ended::Shutdown;
                     }
                 }

@@ -158,6 +158,18 @@ pub(crate) struct Channels<'a> {
     pub(crate) health: &'a mut Health,
 }
 
+impl Channels<'_> {
+    /// Tells the health and the dispatcher that the link is up (over HTTP or not); false when
+    /// the dispatcher is gone (the node is stopping).
+    pub(crate) async fn connected(&mut self, http: bool) -> bool {
+        let down_for = self.health.up();
+        self.events
+            .send(ParentEvent::Connected { http, down_for })
+            .await
+            .is_ok()
+    }
+}
+
 /// How a session ended.
 pub(crate) enum Ended {
     /// The node is stopping (or the dispatcher is gone).
