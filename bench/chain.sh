@@ -300,14 +300,12 @@ if [ "${HOPS:-0}" = 1 ]; then
     echo
     echo "| nodes crossed | medlink p50 / p99 | mosquitto p50 / p99 | floor, commit then pass on | floor, no commit | CPU per message, medlink / mosquitto chain | medlink lost / dup / out of order |"
     echo "|---:|---|---|---|---|---|---|"
-    python3 - "$RESULTS" <<'EOF'
-import json, sys
-lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+    PYTHONPATH="$ROOT/bench" python3 - "$RESULTS" <<'EOF'
+import sys
+from results import load, median
+lines = load(sys.argv[1])
 rows = [r for r in lines if "label" in r]
 cpu = [r for r in lines if "cpu_label" in r]
-def median(xs):
-    xs = sorted(xs)
-    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2 if xs else float("nan")
 def pair(label):
     rs = [r for r in rows if r["label"] == label]
     return f'{median([r["p50_ms"] for r in rs]):.3f} / {median([r["p99_ms"] for r in rs]):.3f} ms', rs
@@ -394,18 +392,16 @@ done < "$DISK"
 echo
 echo "| run | msg/s | p50 ms | p99 ms | p99.9 ms | lost | dup | out of order |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-python3 - "$RESULTS" <<'EOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-rtts = [r for r in rows if "round_trips_s" in r]
-rows = [r for r in rows if "throughput_msg_s" in r]
+PYTHONPATH="$ROOT/bench" python3 - "$RESULTS" <<'EOF'
+import sys
+from results import load, median
+lines = load(sys.argv[1])
+rtts = [r for r in lines if "round_trips_s" in r]
+rows = [r for r in lines if "throughput_msg_s" in r]
 by = {}
 for r in rows:
     by.setdefault(r["label"], []).append(r)
     print(f'| {r["label"]} | {r["throughput_msg_s"]:,.0f} | {r["p50_ms"]:.3f} | {r["p99_ms"]:.3f} | {r["p999_ms"]:.3f} | {r["lost"]} | {r["duplicates"]} | {r["out_of_order"]} |')
-def median(xs):
-    xs = sorted(xs)
-    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
 m, q = by.get("medlink-4-tier", []), by.get("mosquitto-4-chain", [])
 ml, ql = by.get("medlink-4-tier-1k", []), by.get("mosquitto-4-chain-1k", [])
 if len(m) == 1 and len(q) == 1 and q[0]["throughput_msg_s"]:
@@ -422,7 +418,7 @@ elif m and len(m) == len(q):
     print(f'| median | {mm:,.0f} | {qm:,.0f} | {median(ratios):.2f}x of ratios, {mm / qm:.2f}x of medians | '
           f'{p(ml, "p50_ms"):.2f} / {p(ml, "p99_ms"):.2f} ms | {p(ql, "p50_ms"):.2f} / {p(ql, "p99_ms"):.2f} ms |')
 cpu = {}
-for r in [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]:
+for r in lines:
     if "cpu_label" in r:
         cpu.setdefault(r["cpu_label"], []).append(r["cpu_us_per_msg"])
 if cpu.get("medlink-4-tier-1k") and cpu.get("mosquitto-4-chain-1k"):

@@ -36,6 +36,8 @@ const KEEP_ALIVE: u16 = 5;
 /// [`DirectLink::send`]) and the session task.
 struct Writer {
     half: WriteHalf<Box<dyn Stream>>,
+    /// `link/<me>/up`, where frames are published.
+    topic: String,
     /// Bytes the socket has not taken yet, in order.
     pending: BytesMut,
     /// The socket failed: the session ends, and frames are dropped (the window resends).
@@ -68,7 +70,6 @@ pub(super) struct DirectLink {
     writer: Mutex<Option<Writer>>,
     /// Wakes the session task when a write could not finish at once.
     wake: Notify,
-    topic: Mutex<String>,
 }
 
 impl DirectLink {
@@ -83,12 +84,10 @@ impl DirectLink {
             return true;
         }
         let was_empty = w.pending.is_empty();
-        let topic = self.topic.lock().unwrap_or_else(|p| p.into_inner());
         medlink_broker::codec::Codec {
             version: medlink_broker::codec::Version::V4,
         }
-        .publish(topic.as_bytes(), frame, 0, 0, &mut w.pending);
-        drop(topic);
+        .publish(w.topic.as_bytes(), frame, 0, 0, &mut w.pending);
         if was_empty {
             // A waker that does nothing: if the socket is full, the session task is told to
             // finish the write and registers its own.
@@ -105,8 +104,7 @@ impl DirectLink {
         true
     }
 
-    fn install(&self, writer: Writer, topic: String) {
-        *self.topic.lock().unwrap_or_else(|p| p.into_inner()) = topic;
+    fn install(&self, writer: Writer) {
         *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
     }
 
@@ -319,14 +317,12 @@ pub(super) async fn session(
     // Frames queued for an earlier session are stale: the window resends from the
     // acknowledged point once the dispatcher hears of this one.
     while ch.frames.try_recv().is_ok() {}
-    link.install(
-        Writer {
-            half: write,
-            pending: BytesMut::with_capacity(64 * 1024),
-            failed: false,
-        },
-        link_up_topic(&cfg.node_id),
-    );
+    link.install(Writer {
+        half: write,
+        topic: link_up_topic(&cfg.node_id),
+        pending: BytesMut::with_capacity(64 * 1024),
+        failed: false,
+    });
     info!(parent = %addr, "connected to parent");
     let ended = run(addr, link, &mut reader, ch).await;
     link.remove();
