@@ -222,8 +222,19 @@ cpu_ns() {
     done
     echo "$t"
 }
+# Bytes the processes $@ have read from disk (a write into a file-system block whose page was
+# evicted reads the block first, inside the write).
+read_bytes() {
+    local t=0 p b
+    for p in "$@"; do
+        b=$(awk '/^read_bytes/ {print $2}' /proc/"$p"/io 2> /dev/null || echo 0)
+        t=$((t + ${b:-0}))
+    done
+    echo "$t"
+}
 # One load run; also records the CPU its chain (every broker or node of it) spent per message:
-# a steadier figure than a latency percentile, for what one message costs the chain.
+# a steadier figure than a latency percentile, for what one message costs the chain; and what
+# the chain read from disk meanwhile.
 run() {
     local label="" n=0 prev="" a pids before
     for a in "$@"; do
@@ -233,10 +244,13 @@ run() {
     done
     case "$label" in mosquitto*) pids=("${MQ_PIDS[@]}") ;; *) pids=("${ML_PIDS[@]}") ;; esac
     before=$(cpu_ns "${pids[@]}")
+    local read_before
+    read_before=$(read_bytes "${pids[@]}")
     "$BENCH" mqtt "$@" | tee -a "$RESULTS" | sed -n '2p' >&2
     local used=$(( $(cpu_ns "${pids[@]}") - before ))
-    echo "{\"cpu_label\":\"$label\",\"cpu_us_per_msg\":$(( used / 1000 / (n > 0 ? n : 1) ))}" >> "$RESULTS"
-    echo "#   CPU of the whole chain: $(( used / 1000 / (n > 0 ? n : 1) )) us per message" >&2
+    local read_kb=$(( ($(read_bytes "${pids[@]}") - read_before) / 1024 ))
+    echo "{\"cpu_label\":\"$label\",\"cpu_us_per_msg\":$(( used / 1000 / (n > 0 ? n : 1) )),\"disk_read_kb\":$read_kb}" >> "$RESULTS"
+    echo "#   CPU of the whole chain: $(( used / 1000 / (n > 0 ? n : 1) )) us per message; read from disk: $read_kb KiB" >&2
 }
 
 mosq() { [ "$ONLY" = medlink ] || run "${MOSQ_ARGS[@]}" "$@"; }
@@ -417,13 +431,16 @@ elif m and len(m) == len(q):
     p = lambda rs, k: median([r[k] for r in rs]) if rs else float("nan")
     print(f'| median | {mm:,.0f} | {qm:,.0f} | {median(ratios):.2f}x of ratios, {mm / qm:.2f}x of medians | '
           f'{p(ml, "p50_ms"):.2f} / {p(ml, "p99_ms"):.2f} ms | {p(ql, "p50_ms"):.2f} / {p(ql, "p99_ms"):.2f} ms |')
-cpu = {}
+cpu, reads = {}, {}
 for r in lines:
     if "cpu_label" in r:
         cpu.setdefault(r["cpu_label"], []).append(r["cpu_us_per_msg"])
+        reads.setdefault(r["cpu_label"], []).append(r.get("disk_read_kb", 0))
 if cpu.get("medlink-4-tier-1k") and cpu.get("mosquitto-4-chain-1k"):
     print(f'\nCPU per message at 1,000 msg/s, whole chain (median): medlink {median(cpu["medlink-4-tier-1k"]):.0f} us, '
           f'mosquitto {median(cpu["mosquitto-4-chain-1k"]):.0f} us')
+    print(f'Read from disk by the chain per latency run (median): medlink {median(reads["medlink-4-tier-1k"]):.0f} KiB, '
+          f'mosquitto {median(reads["mosquitto-4-chain-1k"]):.0f} KiB')
 if rtts:
     print("\n| round trips | transport | in flight | per s | p50 ms | p99 ms | p99.9 ms | lost | dup |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

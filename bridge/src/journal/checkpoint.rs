@@ -130,23 +130,71 @@ fn reserve_or_warn(conn: &Connection, wal: &Path, bytes: u64) {
     }
 }
 
-/// How much of the WAL's head [`warm_head`] keeps in the page cache.
+/// How much of the WAL's head [`Warmer::pass`] keeps in the page cache.
 const WARM_HEAD: u64 = 8 * 1024 * 1024;
+/// How far beyond the WAL's write position [`Warmer::pass`] keeps it in the page cache: a few
+/// seconds of commits at 1,000 commands/s (three 2 KiB pages each), more than one checkpoint
+/// period at full speed's rate of small commits.
+const WARM_AHEAD: u64 = 16 * 1024 * 1024;
+/// The WAL file's header, before its first frame.
+const WAL_HEADER: u64 = 32;
+/// Each WAL frame's header, before its page.
+const FRAME_HEADER: u64 = 24;
 
-/// Asks the kernel to bring the WAL's head back into the page cache, once a checkpoint has
-/// copied every frame. The next commit then rewinds the WAL and writes over its head, and its
-/// frames (a page plus 24 bytes) never fill whole file-system blocks: a block whose page the
-/// kernel evicted meanwhile must be read from disk inside that commit. On the test VM a
-/// reclaimer (DAMON `pageout`) evicts pages idle for a minute, as memory pressure does on any
-/// host, and those reads, queued behind checkpoint fsyncs, showed as 2-13 ms waits in the
-/// dispatcher's `write()`. `WILLNEED` reads asynchronously and costs nothing for cached pages.
-fn warm_head(wal: &Path, size: u64) {
-    let Ok(file) = std::fs::File::open(wal) else {
-        return;
-    };
-    let len = std::num::NonZeroU64::new(size.min(WARM_HEAD));
-    if let Err(e) = rustix::fs::fadvise(&file, 0, len, rustix::fs::Advice::WillNeed) {
-        tracing::debug!(error = %e, "WAL read-ahead failed");
+/// Keeps the part of the WAL the next commits write over in the page cache. A frame (a page
+/// plus 24 bytes) never fills whole file-system blocks, so a commit writing into a block whose
+/// page the kernel evicted must first read that block from disk, inside the commit, on the
+/// dispatcher's thread. On the test VM a reclaimer (DAMON `pageout`) evicts pages idle for a
+/// minute, as memory pressure does on any host; the reserved WAL is written over from its head
+/// after every rewind, and a steady flow takes tens of seconds to cross it, so its pages age
+/// out before the writer comes back to them. Those reads, queued behind checkpoint fsyncs,
+/// showed as 2-13 ms waits in the dispatcher's `write()` right after a rewind, and at 1,000
+/// commands/s as one block read every few commands in the middle of the WAL (a quarter of the
+/// 4-node p99; BENCHMARKS.md, eighth stop). So every pass asks the kernel for the head, where
+/// the next rewind writes, and for what lies just beyond the write position. `WILLNEED` reads
+/// asynchronously, on this thread's account, and costs a page-cache lookup for cached pages.
+struct Warmer {
+    wal: std::path::PathBuf,
+    /// Opened at the first pass that finds the WAL (a node without a reserve has none until its
+    /// first commit).
+    file: Option<std::fs::File>,
+    frame: u64,
+}
+
+impl Warmer {
+    fn new(wal: &Path, page_size: u64) -> Self {
+        Warmer {
+            wal: wal.to_path_buf(),
+            file: None,
+            frame: FRAME_HEADER + page_size,
+        }
+    }
+
+    /// One pass, after a checkpoint that left `frames` frames in a WAL file of `size` bytes.
+    fn pass(&mut self, size: u64, frames: i64) {
+        if self.file.is_none() && size > 0 {
+            self.file = std::fs::File::open(&self.wal).ok();
+        }
+        let Some(file) = &self.file else {
+            return;
+        };
+        for (from, len) in self.ranges(size, frames) {
+            let Some(len) = std::num::NonZeroU64::new(len) else {
+                continue;
+            };
+            if let Err(e) = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::WillNeed)
+            {
+                tracing::debug!(error = %e, "WAL read-ahead failed");
+            }
+        }
+    }
+
+    /// The (offset, length) ranges a pass warms: the head, and what follows the last frame,
+    /// both within the file.
+    fn ranges(&self, size: u64, frames: i64) -> [(u64, u64); 2] {
+        let head = WAL_HEADER + u64::try_from(frames).unwrap_or(0) * self.frame;
+        [(0, WARM_HEAD), (head, WARM_AHEAD)]
+            .map(|(from, len)| (from, len.min(size.saturating_sub(from))))
     }
 }
 
@@ -201,6 +249,8 @@ impl Journal {
             std::path::PathBuf::from(p)
         };
         reserve_or_warn(&conn, &wal, space.reserve);
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let mut warmer = Warmer::new(&wal, page_size.unsigned_abs());
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
@@ -225,10 +275,7 @@ impl Journal {
                         }
                     };
                     let (busy, frames, copied) = passive;
-                    // Again on every pass while idle: pages evicted meanwhile come back.
-                    if busy == 0 && frames > 0 && frames == copied {
-                        warm_head(&wal, size);
-                    }
+                    warmer.pass(size, frames);
                     let idle = busy == 0 && frames == copied && frames == last_frames;
                     last_frames = frames;
                     if !idle {
@@ -282,6 +329,28 @@ mod tests {
         let free = other.execute_batch("BEGIN IMMEDIATE").is_ok();
         let _ = other.execute_batch("ROLLBACK");
         free
+    }
+
+    #[test]
+    fn the_warmer_covers_the_head_and_what_follows_the_last_frame() {
+        let warmer = Warmer::new(Path::new("/nonexistent/journal.db-wal"), 2048);
+        let size = WAL_LIMIT;
+        let [head, ahead] = warmer.ranges(size, 10);
+        assert_eq!(head, (0, WARM_HEAD));
+        assert_eq!(ahead, (32 + 10 * 2072, WARM_AHEAD));
+        // Near the file's end only what exists is asked for; an empty file asks for nothing.
+        let last = (size - 32) / 2072 - 1;
+        let [_, ahead] = warmer.ranges(size, last as i64);
+        assert_eq!(ahead.0 + ahead.1, size);
+        assert!(ahead.1 < 2 * 2072);
+        assert_eq!(warmer.ranges(0, 0), [(0, 0), (32, 0)]);
+    }
+
+    #[test]
+    fn a_warmer_without_a_wal_does_nothing() {
+        let mut warmer = Warmer::new(Path::new("/nonexistent/journal.db-wal"), 2048);
+        warmer.pass(WAL_LIMIT, 5);
+        assert!(warmer.file.is_none());
     }
 
     #[test]
