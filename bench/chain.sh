@@ -32,7 +32,8 @@ set -euo pipefail
 # at the top tier (1 node), then one tier lower each time (2, 3, 4), the subscriber always at the
 # top; ROUNDS times, the order alternating. It shows what one more hop costs each chain. Each
 # round also runs `medlink-bench floor` (bench/src/floor.rs) through as many relays: the leanest
-# hop that commits before passing on, and one that does not (FLOOR=0 leaves it out).
+# hop that commits to SQLite before passing on, one that appends to a log instead, and one that
+# does neither (FLOOR=0 leaves it out).
 N=${1:-100000}
 P=${2:-4}
 LAT_N=${LAT_N:-10000}
@@ -222,12 +223,16 @@ cpu_ns() {
     done
     echo "$t"
 }
-# Bytes the processes $@ have read from disk (a write into a file-system block whose page was
-# evicted reads the block first, inside the write).
+# Bytes the forwarding threads of the processes $@ have read from disk: a write into a
+# file-system block whose page was evicted reads the block first, inside the write. A medlink
+# node counts its dispatcher thread only (its checkpoint thread reads the WAL ahead on purpose,
+# off the path); a mosquitto broker is one thread.
 read_bytes() {
-    local t=0 p b
+    local t=0 p f b
     for p in "$@"; do
-        b=$(awk '/^read_bytes/ {print $2}' /proc/"$p"/io 2> /dev/null || echo 0)
+        f=$(grep -lx dispatcher /proc/"$p"/task/*/comm 2> /dev/null | head -1)
+        f=${f:+${f%/comm}/io}
+        b=$(awk '/^read_bytes/ {print $2}' "${f:-/proc/$p/io}" 2> /dev/null || echo 0)
         t=$((t + ${b:-0}))
     done
     echo "$t"
@@ -250,7 +255,7 @@ run() {
     local used=$(( $(cpu_ns "${pids[@]}") - before ))
     local read_kb=$(( ($(read_bytes "${pids[@]}") - read_before) / 1024 ))
     echo "{\"cpu_label\":\"$label\",\"cpu_us_per_msg\":$(( used / 1000 / (n > 0 ? n : 1) )),\"disk_read_kb\":$read_kb}" >> "$RESULTS"
-    echo "#   CPU of the whole chain: $(( used / 1000 / (n > 0 ? n : 1) )) us per message; read from disk: $read_kb KiB" >&2
+    echo "#   CPU of the whole chain: $(( used / 1000 / (n > 0 ? n : 1) )) us per message; read from disk on the forwarding threads: $read_kb KiB" >&2
 }
 
 mosq() { [ "$ONLY" = medlink ] || run "${MOSQ_ARGS[@]}" "$@"; }
@@ -306,14 +311,15 @@ if [ "${HOPS:-0}" = 1 ]; then
             hop_floor() {
                 [ "${FLOOR:-1}" = 1 ] || return 0
                 "$BENCH" floor --hops "$hops" -n "$LAT_N" --commit --label "floor-commit-hops$hops" | tee -a "$RESULTS" | sed -n '2p' >&2
+                "$BENCH" floor --hops "$hops" -n "$LAT_N" --log --label "floor-log-hops$hops" | tee -a "$RESULTS" | sed -n '2p' >&2
                 "$BENCH" floor --hops "$hops" -n "$LAT_N" --label "floor-pass-hops$hops" | tee -a "$RESULTS" | sed -n '2p' >&2
             }
             if [ $((round % 2)) = 0 ]; then hop_ml; hop_mq; hop_floor; else hop_floor; hop_mq; hop_ml; fi
         done
     done
     echo
-    echo "| nodes crossed | medlink p50 / p99 | mosquitto p50 / p99 | floor, commit then pass on | floor, no commit | CPU per message, medlink / mosquitto chain | medlink lost / dup / out of order |"
-    echo "|---:|---|---|---|---|---|---|"
+    echo "| nodes crossed | medlink p50 / p99 | mosquitto p50 / p99 | floor, SQLite commit then pass on | floor, log append then pass on | floor, no commit | CPU per message, medlink / mosquitto chain | medlink lost / dup / out of order |"
+    echo "|---:|---|---|---|---|---|---|---|"
     PYTHONPATH="$ROOT/bench" python3 - "$RESULTS" <<'EOF'
 import sys
 from results import load, median
@@ -329,9 +335,10 @@ for hops in range(1, 5):
     ml, mls = pair(f"medlink-hops{hops}")
     mq, _ = pair(f"mosquitto-hops{hops}")
     fc, fcs = pair(f"floor-commit-hops{hops}")
+    fl, fls = pair(f"floor-log-hops{hops}")
     fp, fps = pair(f"floor-pass-hops{hops}")
-    bad = " / ".join(str(sum(r[k] for r in mls + fcs + fps)) for k in ("lost", "duplicates", "out_of_order"))
-    print(f"| {hops} | {ml} | {mq} | {fc} | {fp} | {cpu_of(f'medlink-hops{hops}')} / {cpu_of(f'mosquitto-hops{hops}')} | {bad} |")
+    bad = " / ".join(str(sum(r[k] for r in mls + fcs + fls + fps)) for k in ("lost", "duplicates", "out_of_order"))
+    print(f"| {hops} | {ml} | {mq} | {fc} | {fl} | {fp} | {cpu_of(f'medlink-hops{hops}')} / {cpu_of(f'mosquitto-hops{hops}')} | {bad} |")
 rounds = max(len([r for r in rows if r["label"] == f"{side}-hops1"]) for side in ("medlink", "mosquitto"))
 print(f"\nmedians of {rounds} round(s)")
 EOF
@@ -439,7 +446,7 @@ for r in lines:
 if cpu.get("medlink-4-tier-1k") and cpu.get("mosquitto-4-chain-1k"):
     print(f'\nCPU per message at 1,000 msg/s, whole chain (median): medlink {median(cpu["medlink-4-tier-1k"]):.0f} us, '
           f'mosquitto {median(cpu["mosquitto-4-chain-1k"]):.0f} us')
-    print(f'Read from disk by the chain per latency run (median): medlink {median(reads["medlink-4-tier-1k"]):.0f} KiB, '
+    print(f'Read from disk on the forwarding threads per latency run (median): medlink {median(reads["medlink-4-tier-1k"]):.0f} KiB, '
           f'mosquitto {median(reads["mosquitto-4-chain-1k"]):.0f} KiB')
 if rtts:
     print("\n| round trips | transport | in flight | per s | p50 ms | p99 ms | p99.9 ms | lost | dup |")

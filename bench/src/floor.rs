@@ -7,7 +7,8 @@
 //! nothing per message? Each relay is a process with one blocking thread and no runtime, no
 //! MQTT, no JSON and no routing: it reads a length-prefixed frame, (with `--commit`) runs
 //! the journal's own transaction shape on a SQLite file with the journal's settings (WAL,
-//! `synchronous=NORMAL`, 2 KB pages, a checkpointer on its own connection), writes the frame
+//! `synchronous=NORMAL`, 2 KB pages, a checkpointer on its own connection, the WAL's space
+//! reserved before the first frame as the node reserves it), writes the frame
 //! to the next relay and an ack back. Whatever medlink does per hop beyond that is overhead
 //! a redesign could remove; this is what it could not.
 //!
@@ -40,8 +41,13 @@ pub struct FloorArgs {
     #[arg(long, default_value_t = 256)]
     pub size: usize,
     /// Each relay commits the frame to its SQLite journal before passing it on.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "log")]
     pub commit: bool,
+    /// Each relay appends the frame and its receive position to a log file, one write, before
+    /// passing it on: a custody hop whose commit is a single append instead of a SQLite
+    /// transaction (the same durability as the node's: the process may die, the kernel keeps it).
+    #[arg(long)]
+    pub log: bool,
     /// Label carried into the JSON report.
     #[arg(long, default_value = "floor")]
     pub label: String,
@@ -59,6 +65,9 @@ pub struct RelayArgs {
     /// The journal file; without it the relay passes frames on without committing.
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// The log file (`floor --log`): each frame is appended to it before it is passed on.
+    #[arg(long, conflicts_with = "db")]
+    pub log: Option<PathBuf>,
 }
 
 /// What one floor run measured.
@@ -68,8 +77,10 @@ pub struct FloorReport {
     pub label: String,
     /// Relays crossed.
     pub hops: usize,
-    /// Whether each relay committed before passing on.
+    /// Whether each relay committed to SQLite before passing on.
     pub commit: bool,
+    /// Whether each relay appended to a log before passing on.
+    pub log: bool,
     /// Messages sent.
     pub messages: usize,
     /// Messages received once.
@@ -99,7 +110,13 @@ impl FloorReport {
         format!(
             "# floor, {} relays, {}: {} msgs at a fixed rate: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; lost {}, duplicates {}, out of order {}",
             self.hops,
-            if self.commit { "commit then pass on" } else { "no commit" },
+            if self.commit {
+                "commit then pass on"
+            } else if self.log {
+                "append to a log then pass on"
+            } else {
+                "no commit"
+            },
             self.messages,
             self.p50_ms,
             self.p99_ms,
@@ -154,6 +171,9 @@ impl Journal {
             "CREATE TABLE IF NOT EXISTS queue(lseq INTEGER PRIMARY KEY, body BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS link_in(peer TEXT PRIMARY KEY, last INTEGER NOT NULL);",
         )?;
+        reserve_wal(&conn, path).map_err(|e| {
+            rusqlite::Error::ToSqlConversionFailure(format!("reserving the WAL: {e}").into())
+        })?;
         let checkpointer = rusqlite::Connection::open(path)?;
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(100));
@@ -182,6 +202,76 @@ impl Journal {
     }
 }
 
+/// The WAL's space the node reserves by default (`[node] wal_reserve_mb`, 128).
+const WAL_RESERVE: u64 = 128 << 20;
+
+/// Extends the journal's WAL with zeros written to disk, holding the write lock, as the node
+/// does before its first command (`journal/checkpoint.rs`): a floor without it would pay the
+/// file system's block allocation on every append, which the node no longer does.
+fn reserve_wal(conn: &rusqlite::Connection, db: &std::path::Path) -> std::io::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(std::io::Error::other)?;
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let filled = (|| {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&wal)?;
+        let zeros = vec![0u8; 1 << 20];
+        while file.metadata()?.len() < WAL_RESERVE {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()
+    })();
+    conn.execute_batch("ROLLBACK")
+        .map_err(std::io::Error::other)?;
+    filled
+}
+
+/// An append-only custody log, cut to what one hop writes: the receive position and the frame,
+/// in one `pwrite` into space reserved (written and synced) up front, as the WAL's is.
+struct Log {
+    file: std::fs::File,
+    at: u64,
+    record: Vec<u8>,
+}
+
+impl Log {
+    fn open(path: &std::path::Path) -> std::io::Result<Log> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(WAL_RESERVE >> 20) {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+        Ok(Log {
+            file,
+            at: 0,
+            record: Vec::new(),
+        })
+    }
+
+    /// One record: length, position, frame. The reserve is reused from its start once full
+    /// (the floor keeps no history to replay).
+    fn append(&mut self, lseq: u64, body: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.record.clear();
+        self.record
+            .extend_from_slice(&(body.len() as u32).to_be_bytes());
+        self.record.extend_from_slice(&lseq.to_be_bytes());
+        self.record.extend_from_slice(body);
+        if self.at + self.record.len() as u64 > WAL_RESERVE {
+            self.at = 0;
+        }
+        self.file.write_all_at(&self.record, self.at)?;
+        self.at += self.record.len() as u64;
+        Ok(())
+    }
+}
+
 /// One relay: listens on a free port (printed on stdout), connects to `next`, then passes on
 /// every frame of the one connection it accepts.
 pub fn relay(args: &RelayArgs) -> Result<(), String> {
@@ -193,6 +283,10 @@ pub fn relay(args: &RelayArgs) -> Result<(), String> {
     drain_acks(next.try_clone().map_err(|e| e.to_string())?, acked.clone());
     let mut journal = match &args.db {
         Some(p) => Some(Journal::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let mut log = match &args.log {
+        Some(p) => Some(Log::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
         None => None,
     };
     println!("{port}");
@@ -208,6 +302,9 @@ pub fn relay(args: &RelayArgs) -> Result<(), String> {
         if let Some(j) = journal.as_mut() {
             j.commit(lseq, &body, acked.load(Ordering::Relaxed))
                 .map_err(|e| format!("commit: {e}"))?;
+        }
+        if let Some(l) = log.as_mut() {
+            l.append(lseq, &body).map_err(|e| format!("log: {e}"))?;
         }
         // Pass on first, then acknowledge, as the dispatcher orders its writes.
         write_frame(&mut next, &body, &mut out).map_err(|e| e.to_string())?;
@@ -237,6 +334,8 @@ pub fn run(args: &FloorArgs) -> Result<FloorReport, String> {
             let db = dir.join(format!("relay{i}.db"));
             let _ = std::fs::remove_file(&db);
             cmd.arg("--db").arg(db);
+        } else if args.log {
+            cmd.arg("--log").arg(dir.join(format!("relay{i}.log")));
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -352,6 +451,7 @@ fn top_read(
         label: args.label.clone(),
         hops: args.hops,
         commit: args.commit,
+        log: args.log,
         messages: n,
         received,
         lost: n - received,
