@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 
 /// The journal's file name inside the data directory.
 pub const JOURNAL_FILE: &str = "journal.db";
+/// What follows the journal's name in the names of the files that belong to it: SQLite's WAL
+/// and shared memory, and the custody log (`journal/custody.rs`).
+pub const JOURNAL_SUFFIXES: [&str; 4] = ["", "-wal", "-shm", CUSTODY_SUFFIX];
+/// The custody log's suffix.
+pub const CUSTODY_SUFFIX: &str = "-custody";
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +96,7 @@ impl DataDir {
         let _ = lock.set_len(0);
         let _ = lock.rewind();
         let _ = writeln!(lock, "{}", std::process::id());
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in JOURNAL_SUFFIXES {
             let file = path.join(format!("{JOURNAL_FILE}{suffix}"));
             if file.exists() {
                 private(&file, 0o600).map_err(io(&file))?;
@@ -131,9 +136,9 @@ fn private(path: &Path, mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Bytes the journal takes on disk, its WAL and shared-memory files included.
+/// Bytes the journal takes on disk, its WAL, shared-memory and custody log files included.
 pub fn journal_bytes(journal: &std::path::Path) -> u64 {
-    ["", "-wal", "-shm"]
+    JOURNAL_SUFFIXES
         .iter()
         .filter_map(|suffix| {
             let mut name = journal.as_os_str().to_owned();

@@ -231,6 +231,7 @@ impl Node {
         let ports = Ports::bind(&cfg).await.map_err(NodeError::Listen)?;
         let path = data_dir.journal()?;
         let journal = Journal::open(&path, cfg.durability)
+            .and_then(|mut j| j.keep_custody_log(&path, cfg.durability).map(|()| j))
             .and_then(|mut j| j.set_owner(&cfg.id).map(|()| j))
             .map_err(|source| NodeError::Journal {
                 path: path.clone(),

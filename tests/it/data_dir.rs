@@ -85,7 +85,8 @@ fn the_data_dir_and_journal_are_private_to_the_service_user() {
         &json!({"to": {"node": "js", "client": "pat"}, "cmd": "x"}),
     );
     assert_eq!(status, 202);
-    for f in ["journal.db-wal", "journal.db-shm"] {
+    assert!(dir.join("journal.db-custody").exists(), "the custody log");
+    for f in ["journal.db-wal", "journal.db-shm", "journal.db-custody"] {
         if dir.join(f).exists() {
             assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use medlink_broker::{Accept, Authenticator, Inbound};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::clients::{stream_topic, Change, Clients, Cursor};
 use crate::envelope::{now_ms, Limits};
@@ -169,11 +169,27 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
         loop {
+            if self.journal.has_logged() {
+                // Rounds the custody log took reach SQLite now if nothing waits, off the path
+                // of the next command: first the tasks this round woke (the writes on to the
+                // next hop and back to the senders) run, then any input they brought waits for
+                // the next round, whose transaction writes the log's rounds first.
+                tokio::task::yield_now().await;
+                if self.inputs.is_idle() {
+                    if let Err(e) = self.journal.write_logged() {
+                        warn!(error = %e, "writing the custody log's rounds into the journal failed; the next round tries again");
+                    }
+                }
+            }
             let Some(items) = self.inputs.next_round(&mut tick, &mut shutdown).await else {
                 if !self.state.links.acks.is_empty() {
                     // Not needed for custody (the peers would skip the resends), but a node
                     // stopped cleanly resends nothing.
                     self.round(Vec::new(), false);
+                }
+                // Likewise: a node stopped cleanly leaves its custody log empty.
+                if let Err(e) = self.journal.write_logged() {
+                    warn!(error = %e, "writing the custody log's rounds into the journal failed; they are written at the next start");
                 }
                 info!("dispatcher stopping");
                 return;

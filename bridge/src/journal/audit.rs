@@ -40,6 +40,11 @@ pub(super) struct AuditRows {
 }
 
 impl AuditRows {
+    /// Whether the round audited nothing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
     /// The `i`th string of `row`: id, from node, from client, to node, to client, cmd, decision.
     fn field(&self, row: &AuditRow, i: usize) -> &str {
         let start = if i == 0 { row.start } else { row.ends[i - 1] };

@@ -12,6 +12,7 @@
 mod audit;
 mod backlog;
 mod checkpoint;
+mod custody;
 mod deadletters;
 mod dest;
 mod hot;
@@ -87,6 +88,11 @@ pub struct Journal {
     epoch: u64,
     /// Recently decoded segments: (dest, first_lseq) → entries, most recent last.
     segments: std::cell::RefCell<Vec<CachedSegment>>,
+    /// The custody log, once [`Journal::keep_custody_log`] opened it.
+    custody: Option<custody::CustodyLog>,
+    /// Rounds the custody log holds that SQLite does not yet (their rows are in the hot
+    /// tails meanwhile).
+    logged: Vec<custody::Record>,
 }
 
 impl Journal {
@@ -144,16 +150,7 @@ impl Journal {
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?1)",
             [FORMAT],
         )?;
-        // `seq.next` is the end of the last reserved block: numbering resumes there.
-        let mut next = HashMap::new();
-        {
-            let mut stmt = conn.prepare("SELECT dest, next FROM seq")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (dest, n) = row?;
-                next.insert(dest, n as u64);
-            }
-        }
+        let next = numbering(&conn)?;
         let reserved = next.clone();
         // The epoch names this journal's life: a journal that is replaced (disk swapped, data
         // dir wiped) restarts its link sequences at 1, and peers must not take those for
@@ -175,7 +172,58 @@ impl Journal {
             stats: None,
             epoch,
             segments: Default::default(),
+            custody: None,
+            logged: Vec::new(),
         })
+    }
+
+    /// Opens the custody log beside the journal at `path` (`custody.rs`) and takes it into
+    /// use: rounds that only pass envelopes on are made durable by one append to it, and
+    /// written into SQLite when the dispatcher is idle ([`Journal::write_logged`]) or at the
+    /// next transaction's start. What a crash left in the log is written into SQLite here,
+    /// before anything else reads the journal.
+    pub fn keep_custody_log(&mut self, path: &Path, durability: Durability) -> Result<()> {
+        let io = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(e.into());
+        let applied: i64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'custody_applied'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let (log, records) =
+            custody::CustodyLog::open(path, durability, applied.max(0) as u64).map_err(io)?;
+        let replayed = records.len();
+        self.custody = Some(log);
+        self.logged = records;
+        if replayed > 0 {
+            self.begin()?.commit()?;
+            // What the log held is in SQLite now: number and count from there.
+            self.next = numbering(&self.conn)?;
+            self.reserved = self.next.clone();
+            self.backlog = backlog::Backlog::load(&self.conn)?;
+            self.hot.clear();
+            tracing::info!(rounds = replayed, "custody log replayed into the journal");
+        } else if let Some(log) = self.custody.as_mut() {
+            // New records must belong to a generation SQLite has not marked applied.
+            log.rewind().map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Whether rounds wait in the custody log for SQLite.
+    pub fn has_logged(&self) -> bool {
+        !self.logged.is_empty()
+    }
+
+    /// Writes the rounds waiting in the custody log into SQLite, in one transaction.
+    pub fn write_logged(&mut self) -> Result<()> {
+        if self.logged.is_empty() {
+            return Ok(());
+        }
+        self.begin()?.commit()
     }
 
     /// Records which node owns this journal (for tools reading it, like `medlink trace`).
@@ -271,7 +319,16 @@ impl Journal {
     /// Lowest sequence still queued for `dest`, or the next one to be assigned if none.
     pub fn floor(&self, dest: &Dest) -> Result<u64> {
         let dest = dest.as_str();
-        floor(&self.conn, &self.next, dest)
+        let stored = floor(&self.conn, &self.next, dest)?;
+        // Rows the custody log holds are not in SQLite yet.
+        let logged = self
+            .logged
+            .iter()
+            .flat_map(|r| &r.segments)
+            .filter(|(d, ..)| d == dest)
+            .map(|(_, first, ..)| *first)
+            .min();
+        Ok(logged.map_or(stored, |l| l.min(stored)))
     }
 
     /// Runs `reads` in one read transaction: one snapshot of the journal, and one take of the
@@ -308,6 +365,19 @@ fn decode_row(blob: Vec<u8>) -> Result<Vec<Queued>> {
     segment::decode(Bytes::from(blob)).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
     })
+}
+
+/// Next sequence number per destination: `seq.next` is the end of the last reserved block, and
+/// numbering resumes there.
+fn numbering(conn: &Connection) -> Result<HashMap<String, u64>> {
+    let mut next = HashMap::new();
+    let mut stmt = conn.prepare("SELECT dest, next FROM seq")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (dest, n) = row?;
+        next.insert(dest, n as u64);
+    }
+    Ok(next)
 }
 
 fn floor(conn: &Connection, next: &HashMap<String, u64>, dest: &str) -> Result<u64> {

@@ -191,3 +191,99 @@ fn a_snapshot_reads_what_was_committed_and_ends_even_when_a_read_fails() {
     t.commit().unwrap();
     assert_eq!(j.snapshot(|j| j.read(&up(), 0, 10)).unwrap().len(), 2);
 }
+
+/// A journal with its custody log, at `path`.
+fn with_log(path: &Path) -> Journal {
+    let mut j = Journal::open(path, Durability::Process).unwrap();
+    j.keep_custody_log(path, Durability::Process).unwrap();
+    j
+}
+
+/// How many queue rows SQLite itself holds (not the custody log, not the hot tails).
+fn stored_rows(path: &Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A round that only queues envelopes and moves a link position: the custody log takes it.
+fn pass_on(j: &mut Journal, ids: &[&str], last: u64) {
+    let mut t = j.begin().unwrap();
+    for id in ids {
+        t.enqueue(&up(), &env(id).head(), format!("body {id}").into())
+            .unwrap();
+    }
+    t.set_link_in((&Peer::Child("c".into()), Priority::Normal), last, 7)
+        .unwrap();
+    t.commit().unwrap();
+}
+
+#[test]
+fn a_round_the_custody_log_took_survives_a_crash_before_it_reached_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let mut j = with_log(&path);
+    pass_on(&mut j, &["a", "b", "c"], 3);
+    assert!(j.has_logged());
+    assert_eq!(stored_rows(&path), 0, "the round went to the log, not to SQLite");
+    // Sending reads it from the hot tail meanwhile, and a new lane starts below it.
+    assert_eq!(lseqs(&j, &up(), 0), vec![1, 2, 3]);
+    assert_eq!(j.floor(&up()).unwrap(), 1);
+    drop(j); // a crash: nothing wrote the log's round into SQLite
+
+    let mut j = with_log(&path);
+    assert!(!j.has_logged());
+    assert_eq!(stored_rows(&path), 1, "replayed as the round's one segment");
+    let rows = j.read(&up(), 0, 10).unwrap();
+    let bodies: Vec<&[u8]> = rows.iter().map(|q| &q.body[..]).collect();
+    assert_eq!(bodies, [&b"body a"[..], b"body b", b"body c"]);
+    let mut t = j.begin().unwrap();
+    assert_eq!(
+        t.link_in(&Peer::Child("c".into()), Priority::Normal).unwrap(),
+        (3, 7)
+    );
+    // Numbering goes on after the replayed round: no number is given twice.
+    let next = t.enqueue(&up(), &env("d").head(), "body d".into()).unwrap();
+    assert!(next > 3, "{next}");
+    t.commit().unwrap();
+}
+
+#[test]
+fn the_custody_logs_rounds_reach_sqlite_once_however_the_node_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let mut j = with_log(&path);
+    pass_on(&mut j, &["a", "b"], 2);
+    // The dispatcher's idle moment.
+    j.write_logged().unwrap();
+    assert!(!j.has_logged());
+    assert_eq!(stored_rows(&path), 1);
+    pass_on(&mut j, &["c"], 3);
+    pass_on(&mut j, &["d", "e"], 5);
+    drop(j);
+    // Reopened twice: the written round is not replayed again, the other two are replayed
+    // once (a second replay would break the queue's unique index or double the rows).
+    drop(with_log(&path));
+    let j = with_log(&path);
+    assert_eq!(stored_rows(&path), 3);
+    assert_eq!(lseqs(&j, &up(), 0), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_round_that_writes_to_sqlite_carries_the_logged_rounds_before_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let mut j = with_log(&path);
+    pass_on(&mut j, &["a", "b", "c"], 3);
+    // An acknowledgement is a statement: this round commits to SQLite, the logged one first.
+    let mut t = j.begin().unwrap();
+    assert_eq!(t.remove_through(&up(), 2).unwrap(), 0, "a segment goes whole");
+    t.enqueue(&up(), &env("d").head(), "body d".into()).unwrap();
+    t.commit().unwrap();
+    assert!(!j.has_logged());
+    assert_eq!(stored_rows(&path), 2);
+    drop(j);
+    let j = with_log(&path);
+    assert_eq!(lseqs(&j, &up(), 2), vec![3, 4]);
+}

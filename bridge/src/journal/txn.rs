@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::backlog::Backlog;
+use super::custody::{CustodyLog, Record};
 use super::dest::{link_in_key, Dest, Peer};
 use super::hot::{apply, Hot, HotChange};
 use super::multirow::MultiRow;
@@ -18,6 +19,13 @@ use crate::stats::{DeliveredBy, Stats};
 
 /// A queue row to insert: destination, first and last sequence, earliest expiry, entries.
 type SegmentRow<'e> = (&'e str, u64, u64, Option<u64>, Vec<u8>);
+
+/// The row of one segment of `entries` queued for `dest` (none for no entries).
+fn segment_row<'e>(dest: &'e str, entries: &[Queued]) -> Option<SegmentRow<'e>> {
+    let (first, last) = (entries.first()?, entries.last()?);
+    let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
+    Some((dest, first.lseq, last.lseq, min_expiry, super::segment::encode(entries)))
+}
 
 /// Writes queue segments.
 static INSERT_SEGMENTS: LazyLock<MultiRow> = LazyLock::new(|| {
@@ -34,6 +42,15 @@ static STORE_ACKED: LazyLock<MultiRow> = LazyLock::new(|| {
         "INSERT INTO acked(dest, upto)",
         2,
         "ON CONFLICT(dest) DO UPDATE SET upto = max(upto, excluded.upto)",
+    )
+});
+
+/// Stores link receive positions.
+static STORE_LINK_IN: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO link_in(peer, last, epoch)",
+        3,
+        "ON CONFLICT(peer) DO UPDATE SET last = excluded.last, epoch = excluded.epoch",
     )
 });
 
@@ -89,8 +106,10 @@ impl Drop for CachedTx<'_> {
 
 impl Journal {
     /// Starts a group transaction.
+    /// Starts a group transaction. Rounds the custody log took and SQLite has not yet are
+    /// written first, in this transaction: everything the round reads is in SQLite.
     pub fn begin(&mut self) -> Result<Txn<'_>> {
-        Ok(Txn {
+        let mut txn = Txn {
             tx: CachedTx::begin(&self.conn)?,
             dead: [0; 3],
             next: &mut self.next,
@@ -101,9 +120,17 @@ impl Journal {
             changes: Vec::new(),
             dirty: HashSet::new(),
             pending: HashMap::new(),
+            link_in: Vec::new(),
             segments: &self.segments,
             audits: Default::default(),
-        })
+            custody: &mut self.custody,
+            logged: &mut self.logged,
+            applying: false,
+        };
+        if !txn.logged.is_empty() {
+            txn.apply_logged()?;
+        }
+        Ok(txn)
     }
 }
 
@@ -122,6 +149,15 @@ pub struct Txn<'a> {
     dirty: HashSet<String>,
     /// Envelopes queued in this transaction, by destination, written as segments.
     pending: HashMap<String, Vec<Queued>>,
+    /// Link receive positions set in this transaction: `link_in` key, last, epoch.
+    link_in: Vec<(String, u64, u64)>,
+    /// The custody log, if this journal keeps one (`custody.rs`).
+    custody: &'a mut Option<CustodyLog>,
+    /// Rounds the custody log holds that SQLite does not yet.
+    logged: &'a mut Vec<Record>,
+    /// This transaction writes the logged rounds into SQLite: its commit marks their
+    /// generation applied, then rewinds the log.
+    applying: bool,
     /// The journal's decoded-segment cache, emptied when a segment is rewritten.
     segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
     /// Audit rows of this transaction, inserted at commit (`audit.rs`).
@@ -132,10 +168,14 @@ impl Txn<'_> {
     /// Last sequence committed from `peer` on its link into this node, and the epoch of the
     /// peer's journal it belongs to.
     pub fn link_in(&self, peer: &Peer, lane: Priority) -> Result<(u64, u64)> {
+        let key = link_in_key(peer, lane);
+        if let Some((_, last, epoch)) = self.link_in.iter().rev().find(|(k, ..)| *k == key) {
+            return Ok((*last, *epoch));
+        }
         Ok(self
             .tx
             .prepare_cached("SELECT last, epoch FROM link_in WHERE peer = ?1")?
-            .query_row([link_in_key(peer, lane)], |r| {
+            .query_row([key], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
             })
             .optional()?
@@ -223,14 +263,14 @@ impl Txn<'_> {
         segments: impl Iterator<Item = (&'e str, &'e [Queued])>,
     ) -> Result<()> {
         let rows: Vec<SegmentRow> = segments
-            .filter_map(|(dest, entries)| {
-                let (first, last) = (entries.first()?, entries.last()?);
-                let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
-                let blob = super::segment::encode(entries);
-                Some((dest, first.lseq, last.lseq, min_expiry, blob))
-            })
+            .filter_map(|(dest, entries)| segment_row(dest, entries))
             .collect();
-        INSERT_SEGMENTS.run(&self.tx, &rows, |stmt, at, row| {
+        self.insert_rows(&rows)
+    }
+
+    /// Writes segment rows, several to a statement.
+    fn insert_rows(&self, rows: &[SegmentRow]) -> Result<()> {
+        INSERT_SEGMENTS.run(&self.tx, rows, |stmt, at, row| {
             let (dest, first, last, min_expiry, blob) = row;
             stmt.raw_bind_parameter(at, dest)?;
             stmt.raw_bind_parameter(at + 1, *first as i64)?;
@@ -411,13 +451,24 @@ impl Txn<'_> {
         epoch: u64,
     ) -> Result<()> {
         let peer = link_in_key(peer, lane);
-        self.tx
-            .prepare_cached(
-                "INSERT INTO link_in(peer, last, epoch) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(peer) DO UPDATE SET last = excluded.last, epoch = excluded.epoch",
-            )?
-            .execute(params![peer, last as i64, epoch as i64])?;
+        // Written at the commit, with the round's segments: a round that only passes envelopes
+        // on then goes to the custody log whole.
+        match self.link_in.iter_mut().find(|(k, ..)| *k == peer) {
+            Some(slot) => *slot = (peer, last, epoch),
+            None => self.link_in.push((peer, last, epoch)),
+        }
         Ok(())
+    }
+
+    /// Writes the staged receive positions.
+    fn write_link_in(&mut self) -> Result<()> {
+        let staged = std::mem::take(&mut self.link_in);
+        STORE_LINK_IN.run(&self.tx, &staged, |stmt, at, (peer, last, epoch)| {
+            stmt.raw_bind_parameter(at, peer)?;
+            stmt.raw_bind_parameter(at + 1, *last as i64)?;
+            stmt.raw_bind_parameter(at + 2, *epoch as i64)?;
+            Ok(())
+        })
     }
 
     /// Up to `n` queues of `group`'s `lane` whose first in line is oldest, oldest first:
@@ -466,10 +517,20 @@ impl Txn<'_> {
             }
             e
         };
-        self.flush_pending().map_err(failed)?;
-        self.flush_audit().map_err(failed)?;
-        self.write_reservations().map_err(failed)?;
+        if !self.log().map_err(failed)? {
+            self.flush_pending().map_err(failed)?;
+            self.flush_audit().map_err(failed)?;
+            self.write_reservations().map_err(failed)?;
+            self.write_link_in().map_err(failed)?;
+            if self.applying {
+                self.mark_applied().map_err(failed)?;
+            }
+        }
         self.tx.commit().map_err(failed)?;
+        if self.applying {
+            self.logged.clear();
+            rewind_log(self.custody);
+        }
         for dest in self.dirty {
             let end = self.next[&dest] + SEQ_BLOCK;
             self.reserved.insert(dest, end);
@@ -486,6 +547,97 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Makes this round durable by one append to the custody log instead of SQLite's commit,
+    /// if it can: its changes are only queued envelopes, link positions and sequence blocks,
+    /// and nothing in it has written to SQLite yet. `Ok(true)`: the log took it, and it waits
+    /// in `logged` for the next transaction (or the dispatcher's next idle moment) to write it.
+    fn log(&mut self) -> Result<bool> {
+        let Some(log) = self.custody.as_mut() else {
+            return Ok(false);
+        };
+        if self.applying
+            || !self.audits.is_empty()
+            || (self.pending.is_empty() && self.link_in.is_empty() && self.dirty.is_empty())
+            || self.tx.transaction_state(None)? == rusqlite::TransactionState::Write
+        {
+            return Ok(false);
+        }
+        let record = Record {
+            segments: self
+                .pending
+                .iter()
+                .filter_map(|(dest, entries)| segment_row(dest, entries))
+                .map(|(dest, first, last, expiry, blob)| (dest.to_string(), first, last, expiry, blob))
+                .collect(),
+            link_in: self.link_in.clone(),
+            reservations: self
+                .dirty
+                .iter()
+                .map(|dest| (dest.clone(), self.next[dest] + SEQ_BLOCK))
+                .collect(),
+        };
+        match log.append(&record) {
+            Ok(true) => {
+                self.pending.clear();
+                self.link_in.clear();
+                self.logged.push(record);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("{}: {e}", log.path().display()).into(),
+            )),
+        }
+    }
+
+    /// Writes the rounds the custody log holds into this transaction.
+    fn apply_logged(&mut self) -> Result<()> {
+        let logged = std::mem::take(self.logged);
+        let result = (|| -> Result<()> {
+            for record in &logged {
+                let rows: Vec<SegmentRow> = record
+                    .segments
+                    .iter()
+                    .map(|(dest, first, last, expiry, blob)| {
+                        (dest.as_str(), *first, *last, *expiry, blob.clone())
+                    })
+                    .collect();
+                self.insert_rows(&rows)?;
+                STORE_LINK_IN.run(&self.tx, &record.link_in, |stmt, at, (peer, last, epoch)| {
+                    stmt.raw_bind_parameter(at, peer)?;
+                    stmt.raw_bind_parameter(at + 1, *last as i64)?;
+                    stmt.raw_bind_parameter(at + 2, *epoch as i64)?;
+                    Ok(())
+                })?;
+                STORE_RESERVATIONS.run(&self.tx, &record.reservations, |stmt, at, (dest, end)| {
+                    stmt.raw_bind_parameter(at, dest)?;
+                    stmt.raw_bind_parameter(at + 1, *end as i64)?;
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })();
+        // Kept until the commit that writes them succeeds.
+        *self.logged = logged;
+        result?;
+        self.applying = true;
+        Ok(())
+    }
+
+    /// Records in this transaction that SQLite holds everything of the log's generation.
+    fn mark_applied(&self) -> Result<()> {
+        let Some(log) = self.custody.as_ref() else {
+            return Ok(());
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT INTO meta(key, value) VALUES ('custody_applied', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([log.generation() as i64])?;
+        Ok(())
+    }
+
     /// Stores the end of a new block of sequence numbers for each destination that needs one.
     fn write_reservations(&self) -> Result<()> {
         let ends: Vec<(&str, u64)> = self
@@ -498,5 +650,22 @@ impl Txn<'_> {
             stmt.raw_bind_parameter(at + 1, *end as i64)?;
             Ok(())
         })
+    }
+}
+
+/// Starts the custody log's next generation once SQLite holds the current one. If the file
+/// cannot be written, the node stops using it: a record appended after the applied ones, in the
+/// generation SQLite marked applied, would not be replayed after a crash.
+fn rewind_log(custody: &mut Option<CustodyLog>) {
+    let Some(log) = custody.as_mut() else {
+        return;
+    };
+    if let Err(e) = log.rewind() {
+        tracing::warn!(
+            error = %e,
+            path = %log.path().display(),
+            "cannot rewind the custody log; every round now commits to SQLite"
+        );
+        *custody = None;
     }
 }
