@@ -169,11 +169,11 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
         loop {
-            if self.journal.has_logged() {
+            if self.journal.logged_due() {
                 // Rounds the custody log took reach SQLite now if nothing waits, off the path
                 // of the next command: first the tasks this round woke (the writes on to the
-                // next hop and back to the senders) run, then any input they brought waits for
-                // the next round, whose transaction writes the log's rounds first.
+                // next hop and back to the senders) run; any input they brought waits for the
+                // next round instead, whose first statement writes the log's rounds first.
                 tokio::task::yield_now().await;
                 if self.inputs.is_idle() {
                     if let Err(e) = self.journal.write_logged() {

@@ -85,7 +85,7 @@ impl Txn<'_> {
     /// Inserts the round's audit rows.
     pub(super) fn flush_audit(&mut self) -> Result<()> {
         let audits = std::mem::take(&mut self.audits);
-        INSERT.run(&self.tx, &audits.rows, |stmt, at, r| {
+        INSERT.run(self.sql()?, &audits.rows, |stmt, at, r| {
             stmt.raw_bind_parameter(at, r.at)?;
             stmt.raw_bind_parameter(at + 1, audits.field(r, 0))?;
             stmt.raw_bind_parameter(at + 2, r.kind)?;

@@ -27,15 +27,21 @@ use std::path::{Path, PathBuf};
 
 use super::Durability;
 
+/// Logged rounds reach SQLite at the dispatcher's first idle moment after the oldest has
+/// waited this long ...
+pub(super) const WRITE_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+/// ... or once this many wait. Any round that writes to SQLite anyway carries them too.
+pub(super) const WRITE_AT: usize = 256;
+
 /// What the file starts with.
 const MAGIC: &[u8; 16] = b"medlink-custody1";
 /// Header size: magic, generation, padding.
 const HEADER: u64 = 32;
 /// Record header: length, generation, checksum.
 const RECORD_HEADER: usize = 4 + 8 + 8;
-/// Space written up front: rounds are applied as soon as the dispatcher is idle, so the log
-/// holds one round or a few; a longer run of rounds while busy is applied at each round's
-/// start. A record that would pass the end is refused, and its round commits to SQLite.
+/// Space written up front: the log holds the rounds of [`WRITE_AFTER`] or [`WRITE_AT`], and a
+/// busy node's rounds mostly write to SQLite anyway (acknowledgements), carrying the logged
+/// ones. A record that would pass the end is refused, and its round commits to SQLite.
 const SPACE: u64 = 4 << 20;
 
 /// What one round changed, as the log and SQLite receive it.

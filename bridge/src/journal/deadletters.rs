@@ -83,7 +83,7 @@ impl Txn<'_> {
 
     /// Drops dead letters that ended before `before` (Unix ms); returns how many.
     pub fn prune_dead_letters(&mut self, before: u64) -> Result<usize> {
-        self.tx
+        self.sql()?
             .prepare_cached("DELETE FROM deadletter WHERE at < ?1")?
             .execute([before as i64])
     }
@@ -91,7 +91,7 @@ impl Txn<'_> {
     /// The dead letters `q` asks for, newest first, as node `me` lists them.
     pub fn dead_letters(&self, q: &DeadLetterQuery, me: &str) -> Result<Vec<Dead>> {
         let limit = q.limit.unwrap_or(100).min(MAX_LISTED);
-        let mut stmt = self.tx.prepare_cached(
+        let mut stmt = self.sql()?.prepare_cached(
             "SELECT id, at, reason, detail, from_node, from_client, to_node, to_client, cmd,
                     envelope, resent_as, resent_by
              FROM deadletter
@@ -135,7 +135,7 @@ impl Txn<'_> {
 
     /// What re-sending dead letter `id` needs, if there is one.
     pub fn resendable(&self, id: &str) -> Result<Option<Resendable>> {
-        self.tx
+        self.sql()?
             .prepare_cached(
                 "SELECT reason, from_node, from_client, envelope, resent_as FROM deadletter
                  WHERE id = ?1",
@@ -154,7 +154,7 @@ impl Txn<'_> {
 
     /// Records that dead letter `id` was re-sent as `new_id` by `operator`.
     pub fn mark_resent(&mut self, id: &str, new_id: &str, operator: &str) -> Result<()> {
-        self.tx
+        self.sql()?
             .prepare_cached("UPDATE deadletter SET resent_as = ?2, resent_by = ?3 WHERE id = ?1")?
             .execute(params![id, new_id, operator])?;
         Ok(())
@@ -171,7 +171,7 @@ impl Txn<'_> {
 
     /// Appends one line to the operator log.
     pub fn log_operator(&mut self, action: &OperatorAction) -> Result<()> {
-        self.tx
+        self.sql()?
             .prepare_cached(
                 "INSERT INTO operator_log(at, operator, action, target, detail)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -188,7 +188,7 @@ impl Txn<'_> {
 
     /// The last `limit` lines of the operator log, newest first.
     pub fn operator_log(&self, limit: usize) -> Result<Vec<OperatorAction>> {
-        let mut stmt = self.tx.prepare_cached(
+        let mut stmt = self.sql()?.prepare_cached(
             "SELECT at, operator, action, target, detail FROM operator_log
              ORDER BY at DESC, rowid DESC LIMIT ?1",
         )?;

@@ -92,7 +92,9 @@ pub struct Journal {
     custody: Option<custody::CustodyLog>,
     /// Rounds the custody log holds that SQLite does not yet (their rows are in the hot
     /// tails meanwhile).
-    logged: Vec<custody::Record>,
+    logged: std::cell::RefCell<Vec<custody::Record>>,
+    /// When the oldest of them was logged.
+    logged_since: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 impl Journal {
@@ -173,7 +175,8 @@ impl Journal {
             epoch,
             segments: Default::default(),
             custody: None,
-            logged: Vec::new(),
+            logged: Default::default(),
+            logged_since: Default::default(),
         })
     }
 
@@ -197,9 +200,10 @@ impl Journal {
             custody::CustodyLog::open(path, durability, applied.max(0) as u64).map_err(io)?;
         let replayed = records.len();
         self.custody = Some(log);
-        self.logged = records;
+        self.logged = records.into();
+        self.logged_since.set(Some(std::time::Instant::now()));
         if replayed > 0 {
-            self.begin()?.commit()?;
+            self.write_logged()?;
             // What the log held is in SQLite now: number and count from there.
             self.next = numbering(&self.conn)?;
             self.reserved = self.next.clone();
@@ -215,15 +219,27 @@ impl Journal {
 
     /// Whether rounds wait in the custody log for SQLite.
     pub fn has_logged(&self) -> bool {
-        !self.logged.is_empty()
+        !self.logged.borrow().is_empty()
+    }
+
+    /// Whether the rounds waiting in the custody log should reach SQLite at the dispatcher's
+    /// next idle moment: the oldest has waited [`custody::WRITE_AFTER`], or they are many.
+    /// Written one round at a time they would cost SQLite's commit per command again, only
+    /// off the command's path; written fifty at a time, a commit carries fifty.
+    pub fn logged_due(&self) -> bool {
+        let since = self.logged_since.get();
+        self.logged.borrow().len() >= custody::WRITE_AT
+            || since.is_some_and(|t| t.elapsed() >= custody::WRITE_AFTER)
     }
 
     /// Writes the rounds waiting in the custody log into SQLite, in one transaction.
     pub fn write_logged(&mut self) -> Result<()> {
-        if self.logged.is_empty() {
+        if !self.has_logged() {
             return Ok(());
         }
-        self.begin()?.commit()
+        let tx = self.begin()?;
+        tx.sql()?;
+        tx.commit()
     }
 
     /// Records which node owns this journal (for tools reading it, like `medlink trace`).
@@ -323,6 +339,7 @@ impl Journal {
         // Rows the custody log holds are not in SQLite yet.
         let logged = self
             .logged
+            .borrow()
             .iter()
             .flat_map(|r| &r.segments)
             .filter(|(d, ..)| d == dest)

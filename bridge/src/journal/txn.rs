@@ -107,9 +107,10 @@ impl Drop for CachedTx<'_> {
 impl Journal {
     /// Starts a group transaction.
     /// Starts a group transaction. Rounds the custody log took and SQLite has not yet are
-    /// written first, in this transaction: everything the round reads is in SQLite.
+    /// written into it before its first statement ([`Txn::sql`]), so everything it reads or
+    /// changes in SQLite includes them.
     pub fn begin(&mut self) -> Result<Txn<'_>> {
-        let mut txn = Txn {
+        let txn = Txn {
             tx: CachedTx::begin(&self.conn)?,
             dead: [0; 3],
             next: &mut self.next,
@@ -124,12 +125,10 @@ impl Journal {
             segments: &self.segments,
             audits: Default::default(),
             custody: &mut self.custody,
-            logged: &mut self.logged,
-            applying: false,
+            logged: &self.logged,
+            logged_since: &self.logged_since,
+            applying: std::cell::Cell::new(false),
         };
-        if !txn.logged.is_empty() {
-            txn.apply_logged()?;
-        }
         Ok(txn)
     }
 }
@@ -154,10 +153,12 @@ pub struct Txn<'a> {
     /// The custody log, if this journal keeps one (`custody.rs`).
     custody: &'a mut Option<CustodyLog>,
     /// Rounds the custody log holds that SQLite does not yet.
-    logged: &'a mut Vec<Record>,
-    /// This transaction writes the logged rounds into SQLite: its commit marks their
-    /// generation applied, then rewinds the log.
-    applying: bool,
+    logged: &'a std::cell::RefCell<Vec<Record>>,
+    /// When the oldest of them was logged.
+    logged_since: &'a std::cell::Cell<Option<std::time::Instant>>,
+    /// This transaction wrote the logged rounds into SQLite ([`Txn::sql`]): its commit marks
+    /// their generation applied, then rewinds the log.
+    applying: std::cell::Cell<bool>,
     /// The journal's decoded-segment cache, emptied when a segment is rewritten.
     segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
     /// Audit rows of this transaction, inserted at commit (`audit.rs`).
@@ -173,7 +174,7 @@ impl Txn<'_> {
             return Ok((*last, *epoch));
         }
         Ok(self
-            .tx
+            .sql()?
             .prepare_cached("SELECT last, epoch FROM link_in WHERE peer = ?1")?
             .query_row([key], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
@@ -187,12 +188,12 @@ impl Txn<'_> {
     pub fn floor(&mut self, dest: &Dest) -> Result<u64> {
         let dest = dest.as_str();
         self.flush_pending()?;
-        floor(&self.tx, self.next, dest)
+        floor(self.sql()?, self.next, dest)
     }
 
     /// Queued envelopes that expired at `now`, from at most `limit` segments.
     pub fn expired(&self, now: u64, limit: usize) -> Result<Vec<(Dest, Queued)>> {
-        let mut stmt = self.tx.prepare_cached(
+        let mut stmt = self.sql()?.prepare_cached(
             "SELECT dest, entries FROM queue WHERE min_expiry IS NOT NULL AND min_expiry <= ?1 LIMIT ?2",
         )?;
         let mut rows = stmt.query(params![now as i64, limit as i64])?;
@@ -265,22 +266,24 @@ impl Txn<'_> {
         let rows: Vec<SegmentRow> = segments
             .filter_map(|(dest, entries)| segment_row(dest, entries))
             .collect();
-        self.insert_rows(&rows)
+        insert_rows(self.sql()?, &rows)
     }
+}
 
-    /// Writes segment rows, several to a statement.
-    fn insert_rows(&self, rows: &[SegmentRow]) -> Result<()> {
-        INSERT_SEGMENTS.run(&self.tx, rows, |stmt, at, row| {
-            let (dest, first, last, min_expiry, blob) = row;
-            stmt.raw_bind_parameter(at, dest)?;
-            stmt.raw_bind_parameter(at + 1, *first as i64)?;
-            stmt.raw_bind_parameter(at + 2, *last as i64)?;
-            stmt.raw_bind_parameter(at + 3, min_expiry.map(|v| v as i64))?;
-            stmt.raw_bind_parameter(at + 4, blob)?;
-            Ok(())
-        })
-    }
+/// Writes segment rows, several to a statement.
+fn insert_rows(conn: &Connection, rows: &[SegmentRow]) -> Result<()> {
+    INSERT_SEGMENTS.run(conn, rows, |stmt, at, row| {
+        let (dest, first, last, min_expiry, blob) = row;
+        stmt.raw_bind_parameter(at, dest)?;
+        stmt.raw_bind_parameter(at + 1, *first as i64)?;
+        stmt.raw_bind_parameter(at + 2, *last as i64)?;
+        stmt.raw_bind_parameter(at + 3, min_expiry.map(|v| v as i64))?;
+        stmt.raw_bind_parameter(at + 4, blob)?;
+        Ok(())
+    })
+}
 
+impl Txn<'_> {
     /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
     pub fn remove_through(&mut self, dest: &Dest, upto: u64) -> Result<usize> {
         self.forget_through(dest, upto, None)
@@ -295,7 +298,7 @@ impl Txn<'_> {
         // acknowledged part is sent again and the receiver drops it by sequence number.
         // `first_lseq <= ?2` bounds the walk of `queue_dest` to the segments that can go, not
         // every segment still queued for `dest` (a backlog of thousands at a busy root).
-        self.tx
+        self.sql()?
             .prepare_cached(
                 "DELETE FROM queue WHERE dest = ?1 AND first_lseq <= ?2 AND last_lseq <= ?2",
             )?
@@ -309,7 +312,7 @@ impl Txn<'_> {
         self.changes.push(HotChange::Remove(dest.to_string(), lseq));
         // A segment of one envelope is deleted without reading it back.
         let single = self
-            .tx
+            .sql()?
             .prepare_cached(
                 "DELETE FROM queue WHERE dest = ?1 AND first_lseq = ?2 AND last_lseq = ?2",
             )?
@@ -331,7 +334,7 @@ impl Txn<'_> {
     /// Rewrites the segment of `dest` holding `lseq` without it; returns the entry.
     fn cut(&mut self, dest: &str, lseq: u64) -> Result<Option<Queued>> {
         let found = self
-            .tx
+            .sql()?
             .prepare_cached(
                 "DELETE FROM queue WHERE dest = ?1 AND first_lseq <= ?2 AND last_lseq >= ?2
                  RETURNING entries",
@@ -354,7 +357,7 @@ impl Txn<'_> {
     pub fn queued(&mut self, dest: &Dest) -> Result<u64> {
         self.flush_pending()?;
         let n: i64 = self
-            .tx
+            .sql()?
             .prepare_cached(
                 "SELECT coalesce(sum(last_lseq - first_lseq + 1), 0) FROM queue WHERE dest = ?1",
             )?
@@ -365,7 +368,7 @@ impl Txn<'_> {
     /// How far `dest` is acknowledged by its next hop or client.
     pub fn acked(&self, dest: &Dest) -> Result<u64> {
         let dest = dest.as_str();
-        acked(&self.tx, dest)
+        acked(self.sql()?, dest)
     }
 
     /// Forgets `dest` up to `upto`, taken by `by`, and stores that it is acknowledged that
@@ -381,7 +384,7 @@ impl Txn<'_> {
         for (dest, upto, by) in acks {
             self.forget_through(dest, *upto, Some(*by))?;
         }
-        STORE_ACKED.run(&self.tx, acks, |stmt, at, (dest, upto, _)| {
+        STORE_ACKED.run(self.sql()?, acks, |stmt, at, (dest, upto, _)| {
             stmt.raw_bind_parameter(at, dest.as_str())?;
             stmt.raw_bind_parameter(at + 1, *upto as i64)?;
             Ok(())
@@ -391,7 +394,7 @@ impl Txn<'_> {
     /// Records that the client-chosen id was accepted; false if it already was (a resend).
     pub fn first_acceptance(&mut self, id: &str, now: u64) -> Result<bool> {
         Ok(self
-            .tx
+            .sql()?
             .prepare_cached("INSERT OR IGNORE INTO accepted(id, at) VALUES (?1, ?2)")?
             .execute(params![id, now as i64])?
             > 0)
@@ -406,10 +409,10 @@ impl Txn<'_> {
     /// the walk stops at the first record still in the window, and costs what it deletes. A
     /// record written while the clock was set back waits until the records before it expire.
     pub fn prune_accepted(&mut self, before: u64, now: u64) -> Result<usize> {
-        self.tx
+        self.sql()?
             .prepare_cached("DELETE FROM awaiting_reply WHERE until < ?1")?
             .execute([now as i64])?;
-        self.tx
+        self.sql()?
             .prepare_cached(
                 "DELETE FROM accepted WHERE rowid < coalesce(
                     (SELECT rowid FROM accepted WHERE at >= ?1 ORDER BY rowid LIMIT 1),
@@ -420,7 +423,7 @@ impl Txn<'_> {
 
     /// Remembers that a reply to `key` (`<client>/<id>`) owes `origin`'s sender a receipt.
     pub fn await_reply(&mut self, key: &str, origin: &[u8], until: u64) -> Result<()> {
-        self.tx
+        self.sql()?
             .prepare_cached(
                 "INSERT OR REPLACE INTO awaiting_reply(key, origin, until) VALUES (?1, ?2, ?3)",
             )?
@@ -431,12 +434,12 @@ impl Txn<'_> {
     /// Takes the command a reply to `key` answers, if its sender wants a `replied` receipt.
     pub fn take_awaited(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
         let origin = self
-            .tx
+            .sql()?
             .prepare_cached("SELECT origin FROM awaiting_reply WHERE key = ?1")?
             .query_row([key], |r| r.get::<_, Vec<u8>>(0))
             .optional()?;
         if origin.is_some() {
-            self.tx
+            self.sql()?
                 .prepare_cached("DELETE FROM awaiting_reply WHERE key = ?1")?
                 .execute([key])?;
         }
@@ -463,7 +466,7 @@ impl Txn<'_> {
     /// Writes the staged receive positions.
     fn write_link_in(&mut self) -> Result<()> {
         let staged = std::mem::take(&mut self.link_in);
-        STORE_LINK_IN.run(&self.tx, &staged, |stmt, at, (peer, last, epoch)| {
+        STORE_LINK_IN.run(self.sql()?, &staged, |stmt, at, (peer, last, epoch)| {
             stmt.raw_bind_parameter(at, peer)?;
             stmt.raw_bind_parameter(at + 1, *last as i64)?;
             stmt.raw_bind_parameter(at + 2, *epoch as i64)?;
@@ -489,8 +492,8 @@ impl Txn<'_> {
     /// The first `n` committed envelopes waiting in `dest`, in order (for operators; reads
     /// SQLite, not the hot tail).
     pub fn peek(&self, dest: &Dest, n: usize) -> Result<Vec<Queued>> {
-        let floor = acked(&self.tx, dest.as_str())?;
-        let mut stmt = self.tx.prepare_cached(
+        let floor = acked(self.sql()?, dest.as_str())?;
+        let mut stmt = self.sql()?.prepare_cached(
             "SELECT entries FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
         )?;
         let mut rows = stmt.query(params![dest.as_str(), floor as i64])?;
@@ -517,18 +520,24 @@ impl Txn<'_> {
             }
             e
         };
-        if !self.log().map_err(failed)? {
+        if self.writes_nothing() {
+            // A round that changed nothing (a peer's `ack` kept for later, an empty tick): its
+            // commit only ends the transaction, and rounds in the custody log stay there.
+        } else if !self.log().map_err(failed)? {
+            // Rounds waiting in the custody log go into this commit, before this round's rows.
+            self.sql().map_err(failed)?;
             self.flush_pending().map_err(failed)?;
             self.flush_audit().map_err(failed)?;
             self.write_reservations().map_err(failed)?;
             self.write_link_in().map_err(failed)?;
-            if self.applying {
+            if self.applying.get() {
                 self.mark_applied().map_err(failed)?;
             }
         }
         self.tx.commit().map_err(failed)?;
-        if self.applying {
-            self.logged.clear();
+        if self.applying.get() {
+            self.logged.borrow_mut().clear();
+            self.logged_since.set(None);
             rewind_log(self.custody);
         }
         for dest in self.dirty {
@@ -547,6 +556,20 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Whether this transaction has nothing to write: no statement changed SQLite, and nothing
+    /// waits to be written at the commit.
+    fn writes_nothing(&self) -> bool {
+        !self.applying.get()
+            && self.pending.is_empty()
+            && self.link_in.is_empty()
+            && self.dirty.is_empty()
+            && self.audits.is_empty()
+            && matches!(
+                self.tx.transaction_state(None),
+                Ok(state) if state != rusqlite::TransactionState::Write
+            )
+    }
+
     /// Makes this round durable by one append to the custody log instead of SQLite's commit,
     /// if it can: its changes are only queued envelopes, link positions and sequence blocks,
     /// and nothing in it has written to SQLite yet. `Ok(true)`: the log took it, and it waits
@@ -555,9 +578,8 @@ impl Txn<'_> {
         let Some(log) = self.custody.as_mut() else {
             return Ok(false);
         };
-        if self.applying
+        if self.applying.get()
             || !self.audits.is_empty()
-            || (self.pending.is_empty() && self.link_in.is_empty() && self.dirty.is_empty())
             || self.tx.transaction_state(None)? == rusqlite::TransactionState::Write
         {
             return Ok(false);
@@ -580,7 +602,11 @@ impl Txn<'_> {
             Ok(true) => {
                 self.pending.clear();
                 self.link_in.clear();
-                self.logged.push(record);
+                let mut logged = self.logged.borrow_mut();
+                if logged.is_empty() {
+                    self.logged_since.set(Some(std::time::Instant::now()));
+                }
+                logged.push(record);
                 Ok(true)
             }
             Ok(false) => Ok(false),
@@ -591,36 +617,31 @@ impl Txn<'_> {
     }
 
     /// Writes the rounds the custody log holds into this transaction.
-    fn apply_logged(&mut self) -> Result<()> {
-        let logged = std::mem::take(self.logged);
-        let result = (|| -> Result<()> {
-            for record in &logged {
-                let rows: Vec<SegmentRow> = record
-                    .segments
-                    .iter()
-                    .map(|(dest, first, last, expiry, blob)| {
-                        (dest.as_str(), *first, *last, *expiry, blob.clone())
-                    })
-                    .collect();
-                self.insert_rows(&rows)?;
-                STORE_LINK_IN.run(&self.tx, &record.link_in, |stmt, at, (peer, last, epoch)| {
-                    stmt.raw_bind_parameter(at, peer)?;
-                    stmt.raw_bind_parameter(at + 1, *last as i64)?;
-                    stmt.raw_bind_parameter(at + 2, *epoch as i64)?;
-                    Ok(())
-                })?;
-                STORE_RESERVATIONS.run(&self.tx, &record.reservations, |stmt, at, (dest, end)| {
-                    stmt.raw_bind_parameter(at, dest)?;
-                    stmt.raw_bind_parameter(at + 1, *end as i64)?;
-                    Ok(())
-                })?;
-            }
-            Ok(())
-        })();
-        // Kept until the commit that writes them succeeds.
-        *self.logged = logged;
-        result?;
-        self.applying = true;
+    fn apply_logged(&self) -> Result<()> {
+        let conn = self.tx.0;
+        for record in self.logged.borrow().iter() {
+            let rows: Vec<SegmentRow> = record
+                .segments
+                .iter()
+                .map(|(dest, first, last, expiry, blob)| {
+                    (dest.as_str(), *first, *last, *expiry, blob.clone())
+                })
+                .collect();
+            insert_rows(conn, &rows)?;
+            STORE_LINK_IN.run(conn, &record.link_in, |stmt, at, (peer, last, epoch)| {
+                stmt.raw_bind_parameter(at, peer)?;
+                stmt.raw_bind_parameter(at + 1, *last as i64)?;
+                stmt.raw_bind_parameter(at + 2, *epoch as i64)?;
+                Ok(())
+            })?;
+            STORE_RESERVATIONS.run(conn, &record.reservations, |stmt, at, (dest, end)| {
+                stmt.raw_bind_parameter(at, dest)?;
+                stmt.raw_bind_parameter(at + 1, *end as i64)?;
+                Ok(())
+            })?;
+        }
+        // Kept in `logged` until the commit that writes them succeeds.
+        self.applying.set(true);
         Ok(())
     }
 
@@ -629,7 +650,7 @@ impl Txn<'_> {
         let Some(log) = self.custody.as_ref() else {
             return Ok(());
         };
-        self.tx
+        self.sql()?
             .prepare_cached(
                 "INSERT INTO meta(key, value) VALUES ('custody_applied', ?1)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -645,7 +666,7 @@ impl Txn<'_> {
             .iter()
             .map(|dest| (dest.as_str(), self.next[dest] + SEQ_BLOCK))
             .collect();
-        STORE_RESERVATIONS.run(&self.tx, &ends, |stmt, at, (dest, end)| {
+        STORE_RESERVATIONS.run(self.sql()?, &ends, |stmt, at, (dest, end)| {
             stmt.raw_bind_parameter(at, dest)?;
             stmt.raw_bind_parameter(at + 1, *end as i64)?;
             Ok(())
@@ -667,5 +688,16 @@ fn rewind_log(custody: &mut Option<CustodyLog>) {
             "cannot rewind the custody log; every round now commits to SQLite"
         );
         *custody = None;
+    }
+}
+
+impl<'a> Txn<'a> {
+    /// The transaction's connection, for a statement: rounds the custody log holds that SQLite
+    /// does not are written first, so that the statement sees (and changes) them too.
+    pub(super) fn sql(&self) -> Result<&'a Connection> {
+        if !self.applying.get() && !self.logged.borrow().is_empty() {
+            self.apply_logged()?;
+        }
+        Ok(self.tx.0)
     }
 }
