@@ -176,7 +176,13 @@ impl Dispatcher {
                 // next round instead, whose first statement writes the log's rounds first.
                 tokio::task::yield_now().await;
                 if self.inputs.is_idle() {
-                    if let Err(e) = self.journal.write_logged() {
+                    let t0 = std::time::Instant::now();
+                    let result = self.journal.write_some_logged();
+                    tracing::debug!(
+                        us = t0.elapsed().as_micros() as u64,
+                        "custody log's rounds written into the journal"
+                    );
+                    if let Err(e) = result {
                         warn!(error = %e, "writing the custody log's rounds into the journal failed; the next round tries again");
                     }
                 }

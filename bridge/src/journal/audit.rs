@@ -84,6 +84,9 @@ impl Txn<'_> {
 
     /// Inserts the round's audit rows.
     pub(super) fn flush_audit(&mut self) -> Result<()> {
+        if self.audits.is_empty() {
+            return Ok(());
+        }
         let audits = std::mem::take(&mut self.audits);
         INSERT.run(self.sql()?, &audits.rows, |stmt, at, r| {
             stmt.raw_bind_parameter(at, r.at)?;

@@ -92,7 +92,7 @@ pub struct Journal {
     custody: Option<custody::CustodyLog>,
     /// Rounds the custody log holds that SQLite does not yet (their rows are in the hot
     /// tails meanwhile).
-    logged: std::cell::RefCell<Vec<custody::Record>>,
+    logged: std::cell::RefCell<Vec<(custody::Record, u64)>>,
     /// When the oldest of them was logged.
     logged_since: std::cell::Cell<Option<std::time::Instant>>,
 }
@@ -187,21 +187,18 @@ impl Journal {
     /// before anything else reads the journal.
     pub fn keep_custody_log(&mut self, path: &Path, durability: Durability) -> Result<()> {
         let io = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(e.into());
-        let applied: i64 = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'custody_applied'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        let (log, records) =
-            custody::CustodyLog::open(path, durability, applied.max(0) as u64).map_err(io)?;
+        let meta = |key: &str| -> Result<u64> {
+            let value: Option<i64> = self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?;
+            Ok(value.unwrap_or(0).max(0) as u64)
+        };
+        let applied = (meta("custody_applied")?, meta("custody_applied_at")?);
+        let (log, records) = custody::CustodyLog::open(path, durability, applied).map_err(io)?;
         let replayed = records.len();
         self.custody = Some(log);
         self.logged = records.into();
-        self.logged_since.set(Some(std::time::Instant::now()));
         if replayed > 0 {
             self.write_logged()?;
             // What the log held is in SQLite now: number and count from there.
@@ -228,8 +225,21 @@ impl Journal {
     /// off the command's path; written fifty at a time, a commit carries fifty.
     pub fn logged_due(&self) -> bool {
         let since = self.logged_since.get();
-        self.logged.borrow().len() >= custody::WRITE_AT
-            || since.is_some_and(|t| t.elapsed() >= custody::WRITE_AFTER)
+        self.has_logged()
+            && (self.logged.borrow().len() >= custody::WRITE_AT
+                || since.is_some_and(|t| t.elapsed() >= custody::WRITE_AFTER))
+    }
+
+    /// Writes the oldest few of the rounds waiting in the custody log into SQLite
+    /// ([`custody::WRITE_CHUNK`]), in one transaction: what the dispatcher does at an idle
+    /// moment, short enough that a command arriving meanwhile hardly waits.
+    pub fn write_some_logged(&mut self) -> Result<()> {
+        if !self.has_logged() {
+            return Ok(());
+        }
+        let tx = self.begin()?;
+        tx.apply_logged(custody::WRITE_CHUNK)?;
+        tx.commit()
     }
 
     /// Writes the rounds waiting in the custody log into SQLite, in one transaction.
@@ -341,7 +351,7 @@ impl Journal {
             .logged
             .borrow()
             .iter()
-            .flat_map(|r| &r.segments)
+            .flat_map(|(r, _)| &r.segments)
             .filter(|(d, ..)| d == dest)
             .map(|(_, first, ..)| *first)
             .min();

@@ -226,7 +226,11 @@ fn a_round_the_custody_log_took_survives_a_crash_before_it_reached_sqlite() {
     let mut j = with_log(&path);
     pass_on(&mut j, &["a", "b", "c"], 3);
     assert!(j.has_logged());
-    assert_eq!(stored_rows(&path), 0, "the round went to the log, not to SQLite");
+    assert_eq!(
+        stored_rows(&path),
+        0,
+        "the round went to the log, not to SQLite"
+    );
     // Sending reads it from the hot tail meanwhile, and a new lane starts below it.
     assert_eq!(lseqs(&j, &up(), 0), vec![1, 2, 3]);
     assert_eq!(j.floor(&up()).unwrap(), 1);
@@ -240,7 +244,8 @@ fn a_round_the_custody_log_took_survives_a_crash_before_it_reached_sqlite() {
     assert_eq!(bodies, [&b"body a"[..], b"body b", b"body c"]);
     let mut t = j.begin().unwrap();
     assert_eq!(
-        t.link_in(&Peer::Child("c".into()), Priority::Normal).unwrap(),
+        t.link_in(&Peer::Child("c".into()), Priority::Normal)
+            .unwrap(),
         (3, 7)
     );
     // Numbering goes on after the replayed round: no number is given twice.
@@ -278,7 +283,11 @@ fn a_round_that_writes_to_sqlite_carries_the_logged_rounds_before_its_own() {
     pass_on(&mut j, &["a", "b", "c"], 3);
     // An acknowledgement is a statement: this round commits to SQLite, the logged one first.
     let mut t = j.begin().unwrap();
-    assert_eq!(t.remove_through(&up(), 2).unwrap(), 0, "a segment goes whole");
+    assert_eq!(
+        t.remove_through(&up(), 2).unwrap(),
+        0,
+        "a segment goes whole"
+    );
     t.enqueue(&up(), &env("d").head(), "body d".into()).unwrap();
     t.commit().unwrap();
     assert!(!j.has_logged());
@@ -286,4 +295,40 @@ fn a_round_that_writes_to_sqlite_carries_the_logged_rounds_before_its_own() {
     drop(j);
     let j = with_log(&path);
     assert_eq!(lseqs(&j, &up(), 2), vec![3, 4]);
+}
+
+#[test]
+fn the_custody_logs_rounds_reach_sqlite_a_few_at_a_time_and_a_crash_between_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let mut j = with_log(&path);
+    let ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        pass_on(&mut j, &[id], i as u64 + 1);
+    }
+    // One idle moment writes the oldest few; the rest wait in the log.
+    j.write_some_logged().unwrap();
+    assert!(j.has_logged());
+    assert_eq!(stored_rows(&path), super::custody::WRITE_CHUNK as i64);
+    drop(j);
+    // After a crash the rest are replayed, and none of the first few again.
+    let mut j = with_log(&path);
+    assert_eq!(stored_rows(&path), 10);
+    assert_eq!(lseqs(&j, &up(), 0), (1..=10).collect::<Vec<_>>());
+    let t = j.begin().unwrap();
+    assert_eq!(
+        t.link_in(&Peer::Child("c".into()), Priority::Normal)
+            .unwrap(),
+        (10, 7)
+    );
+    drop(t);
+    // And the log goes on from there.
+    pass_on(&mut j, &["m10"], 11);
+    drop(j);
+    let j = with_log(&path);
+    assert_eq!(stored_rows(&path), 11);
+    // Numbering after a restart resumes at the end of the reserved block.
+    let seqs = lseqs(&j, &up(), 0);
+    assert_eq!(seqs[..10], (1..=10).collect::<Vec<_>>());
+    assert!(seqs[10] > 10, "{seqs:?}");
 }

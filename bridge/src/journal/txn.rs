@@ -24,7 +24,13 @@ type SegmentRow<'e> = (&'e str, u64, u64, Option<u64>, Vec<u8>);
 fn segment_row<'e>(dest: &'e str, entries: &[Queued]) -> Option<SegmentRow<'e>> {
     let (first, last) = (entries.first()?, entries.last()?);
     let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
-    Some((dest, first.lseq, last.lseq, min_expiry, super::segment::encode(entries)))
+    Some((
+        dest,
+        first.lseq,
+        last.lseq,
+        min_expiry,
+        super::segment::encode(entries),
+    ))
 }
 
 /// Writes queue segments.
@@ -51,6 +57,15 @@ static STORE_LINK_IN: LazyLock<MultiRow> = LazyLock::new(|| {
         "INSERT INTO link_in(peer, last, epoch)",
         3,
         "ON CONFLICT(peer) DO UPDATE SET last = excluded.last, epoch = excluded.epoch",
+    )
+});
+
+/// Stores values in `meta`.
+static STORE_META: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO meta(key, value)",
+        2,
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     )
 });
 
@@ -127,7 +142,7 @@ impl Journal {
             custody: &mut self.custody,
             logged: &self.logged,
             logged_since: &self.logged_since,
-            applying: std::cell::Cell::new(false),
+            applying: std::cell::Cell::new(0),
         };
         Ok(txn)
     }
@@ -153,12 +168,13 @@ pub struct Txn<'a> {
     /// The custody log, if this journal keeps one (`custody.rs`).
     custody: &'a mut Option<CustodyLog>,
     /// Rounds the custody log holds that SQLite does not yet.
-    logged: &'a std::cell::RefCell<Vec<Record>>,
+    logged: &'a std::cell::RefCell<Vec<(Record, u64)>>,
     /// When the oldest of them was logged.
     logged_since: &'a std::cell::Cell<Option<std::time::Instant>>,
-    /// This transaction wrote the logged rounds into SQLite ([`Txn::sql`]): its commit marks
-    /// their generation applied, then rewinds the log.
-    applying: std::cell::Cell<bool>,
+    /// How many of the logged rounds, oldest first, this transaction wrote into SQLite
+    /// ([`Txn::sql`], [`Txn::apply_logged`]): its commit stores how far the log is applied,
+    /// forgets them, and rewinds the log once none is left.
+    applying: std::cell::Cell<usize>,
     /// The journal's decoded-segment cache, emptied when a segment is rewritten.
     segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
     /// Audit rows of this transaction, inserted at commit (`audit.rs`).
@@ -465,6 +481,9 @@ impl Txn<'_> {
 
     /// Writes the staged receive positions.
     fn write_link_in(&mut self) -> Result<()> {
+        if self.link_in.is_empty() {
+            return Ok(());
+        }
         let staged = std::mem::take(&mut self.link_in);
         STORE_LINK_IN.run(self.sql()?, &staged, |stmt, at, (peer, last, epoch)| {
             stmt.raw_bind_parameter(at, peer)?;
@@ -524,21 +543,25 @@ impl Txn<'_> {
             // A round that changed nothing (a peer's `ack` kept for later, an empty tick): its
             // commit only ends the transaction, and rounds in the custody log stay there.
         } else if !self.log().map_err(failed)? {
-            // Rounds waiting in the custody log go into this commit, before this round's rows.
-            self.sql().map_err(failed)?;
+            // Each write below goes through `Txn::sql`: rounds waiting in the custody log go
+            // into this commit before this round's rows. A commit that only writes some of
+            // them (`Journal::write_some_logged`) writes nothing else, and leaves the rest.
             self.flush_pending().map_err(failed)?;
             self.flush_audit().map_err(failed)?;
             self.write_reservations().map_err(failed)?;
             self.write_link_in().map_err(failed)?;
-            if self.applying.get() {
+            if self.applying.get() > 0 {
                 self.mark_applied().map_err(failed)?;
             }
         }
         self.tx.commit().map_err(failed)?;
-        if self.applying.get() {
-            self.logged.borrow_mut().clear();
-            self.logged_since.set(None);
-            rewind_log(self.custody);
+        if self.applying.get() > 0 {
+            let mut logged = self.logged.borrow_mut();
+            logged.drain(..self.applying.get());
+            if logged.is_empty() {
+                self.logged_since.set(None);
+                rewind_log(self.custody);
+            }
         }
         for dest in self.dirty {
             let end = self.next[&dest] + SEQ_BLOCK;
@@ -559,7 +582,7 @@ impl Txn<'_> {
     /// Whether this transaction has nothing to write: no statement changed SQLite, and nothing
     /// waits to be written at the commit.
     fn writes_nothing(&self) -> bool {
-        !self.applying.get()
+        self.applying.get() == 0
             && self.pending.is_empty()
             && self.link_in.is_empty()
             && self.dirty.is_empty()
@@ -578,7 +601,7 @@ impl Txn<'_> {
         let Some(log) = self.custody.as_mut() else {
             return Ok(false);
         };
-        if self.applying.get()
+        if self.applying.get() > 0
             || !self.audits.is_empty()
             || self.tx.transaction_state(None)? == rusqlite::TransactionState::Write
         {
@@ -589,7 +612,9 @@ impl Txn<'_> {
                 .pending
                 .iter()
                 .filter_map(|(dest, entries)| segment_row(dest, entries))
-                .map(|(dest, first, last, expiry, blob)| (dest.to_string(), first, last, expiry, blob))
+                .map(|(dest, first, last, expiry, blob)| {
+                    (dest.to_string(), first, last, expiry, blob)
+                })
                 .collect(),
             link_in: self.link_in.clone(),
             reservations: self
@@ -599,27 +624,29 @@ impl Txn<'_> {
                 .collect(),
         };
         match log.append(&record) {
-            Ok(true) => {
+            Ok(Some(end)) => {
                 self.pending.clear();
                 self.link_in.clear();
                 let mut logged = self.logged.borrow_mut();
                 if logged.is_empty() {
                     self.logged_since.set(Some(std::time::Instant::now()));
                 }
-                logged.push(record);
+                logged.push((record, end));
                 Ok(true)
             }
-            Ok(false) => Ok(false),
+            Ok(None) => Ok(false),
             Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(
                 format!("{}: {e}", log.path().display()).into(),
             )),
         }
     }
 
-    /// Writes the rounds the custody log holds into this transaction.
-    fn apply_logged(&self) -> Result<()> {
+    /// Writes the oldest logged rounds, up to `upto` of them in all, into this transaction.
+    pub(super) fn apply_logged(&self, upto: usize) -> Result<()> {
         let conn = self.tx.0;
-        for record in self.logged.borrow().iter() {
+        let logged = self.logged.borrow();
+        let (from, to) = (self.applying.get(), upto.min(logged.len()));
+        for (record, _) in logged.iter().take(to).skip(from) {
             let rows: Vec<SegmentRow> = record
                 .segments
                 .iter()
@@ -641,26 +668,37 @@ impl Txn<'_> {
             })?;
         }
         // Kept in `logged` until the commit that writes them succeeds.
-        self.applying.set(true);
+        self.applying.set(to.max(from));
         Ok(())
     }
 
-    /// Records in this transaction that SQLite holds everything of the log's generation.
+    /// Stores in this transaction how far SQLite holds the custody log: its generation, and
+    /// the end of the last logged round this transaction wrote. (Not through [`Txn::sql`],
+    /// which would write every logged round.)
     fn mark_applied(&self) -> Result<()> {
         let Some(log) = self.custody.as_ref() else {
             return Ok(());
         };
-        self.sql()?
-            .prepare_cached(
-                "INSERT INTO meta(key, value) VALUES ('custody_applied', ?1)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([log.generation() as i64])?;
-        Ok(())
+        let end = self.logged.borrow()[self.applying.get() - 1].1;
+        STORE_META.run(
+            self.tx.0,
+            &[
+                ("custody_applied", log.generation()),
+                ("custody_applied_at", end),
+            ],
+            |stmt, at, (key, value)| {
+                stmt.raw_bind_parameter(at, *key)?;
+                stmt.raw_bind_parameter(at + 1, *value as i64)?;
+                Ok(())
+            },
+        )
     }
 
     /// Stores the end of a new block of sequence numbers for each destination that needs one.
     fn write_reservations(&self) -> Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
         let ends: Vec<(&str, u64)> = self
             .dirty
             .iter()
@@ -695,8 +733,8 @@ impl<'a> Txn<'a> {
     /// The transaction's connection, for a statement: rounds the custody log holds that SQLite
     /// does not are written first, so that the statement sees (and changes) them too.
     pub(super) fn sql(&self) -> Result<&'a Connection> {
-        if !self.applying.get() && !self.logged.borrow().is_empty() {
-            self.apply_logged()?;
+        if self.applying.get() < self.logged.borrow().len() {
+            self.apply_logged(usize::MAX)?;
         }
         Ok(self.tx.0)
     }
