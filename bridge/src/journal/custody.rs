@@ -37,6 +37,12 @@ pub(super) const WRITE_AT: usize = 256;
 /// hundred came every 50 ms). Any round that writes to SQLite anyway carries them all.
 pub(super) const WRITE_CHUNK: usize = 8;
 
+/// The largest record the log takes. A bigger round (hundreds of commands, under a burst)
+/// commits to SQLite as before: its commit is shared by all of them already, and the log
+/// would only write them twice (the chain's throughput fell from 2.2 to 2.0 times mosquitto's
+/// with every round logged).
+const RECORD_MAX: usize = 64 * 1024;
+
 /// What the file starts with.
 const MAGIC: &[u8; 16] = b"medlink-custody1";
 /// Header size: magic, generation, padding.
@@ -227,14 +233,14 @@ impl CustodyLog {
     }
 
     /// Appends `record` in one write (synced too under `durability = "power"`), and returns
-    /// the offset where it ends. `Ok(None)`: it does not fit, and the round must commit to
-    /// SQLite instead.
+    /// the offset where it ends. `Ok(None)`: it is larger than [`RECORD_MAX`] or does not fit,
+    /// and the round must commit to SQLite instead.
     pub fn append(&mut self, record: &Record) -> std::io::Result<Option<u64>> {
         self.buf.clear();
         self.buf.resize(RECORD_HEADER, 0);
         record.encode(&mut self.buf);
         let payload_len = self.buf.len() - RECORD_HEADER;
-        if self.at + self.buf.len() as u64 > SPACE {
+        if self.buf.len() > RECORD_MAX || self.at + self.buf.len() as u64 > SPACE {
             return Ok(None);
         }
         let sum = checksum(self.generation, &self.buf[RECORD_HEADER..]);
@@ -373,11 +379,19 @@ mod tests {
             CustodyLog::open(&dir.path().join("j.db"), Durability::Process, (0, 0)).unwrap();
         log.rewind().unwrap();
         let big = Record {
-            segments: vec![("up".into(), 1, 1, None, vec![0; SPACE as usize])],
+            segments: vec![("up".into(), 1, 1, None, vec![0; RECORD_MAX])],
             ..Record::default()
         };
         assert_eq!(log.append(&big).unwrap(), None);
         assert!(log.append(&record(1)).unwrap().is_some());
+        // Records that fit one by one, until the space is used up.
+        let some = Record {
+            segments: vec![("up".into(), 1, 1, None, vec![0; RECORD_MAX / 2])],
+            ..Record::default()
+        };
+        let taken = std::iter::from_fn(|| log.append(&some).unwrap()).count();
+        assert_eq!(taken, (SPACE / (RECORD_MAX as u64 / 2)) as usize - 1);
+        assert_eq!(log.append(&some).unwrap(), None);
     }
 
     #[test]
