@@ -26,7 +26,7 @@ pub struct Sources {
     pub stats: Stats,
     /// The HTTP API, if served.
     pub http: Option<Arc<HttpMetrics>>,
-    /// The journal's database file (its `-wal` and `-shm` files lie beside it).
+    /// The journal's database file (its `-wal`, `-shm` and `-custody` files lie beside it).
     pub journal: std::path::PathBuf,
 }
 
