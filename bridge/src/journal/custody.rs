@@ -267,6 +267,23 @@ impl CustodyLog {
         Ok(())
     }
 
+    /// [`CustodyLog::rewind`] the log in `slot`. If the file cannot be written, the node stops
+    /// using it (`slot` emptied, a WARN): a record appended after the applied ones, where SQLite
+    /// counts the log applied, would not be replayed after a crash.
+    pub fn rewind_or_stop(slot: &mut Option<CustodyLog>) {
+        let Some(log) = slot.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.rewind() {
+            tracing::warn!(
+                error = %e,
+                path = %log.path().display(),
+                "cannot rewind the custody log; every round now commits to SQLite"
+            );
+            *slot = None;
+        }
+    }
+
     /// The file's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path

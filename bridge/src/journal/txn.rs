@@ -13,34 +13,10 @@ use super::custody::{CustodyLog, Record};
 use super::dest::{link_in_key, Dest, Peer};
 use super::hot::{apply, Hot, HotChange};
 use super::multirow::MultiRow;
+use super::rows::{insert_rows, segment_row, store_link_in, store_reservations, SegmentRow};
 use super::{acked, decode_row, floor, CachedSegment, Journal, Queued, Result, SEQ_BLOCK};
 use crate::envelope::{now_ms, Head, Priority};
 use crate::stats::{DeliveredBy, Stats};
-
-/// A queue row to insert: destination, first and last sequence, earliest expiry, entries.
-type SegmentRow<'e> = (&'e str, u64, u64, Option<u64>, Vec<u8>);
-
-/// The row of one segment of `entries` queued for `dest` (none for no entries).
-fn segment_row<'e>(dest: &'e str, entries: &[Queued]) -> Option<SegmentRow<'e>> {
-    let (first, last) = (entries.first()?, entries.last()?);
-    let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
-    Some((
-        dest,
-        first.lseq,
-        last.lseq,
-        min_expiry,
-        super::segment::encode(entries),
-    ))
-}
-
-/// Writes queue segments.
-static INSERT_SEGMENTS: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO queue(dest, first_lseq, last_lseq, min_expiry, entries)",
-        5,
-        "",
-    )
-});
 
 /// Stores acknowledgement points; a point never moves back.
 static STORE_ACKED: LazyLock<MultiRow> = LazyLock::new(|| {
@@ -51,39 +27,12 @@ static STORE_ACKED: LazyLock<MultiRow> = LazyLock::new(|| {
     )
 });
 
-/// Stores link receive positions.
-static STORE_LINK_IN: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO link_in(peer, last, epoch)",
-        3,
-        "ON CONFLICT(peer) DO UPDATE SET last = excluded.last, epoch = excluded.epoch",
-    )
-});
-
-/// Stores values in `meta`.
-static STORE_META: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO meta(key, value)",
-        2,
-        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    )
-});
-
-/// Stores the ends of sequence-number blocks.
-static STORE_RESERVATIONS: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO seq(dest, next)",
-        2,
-        "ON CONFLICT(dest) DO UPDATE SET next = excluded.next",
-    )
-});
-
 /// A transaction begun and committed with cached statements: a round's write transaction and
 /// its sending pass's read one ([`Journal::snapshot`]). `Connection::transaction` runs `BEGIN`
 /// and `COMMIT` through `execute_batch`, which parses the text anew, and every round runs both:
 /// 2 % of a middle node's dispatcher at 1,000 commands a second. Dropped before
 /// [`CachedTx::commit`] (or after a failed one), it rolls back.
-pub(super) struct CachedTx<'a>(&'a Connection);
+pub(super) struct CachedTx<'a>(pub(super) &'a Connection);
 
 impl<'a> CachedTx<'a> {
     pub(super) fn begin(conn: &'a Connection) -> Result<Self> {
@@ -153,28 +102,28 @@ pub struct Txn<'a> {
     pub(super) tx: CachedTx<'a>,
     /// Dead letters kept in this transaction, by [`medlink_wire::DeadReason`].
     pub(super) dead: [u64; 3],
-    next: &'a mut HashMap<String, u64>,
+    pub(super) next: &'a mut HashMap<String, u64>,
     reserved: &'a mut HashMap<String, u64>,
     hot: &'a mut HashMap<String, Hot>,
     backlog: &'a mut Backlog,
     /// Where the backlog reports after the commit, if anywhere.
     stats: Option<&'a Stats>,
     changes: Vec<HotChange>,
-    dirty: HashSet<String>,
+    pub(super) dirty: HashSet<String>,
     /// Envelopes queued in this transaction, by destination, written as segments.
-    pending: HashMap<String, Vec<Queued>>,
+    pub(super) pending: HashMap<String, Vec<Queued>>,
     /// Link receive positions set in this transaction: `link_in` key, last, epoch.
-    link_in: Vec<(String, u64, u64)>,
+    pub(super) link_in: Vec<(String, u64, u64)>,
     /// The custody log, if this journal keeps one (`custody.rs`).
-    custody: &'a mut Option<CustodyLog>,
+    pub(super) custody: &'a mut Option<CustodyLog>,
     /// Rounds the custody log holds that SQLite does not yet.
-    logged: &'a std::cell::RefCell<Vec<(Record, u64)>>,
+    pub(super) logged: &'a std::cell::RefCell<Vec<(Record, u64)>>,
     /// When the oldest of them was logged.
-    logged_since: &'a std::cell::Cell<Option<std::time::Instant>>,
+    pub(super) logged_since: &'a std::cell::Cell<Option<std::time::Instant>>,
     /// How many of the logged rounds, oldest first, this transaction wrote into SQLite
     /// ([`Txn::sql`], [`Txn::apply_logged`]): its commit stores how far the log is applied,
     /// forgets them, and rewinds the log once none is left.
-    applying: std::cell::Cell<usize>,
+    pub(super) applying: std::cell::Cell<usize>,
     /// The journal's decoded-segment cache, emptied when a segment is rewritten.
     segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
     /// Audit rows of this transaction, inserted at commit (`audit.rs`).
@@ -284,19 +233,6 @@ impl Txn<'_> {
             .collect();
         insert_rows(self.sql()?, &rows)
     }
-}
-
-/// Writes segment rows, several to a statement.
-fn insert_rows(conn: &Connection, rows: &[SegmentRow]) -> Result<()> {
-    INSERT_SEGMENTS.run(conn, rows, |stmt, at, row| {
-        let (dest, first, last, min_expiry, blob) = row;
-        stmt.raw_bind_parameter(at, dest)?;
-        stmt.raw_bind_parameter(at + 1, *first as i64)?;
-        stmt.raw_bind_parameter(at + 2, *last as i64)?;
-        stmt.raw_bind_parameter(at + 3, min_expiry.map(|v| v as i64))?;
-        stmt.raw_bind_parameter(at + 4, blob)?;
-        Ok(())
-    })
 }
 
 impl Txn<'_> {
@@ -485,12 +421,7 @@ impl Txn<'_> {
             return Ok(());
         }
         let staged = std::mem::take(&mut self.link_in);
-        STORE_LINK_IN.run(self.sql()?, &staged, |stmt, at, (peer, last, epoch)| {
-            stmt.raw_bind_parameter(at, peer)?;
-            stmt.raw_bind_parameter(at + 1, *last as i64)?;
-            stmt.raw_bind_parameter(at + 2, *epoch as i64)?;
-            Ok(())
-        })
+        store_link_in(self.sql()?, &staged)
     }
 
     /// Up to `n` queues of `group`'s `lane` whose first in line is oldest, oldest first:
@@ -560,7 +491,7 @@ impl Txn<'_> {
             logged.drain(..self.applying.get());
             if logged.is_empty() {
                 self.logged_since.set(None);
-                rewind_log(self.custody);
+                CustodyLog::rewind_or_stop(self.custody);
             }
         }
         for dest in self.dirty {
@@ -579,163 +510,19 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Whether this transaction has nothing to write: no statement changed SQLite, and nothing
-    /// waits to be written at the commit.
-    fn writes_nothing(&self) -> bool {
-        self.applying.get() == 0
-            && self.pending.is_empty()
-            && self.link_in.is_empty()
-            && self.dirty.is_empty()
-            && self.audits.is_empty()
-            && matches!(
-                self.tx.transaction_state(None),
-                Ok(state) if state != rusqlite::TransactionState::Write
-            )
-    }
-
-    /// Makes this round durable by one append to the custody log instead of SQLite's commit,
-    /// if it can: its changes are only queued envelopes, link positions and sequence blocks,
-    /// and nothing in it has written to SQLite yet. `Ok(true)`: the log took it, and it waits
-    /// in `logged` for the next transaction (or the dispatcher's next idle moment) to write it.
-    fn log(&mut self) -> Result<bool> {
-        let Some(log) = self.custody.as_mut() else {
-            return Ok(false);
-        };
-        if self.applying.get() > 0
-            || !self.audits.is_empty()
-            || self.tx.transaction_state(None)? == rusqlite::TransactionState::Write
-        {
-            return Ok(false);
-        }
-        let record = Record {
-            segments: self
-                .pending
-                .iter()
-                .filter_map(|(dest, entries)| segment_row(dest, entries))
-                .map(|(dest, first, last, expiry, blob)| {
-                    (dest.to_string(), first, last, expiry, blob)
-                })
-                .collect(),
-            link_in: self.link_in.clone(),
-            reservations: self
-                .dirty
-                .iter()
-                .map(|dest| (dest.clone(), self.next[dest] + SEQ_BLOCK))
-                .collect(),
-        };
-        match log.append(&record) {
-            Ok(Some(end)) => {
-                self.pending.clear();
-                self.link_in.clear();
-                let mut logged = self.logged.borrow_mut();
-                if logged.is_empty() {
-                    self.logged_since.set(Some(std::time::Instant::now()));
-                }
-                logged.push((record, end));
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(
-                format!("{}: {e}", log.path().display()).into(),
-            )),
-        }
-    }
-
-    /// Writes the oldest logged rounds, up to `upto` of them in all, into this transaction.
-    pub(super) fn apply_logged(&self, upto: usize) -> Result<()> {
-        let conn = self.tx.0;
-        let logged = self.logged.borrow();
-        let (from, to) = (self.applying.get(), upto.min(logged.len()));
-        for (record, _) in logged.iter().take(to).skip(from) {
-            let rows: Vec<SegmentRow> = record
-                .segments
-                .iter()
-                .map(|(dest, first, last, expiry, blob)| {
-                    (dest.as_str(), *first, *last, *expiry, blob.clone())
-                })
-                .collect();
-            insert_rows(conn, &rows)?;
-            STORE_LINK_IN.run(conn, &record.link_in, |stmt, at, (peer, last, epoch)| {
-                stmt.raw_bind_parameter(at, peer)?;
-                stmt.raw_bind_parameter(at + 1, *last as i64)?;
-                stmt.raw_bind_parameter(at + 2, *epoch as i64)?;
-                Ok(())
-            })?;
-            STORE_RESERVATIONS.run(conn, &record.reservations, |stmt, at, (dest, end)| {
-                stmt.raw_bind_parameter(at, dest)?;
-                stmt.raw_bind_parameter(at + 1, *end as i64)?;
-                Ok(())
-            })?;
-        }
-        // Kept in `logged` until the commit that writes them succeeds.
-        self.applying.set(to.max(from));
-        Ok(())
-    }
-
-    /// Stores in this transaction how far SQLite holds the custody log: its generation, and
-    /// the end of the last logged round this transaction wrote. (Not through [`Txn::sql`],
-    /// which would write every logged round.)
-    fn mark_applied(&self) -> Result<()> {
-        let Some(log) = self.custody.as_ref() else {
-            return Ok(());
-        };
-        let end = self.logged.borrow()[self.applying.get() - 1].1;
-        STORE_META.run(
-            self.tx.0,
-            &[
-                ("custody_applied", log.generation()),
-                ("custody_applied_at", end),
-            ],
-            |stmt, at, (key, value)| {
-                stmt.raw_bind_parameter(at, *key)?;
-                stmt.raw_bind_parameter(at + 1, *value as i64)?;
-                Ok(())
-            },
-        )
-    }
-
     /// Stores the end of a new block of sequence numbers for each destination that needs one.
     fn write_reservations(&self) -> Result<()> {
         if self.dirty.is_empty() {
             return Ok(());
         }
-        let ends: Vec<(&str, u64)> = self
-            .dirty
+        store_reservations(self.sql()?, &self.reservations())
+    }
+
+    /// The end of a new block of sequence numbers for each destination that needs one.
+    pub(super) fn reservations(&self) -> Vec<(String, u64)> {
+        self.dirty
             .iter()
-            .map(|dest| (dest.as_str(), self.next[dest] + SEQ_BLOCK))
-            .collect();
-        STORE_RESERVATIONS.run(self.sql()?, &ends, |stmt, at, (dest, end)| {
-            stmt.raw_bind_parameter(at, dest)?;
-            stmt.raw_bind_parameter(at + 1, *end as i64)?;
-            Ok(())
-        })
-    }
-}
-
-/// Starts the custody log's next generation once SQLite holds the current one. If the file
-/// cannot be written, the node stops using it: a record appended after the applied ones, in the
-/// generation SQLite marked applied, would not be replayed after a crash.
-fn rewind_log(custody: &mut Option<CustodyLog>) {
-    let Some(log) = custody.as_mut() else {
-        return;
-    };
-    if let Err(e) = log.rewind() {
-        tracing::warn!(
-            error = %e,
-            path = %log.path().display(),
-            "cannot rewind the custody log; every round now commits to SQLite"
-        );
-        *custody = None;
-    }
-}
-
-impl<'a> Txn<'a> {
-    /// The transaction's connection, for a statement: rounds the custody log holds that SQLite
-    /// does not are written first, so that the statement sees (and changes) them too.
-    pub(super) fn sql(&self) -> Result<&'a Connection> {
-        if self.applying.get() < self.logged.borrow().len() {
-            self.apply_logged(usize::MAX)?;
-        }
-        Ok(self.tx.0)
+            .map(|dest| (dest.clone(), self.next[dest] + SEQ_BLOCK))
+            .collect()
     }
 }

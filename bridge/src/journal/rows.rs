@@ -1,0 +1,85 @@
+//! The multi-row statements that write what a round queues: segments, link receive positions,
+//! and sequence blocks; shared by a round's own commit (`txn.rs`) and by the rounds the custody
+//! log took, when they reach SQLite (`logged.rs`).
+
+use std::sync::LazyLock;
+
+use rusqlite::Connection;
+
+use super::multirow::MultiRow;
+use super::{Queued, Result};
+
+/// A queue row to insert: destination, first and last sequence, earliest expiry, entries.
+pub(super) type SegmentRow<'e> = (&'e str, u64, u64, Option<u64>, Vec<u8>);
+
+/// The row of one segment of `entries` queued for `dest` (none for no entries).
+pub(super) fn segment_row<'e>(dest: &'e str, entries: &[Queued]) -> Option<SegmentRow<'e>> {
+    let (first, last) = (entries.first()?, entries.last()?);
+    let min_expiry = entries.iter().filter_map(|e| e.expires_at).min();
+    Some((
+        dest,
+        first.lseq,
+        last.lseq,
+        min_expiry,
+        super::segment::encode(entries),
+    ))
+}
+
+/// Writes queue segments.
+static INSERT_SEGMENTS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO queue(dest, first_lseq, last_lseq, min_expiry, entries)",
+        5,
+        "",
+    )
+});
+
+/// Stores link receive positions.
+static STORE_LINK_IN: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO link_in(peer, last, epoch)",
+        3,
+        "ON CONFLICT(peer) DO UPDATE SET last = excluded.last, epoch = excluded.epoch",
+    )
+});
+
+/// Stores the ends of sequence-number blocks.
+static STORE_RESERVATIONS: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO seq(dest, next)",
+        2,
+        "ON CONFLICT(dest) DO UPDATE SET next = excluded.next",
+    )
+});
+
+/// Writes segment rows, several to a statement.
+pub(super) fn insert_rows(conn: &Connection, rows: &[SegmentRow]) -> Result<()> {
+    INSERT_SEGMENTS.run(conn, rows, |stmt, at, row| {
+        let (dest, first, last, min_expiry, blob) = row;
+        stmt.raw_bind_parameter(at, dest)?;
+        stmt.raw_bind_parameter(at + 1, *first as i64)?;
+        stmt.raw_bind_parameter(at + 2, *last as i64)?;
+        stmt.raw_bind_parameter(at + 3, min_expiry.map(|v| v as i64))?;
+        stmt.raw_bind_parameter(at + 4, blob)?;
+        Ok(())
+    })
+}
+
+/// Stores link receive positions: `link_in` key, last sequence, epoch.
+pub(super) fn store_link_in(conn: &Connection, rows: &[(String, u64, u64)]) -> Result<()> {
+    STORE_LINK_IN.run(conn, rows, |stmt, at, (peer, last, epoch)| {
+        stmt.raw_bind_parameter(at, peer)?;
+        stmt.raw_bind_parameter(at + 1, *last as i64)?;
+        stmt.raw_bind_parameter(at + 2, *epoch as i64)?;
+        Ok(())
+    })
+}
+
+/// Stores the ends of sequence-number blocks.
+pub(super) fn store_reservations(conn: &Connection, ends: &[(String, u64)]) -> Result<()> {
+    STORE_RESERVATIONS.run(conn, ends, |stmt, at, (dest, end)| {
+        stmt.raw_bind_parameter(at, dest)?;
+        stmt.raw_bind_parameter(at + 1, *end as i64)?;
+        Ok(())
+    })
+}
