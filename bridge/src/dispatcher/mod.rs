@@ -169,22 +169,25 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
         loop {
-            if self.journal.logged_due() {
-                // Rounds the custody log took reach SQLite now if nothing waits, off the path
-                // of the next command: first the tasks this round woke (the writes on to the
-                // next hop and back to the senders) run; any input they brought waits for the
-                // next round instead, whose first statement writes the log's rounds first.
+            // Rounds the custody log took reach SQLite in idle moments, a few at a time, off
+            // the path of the next command: first the tasks the last round woke (the writes on
+            // to the next hop and back to the senders) run, then, if no input came of them,
+            // the oldest few are written. Any input waits for the next round instead, whose
+            // first statement writes them all.
+            while self.journal.logged_due() {
                 tokio::task::yield_now().await;
-                if self.inputs.is_idle() {
-                    let t0 = std::time::Instant::now();
-                    let result = self.journal.write_some_logged();
-                    tracing::debug!(
-                        us = t0.elapsed().as_micros() as u64,
-                        "custody log's rounds written into the journal"
-                    );
-                    if let Err(e) = result {
-                        warn!(error = %e, "writing the custody log's rounds into the journal failed; the next round tries again");
-                    }
+                if !self.inputs.is_idle() {
+                    break;
+                }
+                let t0 = std::time::Instant::now();
+                let result = self.journal.write_some_logged();
+                tracing::debug!(
+                    us = t0.elapsed().as_micros() as u64,
+                    "custody log's rounds written into the journal"
+                );
+                if let Err(e) = result {
+                    warn!(error = %e, "writing the custody log's rounds into the journal failed; the next round tries again");
+                    break;
                 }
             }
             let Some(items) = self.inputs.next_round(&mut tick, &mut shutdown).await else {

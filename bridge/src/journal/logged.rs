@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use rusqlite::Connection;
 
-use super::custody::Record;
+use super::custody::{Record, WRITE_AT};
 use super::multirow::MultiRow;
 use super::rows::{insert_rows, segment_row, store_link_in, store_reservations, SegmentRow};
 use super::{Result, Txn};
@@ -41,7 +41,10 @@ impl Txn<'_> {
     /// and nothing in it has written to SQLite yet. `Ok(true)`: the log took it, and it waits
     /// in `logged` for the next transaction (or the dispatcher's next idle moment) to write it.
     pub(super) fn log(&mut self) -> Result<bool> {
+        // A node busy without a pause writes to SQLite every [`WRITE_AT`]th round, with all
+        // the logged ones: what waits in the log stays small, and so does that commit.
         if self.custody.is_none()
+            || self.logged.borrow().len() >= WRITE_AT
             || self.applying.get() > 0
             || !self.audits.is_empty()
             || self.tx.transaction_state(None)? == rusqlite::TransactionState::Write

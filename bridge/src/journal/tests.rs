@@ -332,3 +332,22 @@ fn the_custody_logs_rounds_reach_sqlite_a_few_at_a_time_and_a_crash_between_lose
     assert_eq!(seqs[..10], (1..=10).collect::<Vec<_>>());
     assert!(seqs[10] > 10, "{seqs:?}");
 }
+
+#[test]
+fn a_node_busy_without_a_pause_writes_the_logged_rounds_every_so_often() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let mut j = with_log(&path);
+    let at = super::custody::WRITE_AT;
+    for i in 0..at {
+        pass_on(&mut j, &[&format!("m{i}")], i as u64 + 1);
+    }
+    assert_eq!(stored_rows(&path), 0);
+    assert!(j.logged_due());
+    // The next round commits to SQLite, carrying every logged one before its own.
+    pass_on(&mut j, &["last"], at as u64 + 1);
+    assert!(!j.has_logged());
+    assert_eq!(stored_rows(&path), at as i64 + 1);
+    let at = at as u64;
+    assert_eq!(lseqs(&j, &up(), at - 3), vec![at - 2, at - 1, at, at + 1]);
+}
