@@ -41,7 +41,7 @@ pub(super) const WRITE_CHUNK: usize = 8;
 /// commits to SQLite as before: its commit is shared by all of them already, and the log
 /// would only write them twice (the chain's throughput fell from 2.2 to 2.0 times mosquitto's
 /// with every round logged).
-pub(super) const RECORD_MAX: usize = 64 * 1024;
+const RECORD_MAX: usize = 64 * 1024;
 
 /// What the file starts with.
 const MAGIC: &[u8; 16] = b"medlink-custody1";

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use rusqlite::Connection;
 
-use super::custody::{Record, RECORD_MAX, WRITE_AT};
+use super::custody::{Record, WRITE_AT};
 use super::multirow::MultiRow;
 use super::rows::{insert_rows, segment_row, store_link_in, store_reservations, SegmentRow};
 use super::{Result, Txn};
@@ -48,8 +48,6 @@ impl Txn<'_> {
             || self.applying.get() > 0
             || !self.audits.is_empty()
             || self.tx.transaction_state(None)? == rusqlite::TransactionState::Write
-            // A burst's round: not encoded twice only to be refused (`custody::RECORD_MAX`).
-            || self.pending.values().flatten().map(|q| q.body.len()).sum::<usize>() > RECORD_MAX
         {
             return Ok(false);
         }
