@@ -213,17 +213,23 @@ fn reserve_wal(conn: &rusqlite::Connection, db: &std::path::Path) -> std::io::Re
         .map_err(std::io::Error::other)?;
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
-    let filled = (|| {
-        let mut file = std::fs::OpenOptions::new().append(true).open(&wal)?;
-        let zeros = vec![0u8; 1 << 20];
-        while file.metadata()?.len() < WAL_RESERVE {
-            file.write_all(&zeros)?;
-        }
-        file.sync_all()
-    })();
+    let filled = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&wal)
+        .and_then(|mut file| fill_reserve(&mut file));
     conn.execute_batch("ROLLBACK")
         .map_err(std::io::Error::other)?;
     filled
+}
+
+/// Appends zeros to `file` until it holds [`WAL_RESERVE`] bytes, then syncs them: blocks
+/// allocated up front, as the node's WAL reserve and custody log are.
+fn fill_reserve(file: &mut std::fs::File) -> std::io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    while file.metadata()?.len() < WAL_RESERVE {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()
 }
 
 /// An append-only custody log, cut to what one hop writes: the receive position and the frame,
@@ -242,11 +248,7 @@ impl Log {
             .read(true)
             .write(true)
             .open(path)?;
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..(WAL_RESERVE >> 20) {
-            file.write_all(&zeros)?;
-        }
-        file.sync_all()?;
+        fill_reserve(&mut file)?;
         Ok(Log {
             file,
             at: 0,

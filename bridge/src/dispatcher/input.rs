@@ -109,8 +109,6 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Waits for the next input or `tick`, then takes whatever else is waiting, up to
-    /// [`MAX_ROUND`]: one round's worth. `None` once `shutdown` changes.
     /// Whether no input waits on any channel.
     pub(super) fn is_idle(&self) -> bool {
         self.broker.is_empty()
@@ -119,6 +117,8 @@ impl Inputs {
             && self.files.is_empty()
     }
 
+    /// Waits for the next input or `tick`, then takes whatever else is waiting, up to
+    /// [`MAX_ROUND`]: one round's worth. `None` once `shutdown` changes.
     pub(super) async fn next_round(
         &mut self,
         tick: &mut tokio::time::Interval,

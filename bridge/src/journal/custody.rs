@@ -327,13 +327,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_come_back_in_order_until_a_rewind() {
+    /// A new log beside `j.db` in a new folder, rewound and ready for appends.
+    fn new_log(durability: Durability) -> (tempfile::TempDir, PathBuf, CustodyLog) {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("j.db");
-        let (mut log, old) = CustodyLog::open(&db, Durability::Process, (0, 0)).unwrap();
+        let (mut log, old) = CustodyLog::open(&db, durability, (0, 0)).unwrap();
         assert!(old.is_empty());
         log.rewind().unwrap();
+        (dir, db, log)
+    }
+
+    #[test]
+    fn records_come_back_in_order_until_a_rewind() {
+        let (dir, db, mut log) = new_log(Durability::Process);
         let g = log.generation();
         assert_eq!(g, 1);
         let ends: Vec<u64> = (1..=3)
@@ -375,11 +381,8 @@ mod tests {
 
     #[test]
     fn under_durability_power_appends_and_rewinds_are_synced_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("j.db");
-        let (mut log, _) = CustodyLog::open(&db, Durability::Power, (0, 0)).unwrap();
+        let (_dir, db, mut log) = new_log(Durability::Power);
         assert!(log.sync);
-        log.rewind().unwrap();
         log.append(&record(1)).unwrap().unwrap();
         drop(log);
         let (_, back) = CustodyLog::open(&db, Durability::Power, (0, 0)).unwrap();
@@ -389,10 +392,7 @@ mod tests {
 
     #[test]
     fn a_record_cut_short_ends_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("j.db");
-        let (mut log, _) = CustodyLog::open(&db, Durability::Process, (0, 0)).unwrap();
-        log.rewind().unwrap();
+        let (_dir, db, mut log) = new_log(Durability::Process);
         let second = log.append(&record(1)).unwrap().unwrap();
         log.append(&record(2)).unwrap();
         // A power loss kept only part of the second record.
@@ -405,10 +405,7 @@ mod tests {
 
     #[test]
     fn a_record_that_does_not_fit_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) =
-            CustodyLog::open(&dir.path().join("j.db"), Durability::Process, (0, 0)).unwrap();
-        log.rewind().unwrap();
+        let (_dir, _, mut log) = new_log(Durability::Process);
         let big = Record {
             segments: vec![("up".into(), 1, 1, None, vec![0; RECORD_MAX])],
             ..Record::default()

@@ -57,7 +57,7 @@ impl Txn<'_> {
                 .iter()
                 .filter_map(|(dest, entries)| segment_row(dest, entries))
                 .map(|(dest, first, last, expiry, blob)| {
-                    (dest.to_string(), first, last, expiry, blob)
+                    (dest.to_string(), first, last, expiry, blob.into_owned())
                 })
                 .collect(),
             link_in: self.link_in.clone(),
@@ -94,7 +94,13 @@ impl Txn<'_> {
                 .segments
                 .iter()
                 .map(|(dest, first, last, expiry, blob)| {
-                    (dest.as_str(), *first, *last, *expiry, blob.clone())
+                    (
+                        dest.as_str(),
+                        *first,
+                        *last,
+                        *expiry,
+                        blob.as_slice().into(),
+                    )
                 })
                 .collect();
             insert_rows(conn, &rows)?;

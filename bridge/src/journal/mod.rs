@@ -236,21 +236,21 @@ impl Journal {
     /// ([`custody::WRITE_CHUNK`]), in one transaction: what the dispatcher does at an idle
     /// moment, short enough that a command arriving meanwhile hardly waits.
     pub fn write_some_logged(&mut self) -> Result<()> {
-        if !self.has_logged() {
-            return Ok(());
-        }
-        let tx = self.begin()?;
-        tx.apply_logged(custody::WRITE_CHUNK)?;
-        tx.commit()
+        self.write_oldest_logged(custody::WRITE_CHUNK)
     }
 
     /// Writes the rounds waiting in the custody log into SQLite, in one transaction.
     pub fn write_logged(&mut self) -> Result<()> {
+        self.write_oldest_logged(usize::MAX)
+    }
+
+    /// Writes the oldest `n` rounds waiting in the custody log into SQLite, in one transaction.
+    fn write_oldest_logged(&mut self, n: usize) -> Result<()> {
         if !self.has_logged() {
             return Ok(());
         }
         let tx = self.begin()?;
-        tx.sql()?;
+        tx.apply_logged(n)?;
         tx.commit()
     }
 

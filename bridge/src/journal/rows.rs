@@ -2,6 +2,7 @@
 //! and sequence blocks; shared by a round's own commit (`txn.rs`) and by the rounds the custody
 //! log took, when they reach SQLite (`logged.rs`).
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use rusqlite::Connection;
@@ -9,8 +10,9 @@ use rusqlite::Connection;
 use super::multirow::MultiRow;
 use super::{Queued, Result};
 
-/// A queue row to insert: destination, first and last sequence, earliest expiry, entries.
-pub(super) type SegmentRow<'e> = (&'e str, u64, u64, Option<u64>, Vec<u8>);
+/// A queue row to insert: destination, first and last sequence, earliest expiry, entries
+/// (encoded for this round's own rows, borrowed from the custody log's records for theirs).
+pub(super) type SegmentRow<'e> = (&'e str, u64, u64, Option<u64>, Cow<'e, [u8]>);
 
 /// The row of one segment of `entries` queued for `dest` (none for no entries).
 pub(super) fn segment_row<'e>(dest: &'e str, entries: &[Queued]) -> Option<SegmentRow<'e>> {
@@ -21,7 +23,7 @@ pub(super) fn segment_row<'e>(dest: &'e str, entries: &[Queued]) -> Option<Segme
         first.lseq,
         last.lseq,
         min_expiry,
-        super::segment::encode(entries),
+        Cow::Owned(super::segment::encode(entries)),
     ))
 }
 
@@ -60,7 +62,7 @@ pub(super) fn insert_rows(conn: &Connection, rows: &[SegmentRow]) -> Result<()> 
         stmt.raw_bind_parameter(at + 1, *first as i64)?;
         stmt.raw_bind_parameter(at + 2, *last as i64)?;
         stmt.raw_bind_parameter(at + 3, min_expiry.map(|v| v as i64))?;
-        stmt.raw_bind_parameter(at + 4, blob)?;
+        stmt.raw_bind_parameter(at + 4, blob.as_ref())?;
         Ok(())
     })
 }

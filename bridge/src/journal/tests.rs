@@ -192,6 +192,15 @@ fn a_snapshot_reads_what_was_committed_and_ends_even_when_a_read_fails() {
     assert_eq!(j.snapshot(|j| j.read(&up(), 0, 10)).unwrap().len(), 2);
 }
 
+/// A new folder with a journal and its custody log in it: the folder, the journal's path, the
+/// journal.
+fn new_with_log() -> (tempfile::TempDir, std::path::PathBuf, Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let j = with_log(&path);
+    (dir, path, j)
+}
+
 /// A journal with its custody log, at `path`.
 fn with_log(path: &Path) -> Journal {
     let mut j = Journal::open(path, Durability::Process).unwrap();
@@ -221,9 +230,7 @@ fn pass_on(j: &mut Journal, ids: &[&str], last: u64) {
 
 #[test]
 fn a_round_the_custody_log_took_survives_a_crash_before_it_reached_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
-    let mut j = with_log(&path);
+    let (_dir, path, mut j) = new_with_log();
     pass_on(&mut j, &["a", "b", "c"], 3);
     assert!(j.has_logged());
     assert_eq!(
@@ -256,9 +263,7 @@ fn a_round_the_custody_log_took_survives_a_crash_before_it_reached_sqlite() {
 
 #[test]
 fn the_custody_logs_rounds_reach_sqlite_once_however_the_node_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
-    let mut j = with_log(&path);
+    let (_dir, path, mut j) = new_with_log();
     pass_on(&mut j, &["a", "b"], 2);
     // The dispatcher's idle moment.
     j.write_logged().unwrap();
@@ -277,9 +282,7 @@ fn the_custody_logs_rounds_reach_sqlite_once_however_the_node_stops() {
 
 #[test]
 fn a_round_that_writes_to_sqlite_carries_the_logged_rounds_before_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
-    let mut j = with_log(&path);
+    let (_dir, path, mut j) = new_with_log();
     pass_on(&mut j, &["a", "b", "c"], 3);
     // An acknowledgement is a statement: this round commits to SQLite, the logged one first.
     let mut t = j.begin().unwrap();
@@ -299,9 +302,7 @@ fn a_round_that_writes_to_sqlite_carries_the_logged_rounds_before_its_own() {
 
 #[test]
 fn the_custody_logs_rounds_reach_sqlite_a_few_at_a_time_and_a_crash_between_loses_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
-    let mut j = with_log(&path);
+    let (_dir, path, mut j) = new_with_log();
     let ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         pass_on(&mut j, &[id], i as u64 + 1);
@@ -335,9 +336,7 @@ fn the_custody_logs_rounds_reach_sqlite_a_few_at_a_time_and_a_crash_between_lose
 
 #[test]
 fn a_node_busy_without_a_pause_writes_the_logged_rounds_every_so_often() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
-    let mut j = with_log(&path);
+    let (_dir, path, mut j) = new_with_log();
     let at = super::custody::WRITE_AT;
     for i in 0..at {
         pass_on(&mut j, &[&format!("m{i}")], i as u64 + 1);

@@ -69,12 +69,11 @@ impl Drop for CachedTx<'_> {
 }
 
 impl Journal {
-    /// Starts a group transaction.
     /// Starts a group transaction. Rounds the custody log took and SQLite has not yet are
     /// written into it before its first statement ([`Txn::sql`]), so everything it reads or
     /// changes in SQLite includes them.
     pub fn begin(&mut self) -> Result<Txn<'_>> {
-        let txn = Txn {
+        Ok(Txn {
             tx: CachedTx::begin(&self.conn)?,
             dead: [0; 3],
             next: &mut self.next,
@@ -92,8 +91,7 @@ impl Journal {
             logged: &self.logged,
             logged_since: &self.logged_since,
             applying: std::cell::Cell::new(0),
-        };
-        Ok(txn)
+        })
     }
 }
 
@@ -233,9 +231,7 @@ impl Txn<'_> {
             .collect();
         insert_rows(self.sql()?, &rows)
     }
-}
 
-impl Txn<'_> {
     /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
     pub fn remove_through(&mut self, dest: &Dest, upto: u64) -> Result<usize> {
         self.forget_through(dest, upto, None)
