@@ -223,9 +223,11 @@ fn reserve_wal(conn: &rusqlite::Connection, db: &std::path::Path) -> std::io::Re
 }
 
 /// Appends zeros to `file` until it holds [`WAL_RESERVE`] bytes, then syncs them: blocks
-/// allocated up front, as the node's WAL reserve and custody log are.
+/// allocated up front, as the node's WAL reserve and custody log are, and a page per write as
+/// theirs are (`medlink_bridge::datadir::write_zeros`: larger writes leave large folios, which
+/// make every small append dearer).
 fn fill_reserve(file: &mut std::fs::File) -> std::io::Result<()> {
-    let zeros = vec![0u8; 1 << 20];
+    let zeros = [0u8; 4096];
     while file.metadata()?.len() < WAL_RESERVE {
         file.write_all(&zeros)?;
     }

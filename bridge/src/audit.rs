@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 /// One routing decision.
@@ -102,7 +101,8 @@ pub struct AuditPage {
 
 /// Runs `q` against the journal at `path` (opened read-only, safe while the node runs).
 pub fn query(path: &Path, q: &AuditQuery) -> rusqlite::Result<AuditPage> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    // The custody log's rounds too: those the node has not yet written into SQLite.
+    let conn = crate::journal::open_reader(path)?;
     let node_like = q.node.as_ref().map(|n| format!("{n}.%"));
     let order = if q.oldest_first {
         "at, rowid"

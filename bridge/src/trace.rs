@@ -12,7 +12,6 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::envelope::Envelope;
@@ -56,7 +55,8 @@ pub struct TraceEvent {
 /// What `journal` knows of message `id`; events are named after the node that owns the
 /// journal, or `label` for a journal that does not say.
 pub fn trace_journal(journal: &Path, label: &str, id: &str) -> rusqlite::Result<Vec<TraceEvent>> {
-    let conn = Connection::open_with_flags(journal, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    // The custody log's rounds too: those the node has not yet written into SQLite.
+    let conn = crate::journal::open_reader(journal)?;
     let owner: Option<String> = conn
         .query_row("SELECT node FROM owner", [], |r| r.get(0))
         .ok();

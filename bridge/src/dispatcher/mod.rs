@@ -168,6 +168,8 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
+        // After a failed write of the logged rounds, the next try waits for an input (or this).
+        let mut retry_after = Instant::now();
         loop {
             // Rounds the custody log took reach SQLite in idle moments, a few at a time, off
             // the path of the next command: first the tasks the last round woke (the writes on
@@ -187,10 +189,21 @@ impl Dispatcher {
                 );
                 if let Err(e) = result {
                     warn!(error = %e, "writing the custody log's rounds into the journal failed; the next round tries again");
+                    retry_after = Instant::now() + Duration::from_secs(1);
                     break;
                 }
             }
-            let Some(items) = self.inputs.next_round(&mut tick, &mut shutdown).await else {
+            let next = self.inputs.next_round(&mut tick, &mut shutdown);
+            let next = match self.journal.logged_due_at() {
+                // Idle until then: the loop comes round to write them.
+                Some(due) => tokio::select! {
+                    biased;
+                    next = next => next,
+                    _ = tokio::time::sleep_until(due.max(retry_after).into()) => continue,
+                },
+                None => next.await,
+            };
+            let Some(items) = next else {
                 if !self.state.links.acks.is_empty() {
                     // Not needed for custody (the peers would skip the resends), but a node
                     // stopped cleanly resends nothing.

@@ -22,6 +22,7 @@ static INSERT: LazyLock<MultiRow> = LazyLock::new(|| {
 
 /// One audit record, held until the commit. Its strings live in [`AuditRows::text`], so a row
 /// costs no allocation of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct AuditRow {
     at: i64,
     kind: &'static str,
@@ -32,8 +33,8 @@ pub(super) struct AuditRow {
     ends: [usize; 7],
 }
 
-/// The round's audit records.
-#[derive(Default)]
+/// A round's audit records (or those of several logged rounds).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct AuditRows {
     rows: Vec<AuditRow>,
     text: String,
@@ -45,6 +46,48 @@ impl AuditRows {
         self.rows.is_empty()
     }
 
+    /// How many rows there are.
+    pub(super) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Adds a row: when, `cmd` or `receipt`, hops, and its strings (id, from node, from
+    /// client, to node, to client, cmd, decision).
+    pub(super) fn push(&mut self, at: i64, kind: &'static str, hops: u8, fields: [&str; 7]) {
+        let start = self.text.len();
+        let mut ends = [0; 7];
+        for (end, s) in ends.iter_mut().zip(fields) {
+            self.text.push_str(s);
+            *end = self.text.len();
+        }
+        self.rows.push(AuditRow {
+            at,
+            kind,
+            hops,
+            start,
+            ends,
+        });
+    }
+
+    /// Each row: when, kind, hops, strings (as [`AuditRows::push`] took them).
+    pub(super) fn rows(&self) -> impl Iterator<Item = (i64, &'static str, u8, [&str; 7])> {
+        self.rows.iter().map(|r| {
+            (
+                r.at,
+                r.kind,
+                r.hops,
+                std::array::from_fn(|i| self.field(r, i)),
+            )
+        })
+    }
+
+    /// Adds `other`'s rows after these.
+    pub(super) fn append(&mut self, other: &AuditRows) {
+        for (at, kind, hops, fields) in other.rows() {
+            self.push(at, kind, hops, fields);
+        }
+    }
+
     /// The `i`th string of `row`: id, from node, from client, to node, to client, cmd, decision.
     fn field(&self, row: &AuditRow, i: usize) -> &str {
         let start = if i == 0 { row.start } else { row.ends[i - 1] };
@@ -52,34 +95,42 @@ impl AuditRows {
     }
 }
 
+/// Inserts `audits`, several rows to a statement.
+pub(super) fn insert_audits(conn: &rusqlite::Connection, audits: &AuditRows) -> Result<()> {
+    INSERT.run(conn, &audits.rows, |stmt, at, r| {
+        stmt.raw_bind_parameter(at, r.at)?;
+        stmt.raw_bind_parameter(at + 1, audits.field(r, 0))?;
+        stmt.raw_bind_parameter(at + 2, r.kind)?;
+        for f in 1..=5 {
+            stmt.raw_bind_parameter(at + 2 + f, audits.field(r, f))?;
+        }
+        stmt.raw_bind_parameter(at + 8, r.hops)?;
+        stmt.raw_bind_parameter(at + 9, audits.field(r, 6))?;
+        Ok(())
+    })
+}
+
 impl Txn<'_> {
     /// Records a routing decision about `env`, written at commit.
     pub fn audit(&mut self, env: &Head, at: u64, decision: &str) {
-        let a = &mut self.audits;
-        let start = a.text.len();
-        let mut ends = [0; 7];
-        for (end, s) in ends.iter_mut().zip([
-            env.id,
-            env.from.node,
-            env.from.client,
-            env.to.node,
-            env.to.client,
-            env.cmd,
-            decision,
-        ]) {
-            a.text.push_str(s);
-            *end = a.text.len();
-        }
-        a.rows.push(AuditRow {
-            at: at as i64,
-            kind: match env.kind {
-                Kind::Cmd => "cmd",
-                Kind::Receipt => "receipt",
-            },
-            hops: env.hops,
-            start,
-            ends,
-        });
+        let kind = match env.kind {
+            Kind::Cmd => "cmd",
+            Kind::Receipt => "receipt",
+        };
+        self.audits.push(
+            at as i64,
+            kind,
+            env.hops,
+            [
+                env.id,
+                env.from.node,
+                env.from.client,
+                env.to.node,
+                env.to.client,
+                env.cmd,
+                decision,
+            ],
+        );
     }
 
     /// Inserts the round's audit rows.
@@ -88,17 +139,7 @@ impl Txn<'_> {
             return Ok(());
         }
         let audits = std::mem::take(&mut self.audits);
-        INSERT.run(self.sql()?, &audits.rows, |stmt, at, r| {
-            stmt.raw_bind_parameter(at, r.at)?;
-            stmt.raw_bind_parameter(at + 1, audits.field(r, 0))?;
-            stmt.raw_bind_parameter(at + 2, r.kind)?;
-            for f in 1..=5 {
-                stmt.raw_bind_parameter(at + 2 + f, audits.field(r, f))?;
-            }
-            stmt.raw_bind_parameter(at + 8, r.hops)?;
-            stmt.raw_bind_parameter(at + 9, audits.field(r, 6))?;
-            Ok(())
-        })
+        insert_audits(self.sql()?, &audits)
     }
 }
 

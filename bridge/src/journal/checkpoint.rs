@@ -72,7 +72,6 @@ fn room_for(free: u64, grow: u64) -> bool {
 /// A reserve that does not fit ([`room_for`]) is not made, and one that fails half-way is
 /// given back: SQLite never wrote past the old end.
 fn reserve(conn: &Connection, wal: &Path, bytes: u64) -> std::result::Result<u64, String> {
-    use std::io::{Seek, SeekFrom, Write};
     if bytes == 0 {
         return Ok(0);
     }
@@ -80,7 +79,7 @@ fn reserve(conn: &Connection, wal: &Path, bytes: u64) -> std::result::Result<u64
         .map_err(|e| format!("taking the journal's write lock: {e}"))?;
     let grown = (|| -> std::io::Result<u64> {
         // The write lock opened the WAL: it exists, made by SQLite with the journal's mode.
-        let mut file = std::fs::OpenOptions::new().write(true).open(wal)?;
+        let file = std::fs::OpenOptions::new().write(true).open(wal)?;
         let len = file.metadata()?.len();
         if len >= bytes {
             return Ok(0);
@@ -94,15 +93,8 @@ fn reserve(conn: &Connection, wal: &Path, bytes: u64) -> std::result::Result<u64
                 )));
             }
         }
-        let mut fill = || -> std::io::Result<()> {
-            file.seek(SeekFrom::Start(len))?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = len;
-            while at < bytes {
-                let n = (bytes - at).min(zeros.len() as u64) as usize;
-                file.write_all(&zeros[..n])?;
-                at += n as u64;
-            }
+        let fill = || -> std::io::Result<()> {
+            crate::datadir::write_zeros(&file, len, bytes)?;
             file.sync_all()
         };
         match fill() {

@@ -25,6 +25,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::record::Record;
 use super::Durability;
 
 /// Logged rounds reach SQLite at the dispatcher's idle moments once the oldest has waited
@@ -53,86 +54,6 @@ const RECORD_HEADER: usize = 4 + 8 + 8;
 /// busy node's rounds mostly write to SQLite anyway (acknowledgements), carrying the logged
 /// ones. A record that would pass the end is refused, and its round commits to SQLite.
 const SPACE: u64 = 4 << 20;
-
-/// One queue segment: destination, first and last sequence, earliest expiry, entries.
-pub(super) type Segment = (String, u64, u64, Option<u64>, Vec<u8>);
-
-/// What one round changed, as the log and SQLite receive it.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(super) struct Record {
-    /// Queue segments: destination, first and last sequence, earliest expiry, entries.
-    pub segments: Vec<Segment>,
-    /// Link receive positions: `link_in` key, last sequence, the peer journal's epoch.
-    pub link_in: Vec<(String, u64, u64)>,
-    /// Ends of newly reserved sequence blocks: destination, end.
-    pub reservations: Vec<(String, u64)>,
-}
-
-impl Record {
-    fn encode(&self, out: &mut Vec<u8>) {
-        fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            out.extend_from_slice(b);
-        }
-        fn num(out: &mut Vec<u8>, n: u64) {
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-        num(out, self.segments.len() as u64);
-        for (dest, first, last, expiry, entries) in &self.segments {
-            bytes(out, dest.as_bytes());
-            num(out, *first);
-            num(out, *last);
-            num(out, expiry.map_or(0, |e| e.saturating_add(1)));
-            bytes(out, entries);
-        }
-        num(out, self.link_in.len() as u64);
-        for (peer, last, epoch) in &self.link_in {
-            bytes(out, peer.as_bytes());
-            num(out, *last);
-            num(out, *epoch);
-        }
-        num(out, self.reservations.len() as u64);
-        for (dest, end) in &self.reservations {
-            bytes(out, dest.as_bytes());
-            num(out, *end);
-        }
-    }
-
-    fn decode(mut b: &[u8]) -> Option<Record> {
-        fn num(b: &mut &[u8]) -> Option<u64> {
-            let (n, rest) = b.split_first_chunk::<8>()?;
-            *b = rest;
-            Some(u64::from_le_bytes(*n))
-        }
-        fn bytes<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
-            let (n, rest) = b.split_first_chunk::<4>()?;
-            let n = u32::from_le_bytes(*n) as usize;
-            let (v, rest) = (rest.get(..n)?, rest.get(n..)?);
-            *b = rest;
-            Some(v)
-        }
-        fn text(b: &mut &[u8]) -> Option<String> {
-            String::from_utf8(bytes(b)?.to_vec()).ok()
-        }
-        let mut r = Record::default();
-        for _ in 0..num(&mut b)? {
-            let dest = text(&mut b)?;
-            let (first, last) = (num(&mut b)?, num(&mut b)?);
-            let expiry = num(&mut b)?.checked_sub(1);
-            r.segments
-                .push((dest, first, last, expiry, bytes(&mut b)?.to_vec()));
-        }
-        for _ in 0..num(&mut b)? {
-            let peer = text(&mut b)?;
-            r.link_in.push((peer, num(&mut b)?, num(&mut b)?));
-        }
-        for _ in 0..num(&mut b)? {
-            let dest = text(&mut b)?;
-            r.reservations.push((dest, num(&mut b)?));
-        }
-        b.is_empty().then_some(r)
-    }
-}
 
 /// FNV-1a over the generation and the payload: finds a record cut short or left over from an
 /// older generation (not an adversary's: the file is the service user's alone).
@@ -168,9 +89,7 @@ impl CustodyLog {
         durability: Durability,
         applied: (u64, u64),
     ) -> std::io::Result<(CustodyLog, Vec<(Record, u64)>)> {
-        let mut path = db.as_os_str().to_owned();
-        path.push(crate::datadir::CUSTODY_SUFFIX);
-        let path = PathBuf::from(path);
+        let path = log_path(db);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -179,38 +98,10 @@ impl CustodyLog {
             .mode(0o600)
             .open(&path)?;
         let len = file.metadata()?.len();
-        let mut head = [0u8; HEADER as usize];
-        let generation = if len >= HEADER {
-            file.read_exact_at(&mut head, 0)?;
-            if &head[..16] != MAGIC {
-                return Err(std::io::Error::other(format!(
-                    "{}: not a medlink custody log",
-                    path.display()
-                )));
-            }
-            u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"))
-        } else {
-            0
-        };
-        let mut records = Vec::new();
-        let (applied_generation, applied_at) = applied;
-        let from = match generation.cmp(&applied_generation) {
-            std::cmp::Ordering::Greater => Some(HEADER),
-            std::cmp::Ordering::Equal => Some(applied_at.max(HEADER)),
-            std::cmp::Ordering::Less => None,
-        };
-        if let Some(mut at) = from.filter(|&f| f < len) {
-            let mut body = vec![0u8; (len - at) as usize];
-            file.read_exact_at(&mut body, at)?;
-            let mut rest = &body[..];
-            while let Some((record, used)) = read_record(rest, generation) {
-                rest = &rest[used..];
-                at += used as u64;
-                records.push((record, at));
-            }
-        }
+        let (generation, records) = unapplied(&file, &path, applied)?;
+        let applied_generation = applied.0;
         if len < SPACE {
-            file.write_all_at(&vec![0u8; (SPACE - len) as usize], len)?;
+            crate::datadir::write_zeros(&file, len, SPACE)?;
             if len < HEADER {
                 file.write_all_at(&header(0), 0)?;
             }
@@ -290,6 +181,67 @@ impl CustodyLog {
     }
 }
 
+/// The custody log's path beside the journal at `db`.
+fn log_path(db: &Path) -> PathBuf {
+    let mut path = db.as_os_str().to_owned();
+    path.push(crate::datadir::CUSTODY_SUFFIX);
+    PathBuf::from(path)
+}
+
+/// The log's generation, and its records SQLite does not hold (`applied`: how far it does),
+/// each with the offset where it ends.
+fn unapplied(
+    file: &File,
+    path: &Path,
+    (applied_generation, applied_at): (u64, u64),
+) -> std::io::Result<(u64, Vec<(Record, u64)>)> {
+    let len = file.metadata()?.len();
+    let mut head = [0u8; HEADER as usize];
+    let generation = if len >= HEADER {
+        file.read_exact_at(&mut head, 0)?;
+        if &head[..16] != MAGIC {
+            return Err(std::io::Error::other(format!(
+                "{}: not a medlink custody log",
+                path.display()
+            )));
+        }
+        u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"))
+    } else {
+        0
+    };
+    let mut records = Vec::new();
+    let from = match generation.cmp(&applied_generation) {
+        std::cmp::Ordering::Greater => Some(HEADER),
+        std::cmp::Ordering::Equal => Some(applied_at.max(HEADER)),
+        std::cmp::Ordering::Less => None,
+    };
+    if let Some(mut at) = from.filter(|&f| f < len) {
+        let mut body = vec![0u8; (len - at) as usize];
+        file.read_exact_at(&mut body, at)?;
+        let mut rest = &body[..];
+        while let Some((record, used)) = read_record(rest, generation) {
+            rest = &rest[used..];
+            at += used as u64;
+            records.push((record, at));
+        }
+    }
+    Ok((generation, records))
+}
+
+/// What the custody log beside the journal at `db` holds beyond `applied` (how far SQLite
+/// holds it), read without changing anything, for tools reading a journal while its node runs
+/// or after it died: the log's generation, and the records in order. No log: none.
+pub(super) fn peek(db: &Path, applied: (u64, u64)) -> std::io::Result<(u64, Vec<Record>)> {
+    let path = log_path(db);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((applied.0, Vec::new())),
+        Err(e) => return Err(e),
+    };
+    let (generation, records) = unapplied(&file, &path, applied)?;
+    Ok((generation, records.into_iter().map(|(r, _)| r).collect()))
+}
+
 /// The file's header for `generation`.
 fn header(generation: u64) -> [u8; HEADER as usize] {
     let mut head = [0u8; HEADER as usize];
@@ -324,6 +276,8 @@ mod tests {
             } else {
                 vec![]
             },
+            acks: vec![("stream/a/normal".into(), n)],
+            ..Record::default()
         }
     }
 

@@ -5,11 +5,17 @@
 
 use std::sync::LazyLock;
 
+use foldhash::{HashMap, HashMapExt};
+
 use rusqlite::Connection;
 
-use super::custody::{Record, WRITE_AT};
+use super::audit::{insert_audits, AuditRows};
+use super::custody::WRITE_AT;
 use super::multirow::MultiRow;
-use super::rows::{insert_rows, segment_row, store_link_in, store_reservations, SegmentRow};
+use super::record::Record;
+use super::rows::{
+    forget_acknowledged, insert_rows, segment_row, store_link_in, store_reservations, SegmentRow,
+};
 use super::{Result, Txn};
 
 /// Stores values in `meta`.
@@ -30,6 +36,7 @@ impl Txn<'_> {
             && self.link_in.is_empty()
             && self.dirty.is_empty()
             && self.audits.is_empty()
+            && self.acks.borrow().is_empty()
             && matches!(
                 self.tx.transaction_state(None),
                 Ok(state) if state != rusqlite::TransactionState::Write
@@ -37,16 +44,16 @@ impl Txn<'_> {
     }
 
     /// Makes this round durable by one append to the custody log instead of SQLite's commit,
-    /// if it can: its changes are only queued envelopes, link positions and sequence blocks,
-    /// and nothing in it has written to SQLite yet. `Ok(true)`: the log took it, and it waits
-    /// in `logged` for the next transaction (or the dispatcher's next idle moment) to write it.
+    /// if it can: its changes are only queued envelopes, link positions, sequence blocks,
+    /// acknowledgement points and audit rows, and nothing in it has written to SQLite yet.
+    /// `Ok(true)`: the log took it, and it waits in `logged` for the next transaction (or the
+    /// dispatcher's next idle moment) to write it.
     pub(super) fn log(&mut self) -> Result<bool> {
         // A node busy without a pause writes to SQLite every [`WRITE_AT`]th round, with all
         // the logged ones: what waits in the log stays small, and so does that commit.
         if self.custody.is_none()
             || self.logged.borrow().len() >= WRITE_AT
             || self.applying.get() > 0
-            || !self.audits.is_empty()
             || self.tx.transaction_state(None)? == rusqlite::TransactionState::Write
         {
             return Ok(false);
@@ -62,14 +69,18 @@ impl Txn<'_> {
                 .collect(),
             link_in: self.link_in.clone(),
             reservations: self.reservations(),
+            acks: self.acks.borrow().clone(),
+            audits: std::mem::take(&mut self.audits),
         };
         let Some(log) = self.custody.as_mut() else {
+            self.audits = record.audits;
             return Ok(false);
         };
         match log.append(&record) {
             Ok(Some(end)) => {
                 self.pending.clear();
                 self.link_in.clear();
+                self.acks.borrow_mut().clear();
                 let mut logged = self.logged.borrow_mut();
                 if logged.is_empty() {
                     self.logged_since.set(Some(std::time::Instant::now()));
@@ -77,36 +88,96 @@ impl Txn<'_> {
                 logged.push((record, end));
                 Ok(true)
             }
-            Ok(None) => Ok(false),
+            Ok(None) => {
+                // Too large for the log: the round commits to SQLite, audit rows and all.
+                self.audits = record.audits;
+                Ok(false)
+            }
             Err(e) => Err(rusqlite::Error::ToSqlConversionFailure(
                 format!("{}: {e}", log.path().display()).into(),
             )),
         }
     }
 
-    /// Writes the oldest logged rounds, up to `upto` of them in all, into this transaction.
+    /// Acknowledgement points (destination, acknowledged through): the segments they cover
+    /// wholly, in logged rounds not yet written into SQLite, need never be. At a steady flow
+    /// the next hop or client acknowledges a command well before its round reaches SQLite, so
+    /// those writes carry only positions, points and audit rows, and no queue row is inserted
+    /// and deleted again per command. The records stay in the log's file: if the node dies
+    /// before SQLite has passed them, they are replayed, with the points logged after them
+    /// (a client's stream), or sent again (a link's: the next hop skips them by link sequence,
+    /// as it skips any resend after a lost acknowledgement, `link/acks.rs`).
+    pub fn forget_logged<'d>(&self, points: impl IntoIterator<Item = (&'d str, u64)>) {
+        let mut logged = self.logged.borrow_mut();
+        if logged.len() <= self.applying.get() {
+            return;
+        }
+        let mut covered: HashMap<&str, u64> = HashMap::new();
+        for (dest, upto) in points {
+            let point = covered.entry(dest).or_default();
+            *point = (*point).max(upto);
+        }
+        if covered.is_empty() {
+            return;
+        }
+        for (record, _) in logged.iter_mut().skip(self.applying.get()) {
+            record.segments.retain(|(dest, _, last, ..)| {
+                covered.get(dest.as_str()).is_none_or(|upto| last > upto)
+            });
+        }
+    }
+
+    /// Writes the oldest logged rounds, up to `upto` of them in all, into this transaction:
+    /// their segments, and of their link positions and sequence blocks only the last of each
+    /// (a later round's supersedes an earlier one's), in one statement each.
     pub(super) fn apply_logged(&self, upto: usize) -> Result<()> {
         let conn = self.tx.0;
         let logged = self.logged.borrow();
         let (from, to) = (self.applying.get(), upto.min(logged.len()));
-        for (record, _) in logged.iter().take(to).skip(from) {
-            let rows: Vec<SegmentRow> = record
-                .segments
-                .iter()
-                .map(|(dest, first, last, expiry, blob)| {
-                    (
-                        dest.as_str(),
-                        *first,
-                        *last,
-                        *expiry,
-                        blob.as_slice().into(),
-                    )
-                })
-                .collect();
-            insert_rows(conn, &rows)?;
-            store_link_in(conn, &record.link_in)?;
-            store_reservations(conn, &record.reservations)?;
+        let records = || logged.iter().take(to).skip(from).map(|(record, _)| record);
+        let rows: Vec<SegmentRow> = records()
+            .flat_map(|record| &record.segments)
+            .map(|(dest, first, last, expiry, blob)| {
+                (
+                    dest.as_str(),
+                    *first,
+                    *last,
+                    *expiry,
+                    blob.as_slice().into(),
+                )
+            })
+            .collect();
+        insert_rows(conn, &rows)?;
+        // As if each round were written in turn: a later round's value wins.
+        let mut link_in: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut reservations: HashMap<&str, u64> = HashMap::new();
+        for record in records() {
+            for (key, last, epoch) in &record.link_in {
+                link_in.insert(key, (*last, *epoch));
+            }
+            for (dest, end) in &record.reservations {
+                reservations.insert(dest, *end);
+            }
         }
+        let link_in: Vec<(String, u64, u64)> = link_in
+            .into_iter()
+            .map(|(key, (last, epoch))| (key.to_string(), last, epoch))
+            .collect();
+        let reservations: Vec<(String, u64)> = reservations
+            .into_iter()
+            .map(|(dest, end)| (dest.to_string(), end))
+            .collect();
+        store_link_in(conn, &link_in)?;
+        store_reservations(conn, &reservations)?;
+        // Points after the segments: a point never covers a segment queued after it.
+        let mut audits = AuditRows::default();
+        let mut acks: Vec<(String, u64)> = Vec::new();
+        for record in records() {
+            audits.append(&record.audits);
+            acks.extend_from_slice(&record.acks);
+        }
+        insert_audits(conn, &audits)?;
+        forget_acknowledged(conn, &acks)?;
         // Kept in `logged` until the commit that writes them succeeds.
         self.applying.set(to.max(from));
         Ok(())
@@ -137,11 +208,14 @@ impl Txn<'_> {
 
 impl<'a> Txn<'a> {
     /// The transaction's connection, for a statement: rounds the custody log holds that SQLite
-    /// does not are written first, so that the statement sees (and changes) them too.
+    /// does not are written first, so that the statement sees (and changes) them too, and so
+    /// are the points this transaction acknowledged.
     pub(super) fn sql(&self) -> Result<&'a Connection> {
         if self.applying.get() < self.logged.borrow().len() {
             self.apply_logged(usize::MAX)?;
         }
+        // And this round's acknowledgement points, so that it sees their rows gone.
+        self.write_acks()?;
         Ok(self.tx.0)
     }
 }

@@ -18,6 +18,8 @@ mod dest;
 mod hot;
 mod logged;
 mod multirow;
+mod reader;
+mod record;
 mod rows;
 mod schema;
 pub mod segment;
@@ -32,6 +34,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub use checkpoint::{Checkpointer, WalSpace};
 pub use deadletters::{Dead, Ended, Resendable};
 pub use dest::{Dest, Peer, Target, UnknownDest};
+pub use reader::open_reader;
 pub use segment::Queued;
 pub use txn::Txn;
 
@@ -94,7 +97,7 @@ pub struct Journal {
     custody: Option<custody::CustodyLog>,
     /// Rounds the custody log holds that SQLite does not yet (their rows are in the hot
     /// tails meanwhile).
-    logged: std::cell::RefCell<Vec<(custody::Record, u64)>>,
+    logged: std::cell::RefCell<Vec<(record::Record, u64)>>,
     /// When the oldest of them was logged.
     logged_since: std::cell::Cell<Option<std::time::Instant>>,
 }
@@ -232,6 +235,15 @@ impl Journal {
                 || since.is_some_and(|t| t.elapsed() >= custody::WRITE_AFTER))
     }
 
+    /// When the rounds waiting in the custody log are due for SQLite at an idle moment (the
+    /// oldest's [`custody::WRITE_AFTER`] has passed), if any wait: a node that goes quiet
+    /// writes them then, not at its next input, so that tools reading the journal from
+    /// outside soon find them there too.
+    pub fn logged_due_at(&self) -> Option<std::time::Instant> {
+        let since = self.logged_since.get().filter(|_| self.has_logged())?;
+        Some(since + custody::WRITE_AFTER)
+    }
+
     /// Writes the oldest few of the rounds waiting in the custody log into SQLite
     /// ([`custody::WRITE_CHUNK`]), in one transaction: what the dispatcher does at an idle
     /// moment, short enough that a command arriving meanwhile hardly waits.
@@ -317,6 +329,17 @@ impl Journal {
                 }
             }
         }
+        // Then the rows the custody log holds and SQLite does not yet: the newest, and always
+        // in the hot tail (the log holds a few MiB; a tail keeps its newest 48).
+        if let Some(hot) = self.hot.get(dest) {
+            let from = out.last().map_or(after, |q| q.lseq);
+            out.extend(
+                hot.rows
+                    .range(from + 1..)
+                    .take(limit - out.len())
+                    .map(|(_, q)| q.clone()),
+            );
+        }
         Ok(out)
     }
 
@@ -378,7 +401,17 @@ impl Journal {
     /// How far `dest` is acknowledged by its next hop or client.
     pub fn acked(&self, dest: &Dest) -> Result<u64> {
         let dest = dest.as_str();
-        acked(&self.conn, dest)
+        let stored = acked(&self.conn, dest)?;
+        // Points the custody log holds are not in SQLite yet.
+        let logged = self
+            .logged
+            .borrow()
+            .iter()
+            .flat_map(|(r, _)| &r.acks)
+            .filter(|(d, _)| d == dest)
+            .map(|(_, upto)| *upto)
+            .max();
+        Ok(logged.map_or(stored, |l| l.max(stored)))
     }
 }
 

@@ -1,5 +1,5 @@
-//! The multi-row statements that write what a round queues: segments, link receive positions,
-//! and sequence blocks; shared by a round's own commit (`txn.rs`) and by the rounds the custody
+//! The statements that write what a round queues or acknowledges: segments, link receive
+//! positions, sequence blocks and acknowledgement points; shared by a round's own commit (`txn.rs`) and by the rounds the custody
 //! log took, when they reach SQLite (`logged.rs`).
 
 use std::borrow::Cow;
@@ -54,6 +54,15 @@ static STORE_RESERVATIONS: LazyLock<MultiRow> = LazyLock::new(|| {
     )
 });
 
+/// Stores acknowledgement points; a point never moves back.
+static STORE_ACKED: LazyLock<MultiRow> = LazyLock::new(|| {
+    MultiRow::new(
+        "INSERT INTO acked(dest, upto)",
+        2,
+        "ON CONFLICT(dest) DO UPDATE SET upto = max(upto, excluded.upto)",
+    )
+});
+
 /// Writes segment rows, several to a statement.
 pub(super) fn insert_rows(conn: &Connection, rows: &[SegmentRow]) -> Result<()> {
     INSERT_SEGMENTS.run(conn, rows, |stmt, at, row| {
@@ -82,6 +91,25 @@ pub(super) fn store_reservations(conn: &Connection, ends: &[(String, u64)]) -> R
     STORE_RESERVATIONS.run(conn, ends, |stmt, at, (dest, end)| {
         stmt.raw_bind_parameter(at, dest)?;
         stmt.raw_bind_parameter(at + 1, *end as i64)?;
+        Ok(())
+    })
+}
+
+/// Forgets each destination's segments wholly at or below its acknowledged point, and stores
+/// the points. A segment only partly acknowledged stays until the rest is: after a restart its
+/// acknowledged part is sent again and the receiver drops it by sequence number.
+pub(super) fn forget_acknowledged(conn: &Connection, points: &[(String, u64)]) -> Result<()> {
+    // `first_lseq <= ?2` bounds the walk of `queue_dest` to the segments that can go, not
+    // every segment still queued for `dest` (a backlog of thousands at a busy root).
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM queue WHERE dest = ?1 AND first_lseq <= ?2 AND last_lseq <= ?2",
+    )?;
+    for (dest, upto) in points {
+        delete.execute(rusqlite::params![dest, *upto as i64])?;
+    }
+    STORE_ACKED.run(conn, points, |stmt, at, (dest, upto)| {
+        stmt.raw_bind_parameter(at, dest)?;
+        stmt.raw_bind_parameter(at + 1, *upto as i64)?;
         Ok(())
     })
 }

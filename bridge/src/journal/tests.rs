@@ -350,3 +350,216 @@ fn a_node_busy_without_a_pause_writes_the_logged_rounds_every_so_often() {
     let at = at as u64;
     assert_eq!(lseqs(&j, &up(), at - 3), vec![at - 2, at - 1, at, at + 1]);
 }
+
+#[test]
+fn rounds_the_next_hop_acknowledged_while_logged_never_reach_sqlite_and_a_crash_replays_them() {
+    let acknowledge_through_4 = |j: &mut Journal| {
+        pass_on(j, &["a", "b"], 2); // segment 1-2
+        pass_on(j, &["c"], 3); // 3
+        pass_on(j, &["d", "e"], 5); // 4-5: half acknowledged below, so it stays whole
+        let t = j.begin().unwrap();
+        t.forget_logged([(up().as_str(), 4)]);
+        t.commit().unwrap();
+        assert_eq!(j.floor(&up()).unwrap(), 4);
+    };
+
+    // Written at an idle moment: SQLite gets the one segment still unacknowledged, and the
+    // last link position.
+    let (_dir, path, mut j) = new_with_log();
+    acknowledge_through_4(&mut j);
+    j.write_logged().unwrap();
+    assert!(!j.has_logged());
+    assert_eq!(stored_rows(&path), 1);
+    drop(j);
+    let mut j = with_log(&path);
+    assert_eq!(
+        stored_rows(&path),
+        1,
+        "nothing replayed: SQLite held the log"
+    );
+    assert_eq!(lseqs(&j, &up(), 0), vec![4, 5]);
+    let t = j.begin().unwrap();
+    assert_eq!(
+        t.link_in(&Peer::Child("c".into()), Priority::Normal)
+            .unwrap(),
+        (5, 7)
+    );
+    drop(t);
+
+    // A crash before SQLite had them: the log's file still holds every round, and all come
+    // back, to be sent again (the next hop skips what it holds by link sequence).
+    let (_dir, path, mut j) = new_with_log();
+    acknowledge_through_4(&mut j);
+    drop(j);
+    let j = with_log(&path);
+    assert_eq!(stored_rows(&path), 3);
+    assert_eq!(lseqs(&j, &up(), 0), vec![1, 2, 3, 4, 5]);
+}
+
+/// How many audit rows SQLite itself holds.
+fn stored_audits(path: &Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The root's two rounds per command: one queues it for the client and audits it, the next
+/// takes the client's acknowledgement. Both go to the custody log, and whether SQLite gets
+/// them at an idle moment or from the log after a crash, it ends with the audit rows, the
+/// point, and no row of what the client holds.
+#[test]
+fn audited_and_acknowledging_rounds_go_to_the_custody_log_and_survive_a_crash() {
+    for crash in [false, true] {
+        let (_dir, path, mut j) = new_with_log();
+        let mut t = j.begin().unwrap();
+        for id in ["a", "b"] {
+            let e = env(id);
+            t.enqueue(&up(), &e.head(), "body".into()).unwrap();
+            t.audit(&e.head(), 5, "local:c");
+        }
+        t.commit().unwrap();
+        let mut t = j.begin().unwrap();
+        t.acknowledge(&up(), 2, crate::stats::DeliveredBy::Mqtt)
+            .unwrap();
+        t.commit().unwrap();
+        assert!(j.has_logged());
+        assert_eq!(
+            (stored_rows(&path), stored_audits(&path)),
+            (0, 0),
+            "both rounds went to the log"
+        );
+        let stored_points: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM acked", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored_points, 0, "the point is in the log");
+        assert_eq!(j.acked(&up()).unwrap(), 2, "and the node counts it");
+        if crash {
+            drop(j);
+            j = with_log(&path);
+        } else {
+            j.write_logged().unwrap();
+        }
+        assert!(!j.has_logged());
+        assert_eq!(
+            (stored_rows(&path), stored_audits(&path)),
+            (0, 2),
+            "crash: {crash}"
+        );
+        assert_eq!(j.acked(&up()).unwrap(), 2, "crash: {crash}");
+        assert!(lseqs(&j, &up(), 0).is_empty(), "crash: {crash}");
+    }
+}
+
+/// A round that acknowledges and reads in SQLite (the expiry sweep) sees the rows gone, and a
+/// round with only points still writes every logged round once 256 wait.
+#[test]
+fn a_statement_sees_the_points_of_its_round_and_a_busy_node_still_writes_the_log() {
+    let (_dir, path, mut j) = new_with_log();
+    let mut t = j.begin().unwrap();
+    for id in ["a", "b", "c"] {
+        t.enqueue(&up(), &env(id).head(), "body".into()).unwrap();
+    }
+    t.commit().unwrap();
+    j.write_logged().unwrap();
+    let mut t = j.begin().unwrap();
+    t.acknowledge(&up(), 3, crate::stats::DeliveredBy::Link)
+        .unwrap();
+    assert_eq!(t.acked(&up()).unwrap(), 3);
+    assert_eq!(
+        t.floor(&up()).unwrap(),
+        4,
+        "the statement saw the segment gone"
+    );
+    t.commit().unwrap();
+    assert_eq!(stored_rows(&path), 0);
+
+    let at = super::custody::WRITE_AT;
+    for i in 0..at {
+        pass_on(&mut j, &[&format!("m{i}")], i as u64 + 1);
+    }
+    let mut t = j.begin().unwrap();
+    t.acknowledge(&up(), 4, crate::stats::DeliveredBy::Link)
+        .unwrap();
+    t.commit().unwrap();
+    assert!(!j.has_logged(), "the 257th round wrote them all");
+    assert_eq!(
+        stored_rows(&path),
+        at as i64 - 1,
+        "and none it acknowledged"
+    );
+}
+
+/// Tools reading a journal (`medlink audit`, `medlink trace`) see the rounds the custody log
+/// holds beyond SQLite, whether the node runs or died, each row once, and in order.
+#[test]
+fn readers_see_the_custody_logs_rounds_once_as_if_written() {
+    let (_dir, path, mut j) = new_with_log();
+    let audited = |j: &mut Journal, ids: &[&str]| {
+        let mut t = j.begin().unwrap();
+        for id in ids {
+            let e = env(id);
+            t.enqueue(&up(), &e.head(), "body".into()).unwrap();
+            t.audit(&e.head(), 5, "up");
+        }
+        t.commit().unwrap();
+    };
+    let read = |path: &Path| {
+        let conn = open_reader(path).unwrap();
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM audit ORDER BY at, rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let segments: Vec<(i64, i64)> = conn
+            .prepare("SELECT first_lseq, last_lseq FROM queue ORDER BY first_lseq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        (ids, segments)
+    };
+    audited(&mut j, &["a"]);
+    j.write_logged().unwrap();
+    audited(&mut j, &["b", "c"]);
+    assert_eq!(stored_audits(&path), 1);
+    let want = (
+        vec!["a".to_string(), "b".into(), "c".into()],
+        vec![(1, 1), (2, 3)],
+    );
+    assert_eq!(read(&path), want, "the node runs");
+    // Acknowledged through 2: SQLite's row and the logged segment it covers wholly are gone
+    // for readers too; the half-covered one stays.
+    let mut t = j.begin().unwrap();
+    t.acknowledge(&up(), 2, crate::stats::DeliveredBy::Link)
+        .unwrap();
+    t.commit().unwrap();
+    assert_eq!(read(&path).1, vec![(2, 3)]);
+    drop(j); // the node dies
+    assert_eq!(read(&path).0, want.0, "the node died");
+    assert_eq!(read(&path).1, vec![(2, 3)]);
+    let j = with_log(&path);
+    assert_eq!(read(&path).0, want.0, "replayed: the same, once");
+    assert_eq!(read(&path).1, vec![(2, 3)]);
+    drop(j);
+}
+
+/// After a restart the hot tail starts at the first new row; a reader from further back gets
+/// SQLite's rows and then the custody log's, which SQLite does not hold yet.
+#[test]
+fn a_read_from_below_the_hot_tail_includes_the_rows_still_in_the_custody_log() {
+    let (_dir, path, mut j) = new_with_log();
+    pass_on(&mut j, &["a", "b"], 2);
+    drop(j);
+    let mut j = with_log(&path); // replayed into SQLite; the hot tail is empty
+    pass_on(&mut j, &["c"], 3);
+    assert!(j.has_logged());
+    let seqs = lseqs(&j, &up(), 0);
+    assert_eq!(seqs.len(), 3, "{seqs:?}");
+    assert_eq!(seqs[..2], [1, 2]);
+    assert_eq!(lseqs(&j, &up(), 1).len(), 2);
+}

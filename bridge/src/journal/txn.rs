@@ -1,31 +1,22 @@
 //! One group transaction over the journal: everything a dispatcher round changes, committed
 //! (and made durable) at once.
 
-use std::sync::LazyLock;
-
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::backlog::Backlog;
-use super::custody::{CustodyLog, Record};
+use super::custody::CustodyLog;
 use super::dest::{link_in_key, Dest, Peer};
 use super::hot::{apply, Hot, HotChange};
-use super::multirow::MultiRow;
-use super::rows::{insert_rows, segment_row, store_link_in, store_reservations, SegmentRow};
+use super::record::Record;
+use super::rows::{
+    forget_acknowledged, insert_rows, segment_row, store_link_in, store_reservations, SegmentRow,
+};
 use super::{acked, decode_row, floor, CachedSegment, Journal, Queued, Result, SEQ_BLOCK};
 use crate::envelope::{now_ms, Head, Priority};
 use crate::stats::{DeliveredBy, Stats};
-
-/// Stores acknowledgement points; a point never moves back.
-static STORE_ACKED: LazyLock<MultiRow> = LazyLock::new(|| {
-    MultiRow::new(
-        "INSERT INTO acked(dest, upto)",
-        2,
-        "ON CONFLICT(dest) DO UPDATE SET upto = max(upto, excluded.upto)",
-    )
-});
 
 /// A transaction begun and committed with cached statements: a round's write transaction and
 /// its sending pass's read one ([`Journal::snapshot`]). `Connection::transaction` runs `BEGIN`
@@ -87,6 +78,7 @@ impl Journal {
             link_in: Vec::new(),
             segments: &self.segments,
             audits: Default::default(),
+            acks: Default::default(),
             custody: &mut self.custody,
             logged: &self.logged,
             logged_since: &self.logged_since,
@@ -126,6 +118,9 @@ pub struct Txn<'a> {
     segments: &'a std::cell::RefCell<Vec<CachedSegment>>,
     /// Audit rows of this transaction, inserted at commit (`audit.rs`).
     pub(super) audits: super::audit::AuditRows,
+    /// Acknowledgement points of this transaction: destination, acknowledged through. Written
+    /// at commit, or before any statement ([`Txn::sql`]), which then sees their rows gone.
+    pub(super) acks: std::cell::RefCell<Vec<(String, u64)>>,
 }
 
 impl Txn<'_> {
@@ -234,23 +229,14 @@ impl Txn<'_> {
 
     /// Forgets everything for `dest` up to and including `upto`; returns how many rows went.
     pub fn remove_through(&mut self, dest: &Dest, upto: u64) -> Result<usize> {
-        self.forget_through(dest, upto, None)
-    }
-
-    fn forget_through(&mut self, dest: &Dest, upto: u64, by: Option<DeliveredBy>) -> Result<usize> {
-        let dest = dest.as_str();
         self.changes
-            .push(HotChange::RemoveThrough(dest.to_string(), upto, by));
+            .push(HotChange::RemoveThrough(dest.to_string(), upto, None));
         self.flush_pending()?;
-        // A segment only partly acknowledged stays until the rest is: after a restart its
-        // acknowledged part is sent again and the receiver drops it by sequence number.
-        // `first_lseq <= ?2` bounds the walk of `queue_dest` to the segments that can go, not
-        // every segment still queued for `dest` (a backlog of thousands at a busy root).
         self.sql()?
             .prepare_cached(
                 "DELETE FROM queue WHERE dest = ?1 AND first_lseq <= ?2 AND last_lseq <= ?2",
             )?
-            .execute(params![dest, upto as i64])
+            .execute(params![dest.as_str(), upto as i64])
     }
 
     /// Forgets one envelope of `dest` by sequence (rewriting its segment without it).
@@ -327,16 +313,28 @@ impl Txn<'_> {
     }
 
     /// [`Txn::acknowledge`] for many destinations at once (a round's acknowledged client
-    /// streams: one per recipient of a push), their points stored several to a statement.
+    /// streams: one per recipient of a push). The points are written at commit, several to a
+    /// statement, or go to the custody log with the round (`logged.rs`); rounds still in the
+    /// log drop what they cover at once.
     pub fn acknowledge_all(&mut self, acks: &[(Dest, u64, DeliveredBy)]) -> Result<()> {
+        let mut staged = self.acks.borrow_mut();
         for (dest, upto, by) in acks {
-            self.forget_through(dest, *upto, Some(*by))?;
+            self.changes
+                .push(HotChange::RemoveThrough(dest.to_string(), *upto, Some(*by)));
+            staged.push((dest.to_string(), *upto));
         }
-        STORE_ACKED.run(self.sql()?, acks, |stmt, at, (dest, upto, _)| {
-            stmt.raw_bind_parameter(at, dest.as_str())?;
-            stmt.raw_bind_parameter(at + 1, *upto as i64)?;
-            Ok(())
-        })
+        drop(staged);
+        self.forget_logged(acks.iter().map(|(dest, upto, _)| (dest.as_str(), *upto)));
+        Ok(())
+    }
+
+    /// Writes the staged acknowledgement points.
+    pub(super) fn write_acks(&self) -> Result<()> {
+        let staged = self.acks.take();
+        if staged.is_empty() {
+            return Ok(());
+        }
+        forget_acknowledged(self.tx.0, &staged)
     }
 
     /// Records that the client-chosen id was accepted; false if it already was (a resend).
@@ -477,6 +475,9 @@ impl Txn<'_> {
             self.flush_audit().map_err(failed)?;
             self.write_reservations().map_err(failed)?;
             self.write_link_in().map_err(failed)?;
+            if !self.acks.borrow().is_empty() {
+                self.sql().map_err(failed)?; // writes the acknowledgement points
+            }
             if self.applying.get() > 0 {
                 self.mark_applied().map_err(failed)?;
             }

@@ -268,10 +268,13 @@ impl Links {
                 if let Some(link) = self.out_mut(&peer) {
                     let lane = link.lane_mut(lane);
                     if lane.ack(upto) {
-                        moved = Some(lane.dest.clone());
+                        moved = Some((lane.dest.clone(), lane.acked));
                     }
                 }
-                if let Some(dest) = moved {
+                if let Some((dest, upto)) = moved {
+                    // The point waits for a round to write it (`acks.rs`); the rounds still
+                    // in the custody log drop what it covers now.
+                    tx.forget_logged([(dest.as_str(), upto)]);
                     self.acks.note(dest, upto);
                 }
             }
