@@ -59,6 +59,7 @@ impl Txn<'_> {
     pub fn dead_letter(&mut self, ended: Ended, at: u64) -> Result<()> {
         let n = self
             .tx
+            .conn()?
             .prepare_cached(
                 "INSERT OR IGNORE INTO deadletter(id, at, reason, detail, from_node, from_client,
                  to_node, to_client, cmd, envelope) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -164,6 +165,7 @@ impl Txn<'_> {
     pub fn purge_dead_letter(&mut self, id: &str) -> Result<bool> {
         Ok(self
             .tx
+            .conn()?
             .prepare_cached("DELETE FROM deadletter WHERE id = ?1")?
             .execute([id])?
             > 0)

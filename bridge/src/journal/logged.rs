@@ -37,10 +37,7 @@ impl Txn<'_> {
             && self.dirty.is_empty()
             && self.audits.is_empty()
             && self.acks.borrow().is_empty()
-            && matches!(
-                self.tx.transaction_state(None),
-                Ok(state) if state != rusqlite::TransactionState::Write
-            )
+            && matches!(self.tx.wrote(), Ok(false))
     }
 
     /// Makes this round durable by one append to the custody log instead of SQLite's commit,
@@ -54,7 +51,7 @@ impl Txn<'_> {
         if self.custody.is_none()
             || self.logged.borrow().len() >= WRITE_AT
             || self.applying.get() > 0
-            || self.tx.transaction_state(None)? == rusqlite::TransactionState::Write
+            || self.tx.wrote()?
         {
             return Ok(false);
         }
@@ -131,7 +128,7 @@ impl Txn<'_> {
     /// their segments, and of their link positions and sequence blocks only the last of each
     /// (a later round's supersedes an earlier one's), in one statement each.
     pub(super) fn apply_logged(&self, upto: usize) -> Result<()> {
-        let conn = self.tx.0;
+        let conn = self.tx.conn()?;
         let logged = self.logged.borrow();
         let (from, to) = (self.applying.get(), upto.min(logged.len()));
         let records = || logged.iter().take(to).skip(from).map(|(record, _)| record);
@@ -170,13 +167,21 @@ impl Txn<'_> {
         store_link_in(conn, &link_in)?;
         store_reservations(conn, &reservations)?;
         // Points after the segments: a point never covers a segment queued after it.
+        // Of a destination's points, the furthest (a point never moves back).
         let mut audits = AuditRows::default();
-        let mut acks: Vec<(String, u64)> = Vec::new();
+        let mut acks: HashMap<&str, u64> = HashMap::new();
         for record in records() {
             audits.append(&record.audits);
-            acks.extend_from_slice(&record.acks);
+            for (dest, upto) in &record.acks {
+                let point = acks.entry(dest).or_default();
+                *point = (*point).max(*upto);
+            }
         }
         insert_audits(conn, &audits)?;
+        let acks: Vec<(String, u64)> = acks
+            .into_iter()
+            .map(|(dest, upto)| (dest.to_string(), upto))
+            .collect();
         forget_acknowledged(conn, &acks)?;
         // Kept in `logged` until the commit that writes them succeeds.
         self.applying.set(to.max(from));
@@ -192,7 +197,7 @@ impl Txn<'_> {
         };
         let end = self.logged.borrow()[self.applying.get() - 1].1;
         STORE_META.run(
-            self.tx.0,
+            self.tx.conn()?,
             &[
                 ("custody_applied", log.generation()),
                 ("custody_applied_at", end),
@@ -216,6 +221,6 @@ impl<'a> Txn<'a> {
         }
         // And this round's acknowledgement points, so that it sees their rows gone.
         self.write_acks()?;
-        Ok(self.tx.0)
+        self.tx.conn()
     }
 }

@@ -100,6 +100,19 @@ pub struct Journal {
     logged: std::cell::RefCell<Vec<(record::Record, u64)>>,
     /// When the oldest of them was logged.
     logged_since: std::cell::Cell<Option<std::time::Instant>>,
+    /// Where [`Journal::snapshot`]'s read transaction is.
+    snapshot: std::cell::Cell<Snapshot>,
+}
+
+/// Where [`Journal::snapshot`]'s read transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Snapshot {
+    /// No snapshot: each read is a transaction of its own.
+    Off,
+    /// Asked for; `BEGIN` runs with the first read.
+    Wanted,
+    /// Begun: `COMMIT` ends it.
+    Begun,
 }
 
 impl Journal {
@@ -182,6 +195,7 @@ impl Journal {
             custody: None,
             logged: Default::default(),
             logged_since: Default::default(),
+            snapshot: std::cell::Cell::new(Snapshot::Off),
         })
     }
 
@@ -225,14 +239,14 @@ impl Journal {
     }
 
     /// Whether the rounds waiting in the custody log should reach SQLite at the dispatcher's
-    /// next idle moment: the oldest has waited [`custody::WRITE_AFTER`], or they are many.
-    /// Written one round at a time they would cost SQLite's commit per command again, only
-    /// off the command's path; written fifty at a time, a commit carries fifty.
+    /// next idle moment: a chunk of them waits ([`custody::WRITE_CHUNK`]), or the oldest has
+    /// waited [`custody::WRITE_AFTER`] (since the last write, when one left some). Written one
+    /// round at a time they would cost SQLite's commit per command again, only off the
+    /// command's path; written fifty at a time, a commit carries fifty.
     pub fn logged_due(&self) -> bool {
         let since = self.logged_since.get();
-        self.has_logged()
-            && (self.logged.borrow().len() >= custody::WRITE_AT
-                || since.is_some_and(|t| t.elapsed() >= custody::WRITE_AFTER))
+        self.logged.borrow().len() >= custody::WRITE_CHUNK
+            || (self.has_logged() && since.is_some_and(|t| t.elapsed() >= custody::WRITE_AFTER))
     }
 
     /// When the rounds waiting in the custody log are due for SQLite at an idle moment (the
@@ -313,7 +327,7 @@ impl Journal {
                     .collect());
             }
         }
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.reader()?.prepare_cached(
             "SELECT first_lseq FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
         )?;
         let mut rows = stmt.query(params![dest, after as i64])?;
@@ -356,7 +370,7 @@ impl Journal {
             return Ok(entries);
         }
         let blob: Vec<u8> = self
-            .conn
+            .reader()?
             .prepare_cached("SELECT entries FROM queue WHERE dest = ?1 AND first_lseq = ?2")?
             .query_row(params![dest, first as i64], |r| r.get(0))?;
         let entries = std::sync::Arc::new(decode_row(blob)?);
@@ -370,7 +384,7 @@ impl Journal {
     /// Lowest sequence still queued for `dest`, or the next one to be assigned if none.
     pub fn floor(&self, dest: &Dest) -> Result<u64> {
         let dest = dest.as_str();
-        let stored = floor(&self.conn, &self.next, dest)?;
+        let stored = floor(self.reader()?, &self.next, dest)?;
         // Rows the custody log holds are not in SQLite yet.
         let logged = self
             .logged
@@ -388,20 +402,39 @@ impl Journal {
     /// the shared-memory file, and the dispatcher's sending pass reads once per woken stream
     /// (four statements per long-poll): 12 % of the dispatcher's time in a push to 19,000
     /// long-polls went to those locks.
+    ///
+    /// The transaction begins with the first read that reaches SQLite ([`Journal::reader`]): a
+    /// pass that reads only hot tails, as most do, costs SQLite nothing.
     pub fn snapshot<T>(&self, reads: impl FnOnce(&Journal) -> Result<T>) -> Result<T> {
-        // A transaction that only reads: its commit writes nothing, it ends it and frees the lock.
-        let tx = txn::CachedTx::begin(&self.conn)?;
+        self.snapshot.set(Snapshot::Wanted);
         let read = reads(self);
-        let ended = tx.commit();
+        // A transaction that only read: its commit writes nothing, it ends it and frees the lock.
+        let ended = match self.snapshot.replace(Snapshot::Off) {
+            Snapshot::Begun => self
+                .conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut commit| commit.execute([]))
+                .map(drop),
+            _ => Ok(()),
+        };
         let read = read?;
         ended?;
         Ok(read)
     }
 
+    /// The connection for a read: inside [`Journal::snapshot`], its transaction begun.
+    fn reader(&self) -> Result<&Connection> {
+        if self.snapshot.get() == Snapshot::Wanted {
+            self.conn.prepare_cached("BEGIN")?.execute([])?;
+            self.snapshot.set(Snapshot::Begun);
+        }
+        Ok(&self.conn)
+    }
+
     /// How far `dest` is acknowledged by its next hop or client.
     pub fn acked(&self, dest: &Dest) -> Result<u64> {
         let dest = dest.as_str();
-        let stored = acked(&self.conn, dest)?;
+        let stored = acked(self.reader()?, dest)?;
         // Points the custody log holds are not in SQLite yet.
         let logged = self
             .logged

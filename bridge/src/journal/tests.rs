@@ -115,7 +115,9 @@ fn idempotency_records_expire_oldest_first_without_reading_the_rest() {
     let remaining = |j: &mut Journal| {
         let t = j.begin().unwrap();
         let ids: Vec<String> =
-            t.tx.prepare("SELECT id FROM accepted ORDER BY rowid")
+            t.tx.conn()
+                .unwrap()
+                .prepare("SELECT id FROM accepted ORDER BY rowid")
                 .unwrap()
                 .query_map([], |r| r.get(0))
                 .unwrap()
@@ -303,35 +305,39 @@ fn a_round_that_writes_to_sqlite_carries_the_logged_rounds_before_its_own() {
 #[test]
 fn the_custody_logs_rounds_reach_sqlite_a_few_at_a_time_and_a_crash_between_loses_none() {
     let (_dir, path, mut j) = new_with_log();
-    let ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
-    for (i, id) in ids.iter().enumerate() {
-        pass_on(&mut j, &[id], i as u64 + 1);
+    let chunk = super::custody::WRITE_CHUNK;
+    let n = chunk + 2;
+    assert!(!j.logged_due());
+    for i in 0..n {
+        pass_on(&mut j, &[&format!("m{i}")], i as u64 + 1);
     }
-    // One idle moment writes the oldest few; the rest wait in the log.
+    assert!(j.logged_due(), "a chunk waits");
+    // One idle moment writes the oldest chunk; the rest wait in the log, no longer due.
     j.write_some_logged().unwrap();
-    assert!(j.has_logged());
-    assert_eq!(stored_rows(&path), super::custody::WRITE_CHUNK as i64);
+    assert!(j.has_logged() && !j.logged_due());
+    assert_eq!(stored_rows(&path), chunk as i64);
     drop(j);
     // After a crash the rest are replayed, and none of the first few again.
     let mut j = with_log(&path);
-    assert_eq!(stored_rows(&path), 10);
-    assert_eq!(lseqs(&j, &up(), 0), (1..=10).collect::<Vec<_>>());
+    let n = n as u64;
+    assert_eq!(stored_rows(&path), n as i64);
+    assert_eq!(lseqs(&j, &up(), 0), (1..=n).collect::<Vec<_>>());
     let t = j.begin().unwrap();
     assert_eq!(
         t.link_in(&Peer::Child("c".into()), Priority::Normal)
             .unwrap(),
-        (10, 7)
+        (n, 7)
     );
     drop(t);
     // And the log goes on from there.
-    pass_on(&mut j, &["m10"], 11);
+    pass_on(&mut j, &["last"], n + 1);
     drop(j);
     let j = with_log(&path);
-    assert_eq!(stored_rows(&path), 11);
+    assert_eq!(stored_rows(&path), n as i64 + 1);
     // Numbering after a restart resumes at the end of the reserved block.
     let seqs = lseqs(&j, &up(), 0);
-    assert_eq!(seqs[..10], (1..=10).collect::<Vec<_>>());
-    assert!(seqs[10] > 10, "{seqs:?}");
+    assert_eq!(seqs[..n as usize], (1..=n).collect::<Vec<_>>());
+    assert!(seqs[n as usize] > n, "{seqs:?}");
 }
 
 #[test]

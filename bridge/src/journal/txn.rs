@@ -18,38 +18,54 @@ use super::{acked, decode_row, floor, CachedSegment, Journal, Queued, Result, SE
 use crate::envelope::{now_ms, Head, Priority};
 use crate::stats::{DeliveredBy, Stats};
 
-/// A transaction begun and committed with cached statements: a round's write transaction and
-/// its sending pass's read one ([`Journal::snapshot`]). `Connection::transaction` runs `BEGIN`
-/// and `COMMIT` through `execute_batch`, which parses the text anew, and every round runs both:
-/// 2 % of a middle node's dispatcher at 1,000 commands a second. Dropped before
-/// [`CachedTx::commit`] (or after a failed one), it rolls back.
-pub(super) struct CachedTx<'a>(pub(super) &'a Connection);
+/// A transaction begun and committed with cached statements: a round's write transaction.
+/// `Connection::transaction` runs `BEGIN` and `COMMIT` through `execute_batch`, which parses
+/// the text anew, and every round ran both: 2 % of a middle node's dispatcher at 1,000
+/// commands a second. It begins with its first statement ([`CachedTx::conn`]): a round the
+/// custody log takes, or one that only notes acknowledgements, runs none, and costs SQLite
+/// nothing. Dropped before [`CachedTx::commit`] (or after a failed one), it rolls back.
+pub(super) struct CachedTx<'a> {
+    conn: &'a Connection,
+    begun: std::cell::Cell<bool>,
+}
 
 impl<'a> CachedTx<'a> {
-    pub(super) fn begin(conn: &'a Connection) -> Result<Self> {
-        conn.prepare_cached("BEGIN")?.execute([])?;
-        Ok(CachedTx(conn))
+    /// A transaction that begins with its first statement.
+    pub(super) fn lazy(conn: &'a Connection) -> Self {
+        CachedTx {
+            conn,
+            begun: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The connection, the transaction begun.
+    pub(super) fn conn(&self) -> Result<&'a Connection> {
+        if !self.begun.get() {
+            self.conn.prepare_cached("BEGIN")?.execute([])?;
+            self.begun.set(true);
+        }
+        Ok(self.conn)
+    }
+
+    /// Whether a statement of this transaction has written.
+    pub(super) fn wrote(&self) -> Result<bool> {
+        Ok(self.begun.get()
+            && self.conn.transaction_state(None)? == rusqlite::TransactionState::Write)
     }
 
     pub(super) fn commit(self) -> Result<()> {
-        self.0.prepare_cached("COMMIT")?.execute([])?;
+        if self.begun.get() {
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+        }
         Ok(())
-    }
-}
-
-impl std::ops::Deref for CachedTx<'_> {
-    type Target = Connection;
-
-    fn deref(&self) -> &Connection {
-        self.0
     }
 }
 
 impl Drop for CachedTx<'_> {
     fn drop(&mut self) {
-        if !self.0.is_autocommit() {
+        if self.begun.get() && !self.conn.is_autocommit() {
             let rolled_back = self
-                .0
+                .conn
                 .prepare_cached("ROLLBACK")
                 .and_then(|mut rollback| rollback.execute([]));
             if let Err(e) = rolled_back {
@@ -65,7 +81,7 @@ impl Journal {
     /// changes in SQLite includes them.
     pub fn begin(&mut self) -> Result<Txn<'_>> {
         Ok(Txn {
-            tx: CachedTx::begin(&self.conn)?,
+            tx: CachedTx::lazy(&self.conn),
             dead: [0; 3],
             next: &mut self.next,
             reserved: &mut self.reserved,
@@ -334,7 +350,7 @@ impl Txn<'_> {
         if staged.is_empty() {
             return Ok(());
         }
-        forget_acknowledged(self.tx.0, &staged)
+        forget_acknowledged(self.tx.conn()?, &staged)
     }
 
     /// Records that the client-chosen id was accepted; false if it already was (a resend).
@@ -489,6 +505,9 @@ impl Txn<'_> {
             if logged.is_empty() {
                 self.logged_since.set(None);
                 CustodyLog::rewind_or_stop(self.custody);
+            } else {
+                // The rest wait a chunk or their own while, not the written ones'.
+                self.logged_since.set(Some(std::time::Instant::now()));
             }
         }
         for dest in self.dirty {
