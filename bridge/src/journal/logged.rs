@@ -78,6 +78,11 @@ impl Txn<'_> {
                 self.pending.clear();
                 self.link_in.clear();
                 self.acks.borrow_mut().clear();
+                let mut points = self.logged_acks.borrow_mut();
+                for (dest, upto) in &record.acks {
+                    let point = points.entry(dest.clone()).or_default();
+                    *point = (*point).max(*upto);
+                }
                 let mut logged = self.logged.borrow_mut();
                 if logged.is_empty() {
                     self.logged_since.set(Some(std::time::Instant::now()));

@@ -102,6 +102,9 @@ pub struct Journal {
     logged_since: std::cell::Cell<Option<std::time::Instant>>,
     /// Where [`Journal::snapshot`]'s read transaction is.
     snapshot: std::cell::Cell<Snapshot>,
+    /// The furthest acknowledgement point per destination in the logged rounds (kept until
+    /// none waits; SQLite's own are never behind them once written).
+    logged_acks: std::cell::RefCell<HashMap<String, u64>>,
 }
 
 /// Where [`Journal::snapshot`]'s read transaction is.
@@ -196,6 +199,7 @@ impl Journal {
             logged: Default::default(),
             logged_since: Default::default(),
             snapshot: std::cell::Cell::new(Snapshot::Off),
+            logged_acks: Default::default(),
         })
     }
 
@@ -436,14 +440,7 @@ impl Journal {
         let dest = dest.as_str();
         let stored = acked(self.reader()?, dest)?;
         // Points the custody log holds are not in SQLite yet.
-        let logged = self
-            .logged
-            .borrow()
-            .iter()
-            .flat_map(|(r, _)| &r.acks)
-            .filter(|(d, _)| d == dest)
-            .map(|(_, upto)| *upto)
-            .max();
+        let logged = self.logged_acks.borrow().get(dest).copied();
         Ok(logged.map_or(stored, |l| l.max(stored)))
     }
 }

@@ -98,6 +98,7 @@ impl Journal {
             custody: &mut self.custody,
             logged: &self.logged,
             logged_since: &self.logged_since,
+            logged_acks: &self.logged_acks,
             applying: std::cell::Cell::new(0),
         })
     }
@@ -126,6 +127,8 @@ pub struct Txn<'a> {
     pub(super) logged: &'a std::cell::RefCell<Vec<(Record, u64)>>,
     /// When the oldest of them was logged.
     pub(super) logged_since: &'a std::cell::Cell<Option<std::time::Instant>>,
+    /// The furthest acknowledgement point per destination in them.
+    pub(super) logged_acks: &'a std::cell::RefCell<HashMap<String, u64>>,
     /// How many of the logged rounds, oldest first, this transaction wrote into SQLite
     /// ([`Txn::sql`], [`Txn::apply_logged`]): its commit stores how far the log is applied,
     /// forgets them, and rewinds the log once none is left.
@@ -504,6 +507,7 @@ impl Txn<'_> {
             logged.drain(..self.applying.get());
             if logged.is_empty() {
                 self.logged_since.set(None);
+                self.logged_acks.borrow_mut().clear();
                 CustodyLog::rewind_or_stop(self.custody);
             } else {
                 // The rest wait a chunk or their own while, not the written ones'.
