@@ -74,8 +74,10 @@ struct Outbox {
     /// Verdicts on HTTP POSTs (202s), sent before it: an HTTP sender waits for its answer
     /// before it posts again, so holding it through the pass would hold the sender too.
     posted: Vec<(oneshot::Sender<Accept>, Accept)>,
-    /// Link answers (acks, pongs).
+    /// Link answers (pongs, frames for children).
     frames: Vec<(Peer, Vec<u8>)>,
+    /// Acknowledgements the round's batches earned: peer, lane, how far, how many taken.
+    owed: Vec<(Peer, crate::envelope::Priority, u64, u64)>,
     /// HTTP acknowledgements.
     acks: Vec<(oneshot::Sender<Cursor>, Cursor)>,
     /// Answers to operators.
@@ -193,13 +195,20 @@ impl Dispatcher {
                     break;
                 }
             }
+            self.state.send_owed_acks(Instant::now(), false);
             let next = self.inputs.next_round(&mut tick, &mut shutdown);
-            let next = match self.journal.logged_due_at() {
-                // Idle until then: the loop comes round to write them.
+            // Idle until the logged rounds or an owed acknowledgement are due: the loop comes
+            // round to write or send them.
+            let logged = self.journal.logged_due_at().map(|due| due.max(retry_after));
+            let wake = match (logged, self.state.links.owed.due_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next = match wake {
                 Some(due) => tokio::select! {
                     biased;
                     next = next => next,
-                    _ = tokio::time::sleep_until(due.max(retry_after).into()) => continue,
+                    _ = tokio::time::sleep_until(due.into()) => continue,
                 },
                 None => next.await,
             };
@@ -209,6 +218,8 @@ impl Dispatcher {
                     // stopped cleanly resends nothing.
                     self.round(Vec::new(), false);
                 }
+                // And owes its peers nothing: they would send it all again.
+                self.state.send_owed_acks(Instant::now(), true);
                 // Likewise: a node stopped cleanly leaves its custody log empty.
                 if let Err(e) = self.journal.write_logged() {
                     warn!(error = %e, "writing the custody log's rounds into the journal failed; they are written at the next start");
@@ -488,6 +499,7 @@ impl State {
             }
         }
         out.frames.extend(received.answer);
+        out.owed.extend(received.ack);
         Ok(())
     }
     /// Picks up clients added to or removed from the credentials file, and token keys added,
@@ -526,6 +538,22 @@ impl State {
             let _ = reply.send(verdict);
         }
         for (peer, frame) in out.frames {
+            self.links.send(&mut self.router, &peer, frame);
+        }
+        // Committed now: the batches' acknowledgements are owed, and go a moment later, or at
+        // once if many wait (`link/owed.rs`).
+        let now = Instant::now();
+        for (peer, lane, upto, taken) in out.owed {
+            if let Some((peer, frame)) = self.links.owed.owe(peer, lane, upto, taken, now) {
+                self.links.send(&mut self.router, &peer, frame);
+            }
+        }
+        self.send_owed_acks(now, false);
+    }
+
+    /// Sends the acknowledgements owed that are due at `now` (every one, when `all`).
+    fn send_owed_acks(&mut self, now: Instant, all: bool) {
+        for (peer, frame) in self.links.owed.take_due(now, all) {
             self.links.send(&mut self.router, &peer, frame);
         }
     }

@@ -15,6 +15,7 @@ pub mod acks;
 pub mod frame;
 mod mailbox;
 pub mod out;
+pub mod owed;
 pub mod uplink;
 
 use foldhash::{HashMap, HashMapExt};
@@ -35,6 +36,7 @@ use acks::PendingAcks;
 use frame::{Batch, Frame, InOrder, Incoming};
 use mailbox::Mailboxes;
 use out::{Lane, LinkOut, LinkTuning};
+use owed::OwedAcks;
 use uplink::UplinkHandle;
 
 /// How a child is connected right now.
@@ -78,8 +80,11 @@ pub struct Received<'a> {
     /// Envelopes admitted in sequence order: the dispatcher takes custody of them in the
     /// transaction that also stores the new receive position.
     pub admitted: Vec<Admitted<'a>>,
-    /// The frame to answer with (an ack or a pong) and who gets it, sent after the commit.
+    /// The frame to answer with (a pong) and who gets it, sent after the commit.
     pub answer: Option<(Peer, Vec<u8>)>,
+    /// The acknowledgement a batch earns once committed: the peer, the lane, how far, and how
+    /// many envelopes it took (`owed.rs`).
+    pub ack: Option<(Peer, Priority, u64, u64)>,
 }
 
 /// Every tier link of one node.
@@ -94,6 +99,8 @@ pub struct Links {
     mailboxes: Mailboxes,
     /// Peers' acknowledgements, applied in memory and written with the next transaction.
     pub acks: PendingAcks,
+    /// Acknowledgements owed to peers for the batches taken, sent a moment later (`owed.rs`).
+    pub owed: OwedAcks,
     /// Where console frames (summaries, questions, answers) go.
     pub console: Option<tokio::sync::mpsc::UnboundedSender<Note>>,
 }
@@ -134,6 +141,7 @@ impl Links {
             inbound: HashMap::new(),
             mailboxes: Mailboxes::default(),
             acks: PendingAcks::default(),
+            owed: OwedAcks::default(),
             console: None,
         })
     }
@@ -387,8 +395,8 @@ impl Links {
             tx.set_link_in((&peer, lane), order.last, order.epoch)?;
         }
         self.inbound.insert(key, order);
-        let upto = order.last;
-        received.answer = Some((peer, Frame::Ack { upto, lane }.to_bytes()));
+        let taken = received.admitted.len() as u64;
+        received.ack = Some((peer, lane, order.last, taken));
         Ok(received)
     }
 
