@@ -23,8 +23,11 @@ use crate::journal::Peer;
 
 /// Longest an acknowledgement waits for others to go with it.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
-/// Envelopes taken from a lane since its last acknowledgement beyond which it goes at once.
-pub const ACK_AFTER: u64 = 256;
+/// Envelopes taken from a lane since its last acknowledgement beyond which it goes at once:
+/// the size of a chunk of logged rounds the peer writes to SQLite (`WRITE_CHUNK`), so that
+/// under load the acknowledgement still reaches it before the rounds it covers do, and they
+/// are dropped rather than inserted and deleted again.
+pub const ACK_AFTER: u64 = 32;
 
 /// What is owed on one incoming lane.
 struct Owed {
