@@ -200,10 +200,10 @@ impl Dispatcher {
             // Idle until the logged rounds or an owed acknowledgement are due: the loop comes
             // round to write or send them.
             let logged = self.journal.logged_due_at().map(|due| due.max(retry_after));
-            let wake = match (logged, self.state.links.owed.due_at()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = logged
+                .into_iter()
+                .chain(self.state.links.owed.due_at())
+                .min();
             let next = match wake {
                 Some(due) => tokio::select! {
                     biased;

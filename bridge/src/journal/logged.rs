@@ -114,11 +114,7 @@ impl Txn<'_> {
         if logged.len() <= self.applying.get() {
             return;
         }
-        let mut covered: HashMap<&str, u64> = HashMap::new();
-        for (dest, upto) in points {
-            let point = covered.entry(dest).or_default();
-            *point = (*point).max(upto);
-        }
+        let covered = furthest(points);
         if covered.is_empty() {
             return;
         }
@@ -151,42 +147,35 @@ impl Txn<'_> {
             .collect();
         insert_rows(conn, &rows)?;
         // As if each round were written in turn: a later round's value wins.
-        let mut link_in: HashMap<&str, (u64, u64)> = HashMap::new();
-        let mut reservations: HashMap<&str, u64> = HashMap::new();
-        for record in records() {
-            for (key, last, epoch) in &record.link_in {
-                link_in.insert(key, (*last, *epoch));
-            }
-            for (dest, end) in &record.reservations {
-                reservations.insert(dest, *end);
-            }
-        }
-        let link_in: Vec<(String, u64, u64)> = link_in
-            .into_iter()
-            .map(|(key, (last, epoch))| (key.to_string(), last, epoch))
-            .collect();
-        let reservations: Vec<(String, u64)> = reservations
-            .into_iter()
-            .map(|(dest, end)| (dest.to_string(), end))
-            .collect();
+        let link_in: Vec<(String, u64, u64)> = last_of(
+            records()
+                .flat_map(|record| &record.link_in)
+                .map(|(key, last, epoch)| (key.as_str(), (*last, *epoch))),
+        )
+        .into_iter()
+        .map(|(key, (last, epoch))| (key, last, epoch))
+        .collect();
+        let reservations: Vec<(String, u64)> = last_of(
+            records()
+                .flat_map(|record| &record.reservations)
+                .map(|(dest, end)| (dest.as_str(), *end)),
+        );
         store_link_in(conn, &link_in)?;
         store_reservations(conn, &reservations)?;
-        // Points after the segments: a point never covers a segment queued after it.
-        // Of a destination's points, the furthest (a point never moves back).
         let mut audits = AuditRows::default();
-        let mut acks: HashMap<&str, u64> = HashMap::new();
         for record in records() {
             audits.append(&record.audits);
-            for (dest, upto) in &record.acks {
-                let point = acks.entry(dest).or_default();
-                *point = (*point).max(*upto);
-            }
         }
         insert_audits(conn, &audits)?;
-        let acks: Vec<(String, u64)> = acks
-            .into_iter()
-            .map(|(dest, upto)| (dest.to_string(), upto))
-            .collect();
+        // Points after the segments: a point never covers a segment queued after it.
+        let acks: Vec<(String, u64)> = furthest(
+            records()
+                .flat_map(|record| &record.acks)
+                .map(|(dest, upto)| (dest.as_str(), *upto)),
+        )
+        .into_iter()
+        .map(|(dest, upto)| (dest.to_string(), upto))
+        .collect();
         forget_acknowledged(conn, &acks)?;
         // Kept in `logged` until the commit that writes them succeeds.
         self.applying.set(to.max(from));
@@ -228,4 +217,22 @@ impl<'a> Txn<'a> {
         self.write_acks()?;
         self.tx.conn()
     }
+}
+
+/// Each destination's furthest point (a point never moves back).
+fn furthest<'r>(points: impl IntoIterator<Item = (&'r str, u64)>) -> HashMap<&'r str, u64> {
+    let mut furthest: HashMap<&str, u64> = HashMap::new();
+    for (dest, upto) in points {
+        let point = furthest.entry(dest).or_default();
+        *point = (*point).max(upto);
+    }
+    furthest
+}
+
+/// Each key's last value, as storing them in turn would leave it.
+fn last_of<'r, V>(values: impl IntoIterator<Item = (&'r str, V)>) -> Vec<(String, V)> {
+    let last: HashMap<&str, V> = values.into_iter().collect();
+    last.into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect()
 }

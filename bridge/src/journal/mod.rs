@@ -210,14 +210,7 @@ impl Journal {
     /// before anything else reads the journal.
     pub fn keep_custody_log(&mut self, path: &Path, durability: Durability) -> Result<()> {
         let io = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(e.into());
-        let meta = |key: &str| -> Result<u64> {
-            let value: Option<i64> = self
-                .conn
-                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .optional()?;
-            Ok(value.unwrap_or(0).max(0) as u64)
-        };
-        let applied = (meta("custody_applied")?, meta("custody_applied_at")?);
+        let applied = custody_applied(&self.conn)?;
         let (log, records) = custody::CustodyLog::open(path, durability, applied).map_err(io)?;
         let replayed = records.len();
         self.custody = Some(log);
@@ -321,35 +314,30 @@ impl Journal {
             Some(&next) if after.saturating_add(1) >= next => return Ok(Vec::new()),
             Some(_) => {}
         }
-        if let Some(hot) = self.hot.get(dest) {
-            if after + 1 >= hot.floor {
-                return Ok(hot
-                    .rows
-                    .range(after + 1..)
-                    .take(limit)
-                    .map(|(_, q)| q.clone())
-                    .collect());
-            }
-        }
-        let mut stmt = self.reader()?.prepare_cached(
-            "SELECT first_lseq FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
-        )?;
-        let mut rows = stmt.query(params![dest, after as i64])?;
+        let hot = self.hot.get(dest);
         let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let first = row.get::<_, i64>(0)? as u64;
-            for entry in self.segment(dest, first)?.iter() {
-                if entry.lseq > after {
-                    out.push(entry.clone());
-                    if out.len() >= limit {
-                        return Ok(out);
+        // Below the hot tail, SQLite's rows first.
+        if hot.is_none_or(|hot| after + 1 < hot.floor) {
+            let mut stmt = self.reader()?.prepare_cached(
+                "SELECT first_lseq FROM queue WHERE dest = ?1 AND last_lseq > ?2 ORDER BY first_lseq",
+            )?;
+            let mut rows = stmt.query(params![dest, after as i64])?;
+            while let Some(row) = rows.next()? {
+                let first = row.get::<_, i64>(0)? as u64;
+                for entry in self.segment(dest, first)?.iter() {
+                    if entry.lseq > after {
+                        out.push(entry.clone());
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
                     }
                 }
             }
         }
-        // Then the rows the custody log holds and SQLite does not yet: the newest, and always
-        // in the hot tail (the log holds a few MiB; a tail keeps its newest 48).
-        if let Some(hot) = self.hot.get(dest) {
+        // Then the tail's, which include the rows the custody log holds and SQLite does not
+        // yet: the newest, always in the tail (the log holds a few MiB; a tail keeps its
+        // newest 48).
+        if let Some(hot) = hot {
             let from = out.last().map_or(after, |q| q.lseq);
             out.extend(
                 hot.rows
@@ -451,6 +439,18 @@ pub(crate) fn acked(conn: &Connection, dest: &str) -> Result<u64> {
         .query_row([dest], |r| r.get::<_, i64>(0))
         .optional()?
         .unwrap_or(0) as u64)
+}
+
+/// How far SQLite holds the custody log: the generation and the offset in it up to which its
+/// records were written (`meta.custody_applied`, `meta.custody_applied_at`; none: 0, 0).
+fn custody_applied(conn: &Connection) -> Result<(u64, u64)> {
+    let meta = |key: &str| -> Result<u64> {
+        let value: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        Ok(value.unwrap_or(0).max(0) as u64)
+    };
+    Ok((meta("custody_applied")?, meta("custody_applied_at")?))
 }
 
 fn decode_row(blob: Vec<u8>) -> Result<Vec<Queued>> {

@@ -11,39 +11,34 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags};
 
 use super::custody;
 use super::record::Record;
-use super::Result;
+use super::{custody_applied, Result};
 
 /// Opens the journal at `path` for reading, the custody log's rounds included (see the
 /// module's comment). The connection holds one snapshot until it is dropped.
 pub fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let meta = |key: &str| -> Result<u64> {
-        let value: Option<i64> = conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-            .optional()?;
-        Ok(value.unwrap_or(0).max(0) as u64)
-    };
-    for attempt in 0..3 {
+    let mut attempt = 1;
+    loop {
         conn.execute_batch("BEGIN")?;
-        let applied = (meta("custody_applied")?, meta("custody_applied_at")?);
+        let applied = custody_applied(&conn)?;
         let (generation, records) = custody::peek(path, applied)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
         // A log of a newer generation than the snapshot knows: either the node started a new
         // one after the snapshot was taken (look again), or it died with the new one's records
-        // unwritten (they are all beyond the snapshot, as the last look takes them).
-        if generation == applied.0 || attempt == 2 {
+        // unwritten (they are all beyond the snapshot, as the third look takes them).
+        if generation == applied.0 || attempt == 3 {
             if !records.is_empty() {
                 shadow(&conn, &records)?;
             }
             return Ok(conn);
         }
         conn.execute_batch("COMMIT")?;
+        attempt += 1;
     }
-    unreachable!("the last attempt returns")
 }
 
 /// Puts `records` in temporary tables, in order (a record's points forget the segments they
