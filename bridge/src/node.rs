@@ -403,7 +403,16 @@ impl Node {
             .spawn(move || {
                 let rt = dispatcher_rt;
                 let run = std::panic::AssertUnwindSafe(|| {
-                    rt.block_on(dispatcher.run(dispatcher_shutdown));
+                    // A task, not `block_on`'s own future: a task woken by another task on
+                    // this thread (a child's connection handing over its frame) is polled
+                    // next, while waking the `block_on` future first polls the driver, one
+                    // more `epoll_wait` on every command's path (BENCHMARKS.md).
+                    let task = rt.spawn(dispatcher.run(dispatcher_shutdown));
+                    if let Err(e) = rt.block_on(task) {
+                        if e.is_panic() {
+                            std::panic::resume_unwind(e.into_panic());
+                        }
+                    }
                     // The uplink saw the same stop; it has a moment to say goodbye to the
                     // parent before the runtime it runs on goes.
                     if let Some(task) = uplink_task {
