@@ -20,19 +20,10 @@
 //! SQLite holds are applied before the node takes anything. The space is written once (zeros,
 //! synced), so appends never allocate blocks; the writes stay in the first pages, which are
 //! written every round and so are never evicted.
-//!
-//! Records are copied into a shared mapping of the file, not written with `pwrite`: a store
-//! into a page of the page cache is as safe from a crash of the process as a `pwrite` (the
-//! kernel writes both back), and costs a copy where the system call cost 2-3 µs of every
-//! hop's path (the file's times, the folio's dirtying, ext4's write path). A page faults once
-//! after each write-back. `durability = "power"` syncs the record's pages (`msync`) before the
-//! append returns, as `fdatasync` did.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-
-use memmap2::MmapMut;
 
 use super::record::Record;
 use super::Durability;
@@ -80,8 +71,7 @@ fn checksum(generation: u64, payload: &[u8]) -> u64 {
 
 /// The open log of one journal.
 pub(super) struct CustodyLog {
-    /// The file's [`SPACE`], mapped shared: records are stored into it.
-    map: MmapMut,
+    file: File,
     path: PathBuf,
     generation: u64,
     /// Where the next record goes.
@@ -120,16 +110,8 @@ impl CustodyLog {
             }
             file.sync_all()?;
         }
-        // SAFETY: the mapping is of a file only this node opens for writing (0600, beside its
-        // journal, which it holds locked), and nothing shortens it: its length stays at least
-        // SPACE for as long as the mapping lives, so no access faults.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .len(SPACE as usize)
-                .map_mut(&file)?
-        };
         let log = CustodyLog {
-            map,
+            file,
             path,
             generation: generation.max(applied_generation),
             at: records.last().map_or(HEADER, |(_, end)| *end),
@@ -159,10 +141,9 @@ impl CustodyLog {
         self.buf[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
         self.buf[4..12].copy_from_slice(&self.generation.to_le_bytes());
         self.buf[12..20].copy_from_slice(&sum.to_le_bytes());
-        let at = self.at as usize;
-        self.map[at..at + self.buf.len()].copy_from_slice(&self.buf);
+        self.file.write_all_at(&self.buf, self.at)?;
         if self.sync {
-            self.map.flush_range(at, self.buf.len())?;
+            self.file.sync_data()?;
         }
         self.at += self.buf.len() as u64;
         Ok(Some(self.at))
@@ -171,10 +152,9 @@ impl CustodyLog {
     /// Starts a new generation at the file's start: call once SQLite holds everything of the
     /// current one (`meta.custody_applied` committed with it).
     pub fn rewind(&mut self) -> std::io::Result<()> {
-        let head = header(self.generation + 1);
-        self.map[..head.len()].copy_from_slice(&head);
+        self.file.write_all_at(&header(self.generation + 1), 0)?;
         if self.sync {
-            self.map.flush_range(0, head.len())?;
+            self.file.sync_data()?;
         }
         self.generation += 1;
         self.at = HEADER;
@@ -368,11 +348,11 @@ mod tests {
     }
 
     #[test]
-    fn records_stored_in_the_mapping_are_read_from_the_file_while_the_log_is_open() {
+    fn a_reader_sees_the_records_while_the_log_is_open() {
         let (_dir, db, mut log) = new_log(Durability::Process);
         log.append(&record(1)).unwrap().unwrap();
         log.append(&record(2)).unwrap().unwrap();
-        // A reader (`medlink trace`, the console) reads the file, not the mapping.
+        // A reader (`medlink trace`, the console) reads the file while the node runs.
         let (generation, seen) = peek(&db, (0, 0)).unwrap();
         assert_eq!(generation, log.generation());
         assert_eq!(seen, vec![record(1), record(2)]);
@@ -388,8 +368,7 @@ mod tests {
         let second = log.append(&record(1)).unwrap().unwrap();
         log.append(&record(2)).unwrap();
         // A power loss kept only part of the second record.
-        let at = second as usize + 30;
-        log.map[at..at + 8].copy_from_slice(&[0xff; 8]);
+        log.file.write_all_at(&[0xff; 8], second + 30).unwrap();
         drop(log);
         let (_, back) = CustodyLog::open(&db, Durability::Process, (0, 0)).unwrap();
         assert_eq!(back.len(), 1);
