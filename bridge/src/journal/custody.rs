@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use super::record::Record;
 use super::Durability;
 
-/// Logged rounds reach SQLite at the dispatcher's idle moments once [`WRITE_CHUNK`] wait, or
+/// Logged rounds reach SQLite at the dispatcher's idle moments once [`WRITE_DUE`] wait, or
 /// the oldest has waited this long (since the last write, if it left some) ...
 pub(super) const WRITE_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 /// ... (and a round that finds this many waiting commits to SQLite, carrying them) ...
@@ -40,6 +40,12 @@ pub(super) const WRITE_AT: usize = 256;
 /// became 2.1 and 7.2). Before acknowledgements dropped their rows, fifty at once held the
 /// dispatcher 200-550 µs. Any round that writes to SQLite anyway carries them all.
 pub(super) const WRITE_CHUNK: usize = 32;
+/// ... and they are due once twice that many wait, so the chunk written is the older half:
+/// rounds the next hop acknowledged long ago, whose segments are gone (`Txn::forget_logged`).
+/// Due at one chunk, the write took every waiting round, the newest not yet acknowledged, and
+/// inserted queue rows that the next write deleted; a third to a half of the hops slower than
+/// 60 µs overlapped some node's write (BENCHMARKS.md, tenth and eleventh stops).
+pub(super) const WRITE_DUE: usize = 2 * WRITE_CHUNK;
 
 /// The largest record the log takes. A bigger round (hundreds of commands, under a burst)
 /// commits to SQLite as before: its commit is shared by all of them already, and the log

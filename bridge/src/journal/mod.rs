@@ -236,13 +236,13 @@ impl Journal {
     }
 
     /// Whether the rounds waiting in the custody log should reach SQLite at the dispatcher's
-    /// next idle moment: a chunk of them waits ([`custody::WRITE_CHUNK`]), or the oldest has
+    /// next idle moment: two chunks of them wait ([`custody::WRITE_DUE`]), or the oldest has
     /// waited [`custody::WRITE_AFTER`] (since the last write, when one left some). Written one
     /// round at a time they would cost SQLite's commit per command again, only off the
     /// command's path; written fifty at a time, a commit carries fifty.
     pub fn logged_due(&self) -> bool {
         let since = self.logged_since.get();
-        self.logged.borrow().len() >= custody::WRITE_CHUNK
+        self.logged.borrow().len() >= custody::WRITE_DUE
             || (self.has_logged() && since.is_some_and(|t| t.elapsed() >= custody::WRITE_AFTER))
     }
 

@@ -306,16 +306,23 @@ fn a_round_that_writes_to_sqlite_carries_the_logged_rounds_before_its_own() {
 fn the_custody_logs_rounds_reach_sqlite_a_few_at_a_time_and_a_crash_between_loses_none() {
     let (_dir, path, mut j) = new_with_log();
     let chunk = super::custody::WRITE_CHUNK;
-    let n = chunk + 2;
-    assert!(!j.logged_due());
+    let due = super::custody::WRITE_DUE;
+    let n = due + 2;
     for i in 0..n {
+        if i == due - 1 {
+            assert!(!j.logged_due(), "one round short of two chunks");
+        }
         pass_on(&mut j, &[&format!("m{i}")], i as u64 + 1);
     }
-    assert!(j.logged_due(), "a chunk waits");
-    // One idle moment writes the oldest chunk; the rest wait in the log, no longer due.
+    assert!(j.logged_due(), "two chunks wait");
+    // One idle moment writes the oldest chunk; the rest wait in the log, not due yet.
     j.write_some_logged().unwrap();
     assert!(j.has_logged() && !j.logged_due());
     assert_eq!(stored_rows(&path), chunk as i64);
+    // The next idle moment writes the next chunk.
+    j.write_some_logged().unwrap();
+    assert!(j.has_logged() && !j.logged_due());
+    assert_eq!(stored_rows(&path), 2 * chunk as i64);
     drop(j);
     // After a crash the rest are replayed, and none of the first few again.
     let mut j = with_log(&path);
