@@ -39,7 +39,7 @@ pub(super) const WRITE_AT: usize = 256;
 /// node 48 µs and the root 63 µs, one of 32 took 73 and 130 µs (so 5.6 and 14 µs per command
 /// became 2.1 and 7.2). Before acknowledgements dropped their rows, fifty at once held the
 /// dispatcher 200-550 µs. Any round that writes to SQLite anyway carries them all.
-pub(super) const WRITE_CHUNK: usize = 32;
+pub(crate) const WRITE_CHUNK: usize = 32;
 /// ... and they are due once twice that many wait, so the chunk written is the older half:
 /// rounds the next hop acknowledged long ago, whose segments are gone (`Txn::forget_logged`).
 /// Due at one chunk, the write took every waiting round, the newest not yet acknowledged, and

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use checkpoint::{Checkpointer, WalSpace};
+pub(crate) use custody::WRITE_CHUNK;
 pub use deadletters::{Dead, Ended, Resendable};
 pub use dest::{Dest, Peer, Target, UnknownDest};
 pub use reader::open_reader;

@@ -19,15 +19,15 @@ use foldhash::HashMap;
 
 use super::frame::Frame;
 use crate::envelope::Priority;
-use crate::journal::Peer;
+use crate::journal::{Peer, WRITE_CHUNK};
 
 /// Longest an acknowledgement waits for others to go with it.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Envelopes taken from a lane since its last acknowledgement beyond which it goes at once:
-/// the size of a chunk of logged rounds the peer writes to SQLite (`WRITE_CHUNK`), so that
+/// the size of a chunk of logged rounds the peer writes to SQLite ([`WRITE_CHUNK`]), so that
 /// under load the acknowledgement still reaches it before the rounds it covers do, and they
 /// are dropped rather than inserted and deleted again.
-pub const ACK_AFTER: u64 = 32;
+pub const ACK_AFTER: u64 = WRITE_CHUNK as u64;
 
 /// What is owed on one incoming lane.
 struct Owed {
