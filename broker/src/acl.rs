@@ -8,7 +8,8 @@ use crate::identity::{Identity, Role};
 // The topic names are the wire contract's; re-exported so the front-end and the node keep
 // one path to them.
 pub use medlink_wire::topics::{
-    inbox_topic, link_down_topic, link_up_topic, outbox_topic, receipt_topic,
+    inbox_topic, is_link_up_topic, is_outbox_topic, link_down_topic, link_up_topic, outbox_topic,
+    receipt_topic,
 };
 
 /// What a permitted publish is.
@@ -39,8 +40,10 @@ impl AclPolicy {
     /// Classifies a publish by `who` on `topic`.
     pub fn publish(&self, who: &Identity, topic: &str) -> PublishClass {
         match who.role {
-            Role::Client if topic == outbox_topic(&self.node_id, &who.name) => PublishClass::Outbox,
-            Role::Node if topic == link_up_topic(&who.name) => PublishClass::LinkUp,
+            Role::Client if is_outbox_topic(topic, &self.node_id, &who.name) => {
+                PublishClass::Outbox
+            }
+            Role::Node if is_link_up_topic(topic, &who.name) => PublishClass::LinkUp,
             _ => PublishClass::Denied,
         }
     }

@@ -16,7 +16,6 @@
 //! [`Envelope::parse`]: crate::Envelope::parse
 
 use std::borrow::Cow;
-use std::io::Write;
 use std::ops::Range;
 
 use serde::de::IgnoredAny;
@@ -88,6 +87,35 @@ struct HopScan<'a> {
     at: u64,
 }
 
+/// A trail checked entry by entry as [`HopScan`]s, of which only whether there are any is
+/// kept: collected into a `Vec`, it cost an allocation at every hop.
+struct TrailScan {
+    empty: bool,
+}
+
+impl<'de> Deserialize<'de> for TrailScan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TrailScan, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = TrailScan;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a trail of hops")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<TrailScan, A::Error> {
+                let mut empty = true;
+                while seq.next_element::<HopScan<'de>>()?.is_some() {
+                    empty = false;
+                }
+                Ok(TrailScan { empty })
+            }
+        }
+        d.deserialize_seq(Entries)
+    }
+}
+
 /// An envelope a node passes on: the bytes it came in, and what a hop decides by.
 pub struct Transit<'a> {
     bytes: &'a [u8],
@@ -109,15 +137,16 @@ impl<'a> Transit<'a> {
         Transit::stampable(bytes, serde_json::from_slice(bytes).ok()?)
     }
 
-    /// Reads the envelope at the start of `bytes`, which go on after it (a link batch holds
+    /// Reads the envelope at the start of `text`, which goes on after it (a link batch holds
     /// envelopes one after the other), in one pass: how many bytes it takes, and the envelope
     /// as [`Transit::read`] reads it. `None` when no envelope with the fields a hop reads
-    /// starts there.
-    pub fn read_prefix(bytes: &'a [u8]) -> Option<(usize, Option<Transit<'a>>)> {
-        let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<Scan<'a>>();
+    /// starts there. Text, not bytes: the caller checks a whole batch as UTF-8 once, where
+    /// reading bytes checked every string of every envelope again.
+    pub fn read_prefix(text: &'a str) -> Option<(usize, Option<Transit<'a>>)> {
+        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Scan<'a>>();
         let scan = stream.next()?.ok()?;
         let len = stream.byte_offset();
-        Some((len, Transit::stampable(&bytes[..len], scan)))
+        Some((len, Transit::stampable(&text.as_bytes()[..len], scan)))
     }
 
     /// `scan`, read from `bytes`, as a transit, if it can be stamped in place.
@@ -130,13 +159,13 @@ impl<'a> Transit<'a> {
         let trail = scan.trail?;
         let hops_at = span(bytes, hops_raw)?;
         let trail_at = span(bytes, trail)?;
-        let entries: Vec<HopScan> = serde_json::from_str(trail.get()).ok()?;
+        let entries: TrailScan = serde_json::from_str(trail.get()).ok()?;
         Some(Transit {
             bytes,
             hops,
             hops_at,
             trail_end: trail_at.end - 1,
-            trail_empty: entries.is_empty(),
+            trail_empty: entries.empty,
             scan,
         })
     }
@@ -185,8 +214,14 @@ impl<'a> Transit<'a> {
         }
         hop.extend_from_slice(br#"{"node":"#);
         serde_json::to_writer(&mut hop, node).expect("a string always serialises");
-        let _ = write!(hop, r#","at":{at}}}"#);
-        let hops = self.hops.saturating_add(1).to_string();
+        // Numbers through `itoa`: `write!` and `to_string` went through the formatting
+        // machinery, a sixth of the stamp's cost.
+        let mut n = itoa::Buffer::new();
+        hop.extend_from_slice(br#","at":"#);
+        hop.extend_from_slice(n.format(at).as_bytes());
+        hop.push(b'}');
+        let mut h = itoa::Buffer::new();
+        let hops = h.format(self.hops.saturating_add(1));
         // Two edits, applied in the order they occur in the bytes.
         let mut edits = [
             (self.hops_at.clone(), hops.as_bytes()),
@@ -311,16 +346,16 @@ mod tests {
     #[test]
     fn reads_an_envelope_that_more_bytes_follow() {
         let framed = format!(r#"{WIRE}}},{{"p":1"#);
-        let (len, t) = Transit::read_prefix(framed.as_bytes()).unwrap();
+        let (len, t) = Transit::read_prefix(&framed).unwrap();
         assert_eq!(len, WIRE.len());
         assert_eq!(t.unwrap().bytes(), WIRE.as_bytes());
-        let (len, t) = Transit::read_prefix(br#"{"id":"1","from":{"node":"a","client":"b"},"to":{"node":"a","client":"c"},"cmd":"x","created_at":1}]"#).unwrap();
+        let (len, t) = Transit::read_prefix(r#"{"id":"1","from":{"node":"a","client":"b"},"to":{"node":"a","client":"c"},"cmd":"x","created_at":1}]"#).unwrap();
         assert!(
             t.is_none() && len == 99,
             "an envelope, but not one to stamp in place"
         );
-        assert!(Transit::read_prefix(br#"{"id":1}}"#).is_none());
-        assert!(Transit::read_prefix(b"").is_none());
+        assert!(Transit::read_prefix(r#"{"id":1}}"#).is_none());
+        assert!(Transit::read_prefix("").is_none());
     }
 
     #[test]

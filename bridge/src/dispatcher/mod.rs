@@ -85,6 +85,16 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// Empties every list (after a failed round: nothing in it is sent).
+    fn clear(&mut self) {
+        self.replies.clear();
+        self.posted.clear();
+        self.frames.clear();
+        self.owed.clear();
+        self.acks.clear();
+        self.operator.clear();
+    }
+
     /// Holds `verdict` for `reply` until the commit (`None`: a QoS 0 publish wants none).
     fn reply(&mut self, reply: impl Into<Option<oneshot::Sender<Accept>>>, verdict: Accept) {
         if let Some(reply) = reply.into() {
@@ -120,6 +130,9 @@ pub struct Dispatcher {
     journal: Journal,
     state: State,
     inputs: Inputs,
+    /// The rounds' output, emptied by each round and kept for the next: its lists keep their
+    /// room instead of allocating again at every command.
+    outbox: Outbox,
 }
 
 impl Dispatcher {
@@ -162,6 +175,7 @@ impl Dispatcher {
                 directory_generation: 0,
             },
             inputs,
+            outbox: Outbox::default(),
         })
     }
 
@@ -241,7 +255,7 @@ impl Dispatcher {
         let t0 = std::time::Instant::now();
         let n_items = items.len();
         let now = now_ms();
-        let mut out = Outbox::default();
+        let mut out = std::mem::take(&mut self.outbox);
         let state = &mut self.state;
         let result = (|| -> rusqlite::Result<()> {
             let mut tx = self.journal.begin()?;
@@ -266,9 +280,11 @@ impl Dispatcher {
         })();
         if let Err(e) = result {
             error!(error = %e, "journal commit failed; nothing from this round is acknowledged");
-            for (reply, _) in out.replies.into_iter().chain(out.posted) {
+            for (reply, _) in out.replies.drain(..).chain(out.posted.drain(..)) {
                 let _ = reply.send(Accept::Unavailable);
             }
+            out.clear();
+            self.outbox = out;
             // In-memory positions may be ahead of the journal: receive positions are read
             // again, and client streams publish again from their last committed point
             // (duplicates carry the same id).
@@ -289,7 +305,8 @@ impl Dispatcher {
         // then run before the ones answering the senders, so a command goes on before its
         // PUBACK or link `ack` goes back. Each of those writes costs the loopback a wake-up of
         // the peer, about 10 us, that the command would otherwise wait for at every hop.
-        self.state.release(out);
+        self.state.release(&mut out);
+        self.outbox = out;
         tracing::trace!(
             n_items,
             commit_us = t1.as_micros() as u64,
@@ -533,17 +550,17 @@ impl State {
     }
 
     /// Sends the PUBACKs and link answers held back until the commit, after the sending pass.
-    fn release(&mut self, out: Outbox) {
-        for (reply, verdict) in out.replies {
+    fn release(&mut self, out: &mut Outbox) {
+        for (reply, verdict) in out.replies.drain(..) {
             let _ = reply.send(verdict);
         }
-        for (peer, frame) in out.frames {
+        for (peer, frame) in out.frames.drain(..) {
             self.links.send(&mut self.router, &peer, frame);
         }
         // Committed now: the batches' acknowledgements are owed, and go a moment later, or at
         // once if many wait (`link/owed.rs`).
         let now = Instant::now();
-        for (peer, lane, upto, taken) in out.owed {
+        for (peer, lane, upto, taken) in out.owed.drain(..) {
             if let Some((peer, frame)) = self.links.owed.owe(peer, lane, upto, taken, now) {
                 self.links.send(&mut self.router, &peer, frame);
             }

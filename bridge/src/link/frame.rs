@@ -190,13 +190,21 @@ pub fn encode_batch(
     (floor, prev): (u64, u64),
     rows: &[crate::journal::Queued],
 ) -> Vec<u8> {
-    use std::io::Write;
+    // Numbers through `itoa`, not `write!`: the formatting machinery was most of this
+    // function's cost, once per frame and twice per envelope.
+    let mut n = itoa::Buffer::new();
     let size: usize = rows.iter().map(|r| r.body.len() + 48).sum();
     let mut out = Vec::with_capacity(size + 48);
-    let _ = write!(out, r#"{{"t":"batch","epoch":{epoch},"floor":{floor},"#);
+    out.extend_from_slice(br#"{"t":"batch","epoch":"#);
+    out.extend_from_slice(n.format(epoch).as_bytes());
+    out.extend_from_slice(br#","floor":"#);
+    out.extend_from_slice(n.format(floor).as_bytes());
+    out.push(b',');
     if lane != Priority::Normal {
-        let name = serde_json::to_string(&lane).expect("a priority always serialises");
-        let _ = write!(out, r#""lane":{name},"#);
+        let name = serde_json::to_vec(&lane).expect("a priority always serialises");
+        out.extend_from_slice(br#""lane":"#);
+        out.extend_from_slice(&name);
+        out.push(b',');
     }
     out.extend_from_slice(br#""msgs":["#);
     let mut p = prev;
@@ -204,7 +212,11 @@ pub fn encode_batch(
         if i > 0 {
             out.push(b',');
         }
-        let _ = write!(out, r#"{{"p":{p},"s":{},"e":"#, row.lseq);
+        out.extend_from_slice(br#"{"p":"#);
+        out.extend_from_slice(n.format(p).as_bytes());
+        out.extend_from_slice(br#","s":"#);
+        out.extend_from_slice(n.format(row.lseq).as_bytes());
+        out.extend_from_slice(br#","e":"#);
         out.extend_from_slice(&row.body);
         out.push(b'}');
         p = row.lseq;
@@ -256,6 +268,8 @@ pub struct Batch<'a> {
 /// every envelope once to find its end and the hop would read it again. `None` for any
 /// other frame, or a batch in any other layout: [`Frame::parse`] reads those.
 pub fn read_batch(bytes: &[u8]) -> Option<Batch<'_>> {
+    // Checked as UTF-8 once here, so that reading each envelope need not check its strings.
+    let text = std::str::from_utf8(bytes).ok()?;
     let mut r = Reader { bytes, at: 0 };
     r.expect(br#"{"t":"batch","epoch":"#)?;
     let epoch = r.number()?;
@@ -278,7 +292,7 @@ pub fn read_batch(bytes: &[u8]) -> Option<Batch<'_>> {
             r.expect(br#","s":"#)?;
             let s = r.number()?;
             r.expect(br#","e":"#)?;
-            let (len, transit) = Transit::read_prefix(r.rest())?;
+            let (len, transit) = Transit::read_prefix(text.get(r.at..)?)?;
             msgs.push(Incoming {
                 p,
                 s,
@@ -320,17 +334,19 @@ impl<'a> Reader<'a> {
             .then(|| self.at += literal.len())
     }
 
-    /// A decimal u64, as `write!` writes one.
+    /// A decimal u64, as [`encode_batch`] writes one: at least one digit, and no overflow.
     fn number(&mut self) -> Option<u64> {
         let digits = self
             .rest()
             .iter()
             .take_while(|b| b.is_ascii_digit())
             .count();
-        let n = std::str::from_utf8(&self.rest()[..digits])
-            .ok()?
-            .parse()
-            .ok()?;
+        if digits == 0 {
+            return None;
+        }
+        let n = self.rest()[..digits].iter().try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
         self.at += digits;
         Some(n)
     }
@@ -490,6 +506,21 @@ mod tests {
         assert!(read_batch(br#"{"t":"ack","upto":3}"#).is_none());
         let spaced = br#"{"t":"batch", "epoch":1,"floor":1,"msgs":[]}"#;
         assert!(read_batch(spaced).is_none() && Frame::parse(spaced).is_ok());
+        // Bytes that are not UTF-8 inside an envelope's string: refused by both readers.
+        let mut bad = bytes.clone();
+        let at = bad.windows(3).position(|w| w == b"\"m1").unwrap() + 2;
+        bad[at] = 0xff;
+        assert!(read_batch(&bad).is_none() && Frame::parse(&bad).is_err());
+        // Numbers as `encode_batch` writes them, and none that overflow.
+        let huge = br#"{"t":"batch","epoch":18446744073709551616,"floor":1,"msgs":[]}"#;
+        assert!(read_batch(huge).is_none() && Frame::parse(huge).is_err());
+        let max = br#"{"t":"batch","epoch":18446744073709551615,"floor":0,"msgs":[]}"#;
+        assert_eq!(
+            read_batch(max).map(|b| (b.epoch, b.floor)),
+            Some((u64::MAX, 0))
+        );
+        let empty = br#"{"t":"batch","epoch":,"floor":1,"msgs":[]}"#;
+        assert!(read_batch(empty).is_none() && Frame::parse(empty).is_err());
     }
 
     #[test]
