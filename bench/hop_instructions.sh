@@ -8,17 +8,18 @@
 # Instruction counts do not move: the same build and the same load count the same within
 # about 1 %. This runs the medlink chain of `bench/chain.sh` (KEEP=1) with the third node up,
 # `b.c.d`, under `valgrind --tool=callgrind`, sends COMMANDS (default 2,000) through it at RATE
-# (default 500/s) once the chain is up, and prints, per command:
+# (default 200/s) once the chain is up, and prints, per command:
 #   - the instructions of the dispatcher's thread (where a hop's work runs) and of the process;
 #   - the largest inclusive costs among medlink's own functions and the libraries' hot spots.
 # User-space instructions only: system calls, wake-ups and cache misses are not in them; the
 # chain's timings (`bench/chain.sh`) stay the measure of latency. MEDLINK_BIN runs another
-# build (an A/B of two builds is two runs of this). TOP sets how many functions are listed.
+# build (an A/B of two builds is two runs of this). TOP sets how many functions are listed;
+# CG_OUT=FILE keeps the dispatcher thread's callgrind file (for `callgrind_annotate --tree=both`).
 # Needs: valgrind and mosquitto (Debian packages).
 set -euo pipefail
 
 N=${1:-2000}
-RATE=${2:-500}
+RATE=${2:-200}
 TOP=${TOP:-40}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -78,6 +79,7 @@ for f in "$WORK"/cg."$VG".*-*; do
     total=$((total + ${n:-0}))
 done
 disp=$(sed -n 's/^summary: //p' "$DISPATCHER")
+[ -n "${CG_OUT:-}" ] && cp "$DISPATCHER" "$CG_OUT"
 echo "instructions per command, b.c.d: dispatcher thread $((disp / N)), whole process $((total / N)) ($N commands at $RATE/s)"
 echo
 echo "inclusive instructions per command (dispatcher thread):"

@@ -4,7 +4,10 @@
 
 use bytes::Bytes;
 use medlink_broker::{Accept, Inbound, Stream};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clients::{Cursor, Page};
 use crate::link::uplink::ParentEvent;
@@ -118,11 +121,11 @@ impl Inputs {
     }
 
     /// Waits for the next input or `tick`, then takes whatever else is waiting, up to
-    /// [`MAX_ROUND`]: one round's worth. `None` once `shutdown` changes.
-    pub(super) async fn next_round(
+    /// [`MAX_ROUND`]: one round's worth. `None` once `stopped` (the node's stop) completes.
+    pub(super) async fn next_round<S: Future>(
         &mut self,
         tick: &mut tokio::time::Interval,
-        shutdown: &mut watch::Receiver<bool>,
+        stopped: Pin<&mut S>,
     ) -> Option<Vec<Input>> {
         let mut items: Vec<Input> = Vec::new();
         tokio::select! {
@@ -131,7 +134,7 @@ impl Inputs {
             Some(p) = self.parent.recv() => items.push(Input::Parent(p)),
             Some(f) = self.files.recv() => items.push(Input::Files(f)),
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return None,
+            _ = stopped => return None,
         }
         while items.len() < MAX_ROUND {
             match self.broker.try_recv() {

@@ -186,6 +186,15 @@ impl Dispatcher {
         let mut last_sweep = Instant::now();
         // After a failed write of the logged rounds, the next try waits for an input (or this).
         let mut retry_after = Instant::now();
+        // The stop and the idle wake-up are futures made once and polled by every wait, not
+        // made again for each: a new `changed()` registered with the watch and a new `Sleep`
+        // with the timer wheel, and both took themselves out again, at every command.
+        let stopped = shutdown.changed();
+        tokio::pin!(stopped);
+        let idle = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(idle);
+        // What `idle` is set for, while it has not fired.
+        let mut idle_at: Option<Instant> = None;
         loop {
             // Rounds the custody log took reach SQLite in idle moments, a few at a time, off
             // the path of the next command: first the tasks the last round woke (the writes on
@@ -210,7 +219,7 @@ impl Dispatcher {
                 }
             }
             self.state.send_owed_acks(Instant::now(), false);
-            let next = self.inputs.next_round(&mut tick, &mut shutdown);
+            let next = self.inputs.next_round(&mut tick, stopped.as_mut());
             // Idle until the logged rounds or an owed acknowledgement are due: the loop comes
             // round to write or send them.
             let logged = self.journal.logged_due_at().map(|due| due.max(retry_after));
@@ -219,11 +228,20 @@ impl Dispatcher {
                 .chain(self.state.links.owed.due_at())
                 .min();
             let next = match wake {
-                Some(due) => tokio::select! {
-                    biased;
-                    next = next => next,
-                    _ = tokio::time::sleep_until(due.into()) => continue,
-                },
+                Some(due) => {
+                    if idle_at != Some(due) {
+                        idle.as_mut().reset(due.into());
+                        idle_at = Some(due);
+                    }
+                    tokio::select! {
+                        biased;
+                        next = next => next,
+                        _ = idle.as_mut() => {
+                            idle_at = None;
+                            continue;
+                        }
+                    }
+                }
                 None => next.await,
             };
             let Some(items) = next else {
@@ -252,7 +270,8 @@ impl Dispatcher {
 
     /// Handles one batch of inputs in one transaction, then acknowledges and sends.
     fn round(&mut self, items: Vec<Input>, sweep: bool) {
-        let t0 = std::time::Instant::now();
+        // Timed for the trace below only: a clock read is a few hundred instructions.
+        let t0 = tracing::enabled!(tracing::Level::TRACE).then(std::time::Instant::now);
         let n_items = items.len();
         let now = now_ms();
         let mut out = std::mem::take(&mut self.outbox);
@@ -293,7 +312,7 @@ impl Dispatcher {
             self.state.clients.commit_failed();
             return;
         }
-        let t1 = t0.elapsed();
+        let t1 = t0.map(|t0| t0.elapsed());
         self.state.clients.committed();
         self.state.links.acks.committed();
         self.state.answer_requests(&mut out);
@@ -307,12 +326,14 @@ impl Dispatcher {
         // the peer, about 10 us, that the command would otherwise wait for at every hop.
         self.state.release(&mut out);
         self.outbox = out;
-        tracing::trace!(
-            n_items,
-            commit_us = t1.as_micros() as u64,
-            total_us = t0.elapsed().as_micros() as u64,
-            "round"
-        );
+        if let (Some(t0), Some(t1)) = (t0, t1) {
+            tracing::trace!(
+                n_items,
+                commit_us = t1.as_micros() as u64,
+                total_us = t0.elapsed().as_micros() as u64,
+                "round"
+            );
+        }
     }
 }
 

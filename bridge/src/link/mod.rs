@@ -103,7 +103,14 @@ pub struct Links {
     pub owed: OwedAcks,
     /// Where console frames (summaries, questions, answers) go.
     pub console: Option<tokio::sync::mpsc::UnboundedSender<Note>>,
+    /// When [`Links::timers`] next looks at the links.
+    timers_due: Instant,
 }
+
+/// How often [`Links::timers`] looks at every link. Its timers are seconds long (`LinkTuning`:
+/// resend after 2 s, ping every 1 s, dead after 5 s), and it ran at every round: at every
+/// command, a look at every child, three clock reads each.
+const TIMERS_EVERY: Duration = Duration::from_millis(50);
 
 impl Links {
     /// The links of a node placed at `topology`, each lane resuming from the journal.
@@ -143,6 +150,7 @@ impl Links {
             acks: PendingAcks::default(),
             owed: OwedAcks::default(),
             console: None,
+            timers_due: Instant::now(),
         })
     }
 
@@ -455,8 +463,13 @@ impl Links {
         }
     }
 
-    /// Heartbeats, stall detection and go-back timers.
+    /// Heartbeats, stall detection and go-back timers: at most once per [`TIMERS_EVERY`].
     pub fn timers(&mut self) {
+        let now = Instant::now();
+        if now < self.timers_due {
+            return;
+        }
+        self.timers_due = now + TIMERS_EVERY;
         let tuning = self.tuning;
         if let Some(up) = self.up.as_mut() {
             if up.online {

@@ -332,6 +332,14 @@ impl Session {
         let mut last_heard = Instant::now();
         let mailbox = self.mailbox.clone();
         let mut streaming = false;
+        // Made once, not at every pass of the loop: a new `Sleep` and a new stop each pass
+        // registered with the timer wheel and the stop's waiters and took themselves out again,
+        // at every packet. The keepalive timer fires at the deadline it was last set for, and
+        // is set again then if bytes came since.
+        let keepalive = tokio::time::sleep_until(last_heard + self.keep_alive);
+        tokio::pin!(keepalive);
+        let stopped = ctx.stop.stopped();
+        tokio::pin!(stopped);
         loop {
             // Boxed: handling packets (subscriptions, publishes to the node) is a 1.5 KB
             // future, and inline it would make every idle connection's task that much larger
@@ -350,7 +358,6 @@ impl Session {
             if let Err(e) = self.flush(ctx, transport).await {
                 return e;
             }
-            let deadline = last_heard + self.keep_alive;
             tokio::select! {
                 verdict = next_verdict(&mut self.owed), if !self.owed.is_empty() => {
                     let owed = self.owed.pop_front().expect("select guard: owed is non-empty");
@@ -381,15 +388,19 @@ impl Session {
                     }
                     Err(e) => return End::Io(e),
                 },
-                _ = tokio::time::sleep_until(deadline), if !self.keep_alive.is_zero() => {
-                    return End::KeepAlive;
+                _ = keepalive.as_mut(), if !self.keep_alive.is_zero() => {
+                    let deadline = last_heard + self.keep_alive;
+                    if Instant::now() >= deadline {
+                        return End::KeepAlive;
+                    }
+                    keepalive.as_mut().reset(deadline);
                 }
                 _ = &mut self.kicked => {
                     self.disconnect_v5(DisconnectReasonCode::SessionTakenOver);
                     let _ = self.flush(ctx, transport).await;
                     return End::TakenOver;
                 }
-                () = ctx.stop.stopped() => return End::Shutdown,
+                () = stopped.as_mut() => return End::Shutdown,
             }
         }
     }
