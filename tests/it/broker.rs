@@ -436,3 +436,33 @@ fn running_out_of_file_descriptors_slows_accepting_instead_of_spinning() {
     assert_eq!(connack_code(port, 4, "c-after", "c", PASSWORD, 30), Some(0));
     assert!(tree.node("js").is_running());
 }
+
+#[test]
+fn a_client_that_pings_outlives_its_keepalive_and_a_silent_one_is_closed() {
+    let mut tree = one_node(&["pinger", "silent"]);
+    let port = tree.node("js").port;
+    // Keepalive 1 s: the node allows 1.5 s without a byte.
+    let mut pinger = dial(port);
+    let mut silent = dial(port);
+    for (s, id) in [(&mut pinger, "pinger"), (&mut silent, "silent")] {
+        assert_eq!(handshake(s, &connect(4, id, id, PASSWORD, 1)), Some(0));
+    }
+    // A PINGREQ every 0.4 s for 4 s, well past the limit as it stood at the start (the timer
+    // is armed once and moved on when it finds bytes came meanwhile).
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        pinger.write_all(&[0xC0, 0x00]).unwrap();
+        let (kind, _) = pinger.recv().expect("a PINGRESP: still connected");
+        assert_eq!(kind, 0xD0);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // The silent one was closed (EOF), not merely quiet (a read timeout).
+    silent
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match silent.read(&mut buf) {
+        Ok(0) => {}
+        other => panic!("the silent client should have been closed: {other:?}"),
+    }
+}
