@@ -5,8 +5,9 @@
 #
 # Timings of one hop on a shared 2-core VM move by 20-50 % from run to run (the host's stalls,
 # the other nodes' wake-ups), so a change worth a few per cent of a hop cannot be seen in them.
-# Instruction counts do not move: the same build and the same load count the same within
-# about 1 %. This runs the medlink chain of `bench/chain.sh` (KEEP=1) with the third node up,
+# Instruction counts move much less: the same build under the same load counts the same within
+# a few per cent (at 500/s callgrind's slowdown let commands share rounds now and then, and
+# runs differed by up to 15 %; at the default 200/s each command has its round). This runs the medlink chain of `bench/chain.sh` (KEEP=1) with the third node up,
 # `b.c.d`, under `valgrind --tool=callgrind`, sends COMMANDS (default 2,000) through it at RATE
 # (default 200/s) once the chain is up, and prints, per command:
 #   - the instructions of the dispatcher's thread (where a hop's work runs) and of the process;
