@@ -65,12 +65,17 @@ const RECORD_HEADER: usize = 4 + 8 + 8;
 const SPACE: u64 = 4 << 20;
 
 /// FNV-1a over the generation and the payload: finds a record cut short or left over from an
-/// older generation (not an adversary's: the file is the service user's alone).
+/// older generation (not an adversary's: the file is the service user's alone). Two plain
+/// loops, not one over `iter().chain(..)`, which checked at every byte which half it was in:
+/// a middle node's dispatcher ran about 5,000 more instructions per command with it
+/// (`bench/hop_instructions.sh`: 66,900-69,200 against 63,400-63,800).
 fn checksum(generation: u64, payload: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in generation.to_le_bytes().iter().chain(payload) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    for part in [&generation.to_le_bytes()[..], payload] {
+        for &b in part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
     }
     h
 }
