@@ -220,8 +220,7 @@ impl<'a> Transit<'a> {
         hop.extend_from_slice(br#","at":"#);
         hop.extend_from_slice(n.format(at).as_bytes());
         hop.push(b'}');
-        let mut h = itoa::Buffer::new();
-        let hops = h.format(self.hops.saturating_add(1));
+        let hops = n.format(self.hops.saturating_add(1));
         // Two edits, applied in the order they occur in the bytes.
         let mut edits = [
             (self.hops_at.clone(), hops.as_bytes()),

@@ -85,16 +85,6 @@ struct Outbox {
 }
 
 impl Outbox {
-    /// Empties every list (after a failed round: nothing in it is sent).
-    fn clear(&mut self) {
-        self.replies.clear();
-        self.posted.clear();
-        self.frames.clear();
-        self.owed.clear();
-        self.acks.clear();
-        self.operator.clear();
-    }
-
     /// Holds `verdict` for `reply` until the commit (`None`: a QoS 0 publish wants none).
     fn reply(&mut self, reply: impl Into<Option<oneshot::Sender<Accept>>>, verdict: Accept) {
         if let Some(reply) = reply.into() {
@@ -193,8 +183,6 @@ impl Dispatcher {
         tokio::pin!(stopped);
         let idle = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(idle);
-        // What `idle` is set for, while it has not fired.
-        let mut idle_at: Option<Instant> = None;
         loop {
             // Rounds the custody log took reach SQLite in idle moments, a few at a time, off
             // the path of the next command: first the tasks the last round woke (the writes on
@@ -229,17 +217,15 @@ impl Dispatcher {
                 .min();
             let next = match wake {
                 Some(due) => {
-                    if idle_at != Some(due) {
-                        idle.as_mut().reset(due.into());
-                        idle_at = Some(due);
+                    // Set again only when the due time moved (a fired `Sleep` stays ready).
+                    let due = tokio::time::Instant::from_std(due);
+                    if idle.deadline() != due {
+                        idle.as_mut().reset(due);
                     }
                     tokio::select! {
                         biased;
                         next = next => next,
-                        _ = idle.as_mut() => {
-                            idle_at = None;
-                            continue;
-                        }
+                        _ = idle.as_mut() => continue,
                     }
                 }
                 None => next.await,
@@ -299,11 +285,10 @@ impl Dispatcher {
         })();
         if let Err(e) = result {
             error!(error = %e, "journal commit failed; nothing from this round is acknowledged");
-            for (reply, _) in out.replies.drain(..).chain(out.posted.drain(..)) {
+            // The rest of `out` is dropped unsent; `self.outbox` is the empty one `take` left.
+            for (reply, _) in out.replies.into_iter().chain(out.posted) {
                 let _ = reply.send(Accept::Unavailable);
             }
-            out.clear();
-            self.outbox = out;
             // In-memory positions may be ahead of the journal: receive positions are read
             // again, and client streams publish again from their last committed point
             // (duplicates carry the same id).
