@@ -26,6 +26,8 @@ use crate::address::AddressRef;
 use crate::envelope::{Head, Kind, ReceiptKind};
 use crate::priority::Priority;
 
+mod canonical;
+
 /// The envelope's fields as a hop reads them: the same names and rules as
 /// [`Envelope`](crate::Envelope), strings borrowed where they hold no escapes, the params
 /// skipped, and `hops`, `files` and `trail` kept raw so their places are known.
@@ -134,7 +136,11 @@ impl<'a> Transit<'a> {
     /// malformed, has no `hops` or `trail` field yet, or refers to files (which a node checks
     /// on the parsed envelope).
     pub fn read(bytes: &'a [u8]) -> Option<Transit<'a>> {
-        Transit::stampable(bytes, serde_json::from_slice(bytes).ok()?)
+        let whole = std::str::from_utf8(bytes).ok().and_then(canonical::read);
+        match whole {
+            Some((len, t)) if len == bytes.len() => Some(t),
+            _ => Transit::stampable(bytes, serde_json::from_slice(bytes).ok()?),
+        }
     }
 
     /// Reads the envelope at the start of `text`, which goes on after it (a link batch holds
@@ -142,7 +148,17 @@ impl<'a> Transit<'a> {
     /// as [`Transit::read`] reads it. `None` when no envelope with the fields a hop reads
     /// starts there. Text, not bytes: the caller checks a whole batch as UTF-8 once, where
     /// reading bytes checked every string of every envelope again.
+    /// The form every node writes is read by hand ([`canonical`]); any other, by serde.
     pub fn read_prefix(text: &'a str) -> Option<(usize, Option<Transit<'a>>)> {
+        match canonical::read(text) {
+            Some((len, t)) => Some((len, Some(t))),
+            None => Transit::read_prefix_by_serde(text),
+        }
+    }
+
+    /// [`Transit::read_prefix`] through serde's derived reader: any field order, whitespace,
+    /// escapes, unknown fields.
+    fn read_prefix_by_serde(text: &'a str) -> Option<(usize, Option<Transit<'a>>)> {
         let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Scan<'a>>();
         let scan = stream.next()?.ok()?;
         let len = stream.byte_offset();
